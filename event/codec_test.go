@@ -26,7 +26,7 @@ func sampleEvent() event.Event {
 			{Name: "post_id", Value: event.Text(pgtype.Int4OID, "43")},
 		},
 		OldRecord: event.Record{{Name: "id", Value: event.Text(pgtype.Int4OID, "7")}, {Name: "extra", Value: event.Null(pgtype.TextOID)}},
-		Changes: event.Changes{{Column: "post_id", OldValue: event.Text(pgtype.Int4OID, "42"), NewValue: event.Text(pgtype.Int4OID, "43")}},
+		Changes:   event.Changes{{Column: "post_id", OldValue: event.Text(pgtype.Int4OID, "42"), NewValue: event.Text(pgtype.Int4OID, "43")}},
 		Timestamp: time.Date(2026, 11, 24, 12, 0, 0, 123456000, time.UTC),
 	}
 }

@@ -121,13 +121,13 @@ var ErrUnchanged = fmt.Errorf("event: unchanged TOAST value was not sent by Post
 type jsonForm uint8
 
 const (
-	formString  jsonForm = iota // JSON string of the text form
-	formNumber                  // integers: the text is a JSON number
-	formFloat                   // JSON number, or a string for NaN and ±Infinity
-	formBool                    // t/f
-	formRaw                     // json, jsonb: the text is JSON
-	formTime                    // timestamp(tz): ISO 8601 with a T (and Z in UTC)
-	formArray                   // PostgreSQL array literal → JSON array
+	formString jsonForm = iota // JSON string of the text form
+	formNumber                 // integers: the text is a JSON number
+	formFloat                  // JSON number, or a string for NaN and ±Infinity
+	formBool                   // t/f
+	formRaw                    // json, jsonb: the text is JSON
+	formTime                   // timestamp(tz): ISO 8601 with a T (and Z in UTC)
+	formArray                  // PostgreSQL array literal → JSON array
 )
 
 var scalarForms = map[uint32]jsonForm{
