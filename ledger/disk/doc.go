@@ -1,0 +1,30 @@
+// Package disk is walflow's default [ledger.Ledger]: embedded, crash-safe, on Pebble.
+//
+// # Layout
+//
+// Every record is one Pebble key:
+//
+//	'e' + position (8 bytes, big-endian)                  → the event, event.AppendBinary
+//	'k' + index key + 0x00 + position (8 bytes, big-endian) → empty
+//	'm' + name                                            → metadata
+//
+// The metadata key "mstate" holds the durable head, the last transaction's commit and end
+// LSNs, the acknowledged LSN and the origin.
+//
+// # Writes
+//
+// A transaction is streamed: Append adds each event and its index entries to a Pebble
+// batch, and once the batch holds [Options.ChunkBytes] it is written without fsync and a
+// new one begins, so a transaction of a million rows is never held in memory. CommitTx
+// only moves the new head and LSNs to a pending state. Sync writes the metadata with the
+// last batch and fsyncs it, then publishes the new state to readers and wakes Wait.
+// Because Pebble applies batches in order, a durable head means every event up to it is
+// durable too.
+//
+// Readers never look past the published head, so the events of an open or unsynced
+// transaction stay invisible although some of them are already on disk. After a crash,
+// [Open] deletes the events past the durable head, with their index entries, before it
+// returns, and the next transaction reuses their positions.
+//
+// Close does not Sync: committed transactions not yet synced are dropped, as by a crash.
+package disk

@@ -1,0 +1,62 @@
+package pgwal
+
+import (
+	"errors"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Conditions a caller may branch on. Each error returned for them wraps one of these and
+// says what happened and how to fix it. All of them stop Run: retrying cannot help.
+var (
+	// ErrWALLevel: the server's wal_level is not logical.
+	ErrWALLevel = errors.New("pgwal: wal_level is not logical")
+	// ErrNoReplication: the role lacks the REPLICATION attribute.
+	ErrNoReplication = errors.New("pgwal: role lacks REPLICATION")
+	// ErrNoPrimaryKey: a published table has no primary key.
+	ErrNoPrimaryKey = errors.New("pgwal: table has no primary key")
+	// ErrNoTable: a configured table does not exist.
+	ErrNoTable = errors.New("pgwal: table does not exist")
+	// ErrSlotInUse: another process is streaming from the slot.
+	ErrSlotInUse = errors.New("pgwal: replication slot is in use")
+	// ErrSlotInvalidated: the slot lost WAL it still needed (max_slot_wal_keep_size).
+	ErrSlotInvalidated = errors.New("pgwal: replication slot was invalidated")
+	// ErrSlotMissing: the ledger holds events but the slot it followed is gone.
+	ErrSlotMissing = errors.New("pgwal: replication slot is missing")
+	// ErrSlotRecreated: the slot's confirmed position is past anything walflow acknowledged,
+	// so it was dropped and recreated or consumed by another client.
+	ErrSlotRecreated = errors.New("pgwal: replication slot was recreated or consumed elsewhere")
+	// ErrOriginChanged: the database is not the one the ledger follows (restored from a
+	// backup, a promoted standby, another cluster) or the slot or database name changed.
+	ErrOriginChanged = errors.New("pgwal: database or slot differs from the one the ledger follows")
+	// ErrSlotConfig: the slot exists with another plugin or in another database.
+	ErrSlotConfig = errors.New("pgwal: replication slot is set up differently")
+)
+
+// resyncHint is how to start again when the ledger cannot continue from the slot.
+const resyncHint = "to resync, stop walflow, move the ledger directory aside (keep it if consumers still need its history), and start walflow again: it records a new origin and follows the slot from now on; changes made in between are not in the ledger, so backfill derived data"
+
+// fatal reports whether err stops Run instead of causing a reconnect.
+func fatal(err error) bool {
+	for _, e := range []error{ErrWALLevel, ErrNoReplication, ErrNoPrimaryKey, ErrNoTable, ErrSlotInvalidated,
+		ErrSlotMissing, ErrSlotRecreated, ErrOriginChanged, ErrSlotConfig, ErrProtocol} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var de *DecodeError
+	if errors.As(err, &de) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Code[:2] == "28", // invalid authorization
+			pe.Code == "3D000", // database does not exist
+			pe.Code == "42501", // insufficient privilege
+			pe.Code == "42704": // undefined object (e.g. publication)
+			return true
+		}
+	}
+	return false
+}

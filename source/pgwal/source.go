@@ -1,0 +1,516 @@
+package pgwal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+)
+
+// Sink receives decoded transactions in commit order. ledger.Ledger implements it. The
+// source calls it from one goroutine.
+type Sink interface {
+	BeginTx(ctx context.Context, meta event.TxMeta) error
+	Append(ctx context.Context, e *event.Event) error
+	CommitTx(ctx context.Context, endLSN event.LSN) error
+	AbortTx(ctx context.Context) error
+	Sync(ctx context.Context) error
+	SetAcked(ctx context.Context, lsn event.LSN) error
+	SetOrigin(ctx context.Context, o ledger.Origin) error
+	State() ledger.State
+}
+
+// Stats are the source's counters, safe to read at any time.
+type Stats struct {
+	// EventsReceived counts decoded row changes, including replays that were skipped.
+	EventsReceived atomic.Uint64
+	// EventsAppended counts events appended to the sink.
+	EventsAppended atomic.Uint64
+	// TxSkipped counts transactions replayed by PostgreSQL that the sink already held.
+	TxSkipped atomic.Uint64
+	// Reconnects counts replication sessions started after the first.
+	Reconnects atomic.Uint64
+	// AckedLSN is the last LSN acknowledged to the slot.
+	AckedLSN atomic.Uint64
+	// Connected is 1 while streaming.
+	Connected atomic.Bool
+}
+
+// Source streams one database's changes into a Sink. Create it with [New].
+type Source struct {
+	cfg   Config
+	log   *slog.Logger
+	stats Stats
+}
+
+// New validates cfg and returns a Source. It does not connect; [Source.Run] does.
+func New(cfg Config) (*Source, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Source{cfg: cfg, log: cfg.Logger.With(slog.String("component", "pgwal"))}, nil
+}
+
+// Stats returns the source's live counters.
+func (s *Source) Stats() *Stats { return &s.stats }
+
+// Run streams changes into sink until ctx ends, reconnecting with backoff when the
+// connection or the server fails. It returns nil when ctx ends, and an error for a
+// condition retrying cannot fix (see the Err variables), with the sink left consistent.
+func (s *Source) Run(ctx context.Context, sink Sink) error {
+	backoff := s.cfg.ReconnectMin
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			s.stats.Reconnects.Add(1)
+		}
+		streamed, err := s.session(ctx, sink)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if fatal(err) || (attempt == 0 && errors.Is(err, ErrSlotInUse)) {
+			return err
+		}
+		if streamed {
+			backoff = s.cfg.ReconnectMin
+		}
+		s.log.WarnContext(ctx, "replication session ended; reconnecting", slog.Any("error", err), slog.Duration("backoff", backoff))
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(backoff*2, s.cfg.ReconnectMax)
+	}
+}
+
+// session runs one connection's worth of streaming. streamed reports whether it got as far
+// as receiving data, which resets the backoff.
+func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err error) {
+	sqlConn, err := pgx.Connect(ctx, s.cfg.ConnString)
+	if err != nil {
+		return false, fmt.Errorf("pgwal: connect: %w", err)
+	}
+	defer sqlConn.Close(context.WithoutCancel(ctx))
+
+	if err := checkServer(ctx, sqlConn); err != nil {
+		return false, err
+	}
+	if err := checkTables(ctx, sqlConn, s.cfg.Tables, s.log); err != nil {
+		return false, err
+	}
+	if err := ensurePublication(ctx, sqlConn, s.cfg.Publication, s.cfg.Tables, s.log); err != nil {
+		return false, err
+	}
+
+	rcfg, err := pgconn.ParseConfig(s.cfg.ConnString)
+	if err != nil {
+		return false, fmt.Errorf("pgwal: parse ConnString: %w", err)
+	}
+	rcfg.RuntimeParams["replication"] = "database"
+	rcfg.RuntimeParams["application_name"] = "walflow"
+	// Values arrive in text form written by the walsender's output functions, so pin the
+	// settings those depend on: ISO dates, UTC, and floats that round-trip exactly.
+	rcfg.RuntimeParams["DateStyle"] = "ISO, YMD"
+	rcfg.RuntimeParams["TimeZone"] = "UTC"
+	rcfg.RuntimeParams["IntervalStyle"] = "postgres"
+	rcfg.RuntimeParams["extra_float_digits"] = "3"
+	repl, err := pgconn.ConnectConfig(ctx, rcfg)
+	if err != nil {
+		return false, fmt.Errorf("pgwal: open replication connection: %w", err)
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+
+	sys, err := pglogrepl.IdentifySystem(ctx, repl)
+	if err != nil {
+		return false, fmt.Errorf("pgwal: identify system: %w", err)
+	}
+	origin := ledger.Origin{SystemID: sys.SystemID, Timeline: sys.Timeline, Database: sys.DBName, Slot: s.cfg.Slot}
+	st := sink.State()
+	if err := checkOrigin(st.Origin, origin); err != nil {
+		return false, err
+	}
+
+	info, exists, err := QuerySlot(ctx, sqlConn, s.cfg.Slot)
+	if err != nil {
+		return false, err
+	}
+	info.Name = s.cfg.Slot
+	create, err := checkSlot(info, exists, sys.DBName, st)
+	if err != nil {
+		// ErrSlotInUse stops Run only on the first session: after a reconnect it is usually
+		// our own old walsender that has not noticed the broken connection yet.
+		return false, err
+	}
+	if create {
+		res, err := pglogrepl.CreateReplicationSlot(ctx, repl, s.cfg.Slot, "pgoutput",
+			pglogrepl.CreateReplicationSlotOptions{Temporary: s.cfg.TemporarySlot, SnapshotAction: "NOEXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication})
+		if err != nil {
+			return false, fmt.Errorf("pgwal: create replication slot %q: %w", s.cfg.Slot, err)
+		}
+		s.log.InfoContext(ctx, "created replication slot", slog.String("slot", s.cfg.Slot), slog.Bool("temporary", s.cfg.TemporarySlot), slog.String("consistent_point", res.ConsistentPoint))
+	}
+	if st.Origin.IsZero() {
+		if err := sink.SetOrigin(ctx, origin); err != nil {
+			return false, fmt.Errorf("pgwal: record origin: %w", err)
+		}
+	}
+
+	start := pglogrepl.LSN(st.LastEndLSN)
+	err = pglogrepl.StartReplication(ctx, repl, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{
+		Mode: pglogrepl.LogicalReplication,
+		PluginArgs: []string{
+			"proto_version '1'",
+			"publication_names '" + s.cfg.Publication + "'",
+		},
+	})
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "55000" {
+			return false, fmt.Errorf("%w: start replication on slot %q: %s; drop the slot and %s", ErrSlotInvalidated, s.cfg.Slot, pe.Message, resyncHint)
+		}
+		if errors.As(err, &pe) && pe.Code == "55006" {
+			return false, fmt.Errorf("%w: start replication on slot %q: %s", ErrSlotInUse, s.cfg.Slot, pe.Message)
+		}
+		return false, fmt.Errorf("pgwal: start replication on slot %q: %w", s.cfg.Slot, err)
+	}
+	s.log.InfoContext(ctx, "streaming", slog.String("slot", s.cfg.Slot), slog.String("start_lsn", start.String()),
+		slog.Uint64("head", uint64(st.Head)))
+	s.stats.Connected.Store(true)
+	defer s.stats.Connected.Store(false)
+
+	st2 := &stream{
+		src: s, sink: sink, conn: repl, sql: sqlConn, types: newTypeResolver(),
+		rels:       map[uint32]*relation{},
+		db:         sys.DBName,
+		lastCommit: st.LastCommitLSN,
+		acked:      maxLSN(st.AckedLSN, st.LastEndLSN),
+	}
+	return true, st2.run(ctx)
+}
+
+// stream is the state of one replication connection's receive loop.
+type stream struct {
+	src   *Source
+	sink  Sink
+	conn  *pgconn.PgConn
+	sql   *pgx.Conn
+	types *typeResolver
+	rels  map[uint32]*relation
+	db    string
+
+	// Transaction state.
+	inTx    bool
+	skipTx  bool
+	tx      event.TxMeta
+	ordinal uint32
+	ev      event.Event
+
+	lastCommit   event.LSN // last transaction committed to the sink (synced or not)
+	pending      int       // committed transactions not yet synced
+	pendingBytes int
+	pendingSince time.Time
+
+	walEnd     event.LSN // the server's WAL end from the last message
+	acked      event.LSN // last flush position sent or recorded
+	nextStatus time.Time
+
+	// Read deadlines: the watcher goroutine sets one in the past when ctx ends.
+	mu       sync.Mutex
+	stopping bool
+}
+
+func (st *stream) run(ctx context.Context) (err error) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			st.mu.Lock()
+			st.stopping = true
+			_ = st.conn.Conn().SetReadDeadline(time.Now())
+			st.mu.Unlock()
+		case <-done:
+		}
+	}()
+	defer func() {
+		close(done)
+		wg.Wait()
+		if st.inTx && !st.skipTx {
+			err = errors.Join(err, st.sink.AbortTx(context.WithoutCancel(ctx)))
+		}
+		// Make what was committed durable and tell the server, so a graceful stop leaves
+		// nothing to replay.
+		if st.pending > 0 {
+			if serr := st.sync(context.WithoutCancel(ctx)); serr != nil {
+				err = errors.Join(err, serr)
+				return
+			}
+		}
+		if !st.conn.IsClosed() {
+			_ = st.conn.Conn().SetReadDeadline(time.Time{})
+			_ = st.sendStatus(context.WithoutCancel(ctx), false)
+		}
+	}()
+
+	st.nextStatus = time.Now().Add(st.src.cfg.StatusInterval)
+	for {
+		if err := st.tick(ctx); err != nil {
+			return err
+		}
+		deadline := st.nextStatus
+		if st.pending > 0 {
+			deadline = minTime(deadline, st.pendingSince.Add(st.src.cfg.SyncDelay))
+		}
+		st.mu.Lock()
+		if st.stopping {
+			st.mu.Unlock()
+			return ctx.Err()
+		}
+		_ = st.conn.Conn().SetReadDeadline(deadline)
+		st.mu.Unlock()
+
+		msg, err := st.conn.ReceiveMessage(context.Background())
+		if err != nil {
+			if pgconn.Timeout(err) || isTimeout(err) {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				continue
+			}
+			return fmt.Errorf("pgwal: receive: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := st.handleCopyData(ctx, m.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			pe := pgconn.ErrorResponseToPgError(m)
+			return fmt.Errorf("pgwal: server error while streaming: %w", pe)
+		case *pgproto3.CopyDone:
+			return errors.New("pgwal: server ended the replication stream")
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// tick syncs pending transactions when due and sends a status update when due.
+func (st *stream) tick(ctx context.Context) error {
+	now := time.Now()
+	if st.pending > 0 && (st.pendingBytes >= st.src.cfg.SyncBytes || now.Sub(st.pendingSince) >= st.src.cfg.SyncDelay) {
+		if err := st.sync(ctx); err != nil {
+			return err
+		}
+	}
+	if !now.Before(st.nextStatus) {
+		return st.sendStatus(ctx, false)
+	}
+	return nil
+}
+
+func (st *stream) sync(ctx context.Context) error {
+	if err := st.sink.Sync(ctx); err != nil {
+		return fmt.Errorf("pgwal: sync the ledger: %w", err)
+	}
+	st.pending, st.pendingBytes = 0, 0
+	return nil
+}
+
+// sendStatus acknowledges what is durable. When nothing is in flight, everything the server
+// sent up to its WAL end is accounted for, so that position is acknowledged too (after being
+// recorded durably), which keeps an idle slot from retaining WAL.
+func (st *stream) sendStatus(ctx context.Context, reply bool) error {
+	ack := st.sink.State().LastEndLSN
+	if !st.inTx && st.pending == 0 && st.walEnd > ack {
+		ack = st.walEnd
+	}
+	if ack > st.acked {
+		if ack > st.sink.State().LastEndLSN {
+			if err := st.sink.SetAcked(ctx, ack); err != nil {
+				return fmt.Errorf("pgwal: record acknowledged position: %w", err)
+			}
+		}
+		st.acked = ack
+	}
+	st.nextStatus = time.Now().Add(st.src.cfg.StatusInterval)
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, st.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(st.acked),
+		WALFlushPosition: pglogrepl.LSN(st.acked),
+		WALApplyPosition: pglogrepl.LSN(st.acked),
+		ReplyRequested:   reply,
+	})
+	if err != nil {
+		return fmt.Errorf("pgwal: send standby status: %w", err)
+	}
+	st.src.stats.AckedLSN.Store(uint64(st.acked))
+	return nil
+}
+
+func (st *stream) handleCopyData(ctx context.Context, b []byte) error {
+	x, err := parseCopyData(b)
+	if err != nil {
+		return err
+	}
+	if x.WALEnd > st.walEnd {
+		st.walEnd = x.WALEnd
+	}
+	if x.Keepalive {
+		if x.Reply {
+			if st.pending > 0 {
+				if err := st.sync(ctx); err != nil {
+					return err
+				}
+			}
+			return st.sendStatus(ctx, false)
+		}
+		return nil
+	}
+	return st.handleMessage(ctx, x.Data)
+}
+
+func (st *stream) handleMessage(ctx context.Context, data []byte) error {
+	msg, err := parseMessage(data)
+	if err != nil {
+		return err
+	}
+	switch m := msg.(type) {
+	case beginMsg:
+		if st.inTx {
+			return fmt.Errorf("%w: Begin inside a transaction", ErrProtocol)
+		}
+		st.inTx, st.ordinal = true, 0
+		st.tx = event.TxMeta{CommitLSN: m.FinalLSN, XID: m.XID, CommitTime: m.CommitTime}
+		st.skipTx = m.FinalLSN <= st.lastCommit
+		if st.skipTx {
+			st.src.stats.TxSkipped.Add(1)
+			return nil
+		}
+		return st.sink.BeginTx(ctx, st.tx)
+	case commitMsg:
+		if !st.inTx {
+			return fmt.Errorf("%w: Commit outside a transaction", ErrProtocol)
+		}
+		st.inTx = false
+		if st.skipTx {
+			return nil
+		}
+		if m.CommitLSN != st.tx.CommitLSN {
+			return fmt.Errorf("%w: Commit LSN %s differs from Begin's %s", ErrProtocol, m.CommitLSN, st.tx.CommitLSN)
+		}
+		if err := st.sink.CommitTx(ctx, m.EndLSN); err != nil {
+			return fmt.Errorf("pgwal: commit transaction %d to the ledger: %w", st.tx.XID, err)
+		}
+		st.lastCommit = m.CommitLSN
+		if st.pending == 0 {
+			st.pendingSince = time.Now()
+		}
+		st.pending++
+		return nil
+	case relationMsg:
+		rel, err := st.types.resolveRelation(ctx, st.sql, m)
+		if err != nil {
+			return err
+		}
+		st.rels[m.ID] = rel
+		return nil
+	case changeMsg:
+		rel, err := st.relation(m.Relation)
+		if err != nil {
+			return err
+		}
+		st.src.stats.EventsReceived.Add(1)
+		if st.skipTx {
+			return nil
+		}
+		e := st.next()
+		if err := rel.buildChange(e, m, st.tx.CommitLSN); err != nil {
+			return err
+		}
+		return st.append(ctx, e, len(data))
+	case truncateMsg:
+		for _, id := range m.Relations {
+			rel, err := st.relation(id)
+			if err != nil {
+				return err
+			}
+			st.src.stats.EventsReceived.Add(1)
+			if st.skipTx {
+				continue
+			}
+			e := st.next()
+			e.Type, e.Name = event.Truncate, rel.msg.Name
+			e.Source.Schema, e.Source.Table, e.Source.Columns = rel.msg.Namespace, rel.msg.Name, rel.columns
+			e.NewRecord, e.OldRecord, e.Changes = nil, nil, nil
+			if err := st.append(ctx, e, 16); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return nil // Origin, Type and logical messages carry nothing walflow records.
+}
+
+func (st *stream) relation(id uint32) (*relation, error) {
+	rel, ok := st.rels[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: change for relation %d before its Relation message", ErrProtocol, id)
+	}
+	return rel, nil
+}
+
+// next prepares the reusable event for the next change of the current transaction.
+func (st *stream) next() *event.Event {
+	if !st.inTx {
+		// A change outside Begin/Commit breaks the protocol; buildChange's caller reports it.
+		st.tx = event.TxMeta{}
+	}
+	e := &st.ev
+	e.Position = 0
+	e.LSN = st.tx.CommitLSN
+	e.XID = st.tx.XID
+	e.Ordinal = st.ordinal
+	e.Timestamp = st.tx.CommitTime
+	e.Source.DB = st.db
+	st.ordinal++
+	return e
+}
+
+func (st *stream) append(ctx context.Context, e *event.Event, size int) error {
+	if !st.inTx {
+		return fmt.Errorf("%w: change outside a transaction", ErrProtocol)
+	}
+	if err := st.sink.Append(ctx, e); err != nil {
+		return fmt.Errorf("pgwal: append %s event of %s (transaction %d) to the ledger: %w", e.Type, e.Name, e.XID, err)
+	}
+	st.src.stats.EventsAppended.Add(1)
+	st.pendingBytes += size
+	return nil
+}
