@@ -1,0 +1,89 @@
+package walflow
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/source/pgwal"
+)
+
+// Defaults for [Config].
+const (
+	LedgerDirDefault = "walflow-data"
+)
+
+// Config configures an [Engine]. The zero value of every field but DatabaseURL is usable.
+type Config struct {
+	// DatabaseURL is the PostgreSQL connection string. The role needs REPLICATION (or
+	// superuser), and the server wal_level = logical. Required.
+	DatabaseURL string
+	// Slot is the logical replication slot's name. Default "walflow".
+	Slot string
+	// TemporarySlot makes the slot temporary (dropped when walflow disconnects): only for
+	// throwaway runs. Default false.
+	TemporarySlot bool
+	// Publication is the publication's name. Default "walflow".
+	Publication string
+	// Tables lists the tables to follow with their channel settings (id column, scopes,
+	// timestamp field). Default none: an existing publication is used as it is, or one FOR
+	// ALL TABLES is created (which needs a superuser).
+	Tables []channel.Table
+	// LedgerDir is the embedded ledger's directory. Default "walflow-data".
+	LedgerDir string
+	// MemoryLedger keeps the ledger in memory instead of LedgerDir: everything is lost when
+	// the process exits, so use it with a temporary slot, for tests and demos. Default false.
+	MemoryLedger bool
+	// HTTPAddr is where Run serves /metrics, /healthz and /status, e.g. 127.0.0.1:9187.
+	// Default "": no HTTP server (mount [Engine.Handler] yourself).
+	HTTPAddr string
+	// StatusInterval is how often the slot is acknowledged and its lag measured. Default 10s.
+	StatusInterval time.Duration
+	// SyncDelay is how long appended transactions may wait to share one ledger fsync.
+	// Default 5ms.
+	SyncDelay time.Duration
+	// Logger receives walflow's logs. Default: warnings and errors as text on stderr.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.Slot = cmp.Or(c.Slot, pgwal.SlotDefault)
+	c.Publication = cmp.Or(c.Publication, pgwal.PublicationDefault)
+	c.LedgerDir = cmp.Or(c.LedgerDir, LedgerDirDefault)
+	c.StatusInterval = cmp.Or(c.StatusInterval, pgwal.StatusIntervalDefault)
+	c.SyncDelay = cmp.Or(c.SyncDelay, pgwal.SyncDelayDefault)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	tables := make([]channel.Table, len(c.Tables))
+	for i, t := range c.Tables {
+		tables[i] = t.WithDefaults()
+	}
+	c.Tables = tables
+	return c
+}
+
+func (c Config) validate() error {
+	if c.DatabaseURL == "" {
+		return errors.New("walflow: DatabaseURL is empty; set it to a PostgreSQL URL such as postgres://app@localhost:5432/app (the CLI also reads WALFLOW_DATABASE_URL)")
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return fmt.Errorf("walflow: HTTPAddr %q is not host:port (like 127.0.0.1:9187): %w", c.HTTPAddr, err)
+		}
+	}
+	return nil
+}
+
+func (c Config) tableNames() []string {
+	names := make([]string, len(c.Tables))
+	for i, t := range c.Tables {
+		names[i] = t.Name
+	}
+	return names
+}

@@ -1,0 +1,208 @@
+package walflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/ledger/disk"
+	"github.com/walflow/walflow/ledger/memory"
+	"github.com/walflow/walflow/pubsub"
+	"github.com/walflow/walflow/source/pgwal"
+)
+
+// ErrStopping is the cause of the context cancellation Run uses to stop its parts.
+var ErrStopping = errors.New("walflow: stopping")
+
+// Engine follows a database into a ledger and serves subscriptions. Create it with [Open],
+// start it with [Engine.Run], release it with [Engine.Close].
+type Engine struct {
+	cfg    Config
+	log    *slog.Logger
+	router *channel.Router
+	led    ledger.Ledger
+	src    *pgwal.Source
+
+	running atomic.Bool
+	slot    atomic.Pointer[slotSample]
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// slotSample is the slot's state as last measured.
+type slotSample struct {
+	info   pgwal.SlotInfo
+	exists bool
+	at     time.Time
+	err    error
+}
+
+// Open validates cfg and opens the ledger. It does not connect to PostgreSQL and starts no
+// goroutine: Run does.
+func Open(ctx context.Context, cfg Config) (*Engine, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	router, err := channel.NewRouter(cfg.Tables)
+	if err != nil {
+		return nil, fmt.Errorf("walflow: tables: %w", err)
+	}
+	log := cfg.Logger
+	src, err := pgwal.New(pgwal.Config{
+		ConnString: cfg.DatabaseURL, Slot: cfg.Slot, TemporarySlot: cfg.TemporarySlot,
+		Publication: cfg.Publication, Tables: cfg.tableNames(),
+		StatusInterval: cfg.StatusInterval, SyncDelay: cfg.SyncDelay, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var led ledger.Ledger
+	if cfg.MemoryLedger {
+		led = memory.New(&memory.Options{Indexer: router.Channels})
+	} else {
+		d, err := disk.Open(ctx, cfg.LedgerDir, &disk.Options{Indexer: router.Channels, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		led = d
+	}
+	return &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src}, nil
+}
+
+// Run follows the database until ctx ends, serving HTTP on Config.HTTPAddr when set. It
+// returns nil after a clean stop, or the error that stopped it (see pgwal's Err variables
+// for the conditions that need a person).
+func (e *Engine) Run(ctx context.Context) error {
+	if !e.running.CompareAndSwap(false, true) {
+		return errors.New("walflow: Run called twice; one Engine runs once")
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(ErrStopping)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		err := e.src.Run(gctx, e.led)
+		cancel(ErrStopping)
+		return err
+	})
+	g.Go(func() error { e.pollSlot(gctx); return nil })
+	if e.cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
+		if err != nil {
+			cancel(ErrStopping)
+			_ = g.Wait()
+			return fmt.Errorf("walflow: listen on %s for metrics: %w; pick a free address in HTTPAddr", e.cfg.HTTPAddr, err)
+		}
+		srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("walflow: serve HTTP: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer c()
+			return srv.Shutdown(sctx)
+		})
+		e.log.InfoContext(ctx, "serving metrics", slog.String("addr", ln.Addr().String()))
+	}
+	return g.Wait()
+}
+
+// pollSlot measures the slot's lag every StatusInterval for metrics and Status.
+func (e *Engine) pollSlot(ctx context.Context) {
+	t := time.NewTicker(e.cfg.StatusInterval)
+	defer t.Stop()
+	for {
+		e.sampleSlot(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (e *Engine) sampleSlot(ctx context.Context) *slotSample {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s := &slotSample{at: time.Now()}
+	conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
+	if err != nil {
+		s.err = fmt.Errorf("walflow: connect to read the slot: %w", err)
+	} else {
+		s.info, s.exists, s.err = pgwal.QuerySlot(ctx, conn, e.cfg.Slot)
+		conn.Close(context.WithoutCancel(ctx))
+	}
+	if ctx.Err() == nil || s.err == nil {
+		e.slot.Store(s)
+	}
+	return s
+}
+
+// Close releases the ledger. Call it after Run has returned.
+func (e *Engine) Close() error {
+	e.closeOnce.Do(func() { e.closeErr = e.led.Close() })
+	return e.closeErr
+}
+
+// Ledger returns the engine's ledger, for reading history directly.
+func (e *Engine) Ledger() ledger.Ledger { return e.led }
+
+// Router returns the channel router built from Config.Tables.
+func (e *Engine) Router() *channel.Router { return e.router }
+
+// SubscribeOpts are the options of [Engine.Subscribe]. Nil means live events only.
+type SubscribeOpts struct {
+	// After is the position to deliver from (exclusive); nil means the current head, so
+	// only new events arrive. Use a pointer to 0 for the whole history.
+	After *event.Position
+	// Buffer is the Events channel's capacity. Default 256.
+	Buffer int
+}
+
+// Subscription delivers a subscription's events; see [pubsub.Subscription].
+type Subscription = pubsub.Subscription
+
+// Subscribe delivers, in ledger order, the events of the given channels (comments,
+// comments/7, posts/42/comments), from opts.After or from now. An event that belongs to
+// several of the channels arrives once. A malformed channel, or a scope the table does not
+// have, is an error. The subscription ends when ctx ends.
+//
+// A slow subscriber loses nothing and holds no memory for its backlog: it reads further
+// behind in the ledger.
+func (e *Engine) Subscribe(ctx context.Context, opts *SubscribeOpts, channels ...string) (*Subscription, error) {
+	if len(channels) == 0 {
+		return nil, errors.New("walflow: Subscribe needs at least one channel, like comments or posts/42/comments")
+	}
+	keys := make([]string, len(channels))
+	for i, s := range channels {
+		c, err := channel.Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		if err := e.router.Check(c); err != nil {
+			return nil, err
+		}
+		keys[i] = c.String()
+	}
+	if opts == nil {
+		opts = &SubscribeOpts{}
+	}
+	return pubsub.Subscribe(ctx, e.led, keys, &pubsub.Options{After: opts.After, Buffer: opts.Buffer}), nil
+}

@@ -1,0 +1,115 @@
+package walflow
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/walflow/walflow/event"
+)
+
+// Status is a snapshot of the engine and its slot.
+type Status struct {
+	Slot           string    `json:"slot"`
+	SlotExists     bool      `json:"slot_exists"`
+	SlotActive     bool      `json:"slot_active"`
+	SlotWALStatus  string    `json:"slot_wal_status,omitempty"`
+	ConfirmedLSN   event.LSN `json:"confirmed_lsn"`
+	RetainedWAL    int64     `json:"retained_wal_bytes"`
+	SlotLagBytes   int64     `json:"slot_lag_bytes"`
+	SlotError      string    `json:"slot_error,omitempty"`
+	Streaming      bool      `json:"streaming"`
+	LedgerHead     uint64    `json:"ledger_head"`
+	LastCommitLSN  event.LSN `json:"last_commit_lsn"`
+	AckedLSN       event.LSN `json:"acked_lsn"`
+	EventsReceived uint64    `json:"events_received"`
+	EventsAppended uint64    `json:"events_appended"`
+	Reconnects     uint64    `json:"reconnects"`
+}
+
+// Status reports the slot (measured now) and the ledger.
+func (e *Engine) Status(ctx context.Context) Status {
+	s := e.sampleSlot(ctx)
+	return e.status(s)
+}
+
+func (e *Engine) status(s *slotSample) Status {
+	st := e.led.State()
+	stats := e.src.Stats()
+	out := Status{
+		Slot: e.cfg.Slot, Streaming: stats.Connected.Load(),
+		LedgerHead: uint64(st.Head), LastCommitLSN: st.LastCommitLSN, AckedLSN: max(st.AckedLSN, st.LastEndLSN),
+		EventsReceived: stats.EventsReceived.Load(), EventsAppended: stats.EventsAppended.Load(), Reconnects: stats.Reconnects.Load(),
+	}
+	if s != nil {
+		out.SlotExists, out.SlotActive = s.exists, s.info.Active
+		out.SlotWALStatus, out.ConfirmedLSN = s.info.WALStatus, s.info.ConfirmedFlush
+		out.RetainedWAL, out.SlotLagBytes = s.info.RetainedBytes, s.info.LagBytes
+		if s.err != nil {
+			out.SlotError = s.err.Error()
+		}
+	}
+	return out
+}
+
+// Handler serves /metrics (Prometheus), /healthz (200 while streaming, 503 otherwise, with
+// the reason) and /status (the [Status] as JSON, with the slot as last measured).
+func (e *Engine) Handler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stats := e.src.Stats()
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "walflow", Name: name, Help: help}, f)
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "walflow", Name: name, Help: help}, f)
+	}
+	slot := func(f func(*slotSample) float64) func() float64 {
+		return func() float64 {
+			if s := e.slot.Load(); s != nil && s.err == nil && s.exists {
+				return f(s)
+			}
+			return 0
+		}
+	}
+	reg.MustRegister(
+		counter("events_received_total", "Row changes decoded from the WAL, replays included.", func() float64 { return float64(stats.EventsReceived.Load()) }),
+		counter("events_appended_total", "Events appended to the ledger.", func() float64 { return float64(stats.EventsAppended.Load()) }),
+		counter("transactions_skipped_total", "Transactions replayed by PostgreSQL that the ledger already held.", func() float64 { return float64(stats.TxSkipped.Load()) }),
+		counter("reconnects_total", "Replication sessions started after the first.", func() float64 { return float64(stats.Reconnects.Load()) }),
+		gauge("ledger_head_position", "Last durable ledger position.", func() float64 { return float64(e.led.State().Head) }),
+		gauge("replication_connected", "1 while streaming from the slot.", func() float64 {
+			if stats.Connected.Load() {
+				return 1
+			}
+			return 0
+		}),
+		gauge("slot_lag_bytes", "WAL bytes between the server's current position and the slot's confirmed position.", slot(func(s *slotSample) float64 { return float64(s.info.LagBytes) })),
+		gauge("slot_retained_wal_bytes", "WAL bytes the slot keeps on the server.", slot(func(s *slotSample) float64 { return float64(s.info.RetainedBytes) })),
+	)
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !stats.Connected.Load() {
+			http.Error(w, "not streaming: the replication connection is down or starting (see the logs)", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		s := e.slot.Load()
+		if s == nil || time.Since(s.at) > e.cfg.StatusInterval*2 {
+			s = e.sampleSlot(r.Context())
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(e.status(s))
+	})
+	return mux
+}
