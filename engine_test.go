@@ -1,0 +1,273 @@
+package walflow_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m, nil) }
+
+const blogSchema = `
+	CREATE TABLE posts (id int PRIMARY KEY, title text);
+	CREATE TABLE comments (id int PRIMARY KEY, post_id int, body text);
+	ALTER TABLE posts REPLICA IDENTITY FULL;
+	ALTER TABLE comments REPLICA IDENTITY FULL;`
+
+type blog struct {
+	t    *testing.T
+	eng  *walflow.Engine
+	conn *pgx.Conn
+	dsn  string
+}
+
+// startBlog runs an engine on a fresh database with the blog schema, comments scoped by
+// posts, until the test ends.
+func startBlog(t *testing.T) *blog {
+	t.Helper()
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(ctx, blogSchema); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := pgx.ParseConfig(dsn)
+	eng, err := walflow.Open(ctx, walflow.Config{
+		DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true,
+		Tables: []channel.Table{
+			{Name: "posts"},
+			{Name: "comments", Scopes: []channel.Scope{mustScope(t, "posts/{post_id}")}},
+		},
+		StatusInterval: 200 * time.Millisecond,
+		Logger:         slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := eng.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !eng.Status(ctx).Streaming {
+		if time.Now().After(deadline) {
+			t.Fatal("engine did not start streaming")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return &blog{t: t, eng: eng, conn: conn, dsn: dsn}
+}
+
+func mustScope(t *testing.T, s string) channel.Scope {
+	sc, err := channel.ParseScope(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
+
+func (b *blog) exec(sql string) {
+	b.t.Helper()
+	if _, err := b.conn.Exec(b.t.Context(), sql); err != nil {
+		b.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+var fromStart = new(event.Position)
+
+// collect reads n events from a subscription, failing after a deadline.
+func collect(t *testing.T, sub *walflow.Subscription, n int) []event.Event {
+	t.Helper()
+	var out []event.Event
+	timeout := time.After(60 * time.Second)
+	for len(out) < n {
+		select {
+		case e, ok := <-sub.Events():
+			if !ok {
+				t.Fatalf("subscription ended after %d of %d events: %v", len(out), n, sub.Err())
+			}
+			out = append(out, e)
+		case <-timeout:
+			t.Fatalf("received %d of %d events", len(out), n)
+		}
+	}
+	return out
+}
+
+// summary renders events compactly: "comments update 7".
+func summary(evs []event.Event) string {
+	var parts []string
+	for _, e := range evs {
+		id, _ := e.ID("id")
+		parts = append(parts, fmt.Sprintf("%s %s %s", e.Name, e.Type, id))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func TestSubscribeChannelKinds(t *testing.T) {
+	t.Parallel()
+	b := startBlog(t)
+	ctx := t.Context()
+	subs := map[string]*walflow.Subscription{}
+	for _, ch := range []string{"comments", "comments/7", "posts/42/comments", "posts/43/comments", "posts/42"} {
+		s, err := b.eng.Subscribe(ctx, &walflow.SubscribeOpts{After: fromStart}, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs[ch] = s
+	}
+	b.exec(`INSERT INTO posts VALUES (42, 'a'), (43, 'b')`)
+	b.exec(`INSERT INTO comments VALUES (7, 42, 'x'), (8, 42, 'y'), (9, 43, 'z')`)
+	b.exec(`UPDATE comments SET post_id = 43 WHERE id = 7`) // moves between scopes
+	b.exec(`DELETE FROM comments WHERE id = 8`)
+	b.exec(`UPDATE posts SET title = 'A' WHERE id = 42`)
+
+	want := map[string]string{
+		"comments":          "comments insert 7, comments insert 8, comments insert 9, comments update 7, comments delete 8",
+		"comments/7":        "comments insert 7, comments update 7",
+		"posts/42/comments": "comments insert 7, comments insert 8, comments update 7, comments delete 8",
+		"posts/43/comments": "comments insert 9, comments update 7",
+		"posts/42":          "posts insert 42, posts update 42",
+	}
+	for ch, w := range want {
+		got := summary(collect(t, subs[ch], strings.Count(w, ",")+1))
+		if got != w {
+			t.Errorf("%s:\n got %s\nwant %s", ch, got, w)
+		}
+	}
+	// Nothing more may arrive on the channels: send a marker change and check it is next.
+	b.exec(`INSERT INTO comments VALUES (100, 42, 'marker')`)
+	if got := summary(collect(t, subs["posts/42/comments"], 1)); got != "comments insert 100" {
+		t.Errorf("posts/42/comments: unexpected extra event %s", got)
+	}
+}
+
+func TestSubscribeErrors(t *testing.T) {
+	t.Parallel()
+	b := startBlog(t)
+	for _, ch := range []string{"", "posts//comments", "posts/42/comments/7", "organizations/1/comments", "posts/42/../43/comments"} {
+		if _, err := b.eng.Subscribe(t.Context(), nil, ch); err == nil {
+			t.Errorf("Subscribe(%q) accepted", ch)
+		} else if !errors.Is(err, channel.ErrInvalid) {
+			t.Errorf("Subscribe(%q): error %v does not wrap channel.ErrInvalid", ch, err)
+		}
+	}
+	if _, err := b.eng.Subscribe(t.Context(), nil); err == nil {
+		t.Error("Subscribe with no channel accepted")
+	}
+}
+
+// TestSubscribeResume subscribes while a writer commits, drops the subscription at several
+// moments and resumes from its Position, across the catch-up/live seam: the union of what
+// was received must be every event of the channel exactly once, in ledger order.
+func TestSubscribeResume(t *testing.T) {
+	t.Parallel()
+	b := startBlog(t)
+	ctx := t.Context()
+	b.exec(`INSERT INTO posts VALUES (1, 'p')`)
+
+	const writes = 1500
+	var wg sync.WaitGroup
+	wg.Add(1)
+	writerErr := make(chan error, 1)
+	go func() {
+		defer wg.Done()
+		conn, err := pgx.Connect(ctx, b.dsn)
+		if err != nil {
+			writerErr <- err
+			return
+		}
+		defer conn.Close(context.Background())
+		for i := 0; i < writes; {
+			n := 1 + i%7
+			batch := &pgx.Batch{}
+			batch.Queue("BEGIN")
+			for j := 0; j < n && i < writes; j++ {
+				batch.Queue("INSERT INTO comments VALUES ($1, $2, 'c')", i, 1+i%2)
+				i++
+			}
+			batch.Queue("COMMIT")
+			if err := conn.SendBatch(ctx, batch).Close(); err != nil {
+				writerErr <- err
+				return
+			}
+		}
+	}()
+
+	var got []event.Event
+	after := event.Position(0)
+	for round := 0; len(got) < writes/2; round++ {
+		sctx, cancel := context.WithCancel(ctx)
+		start := after
+		sub, err := b.eng.Subscribe(sctx, &walflow.SubscribeOpts{After: &start, Buffer: 4}, "posts/1/comments")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Take a few events, then drop the subscription mid-stream.
+		take := min(20+round*13, writes/2-len(got))
+		for i := 0; i < take; i++ {
+			e, ok := <-sub.Events()
+			if !ok {
+				t.Fatalf("subscription ended: %v", sub.Err())
+			}
+			got = append(got, e)
+			after = e.Position
+		}
+		cancel()
+		<-sub.Done()
+	}
+	wg.Wait()
+	select {
+	case err := <-writerErr:
+		t.Fatal(err)
+	default:
+	}
+	// Resume one last time and drain to the end.
+	sub, err := b.eng.Subscribe(ctx, &walflow.SubscribeOpts{After: &after}, "posts/1/comments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, collect(t, sub, writes/2-len(got))...)
+
+	seen := map[string]bool{}
+	for i, e := range got {
+		id, _ := e.ID("id")
+		if seen[id.String()] {
+			t.Fatalf("comment %s delivered twice", id)
+		}
+		seen[id.String()] = true
+		if post, _ := e.NewRecord.Get("post_id"); post.String() != "1" {
+			t.Fatalf("event of post %s on posts/1/comments", post)
+		}
+		if i > 0 && e.Position <= got[i-1].Position {
+			t.Fatalf("out of order: %d after %d", e.Position, got[i-1].Position)
+		}
+	}
+	if len(seen) != writes/2 {
+		t.Fatalf("received %d distinct comments, want %d", len(seen), writes/2)
+	}
+}
