@@ -89,9 +89,6 @@ func TestCrashKill(t *testing.T) {
 		crashChild(dir)
 		return
 	}
-	if testing.Short() {
-		t.Skip("slow")
-	}
 	dir := t.TempDir()
 	var synced []event.LSN
 	for round := range 3 {
