@@ -156,6 +156,7 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 		// our own old walsender that has not noticed the broken connection yet.
 		return false, err
 	}
+	slotStart := info.ConfirmedFlush
 	if create {
 		res, err := pglogrepl.CreateReplicationSlot(ctx, repl, s.cfg.Slot, "pgoutput",
 			pglogrepl.CreateReplicationSlotOptions{Temporary: s.cfg.TemporarySlot, SnapshotAction: "NOEXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication})
@@ -163,11 +164,23 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 			return false, fmt.Errorf("pgwal: create replication slot %q: %w", s.cfg.Slot, err)
 		}
 		s.log.InfoContext(ctx, "created replication slot", slog.String("slot", s.cfg.Slot), slog.Bool("temporary", s.cfg.TemporarySlot), slog.String("consistent_point", res.ConsistentPoint))
+		if slotStart, err = event.ParseLSN(res.ConsistentPoint); err != nil {
+			return false, fmt.Errorf("pgwal: create replication slot %q: consistent point: %w", s.cfg.Slot, err)
+		}
 	}
 	if st.Origin.IsZero() {
+		// The slot is confirmed up to where this ledger starts following it. Record that as
+		// acknowledged before the origin, or a crash before the first acknowledgement would
+		// make the slot look consumed by another client on the next start (ErrSlotRecreated).
+		if st.Head == 0 && slotStart > st.AckedLSN {
+			if err := sink.SetAcked(ctx, slotStart); err != nil {
+				return false, fmt.Errorf("pgwal: record the slot's start position: %w", err)
+			}
+		}
 		if err := sink.SetOrigin(ctx, origin); err != nil {
 			return false, fmt.Errorf("pgwal: record origin: %w", err)
 		}
+		st = sink.State()
 	}
 
 	start := pglogrepl.LSN(st.LastEndLSN)
@@ -225,7 +238,7 @@ type stream struct {
 	pendingBytes int
 	pendingSince time.Time
 
-	walEnd     event.LSN // the server's WAL end from the last message
+	walEnd     event.LSN // the WAL end of the last keepalive: everything before it was sent
 	acked      event.LSN // last flush position sent or recorded
 	nextStatus time.Time
 
@@ -379,10 +392,14 @@ func (st *stream) handleCopyData(ctx context.Context, b []byte) error {
 	if err != nil {
 		return err
 	}
-	if x.WALEnd > st.walEnd {
-		st.walEnd = x.WALEnd
-	}
 	if x.Keepalive {
+		// Only a keepalive's WAL end is safe to acknowledge when idle: it is the position the
+		// server has decoded and sent up to. An XLogData header's WAL end is not (logical
+		// walsenders put the change's own LSN there), and acknowledging a server-wide WAL end
+		// could skip transactions not yet sent.
+		if x.WALEnd > st.walEnd {
+			st.walEnd = x.WALEnd
+		}
 		if x.Reply {
 			if st.pending > 0 {
 				if err := st.sync(ctx); err != nil {
