@@ -1,0 +1,28 @@
+// Package faulttest holds walflow's fault-injection tests, which run the whole pipeline
+// (PostgreSQL, the pgwal source, the engine, the disk ledger) against real servers and break
+// it on purpose. It has no code of its own: everything is in its tests.
+//
+// # Tests
+//
+//   - TestCrashSafety runs the pipeline as a child process (internal/testcmd/pipeline),
+//     SIGKILLs it at random moments while two writers commit inserts, updates and deletes in
+//     transactions of 1 to 200 rows, restarts it each time, and checks that the ledger holds
+//     every committed change exactly once, in commit order, against the writers' own log and
+//     an audit row each transaction writes.
+//   - TestMillionRowTransaction streams one transaction of 1,000,000 rows through the child
+//     and checks its peak resident set size and the ledger's positions.
+//   - TestUnrelatedWritesDoNotRetainWAL checks that a slot whose tables stay idle while
+//     other tables take heavy writes lets PostgreSQL recycle the WAL (restart_lsn moves).
+//   - TestPostgresRestarts restarts a dedicated PostgreSQL cluster five times, fast and
+//     immediate, under a writer, and compares the ledger with the table.
+//   - TestSlotInvalidated makes PostgreSQL invalidate the slot (max_slot_wal_keep_size)
+//     while walflow is stopped, and checks that Run refuses to resume, saying how to resync.
+//
+// # Running
+//
+// The tests need the PostgreSQL server binaries (see internal/pgtest) and the go command,
+// which builds the child process once per test that uses it, without -race so that its
+// memory use is realistic:
+//
+//	go test -race ./internal/faulttest/
+package faulttest

@@ -1,0 +1,173 @@
+// Command pipeline runs a walflow engine with a disk ledger, for the fault tests in
+// internal/faulttest, which run it as a child process, kill it and start it again.
+//
+// It speaks a line protocol on stdout:
+//
+//	ready                                      the engine is streaming from the slot
+//	state head=N commit=LSN end=LSN acked=LSN  the ledger's durable state, when it changed
+//	vmhwm N                                    peak resident set size in KiB, just before exit
+//
+// Logs go to stderr. SIGTERM or SIGINT stops it gracefully: the engine syncs and
+// acknowledges what it appended, the ledger is closed, and it exits 0. With -exit-on-eof it
+// also exits (status 3, without cleaning up, like a crash) when stdin reaches end of file,
+// so it does not outlive a test binary that died.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/channel"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	dsn := flag.String("dsn", "", "PostgreSQL connection URL (required)")
+	dir := flag.String("ledger", "", "ledger directory (required)")
+	slot := flag.String("slot", "", "replication slot name (required)")
+	tables := flag.String("tables", "", "tables to follow, comma-separated, each name or name:idcolumn (required)")
+	status := flag.Duration("status-interval", 200*time.Millisecond, "how often the slot is acknowledged")
+	report := flag.Duration("report-interval", 20*time.Millisecond, "how often the ledger state is checked for a state line")
+	level := flag.String("log-level", "info", "log level: debug, info, warn or error")
+	exitOnEOF := flag.Bool("exit-on-eof", false, "exit with status 3 when stdin reaches end of file")
+	flag.Parse()
+	if *dsn == "" || *dir == "" || *slot == "" || *tables == "" {
+		fmt.Fprintln(os.Stderr, "pipeline: -dsn, -ledger, -slot and -tables are required")
+		flag.Usage()
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "pipeline: -log-level: %v\n", err)
+		return 2
+	}
+	tabs, err := parseTables(*tables)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pipeline: -tables: %v\n", err)
+		return 2
+	}
+	if *exitOnEOF {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			fmt.Fprintln(os.Stderr, "pipeline: stdin closed; exiting")
+			os.Exit(3)
+		}()
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	eng, err := walflow.Open(ctx, walflow.Config{
+		DatabaseURL: *dsn, Slot: *slot, Tables: tabs, LedgerDir: *dir,
+		StatusInterval: *status, Logger: log,
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pipeline: open: %v\n", err)
+		return 1
+	}
+	out := bufio.NewWriter(os.Stdout)
+	runErr := make(chan error, 1)
+	go func() { runErr <- eng.Run(ctx) }()
+	err = watch(eng, out, *report, runErr)
+	if cerr := eng.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close: %w", cerr)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pipeline: %v\n", err)
+		return 1
+	}
+	printState(out, eng, nil)
+	if kb, err := peakRSS(); err == nil {
+		fmt.Fprintf(out, "vmhwm %d\n", kb)
+	} else {
+		fmt.Fprintf(os.Stderr, "pipeline: read peak RSS: %v\n", err)
+	}
+	if err := out.Flush(); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// parseTables parses the -tables flag: name or name:idcolumn, comma-separated.
+func parseTables(s string) ([]channel.Table, error) {
+	var out []channel.Table
+	for _, part := range strings.Split(s, ",") {
+		name, id, _ := strings.Cut(strings.TrimSpace(part), ":")
+		if name == "" {
+			return nil, fmt.Errorf("empty table name in %q", s)
+		}
+		out = append(out, channel.Table{Name: name, IDColumn: id})
+	}
+	return out, nil
+}
+
+// watch prints "ready" once the engine streams and a state line whenever the ledger's state
+// changes, until Run returns; it returns Run's error.
+func watch(eng *walflow.Engine, out *bufio.Writer, every time.Duration, runErr <-chan error) error {
+	health := eng.Handler()
+	ready := false
+	var last string
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-runErr:
+			return err
+		case <-t.C:
+		}
+		if !ready {
+			rec := httptest.NewRecorder()
+			health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+			if rec.Code == http.StatusOK {
+				ready = true
+				fmt.Fprintln(out, "ready")
+			}
+		}
+		last = printState(out, eng, &last)
+		if err := out.Flush(); err != nil {
+			return fmt.Errorf("write stdout: %w", err)
+		}
+	}
+}
+
+// printState writes the ledger's state line unless it equals *last, and returns it.
+func printState(out *bufio.Writer, eng *walflow.Engine, last *string) string {
+	st := eng.Ledger().State()
+	acked := max(st.AckedLSN, st.LastEndLSN)
+	line := fmt.Sprintf("state head=%d commit=%s end=%s acked=%s", st.Head, st.LastCommitLSN, st.LastEndLSN, acked)
+	if last == nil || line != *last {
+		fmt.Fprintln(out, line)
+	}
+	return line
+}
+
+// peakRSS returns VmHWM from /proc/self/status, in KiB.
+func peakRSS() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err != nil {
+				return 0, fmt.Errorf("parse %q: %w", line, err)
+			}
+			return kb, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM line in /proc/self/status")
+}
