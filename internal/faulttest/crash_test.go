@@ -399,6 +399,7 @@ func testCrashSafety(t *testing.T, bin string) {
 	type killPoint struct {
 		run       int
 		streaming bool
+		reported  bool // the run reported its ledger state before the kill
 		head      event.Position
 		behind    int // events committed but not yet in the ledger when the kill came
 	}
@@ -437,8 +438,8 @@ func testCrashSafety(t *testing.T, bin string) {
 			t.Fatalf("writer: %v", err)
 		}
 		_, events := bud.progress()
-		kp.head = c.State().Head
-		kp.behind = events - int(kp.head)
+		st := c.State()
+		kp.reported, kp.head, kp.behind = st.Lines > 0, st.Head, events-int(st.Head)
 		p.kill(c)
 		kills = append(kills, kp)
 		waitSlotIdle(t, conn, slot)
@@ -466,10 +467,15 @@ func testCrashSafety(t *testing.T, bin string) {
 		if k.streaming {
 			streamingKills++
 		}
-		if k.behind > 0 {
+		switch {
+		case !k.reported:
+			points[i] = "start"
+		case k.behind > 0:
 			behindKills++
+			fallthrough
+		default:
+			points[i] = fmt.Sprintf("%d(-%d)", k.head, k.behind)
 		}
-		points[i] = fmt.Sprintf("%d(-%d)", k.head, k.behind)
 	}
 	recovered := 0
 	for i := 1; i <= p.runs; i++ {
@@ -478,7 +484,7 @@ func testCrashSafety(t *testing.T, bin string) {
 		}
 	}
 	t.Logf("%d kills: %d while streaming, %d during start-up, %d while behind the writers; "+
-		"ledger head (and events not yet in it) at each kill: %s; %d restarts removed a transaction interrupted after a sync; final head %d",
+		"ledger head (and events committed but not yet in it) at each kill, \"start\" before it reported any: %s; %d restarts removed a transaction interrupted after a sync; final head %d",
 		len(kills), streamingKills, len(kills)-streamingKills, behindKills, strings.Join(points, " "), recovered, final.Head)
 
 	verifyCrashLedger(t, conn, ledgerDir, writers)
