@@ -22,6 +22,7 @@ const (
 	SyncBytesDefault      = 4 << 20
 	ReconnectMinDefault   = 100 * time.Millisecond
 	ReconnectMaxDefault   = 10 * time.Second
+	SlotBusyWaitDefault   = 5 * time.Second
 )
 
 // Config configures a [Source].
@@ -53,6 +54,10 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the backoff between reconnection attempts
 	// (doubling). Defaults 100ms and 10s.
 	ReconnectMin, ReconnectMax time.Duration
+	// SlotBusyWait is how long Run keeps retrying at start-up while the slot is in use,
+	// before it returns ErrSlotInUse: after a crash the server takes a moment to notice the
+	// old connection is gone. Default 5s.
+	SlotBusyWait time.Duration
 	// Logger receives the source's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 }
@@ -72,6 +77,7 @@ func (c Config) withDefaults() Config {
 	c.SyncBytes = cmp.Or(c.SyncBytes, SyncBytesDefault)
 	c.ReconnectMin = cmp.Or(c.ReconnectMin, ReconnectMinDefault)
 	c.ReconnectMax = cmp.Or(c.ReconnectMax, ReconnectMaxDefault)
+	c.SlotBusyWait = cmp.Or(c.SlotBusyWait, SlotBusyWaitDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}

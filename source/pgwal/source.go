@@ -72,6 +72,8 @@ func (s *Source) Stats() *Stats { return &s.stats }
 // condition retrying cannot fix (see the Err variables), with the sink left consistent.
 func (s *Source) Run(ctx context.Context, sink Sink) error {
 	backoff := s.cfg.ReconnectMin
+	started := time.Now()
+	streamedOnce := false
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			s.stats.Reconnects.Add(1)
@@ -80,7 +82,15 @@ func (s *Source) Run(ctx context.Context, sink Sink) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if fatal(err) || (attempt == 0 && errors.Is(err, ErrSlotInUse)) {
+		if fatal(err) {
+			return err
+		}
+		// A slot busy at start-up is another consumer, unless the server has not yet noticed
+		// that our previous process died (it notices within moments): wait SlotBusyWait
+		// before calling it another consumer. Later sessions always retry, since after a
+		// reconnect the busy walsender is usually our own old one.
+		streamedOnce = streamedOnce || streamed
+		if errors.Is(err, ErrSlotInUse) && !streamedOnce && time.Since(started) >= s.cfg.SlotBusyWait {
 			return err
 		}
 		if streamed {
@@ -152,8 +162,6 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 	info.Name = s.cfg.Slot
 	create, err := checkSlot(info, exists, sys.DBName, st)
 	if err != nil {
-		// ErrSlotInUse stops Run only on the first session: after a reconnect it is usually
-		// our own old walsender that has not noticed the broken connection yet.
 		return false, err
 	}
 	slotStart := info.ConfirmedFlush

@@ -402,7 +402,9 @@ func TestStartupChecks(t *testing.T) {
 		h.start(h.config("t"))
 		h.waitConnected()
 		other := &harness{t: t, dsn: h.dsn, led: memory.New(nil), slot: h.slot}
-		err := <-other.start(h.config("t"))
+		cfg := h.config("t")
+		cfg.SlotBusyWait = 300 * time.Millisecond
+		err := <-other.start(cfg)
 		if !errors.Is(err, pgwal.ErrSlotInUse) {
 			t.Fatalf("got %v", err)
 		}
@@ -433,6 +435,7 @@ func TestSlotDroppedOrRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	h.waitSlotInactive()
 	h.exec(`SELECT pg_drop_replication_slot($1)`, h.slot)
 	err := <-h.start(h.config("t"))
 	if !errors.Is(err, pgwal.ErrSlotMissing) || !strings.Contains(err.Error(), "to resync") {
@@ -483,4 +486,23 @@ func dbName(dsn string) string {
 		panic(err)
 	}
 	return cfg.Database
+}
+
+// waitSlotInactive waits until the server has released the slot after a stop.
+func (h *harness) waitSlotInactive() {
+	h.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, ok, err := pgwal.QuerySlot(h.t.Context(), h.conn, h.slot)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if !ok || !info.Active {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("slot %s still active 30s after the source stopped", h.slot)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
