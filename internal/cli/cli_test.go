@@ -1,0 +1,315 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m, nil) }
+
+// syncBuffer is a bytes.Buffer safe for the goroutines of a running command.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// result is what a command printed and returned.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// runCLI runs a walflow command line in-process.
+func runCLI(ctx context.Context, getenv func(string) string, args ...string) result {
+	var stdout, stderr syncBuffer
+	code := run(ctx, &env{stdout: &stdout, stderr: &stderr, getenv: getenv}, args)
+	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
+}
+
+func TestCommandLine(t *testing.T) {
+	t.Parallel()
+	missing := filepath.Join(t.TempDir(), "walflow.yaml")
+	tests := []struct {
+		args   []string
+		code   int
+		stdout string // substring
+		stderr string // substring
+	}{
+		{args: nil, code: ExitUsage, stderr: "walflow: no command given"},
+		{args: []string{"help"}, code: ExitOK, stdout: "Commands:\n  run "},
+		{args: []string{"-h"}, code: ExitOK, stdout: "walflow demo"},
+		{args: []string{"--help"}, code: ExitOK, stdout: "walflow help COMMAND"},
+		{args: []string{"help", "run"}, code: ExitOK, stdout: "Usage: walflow run [--config FILE]"},
+		{args: []string{"help", "nope"}, code: ExitUsage, stderr: `walflow: help: unknown command "nope"`},
+		{args: []string{"run", "-h"}, code: ExitOK, stdout: "--config file"},
+		{args: []string{"status", "--help"}, code: ExitOK, stdout: "--json"},
+		{args: []string{"demo", "-h"}, code: ExitOK, stdout: "--duration long"},
+		{args: []string{"version"}, code: ExitOK, stdout: "walflow "},
+		{args: []string{"--version"}, code: ExitOK, stdout: "walflow "},
+		{args: []string{"rnu"}, code: ExitUsage, stderr: `walflow: unknown command "rnu"; did you mean run?`},
+		{args: []string{"--config", "x", "run"}, code: ExitUsage, stderr: "walflow: flag --config comes before a command"},
+		{args: []string{"run", "--nope"}, code: ExitUsage, stderr: "walflow: run: flag provided but not defined: -nope; see walflow help run"},
+		{args: []string{"run", "extra"}, code: ExitUsage, stderr: `walflow: run: unexpected argument "extra"`},
+		{args: []string{"run", "--config", missing}, code: ExitUsage, stderr: "walflow: " + missing + ": no such file"},
+		{args: []string{"status", "--config", missing}, code: ExitUsage, stderr: "no such file"},
+		{args: []string{"demo", "--duration", "-1s"}, code: ExitUsage, stderr: "--duration -1s is negative"},
+		{args: []string{"demo", "--duration", "soon"}, code: ExitUsage, stderr: `invalid value "soon" for flag -duration`},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			r := runCLI(t.Context(), noEnv, tt.args...)
+			if r.code != tt.code || !strings.Contains(r.stdout, tt.stdout) || !strings.Contains(r.stderr, tt.stderr) {
+				t.Fatalf("walflow %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s\nwant stdout with %q and stderr with %q",
+					strings.Join(tt.args, " "), r.code, tt.code, r.stdout, r.stderr, tt.stdout, tt.stderr)
+			}
+			if tt.code != ExitOK && strings.Count(r.stderr, "walflow: ") != 1 {
+				t.Errorf("the error is not printed exactly once:\n%s", r.stderr)
+			}
+		})
+	}
+}
+
+const blogSchema = `
+CREATE TABLE posts (id serial PRIMARY KEY, title text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE comments (id serial PRIMARY KEY, post_id int NOT NULL REFERENCES posts ON DELETE CASCADE, body text NOT NULL,
+	updated_at timestamptz NOT NULL DEFAULT now());
+ALTER TABLE posts REPLICA IDENTITY FULL;
+ALTER TABLE comments REPLICA IDENTITY FULL;`
+
+// httpGet fetches url without keeping a connection (and its goroutines) alive.
+func httpGet(ctx context.Context, url string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// statusJSON runs walflow status --json and decodes its output.
+func statusJSON(t *testing.T, path string) (walflow.Status, result) {
+	t.Helper()
+	r := runCLI(t.Context(), noEnv, "status", "--config", path, "--json")
+	var st walflow.Status
+	if r.code == ExitOK {
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+			t.Fatalf("status --json printed %q: %v", r.stdout, err)
+		}
+	}
+	return st, r
+}
+
+// waitFor polls cond every 20ms until it holds, failing the test after a deadline or when
+// the running command ends.
+func waitFor(t *testing.T, what string, runDone <-chan result, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		select {
+		case r := <-runDone:
+			t.Fatalf("walflow run ended (exit %d) while waiting until %s\nstderr:\n%s", r.code, what, r.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRunAndStatus(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn := pgtest.NewDatabase(t)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, blogSchema); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := pc.Database // unique per test
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "walflow.yaml")
+	config := fmt.Sprintf(`database_url: %s
+slot: %s
+ledger:
+  dir: data
+http:
+  addr: %s
+log:
+  level: warn
+status_interval: 200ms
+tables:
+  posts:
+  comments:
+    scopes: ["posts/{post_id}"]
+`, dsn, slot, addr)
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Before the first run: no engine, no ledger directory, no slot.
+	st, r := statusJSON(t, path)
+	if r.code != ExitOK || st.Slot != slot || st.SlotExists || st.LedgerHead != 0 {
+		t.Fatalf("status before run: exit %d, %+v\nstderr: %s", r.code, st, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); !os.IsNotExist(err) {
+		t.Errorf("status created the ledger directory (%v)", err)
+	}
+	r = runCLI(ctx, noEnv, "status", "--config", path)
+	if r.code != ExitOK || !strings.Contains(r.stdout, "walflow is not running") || !strings.Contains(r.stdout, "does not exist: walflow run creates it") {
+		t.Errorf("status before run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	runDone := make(chan result, 1)
+	go func() { runDone <- runCLI(runCtx, noEnv, "run", "--config", path) }()
+
+	base := "http://" + addr
+	waitFor(t, "/healthz answers 200", runDone, func() bool {
+		code, _, err := httpGet(ctx, base+"/healthz")
+		return err == nil && code == http.StatusOK
+	})
+	if _, err := conn.Exec(ctx, `
+		INSERT INTO posts (title) VALUES ('a'), ('b');
+		INSERT INTO comments (post_id, body) VALUES (1, 'x');
+		UPDATE comments SET post_id = 2;`); err != nil {
+		t.Fatal(err)
+	}
+	// The engine measures the slot every status_interval, so the first measures may predate
+	// the slot.
+	waitFor(t, "status --json shows ledger_head 4 and the slot", runDone, func() bool {
+		st, r = statusJSON(t, path)
+		return r.code == ExitOK && st.LedgerHead >= 4 && st.SlotExists
+	})
+	if !st.Streaming || !st.SlotExists || st.Slot != slot || st.EventsAppended < 4 || st.LastCommitLSN == 0 {
+		t.Errorf("status from the running engine: %+v", st)
+	}
+	r = runCLI(ctx, noEnv, "status", "--config", path)
+	for _, want := range []string{"walflow is running (status from " + base + "/status)", "slot ", slot, "(active", "ledger head", "position 4", "streaming ", "yes"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	code, metrics, err := httpGet(ctx, base+"/metrics")
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("/metrics: %d, %v", code, err)
+	}
+	for _, m := range []string{"walflow_events_appended_total 4", "walflow_ledger_head_position 4", "walflow_slot_lag_bytes", "walflow_replication_connected 1"} {
+		if !strings.Contains(metrics, m) {
+			t.Errorf("/metrics lacks %q", m)
+		}
+	}
+
+	stop()
+	r = <-runDone
+	if r.code != ExitOK {
+		t.Fatalf("run exited %d after Ctrl-C\nstderr:\n%s", r.code, r.stderr)
+	}
+	if strings.Contains(r.stderr, "level=ERROR") {
+		t.Errorf("run logged errors:\n%s", r.stderr)
+	}
+
+	// After the run: status reads the ledger it left and the now inactive slot.
+	st, r = statusJSON(t, path)
+	if r.code != ExitOK || st.LedgerHead != 4 || !st.SlotExists || st.SlotActive || st.Streaming {
+		t.Errorf("status after run: exit %d, %+v\nstderr: %s", r.code, st, r.stderr)
+	}
+	r = runCLI(ctx, noEnv, "status", "--config", path)
+	if !strings.Contains(r.stdout, "walflow is not running (ledger "+filepath.Join(dir, "data")) || !strings.Contains(r.stdout, "inactive") {
+		t.Errorf("status after run:\n%s", r.stdout)
+	}
+}
+
+func TestRunLogsNoPassword(t *testing.T) {
+	t.Parallel()
+	// An unreachable server: run logs its start, fails to connect and is stopped.
+	path := filepath.Join(t.TempDir(), "walflow.yaml")
+	config := "database_url: postgres://app:s3cret@127.0.0.1:1/app?connect_timeout=1\nhttp:\n  addr: \"\"\nlog: {level: debug}\n"
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	r := runCLI(ctx, noEnv, "run", "--config", path)
+	if !strings.Contains(r.stderr, "walflow starting") || !strings.Contains(r.stderr, "app:xxxxx@127.0.0.1") {
+		t.Errorf("run did not log its start with the redacted URL:\n%s", r.stderr)
+	}
+	if strings.Contains(r.stderr, "s3cret") {
+		t.Errorf("run logged the password:\n%s", r.stderr)
+	}
+}
+
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	r := runCLI(t.Context(), noEnv, "demo", "--duration", "8s")
+	if r.code != ExitOK {
+		t.Fatalf("demo exited %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{"postgres://postgres@127.0.0.1:", "/blog?sslmode=disable", "/metrics", "Removed the cluster and the ledger."} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	for _, table := range []string{"posts", "comments"} {
+		for _, typ := range []string{"insert", "update", "delete"} {
+			line := regexp.MustCompile(`(?m)^#\d+ +[0-9A-F]+/[0-9A-F]+ +` + table + ` +` + typ + `  id=\d+.*channels: ` + table + `, ` + table + `/\d+`)
+			if !line.MatchString(r.stdout) {
+				t.Errorf("demo printed no %s %s line", table, typ)
+			}
+		}
+	}
+	if !regexp.MustCompile(`(?m)comments +update +id=\d+ +post_id: \d+ → \d+ .*posts/\d+/comments, posts/\d+/comments$`).MatchString(r.stdout) {
+		t.Error("demo printed no comment moving between posts")
+	}
+	if t.Failed() {
+		t.Logf("stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	}
+}

@@ -1,0 +1,457 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgtest"
+)
+
+var demoCommand = &command{
+	name:    "demo",
+	args:    "[--duration D] [--keep]",
+	summary: "Start a throwaway PostgreSQL with a small blog and print walflow's events live.",
+	help: `
+demo needs the PostgreSQL server binaries (apt-get install -y postgresql-15), not a running
+server. It starts a private cluster on a free port of 127.0.0.1, creates a blog (posts and
+comments, comments scoped by posts/{post_id}), follows it with walflow into a disk ledger
+in a temporary directory, and changes the blog every 0.7 s. Every event is printed as it
+comes back from the ledger, with the channels it was delivered on. You may connect to the
+printed database URL and make changes yourself: they show up too.
+
+Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`,
+	flags: func(fs *flag.FlagSet) func(context.Context, *env) error {
+		d := fs.Duration("duration", 0, "stop after writing for this `long` (default: until Ctrl-C)")
+		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
+		return func(ctx context.Context, e *env) error { return demoMain(ctx, e, *d, *keep) }
+	},
+}
+
+// Demo settings.
+const (
+	demoDatabase  = "blog"
+	demoSlot      = "walflow_demo"
+	demoWriteTick = 700 * time.Millisecond
+	demoSchema    = `
+CREATE TABLE posts (
+	id         serial PRIMARY KEY,
+	title      text NOT NULL,
+	body       text NOT NULL DEFAULT '',
+	updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE comments (
+	id         serial PRIMARY KEY,
+	post_id    int NOT NULL REFERENCES posts ON DELETE CASCADE,
+	body       text NOT NULL,
+	updated_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE posts REPLICA IDENTITY FULL;
+ALTER TABLE comments REPLICA IDENTITY FULL;`
+)
+
+func demoMain(ctx context.Context, e *env, duration time.Duration, keep bool) (err error) {
+	if duration < 0 {
+		return usagef("demo: --duration %s is negative; give a duration like 30s, or none to run until Ctrl-C", duration)
+	}
+	out := e.stdout
+	fmt.Fprintln(out, "walflow demo: starting a throwaway PostgreSQL cluster…")
+	cluster, err := pgtest.Start(ctx, nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted while starting
+		}
+		return fmt.Errorf("demo: %w", err)
+	}
+	// Cleanup runs even when ctx is done: it must outlive the Ctrl-C that started it.
+	cleanupCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	}
+	dir, err := os.MkdirTemp("", "walflow-demo-*")
+	if err != nil {
+		cctx, cancel := cleanupCtx()
+		defer cancel()
+		return errors.Join(fmt.Errorf("demo: %w", err), cluster.Stop(cctx))
+	}
+	defer func() {
+		if keep && err == nil {
+			return
+		}
+		cctx, cancel := cleanupCtx()
+		defer cancel()
+		err = errors.Join(err, cluster.Stop(cctx), os.RemoveAll(dir))
+	}()
+
+	d := &demo{env: e, cluster: cluster, dir: dir, color: isTerminal(out) && e.getenv("NO_COLOR") == ""}
+	if err := d.setup(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	return d.run(ctx, duration, keep)
+}
+
+// demo is one run of walflow demo.
+type demo struct {
+	env     *env
+	cluster *pgtest.Cluster
+	dir     string // temporary directory: walflow.yaml and the ledger
+	color   bool
+
+	dsn        string
+	configPath string
+	cfg        *config
+}
+
+// setup creates the blog and writes the walflow.yaml the engine runs with.
+func (d *demo) setup(ctx context.Context) error {
+	if err := d.cluster.CreateDatabase(ctx, demoDatabase); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	if err := d.cluster.Exec(ctx, demoDatabase, demoSchema); err != nil {
+		return fmt.Errorf("demo: create the blog: %w", err)
+	}
+	d.dsn = d.cluster.DSN(demoDatabase)
+	addr, err := freeAddr()
+	if err != nil {
+		return fmt.Errorf("demo: find a free port for HTTP: %w", err)
+	}
+	// The demo runs from an ordinary configuration file, so --keep can hand it to walflow run.
+	d.configPath = filepath.Join(d.dir, "walflow.yaml")
+	yaml := fmt.Sprintf(`# The configuration walflow demo ran with. Resume with: walflow run --config %s
+database_url: %s
+slot: %s
+ledger:
+  dir: ledger
+http:
+  addr: %s
+log:
+  level: warn
+status_interval: 1s
+tables:
+  posts:
+  comments:
+    scopes: ["posts/{post_id}"]
+`, d.configPath, d.dsn, demoSlot, addr)
+	if err := os.WriteFile(d.configPath, []byte(yaml), 0o600); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	d.cfg, err = loadConfig(d.configPath, d.env.getenv)
+	if err != nil {
+		return fmt.Errorf("demo: its own configuration is invalid: %w", err)
+	}
+	return nil
+}
+
+func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error {
+	out := d.env.stdout
+	cfg := d.cfg.engine
+	cfg.Logger = d.cfg.logger(d.env.stderr)
+	eng, err := walflow.Open(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("demo: open the engine: %w", err)
+	}
+	defer eng.Close()
+
+	// The subscription reads the ledger from its start, so it misses nothing however late it
+	// is scheduled; it ends when subCtx does.
+	subCtx, stopSub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSub()
+	sub, err := eng.Subscribe(subCtx, &walflow.SubscribeOpts{After: new(event.Position)}, "posts", "comments")
+	if err != nil {
+		return fmt.Errorf("demo: subscribe: %w", err)
+	}
+
+	// The engine stops on our signal, after the writer, so its last changes get printed.
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+	runDone := make(chan error, 1)
+	go func() { runDone <- eng.Run(runCtx) }()
+	stopEngine := func() error {
+		stopRun()
+		return <-runDone
+	}
+
+	if err := waitStreaming(ctx, eng, runDone); err != nil {
+		stopErr := stopEngine()
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.Join(err, stopErr)
+	}
+	d.banner()
+
+	p := &printer{w: out, color: d.color, router: eng.Router(), seen: map[uint32]bool{}, done: make(chan struct{})}
+	go p.run(sub)
+
+	w := &writer{dsn: d.dsn, log: d.env.stderr}
+	writeCtx, stopWrite := context.WithCancel(ctx)
+	writeDone := make(chan struct{})
+	go func() { defer close(writeDone); w.run(writeCtx) }()
+
+	started := time.Now()
+	var timeout <-chan time.Time
+	if duration > 0 {
+		timeout = time.After(duration)
+	}
+	var runErr error
+	engineDone := false
+	select {
+	case <-ctx.Done():
+	case <-timeout:
+	case runErr = <-runDone:
+		engineDone = true
+	}
+	stopWrite()
+	<-writeDone
+
+	// Let the engine take in the writer's last transaction before stopping it.
+	if last, ok := w.lastXID(); ok && !engineDone {
+		deadline := time.Now().Add(3 * time.Second)
+		for !p.saw(last) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if !engineDone {
+		runErr = stopEngine()
+	}
+	// The ledger is final now: print up to its head, then end the subscription.
+	head := eng.Ledger().State().Head
+	deadline := time.Now().Add(5 * time.Second)
+	for (sub.Position() < head || len(sub.Events()) > 0) && sub.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopSub()
+	<-p.done
+	elapsed := time.Since(started)
+
+	fmt.Fprintf(out, "\n%d events in %.1fs, ledger head at position %d, last commit %s.\n",
+		p.count, elapsed.Seconds(), head, eng.Ledger().State().LastCommitLSN)
+	if runErr != nil {
+		return fmt.Errorf("demo: the engine stopped: %w", runErr)
+	}
+	if err := sub.Err(); err != nil {
+		return fmt.Errorf("demo: the subscription stopped: %w", err)
+	}
+	if keep {
+		d.keptNote()
+	} else {
+		fmt.Fprintln(out, "Removed the cluster and the ledger.")
+	}
+	return nil
+}
+
+// waitStreaming waits until the engine streams from its slot: changes made before the slot
+// exists would not be seen.
+func waitStreaming(ctx context.Context, eng *walflow.Engine, runDone <-chan error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for !eng.Status(ctx).Streaming {
+		if time.Now().After(deadline) {
+			return errors.New("demo: the engine did not start streaming within 30s (see the log above)")
+		}
+		select {
+		case err := <-runDone:
+			return fmt.Errorf("demo: the engine stopped: %w", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (d *demo) banner() {
+	c := d.cfg.engine
+	fmt.Fprintf(d.env.stdout, `
+  database    %s
+              connect with psql and change posts or comments yourself: it shows up below
+  metrics     http://%s/metrics   (and /status, /healthz)
+  ledger      %s   (slot %s)
+  subscribed  posts, comments   (comments are scoped by posts/{post_id})
+
+A writer changes the blog every %.1fs. Each line is an event read back from the ledger:
+position, commit LSN, table, type, what changed, and the channels it was delivered on.
+Press Ctrl-C to stop.
+
+`, d.dsn, c.HTTPAddr, c.LedgerDir, c.Slot, demoWriteTick.Seconds())
+}
+
+func (d *demo) keptNote() {
+	stop := fmt.Sprintf("%s -D %s stop", filepath.Join(d.cluster.BinDir(), "pg_ctl"), d.cluster.DataDir())
+	if os.Geteuid() == 0 {
+		stop = fmt.Sprintf("su postgres -c '%s'", stop)
+	}
+	fmt.Fprintf(d.env.stdout, `Kept the cluster running and the ledger (--keep):
+  database  %s
+  resume    walflow run --config %s
+  status    walflow status --config %s
+  remove    %s && rm -rf %s
+The next walflow demo or pgtest run also removes clusters whose process has exited.
+`, d.dsn, d.configPath, d.configPath, stop, d.dir)
+}
+
+// printer prints a subscription's events, one line each.
+type printer struct {
+	w      io.Writer
+	color  bool
+	router *channel.Router
+	done   chan struct{}
+
+	mu    sync.Mutex
+	seen  map[uint32]bool // transaction ids printed
+	count int             // events printed; read after done
+}
+
+func (p *printer) run(sub *walflow.Subscription) {
+	defer close(p.done)
+	var channels []string
+	for ev := range sub.Events() {
+		channels = p.router.Channels(&ev, channels[:0])
+		fmt.Fprintln(p.w, eventLine(&ev, p.router.Table(ev.Name), channels, p.color))
+		p.mu.Lock()
+		p.seen[ev.XID] = true
+		p.count++
+		p.mu.Unlock()
+	}
+}
+
+// saw reports whether an event of transaction xid was printed.
+func (p *printer) saw(xid uint32) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.seen[xid]
+}
+
+// writer makes a realistic change to the blog every demoWriteTick.
+type writer struct {
+	dsn string
+	log io.Writer
+
+	mu   sync.Mutex
+	last uint32 // transaction id of the last change that wrote a row
+	any  bool
+}
+
+// demoSteps is the writer's script, one statement per tick, repeated. $1 is a text that
+// varies with the round.
+var demoSteps = []struct {
+	sql   string
+	texts []string
+}{
+	{`INSERT INTO posts (title, body) VALUES ($1, 'Draft.')`,
+		[]string{"Hello, WAL", "Slots and their lag", "Replaying from position 0", "Channels, explained"}},
+	{`INSERT INTO comments (post_id, body) SELECT max(id), $1 FROM posts HAVING max(id) IS NOT NULL`,
+		[]string{"First!", "Which PostgreSQL version?", "Nice write-up.", "+1"}},
+	{`INSERT INTO posts (title, body) VALUES ($1, 'Draft.')`,
+		[]string{"Logical decoding 101", "One ledger, many readers", "Exactly once, in order", "Scopes in practice"}},
+	{`UPDATE posts SET title = $1, updated_at = now() WHERE id = (SELECT min(id) FROM posts)`,
+		[]string{"Hello, write-ahead log", "Slots, lag and you", "Replay from any position", "Channels, in depth"}},
+	{`UPDATE comments SET post_id = (SELECT max(id) FROM posts), updated_at = now()
+	  WHERE id = (SELECT min(id) FROM comments WHERE post_id <> (SELECT max(id) FROM posts))`, nil},
+	{`INSERT INTO comments (post_id, body) SELECT min(id), $1 FROM posts HAVING min(id) IS NOT NULL`,
+		[]string{"Survives a crash?", "Great, thanks", "What about TOAST?", "Bookmarked."}},
+	{`UPDATE comments SET body = $1, updated_at = now() WHERE id = (SELECT max(id) FROM comments)`,
+		[]string{"Yes, it does.", "Great, thanks!", "Kept, never NULL.", "Bookmarked!"}},
+	{`DELETE FROM comments WHERE id = (SELECT min(id) FROM comments)`, nil},
+	{`DELETE FROM posts WHERE id = (SELECT min(id) FROM posts)`, nil},
+}
+
+func (w *writer) run(ctx context.Context) {
+	conn, err := pgx.Connect(ctx, w.dsn)
+	if err != nil {
+		if ctx.Err() == nil {
+			fmt.Fprintf(w.log, "walflow demo: writer: connect: %v\n", err)
+		}
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	tick := time.NewTicker(demoWriteTick)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		step := demoSteps[i%len(demoSteps)]
+		var args []any
+		if step.texts != nil {
+			args = append(args, step.texts[i/len(demoSteps)%len(step.texts)])
+		}
+		if err := w.change(ctx, conn, step.sql, args); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			fmt.Fprintf(w.log, "walflow demo: writer: %v\n", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// change runs one statement in its own transaction and remembers the transaction id when
+// it wrote a row.
+func (w *writer) change(ctx context.Context, conn *pgx.Conn, sql string, args []any) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		return err
+	}
+	var xid *string
+	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id_if_assigned()::text`).Scan(&xid); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	if xid != nil {
+		if v, err := strconv.ParseUint(*xid, 10, 64); err == nil {
+			w.mu.Lock()
+			w.last, w.any = uint32(v), true // events carry the 32-bit xid
+			w.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// lastXID returns the transaction id of the last change that wrote a row.
+func (w *writer) lastXID() (uint32, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last, w.any
+}
+
+// freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := l.Addr().String()
+	return addr, l.Close()
+}
+
+// isTerminal reports whether w is a terminal, to colour the output.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

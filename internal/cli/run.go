@@ -1,0 +1,82 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/source/pgwal"
+)
+
+var runCommand = &command{
+	name:    "run",
+	args:    "[--config FILE]",
+	summary: "Follow the database in the configuration file until Ctrl-C.",
+	help: `
+run opens the ledger, connects to PostgreSQL, creates the publication and the replication
+slot when they are missing, and appends every committed change of the configured tables
+to the ledger. It serves /metrics, /healthz and /status on http.addr (127.0.0.1:9187 by
+default). Ctrl-C or SIGTERM stops it cleanly: what was appended is synced and acknowledged
+to the slot, and the exit code is 0.`,
+	flags: func(fs *flag.FlagSet) func(context.Context, *env) error {
+		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
+		return func(ctx context.Context, e *env) error { return runMain(ctx, e, *path) }
+	},
+}
+
+func runMain(ctx context.Context, e *env, path string) error {
+	c, err := loadConfig(path, e.getenv)
+	if err != nil {
+		return err
+	}
+	log := c.logger(e.stderr)
+	cfg := c.engine
+	cfg.Logger = log
+	eng, err := walflow.Open(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("open the engine: %w", err)
+	}
+	ledger := cfg.LedgerDir
+	if cfg.MemoryLedger {
+		ledger = "memory"
+	}
+	tables := make([]string, len(cfg.Tables))
+	for i, t := range cfg.Tables {
+		tables[i] = t.Name
+	}
+	log.InfoContext(ctx, "walflow starting",
+		slog.Any("database", redactedDSN(cfg.DatabaseURL)),
+		slog.String("database_from", c.dsnFrom),
+		slog.String("slot", cmp.Or(cfg.Slot, pgwal.SlotDefault)),
+		slog.String("publication", cmp.Or(cfg.Publication, pgwal.PublicationDefault)),
+		slog.String("tables", strings.Join(tables, ",")),
+		slog.String("ledger", ledger),
+		slog.Uint64("ledger_head", uint64(eng.Ledger().State().Head)),
+		slog.String("http_addr", cfg.HTTPAddr),
+	)
+	runErr := eng.Run(ctx)
+	head := eng.Ledger().State().Head
+	closeErr := eng.Close()
+	if runErr != nil {
+		return runErr
+	}
+	if closeErr != nil {
+		return fmt.Errorf("close the ledger: %w", closeErr)
+	}
+	log.InfoContext(ctx, "walflow stopped", slog.Uint64("ledger_head", uint64(head)))
+	return nil
+}
+
+// logger returns the logger the configuration asks for, writing to w.
+func (c *config) logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.logLevel}
+	if c.logJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,224 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/walflow/walflow"
+)
+
+var statusCommand = &command{
+	name:    "status",
+	args:    "[--config FILE] [--json]",
+	summary: "Show the slot, its lag and the ledger of the configured engine.",
+	help: `
+status asks the running engine (GET http://<http.addr>/status). When none answers, it opens
+the ledger itself and measures the slot in PostgreSQL. It prints the slot (active or not),
+its confirmed LSN, the WAL it retains and how far it lags, and the ledger's head position
+and last commit LSN. The exit code is 1 when the slot could not be read.`,
+	flags: func(fs *flag.FlagSet) func(context.Context, *env) error {
+		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
+		asJSON := fs.Bool("json", false, "print the status as JSON")
+		return func(ctx context.Context, e *env) error { return statusMain(ctx, e, *path, *asJSON) }
+	},
+}
+
+// statusSource says where a status came from, for the human form.
+type statusSource struct {
+	running bool   // from the running engine's /status
+	where   string // its URL, or the ledger directory
+}
+
+func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
+	c, err := loadConfig(path, e.getenv)
+	if err != nil {
+		return err
+	}
+	st, src, err := fetchStatus(ctx, c)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(st); err != nil {
+			return err
+		}
+	} else {
+		writeStatus(e.stdout, st, src)
+	}
+	if st.SlotError != "" {
+		return fmt.Errorf("status: read slot %s: %s", st.Slot, st.SlotError)
+	}
+	return nil
+}
+
+// fetchStatus asks the running engine, or else opens the ledger and measures the slot.
+func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, error) {
+	if c.engine.HTTPAddr != "" {
+		url := "http://" + c.engine.HTTPAddr + "/status"
+		st, err := getStatus(ctx, url)
+		if err == nil {
+			return st, statusSource{running: true, where: url}, nil
+		}
+		var he *httpStatusError
+		if errors.As(err, &he) {
+			// Something answers on the address but is not a healthy walflow.
+			return walflow.Status{}, statusSource{}, err
+		}
+	}
+	cfg := c.engine
+	cfg.HTTPAddr = ""
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	where := cfg.LedgerDir
+	if !cfg.MemoryLedger {
+		if _, err := os.Stat(cfg.LedgerDir); errors.Is(err, os.ErrNotExist) {
+			// Nothing ran yet: do not create the directory just to say it is empty.
+			cfg.MemoryLedger = true
+			where += " (does not exist yet)"
+		}
+	} else {
+		where = "memory (empty: the engine is not running)"
+	}
+	eng, err := walflow.Open(ctx, cfg)
+	if err != nil {
+		return walflow.Status{}, statusSource{}, fmt.Errorf("status: no engine answers on %s, and opening its ledger failed (an engine running without http.addr holds it): %w", shownAddr(c.engine.HTTPAddr), err)
+	}
+	st := eng.Status(ctx)
+	if err := eng.Close(); err != nil {
+		return walflow.Status{}, statusSource{}, fmt.Errorf("status: close the ledger: %w", err)
+	}
+	return st, statusSource{where: where}, nil
+}
+
+// shownAddr names the HTTP address in errors.
+func shownAddr(addr string) string {
+	if addr == "" {
+		return "http (http.addr is off)"
+	}
+	return addr
+}
+
+// httpStatusError is a /status answer that is not a walflow status.
+type httpStatusError struct {
+	url string
+	msg string
+}
+
+func (e *httpStatusError) Error() string {
+	return fmt.Sprintf("status: %s answered %s; is http.addr another program's address?", e.url, e.msg)
+}
+
+// getStatus fetches a running engine's /status.
+func getStatus(ctx context.Context, url string) (walflow.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return walflow.Status{}, err
+	}
+	// No keep-alive: the connection closes with the response and leaves no goroutine.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return walflow.Status{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return walflow.Status{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return walflow.Status{}, &httpStatusError{url: url, msg: resp.Status}
+	}
+	var st walflow.Status
+	if err := json.Unmarshal(body, &st); err != nil || st.Slot == "" {
+		return walflow.Status{}, &httpStatusError{url: url, msg: "something that is not a walflow status"}
+	}
+	return st, nil
+}
+
+// writeStatus prints the status for people.
+func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
+	if src.running {
+		fmt.Fprintf(w, "walflow is running (status from %s)\n\n", src.where)
+	} else {
+		fmt.Fprintf(w, "walflow is not running (ledger %s, slot measured in PostgreSQL)\n\n", src.where)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	switch {
+	case st.SlotError != "":
+		row("slot", st.Slot+"  (could not be read: "+st.SlotError+")")
+	case !st.SlotExists:
+		row("slot", st.Slot+"  (does not exist: walflow run creates it)")
+	default:
+		state := "inactive: no walflow is streaming from it"
+		if st.SlotActive {
+			state = "active"
+		}
+		if st.SlotWALStatus != "" {
+			state += ", wal_status " + st.SlotWALStatus
+		}
+		row("slot", st.Slot+"  ("+state+")")
+		row("confirmed LSN", st.ConfirmedLSN.String())
+		row("retained WAL", bytesWithUnit(st.RetainedWAL))
+		row("lag", bytesWithUnit(st.SlotLagBytes))
+	}
+	row("ledger head", "position "+strconv.FormatUint(st.LedgerHead, 10))
+	row("last commit LSN", st.LastCommitLSN.String())
+	if src.running {
+		streaming := "no (see the engine's logs)"
+		if st.Streaming {
+			streaming = "yes"
+		}
+		row("streaming", streaming)
+		row("events", fmt.Sprintf("%d received, %d appended since start", st.EventsReceived, st.EventsAppended))
+		row("reconnects", strconv.FormatUint(st.Reconnects, 10))
+	}
+	_ = tw.Flush()
+}
+
+// bytesWithUnit writes a byte count in binary units with the exact count: "1.5 MiB
+// (1572864 bytes)", or "512 bytes".
+func bytesWithUnit(n int64) string {
+	exact := strconv.FormatInt(n, 10) + " bytes"
+	if n < 1024 && n > -1024 {
+		return exact
+	}
+	return humanBytes(n) + " (" + exact + ")"
+}
+
+// humanBytes writes a byte count in binary units: 0 B, 512 B, 1.5 KiB, 12.0 MiB.
+func humanBytes(n int64) string {
+	const units = "KMGTPE"
+	neg := n < 0
+	if neg {
+		n = -n
+	}
+	var s string
+	if n < 1024 {
+		s = strconv.FormatInt(n, 10) + " B"
+	} else {
+		v, i := float64(n)/1024, 0
+		for v >= 1024 && i < len(units)-1 {
+			v /= 1024
+			i++
+		}
+		s = strconv.FormatFloat(v, 'f', 1, 64) + " " + string(units[i]) + "iB"
+	}
+	if neg {
+		return "-" + s
+	}
+	return s
+}
