@@ -313,3 +313,30 @@ func TestDemo(t *testing.T) {
 		t.Logf("stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
 	}
 }
+
+// TestDemoWithoutPostgres runs alone (t.Setenv): without server binaries, demo fails with
+// the install command and exit code 1.
+func TestDemoWithoutPostgres(t *testing.T) {
+	t.Setenv(pgtest.BinDirEnv, t.TempDir())
+	r := runCLI(t.Context(), noEnv, "demo", "--duration", "1s")
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "walflow: demo: ") || !strings.Contains(r.stderr, "apt-get install -y postgresql-15") {
+		t.Fatalf("demo without binaries: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestStatusUnreachable(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "walflow.yaml")
+	config := "database_url: postgres://app:s3cret@127.0.0.1:1/app?connect_timeout=1\nhttp:\n  addr: \"\"\n"
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t.Context(), noEnv, "status", "--config", path)
+	if r.code != ExitFailure || !regexp.MustCompile(`(?m)^slot +walflow  \(could not be read; the error follows\)$`).MatchString(r.stdout) ||
+		!strings.HasPrefix(r.stderr, "walflow: status: slot walflow: connect to read the slot: ") || strings.Contains(r.stderr, "\nwalflow: ") {
+		t.Errorf("status of an unreachable database: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stdout+r.stderr, "s3cret") {
+		t.Error("status shows the password")
+	}
+}

@@ -286,7 +286,7 @@ func (l *loader) walk(n *yaml.Node, s *spec, path string) error {
 			if vs == nil {
 				msg := "unknown key"
 				if sug := suggest(name, s.keys); sug != "" {
-					msg += "; did you mean " + sug + "?"
+					msg += " (did you mean " + sug + "?)"
 				}
 				return l.errAt(k, kp, "%s; %s are %s", msg, s.what, strings.Join(s.keys, ", "))
 			}

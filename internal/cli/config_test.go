@@ -151,9 +151,9 @@ func TestParseConfigErrors(t *testing.T) {
 		want []string // substrings of the error, in order
 	}{
 		{"missing database_url", "slot: a\n", []string{"walflow.yaml: database_url: missing", "WALFLOW_DATABASE_URL or DATABASE_URL environment variable"}},
-		{"unknown top-level key", db + "tabels:\n  posts:\n", []string{"walflow.yaml:2: tabels: unknown key; did you mean tables?", "database_url, slot, temporary_slot"}},
-		{"unknown ledger key", db + "ledger:\n  backnd: disk\n", []string{"walflow.yaml:3: ledger.backnd: unknown key; did you mean backend?", "the keys of ledger are dir, backend"}},
-		{"unknown table key", db + "tables:\n  comments:\n    scope: [\"posts/{post_id}\"]\n", []string{"walflow.yaml:4: tables.comments.scope: unknown key; did you mean scopes?", "id, scopes, timestamp"}},
+		{"unknown top-level key", db + "tabels:\n  posts:\n", []string{"walflow.yaml:2: tabels: unknown key (did you mean tables?); the top-level keys are", "database_url, slot, temporary_slot"}},
+		{"unknown ledger key", db + "ledger:\n  backnd: disk\n", []string{"walflow.yaml:3: ledger.backnd: unknown key (did you mean backend?)", "the keys of ledger are dir, backend"}},
+		{"unknown table key", db + "tables:\n  comments:\n    scope: [\"posts/{post_id}\"]\n", []string{"walflow.yaml:4: tables.comments.scope: unknown key (did you mean scopes?)", "id, scopes, timestamp"}},
 		{"bad scope", db + "tables:\n  comments:\n    scopes: [\"posts/{post_id}\", \"posts/post_id\"]\n", []string{"walflow.yaml:4: tables.comments.scopes[1]: invalid scope \"posts/post_id\"", "{post_id}"}},
 		{"scope braces", db + "tables:\n  comments:\n    scopes:\n      - posts/{post id}\n", []string{"walflow.yaml:5: tables.comments.scopes[0]:", "not a column name"}},
 		{"scopes not a list", db + "tables:\n  comments:\n    scopes: posts/{post_id}\n", []string{`tables.comments.scopes: want a list of scope templates like ["posts/{post_id}"]`}},

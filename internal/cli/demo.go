@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -193,7 +194,7 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 		}
 		return errors.Join(err, stopErr)
 	}
-	d.banner()
+	d.banner(ctx, duration)
 
 	p := &printer{w: out, color: d.color, router: eng.Router(), seen: map[uint32]bool{}, done: make(chan struct{})}
 	go p.run(sub)
@@ -239,8 +240,13 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	<-p.done
 	elapsed := time.Since(started)
 
-	fmt.Fprintf(out, "\n%d events in %.1fs, ledger head at position %d, last commit %s.\n",
+	fmt.Fprintf(out, "\n%d events in %.1fs; the ledger's head is position %d (commit %s)",
 		p.count, elapsed.Seconds(), head, eng.Ledger().State().LastCommitLSN)
+	// The slot confirms what the ledger made durable: show it, now that the engine stopped.
+	if st := eng.Status(context.WithoutCancel(ctx)); st.SlotExists {
+		fmt.Fprintf(out, ", the slot confirmed %s", st.ConfirmedLSN)
+	}
+	fmt.Fprintln(out, ".")
 	if runErr != nil {
 		return fmt.Errorf("demo: the engine stopped: %w", runErr)
 	}
@@ -274,10 +280,22 @@ func waitStreaming(ctx context.Context, eng *walflow.Engine, runDone <-chan erro
 	return nil
 }
 
-func (d *demo) banner() {
+func (d *demo) banner(ctx context.Context, duration time.Duration) {
 	c := d.cfg.engine
+	version := "PostgreSQL"
+	if conn, err := pgx.Connect(ctx, d.dsn); err == nil {
+		var v string
+		if conn.QueryRow(ctx, "SHOW server_version").Scan(&v) == nil {
+			version += " " + strings.Fields(v + " ")[0] // 15.18, without "(Debian ...)"
+		}
+		conn.Close(context.WithoutCancel(ctx))
+	}
+	stop := "Press Ctrl-C to stop."
+	if duration > 0 {
+		stop = fmt.Sprintf("It stops after %s, or on Ctrl-C.", duration)
+	}
 	fmt.Fprintf(d.env.stdout, `
-  database    %s
+  database    %s   (%s)
               connect with psql and change posts or comments yourself: it shows up below
   metrics     http://%s/metrics   (and /status, /healthz)
   ledger      %s   (slot %s)
@@ -285,9 +303,9 @@ func (d *demo) banner() {
 
 A writer changes the blog every %.1fs. Each line is an event read back from the ledger:
 position, commit LSN, table, type, what changed, and the channels it was delivered on.
-Press Ctrl-C to stop.
+%s
 
-`, d.dsn, c.HTTPAddr, c.LedgerDir, c.Slot, demoWriteTick.Seconds())
+`, d.dsn, version, c.HTTPAddr, c.LedgerDir, c.Slot, demoWriteTick.Seconds(), stop)
 }
 
 func (d *demo) keptNote() {
@@ -299,9 +317,9 @@ func (d *demo) keptNote() {
   database  %s
   resume    walflow run --config %s
   status    walflow status --config %s
-  remove    %s && rm -rf %s
+  remove    %s && rm -rf %s %s
 The next walflow demo or pgtest run also removes clusters whose process has exited.
-`, d.dsn, d.configPath, d.configPath, stop, d.dir)
+`, d.dsn, d.configPath, d.configPath, stop, filepath.Dir(d.cluster.DataDir()), d.dir)
 }
 
 // printer prints a subscription's events, one line each.

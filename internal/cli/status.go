@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -58,7 +59,7 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 		writeStatus(e.stdout, st, src)
 	}
 	if st.SlotError != "" {
-		return fmt.Errorf("status: read slot %s: %s", st.Slot, st.SlotError)
+		return fmt.Errorf("status: slot %s: %s", st.Slot, strings.TrimPrefix(st.SlotError, "walflow: "))
 	}
 	return nil
 }
@@ -159,7 +160,7 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
 	switch {
 	case st.SlotError != "":
-		row("slot", st.Slot+"  (could not be read: "+st.SlotError+")")
+		row("slot", st.Slot+"  (could not be read; the error follows)")
 	case !st.SlotExists:
 		row("slot", st.Slot+"  (does not exist: walflow run creates it)")
 	default:
