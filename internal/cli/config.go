@@ -495,7 +495,7 @@ func (l *loader) table(name string, tc *tableConfig) (channel.Table, error) {
 	path := joinPath("tables", name)
 	t := channel.Table{Name: name}
 	if err := t.Validate(); err != nil {
-		return t, l.errAt(l.keyNode(path), path, "%s", tableProblem(name, err))
+		return t, l.errPath(path, "%s", tableProblem(name, err))
 	}
 	if tc == nil {
 		return t, nil
@@ -520,9 +520,6 @@ func (l *loader) table(name string, tc *tableConfig) (channel.Table, error) {
 	}
 	return t, nil
 }
-
-// keyNode returns the value node at path, which for an entry of tables is on the key's line.
-func (l *loader) keyNode(path string) *yaml.Node { return l.nodes[path] }
 
 // tableProblem strips the "channel: table "x": " prefix the path already says.
 func tableProblem(name string, err error) string {
