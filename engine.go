@@ -104,7 +104,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		if err != nil {
 			cancel(ErrStopping)
 			_ = g.Wait()
-			return fmt.Errorf("walflow: listen on %s for metrics: %w; pick a free address in HTTPAddr", e.cfg.HTTPAddr, err)
+			return fmt.Errorf("walflow: listen on %s for metrics and status: %w; choose a free host:port for the HTTP address (http.addr in walflow.yaml)", e.cfg.HTTPAddr, err)
 		}
 		srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {

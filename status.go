@@ -103,7 +103,7 @@ func (e *Engine) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		s := e.slot.Load()
-		if s == nil || time.Since(s.at) > e.cfg.StatusInterval*2 {
+		if s == nil || time.Since(s.at) > e.cfg.StatusInterval*2 || (!s.exists && stats.Connected.Load()) {
 			s = e.sampleSlot(r.Context())
 		}
 		w.Header().Set("Content-Type", "application/json")

@@ -230,3 +230,13 @@ func (t Table) clone() Table {
 	t.Scopes = scopes
 	return t
 }
+
+// MustParseScope is ParseScope for templates fixed in the program's source: it panics on an
+// invalid one, which is a programming error found at start-up.
+func MustParseScope(template string) Scope {
+	s, err := ParseScope(template)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
