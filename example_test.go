@@ -22,7 +22,7 @@ func ExampleEngine_Subscribe() {
 		DatabaseURL: "postgres://app@localhost:5432/blog",
 		Tables: []channel.Table{
 			{Name: "posts"},
-			{Name: "comments", Scopes: []channel.Scope{{{Column: "post_id", Table: "posts"}}}},
+			{Name: "comments", Scopes: []channel.Scope{channel.MustParseScope("posts/{post_id}")}},
 		},
 	})
 	if err != nil {

@@ -19,7 +19,7 @@ func followComments(ctx context.Context) error {
 		DatabaseURL: os.Getenv("DATABASE_URL"), // a role with REPLICATION; wal_level=logical
 		Tables: []channel.Table{
 			{Name: "posts"},
-			{Name: "comments", Scopes: []channel.Scope{{{Column: "post_id", Table: "posts"}}}},
+			{Name: "comments", Scopes: []channel.Scope{channel.MustParseScope("posts/{post_id}")}},
 		},
 	})
 	if err != nil {
