@@ -142,7 +142,7 @@ func TestTypeMatrix(t *testing.T) {
 			id int PRIMARY KEY,
 			i2 smallint, i4 integer, i8 bigint, f4 real, f8 double precision,
 			num numeric, num_nan numeric, txt text, vc varchar(10), ch char(3), b bool, by bytea,
-			u uuid, d date, tm time, ts timestamp, tstz timestamptz, ts_inf timestamptz, iv interval,
+			u uuid, d date, tm time, ts timestamp, tstz timestamptz, ts_inf timestamptz, ts_ninf timestamp, iv interval,
 			js json, jb jsonb, ia int[], ia2 int[], ta text[], m mood, dom positive, ip inet, mon money,
 			f8nan double precision, f8inf double precision, f8ninf double precision,
 			big text, counter int);
@@ -153,7 +153,7 @@ func TestTypeMatrix(t *testing.T) {
 	h.exec(`INSERT INTO matrix VALUES (1,
 		-32768, 2147483647, -9223372036854775808, 3.4028235e+38, 1.7976931348623157e+308,
 		'123456789012345678901234567890.123456789012345678901234567890', 'NaN', 'héllo "q"', 'abc', 'x', true, '\xdeadbeef',
-		'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29', '13:14:15.123456', '2024-07-23 12:00:00.5', '2024-07-23 12:00:00.123456+02', 'infinity', '1 year 2 mons 3 days 04:05:06',
+		'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29', '13:14:15.123456', '2024-07-23 12:00:00.5', '2024-07-23 12:00:00.123456+02', 'infinity', '-infinity', '1 year 2 mons 3 days 04:05:06',
 		'{"a": 1}', '{"b": [1, 2]}', '{1,NULL,3}', '{{1,2},{3,4}}', '{"x,y",NULL,"z"}', 'sad', 7, '192.168.1.0/24', 12.34,
 		'NaN', 'Infinity', '-Infinity', $1, 0)`, big)
 	h.exec(`UPDATE matrix SET counter = counter + 1 WHERE id = 1`)
@@ -164,7 +164,7 @@ func TestTypeMatrix(t *testing.T) {
 		"num": `123456789012345678901234567890.123456789012345678901234567890`, "num_nan": `"NaN"`,
 		"txt": `"héllo \"q\""`, "vc": `"abc"`, "ch": `"x  "`, "b": `true`, "by": `"\\xdeadbeef"`,
 		"u": `"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"`, "d": `"2024-02-29"`, "tm": `"13:14:15.123456"`,
-		"ts": `"2024-07-23T12:00:00.5"`, "tstz": `"2024-07-23T10:00:00.123456Z"`, "ts_inf": `"infinity"`,
+		"ts": `"2024-07-23T12:00:00.5"`, "tstz": `"2024-07-23T10:00:00.123456Z"`, "ts_inf": `"infinity"`, "ts_ninf": `"-infinity"`,
 		"iv": `"1 year 2 mons 3 days 04:05:06"`, "js": `{"a":1}`, "jb": `{"b":[1,2]}`,
 		"ia": `[1,null,3]`, "ia2": `[[1,2],[3,4]]`, "ta": `["x,y",null,"z"]`, "m": `"sad"`, "dom": `7`,
 		"ip": `"192.168.1.0/24"`, "mon": `"$12.34"`, "f8nan": `"NaN"`, "f8inf": `"Infinity"`, "f8ninf": `"-Infinity"`,
@@ -504,5 +504,54 @@ func (h *harness) waitSlotInactive() {
 			h.t.Fatalf("slot %s still active 30s after the source stopped", h.slot)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestOtherCluster covers the conditions a second cluster is needed for: wal_level not
+// logical, and a ledger pointed at a different database system (as after a restore from a
+// backup into a new cluster), which must stop instead of resuming past a gap.
+func TestOtherCluster(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+
+	replica, err := pgtest.Start(ctx, &pgtest.Options{Settings: map[string]string{"wal_level": "replica"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = replica.Stop(context.Background()) })
+	h := &harness{t: t, dsn: replica.DSN("postgres"), led: memory.New(nil), slot: "walflow"}
+	err = <-h.start(h.config())
+	if !errors.Is(err, pgwal.ErrWALLevel) || !strings.Contains(err.Error(), "wal_level = logical") {
+		t.Fatalf("wal_level replica: got %v", err)
+	}
+
+	// The same ledger, first following the shared cluster, then a different one with the
+	// same database and slot names.
+	a := newHarness(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	a.start(a.config("t"))
+	a.waitConnected()
+	a.exec(`INSERT INTO t VALUES (1)`)
+	a.waitEvents(1)
+	if err := a.stop(); err != nil {
+		t.Fatal(err)
+	}
+	other, err := pgtest.Start(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Stop(context.Background()) })
+	if err := other.CreateDatabase(ctx, a.slot); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Exec(ctx, a.slot, `CREATE TABLE t (id int PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	b := &harness{t: t, dsn: other.DSN(a.slot), led: a.led, slot: a.slot}
+	err = <-b.start(b.config("t"))
+	if !errors.Is(err, pgwal.ErrOriginChanged) || !strings.Contains(err.Error(), "database system") || !strings.Contains(err.Error(), "to resync") {
+		t.Fatalf("other cluster: got %v", err)
+	}
+	if got := a.led.State().Head; got != 1 {
+		t.Fatalf("ledger head %d after the refused start, want 1", got)
 	}
 }
