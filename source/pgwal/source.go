@@ -253,6 +253,7 @@ type stream struct {
 	// Read deadlines: the watcher goroutine sets one in the past when ctx ends.
 	mu       sync.Mutex
 	stopping bool
+	deadline time.Time // the read deadline last set
 }
 
 func (st *stream) run(ctx context.Context) (err error) {
@@ -304,7 +305,11 @@ func (st *stream) run(ctx context.Context) (err error) {
 			st.mu.Unlock()
 			return ctx.Err()
 		}
-		_ = st.conn.Conn().SetReadDeadline(deadline)
+		// Setting a deadline costs a timer update, so only do it when it moves.
+		if !deadline.Equal(st.deadline) {
+			_ = st.conn.Conn().SetReadDeadline(deadline)
+			st.deadline = deadline
+		}
 		st.mu.Unlock()
 
 		msg, err := st.conn.ReceiveMessage(context.Background())
