@@ -25,6 +25,10 @@ const (
 	SlotBusyWaitDefault   = 5 * time.Second
 )
 
+// InternalSchema is the schema where walflow keeps its own tables in the followed database.
+// Changes to it never become events.
+const InternalSchema = "walflow"
+
 // Config configures a [Source].
 type Config struct {
 	// ConnString is the PostgreSQL connection string (URL or key=value). The role needs the

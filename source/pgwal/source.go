@@ -476,6 +476,11 @@ func (st *stream) handleMessage(ctx context.Context, data []byte) error {
 		if err != nil {
 			return err
 		}
+		if rel.msg.Namespace == InternalSchema {
+			// walflow's own bookkeeping (operator checkpoints, process status) is not an event,
+			// even when the publication is FOR ALL TABLES.
+			return nil
+		}
 		st.src.stats.EventsReceived.Add(1)
 		if st.skipTx {
 			return nil
@@ -490,6 +495,9 @@ func (st *stream) handleMessage(ctx context.Context, data []byte) error {
 			rel, err := st.relation(id)
 			if err != nil {
 				return err
+			}
+			if rel.msg.Namespace == InternalSchema {
+				continue
 			}
 			st.src.stats.EventsReceived.Add(1)
 			if st.skipTx {
