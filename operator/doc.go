@@ -1,0 +1,27 @@
+// Package operator keeps derived tables up to date from the ledger: the EventStreamex
+// operators, with exactly-once effects.
+//
+// # Concepts
+//
+// An operator listens to entities (tables) and, for each of their events, runs either a SQL
+// query with $1 bound to the derived row's id ([SQL], for example a MERGE that recomputes
+// post_with_comments_counts for one post), or a Go handler ([Func]). Each operator reads the
+// ledger in order from its own checkpoint, kept in the walflow.operators table of the
+// followed database, and commits its effects and its new checkpoint in one PostgreSQL
+// transaction. A crash therefore never applies an event twice nor skips one.
+//
+// Events are applied in batches, one transaction per batch. When an event of a batch fails,
+// the events before it are committed, and the failing event is retried alone with
+// exponential backoff ([RetryPolicy]: 500 ms, ×2, at most 10 s, 5 retries by default). After
+// the last retry the operator is halted: it stops, its error is reported and recorded, and
+// the other operators go on. Nothing is skipped unless someone asks ([Runner.Skip]).
+//
+// Operators may listen to tables other operators write (the derived changes come back
+// through the WAL). An operator that would feed itself, directly or through others, is
+// refused when the [Runner] is created.
+//
+// # Truncate
+//
+// A TRUNCATE of a listened table carries no ids, so operators ignore it by default; run a
+// backfill of the operator afterwards to make its derived rows exact again.
+package operator

@@ -1,0 +1,434 @@
+package operator
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+)
+
+// Defaults for [Config].
+const (
+	BatchSizeDefault       = 100
+	ControlIntervalDefault = time.Second
+)
+
+// Sentinel errors.
+var (
+	// ErrUnknown is returned for an operator name the runner does not have.
+	ErrUnknown = errors.New("operator: no such operator")
+	// ErrNotHalted is returned by Skip for an operator that is not halted.
+	ErrNotHalted = errors.New("operator: not halted")
+)
+
+// Ledger is what operators read.
+type Ledger interface {
+	ReadKeys(ctx context.Context, keys []string, after event.Position, limit int) ([]event.Event, error)
+	Wait(ctx context.Context, after event.Position) error
+	State() ledger.State
+}
+
+// Config configures a [Runner].
+type Config struct {
+	// DB is the followed database, where effects and checkpoints are committed. Required.
+	DB *pgxpool.Pool
+	// Ledger is read by every operator. Required for Run.
+	Ledger Ledger
+	// Operators to run. Names must be unique.
+	Operators []Operator
+	// BatchSize is the most events applied in one transaction. Default 100.
+	BatchSize int
+	// BatchDelay is how long an operator waits for more events to fill a batch once it has
+	// some. Default 0: it applies what is there.
+	BatchDelay time.Duration
+	// Retry is the policy for a failing event. The zero value is the default policy.
+	Retry RetryPolicy
+	// Reporter receives retries and halts. Default: a [LogReporter] on Logger.
+	Reporter ErrorReporter
+	// SleepFunc waits between retries. Default: a timer.
+	SleepFunc SleepFunc
+	// ControlInterval is how often Run looks for operators restarted or skipped from another
+	// process (the CLI). Default 1s.
+	ControlInterval time.Duration
+	// Logger receives the runner's logs. Default: warnings and errors as text on stderr.
+	Logger *slog.Logger
+}
+
+// Runner runs operators. Create it with [New], run it with [Runner.Run].
+type Runner struct {
+	cfg   Config
+	log   *slog.Logger
+	ops   []*opState
+	byKey map[string]*opState
+
+	control chan struct{} // pokes Run's control loop after a Restart or Skip
+	changed chan struct{} // closed and replaced when a checkpoint moves
+	chMu    sync.Mutex
+}
+
+// opState is one operator's live state.
+type opState struct {
+	spec
+	keys    []string
+	through atomic.Uint64 // every listened event up to here is committed
+	running atomic.Bool
+	halted  atomic.Bool
+}
+
+// New validates the operators and returns a Runner. It refuses duplicate names and an
+// operator that would feed itself. It starts nothing.
+func New(cfg Config) (*Runner, error) {
+	if cfg.DB == nil {
+		return nil, errors.New("operator: Config.DB is nil; pass a pgxpool.Pool on the followed database")
+	}
+	cfg.BatchSize = cmp.Or(cfg.BatchSize, BatchSizeDefault)
+	cfg.ControlInterval = cmp.Or(cfg.ControlInterval, ControlIntervalDefault)
+	cfg.Retry = cfg.Retry.withDefaults()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	log := cfg.Logger.With(slog.String("component", "operator"))
+	if cfg.Reporter == nil {
+		cfg.Reporter = LogReporter{Logger: log}
+	}
+	if cfg.SleepFunc == nil {
+		cfg.SleepFunc = realSleep
+	}
+	r := &Runner{cfg: cfg, log: log, byKey: map[string]*opState{}, control: make(chan struct{}, 1), changed: make(chan struct{})}
+	var specs []spec
+	for _, o := range cfg.Operators {
+		s, err := o.spec()
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := r.byKey[s.name]; dup {
+			return nil, fmt.Errorf("operator: two operators are named %q; names key checkpoints and must be unique", s.name)
+		}
+		st := &opState{spec: s}
+		for _, e := range s.entities {
+			st.keys = append(st.keys, bare(e))
+		}
+		r.byKey[s.name] = st
+		r.ops = append(r.ops, st)
+		specs = append(specs, s)
+	}
+	if err := checkGraph(specs); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Migrate creates walflow's operator table in the followed database when missing.
+func Migrate(ctx context.Context, db *pgxpool.Pool) error {
+	_, err := db.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS walflow;
+		CREATE TABLE IF NOT EXISTS walflow.operators (
+			name text PRIMARY KEY,
+			position bigint NOT NULL DEFAULT 0,
+			halted boolean NOT NULL DEFAULT false,
+			error text,
+			failed_position bigint,
+			updated_at timestamptz NOT NULL DEFAULT now())`)
+	if err != nil {
+		return fmt.Errorf("operator: create the walflow.operators table: %w (the role needs CREATE on the database, or create the schema yourself)", err)
+	}
+	return nil
+}
+
+// row is an operator's stored checkpoint.
+type row struct {
+	position event.Position
+	halted   bool
+}
+
+func (r *Runner) load(ctx context.Context) (map[string]row, error) {
+	names := make([]string, len(r.ops))
+	for i, o := range r.ops {
+		names[i] = o.name
+	}
+	if _, err := r.cfg.DB.Exec(ctx, `INSERT INTO walflow.operators (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, names); err != nil {
+		return nil, fmt.Errorf("operator: register operators: %w", err)
+	}
+	rows, err := r.cfg.DB.Query(ctx, `SELECT name, position, halted FROM walflow.operators WHERE name = ANY($1)`, names)
+	if err != nil {
+		return nil, fmt.Errorf("operator: load checkpoints: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]row{}
+	for rows.Next() {
+		var name string
+		var pos int64
+		var halted bool
+		if err := rows.Scan(&name, &pos, &halted); err != nil {
+			return nil, fmt.Errorf("operator: load checkpoints: %w", err)
+		}
+		out[name] = row{event.Position(pos), halted}
+	}
+	return out, rows.Err()
+}
+
+// Run runs every operator until ctx ends. Halted operators stay halted until restarted;
+// their failure does not stop Run. It returns nil when ctx ends.
+func (r *Runner) Run(ctx context.Context) error {
+	if r.cfg.Ledger == nil {
+		return errors.New("operator: Config.Ledger is nil; Run needs the ledger to read")
+	}
+	if err := Migrate(ctx, r.cfg.DB); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	start := func(o *opState, from event.Position) {
+		if !o.running.CompareAndSwap(false, true) {
+			return
+		}
+		o.halted.Store(false)
+		o.through.Store(uint64(from))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer o.running.Store(false)
+			r.runOp(ctx, o, from)
+		}()
+	}
+	sync := func() error {
+		rows, err := r.load(ctx)
+		if err != nil {
+			return err
+		}
+		for _, o := range r.ops {
+			rw := rows[o.name]
+			if rw.halted {
+				if !o.running.Load() {
+					o.halted.Store(true)
+					o.through.Store(uint64(rw.position))
+				}
+				continue
+			}
+			start(o, rw.position)
+		}
+		return nil
+	}
+	if err := sync(); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	t := time.NewTicker(r.cfg.ControlInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-r.control:
+		}
+		if err := sync(); err != nil && ctx.Err() == nil {
+			r.log.WarnContext(ctx, "read operator checkpoints", slog.Any("error", err))
+		}
+	}
+}
+
+func (r *Runner) runOp(ctx context.Context, o *opState, pos event.Position) {
+	led := r.cfg.Ledger
+	for ctx.Err() == nil {
+		head := led.State().Head
+		raw, err := led.ReadKeys(ctx, o.keys, pos, r.cfg.BatchSize)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.ErrorContext(ctx, "operator cannot read the ledger; stopping it", slog.String("operator", o.name), slog.Any("error", err))
+			}
+			return
+		}
+		if len(raw) > 0 && len(raw) < r.cfg.BatchSize && r.cfg.BatchDelay > 0 {
+			// Give the batch a moment to fill, then read it again in full.
+			wctx, cancel := context.WithTimeout(ctx, r.cfg.BatchDelay)
+			_ = led.Wait(wctx, head)
+			cancel()
+			if raw, err = led.ReadKeys(ctx, o.keys, pos, r.cfg.BatchSize); err != nil {
+				continue
+			}
+		}
+		if len(raw) == 0 {
+			if head > pos {
+				pos = head
+				r.advance(o, pos)
+			}
+			if err := led.Wait(ctx, pos); err != nil {
+				return
+			}
+			continue
+		}
+		evs := raw[:0:0]
+		for _, e := range raw {
+			if slices.Contains(o.types, e.Type) {
+				evs = append(evs, e)
+			}
+		}
+		through := raw[len(raw)-1].Position
+		if len(raw) < r.cfg.BatchSize && head > through {
+			through = head
+		}
+		next, ok := r.process(ctx, o, evs, through)
+		if !ok {
+			return
+		}
+		pos = next
+		r.advance(o, pos)
+	}
+}
+
+// advance publishes an operator's new committed position.
+func (r *Runner) advance(o *opState, pos event.Position) {
+	o.through.Store(uint64(pos))
+	r.chMu.Lock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.chMu.Unlock()
+}
+
+// process applies evs and commits the checkpoint through. On a failing event it commits the
+// events before it, retries it alone, and halts the operator when retries run out. It
+// returns the new checkpoint and false when the operator must stop.
+func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, through event.Position) (event.Position, bool) {
+	i, err := r.apply(ctx, o, evs, through)
+	if err == nil {
+		return through, true
+	}
+	done := event.Position(0)
+	if i > 0 {
+		if _, err := r.apply(ctx, o, evs[:i], evs[i-1].Position); err != nil {
+			// The prefix failed on its own too: start over from the same place.
+			return r.checkpointOf(ctx, o)
+		}
+		done = evs[i-1].Position
+	}
+	bad := &evs[i]
+	policy := r.cfg.Retry
+	for attempt, transient := 1, 0; ; attempt++ {
+		if ctx.Err() != nil {
+			return done, false
+		}
+		if isTransient(err) {
+			// The database is unreachable: wait without spending the event's retries.
+			transient++
+			attempt--
+			d := policy.Delay(transient)
+			r.log.WarnContext(ctx, "operator cannot reach the database; waiting", slog.String("operator", o.name), slog.Duration("delay", d), slog.Any("error", err))
+			if r.cfg.SleepFunc(ctx, d) != nil {
+				return done, false
+			}
+		} else {
+			if attempt > policy.MaxRetries {
+				r.halt(ctx, o, bad, err)
+				return done, false
+			}
+			d := policy.Delay(attempt)
+			r.cfg.Reporter.Retry(ctx, o.name, bad, attempt, d, err)
+			if r.cfg.SleepFunc(ctx, d) != nil {
+				return done, false
+			}
+		}
+		if _, err = r.apply(ctx, o, evs[i:i+1], bad.Position); err == nil {
+			return bad.Position, true
+		}
+	}
+}
+
+func (r *Runner) checkpointOf(ctx context.Context, o *opState) (event.Position, bool) {
+	var pos int64
+	if err := r.cfg.DB.QueryRow(ctx, `SELECT position FROM walflow.operators WHERE name = $1`, o.name).Scan(&pos); err != nil {
+		return 0, false
+	}
+	return event.Position(pos), ctx.Err() == nil
+}
+
+// apply runs evs in one transaction that also moves the checkpoint to through. On error it
+// returns the index of the failing event (0 when the transaction itself failed).
+func (r *Runner) apply(ctx context.Context, o *opState, evs []event.Event, through event.Position) (int, error) {
+	tx, err := r.cfg.DB.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	for i := range evs {
+		if err := o.apply(ctx, tx, &evs[i]); err != nil {
+			return i, err
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE walflow.operators SET position = $2, updated_at = now() WHERE name = $1`, o.name, int64(through)); err != nil {
+		return 0, fmt.Errorf("save checkpoint: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	return 0, nil
+}
+
+func (r *Runner) halt(ctx context.Context, o *opState, e *event.Event, cause error) {
+	o.halted.Store(true)
+	r.cfg.Reporter.Halted(ctx, o.name, e, cause)
+	_, err := r.cfg.DB.Exec(context.WithoutCancel(ctx), `UPDATE walflow.operators SET halted = true, error = $2, failed_position = $3, updated_at = now() WHERE name = $1`,
+		o.name, cause.Error(), int64(e.Position))
+	if err != nil {
+		r.log.ErrorContext(ctx, "record that an operator halted", slog.String("operator", o.name), slog.Any("error", err))
+	}
+}
+
+// isTransient reports whether err means the database could not be reached, rather than
+// that the event's effect failed.
+func isTransient(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// 08: connection exception; 57P01-03: shutdown, crash, cannot connect now.
+		return pe.Code[:2] == "08" || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	return pgconn.SafeToRetry(err)
+}
+
+// CommittedThrough returns the position up to which every operator listening to entity has
+// committed, or the ledger's head when none listens. Process status uses it.
+func (r *Runner) CommittedThrough(entity string) event.Position {
+	var through event.Position
+	found := false
+	for _, o := range r.ops {
+		if slices.Contains(o.keys, entity) {
+			p := event.Position(o.through.Load())
+			if !found || p < through {
+				through = p
+			}
+			found = true
+		}
+	}
+	if !found && r.cfg.Ledger != nil {
+		return r.cfg.Ledger.State().Head
+	}
+	return through
+}
+
+// Changed returns a channel closed the next time an operator's checkpoint moves.
+func (r *Runner) Changed() <-chan struct{} {
+	r.chMu.Lock()
+	defer r.chMu.Unlock()
+	return r.changed
+}
