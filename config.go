@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
@@ -47,6 +48,19 @@ type Config struct {
 	// SyncDelay is how long appended transactions may wait to share one ledger fsync.
 	// Default 5ms.
 	SyncDelay time.Duration
+	// Operators keep derived tables up to date from the ledger (see package operator). Their
+	// checkpoints live in the walflow schema of the followed database. Default none.
+	Operators []operator.Operator
+	// OperatorBatchSize is the most events an operator applies in one transaction.
+	// Default 100.
+	OperatorBatchSize int
+	// OperatorBatchDelay is how long an operator waits for a batch to fill. Default 0.
+	OperatorBatchDelay time.Duration
+	// OperatorRetry is the retry policy of a failing operator event. The zero value is the
+	// default: 500ms, ×2, at most 10s, 5 retries, then the operator halts.
+	OperatorRetry operator.RetryPolicy
+	// ErrorReporter receives operator retries and halts, besides the metrics. Default: logs.
+	ErrorReporter operator.ErrorReporter
 	// Logger receives walflow's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 }

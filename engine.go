@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/walflow/walflow/channel"
@@ -19,6 +22,7 @@ import (
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/ledger/memory"
+	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/pubsub"
 	"github.com/walflow/walflow/source/pgwal"
 )
@@ -34,6 +38,10 @@ type Engine struct {
 	router *channel.Router
 	led    ledger.Ledger
 	src    *pgwal.Source
+
+	pool      *pgxpool.Pool // nil without operators
+	ops       *operator.Runner
+	opMetrics *operatorMetrics
 
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
@@ -80,8 +88,56 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 		led = d
 	}
-	return &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src}, nil
+	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src}
+	if len(cfg.Operators) > 0 {
+		if err := e.openOperators(); err != nil {
+			_ = led.Close()
+			return nil, err
+		}
+	}
+	return e, nil
 }
+
+// openOperators builds the operator runner and the pool it writes through. The pool
+// connects lazily, so Open still does not touch the database.
+func (e *Engine) openOperators() error {
+	pool, err := pgxpool.New(context.Background(), e.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("walflow: operators: %w", err)
+	}
+	e.opMetrics = newOperatorMetrics(e.cfg.ErrorReporter, e.log)
+	r, err := operator.New(operator.Config{
+		DB: pool, Ledger: e.led, Operators: e.cfg.Operators,
+		BatchSize: e.cfg.OperatorBatchSize, BatchDelay: e.cfg.OperatorBatchDelay, Retry: e.cfg.OperatorRetry,
+		Reporter: e.opMetrics, Logger: e.cfg.Logger,
+	})
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	if len(e.cfg.Tables) > 0 {
+		for _, o := range r.Operators() {
+			for _, ent := range o.Entities {
+				if !slices.ContainsFunc(e.cfg.Tables, func(t channel.Table) bool { return bareTable(t.Name) == bareTable(ent) }) {
+					pool.Close()
+					return fmt.Errorf("walflow: operator %s listens to %s, which is not among the followed tables; add %s to tables", o.Name, ent, ent)
+				}
+			}
+		}
+	}
+	e.pool, e.ops = pool, r
+	return nil
+}
+
+func bareTable(t string) string {
+	if _, n, ok := strings.Cut(t, "."); ok {
+		return n
+	}
+	return t
+}
+
+// Operators returns the operator runner, or nil when no operator is configured.
+func (e *Engine) Operators() *operator.Runner { return e.ops }
 
 // Run follows the database until ctx ends, serving HTTP on Config.HTTPAddr when set. It
 // returns nil after a clean stop, or the error that stopped it (see pgwal's Err variables
@@ -99,6 +155,15 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { e.pollSlot(gctx); return nil })
+	if e.ops != nil {
+		g.Go(func() error {
+			if err := e.ops.Run(gctx); err != nil {
+				cancel(ErrStopping)
+				return err
+			}
+			return nil
+		})
+	}
 	if e.cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
 		if err != nil {
@@ -157,7 +222,12 @@ func (e *Engine) sampleSlot(ctx context.Context) *slotSample {
 
 // Close releases the ledger. Call it after Run has returned.
 func (e *Engine) Close() error {
-	e.closeOnce.Do(func() { e.closeErr = e.led.Close() })
+	e.closeOnce.Do(func() {
+		if e.pool != nil {
+			e.pool.Close()
+		}
+		e.closeErr = e.led.Close()
+	})
 	return e.closeErr
 }
 

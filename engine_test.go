@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/operator"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -269,5 +271,73 @@ func TestSubscribeResume(t *testing.T) {
 	}
 	if len(seen) != writes/2 {
 		t.Fatalf("received %d distinct comments, want %d", len(seen), writes/2)
+	}
+}
+
+func TestEngineRunsOperators(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := pgx.ParseConfig(dsn)
+	counts := operator.SQL{
+		Target: "counts", Entities: []string{"comments", "posts"}, ID: map[string]string{"comments": "post_id"},
+		Query: `INSERT INTO counts SELECT p.id, (SELECT count(*) FROM comments c WHERE c.post_id = p.id) FROM posts p WHERE p.id = $1
+			ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
+		DeleteWith: []string{"posts"},
+	}
+	open := func(tables ...channel.Table) (*walflow.Engine, error) {
+		return walflow.Open(ctx, walflow.Config{DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true, StatusInterval: 100 * time.Millisecond,
+			Tables: tables, Operators: []operator.Operator{counts},
+			Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	}
+	if _, err := open(channel.Table{Name: "posts"}); err == nil || !strings.Contains(err.Error(), "add comments to tables") {
+		t.Fatalf("operator on an unfollowed table: got %v", err)
+	}
+	eng, err := open(channel.Table{Name: "posts"}, channel.Table{Name: "comments"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(runCtx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		_ = eng.Close()
+	}()
+	for !eng.Status(ctx).Streaming {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO posts VALUES (1, 'a'); INSERT INTO comments VALUES (1, 1, 'x'), (2, 1, 'y')`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		err := conn.QueryRow(ctx, `SELECT n FROM counts WHERE id = 1`).Scan(&n)
+		if err == nil && n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counts never reached 2: %v %v", n, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rec := httptest.NewRecorder()
+	eng.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, m := range []string{`walflow_operator_position{operator="counts"}`, `walflow_operator_halted{operator="counts"} 0`, `walflow_operator_retries_total{operator="counts"} 0`} {
+		if !strings.Contains(rec.Body.String(), m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/operator"
 )
 
 // Status is a snapshot of the engine and its slot.
@@ -30,6 +31,8 @@ type Status struct {
 	EventsReceived uint64    `json:"events_received"`
 	EventsAppended uint64    `json:"events_appended"`
 	Reconnects     uint64    `json:"reconnects"`
+	// Operators are the configured operators' progress in this process.
+	Operators []operator.Info `json:"operators,omitempty"`
 }
 
 // Status reports the slot (measured now) and the ledger.
@@ -45,6 +48,9 @@ func (e *Engine) status(s *slotSample) Status {
 		Slot: e.cfg.Slot, Streaming: stats.Connected.Load(),
 		LedgerHead: uint64(st.Head), LastCommitLSN: st.LastCommitLSN, AckedLSN: max(st.AckedLSN, st.LastEndLSN),
 		EventsReceived: stats.EventsReceived.Load(), EventsAppended: stats.EventsAppended.Load(), Reconnects: stats.Reconnects.Load(),
+	}
+	if e.ops != nil {
+		out.Operators = e.ops.Operators()
 	}
 	if s != nil {
 		out.SlotExists, out.SlotActive = s.exists, s.info.Active
@@ -92,6 +98,9 @@ func (e *Engine) Handler() http.Handler {
 		gauge("slot_lag_bytes", "WAL bytes between the server's current position and the slot's confirmed position.", slot(func(s *slotSample) float64 { return float64(s.info.LagBytes) })),
 		gauge("slot_retained_wal_bytes", "WAL bytes the slot keeps on the server.", slot(func(s *slotSample) float64 { return float64(s.info.RetainedBytes) })),
 	)
+	if e.ops != nil {
+		reg.MustRegister(operatorCollector{e})
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -112,4 +121,37 @@ func (e *Engine) Handler() http.Handler {
 		_ = enc.Encode(e.status(s))
 	})
 	return mux
+}
+
+var (
+	opPositionDesc = prometheus.NewDesc("walflow_operator_position", "Ledger position through which the operator has committed.", []string{"operator"}, nil)
+	opLagDesc      = prometheus.NewDesc("walflow_operator_lag_events", "Ledger positions between the head and the operator's checkpoint.", []string{"operator"}, nil)
+	opHaltedDesc   = prometheus.NewDesc("walflow_operator_halted", "1 while the operator is halted.", []string{"operator"}, nil)
+	opRetriesDesc  = prometheus.NewDesc("walflow_operator_retries_total", "Retries of failing operator events.", []string{"operator"}, nil)
+	opHaltsDesc    = prometheus.NewDesc("walflow_operator_halts_total", "Times the operator halted.", []string{"operator"}, nil)
+)
+
+// operatorCollector reports every operator's progress and failures.
+type operatorCollector struct{ e *Engine }
+
+func (c operatorCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{opPositionDesc, opLagDesc, opHaltedDesc, opRetriesDesc, opHaltsDesc} {
+		ch <- d
+	}
+}
+
+func (c operatorCollector) Collect(ch chan<- prometheus.Metric) {
+	head := c.e.led.State().Head
+	for _, o := range c.e.ops.Operators() {
+		halted := 0.0
+		if o.Halted {
+			halted = 1
+		}
+		retries, halts := c.e.opMetrics.counts(o.Name)
+		ch <- prometheus.MustNewConstMetric(opPositionDesc, prometheus.GaugeValue, float64(o.Position), o.Name)
+		ch <- prometheus.MustNewConstMetric(opLagDesc, prometheus.GaugeValue, float64(head-min(head, o.Position)), o.Name)
+		ch <- prometheus.MustNewConstMetric(opHaltedDesc, prometheus.GaugeValue, halted, o.Name)
+		ch <- prometheus.MustNewConstMetric(opRetriesDesc, prometheus.CounterValue, float64(retries), o.Name)
+		ch <- prometheus.MustNewConstMetric(opHaltsDesc, prometheus.CounterValue, float64(halts), o.Name)
+	}
 }

@@ -432,3 +432,24 @@ func (r *Runner) Changed() <-chan struct{} {
 	defer r.chMu.Unlock()
 	return r.changed
 }
+
+// Info describes a configured operator.
+type Info struct {
+	Name     string   `json:"name"`
+	Entities []string `json:"entities"`
+	Targets  []string `json:"targets,omitempty"`
+	// Position is the ledger position every listened event up to which is committed.
+	Position event.Position `json:"position"`
+	// Halted reports whether the operator is halted in this process.
+	Halted bool `json:"halted"`
+}
+
+// Operators describes the runner's operators, in configuration order.
+func (r *Runner) Operators() []Info {
+	out := make([]Info, len(r.ops))
+	for i, o := range r.ops {
+		out[i] = Info{Name: o.name, Entities: slices.Clone(o.entities), Targets: slices.Clone(o.targets),
+			Position: event.Position(o.through.Load()), Halted: o.halted.Load()}
+	}
+	return out
+}
