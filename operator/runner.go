@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -367,6 +368,9 @@ func (r *Runner) apply(ctx context.Context, o *opState, evs []event.Event, throu
 		return 0, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
+	if err := lockOperator(ctx, tx, o.name); err != nil {
+		return 0, err
+	}
 	for i := range evs {
 		if err := o.apply(ctx, tx, &evs[i]); err != nil {
 			return i, err
@@ -452,4 +456,15 @@ func (r *Runner) Operators() []Info {
 			Position: event.Position(o.through.Load()), Halted: o.halted.Load()}
 	}
 	return out
+}
+
+// lockOperator serializes the transactions that write an operator's effects: its live
+// batches, its backfill batches, and a second walflow process running the same operator.
+// Each statement after the lock sees everything the previous holder committed, so a
+// recomputation can never overwrite a newer one with an older snapshot.
+func lockOperator(ctx context.Context, tx pgx.Tx, name string) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('walflow.operator:' || $1, 0))`, name); err != nil {
+		return fmt.Errorf("lock operator %s: %w", name, err)
+	}
+	return nil
 }
