@@ -73,7 +73,17 @@ type spec struct {
 	targets  []string
 	entities []string
 	types    []event.Type
-	apply    func(ctx context.Context, tx pgx.Tx, e *event.Event) error
+	// apply runs one event in tx. SQL operators also set statements, which lets the runner
+	// queue a whole batch in one round trip.
+	apply      func(ctx context.Context, tx pgx.Tx, e *event.Event) error
+	statements func(e *event.Event, q []stmt) []stmt
+}
+
+// stmt is one statement an SQL operator runs for an event, with $1 bound to arg.
+type stmt struct {
+	sql  string
+	arg  string
+	what string // for errors: "query for post_with_comments_counts id 7"
 }
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
@@ -123,37 +133,43 @@ func (o SQL) spec() (spec, error) {
 	ids := o.ID
 	deleteWith := o.DeleteWith
 	query := o.Query
-	apply := func(ctx context.Context, tx pgx.Tx, e *event.Event) error {
+	// statements lists what an event runs: the delete for a DeleteWith entity's delete,
+	// otherwise the query once per distinct id in the new and old records (an update that
+	// moves a row from one parent to another recomputes both). They are queued, so a whole
+	// batch travels to the server in one round trip.
+	statements := func(e *event.Event, q []stmt) []stmt {
 		col := ids[e.Name]
 		if col == "" {
 			col = "id"
 		}
 		if e.Type == event.Delete && slices.Contains(deleteWith, e.Name) {
-			id, ok := idOf(e.OldRecord, col)
-			if !ok {
-				return nil
+			if id, ok := idOf(e.OldRecord, col); ok {
+				q = append(q, stmt{sql: deleteSQL, arg: id, what: "delete " + o.Target + " row " + id})
 			}
-			if _, err := tx.Exec(ctx, deleteSQL, id); err != nil {
-				return fmt.Errorf("delete %s row %s: %w", o.Target, id, err)
-			}
-			return nil
+			return q
 		}
-		var done [2]string
-		n := 0
-		for _, rec := range [2]event.Record{e.NewRecord, e.OldRecord} {
+		first := ""
+		for i, rec := range [2]event.Record{e.NewRecord, e.OldRecord} {
 			id, ok := idOf(rec, col)
-			if !ok || slices.Contains(done[:n], id) {
+			if !ok || (i == 1 && id == first) {
 				continue
 			}
-			done[n] = id
-			n++
-			if _, err := tx.Exec(ctx, query, id); err != nil {
-				return fmt.Errorf("query for %s id %s: %w", o.Target, id, err)
+			if i == 0 {
+				first = id
+			}
+			q = append(q, stmt{sql: query, arg: id, what: "query for " + o.Target + " id " + id})
+		}
+		return q
+	}
+	apply := func(ctx context.Context, tx pgx.Tx, e *event.Event) error {
+		for _, st := range statements(e, nil) {
+			if _, err := tx.Exec(ctx, st.sql, st.arg); err != nil {
+				return fmt.Errorf("%s: %w", st.what, err)
 			}
 		}
 		return nil
 	}
-	return spec{name: name, targets: []string{o.Target}, entities: o.Entities, types: defaultTypes(o.Events), apply: apply}, nil
+	return spec{name: name, targets: []string{o.Target}, entities: o.Entities, types: defaultTypes(o.Events), apply: apply, statements: statements}, nil
 }
 
 // idOf returns the text of the record's id column; ok is false when it is absent or NULL.

@@ -368,19 +368,65 @@ func (r *Runner) apply(ctx context.Context, o *opState, evs []event.Event, throu
 		return 0, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if err := lockOperator(ctx, tx, o.name); err != nil {
-		return 0, err
-	}
-	for i := range evs {
-		if err := o.apply(ctx, tx, &evs[i]); err != nil {
+	if o.statements != nil {
+		if i, err := r.applyQueued(ctx, o, tx, evs, through); err != nil {
 			return i, err
 		}
-	}
-	if _, err := tx.Exec(ctx, `UPDATE walflow.operators SET position = $2, updated_at = now() WHERE name = $1`, o.name, int64(through)); err != nil {
-		return 0, fmt.Errorf("save checkpoint: %w", err)
+	} else {
+		if err := lockOperator(ctx, tx, o.name); err != nil {
+			return 0, err
+		}
+		for i := range evs {
+			if err := o.apply(ctx, tx, &evs[i]); err != nil {
+				return i, err
+			}
+		}
+		if _, err := tx.Exec(ctx, saveCheckpointSQL, o.name, int64(through)); err != nil {
+			return 0, fmt.Errorf("save checkpoint: %w", err)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
+	}
+	return 0, nil
+}
+
+const saveCheckpointSQL = `UPDATE walflow.operators SET position = $2, updated_at = now() WHERE name = $1`
+
+// applyQueued sends an SQL operator's whole batch (the lock, every event's statements and
+// the checkpoint update) in one round trip, then reads the results in order, so the first
+// failure still names its event.
+func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []event.Event, through event.Position) (int, error) {
+	b := &pgx.Batch{}
+	b.Queue(lockSQL, o.name)
+	var q []stmt
+	owner := make([]int, 0, len(evs))
+	for i := range evs {
+		n := len(q)
+		q = o.statements(&evs[i], q)
+		for range len(q) - n {
+			owner = append(owner, i)
+		}
+	}
+	for _, s := range q {
+		b.Queue(s.sql, s.arg)
+	}
+	b.Queue(saveCheckpointSQL, o.name, int64(through))
+	res := tx.SendBatch(ctx, b)
+	defer res.Close()
+	if _, err := res.Exec(); err != nil {
+		return 0, fmt.Errorf("lock operator %s: %w", o.name, err)
+	}
+	for j, s := range q {
+		if _, err := res.Exec(); err != nil {
+			return owner[j], fmt.Errorf("%s: %w", s.what, err)
+		}
+	}
+	if _, err := res.Exec(); err != nil {
+		return 0, fmt.Errorf("save checkpoint: %w", err)
+	}
+	if err := res.Close(); err != nil {
+		return 0, fmt.Errorf("finish batch: %w", err)
 	}
 	return 0, nil
 }
@@ -463,8 +509,10 @@ func (r *Runner) Operators() []Info {
 // Each statement after the lock sees everything the previous holder committed, so a
 // recomputation can never overwrite a newer one with an older snapshot.
 func lockOperator(ctx context.Context, tx pgx.Tx, name string) error {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('walflow.operator:' || $1, 0))`, name); err != nil {
+	if _, err := tx.Exec(ctx, lockSQL, name); err != nil {
 		return fmt.Errorf("lock operator %s: %w", name, err)
 	}
 	return nil
 }
+
+const lockSQL = `SELECT pg_advisory_xact_lock(hashtextextended('walflow.operator:' || $1, 0))`
