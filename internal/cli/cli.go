@@ -30,21 +30,47 @@ type env struct {
 	getenv         func(string) string
 }
 
-// command is one walflow subcommand.
+// command is one walflow subcommand, or a group of them (operator).
 type command struct {
 	name    string
 	args    string // argument synopsis for usage, e.g. "[--config FILE] [--json]"
 	summary string // one line for the command list
 	help    string // paragraphs after the synopsis in `walflow help NAME`
-	// flags declares the command's flags on fs and returns the function that runs it.
-	flags func(fs *flag.FlagSet) func(ctx context.Context, e *env) error
+	// params names the positional arguments the command takes, like NAME; they may come
+	// before, between or after the flags.
+	params []string
+	// flags declares the command's flags on fs and returns the function that runs it with
+	// the positional arguments (one per params entry). Nil for a group.
+	flags func(fs *flag.FlagSet) execFunc
+	// subs are a group's commands (walflow operator status); parent is set on them.
+	subs   []*command
+	parent *command
+}
+
+// execFunc runs a command with its positional arguments.
+type execFunc func(ctx context.Context, e *env, args []string) error
+
+// path is the command's name as typed after walflow: "run", "operator status".
+func (c *command) path() string {
+	if c.parent != nil {
+		return c.parent.path() + " " + c.name
+	}
+	return c.name
 }
 
 // commands lists the subcommands in the order usage shows them.
-var commands = []*command{runCommand, demoCommand, statusCommand, versionCommand, helpCommand}
+var commands = []*command{runCommand, demoCommand, statusCommand, operatorCommand, versionCommand, helpCommand}
 
-func findCommand(name string) *command {
+func init() {
 	for _, c := range commands {
+		for _, s := range c.subs {
+			s.parent = c
+		}
+	}
+}
+
+func findCommand(list []*command, name string) *command {
+	for _, c := range list {
 		if c.name == name {
 			return c
 		}
@@ -87,45 +113,97 @@ func dispatch(ctx context.Context, e *env, args []string) error {
 	case "-v", "-version", "--version":
 		name = "version"
 	}
-	c := findCommand(name)
+	c := findCommand(commands, name)
 	if c == nil {
 		if strings.HasPrefix(name, "-") {
-			return usagef("flag %s comes before a command; write walflow COMMAND %s (commands: %s)", name, name, commandNames())
+			return usagef("flag %s comes before a command; write walflow COMMAND %s (commands: %s)", name, name, commandNames(commands))
 		}
 		msg := fmt.Sprintf("unknown command %q", name)
-		if s := suggest(name, commandNamesList()); s != "" {
+		if s := suggest(name, commandNamesList(commands)); s != "" {
 			msg += fmt.Sprintf("; did you mean %s?", s)
 		}
-		return usagef("%s; the commands are %s (walflow help lists them)", msg, commandNames())
+		return usagef("%s; the commands are %s (walflow help lists them)", msg, commandNames(commands))
 	}
-	fs := flag.NewFlagSet("walflow "+c.name, flag.ContinueOnError)
+	return execCommand(ctx, e, c, args[1:])
+}
+
+// execCommand runs c with the arguments after its name: a group picks its subcommand.
+func execCommand(ctx context.Context, e *env, c *command, args []string) error {
+	if c.subs != nil {
+		if len(args) == 0 {
+			writeGroupHelp(e.stderr, c)
+			return usagef("%s: no command given; the %s commands are %s", c.path(), c.path(), commandNames(c.subs))
+		}
+		switch args[0] {
+		case "-h", "-help", "--help":
+			writeGroupHelp(e.stdout, c)
+			return nil
+		}
+		sub := findCommand(c.subs, args[0])
+		if sub == nil {
+			msg := fmt.Sprintf("unknown command %q", args[0])
+			if strings.HasPrefix(args[0], "-") {
+				msg = fmt.Sprintf("flag %s comes before a command", args[0])
+			} else if s := suggest(args[0], commandNamesList(c.subs)); s != "" {
+				msg += fmt.Sprintf("; did you mean %s?", s)
+			}
+			return usagef("%s: %s; the %s commands are %s (walflow help %s lists them)", c.path(), msg, c.path(), commandNames(c.subs), c.path())
+		}
+		return execCommand(ctx, e, sub, args[1:])
+	}
+	fs := flag.NewFlagSet("walflow "+c.path(), flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	exec := c.flags(fs)
-	if err := fs.Parse(args[1:]); err != nil {
+	params, err := parseFlags(fs, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			writeCommandHelp(e.stdout, c, fs)
 			return nil
 		}
-		return usagef("%s: %v; see walflow help %s", c.name, err, c.name)
+		return usagef("%s: %v; see walflow help %s", c.path(), err, c.path())
 	}
-	if c.name != "help" && fs.NArg() > 0 {
-		return usagef("%s: unexpected argument %q; see walflow help %s", c.name, fs.Arg(0), c.name)
+	if c == helpCommand {
+		return helpMain(e, params)
 	}
-	if c.name == "help" {
-		return helpMain(e, fs.Args())
+	if len(params) > len(c.params) {
+		return usagef("%s: unexpected argument %q; see walflow help %s", c.path(), params[len(c.params)], c.path())
 	}
-	return exec(ctx, e)
+	if len(params) < len(c.params) {
+		return usagef("%s: missing %s; write walflow %s %s", c.path(), c.params[len(params)], c.path(), c.args)
+	}
+	return exec(ctx, e, params)
 }
 
-func commandNamesList() []string {
-	names := make([]string, len(commands))
-	for i, c := range commands {
+// parseFlags parses args into fs and returns the positional arguments, which may come
+// before, between or after the flags (walflow operator restart NAME --config F). After
+// "--" everything is positional.
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	var params []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return params, nil
+		}
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(params, rest...), nil
+		}
+		params = append(params, rest[0])
+		args = rest[1:]
+	}
+}
+
+func commandNamesList(list []*command) []string {
+	names := make([]string, len(list))
+	for i, c := range list {
 		names[i] = c.name
 	}
 	return names
 }
 
-func commandNames() string { return strings.Join(commandNamesList(), ", ") }
+func commandNames(list []*command) string { return strings.Join(commandNamesList(list), ", ") }
 
 func writeUsage(w io.Writer) {
 	fmt.Fprint(w, `walflow turns PostgreSQL's write-ahead log into an ordered, durable event stream.
@@ -136,7 +214,7 @@ Usage:
 Commands:
 `)
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `
 Start with:
@@ -148,8 +226,21 @@ configuration error.
 `)
 }
 
+// writeGroupHelp shows a group's commands, like walflow operator --help.
+func writeGroupHelp(w io.Writer, c *command) {
+	fmt.Fprintf(w, "Usage: walflow %s COMMAND [flags]\n\n%s\n", c.path(), c.summary)
+	if c.help != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.help))
+	}
+	fmt.Fprintf(w, "\nCommands:\n")
+	for _, s := range c.subs {
+		fmt.Fprintf(w, "  %-9s %s\n", s.name, s.summary)
+	}
+	fmt.Fprintf(w, "\nRun walflow help %s COMMAND for a command's flags.\n", c.path())
+}
+
 func writeCommandHelp(w io.Writer, c *command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "Usage: walflow %s %s\n\n%s\n", c.name, c.args, c.summary)
+	fmt.Fprintf(w, "Usage: walflow %s %s\n\n%s\n", c.path(), c.args, c.summary)
 	if c.help != "" {
 		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.help))
 	}
@@ -175,28 +266,38 @@ var helpCommand = &command{
 	name:    "help",
 	args:    "[COMMAND]",
 	summary: "Show the commands, or one command's flags.",
-	flags: func(fs *flag.FlagSet) func(context.Context, *env) error {
-		return nil // helpMain runs it: it takes arguments
+	flags: func(fs *flag.FlagSet) execFunc {
+		return nil // helpMain runs it: it takes any number of arguments
 	},
 }
 
 func helpMain(e *env, args []string) error {
-	switch len(args) {
-	case 0:
+	if len(args) == 0 {
 		writeUsage(e.stdout)
 		return nil
-	case 1:
-		c := findCommand(args[0])
-		if c == nil {
-			return usagef("help: unknown command %q; the commands are %s", args[0], commandNames())
-		}
-		fs := flag.NewFlagSet("walflow "+c.name, flag.ContinueOnError)
-		c.flags(fs)
-		writeCommandHelp(e.stdout, c, fs)
-		return nil
-	default:
-		return usagef("help: give one command at most, like walflow help run")
 	}
+	list, c := commands, (*command)(nil)
+	for i, name := range args {
+		if c != nil && c.subs == nil {
+			return usagef("help: %s has no command %q; write walflow help %s", c.path(), name, c.path())
+		}
+		if c = findCommand(list, name); c == nil {
+			where := "the commands are " + commandNames(list)
+			if i > 0 {
+				where = fmt.Sprintf("the %s commands are %s", strings.Join(args[:i], " "), commandNames(list))
+			}
+			return usagef("help: unknown command %q; %s", strings.Join(args[:i+1], " "), where)
+		}
+		list = c.subs
+	}
+	if c.subs != nil {
+		writeGroupHelp(e.stdout, c)
+		return nil
+	}
+	fs := flag.NewFlagSet("walflow "+c.path(), flag.ContinueOnError)
+	c.flags(fs)
+	writeCommandHelp(e.stdout, c, fs)
+	return nil
 }
 
 // suggest returns the candidate closest to s when it is a plausible typo, or "".

@@ -82,6 +82,25 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"status", "--config", missing}, code: ExitUsage, stderr: "no such file"},
 		{args: []string{"demo", "--duration", "-1s"}, code: ExitUsage, stderr: "--duration -1s is negative"},
 		{args: []string{"demo", "--duration", "soon"}, code: ExitUsage, stderr: `invalid value "soon" for flag -duration`},
+		{args: []string{"help"}, code: ExitOK, stdout: "\n  operator  Show, restart, skip or backfill the configured operators.\n"},
+		{args: []string{"operator"}, code: ExitUsage, stderr: "walflow: operator: no command given; the operator commands are status, restart, skip, backfill"},
+		{args: []string{"operator", "--help"}, code: ExitOK, stdout: "Usage: walflow operator COMMAND [flags]"},
+		{args: []string{"help", "operator"}, code: ExitOK, stdout: "  backfill  Recompute every derived row"},
+		{args: []string{"help", "operator", "backfill"}, code: ExitOK, stdout: "Usage: walflow operator backfill NAME [--config FILE] [--batch N] [--restart]"},
+		{args: []string{"help", "operator", "skip", "x"}, code: ExitUsage, stderr: `walflow: help: operator skip has no command "x"`},
+		{args: []string{"help", "operator", "stat"}, code: ExitUsage, stderr: `walflow: help: unknown command "operator stat"; the operator commands are status, restart, skip, backfill`},
+		{args: []string{"operator", "status", "-h"}, code: ExitOK, stdout: "--json"},
+		{args: []string{"operator", "stats"}, code: ExitUsage, stderr: `walflow: operator: unknown command "stats"; did you mean status?`},
+		{args: []string{"operator", "--config", "x"}, code: ExitUsage, stderr: "walflow: operator: flag --config comes before a command"},
+		{args: []string{"operator", "restart"}, code: ExitUsage, stderr: "walflow: operator restart: missing NAME; write walflow operator restart NAME [--config FILE]"},
+		{args: []string{"operator", "skip", "--config", missing}, code: ExitUsage, stderr: "walflow: operator skip: missing NAME"},
+		{args: []string{"operator", "restart", "a", "b"}, code: ExitUsage, stderr: `walflow: operator restart: unexpected argument "b"`},
+		{args: []string{"operator", "status", "extra"}, code: ExitUsage, stderr: `walflow: operator status: unexpected argument "extra"`},
+		{args: []string{"operator", "backfill", "x", "--batch", "many"}, code: ExitUsage, stderr: `walflow: operator backfill: invalid value "many" for flag -batch`},
+		{args: []string{"operator", "backfill", "x", "--batch", "-1", "--config", missing}, code: ExitUsage, stderr: "walflow: operator backfill: --batch -1 is not a batch size"},
+		{args: []string{"operator", "status", "--config", missing}, code: ExitUsage, stderr: "walflow: " + missing + ": no such file"},
+		{args: []string{"operator", "restart", "x", "--config", missing}, code: ExitUsage, stderr: "no such file"},
+		{args: []string{"operator", "restart", "--", "-x", "--config"}, code: ExitUsage, stderr: `walflow: operator restart: unexpected argument "--config"`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -308,6 +327,18 @@ func TestDemo(t *testing.T) {
 	}
 	if !regexp.MustCompile(`(?m)comments +update +id=\d+ +post_id: \d+ → \d+ .*posts/\d+/comments, posts/\d+/comments$`).MatchString(r.stdout) {
 		t.Error("demo printed no comment moving between posts")
+	}
+	// The operator's derived rows change right after the comments and posts they count.
+	for _, re := range []string{
+		`(?m)^#\d+ +\S+ +post_with_comments_counts +insert +id=(\d+) +title=".*comments_count=0 +channels: post_with_comments_counts, post_with_comments_counts/\d+$`,
+		`(?m)^#\d+ +\S+ +comments +insert +id=\d+ +post_id=(\d+) .*\n#\d+ +\S+ +post_with_comments_counts +update +id=\d+ +comments_count: 0 → 1 `,
+		`(?m)^#\d+ +\S+ +post_with_comments_counts +update +id=\d+ +title: ".*" → ".*" +channels: `,
+		`(?m)^#\d+ +\S+ +post_with_comments_counts +delete +id=\d+ +channels: `,
+		`, the operator post_with_comments_counts applied through \d+`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("demo output does not match %s", re)
+		}
 	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)

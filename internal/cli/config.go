@@ -45,6 +45,9 @@ type fileConfig struct {
 	StatusInterval string                  `yaml:"status_interval"`
 	SyncDelay      string                  `yaml:"sync_delay"`
 	Tables         map[string]*tableConfig `yaml:"tables"`
+	// Operators are keyed by name; operatorConfig holds their settings.
+	Operators        map[string]*operatorConfig `yaml:"operators"`
+	OperatorDefaults operatorDefaultsConfig     `yaml:"operator_defaults"`
 }
 
 type ledgerConfig struct {
@@ -182,12 +185,15 @@ var fileSpec = mapSpec("the top-level keys",
 			"timestamp", scalar("a column name like updated_at"),
 		),
 	},
+	"operators", operatorsSpec,
+	"operator_defaults", operatorDefaultsSpec,
 )
 
 // loader checks one file.
 type loader struct {
 	file  string
 	nodes map[string]*yaml.Node // key path → value node, for the line of later errors
+	keys  map[string]*yaml.Node // key path → key node, for errors about a whole entry
 	lines map[int]string        // line → key path of a value on it, for yaml's errors
 	order map[string][]string   // key path of a mapping → its keys in file order
 }
@@ -205,8 +211,17 @@ func (l *loader) errPath(path, format string, args ...any) error {
 	return l.errAt(l.nodes[path], path, format, args...)
 }
 
+// errKey reports a problem with a whole entry (an operator), on the line of its key.
+func (l *loader) errKey(path, format string, args ...any) error {
+	n := l.keys[path]
+	if n == nil {
+		n = l.nodes[path]
+	}
+	return l.errAt(n, path, format, args...)
+}
+
 func parseConfig(file string, data []byte, getenv func(string) string) (*config, error) {
-	l := &loader{file: file, nodes: map[string]*yaml.Node{}, lines: map[int]string{}, order: map[string][]string{}}
+	l := &loader{file: file, nodes: map[string]*yaml.Node{}, keys: map[string]*yaml.Node{}, lines: map[int]string{}, order: map[string][]string{}}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, syntaxError(file, data, err)
@@ -278,6 +293,7 @@ func (l *loader) walk(n *yaml.Node, s *spec, path string) error {
 				return l.errAt(k, kp, "set twice (first on line %d); keep one", first)
 			}
 			seen[name] = k.Line
+			l.keys[kp] = k
 			l.order[path] = append(l.order[path], name)
 			vs := s.any
 			if vs == nil {
@@ -471,6 +487,9 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 			return nil, err
 		}
 		e.Tables = append(e.Tables, t)
+	}
+	if err := l.operators(fc, e); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

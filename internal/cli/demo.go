@@ -30,15 +30,18 @@ var demoCommand = &command{
 demo needs the PostgreSQL server binaries (apt-get install -y postgresql-15), not a running
 server. It starts a private cluster on a free port of 127.0.0.1, creates a blog (posts and
 comments, comments scoped by posts/{post_id}), follows it with walflow into a disk ledger
-in a temporary directory, and changes the blog every 0.7 s. Every event is printed as it
-comes back from the ledger, with the channels it was delivered on. You may connect to the
-printed database URL and make changes yourself: they show up too.
+in a temporary directory, and changes the blog every 0.7 s. The operator
+post_with_comments_counts keeps a derived table of posts with their comment counts up to
+date, and that table is followed too, so its rows' changes show up as events right after
+the changes that caused them. Every event is printed as it comes back from the ledger,
+with the channels it was delivered on. You may connect to the printed database URL and
+make changes yourself: they show up too.
 
 Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`,
-	flags: func(fs *flag.FlagSet) func(context.Context, *env) error {
+	flags: func(fs *flag.FlagSet) execFunc {
 		d := fs.Duration("duration", 0, "stop after writing for this `long` (default: until Ctrl-C)")
 		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
-		return func(ctx context.Context, e *env) error { return demoMain(ctx, e, *d, *keep) }
+		return func(ctx context.Context, e *env, _ []string) error { return demoMain(ctx, e, *d, *keep) }
 	},
 }
 
@@ -49,10 +52,11 @@ const (
 	demoWriteTick = 700 * time.Millisecond
 	demoSchema    = `
 CREATE TABLE posts (
-	id         serial PRIMARY KEY,
-	title      text NOT NULL,
-	body       text NOT NULL DEFAULT '',
-	updated_at timestamptz NOT NULL DEFAULT now()
+	id          serial PRIMARY KEY,
+	title       text NOT NULL,
+	body        text NOT NULL DEFAULT '',
+	inserted_at timestamptz NOT NULL DEFAULT now(),
+	updated_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE comments (
 	id         serial PRIMARY KEY,
@@ -60,8 +64,45 @@ CREATE TABLE comments (
 	body       text NOT NULL,
 	updated_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX ON comments (post_id);
+-- Derived: kept up to date by the post_with_comments_counts operator.
+CREATE TABLE post_with_comments_counts (
+	id             int PRIMARY KEY,
+	title          text,
+	body           text,
+	inserted_at    timestamptz,
+	updated_at     timestamptz,
+	comments_count int
+);
 ALTER TABLE posts REPLICA IDENTITY FULL;
-ALTER TABLE comments REPLICA IDENTITY FULL;`
+ALTER TABLE comments REPLICA IDENTITY FULL;
+ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
+	// demoOperator is the operators block of the demo's configuration: the seed's
+	// post_with_comments_counts, whose MERGE updates a row only when it changes, so a
+	// recomputation that changes nothing makes no event.
+	demoOperator = `operators:
+  post_with_comments_counts:
+    entities: [comments, posts]
+    id: {comments: post_id, posts: id}
+    delete_with: [posts]
+    query: |
+      MERGE INTO post_with_comments_counts dest
+      USING (
+          SELECT p.id AS id, p.title AS title, p.body AS body,
+                 p.inserted_at AS inserted_at, p.updated_at AS updated_at,
+                 (SELECT COUNT(c.id) FROM comments c WHERE c.post_id = p.id) AS comments_count
+          FROM posts p
+          WHERE p.id = $1
+      ) src ON src.id = dest.id
+      WHEN NOT MATCHED THEN
+        INSERT (id, title, body, inserted_at, updated_at, comments_count)
+        VALUES (src.id, src.title, src.body, src.inserted_at, src.updated_at, src.comments_count)
+      WHEN MATCHED AND (dest.title, dest.body, dest.inserted_at, dest.updated_at, dest.comments_count)
+          IS DISTINCT FROM (src.title, src.body, src.inserted_at, src.updated_at, src.comments_count) THEN
+        UPDATE SET title = src.title, body = src.body, inserted_at = src.inserted_at,
+                   updated_at = src.updated_at, comments_count = src.comments_count;
+`
+	demoDerived = "post_with_comments_counts"
 )
 
 func demoMain(ctx context.Context, e *env, duration time.Duration, keep bool) (err error) {
@@ -147,7 +188,8 @@ tables:
   posts:
   comments:
     scopes: ["posts/{post_id}"]
-`, d.configPath, d.dsn, demoSlot, addr)
+  post_with_comments_counts:
+%s`, d.configPath, d.dsn, demoSlot, addr, demoOperator)
 	if err := os.WriteFile(d.configPath, []byte(yaml), 0o600); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -172,7 +214,7 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	// is scheduled; it ends when subCtx does.
 	subCtx, stopSub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSub()
-	sub, err := eng.Subscribe(subCtx, &walflow.SubscribeOpts{After: new(event.Position)}, "posts", "comments")
+	sub, err := eng.Subscribe(subCtx, &walflow.SubscribeOpts{After: new(event.Position)}, "posts", "comments", demoDerived)
 	if err != nil {
 		return fmt.Errorf("demo: subscribe: %w", err)
 	}
@@ -196,7 +238,7 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	}
 	d.banner(ctx, duration)
 
-	p := &printer{w: out, color: d.color, router: eng.Router(), seen: map[uint32]bool{}, done: make(chan struct{})}
+	p := &printer{w: out, color: d.color, router: eng.Router(), tableWidth: len(demoDerived), seen: map[uint32]bool{}, done: make(chan struct{})}
 	go p.run(sub)
 
 	w := &writer{dsn: d.dsn, log: d.env.stderr}
@@ -220,12 +262,14 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	stopWrite()
 	<-writeDone
 
-	// Let the engine take in the writer's last transaction before stopping it.
+	// Let the engine take in the writer's last transaction, and the operator the derived
+	// change it makes, before stopping it.
 	if last, ok := w.lastXID(); ok && !engineDone {
 		deadline := time.Now().Add(3 * time.Second)
 		for !p.saw(last) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
+		settle(eng, deadline)
 	}
 	if !engineDone {
 		runErr = stopEngine()
@@ -242,6 +286,11 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 
 	fmt.Fprintf(out, "\n%d events in %.1fs; the ledger's head is position %d (commit %s)",
 		p.count, elapsed.Seconds(), head, eng.Ledger().State().LastCommitLSN)
+	if ops := eng.Operators(); ops != nil {
+		for _, o := range ops.Operators() {
+			fmt.Fprintf(out, ", the operator %s applied through %d", o.Name, o.Position)
+		}
+	}
 	// The slot confirms what the ledger made durable: show it, now that the engine stopped.
 	if st := eng.Status(context.WithoutCancel(ctx)); st.SlotExists {
 		fmt.Fprintf(out, ", the slot confirmed %s", st.ConfirmedLSN)
@@ -259,6 +308,30 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 		fmt.Fprintln(out, "Removed the cluster and the ledger.")
 	}
 	return nil
+}
+
+// settle waits, until deadline at the latest, for the operators to apply everything in the
+// ledger and for the ledger to stop growing: the derived changes come back through the WAL.
+func settle(eng *walflow.Engine, deadline time.Time) {
+	caughtUp := func(head event.Position) bool {
+		for _, o := range eng.Operators().Operators() {
+			if o.Position < head && !o.Halted {
+				return false
+			}
+		}
+		return true
+	}
+	for time.Now().Before(deadline) {
+		head := eng.Ledger().State().Head
+		if !caughtUp(head) {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		time.Sleep(200 * time.Millisecond)
+		if eng.Ledger().State().Head == head {
+			return
+		}
+	}
 }
 
 // waitStreaming waits until the engine streams from its slot: changes made before the slot
@@ -299,13 +372,16 @@ func (d *demo) banner(ctx context.Context, duration time.Duration) {
               connect with psql and change posts or comments yourself: it shows up below
   metrics     http://%s/metrics   (and /status, /healthz)
   ledger      %s   (slot %s)
-  subscribed  posts, comments   (comments are scoped by posts/{post_id})
+  subscribed  posts, comments, %s   (comments are scoped by posts/{post_id})
+  operator    %s: each post with its comment count, recomputed
+              from every change of posts and comments (walflow operator status --config %s)
 
 A writer changes the blog every %.1fs. Each line is an event read back from the ledger:
 position, commit LSN, table, type, what changed, and the channels it was delivered on.
+The %s lines are the operator's work, right after the changes that caused them.
 %s
 
-`, d.dsn, version, c.HTTPAddr, c.LedgerDir, c.Slot, demoWriteTick.Seconds(), stop)
+`, d.dsn, version, c.HTTPAddr, c.LedgerDir, c.Slot, demoDerived, demoDerived, d.configPath, demoWriteTick.Seconds(), demoDerived, stop)
 }
 
 func (d *demo) keptNote() {
@@ -317,17 +393,19 @@ func (d *demo) keptNote() {
   database  %s
   resume    walflow run --config %s
   status    walflow status --config %s
+  operators walflow operator status --config %s
   remove    %s && rm -rf %s %s
 The next walflow demo or pgtest run also removes clusters whose process has exited.
-`, d.dsn, d.configPath, d.configPath, stop, filepath.Dir(d.cluster.DataDir()), d.dir)
+`, d.dsn, d.configPath, d.configPath, d.configPath, stop, filepath.Dir(d.cluster.DataDir()), d.dir)
 }
 
 // printer prints a subscription's events, one line each.
 type printer struct {
-	w      io.Writer
-	color  bool
-	router *channel.Router
-	done   chan struct{}
+	w          io.Writer
+	color      bool
+	router     *channel.Router
+	tableWidth int // the widest table name, to align the lines
+	done       chan struct{}
 
 	mu    sync.Mutex
 	seen  map[uint32]bool // transaction ids printed
@@ -339,7 +417,7 @@ func (p *printer) run(sub *walflow.Subscription) {
 	var channels []string
 	for ev := range sub.Events() {
 		channels = p.router.Channels(&ev, channels[:0])
-		fmt.Fprintln(p.w, eventLine(&ev, p.router.Table(ev.Name), channels, p.color))
+		fmt.Fprintln(p.w, eventLineWidth(&ev, p.router.Table(ev.Name), channels, p.color, p.tableWidth))
 		p.mu.Lock()
 		p.seen[ev.XID] = true
 		p.count++

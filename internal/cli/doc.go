@@ -1,15 +1,18 @@
-// Package cli is the walflow command: run, demo, status, version and help. cmd/walflow
-// only calls [Main], so every command can be tested in-process.
+// Package cli is the walflow command: run, demo, status, operator (status, restart, skip,
+// backfill), version and help. cmd/walflow only calls [Main], so every command can be
+// tested in-process.
 //
 // # Configuration
 //
-// walflow run and walflow status read a YAML file (walflow.yaml by default; see
+// walflow run, walflow status and the walflow operator commands read a YAML file (walflow.yaml by default; see
 // walflow.example.yaml at the repository root). Unknown keys are errors, and every error
 // names the file, the line and the key path (tables.comments.scopes[0]) with the fix.
 // database_url may be left out of the file when WALFLOW_DATABASE_URL or DATABASE_URL is set:
 // the environment fills it only when the file does not set it. A relative ledger.dir is
 // relative to the configuration file's directory, so run and status find the same ledger
-// from anywhere.
+// from anywhere. The operators block is checked as a whole at load time, with
+// operator.New's own validation reported at the operator's key path, so walflow run never
+// starts with an operator it would refuse.
 //
 // # Exit codes
 //

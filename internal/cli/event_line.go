@@ -41,9 +41,15 @@ var typeColors = map[event.Type]string{
 // changed, a delete the old row's id. t is the table's channel configuration (for its id
 // and timestamp columns). color adds ANSI colours for a terminal.
 func eventLine(e *event.Event, t channel.Table, channels []string, color bool) string {
+	return eventLineWidth(e, t, channels, color, lineTableWidth)
+}
+
+// eventLineWidth is eventLine with the table name padded to tableWidth runes, so that the
+// lines of tables with long names stay aligned.
+func eventLineWidth(e *event.Event, t channel.Table, channels []string, color bool, tableWidth int) string {
 	t = t.WithDefaults()
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-5s  %-11s  %s  ", "#"+e.Position.String(), e.LSN, pad(e.Name, lineTableWidth))
+	fmt.Fprintf(&b, "%-5s  %-11s  %s  ", "#"+e.Position.String(), e.LSN, pad(e.Name, tableWidth))
 	typ := pad(e.Type.String(), len("update"))
 	if color {
 		typ = typeColors[e.Type] + typ + ansiReset

@@ -23,9 +23,9 @@ slot when they are missing, and appends every committed change of the configured
 to the ledger. It serves /metrics, /healthz and /status on http.addr (127.0.0.1:9187 by
 default). Ctrl-C or SIGTERM stops it cleanly: what was appended is synced and acknowledged
 to the slot, and the exit code is 0.`,
-	flags: func(fs *flag.FlagSet) func(context.Context, *env) error {
+	flags: func(fs *flag.FlagSet) execFunc {
 		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
-		return func(ctx context.Context, e *env) error { return runMain(ctx, e, *path) }
+		return func(ctx context.Context, e *env, _ []string) error { return runMain(ctx, e, *path) }
 	},
 }
 
@@ -49,12 +49,19 @@ func runMain(ctx context.Context, e *env, path string) error {
 	for i, t := range cfg.Tables {
 		tables[i] = t.Name
 	}
+	var operators []string
+	if r := eng.Operators(); r != nil {
+		for _, o := range r.Operators() {
+			operators = append(operators, o.Name)
+		}
+	}
 	log.InfoContext(ctx, "walflow starting",
 		slog.Any("database", redactedDSN(cfg.DatabaseURL)),
 		slog.String("database_from", c.dsnFrom),
 		slog.String("slot", cmp.Or(cfg.Slot, pgwal.SlotDefault)),
 		slog.String("publication", cmp.Or(cfg.Publication, pgwal.PublicationDefault)),
 		slog.String("tables", strings.Join(tables, ",")),
+		slog.String("operators", strings.Join(operators, ",")),
 		slog.String("ledger", ledger),
 		slog.Uint64("ledger_head", uint64(eng.Ledger().State().Head)),
 		slog.String("http_addr", cfg.HTTPAddr),

@@ -27,10 +27,10 @@ status asks the running engine (GET http://<http.addr>/status). When none answer
 the ledger itself and measures the slot in PostgreSQL. It prints the slot (active or not),
 its confirmed LSN, the WAL it retains and how far it lags, and the ledger's head position
 and last commit LSN. The exit code is 1 when the slot could not be read.`,
-	flags: func(fs *flag.FlagSet) func(context.Context, *env) error {
+	flags: func(fs *flag.FlagSet) execFunc {
 		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
-		return func(ctx context.Context, e *env) error { return statusMain(ctx, e, *path, *asJSON) }
+		return func(ctx context.Context, e *env, _ []string) error { return statusMain(ctx, e, *path, *asJSON) }
 	},
 }
 
@@ -186,6 +186,13 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 		row("streaming", streaming)
 		row("events", fmt.Sprintf("%d received, %d appended since start", st.EventsReceived, st.EventsAppended))
 		row("reconnects", strconv.FormatUint(st.Reconnects, 10))
+		for _, o := range st.Operators {
+			state := fmt.Sprintf("position %d, %d behind the head", o.Position, st.LedgerHead-min(st.LedgerHead, uint64(o.Position)))
+			if o.Halted {
+				state += ", HALTED: see walflow operator status"
+			}
+			row("operator "+o.Name, state)
+		}
 	}
 	_ = tw.Flush()
 }

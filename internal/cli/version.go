@@ -17,8 +17,8 @@ var versionCommand = &command{
 	name:    "version",
 	args:    "",
 	summary: "Print walflow's version.",
-	flags: func(fs *flag.FlagSet) func(context.Context, *env) error {
-		return func(_ context.Context, e *env) error {
+	flags: func(fs *flag.FlagSet) execFunc {
+		return func(_ context.Context, e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, versionString())
 			return nil
 		}
