@@ -87,6 +87,9 @@ type opState struct {
 	through atomic.Uint64 // every listened event up to here is committed
 	running atomic.Bool
 	halted  atomic.Bool
+	// haltedAt is when the halt was recorded (UnixNano): only a checkpoint read that began
+	// later can show the operator restarted.
+	haltedAt atomic.Int64
 }
 
 // New validates the operators and returns a Runner. It refuses duplicate names and an
@@ -208,6 +211,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		}()
 	}
 	sync := func() error {
+		readStart := time.Now().UnixNano()
 		rows, err := r.load(ctx)
 		if err != nil {
 			return err
@@ -220,6 +224,9 @@ func (r *Runner) Run(ctx context.Context) error {
 					o.through.Store(uint64(rw.position))
 				}
 				continue
+			}
+			if o.halted.Load() && readStart <= o.haltedAt.Load() {
+				continue // this read may predate the halt
 			}
 			start(o, rw.position)
 		}
@@ -363,32 +370,48 @@ func (r *Runner) checkpointOf(ctx context.Context, o *opState) (event.Position, 
 // apply runs evs in one transaction that also moves the checkpoint to through. On error it
 // returns the index of the failing event (0 when the transaction itself failed).
 func (r *Runner) apply(ctx context.Context, o *opState, evs []event.Event, through event.Position) (int, error) {
-	tx, err := r.cfg.DB.Begin(ctx)
+	if o.statements != nil {
+		i, err, whole := r.applyTx(ctx, o, evs, through, true)
+		if !whole {
+			return i, err
+		}
+		// The batch failed before any statement ran (typically while preparing one, such as
+		// a query on a missing table): run it statement by statement to name the event.
+	}
+	i, err, _ := r.applyTx(ctx, o, evs, through, false)
+	return i, err
+}
+
+// applyTx runs evs and the checkpoint in one read-committed transaction (so each statement
+// after the operator's lock sees everything committed before it). queued sends an SQL
+// operator's batch in one round trip; whole reports a queued batch that failed as a whole.
+func (r *Runner) applyTx(ctx context.Context, o *opState, evs []event.Event, through event.Position, queued bool) (i int, err error, whole bool) {
+	tx, err := r.cfg.DB.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return 0, fmt.Errorf("begin: %w", err)
+		return 0, fmt.Errorf("begin: %w", err), false
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if o.statements != nil {
-		if i, err := r.applyQueued(ctx, o, tx, evs, through); err != nil {
-			return i, err
+	if queued {
+		if i, err, whole := r.applyQueued(ctx, o, tx, evs, through); err != nil {
+			return i, err, whole
 		}
 	} else {
 		if err := lockOperator(ctx, tx, o.name); err != nil {
-			return 0, err
+			return 0, err, false
 		}
 		for i := range evs {
 			if err := o.apply(ctx, tx, &evs[i]); err != nil {
-				return i, err
+				return i, err, false
 			}
 		}
 		if _, err := tx.Exec(ctx, saveCheckpointSQL, o.name, int64(through)); err != nil {
-			return 0, fmt.Errorf("save checkpoint: %w", err)
+			return 0, fmt.Errorf("save checkpoint: %w", err), false
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("commit: %w", err)
+		return 0, fmt.Errorf("commit: %w", err), false
 	}
-	return 0, nil
+	return 0, nil, false
 }
 
 const saveCheckpointSQL = `UPDATE walflow.operators SET position = $2, updated_at = now() WHERE name = $1`
@@ -396,7 +419,7 @@ const saveCheckpointSQL = `UPDATE walflow.operators SET position = $2, updated_a
 // applyQueued sends an SQL operator's whole batch (the lock, every event's statements and
 // the checkpoint update) in one round trip, then reads the results in order, so the first
 // failure still names its event.
-func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []event.Event, through event.Position) (int, error) {
+func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []event.Event, through event.Position) (int, error, bool) {
 	b := &pgx.Batch{}
 	b.Queue(lockSQL, o.name)
 	var q []stmt
@@ -415,30 +438,33 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 	res := tx.SendBatch(ctx, b)
 	defer res.Close()
 	if _, err := res.Exec(); err != nil {
-		return 0, fmt.Errorf("lock operator %s: %w", o.name, err)
+		return 0, fmt.Errorf("lock operator %s: %w", o.name, err), true
 	}
 	for j, s := range q {
 		if _, err := res.Exec(); err != nil {
-			return owner[j], fmt.Errorf("%s: %w", s.what, err)
+			return owner[j], fmt.Errorf("%s: %w", s.what, err), false
 		}
 	}
 	if _, err := res.Exec(); err != nil {
-		return 0, fmt.Errorf("save checkpoint: %w", err)
+		return 0, fmt.Errorf("save checkpoint: %w", err), false
 	}
 	if err := res.Close(); err != nil {
-		return 0, fmt.Errorf("finish batch: %w", err)
+		return 0, fmt.Errorf("finish batch: %w", err), false
 	}
-	return 0, nil
+	return 0, nil, false
 }
 
 func (r *Runner) halt(ctx context.Context, o *opState, e *event.Event, cause error) {
-	o.halted.Store(true)
-	r.cfg.Reporter.Halted(ctx, o.name, e, cause)
+	// Record the halt before showing it: the control loop must never see the operator
+	// stopped while the database still says it runs, or it would restart it at once.
 	_, err := r.cfg.DB.Exec(context.WithoutCancel(ctx), `UPDATE walflow.operators SET halted = true, error = $2, failed_position = $3, updated_at = now() WHERE name = $1`,
 		o.name, cause.Error(), int64(e.Position))
 	if err != nil {
 		r.log.ErrorContext(ctx, "record that an operator halted", slog.String("operator", o.name), slog.Any("error", err))
 	}
+	o.haltedAt.Store(time.Now().UnixNano())
+	o.halted.Store(true)
+	r.cfg.Reporter.Halted(ctx, o.name, e, cause)
 }
 
 // isTransient reports whether err means the database could not be reached, rather than
