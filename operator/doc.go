@@ -20,6 +20,13 @@
 // through the WAL). An operator that would feed itself, directly or through others, is
 // refused when the [Runner] is created.
 //
+// # Backfill
+//
+// [Backfill] (walflow operator backfill NAME) runs an operator for every existing id of its
+// entities, in resumable batches: for rows that existed before the operator, after a TRUNCATE,
+// or after a skip. Its batches take the same lock as the live operator's, so running it while
+// events flow still leaves the derived rows exact.
+//
 // # Truncate
 //
 // A TRUNCATE of a listened table carries no ids, so operators ignore it by default; run a
