@@ -31,14 +31,15 @@
 //
 // [Tracker.ProcessedLSN](lsn) is stronger. Commit LSNs are PostgreSQL's total order of
 // transactions, and the ledger holds events in that order, so ProcessedLSN is true only when
-// every transaction that committed at or before lsn, on every table, is in the ledger and
-// processed. It needs the ledger to have seen the WAL up to lsn: a transaction committed at
-// or after lsn, or the source's acknowledgement of the WAL past lsn. Use it when a
-// client's next read may depend on several tables or on concurrent writers.
+// every transaction that committed at or before lsn, on every table walflow follows, is in
+// the ledger and processed. It needs the ledger to have seen the WAL up to lsn: a
+// transaction committed at or after lsn, or the source's acknowledgement of the WAL past
+// lsn. Use it when a client's next read may depend on several tables or on concurrent
+// writers.
 //
 // Both are conservative: they may report false for a while after the fact (up to the next
 // round of the tracker, or longer when an operator lags), but never true before every
-// listening operator has committed. Watermarks are assumed to move forward only: an
+// listening operator has committed (Processed within the limits of timestamps above). Watermarks are assumed to move forward only: an
 // operator added or rewound later does not make processed events unprocessed again.
 //
 // # Memory

@@ -122,7 +122,7 @@ func (c Config) validate() error {
 // Tracker follows the ledger and the operators' watermarks and answers whether a write is
 // processed. Create it with [New] and run it with [Tracker.Run]; its query methods are safe
 // for concurrent use, before, during and after Run. Until Run has loaded the saved status,
-// nothing reads as processed.
+// no entity reads as processed.
 type Tracker struct {
 	cfg     Config
 	log     *slog.Logger

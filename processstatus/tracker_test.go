@@ -3,7 +3,6 @@ package processstatus_test
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -41,7 +40,7 @@ func setup(t *testing.T, mod func(*processstatus.Config)) *bundle {
 	wm := storetest.NewWatermarks()
 	cfg := processstatus.Config{
 		Ledger: l, Watermark: wm, ChangedFunc: wm.Changed,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	}
 	if mod != nil {
 		mod(&cfg)
