@@ -317,8 +317,9 @@ func (t *Tracker) round(ctx context.Context) (more bool, err error) {
 	for _, s := range dirty {
 		t.processed[s.name] = s.processed
 	}
-	t.through = through
-	t.lsn = lsn
+	// WatermarkLSN may have raised t.lsn meanwhile: never lower it.
+	t.through = max(t.through, through)
+	t.lsn = max(t.lsn, lsn)
 	if moved {
 		t.broadcast()
 	}
