@@ -11,12 +11,14 @@ import (
 
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/processstatus"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
 // Defaults for [Config].
 const (
-	LedgerDirDefault = "walflow-data"
+	LedgerDirDefault     = "walflow-data"
+	ProcessStatusDefault = "postgres"
 )
 
 // Config configures an [Engine]. The zero value of every field but DatabaseURL is usable.
@@ -61,6 +63,12 @@ type Config struct {
 	OperatorRetry operator.RetryPolicy
 	// ErrorReporter receives operator retries and halts, besides the metrics. Default: logs.
 	ErrorReporter operator.ErrorReporter
+	// ProcessStatus is where the last processed timestamp of each entity is kept:
+	// "postgres" (the walflow schema of the followed database), "memory" or "none".
+	// Default "postgres". ProcessStatusStore, when set, takes precedence.
+	ProcessStatus string
+	// ProcessStatusStore is your own process-status store. Default nil.
+	ProcessStatusStore processstatus.Store
 	// Logger receives walflow's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 }
@@ -71,6 +79,7 @@ func (c Config) withDefaults() Config {
 	c.LedgerDir = cmp.Or(c.LedgerDir, LedgerDirDefault)
 	c.StatusInterval = cmp.Or(c.StatusInterval, pgwal.StatusIntervalDefault)
 	c.SyncDelay = cmp.Or(c.SyncDelay, pgwal.SyncDelayDefault)
+	c.ProcessStatus = cmp.Or(c.ProcessStatus, ProcessStatusDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
@@ -85,6 +94,11 @@ func (c Config) withDefaults() Config {
 func (c Config) validate() error {
 	if c.DatabaseURL == "" {
 		return errors.New("walflow: DatabaseURL is empty; set it to a PostgreSQL URL such as postgres://app@localhost:5432/app (the CLI also reads WALFLOW_DATABASE_URL)")
+	}
+	switch c.ProcessStatus {
+	case "postgres", "memory", "none":
+	default:
+		return fmt.Errorf("walflow: ProcessStatus %q is not a store: use postgres, memory or none", c.ProcessStatus)
 	}
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {

@@ -23,6 +23,8 @@ import (
 	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/ledger/memory"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/processstatus"
+	"github.com/walflow/walflow/processstatus/pgstore"
 	"github.com/walflow/walflow/pubsub"
 	"github.com/walflow/walflow/source/pgwal"
 )
@@ -42,6 +44,8 @@ type Engine struct {
 	pool      *pgxpool.Pool // nil without operators
 	ops       *operator.Runner
 	opMetrics *operatorMetrics
+	tracker   *processstatus.Tracker
+	psStore   *pgstore.Store // nil unless process status is kept in PostgreSQL
 
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
@@ -89,22 +93,88 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		led = d
 	}
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src}
+	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) {
+		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
+		if err != nil {
+			_ = led.Close()
+			return nil, fmt.Errorf("walflow: database pool: %w", err)
+		}
+		e.pool = pool
+	}
 	if len(cfg.Operators) > 0 {
 		if err := e.openOperators(); err != nil {
-			_ = led.Close()
+			_ = e.Close()
 			return nil, err
 		}
 	}
+	if err := e.openProcessStatus(); err != nil {
+		_ = e.Close()
+		return nil, err
+	}
 	return e, nil
+}
+
+// openProcessStatus builds the tracker that answers Processed and ProcessedLSN.
+func (e *Engine) openProcessStatus() error {
+	store := e.cfg.ProcessStatusStore
+	if store == nil {
+		switch e.cfg.ProcessStatus {
+		case "memory":
+			store = processstatus.NewMemoryStore()
+		case "none":
+			store = processstatus.NoStore{}
+		default:
+			ps, err := pgstore.New(pgstore.Config{DB: e.pool, Logger: e.cfg.Logger})
+			if err != nil {
+				return err
+			}
+			e.psStore, store = ps, ps
+		}
+	}
+	var w processstatus.Watermark = headWatermark{e.led}
+	var changed func() <-chan struct{}
+	if e.ops != nil {
+		w, changed = e.ops, e.ops.Changed
+	}
+	t, err := processstatus.New(processstatus.Config{
+		Ledger: e.led, Watermark: w, ChangedFunc: changed, Store: store, Logger: e.cfg.Logger,
+		TimestampColumnFunc: func(entity string) string { return e.router.Table(entity).TimestampColumn },
+	})
+	if err != nil {
+		return err
+	}
+	e.tracker = t
+	return nil
+}
+
+// headWatermark is the watermark without operators: an event is processed once it is in
+// the ledger, where subscribers read it.
+type headWatermark struct{ led ledger.Ledger }
+
+func (h headWatermark) CommittedThrough(string) event.Position { return h.led.State().Head }
+
+// Processed reports whether the entity's change stamped micros (its timestamp column, in
+// microseconds since the Unix epoch) is in the ledger and every operator listening to the
+// entity has committed past it.
+func (e *Engine) Processed(entity string, micros int64) bool { return e.tracker.Processed(entity, micros) }
+
+// ProcessedLSN reports whether every transaction committed at or before lsn is processed.
+// Stronger than Processed: a write's LSN is a total order, application clocks are not.
+func (e *Engine) ProcessedLSN(lsn event.LSN) bool { return e.tracker.ProcessedLSN(lsn) }
+
+// ProcessStatus returns the process-status tracker (Wait, WaitLSN, watermarks).
+func (e *Engine) ProcessStatus() *processstatus.Tracker { return e.tracker }
+
+// Middleware answers 425 Too Early to requests whose X-Walflow-Entity-Timestamp or
+// X-Walflow-LSN header names a write not processed yet; see processstatus.Middleware.
+func (e *Engine) Middleware(opts *processstatus.MiddlewareOpts) func(http.Handler) http.Handler {
+	return processstatus.Middleware(e.tracker, opts)
 }
 
 // openOperators builds the operator runner and the pool it writes through. The pool
 // connects lazily, so Open still does not touch the database.
 func (e *Engine) openOperators() error {
-	pool, err := pgxpool.New(context.Background(), e.cfg.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("walflow: operators: %w", err)
-	}
+	pool := e.pool
 	e.opMetrics = newOperatorMetrics(e.cfg.ErrorReporter, e.log)
 	r, err := operator.New(operator.Config{
 		DB: pool, Ledger: e.led, Operators: e.cfg.Operators,
@@ -112,20 +182,18 @@ func (e *Engine) openOperators() error {
 		Reporter: e.opMetrics, Logger: e.cfg.Logger,
 	})
 	if err != nil {
-		pool.Close()
 		return err
 	}
 	if len(e.cfg.Tables) > 0 {
 		for _, o := range r.Operators() {
 			for _, ent := range o.Entities {
 				if !slices.ContainsFunc(e.cfg.Tables, func(t channel.Table) bool { return bareTable(t.Name) == bareTable(ent) }) {
-					pool.Close()
 					return fmt.Errorf("walflow: operator %s listens to %s, which is not among the followed tables; add %s to tables", o.Name, ent, ent)
 				}
 			}
 		}
 	}
-	e.pool, e.ops = pool, r
+	e.ops = r
 	return nil
 }
 
@@ -155,6 +223,15 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { e.pollSlot(gctx); return nil })
+	if e.psStore != nil {
+		if err := e.psStore.Migrate(ctx); err != nil {
+			cancel(ErrStopping)
+			_ = g.Wait()
+			return fmt.Errorf("walflow: process status: %w", err)
+		}
+		g.Go(func() error { return e.psStore.Run(gctx) })
+	}
+	g.Go(func() error { return e.tracker.Run(gctx) })
 	if e.ops != nil {
 		g.Go(func() error {
 			if err := e.ops.Run(gctx); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/processstatus"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -339,5 +341,104 @@ func TestEngineRunsOperators(t *testing.T) {
 		if !strings.Contains(rec.Body.String(), m) {
 			t.Errorf("/metrics lacks %s", m)
 		}
+	}
+}
+
+// TestProcessStatusWaitsForOperators holds an operator on a latch: the write must not be
+// reported processed (nor pass the middleware) until the operator has committed past it.
+func TestProcessStatusWaitsForOperators(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `CREATE TABLE comments (id int PRIMARY KEY, body text, updated_at timestamptz NOT NULL DEFAULT now());
+		ALTER TABLE comments REPLICA IDENTITY FULL`); err != nil {
+		t.Fatal(err)
+	}
+	latch := make(chan struct{})
+	var entered sync.Once
+	inOperator := make(chan struct{})
+	slow := operator.Func{Name: "slow", Entities: []string{"comments"}, Handle: func(ctx context.Context, tx pgx.Tx, e *event.Event) error {
+		entered.Do(func() { close(inOperator) })
+		select {
+		case <-latch:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}}
+	cfg, _ := pgx.ParseConfig(dsn)
+	eng, err := walflow.Open(ctx, walflow.Config{DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true, StatusInterval: 100 * time.Millisecond,
+		Tables: []channel.Table{{Name: "comments"}}, Operators: []operator.Operator{slow},
+		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(runCtx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		_ = eng.Close()
+	}()
+	for !eng.Status(ctx).Streaming {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var updatedAt time.Time
+	if err := conn.QueryRow(ctx, `INSERT INTO comments (id, body) VALUES (1, 'x') RETURNING updated_at`).Scan(&updatedAt); err != nil {
+		t.Fatal(err)
+	}
+	lsn, err := processstatus.CurrentLSN(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stamp := processstatus.HeaderValue("comments", updatedAt)
+	micros := updatedAt.UnixMicro()
+
+	handler := eng.Middleware(nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
+	call := func(header, value string) int {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("GET", "/posts", nil)
+		req.Header.Set(header, value)
+		handler.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	select {
+	case <-inOperator:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the operator never received the event")
+	}
+	// The event is in the ledger and the operator holds it: not processed.
+	if eng.Processed("comments", micros) || eng.ProcessedLSN(lsn) {
+		t.Fatal("reported processed while the operator has not committed")
+	}
+	if got := call("X-Walflow-Entity-Timestamp", stamp); got != http.StatusTooEarly {
+		t.Fatalf("entity timestamp while held: %d, want 425", got)
+	}
+	if got := call("X-Walflow-LSN", lsn.String()); got != http.StatusTooEarly {
+		t.Fatalf("LSN while held: %d, want 425", got)
+	}
+	if got := call("X-Walflow-Entity-Timestamp", "comments/not-a-number"); got != http.StatusBadRequest {
+		t.Fatalf("malformed header: %d, want 400", got)
+	}
+	close(latch)
+	if err := eng.ProcessStatus().WaitLSN(ctx, lsn); err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.ProcessStatus().Wait(ctx, "comments", micros); err != nil {
+		t.Fatal(err)
+	}
+	if got := call("X-Walflow-Entity-Timestamp", stamp); got != http.StatusOK {
+		t.Fatalf("entity timestamp after commit: %d, want 200", got)
+	}
+	if got := call("X-Walflow-LSN", lsn.String()); got != http.StatusOK {
+		t.Fatalf("LSN after commit: %d, want 200", got)
 	}
 }
