@@ -156,7 +156,9 @@ func (h headWatermark) CommittedThrough(string) event.Position { return h.led.St
 // Processed reports whether the entity's change stamped micros (its timestamp column, in
 // microseconds since the Unix epoch) is in the ledger and every operator listening to the
 // entity has committed past it.
-func (e *Engine) Processed(entity string, micros int64) bool { return e.tracker.Processed(entity, micros) }
+func (e *Engine) Processed(entity string, micros int64) bool {
+	return e.tracker.Processed(entity, micros)
+}
 
 // ProcessedLSN reports whether every transaction committed at or before lsn is processed.
 // Stronger than Processed: a write's LSN is a total order, application clocks are not.

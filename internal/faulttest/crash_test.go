@@ -317,6 +317,10 @@ func TestPipelineProcess(t *testing.T) {
 		t.Parallel()
 		testKillRightAfterSlotCreation(t, bin)
 	})
+	t.Run("OperatorCrashConsistency", func(t *testing.T) {
+		t.Parallel()
+		testOperatorCrashConsistency(t, bin)
+	})
 	t.Run("MillionRowTransaction", func(t *testing.T) {
 		t.Parallel()
 		testMillionRowTransaction(t, bin)

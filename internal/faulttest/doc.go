@@ -9,6 +9,11 @@
 //     transactions of 1 to 200 rows, restarts it each time, and checks that the ledger holds
 //     every committed change exactly once, in commit order, against the writers' own log and
 //     an audit row each transaction writes.
+//   - TestOperatorCrashConsistency runs the child with operators (a comments count, a sum
+//     and average of ratings, a table derived from both derived tables, and a per-event
+//     effect counter) while a writer commits 50,000 random changes, SIGKILLs it at 30 random
+//     moments, and checks that every derived table equals its recomputation from the source
+//     tables, that each event was applied exactly once and that no operator halted.
 //   - TestMillionRowTransaction streams one transaction of 1,000,000 rows through the child
 //     and checks its peak resident set size and the ledger's positions.
 //   - TestUnrelatedWritesDoNotRetainWAL checks that a slot whose tables stay idle while

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -240,6 +241,12 @@ type childState struct {
 	Lines              int
 }
 
+// opReport is what the child's last line about an operator said.
+type opReport struct {
+	Position event.Position
+	Halted   bool
+}
+
 // child is one run of the pipeline process.
 type child struct {
 	n       int
@@ -252,7 +259,8 @@ type child struct {
 
 	mu      sync.Mutex
 	state   childState
-	vmhwm   int64 // KiB, from the vmhwm line
+	ops     map[string]opReport // from the operator lines
+	vmhwm   int64               // KiB, from the vmhwm line
 	bad     []string
 	waitErr error // set before exited is closed
 }
@@ -306,7 +314,7 @@ func (p *pipeline) start() *child {
 		}
 	}
 	p.runs++
-	c := &child{n: p.runs, ready: make(chan struct{}), exited: make(chan struct{}), changed: make(chan struct{}, 1)}
+	c := &child{n: p.runs, ready: make(chan struct{}), exited: make(chan struct{}), changed: make(chan struct{}, 1), ops: map[string]opReport{}}
 	c.logPath = filepath.Join(p.logDir, fmt.Sprintf("run-%02d.log", c.n))
 	logFile, err := os.Create(c.logPath)
 	if err != nil {
@@ -367,6 +375,14 @@ func (c *child) read(r io.Reader) {
 			}
 			s.Lines = c.state.Lines + 1
 			c.state = s
+		case strings.HasPrefix(line, "operator "):
+			var name string
+			var r opReport
+			if _, err := fmt.Sscanf(line, "operator %s position=%d halted=%t", &name, &r.Position, &r.Halted); err != nil {
+				c.bad = append(c.bad, line)
+				break
+			}
+			c.ops[name] = r
 		case strings.HasPrefix(line, "vmhwm "):
 			if _, err := fmt.Sscanf(line, "vmhwm %d", &c.vmhwm); err != nil {
 				c.bad = append(c.bad, line)
@@ -387,6 +403,13 @@ func (c *child) State() childState {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.state
+}
+
+// Operators returns what the child last reported of each operator.
+func (c *child) Operators() map[string]opReport {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.ops)
 }
 
 // exitError describes how the child ended, with the end of its log.
@@ -432,6 +455,29 @@ func (p *pipeline) waitState(c *child, timeout time.Duration, what string, ok fu
 			p.t.Fatalf("waiting for %s: %s", what, p.exitError(c))
 		case <-deadline.C:
 			p.t.Fatalf("waiting for %s: not reached within %s; last state %+v", what, timeout, c.State())
+		}
+	}
+}
+
+// waitChild waits until cond, called after each line the child prints, reports done.
+func (p *pipeline) waitChild(c *child, timeout time.Duration, what string, cond func() (done bool, state string)) {
+	p.t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		done, state := cond()
+		if done {
+			return
+		}
+		select {
+		case <-c.changed:
+		case <-c.exited:
+			if done, _ := cond(); done {
+				return
+			}
+			p.t.Fatalf("waiting for %s: %s", what, p.exitError(c))
+		case <-deadline.C:
+			p.t.Fatalf("waiting for %s: not reached within %s; %s", what, timeout, state)
 		}
 	}
 }

@@ -5,7 +5,13 @@
 //
 //	ready                                      the engine is streaming from the slot
 //	state head=N commit=LSN end=LSN acked=LSN  the ledger's durable state, when it changed
+//	operator NAME position=N halted=BOOL       an operator's committed position, when it changed
 //	vmhwm N                                    peak resident set size in KiB, just before exit
+//
+// With -operators it also runs a predefined set of operators (see operators.go); an
+// operator's position is the ledger position through which its effects are committed, as
+// its runner knows it (the stored checkpoint may lag behind while no event of its entities
+// comes).
 //
 // Logs go to stderr. SIGTERM or SIGINT stops it gracefully: the engine syncs and
 // acknowledges what it appended, the ledger is closed, and it exits 0. With -exit-on-eof it
@@ -30,6 +36,7 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/operator"
 )
 
 func main() { os.Exit(run()) }
@@ -43,6 +50,8 @@ func run() int {
 	report := flag.Duration("report-interval", 20*time.Millisecond, "how often the ledger state is checked for a state line")
 	level := flag.String("log-level", "info", "log level: debug, info, warn or error")
 	exitOnEOF := flag.Bool("exit-on-eof", false, "exit with status 3 when stdin reaches end of file")
+	opSet := flag.String("operators", "", "operator set to run: "+operatorSetNames()+" (default none)")
+	opBatch := flag.Int("operator-batch-size", 0, "most events an operator applies in one transaction (default walflow's)")
 	flag.Parse()
 	if *dsn == "" || *dir == "" || *slot == "" || *tables == "" {
 		fmt.Fprintln(os.Stderr, "pipeline: -dsn, -ledger, -slot and -tables are required")
@@ -59,6 +68,15 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "pipeline: -tables: %v\n", err)
 		return 2
 	}
+	var ops []operator.Operator
+	if *opSet != "" {
+		set, ok := operatorSets[*opSet]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "pipeline: -operators: no set %q; the sets are %s\n", *opSet, operatorSetNames())
+			return 2
+		}
+		ops = set()
+	}
 	if *exitOnEOF {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
@@ -72,7 +90,7 @@ func run() int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	eng, err := walflow.Open(ctx, walflow.Config{
 		DatabaseURL: *dsn, Slot: *slot, Tables: tabs, LedgerDir: *dir,
-		StatusInterval: *status, Logger: log,
+		StatusInterval: *status, Logger: log, Operators: ops, OperatorBatchSize: *opBatch,
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pipeline: open: %v\n", err)
@@ -90,6 +108,7 @@ func run() int {
 		return 1
 	}
 	printState(out, eng, nil)
+	printOperators(out, eng, nil)
 	if kb, err := peakRSS(); err == nil {
 		fmt.Fprintf(out, "vmhwm %d\n", kb)
 	} else {
@@ -120,6 +139,7 @@ func watch(eng *walflow.Engine, out *bufio.Writer, every time.Duration, runErr <
 	health := eng.Handler()
 	ready := false
 	var last string
+	lastOps := map[string]string{}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -137,6 +157,7 @@ func watch(eng *walflow.Engine, out *bufio.Writer, every time.Duration, runErr <
 			}
 		}
 		last = printState(out, eng, &last)
+		printOperators(out, eng, lastOps)
 		if err := out.Flush(); err != nil {
 			return fmt.Errorf("write stdout: %w", err)
 		}
@@ -152,6 +173,24 @@ func printState(out *bufio.Writer, eng *walflow.Engine, last *string) string {
 		fmt.Fprintln(out, line)
 	}
 	return line
+}
+
+// printOperators writes a line for each operator whose line differs from the one in last
+// (every operator when last is nil), and records it there.
+func printOperators(out *bufio.Writer, eng *walflow.Engine, last map[string]string) {
+	r := eng.Operators()
+	if r == nil {
+		return
+	}
+	for _, o := range r.Operators() {
+		line := fmt.Sprintf("operator %s position=%d halted=%t", o.Name, o.Position, o.Halted)
+		if last == nil || last[o.Name] != line {
+			fmt.Fprintln(out, line)
+			if last != nil {
+				last[o.Name] = line
+			}
+		}
+	}
 }
 
 // peakRSS returns VmHWM from /proc/self/status, in KiB.
