@@ -44,6 +44,7 @@ type fileConfig struct {
 	Log            logConfig               `yaml:"log"`
 	StatusInterval string                  `yaml:"status_interval"`
 	SyncDelay      string                  `yaml:"sync_delay"`
+	ProcessStatus  string                  `yaml:"process_status"`
 	Tables         map[string]*tableConfig `yaml:"tables"`
 	// Operators are keyed by name; operatorConfig holds their settings.
 	Operators        map[string]*operatorConfig `yaml:"operators"`
@@ -178,6 +179,7 @@ var fileSpec = mapSpec("the top-level keys",
 	),
 	"status_interval", scalar("a duration like 10s"),
 	"sync_delay", scalar("a duration like 5ms"),
+	"process_status", scalar("postgres, memory or none"),
 	"tables", &spec{kind: kindMap, want: "a mapping of table names to their settings, like comments: {scopes: [\"posts/{post_id}\"]}",
 		any: mapSpec("the keys of a table",
 			"id", scalar("a column name like id"),
@@ -479,6 +481,13 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 	}
 	if e.SyncDelay, err = l.duration("sync_delay", fc.SyncDelay); err != nil {
 		return nil, err
+	}
+
+	switch fc.ProcessStatus {
+	case "", "postgres", "memory", "none":
+		e.ProcessStatus = fc.ProcessStatus
+	default:
+		return nil, l.errPath("process_status", "%q is not a process-status store; use postgres (the default: the walflow schema of the followed database), memory or none", fc.ProcessStatus)
 	}
 
 	for _, name := range l.order["tables"] {

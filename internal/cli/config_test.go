@@ -166,6 +166,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"tables a list", db + "tables:\n  - comments\n", []string{"tables: want a mapping of table names"}},
 		{"bad duration", db + "status_interval: 10\n", []string{`walflow.yaml:2: status_interval: "10" is not a duration; write it like 10s`}},
 		{"negative duration", db + "sync_delay: -5ms\n", []string{`sync_delay: "-5ms" is not positive`}},
+		{"bad process status store", db + "process_status: redis\n", []string{`walflow.yaml:2: process_status: "redis" is not a process-status store; use postgres`}},
 		{"bad level", db + "log:\n  level: verbose\n", []string{`walflow.yaml:3: log.level: "verbose" is not a log level; use debug, info (the default), warn or error`}},
 		{"bad format", db + "log: {format: xml}\n", []string{`log.format: "xml" is not a log format`}},
 		{"bad backend", db + "ledger: {backend: s3}\n", []string{`ledger.backend: "s3" is not a ledger backend; use disk`}},
