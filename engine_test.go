@@ -59,11 +59,19 @@ func startBlog(t *testing.T) *blog {
 			{Name: "comments", Scopes: []channel.Scope{mustScope(t, "posts/{post_id}")}},
 		},
 		StatusInterval: 200 * time.Millisecond,
-		Logger:         slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:         testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	runEngine(t, eng)
+	return &blog{t: t, eng: eng, conn: conn, dsn: dsn}
+}
+
+// runEngine runs eng until the test ends, then checks Run's result and closes it. It
+// returns once the engine streams: changes made before the slot exists are not in it.
+func runEngine(t *testing.T, eng *walflow.Engine) {
+	t.Helper()
 	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- eng.Run(runCtx) }()
@@ -77,13 +85,17 @@ func startBlog(t *testing.T) *blog {
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for !eng.Status(ctx).Streaming {
+	for !eng.Status(t.Context()).Streaming {
 		if time.Now().After(deadline) {
-			t.Fatal("engine did not start streaming")
+			t.Fatal("engine did not start streaming within 30s")
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	return &blog{t: t, eng: eng, conn: conn, dsn: dsn}
+}
+
+// testLogger routes warnings and errors to the test's output.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 func mustScope(t *testing.T, s string) channel.Scope {
@@ -298,7 +310,7 @@ func TestEngineRunsOperators(t *testing.T) {
 	open := func(tables ...channel.Table) (*walflow.Engine, error) {
 		return walflow.Open(ctx, walflow.Config{DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true, StatusInterval: 100 * time.Millisecond,
 			Tables: tables, Operators: []operator.Operator{counts},
-			Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
+			Logger: testLogger(t)})
 	}
 	if _, err := open(channel.Table{Name: "posts"}); err == nil || !strings.Contains(err.Error(), "add comments to tables") {
 		t.Fatalf("operator on an unfollowed table: got %v", err)
@@ -307,19 +319,7 @@ func TestEngineRunsOperators(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(runCtx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		_ = eng.Close()
-	}()
-	for !eng.Status(ctx).Streaming {
-		time.Sleep(10 * time.Millisecond)
-	}
+	runEngine(t, eng)
 	if _, err := conn.Exec(ctx, `INSERT INTO posts VALUES (1, 'a'); INSERT INTO comments VALUES (1, 1, 'x'), (2, 1, 'y')`); err != nil {
 		t.Fatal(err)
 	}
@@ -374,23 +374,11 @@ func TestProcessStatusWaitsForOperators(t *testing.T) {
 	cfg, _ := pgx.ParseConfig(dsn)
 	eng, err := walflow.Open(ctx, walflow.Config{DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true, StatusInterval: 100 * time.Millisecond,
 		Tables: []channel.Table{{Name: "comments"}}, Operators: []operator.Operator{slow},
-		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(runCtx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		_ = eng.Close()
-	}()
-	for !eng.Status(ctx).Streaming {
-		time.Sleep(10 * time.Millisecond)
-	}
+	runEngine(t, eng)
 	var updatedAt time.Time
 	if err := conn.QueryRow(ctx, `INSERT INTO comments (id, body) VALUES (1, 'x') RETURNING updated_at`).Scan(&updatedAt); err != nil {
 		t.Fatal(err)
