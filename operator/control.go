@@ -89,8 +89,8 @@ func (r *Runner) Restart(ctx context.Context, name string) error {
 	return nil
 }
 
-// Skip moves the halted operator past the event it failed on, logs that event, and resumes
-// the operator.
+// Skip moves the halted operator past the event it failed on and resumes the operator; the
+// running Runner logs the skipped event (as it does for a skip made with the CLI).
 func (r *Runner) Skip(ctx context.Context, name string) (event.Position, error) {
 	o, ok := r.byKey[name]
 	if !ok {
@@ -103,15 +103,6 @@ func (r *Runner) Skip(ctx context.Context, name string) (event.Position, error) 
 	if err != nil {
 		return 0, err
 	}
-	attrs := []any{slog.String("operator", name), slog.Uint64("position", uint64(pos))}
-	if r.cfg.Ledger != nil {
-		if evs, err := r.cfg.Ledger.ReadKeys(ctx, r.byKey[name].keys, pos-1, 1); err == nil && len(evs) == 1 && evs[0].Position == pos {
-			if b, err := json.Marshal(&evs[0]); err == nil {
-				attrs = append(attrs, slog.String("event", string(b)))
-			}
-		}
-	}
-	r.log.WarnContext(ctx, "operator skipped one event; its effect was not applied", attrs...)
 	r.poke()
 	return pos, nil
 }
@@ -136,4 +127,15 @@ func (r *Runner) poke() {
 	case r.control <- struct{}{}:
 	default:
 	}
+}
+
+// logSkip logs the event at pos, which a halted operator was moved past without applying it.
+func (r *Runner) logSkip(ctx context.Context, o *opState, pos event.Position) {
+	attrs := []any{slog.String("operator", o.name), slog.Uint64("position", uint64(pos))}
+	if evs, err := r.cfg.Ledger.ReadKeys(ctx, o.keys, pos-1, 1); err == nil && len(evs) == 1 && evs[0].Position == pos {
+		if b, err := json.Marshal(&evs[0]); err == nil {
+			attrs = append(attrs, slog.String("event", string(b)))
+		}
+	}
+	r.log.WarnContext(ctx, "operator skipped one event; its effect was not applied (a backfill of the operator makes its rows exact again)", attrs...)
 }

@@ -1,6 +1,7 @@
 package operator_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -420,8 +421,10 @@ func TestSkip(t *testing.T) {
 			return err
 		}}
 	rep := &recorder{halted: make(chan event.Position, 1)}
+	logs := &syncBuffer{}
 	r := e.run(operator.Config{Operators: []operator.Operator{picky}, SleepFunc: (&fakeSleep{}).sleep, Reporter: rep,
-		Retry: operator.RetryPolicy{MaxRetries: 1}})
+		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
+		Retry:  operator.RetryPolicy{MaxRetries: 1}})
 	if _, err := r.Skip(t.Context(), "picky"); !errors.Is(err, operator.ErrNotHalted) {
 		t.Fatalf("skip of a running operator: got %v", err)
 	}
@@ -432,6 +435,10 @@ func TestSkip(t *testing.T) {
 		t.Fatalf("Skip = %d, %v; want %d", pos, err, at)
 	}
 	waitFor(t, func() bool { return e.query(`SELECT comment_id FROM effects ORDER BY 1`) == "1\n3" })
+	// The skipped event is logged in full.
+	if l := logs.String(); !strings.Contains(l, "operator skipped one event") || !strings.Contains(l, fmt.Sprintf(`\"position\":%d`, pos)) {
+		t.Fatalf("skip not logged with its event:\n%s", l)
+	}
 	if rep.retries.Load() != 1 {
 		t.Fatalf("%d retries, want 1", rep.retries.Load())
 	}
@@ -464,4 +471,22 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the runner's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -228,6 +228,11 @@ func (r *Runner) Run(ctx context.Context) error {
 			if o.halted.Load() && readStart <= o.haltedAt.Load() {
 				continue // this read may predate the halt
 			}
+			if o.halted.Load() && rw.position > event.Position(o.through.Load()) {
+				// Moved on while halted: someone skipped the event it failed on, from this
+				// process or the CLI. Say which event, since its effect was not applied.
+				r.logSkip(ctx, o, rw.position)
+			}
 			start(o, rw.position)
 		}
 		return nil
