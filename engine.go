@@ -229,6 +229,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		if err := e.psStore.Migrate(ctx); err != nil {
 			cancel(ErrStopping)
 			_ = g.Wait()
+			if ctx.Err() != nil {
+				return nil // stopped while starting
+			}
 			return fmt.Errorf("walflow: process status: %w", err)
 		}
 		g.Go(func() error { return e.psStore.Run(gctx) })
