@@ -1,6 +1,7 @@
 package walflow_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
+	"github.com/walflow/walflow/realtime"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -428,5 +430,41 @@ func TestProcessStatusWaitsForOperators(t *testing.T) {
 	}
 	if got := call("X-Walflow-LSN", lsn.String()); got != http.StatusOK {
 		t.Fatalf("LSN after commit: %d, want 200", got)
+	}
+}
+
+func TestEngineGateway(t *testing.T) {
+	t.Parallel()
+	b := startBlog(t)
+	if _, err := b.eng.Gateway(realtime.GatewayConfig{}); err == nil {
+		t.Fatal("a gateway without an Authorizer was accepted")
+	}
+	gw, err := b.eng.Gateway(realtime.GatewayConfig{Authorizer: realtime.AllowAll{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gw)
+	defer srv.Close()
+	defer gw.Shutdown(context.Background())
+	resp, err := http.Get(srv.URL + "?channel=posts/42/comments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	b.exec(`INSERT INTO posts VALUES (42, 'a'); INSERT INTO comments VALUES (1, 42, 'x')`)
+	sc := bufio.NewScanner(resp.Body)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if strings.HasPrefix(sc.Text(), "data: ") && strings.Contains(sc.Text(), `"channel":"posts/42/comments"`) {
+			break
+		}
+	}
+	got := strings.Join(lines, "\n")
+	if !strings.Contains(got, "event: subscribed") || !strings.Contains(got, "event: insert") {
+		t.Fatalf("stream:\n%s", got)
 	}
 }
