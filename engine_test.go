@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
@@ -466,5 +467,20 @@ func TestEngineGateway(t *testing.T) {
 	got := strings.Join(lines, "\n")
 	if !strings.Contains(got, "event: subscribed") || !strings.Contains(got, "event: insert") {
 		t.Fatalf("stream:\n%s", got)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(gw.Collector())
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			names[f.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	if names["walflow_realtime_connections"] != 1 || names["walflow_realtime_messages_sent_total"] < 1 {
+		t.Fatalf("gateway metrics %v: want one connection and at least one message", names)
 	}
 }
