@@ -470,17 +470,25 @@ func TestEngineGateway(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(gw.Collector())
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := map[string]float64{}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			names[f.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+	// The sent counter moves just after the write returns, so it may trail what was read.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if names["walflow_realtime_connections"] != 1 || names["walflow_realtime_messages_sent_total"] < 1 {
-		t.Fatalf("gateway metrics %v: want one connection and at least one message", names)
+		names := map[string]float64{}
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				names[f.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+		if names["walflow_realtime_connections"] == 1 && names["walflow_realtime_messages_sent_total"] >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway metrics %v: want one connection and at least one message", names)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -65,12 +65,19 @@ func dbName(t *testing.T, dsn string) string {
 	return cfg.Database
 }
 
-// currentLSN returns pg_current_wal_lsn().
+// currentLSN returns a WAL position at or past every commit made so far, and makes sure
+// the WAL up to it is flushed, so the walsender can send it. pg_current_wal_lsn() alone is
+// the write position, which can trail a commit made with synchronous_commit = off (as the
+// test clusters run): waiting for it could stop short of the last transactions.
 func currentLSN(t *testing.T, conn *pgx.Conn) event.LSN {
 	t.Helper()
 	var s string
-	if err := conn.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
+	if err := conn.QueryRow(t.Context(), "SELECT pg_current_wal_insert_lsn()::text").Scan(&s); err != nil {
 		t.Fatalf("read the current WAL position: %v", err)
+	}
+	// A synchronous commit flushes the WAL before it, up to and past s.
+	if _, err := conn.Exec(t.Context(), "BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT"); err != nil {
+		t.Fatalf("flush the WAL: %v", err)
 	}
 	lsn, err := event.ParseLSN(s)
 	if err != nil {
