@@ -234,7 +234,14 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("walflow: process status: %w", err)
 		}
-		g.Go(func() error { return e.psStore.Run(gctx) })
+		g.Go(func() error {
+			// Process status is recomputed from the ledger after a restart, so a failed last
+			// flush costs a rescan, not correctness: report it without failing Run.
+			if err := e.psStore.Run(gctx); err != nil {
+				e.log.WarnContext(ctx, "process status not saved at stop; it is rebuilt from the ledger at the next start", slog.Any("error", err))
+			}
+			return nil
+		})
 	}
 	g.Go(func() error { return e.tracker.Run(gctx) })
 	if e.ops != nil {

@@ -182,7 +182,8 @@ func (t *Tracker) Run(ctx context.Context) error {
 	if f, ok := t.cfg.Store.(Flusher); ok {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
 		if ferr := f.Flush(fctx); ferr != nil {
-			err = errors.Join(err, fmt.Errorf("processstatus: flush the store: %w", ferr))
+			// Not fatal: the next start rescans the ledger from the last saved position.
+			t.log.WarnContext(ctx, "flush the process-status store at stop", slog.Any("error", ferr))
 		}
 		cancel()
 	}

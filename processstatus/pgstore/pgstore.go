@@ -340,7 +340,15 @@ func (s *Store) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlushTimeout)
 			defer cancel()
-			return s.Flush(fctx)
+			// A pooled connection may have died with a server restart; the pool drops it on
+			// the error, so another attempt gets a fresh one.
+			var err error
+			for range 3 {
+				if err = s.Flush(fctx); err == nil || fctx.Err() != nil {
+					break
+				}
+			}
+			return err
 		case <-t.C:
 			if err := s.Flush(ctx); err != nil && ctx.Err() == nil {
 				s.log.WarnContext(ctx, "flush the process status; retrying at the next interval",
