@@ -225,6 +225,32 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { e.pollSlot(gctx); return nil })
+	if e.cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
+		if err != nil {
+			cancel(ErrStopping)
+			_ = g.Wait()
+			return fmt.Errorf("walflow: listen on %s for metrics and status: %w; choose a free host:port for the HTTP address (http.addr in walflow.yaml)", e.cfg.HTTPAddr, err)
+		}
+		srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("walflow: serve HTTP: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer c()
+			return srv.Shutdown(sctx)
+		})
+		e.log.InfoContext(ctx, "serving metrics", slog.String("addr", ln.Addr().String()))
+	}
+	if e.pool != nil && !e.waitDatabase(ctx) {
+		cancel(ErrStopping)
+		return g.Wait()
+	}
 	if e.psStore != nil {
 		if err := e.psStore.Migrate(ctx); err != nil {
 			cancel(ErrStopping)
@@ -252,28 +278,6 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			return nil
 		})
-	}
-	if e.cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
-		if err != nil {
-			cancel(ErrStopping)
-			_ = g.Wait()
-			return fmt.Errorf("walflow: listen on %s for metrics and status: %w; choose a free host:port for the HTTP address (http.addr in walflow.yaml)", e.cfg.HTTPAddr, err)
-		}
-		srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("walflow: serve HTTP: %w", err)
-			}
-			return nil
-		})
-		g.Go(func() error {
-			<-gctx.Done()
-			sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer c()
-			return srv.Shutdown(sctx)
-		})
-		e.log.InfoContext(ctx, "serving metrics", slog.String("addr", ln.Addr().String()))
 	}
 	return g.Wait()
 }
@@ -364,4 +368,31 @@ func (e *Engine) Subscribe(ctx context.Context, opts *SubscribeOpts, channels ..
 		opts = &SubscribeOpts{}
 	}
 	return pubsub.Subscribe(ctx, e.led, keys, &pubsub.Options{After: opts.After, Buffer: opts.Buffer}), nil
+}
+
+// waitDatabase waits, with backoff, until the database answers, so that starting while
+// PostgreSQL is down or restarting waits for it as the WAL source does, instead of failing
+// the operators' and process status's start-up. It reports false when ctx ended first.
+func (e *Engine) waitDatabase(ctx context.Context) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := e.pool.Ping(pctx)
+		cancel()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		e.log.WarnContext(ctx, "database not reachable; waiting to start operators and process status", slog.Any("error", err), slog.Duration("backoff", backoff))
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
 }
