@@ -191,30 +191,26 @@ func (l *Ledger) Sync(ctx context.Context) error {
 
 // SetAcked records the highest LSN that may be acknowledged to the slot.
 func (l *Ledger) SetAcked(ctx context.Context, lsn event.LSN) error {
-	if l.pub.Closed() {
-		return ledger.ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	l.pending.AckedLSN = lsn
-	st := l.pub.State()
-	st.AckedLSN = lsn
-	l.pub.Publish(st)
-	return nil
+	return l.setState(ctx, func(st *ledger.State) { st.AckedLSN = lsn })
 }
 
 // SetOrigin records the database and slot the ledger follows.
 func (l *Ledger) SetOrigin(ctx context.Context, o ledger.Origin) error {
+	return l.setState(ctx, func(st *ledger.State) { st.Origin = o })
+}
+
+// setState applies set to both the pending and the published state: acknowledgements and
+// the origin take effect at once, without making pending transactions visible.
+func (l *Ledger) setState(ctx context.Context, set func(*ledger.State)) error {
 	if l.pub.Closed() {
 		return ledger.ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	l.pending.Origin = o
+	set(&l.pending)
 	st := l.pub.State()
-	st.Origin = o
+	set(&st)
 	l.pub.Publish(st)
 	return nil
 }
