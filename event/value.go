@@ -154,6 +154,21 @@ var arrayElems = func() map[uint32]uint32 {
 	return out
 }()
 
+// arrayOf maps an element type's OID to its array type's OID (the inverse of arrayElems).
+var arrayOf = func() map[uint32]uint32 {
+	out := make(map[uint32]uint32, len(arrayElems))
+	for arr, elem := range arrayElems {
+		out[elem] = arr
+	}
+	return out
+}()
+
+// ArrayOID returns the array type whose elements are of type elem, for the types pgx knows.
+func ArrayOID(elem uint32) (array uint32, ok bool) {
+	a, ok := arrayOf[elem]
+	return a, ok
+}
+
 // ArrayElemOID returns the element type of a known array type.
 func ArrayElemOID(oid uint32) (elem uint32, ok bool) {
 	e, ok := arrayElems[oid]

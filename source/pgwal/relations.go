@@ -32,20 +32,12 @@ type typeKey struct {
 // per type. Domains decode as their base type, enums and unknown types as text, arrays of
 // those as the matching array type or text[].
 type typeResolver struct {
-	known   *pgtype.Map
-	cache   map[typeKey]typeInfo
-	arrayOf map[uint32]uint32 // element OID → array OID, for the types pgx knows
+	known *pgtype.Map
+	cache map[typeKey]typeInfo
 }
 
 func newTypeResolver() *typeResolver {
-	m := pgtype.NewMap()
-	arr := map[uint32]uint32{}
-	for oid := uint32(1); oid < 10000; oid++ {
-		if e, ok := event.ArrayElemOID(oid); ok {
-			arr[e] = oid
-		}
-	}
-	return &typeResolver{known: m, cache: map[typeKey]typeInfo{}, arrayOf: arr}
+	return &typeResolver{known: pgtype.NewMap(), cache: map[typeKey]typeInfo{}}
 }
 
 // querier is the part of pgx.Conn the resolver needs.
@@ -99,7 +91,7 @@ func (tr *typeResolver) decodeOID(ctx context.Context, q querier, oid uint32, de
 		if err != nil {
 			return 0, err
 		}
-		if a, ok := tr.arrayOf[e]; ok {
+		if a, ok := event.ArrayOID(e); ok {
 			return a, nil
 		}
 		return pgtype.TextArrayOID, nil
