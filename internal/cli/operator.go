@@ -145,6 +145,24 @@ func (oc *operatorCmd) find(name string) (operator.SQL, error) {
 }
 
 // pool opens a pool on the followed database. It connects on first use.
+// openOperator loads the configuration for command cmd, finds the named operator and opens
+// a pool on the database; the caller closes the pool.
+func openOperator(ctx context.Context, e *env, cmd, path, name string) (*operatorCmd, operator.SQL, *pgxpool.Pool, error) {
+	oc, err := loadOperatorCmd(e, cmd, path)
+	if err != nil {
+		return nil, operator.SQL{}, nil, err
+	}
+	op, err := oc.find(name)
+	if err != nil {
+		return nil, operator.SQL{}, nil, err
+	}
+	pool, err := oc.pool(ctx)
+	if err != nil {
+		return nil, operator.SQL{}, nil, err
+	}
+	return oc, op, pool, nil
+}
+
 func (oc *operatorCmd) pool(ctx context.Context) (*pgxpool.Pool, error) {
 	pool, err := pgxpool.New(ctx, oc.cfg.engine.DatabaseURL)
 	if err != nil {
@@ -398,14 +416,7 @@ func readLedger(ctx context.Context, c *config, ops []operatorStatus) ledgerView
 }
 
 func operatorRestartMain(ctx context.Context, e *env, path, name string) error {
-	oc, err := loadOperatorCmd(e, "operator restart", path)
-	if err != nil {
-		return err
-	}
-	if _, err := oc.find(name); err != nil {
-		return err
-	}
-	pool, err := oc.pool(ctx)
+	oc, _, pool, err := openOperator(ctx, e, "operator restart", path, name)
 	if err != nil {
 		return err
 	}
@@ -430,15 +441,7 @@ func operatorRestartMain(ctx context.Context, e *env, path, name string) error {
 }
 
 func operatorSkipMain(ctx context.Context, e *env, path, name string) error {
-	oc, err := loadOperatorCmd(e, "operator skip", path)
-	if err != nil {
-		return err
-	}
-	op, err := oc.find(name)
-	if err != nil {
-		return err
-	}
-	pool, err := oc.pool(ctx)
+	oc, op, pool, err := openOperator(ctx, e, "operator skip", path, name)
 	if err != nil {
 		return err
 	}
