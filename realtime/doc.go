@@ -1,5 +1,18 @@
 // Package realtime is the gateway that streams channel events to browsers and services
-// over SSE and WebSocket. This slice holds its authorization and the SSE [Gateway].
+// over Server-Sent Events and WebSocket, with resume, authorization and limits, and serves
+// the browser client walflow.js.
+//
+// # Mounting
+//
+// A [Gateway] is an http.Handler. Mount it under a prefix of your own server, e.g.
+//
+//	mux.Handle("/realtime/", http.StripPrefix("/realtime", gw))
+//
+// It answers, at any path under its mount:
+//
+//	GET .../walflow.js                the browser client, a dependency-free ES module
+//	GET with a WebSocket upgrade      the WebSocket protocol below
+//	GET (anything else)               a Server-Sent Events stream
 //
 // # Authorization
 //
@@ -90,4 +103,53 @@
 // too blocked to carry the message, so the reason and resume position are logged and
 // counted in [Gateway.Stats] and the client resumes with its Last-Event-ID. Do not set an
 // http.Server WriteTimeout on the server that hosts the gateway: it would cut every stream.
+//
+// # WebSocket protocol
+//
+// A WebSocket upgrade whose Origin header is not allowed ([GatewayConfig.AllowedOrigins];
+// same-host origins and requests without Origin are always allowed) is refused with 403
+// before the upgrade. The token, if any, is sent as for SSE (Authorization header or
+// access_token parameter) and can be replaced later with an auth message. Every message is a
+// JSON object in a text frame with a "type"; ref is an optional string the client chooses,
+// echoed in the reply.
+//
+// Client to gateway:
+//
+//	{"type":"subscribe","channel":"posts/42/comments","after":123,"ref":"1"}
+//	{"type":"unsubscribe","channel":"posts/42/comments","ref":"2"}
+//	{"type":"auth","token":"<JWT>","ref":"3"}
+//
+// after is optional (a resume position, as Last-Event-ID for SSE). auth replaces the
+// connection's token: every current subscription is authorized again with it, those it no
+// longer allows end with an unsubscribed message carrying the reason, and the expiry
+// becomes the new token's.
+//
+// Gateway to client:
+//
+//	{"type":"subscribed","ref":"1","channel":"posts/42/comments","position":P}
+//	{"type":"event","channel":"posts/42/comments","position":N,"event":<event JSON>}
+//	{"type":"resync","ref":"1","channel":"posts/42/comments","position":P,"reason":"..."}
+//	{"type":"unsubscribed","ref":"2","channel":"posts/42/comments","position":N,"reason":""}
+//	{"type":"authorized","ref":"3"}
+//	{"type":"error","ref":"1","channel":"posts/42/comments","status":403,"reason":"..."}
+//	{"type":"heartbeat","position":H}
+//
+// subscribed and resync mean what they mean for SSE, per channel. Each subscription is
+// delivered in ledger order and resumes on its own, so an event matching two subscribed
+// channels is sent once for each. error refuses one request (status as HTTP: 400 for a bad
+// message or channel, too many channels or a duplicate subscription, 401/403 for a denial)
+// and leaves the connection and the other subscriptions alone. heartbeat is sent every
+// [GatewayConfig.Heartbeat] with the ledger head.
+//
+// The gateway closes a connection with these codes and the reason as close reason:
+//
+//	1000  the client closed it
+//	1001  "shutdown" (Gateway.Shutdown)
+//	1003  a binary message was sent
+//	1009  a message over 64 KiB was sent
+//	1011  "ledger error"
+//	4001  "token expired" (refresh it with an auth message before exp)
+//	4008  "overflow" (the client did not read for WriteTimeout)
+//
+// A client resumes each channel from the position of the last event it received on it.
 package realtime
