@@ -1,0 +1,1 @@
+// walflow.js: being written.
