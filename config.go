@@ -69,6 +69,10 @@ type Config struct {
 	ProcessStatus string
 	// ProcessStatusStore is your own process-status store. Default nil.
 	ProcessStatusStore processstatus.Store
+	// Realtime, when set, serves the realtime gateway (package realtime: authorized streams
+	// of the channels for browsers and services) at Realtime.Path, next to /metrics.
+	// Default nil: none.
+	Realtime *RealtimeConfig
 	// Logger receives walflow's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 }
@@ -88,6 +92,10 @@ func (c Config) withDefaults() Config {
 		tables[i] = t.WithDefaults()
 	}
 	c.Tables = tables
+	if c.Realtime != nil {
+		rc := c.Realtime.withDefaults()
+		c.Realtime = &rc
+	}
 	return c
 }
 
@@ -103,6 +111,11 @@ func (c Config) validate() error {
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			return fmt.Errorf("walflow: HTTPAddr %q is not host:port (like 127.0.0.1:9187): %w", c.HTTPAddr, err)
+		}
+	}
+	if c.Realtime != nil {
+		if err := c.Realtime.validate(); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -26,6 +26,7 @@ import (
 	"github.com/walflow/walflow/processstatus"
 	"github.com/walflow/walflow/processstatus/pgstore"
 	"github.com/walflow/walflow/pubsub"
+	"github.com/walflow/walflow/realtime"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
@@ -45,7 +46,8 @@ type Engine struct {
 	ops       *operator.Runner
 	opMetrics *operatorMetrics
 	tracker   *processstatus.Tracker
-	psStore   *pgstore.Store // nil unless process status is kept in PostgreSQL
+	psStore   *pgstore.Store    // nil unless process status is kept in PostgreSQL
+	gw        *realtime.Gateway // nil unless Config.Realtime is set
 
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
@@ -108,6 +110,10 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 	}
 	if err := e.openProcessStatus(); err != nil {
+		_ = e.Close()
+		return nil, err
+	}
+	if err := e.openRealtime(); err != nil {
 		_ = e.Close()
 		return nil, err
 	}
@@ -232,6 +238,8 @@ func (e *Engine) Run(ctx context.Context) error {
 			_ = g.Wait()
 			return fmt.Errorf("walflow: listen on %s for metrics and status: %w; choose a free host:port for the HTTP address (http.addr in walflow.yaml)", e.cfg.HTTPAddr, err)
 		}
+		// No WriteTimeout: it would cut every realtime stream, which bounds each of its
+		// writes itself.
 		srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -241,11 +249,23 @@ func (e *Engine) Run(ctx context.Context) error {
 		})
 		g.Go(func() error {
 			<-gctx.Done()
+			// Streams never go idle, so Shutdown would wait for them: end them first, and
+			// cut the connections of those that do not end in time (Close waits for their
+			// handlers before closing the ledger).
+			if !e.shutdownRealtime(ctx) {
+				e.log.WarnContext(ctx, "realtime streams did not end within the shutdown grace; closing their connections",
+					slog.Int("connections", e.gw.Stats().Connections))
+				return srv.Close()
+			}
 			sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer c()
 			return srv.Shutdown(sctx)
 		})
-		e.log.InfoContext(ctx, "serving metrics", slog.String("addr", ln.Addr().String()))
+		if e.gw != nil {
+			e.log.InfoContext(ctx, "serving metrics and realtime", slog.String("addr", ln.Addr().String()), slog.String("realtime_path", e.cfg.Realtime.Path))
+		} else {
+			e.log.InfoContext(ctx, "serving metrics", slog.String("addr", ln.Addr().String()))
+		}
 	}
 	if e.pool != nil && !e.waitDatabase(ctx) {
 		cancel(ErrStopping)
@@ -313,9 +333,14 @@ func (e *Engine) sampleSlot(ctx context.Context) *slotSample {
 	return s
 }
 
-// Close releases the ledger. Call it after Run has returned.
+// Close releases the ledger. Call it after Run has returned. With Config.Realtime, it first
+// ends the gateway's open streams, waiting at most Realtime.ShutdownGrace.
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
+		if !e.shutdownRealtime(context.Background()) {
+			e.log.WarnContext(context.Background(), "realtime streams did not end within the shutdown grace; closing the ledger under them",
+				slog.Int("connections", e.gw.Stats().Connections))
+		}
 		if e.pool != nil {
 			e.pool.Close()
 		}

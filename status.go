@@ -64,7 +64,8 @@ func (e *Engine) status(s *slotSample) Status {
 }
 
 // Handler serves /metrics (Prometheus), /healthz (200 while streaming, 503 otherwise, with
-// the reason) and /status (the [Status] as JSON, with the slot as last measured).
+// the reason) and /status (the [Status] as JSON, with the slot as last measured), and, with
+// Config.Realtime, the realtime gateway under Realtime.Path (its metrics in /metrics).
 func (e *Engine) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -101,7 +102,11 @@ func (e *Engine) Handler() http.Handler {
 	if e.ops != nil {
 		reg.MustRegister(operatorCollector{e})
 	}
+	if e.gw != nil {
+		reg.MustRegister(e.gw.Collector())
+	}
 	mux := http.NewServeMux()
+	e.mountRealtime(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !stats.Connected.Load() {
