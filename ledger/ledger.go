@@ -19,6 +19,14 @@
 // highest LSN that may have been acknowledged to the slot, so the source can tell a slot that
 // was dropped and recreated, or a restored database, from a normal restart.
 //
+// # Retention
+//
+// [Ledger.Truncate] removes the oldest events, so that the ledger does not grow without
+// bound. Positions are never reused: [State].Tail is the last removed position, and a read
+// from before it fails with an error wrapping [ErrTruncated] instead of silently skipping the
+// removed events. A reader that gets it has lost events for good: it must reload its state
+// from the database and subscribe again from the head.
+//
 // # Backends
 //
 // ledger/disk is the default, embedded and crash-safe; ledger/memory is for tests and
@@ -28,6 +36,7 @@ package ledger
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/walflow/walflow/event"
 )
@@ -43,7 +52,27 @@ var (
 	// ErrOutOfOrder is returned by BeginTx for a transaction whose commit LSN is not after
 	// the last appended one: the caller must skip transactions the ledger already holds.
 	ErrOutOfOrder = errors.New("ledger: transaction commit LSN is not after the last appended transaction")
+	// ErrTruncated is wrapped by the error of a read from a position Truncate has removed
+	// (after < State().Tail); the error is a [*TruncatedError], which names the positions.
+	ErrTruncated = errors.New("ledger: events removed by retention")
 )
+
+// TruncatedError is the error of a read from a position the ledger no longer holds. It
+// wraps [ErrTruncated].
+type TruncatedError struct {
+	// After is the position the read asked for events after.
+	After event.Position
+	// Tail is the ledger's tail at the time: the oldest position still available is Tail+1.
+	Tail event.Position
+}
+
+func (e *TruncatedError) Error() string {
+	return fmt.Sprintf("%s: events after position %d were requested, but the oldest position still available is %d; the reader has missed events for good and must reload its state and resubscribe from the head",
+		ErrTruncated, e.After, e.Tail+1)
+}
+
+// Unwrap returns [ErrTruncated].
+func (e *TruncatedError) Unwrap() error { return ErrTruncated }
 
 // Origin names the PostgreSQL database and replication slot a ledger follows.
 type Origin struct {
@@ -64,6 +93,9 @@ func (o Origin) IsZero() bool { return o == Origin{} }
 type State struct {
 	// Head is the last durable, visible position; 0 when the ledger is empty.
 	Head event.Position
+	// Tail is the last position Truncate removed: every event at or before it is gone, and
+	// reads must start at or after it. 0 when nothing was ever removed. Tail <= Head.
+	Tail event.Position
 	// LastCommitLSN is the commit LSN of the last durable transaction. The source skips
 	// transactions PostgreSQL replays whose commit LSN is not after it.
 	LastCommitLSN event.LSN
@@ -78,12 +110,14 @@ type State struct {
 }
 
 // Indexer returns the index keys of an event, appended to dst. Keys must be non-empty and
-// contain no NUL byte. It is called from the writer's goroutine and must not block.
+// contain no NUL byte. It is called from the writer's goroutine and from Truncate's (to find
+// the index entries of the events it removes), so it must be safe for concurrent use, and it
+// must not block.
 type Indexer func(e *event.Event, dst []string) []string
 
 // Ledger is the append-only event log. The write methods (BeginTx, Append, CommitTx,
-// AbortTx, Sync, SetAcked, SetOrigin) are called from one goroutine; the read methods are
-// safe for concurrent use with each other and with the writer.
+// AbortTx, Sync, SetAcked, SetOrigin) are called from one goroutine; the read methods and
+// Truncate are safe for concurrent use with each other and with the writer.
 type Ledger interface {
 	// BeginTx opens a transaction. meta.CommitLSN must be after State().LastCommitLSN.
 	BeginTx(ctx context.Context, meta event.TxMeta) error
@@ -106,11 +140,21 @@ type Ledger interface {
 	SetOrigin(ctx context.Context, o Origin) error
 	// State returns the durable bookkeeping.
 	State() State
+	// Truncate durably removes every event at or before position through, with its index
+	// entries, and makes through the new State().Tail. through is clamped to the head; a
+	// through at or before the tail does nothing. The bookkeeping that recognises replayed
+	// transactions (LastCommitLSN, LastEndLSN, AckedLSN) is kept, and positions are not
+	// reused. A Truncate interrupted by ctx or a failure may have removed a prefix of the
+	// events, with the tail moved accordingly. It may be called from any goroutine, and
+	// concurrent calls are serialized.
+	Truncate(ctx context.Context, through event.Position) error
 
-	// Read returns up to limit events after position after, in order, up to the head.
+	// Read returns up to limit events after position after, in order, up to the head. It
+	// fails with an error wrapping ErrTruncated when after < State().Tail.
 	Read(ctx context.Context, after event.Position, limit int) ([]event.Event, error)
 	// ReadKeys returns up to limit events after position after that carry any of the
-	// index keys, in position order, each event once, up to the head.
+	// index keys, in position order, each event once, up to the head. It fails with an
+	// error wrapping ErrTruncated when after < State().Tail.
 	ReadKeys(ctx context.Context, keys []string, after event.Position, limit int) ([]event.Event, error)
 	// Wait blocks until the head is past after, ctx ends (its error is returned) or the
 	// ledger is closed (ErrClosed).

@@ -30,6 +30,18 @@ const (
 	memTableBytes   = 16 << 20
 	// diskSlowAfter is how long a disk operation takes before it is logged as slow.
 	diskSlowAfter = 5 * time.Second
+	// compactAfterBytesDefault is how many bytes of events Truncate removes before it
+	// compacts the removed range, so that the space is reclaimed now rather than whenever
+	// Pebble's own compactions reach it.
+	compactAfterBytesDefault = 64 << 20
+	// truncateChunkEvents bounds how many events one Truncate batch removes, so that
+	// truncating a long stretch never builds a huge batch, and the writer (which waits for
+	// each batch to commit before it syncs) is held up only briefly.
+	truncateChunkEvents = 16 << 10
+	// rangeDeleteMin is how many index entries of one key a Truncate batch removes before
+	// it removes them with one range deletion rather than one deletion each: the
+	// channels of busy tables get range deletions, the channels of single rows point ones.
+	rangeDeleteMin = 8
 )
 
 // Key prefixes.
@@ -72,6 +84,18 @@ type Ledger struct {
 	// closeMu is held shared by every call that uses db, and exclusively by Close, so the
 	// database is never closed under a reader or the writer.
 	closeMu sync.RWMutex
+	// stateMu is held by every write of the state key and the publication that follows
+	// (Sync, SetAcked, SetOrigin, each Truncate batch), so that the writer and Truncate,
+	// which run in different goroutines, never write back an older copy of each other's
+	// part of the state, and the published state is the durable one.
+	stateMu sync.Mutex
+
+	// Truncate's state, under truncMu: one Truncate runs at a time.
+	truncMu      sync.Mutex
+	truncKeys    []string
+	truncBytes   int64 // bytes of events removed since the last compaction
+	compactAfter int64 // compactAfterBytesDefault; tests change it
+	truncEvents  int   // truncateChunkEvents; tests lower it
 
 	// Writer state, used by the writer goroutine only.
 	batch   *pebble.Batch
@@ -128,12 +152,14 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 		return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
 	}
 	l := &Ledger{
-		dir:     dir,
-		db:      db,
-		fsClose: fsClose,
-		log:     log,
-		indexer: opts.Indexer,
-		chunk:   chunk,
+		dir:          dir,
+		db:           db,
+		fsClose:      fsClose,
+		log:          log,
+		indexer:      opts.Indexer,
+		chunk:        chunk,
+		compactAfter: compactAfterBytesDefault,
+		truncEvents:  truncateChunkEvents,
 	}
 	l.batch = l.newBatch()
 	st, err := l.readState()
@@ -425,7 +451,11 @@ func (l *Ledger) Sync(ctx context.Context) error {
 	if !l.dirty {
 		return nil
 	}
-	l.buf = encodeState(l.buf[:0], l.pending)
+	l.stateMu.Lock()
+	defer l.stateMu.Unlock()
+	st := l.pending
+	st.Tail = l.pub.Tail()
+	l.buf = encodeState(l.buf[:0], st)
 	if err := l.batch.Set(stateKey, l.buf, nil); err != nil {
 		return l.fail("sync", err)
 	}
@@ -433,7 +463,7 @@ func (l *Ledger) Sync(ctx context.Context) error {
 		return l.fail("sync", err)
 	}
 	l.dirty = false
-	l.pub.Publish(l.pending)
+	l.pub.Publish(st)
 	return nil
 }
 
@@ -454,6 +484,8 @@ func (l *Ledger) setState(ctx context.Context, step string, set func(*ledger.Sta
 		return err
 	}
 	defer l.leave()
+	l.stateMu.Lock()
+	defer l.stateMu.Unlock()
 	st := l.pub.State()
 	set(&st)
 	set(&l.pending)
@@ -476,6 +508,9 @@ func (l *Ledger) Read(ctx context.Context, after event.Position, limit int) ([]e
 		return nil, err
 	}
 	defer l.leave()
+	if err := l.pub.CheckTail(after); err != nil {
+		return nil, err
+	}
 	head := l.pub.Head()
 	if limit <= 0 || after >= head {
 		return nil, nil
@@ -490,6 +525,12 @@ func (l *Ledger) Read(ctx context.Context, after event.Position, limit int) ([]e
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ledger: read %s: %w", l.dir, err)
+	}
+	// Truncate publishes a tail before it deletes up to it: an iterator opened before the
+	// tail below was published sees every event after it.
+	if err := l.pub.CheckTail(after); err != nil {
+		it.Close()
+		return nil, err
 	}
 	out, err := l.readRange(ctx, it, after+1, end)
 	if cerr := it.Close(); err == nil && cerr != nil {
@@ -574,13 +615,20 @@ func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Positi
 		return nil, err
 	}
 	defer l.leave()
+	if err := l.pub.CheckTail(after); err != nil {
+		return nil, err
+	}
 	head := l.pub.Head()
 	if limit <= 0 || after >= head || len(keys) == 0 {
 		return nil, nil
 	}
 	positions, err := l.mergeIndex(ctx, keys, after, head, limit)
-	if err != nil || len(positions) == 0 {
+	if err != nil {
 		return nil, err
+	}
+	if len(positions) == 0 {
+		// The index entries may be missing because Truncate removed them meanwhile.
+		return nil, l.pub.CheckTail(after)
 	}
 	it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{
 		LowerBound: eventKey(nil, positions[0]),
@@ -590,6 +638,10 @@ func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Positi
 		return nil, fmt.Errorf("ledger: read keys %s: %w", l.dir, err)
 	}
 	defer it.Close()
+	// As in Read: this iterator holds every event after a tail published later.
+	if err := l.pub.CheckTail(after); err != nil {
+		return nil, err
+	}
 	out := make([]event.Event, 0, len(positions))
 	var key []byte
 	for _, pos := range positions {
@@ -748,12 +800,21 @@ func indexKey(b []byte, key string, pos event.Position) []byte {
 	return binary.BigEndian.AppendUint64(b, uint64(pos))
 }
 
-// stateVersion is the first byte of the encoded state.
-const stateVersion = 1
+// The first byte of the encoded state. Version 2 adds the tail; a ledger never truncated
+// keeps writing version 1, which earlier walflow versions read.
+const (
+	stateVersion     = 1
+	stateVersionTail = 2
+)
 
 // encodeState appends the state's compact form to b.
 func encodeState(b []byte, st ledger.State) []byte {
-	b = append(b, stateVersion)
+	if st.Tail == 0 {
+		b = append(b, stateVersion)
+	} else {
+		b = append(b, stateVersionTail)
+		b = binary.AppendUvarint(b, uint64(st.Tail))
+	}
 	b = binary.AppendUvarint(b, uint64(st.Head))
 	b = binary.AppendUvarint(b, uint64(st.LastCommitLSN))
 	b = binary.AppendUvarint(b, uint64(st.LastEndLSN))
@@ -771,14 +832,17 @@ func appendString(b []byte, s string) []byte {
 
 // decodeState decodes encodeState's form.
 func decodeState(b []byte) (ledger.State, error) {
-	if len(b) == 0 || b[0] != stateVersion {
-		if len(b) > 0 {
-			return ledger.State{}, fmt.Errorf("unknown metadata version %d (this walflow reads version %d; upgrade walflow)", b[0], stateVersion)
-		}
+	if len(b) == 0 {
 		return ledger.State{}, errors.New("empty metadata")
+	}
+	if b[0] != stateVersion && b[0] != stateVersionTail {
+		return ledger.State{}, fmt.Errorf("unknown metadata version %d (this walflow reads versions %d and %d; upgrade walflow)", b[0], stateVersion, stateVersionTail)
 	}
 	d := stateDecoder{b: b[1:]}
 	var st ledger.State
+	if b[0] == stateVersionTail {
+		st.Tail = event.Position(d.uvarint())
+	}
 	st.Head = event.Position(d.uvarint())
 	st.LastCommitLSN = event.LSN(d.uvarint())
 	st.LastEndLSN = event.LSN(d.uvarint())
@@ -788,7 +852,7 @@ func decodeState(b []byte) (ledger.State, error) {
 	st.Origin.Timeline = int32(tl)
 	st.Origin.Database = d.string()
 	st.Origin.Slot = d.string()
-	if d.bad || len(d.b) != 0 || int64(st.Origin.Timeline) != tl {
+	if d.bad || len(d.b) != 0 || int64(st.Origin.Timeline) != tl || st.Tail > st.Head {
 		return ledger.State{}, fmt.Errorf("malformed metadata %x", b)
 	}
 	return st, nil

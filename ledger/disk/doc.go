@@ -8,8 +8,10 @@
 //	'k' + index key + 0x00 + position (8 bytes, big-endian) → empty
 //	'm' + name                                            → metadata
 //
-// The metadata key "mstate" holds the durable head, the last transaction's commit and end
-// LSNs, the acknowledged LSN and the origin.
+// The metadata key "mstate" holds the durable head and tail, the last transaction's commit
+// and end LSNs, the acknowledged LSN and the origin. A ledger never truncated writes it in
+// version 1, which walflow versions without retention read; a truncated one in version 2,
+// which they refuse to open rather than misread.
 //
 // # Writes
 //
@@ -27,4 +29,15 @@
 // returns, and the next transaction reuses their positions.
 //
 // Close does not Sync: committed transactions not yet synced are dropped, as by a crash.
+//
+// # Truncate
+//
+// [Ledger.Truncate] runs beside the writer. Each of its batches deletes a stretch of events
+// with one range deletion, deletes their index entries (found by giving the events to the
+// Indexer again; a key with many entries in the stretch gets a range deletion too), and
+// records the new tail in "mstate". It publishes the tail before the batch commits, so a
+// reader, which checks the tail after opening its iterator, either sees the removed events
+// or fails with [ledger.ErrTruncated], never a gap. Once 64 MiB of events were removed, it
+// compacts the removed range so that the disk space returns at once; the index's deletions
+// are left to Pebble's own compactions.
 package disk

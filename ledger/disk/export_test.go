@@ -26,6 +26,7 @@ func (l *Ledger) crash() {
 // raw is what a closed ledger's directory holds.
 type raw struct {
 	head   event.Position
+	tail   event.Position
 	events []event.Position            // positions of the stored events
 	index  map[string][]event.Position // index entries
 }
@@ -66,7 +67,7 @@ func rawScan(t testing.TB, dir string) raw {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.head = st.Head
+		r.head, r.tail = st.Head, st.Tail
 	}
 	it, err := db.NewIter(nil)
 	if err != nil {

@@ -332,6 +332,8 @@ func TestStateEncoding(t *testing.T) {
 		{},
 		{Head: 1<<64 - 1, LastCommitLSN: 1<<64 - 1, LastEndLSN: 3, AckedLSN: 2,
 			Origin: ledger.Origin{SystemID: "73", Timeline: -1 << 31, Database: "d\x00b", Slot: "s"}},
+		{Head: 10, Tail: 10, LastCommitLSN: 5},
+		{Head: 1<<64 - 1, Tail: 1<<64 - 2, AckedLSN: 1, Origin: ledger.Origin{Slot: "s"}},
 	} {
 		b := encodeState(nil, st)
 		got, err := decodeState(b)
@@ -346,5 +348,12 @@ func TestStateEncoding(t *testing.T) {
 		if _, err := decodeState(append(b, 0)); err == nil {
 			t.Fatal("decodeState with a trailing byte: no error")
 		}
+		// A ledger never truncated keeps the version earlier walflow versions read.
+		if want := byte(stateVersion); st.Tail == 0 && b[0] != want {
+			t.Fatalf("encodeState(%+v) is version %d, want %d", st, b[0], want)
+		}
+	}
+	if _, err := decodeState(encodeState(nil, ledger.State{Head: 4, Tail: 5})); err == nil {
+		t.Fatal("decodeState of a tail past the head: no error")
 	}
 }

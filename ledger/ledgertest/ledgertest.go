@@ -45,6 +45,10 @@ func Run(t *testing.T, newLedger NewFunc) {
 		{"CloseDuringReads", testCloseDuringReads},
 		{"RoundTrip", testRoundTrip},
 		{"NoReference", testNoReference},
+		{"Truncate", testTruncate},
+		{"TruncateReadKeys", testTruncateReadKeys},
+		{"TruncateClamps", testTruncateClamps},
+		{"TruncateConcurrent", testTruncateConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -695,6 +699,7 @@ func testClosed(t *testing.T, newLedger NewFunc) {
 	check("Sync", l.Sync(ctx))
 	check("SetAcked", l.SetAcked(ctx, 1))
 	check("SetOrigin", l.SetOrigin(ctx, ledger.Origin{Slot: "s"}))
+	check("Truncate", l.Truncate(ctx, 1))
 	_, err := l.Read(ctx, 0, 10)
 	check("Read", err)
 	_, err = l.ReadKeys(ctx, []string{"a"}, 0, 10)

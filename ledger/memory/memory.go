@@ -22,11 +22,12 @@ type Ledger struct {
 	indexer ledger.Indexer
 	pub     *notify.Publisher
 
-	// mu guards events, index and closed. Readers hold it shared; the writer takes it
-	// exclusively to change events and index, and Close to drop them.
+	// mu guards events, index, base and closed. Readers hold it shared; the writer and
+	// Truncate take it exclusively to change events and index, and Close to drop them.
 	mu     sync.RWMutex
-	events [][]byte                    // events[i] is the event at position i+1
-	index  map[string][]event.Position // key → ascending positions
+	events [][]byte                    // events[i] is the event at position base+i+1
+	index  map[string][]event.Position // key → ascending positions, all after base
+	base   event.Position              // the tail: the last removed position
 	closed bool
 
 	// Writer state, used by the writer goroutine only.
@@ -93,7 +94,7 @@ func (l *Ledger) Append(ctx context.Context, e *event.Event) error {
 	if l.closed {
 		return ledger.ErrClosed
 	}
-	pos := event.Position(len(l.events) + 1)
+	pos := l.base + event.Position(len(l.events)+1)
 	old := e.Position
 	e.Position = pos
 	l.keys = l.keys[:0]
@@ -134,9 +135,9 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 		return ledger.ErrNoTx
 	}
 	l.mu.RLock()
-	n := len(l.events)
+	head := l.base + event.Position(len(l.events))
 	l.mu.RUnlock()
-	l.pending.Head = event.Position(n)
+	l.pending.Head = head
 	l.pending.LastCommitLSN = l.txMeta.CommitLSN
 	l.pending.LastEndLSN = endLSN
 	l.inTx = false
@@ -157,7 +158,8 @@ func (l *Ledger) AbortTx(ctx context.Context) error {
 	if l.closed {
 		return ledger.ErrClosed
 	}
-	keep := int(l.txStart - 1)
+	// Truncate never reaches an open transaction (it stops at the published head).
+	keep := int(l.txStart - 1 - l.base)
 	clear(l.events[keep:])
 	l.events = l.events[:keep]
 	for k := range l.txKeys {
@@ -218,7 +220,43 @@ func (l *Ledger) setState(ctx context.Context, set func(*ledger.State)) error {
 // State returns the published (synced) state.
 func (l *Ledger) State() ledger.State { return l.pub.State() }
 
-// Read returns up to limit events after position after, up to the head.
+// Truncate drops every event at or before through (clamped to the head) with its index
+// entries, and makes through the tail. It is safe for concurrent use with the writer and
+// readers.
+func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
+	if l.pub.Closed() {
+		return ledger.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ledger.ErrClosed
+	}
+	through = min(through, l.pub.Head())
+	if through <= l.base {
+		return nil
+	}
+	n := int(through - l.base)
+	clear(l.events[:n]) // let the removed events be collected
+	l.events = l.events[n:]
+	for k, ps := range l.index {
+		i := sort.Search(len(ps), func(i int) bool { return ps[i] > through })
+		if i == len(ps) {
+			delete(l.index, k)
+		} else if i > 0 {
+			l.index[k] = ps[i:]
+		}
+	}
+	l.base = through
+	l.pub.SetTail(through)
+	return nil
+}
+
+// Read returns up to limit events after position after, up to the head. It fails with a
+// [*ledger.TruncatedError] when after is before the tail.
 func (l *Ledger) Read(ctx context.Context, after event.Position, limit int) ([]event.Event, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -227,6 +265,9 @@ func (l *Ledger) Read(ctx context.Context, after event.Position, limit int) ([]e
 	defer l.mu.RUnlock()
 	if l.closed {
 		return nil, ledger.ErrClosed
+	}
+	if err := l.pub.CheckTail(after); err != nil {
+		return nil, err
 	}
 	head := l.pub.Head()
 	if limit <= 0 || after >= head {
@@ -248,7 +289,8 @@ func (l *Ledger) Read(ctx context.Context, after event.Position, limit int) ([]e
 }
 
 // ReadKeys returns up to limit events after position after that carry any of keys, in
-// position order, each once, up to the head.
+// position order, each once, up to the head. It fails with a [*ledger.TruncatedError] when
+// after is before the tail.
 func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Position, limit int) ([]event.Event, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -262,6 +304,9 @@ func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Positi
 	defer l.mu.RUnlock()
 	if l.closed {
 		return nil, ledger.ErrClosed
+	}
+	if err := l.pub.CheckTail(after); err != nil {
+		return nil, err
 	}
 	head := l.pub.Head()
 	if limit <= 0 || after >= head || len(keys) == 0 {
@@ -306,7 +351,7 @@ func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Positi
 
 // decode decodes the event at p; l.mu must be held.
 func (l *Ledger) decode(p event.Position) (event.Event, error) {
-	e, err := event.DecodeBinary(l.events[p-1])
+	e, err := event.DecodeBinary(l.events[p-1-l.base])
 	if err != nil {
 		return event.Event{}, fmt.Errorf("ledger: read event at position %d: %w", p, err)
 	}

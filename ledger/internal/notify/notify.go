@@ -15,6 +15,9 @@ import (
 // Publisher holds the published state. Its methods are safe for concurrent use.
 type Publisher struct {
 	state atomic.Pointer[ledger.State]
+	// tail is kept apart from state because Truncate moves it from its own goroutine while
+	// the writer publishes the rest: neither can overwrite the other's value.
+	tail atomic.Uint64
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when the head moves
@@ -26,16 +29,47 @@ type Publisher struct {
 func New(st ledger.State) *Publisher {
 	p := &Publisher{changed: make(chan struct{}), done: make(chan struct{})}
 	p.state.Store(&st)
+	p.tail.Store(uint64(st.Tail))
 	return p
 }
 
-// State returns the published state.
-func (p *Publisher) State() ledger.State { return *p.state.Load() }
+// State returns the published state, with the published tail.
+func (p *Publisher) State() ledger.State {
+	// Load the tail first: it was clamped to a head that the state loaded next has reached,
+	// so the result never has Tail > Head.
+	tail := p.tail.Load()
+	st := *p.state.Load()
+	st.Tail = event.Position(tail)
+	return st
+}
+
+// Tail returns the published tail.
+func (p *Publisher) Tail() event.Position { return event.Position(p.tail.Load()) }
+
+// SetTail publishes a new tail; a tail at or before the published one is ignored.
+func (p *Publisher) SetTail(t event.Position) {
+	for {
+		old := p.tail.Load()
+		if uint64(t) <= old || p.tail.CompareAndSwap(old, uint64(t)) {
+			return
+		}
+	}
+}
+
+// CheckTail returns a [*ledger.TruncatedError] when a read of the events after position
+// after would need removed ones (after < the published tail), nil otherwise.
+func (p *Publisher) CheckTail(after event.Position) error {
+	if tail := p.Tail(); after < tail {
+		return &ledger.TruncatedError{After: after, Tail: tail}
+	}
+	return nil
+}
 
 // Head returns the published head.
 func (p *Publisher) Head() event.Position { return p.state.Load().Head }
 
-// Publish makes st the published state, then wakes every waiter if the head moved.
+// Publish makes st the published state, then wakes every waiter if the head moved. st.Tail
+// is ignored: SetTail publishes the tail.
 func (p *Publisher) Publish(st ledger.State) {
 	old := p.state.Swap(&st)
 	if old.Head == st.Head {
