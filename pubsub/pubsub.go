@@ -8,6 +8,11 @@
 // so there is no seam where an event could be missed or delivered twice. A slow subscriber
 // never loses events and never makes memory grow: it simply reads further behind, and its
 // backlog stays in the ledger.
+//
+// Only the ledger's retention bounds how far behind: a subscription that starts before the
+// ledger's tail, or falls behind it, ends with an error wrapping [ledger.ErrTruncated] once
+// it has handed over the events it had read. Its events before the tail are gone, so the
+// subscriber must reload its state and subscribe again from the head.
 package pubsub
 
 import (
@@ -120,7 +125,8 @@ func (s *Subscription) Events() <-chan event.Event { return s.ch }
 func (s *Subscription) Done() <-chan struct{} { return s.done }
 
 // Err returns why the subscription ended: nil when its context ended, otherwise the ledger
-// error. It is meaningful once Done is closed.
+// error, which wraps [ledger.ErrTruncated] when the events to deliver next were removed
+// (see the package documentation). It is meaningful once Done is closed.
 func (s *Subscription) Err() error {
 	select {
 	case <-s.done:
