@@ -149,7 +149,11 @@
 //	1009  a message over 64 KiB was sent
 //	1011  "ledger error"
 //	4001  "token expired" (refresh it with an auth message before exp)
-//	4008  "overflow" (the client did not read for WriteTimeout)
 //
-// A client resumes each channel from the position of the last event it received on it.
+// A client that does not read for [GatewayConfig.WriteTimeout] is disconnected without a
+// close frame (its connection is too blocked to carry one; the browser reports 1006) and
+// the disconnect is logged and counted with reason "overflow". A connection reads the
+// ledger at most about [GatewayConfig.Buffer] events ahead of the client, however many
+// channels it has. A client resumes each channel from the position of the last event it
+// received on it.
 package realtime

@@ -2,19 +2,18 @@ package realtime
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"os"
+	"path"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
@@ -56,6 +55,14 @@ type GatewayConfig struct {
 	// WriteTimeout bounds each write to a client; a client that does not read for this
 	// long is disconnected with reason overflow. Default WriteTimeoutDefault (10s).
 	WriteTimeout time.Duration
+	// AllowedOrigins are the Origin patterns a WebSocket upgrade may come from, besides the
+	// gateway's own host (always allowed, as are requests without an Origin header, which
+	// browsers always send). A pattern is matched against the origin's host[:port] with
+	// path.Match, e.g. "app.example.com" or "localhost:*"; a pattern with a scheme
+	// ("https://app.example.com") must match the scheme too. Browsers do not apply the
+	// same-origin policy to WebSockets, so this is what stops another site's page from
+	// using a visitor's cookies on the gateway. Default: none.
+	AllowedOrigins []string
 	// Logger receives one Info record per rejected request and per ended stream (never with
 	// a token). Default: discard.
 	Logger *slog.Logger
@@ -92,6 +99,11 @@ func (c GatewayConfig) validate() error {
 	case c.Authorizer == nil:
 		return errors.New("realtime: GatewayConfig.Authorizer is nil; pass a JWTAuthorizer, or realtime.AllowAll{} for tests and trusted networks")
 	}
+	for _, o := range c.AllowedOrigins {
+		if err := checkOriginPattern(o); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -118,6 +130,11 @@ const (
 	DisconnectShutdown DisconnectReason = "shutdown"
 	// DisconnectLedgerError: reading the ledger failed.
 	DisconnectLedgerError DisconnectReason = "ledger error"
+	// DisconnectClientClosed: a WebSocket client closed the connection cleanly.
+	DisconnectClientClosed DisconnectReason = "client closed"
+	// DisconnectProtocol: a WebSocket client broke the protocol (binary or oversized
+	// message).
+	DisconnectProtocol DisconnectReason = "protocol error"
 )
 
 // String returns the reason as sent to clients.
@@ -135,8 +152,12 @@ type Stats struct {
 	SubscriptionsTotal uint64
 	// MessagesSent counts the event messages written to clients.
 	MessagesSent uint64
-	// Rejected counts refused requests by HTTP status (400, 401, 403, 405, 503).
+	// Rejected counts refused requests and WebSocket subscribe messages by HTTP status
+	// (400, 401, 403, 405, 503).
 	Rejected map[int]uint64
+	// Resyncs counts subscriptions that asked for events already removed by the ledger's
+	// retention and were told to reload their state.
+	Resyncs uint64
 	// Disconnects counts ended streams by reason.
 	Disconnects map[DisconnectReason]uint64
 }
@@ -153,7 +174,8 @@ type Gateway struct {
 	streams  sync.WaitGroup
 	stats    Stats
 
-	sent atomic.Uint64
+	sent    atomic.Uint64
+	latency prometheus.Histogram
 }
 
 // NewGateway returns a gateway, or an error naming the missing field.
@@ -167,6 +189,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		log:      cfg.Logger.With(slog.String("component", "realtime")),
 		shutdown: make(chan struct{}),
 		stats:    Stats{Rejected: map[int]uint64{}, Disconnects: map[DisconnectReason]uint64{}},
+		latency:  newLatencyHistogram(),
 	}, nil
 }
 
@@ -219,78 +242,126 @@ func (g *Gateway) reject(w http.ResponseWriter, r *http.Request, status int, rea
 	http.Error(w, reason, status)
 }
 
-// ServeHTTP serves one SSE stream: GET ?channel=a&channel=b[&after=N], with the
-// Last-Event-ID header taking precedence over after.
+// ServeHTTP serves walflow.js, a WebSocket connection or an SSE stream; see the package
+// documentation.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
 		g.reject(w, r, http.StatusMethodNotAllowed, "use GET")
 		return
 	}
-	chans, keys, status, reason := g.parseChannels(r)
-	if status != 0 {
-		g.reject(w, r, status, reason)
-		return
+	switch {
+	case path.Base(r.URL.Path) == "walflow.js":
+		serveClient(w, r)
+	case isWebSocket(r):
+		g.serveWebSocket(w, r)
+	case r.Method == http.MethodHead:
+		g.reject(w, r, http.StatusMethodNotAllowed, "use GET to open a stream")
+	default:
+		g.serveSSE(w, r)
 	}
-	head := g.cfg.Ledger.State().Head
-	after, resumed, err := resumePosition(r)
-	if err != nil {
-		g.reject(w, r, http.StatusBadRequest, err.Error())
-		return
-	}
-	if resumed && after > head {
-		g.reject(w, r, http.StatusBadRequest, fmt.Sprintf("resume position %d is after the ledger head %d", after, head))
-		return
-	}
-	if !resumed {
-		after = head
-	}
-	var expires time.Time
-	for _, c := range chans {
-		d := g.cfg.Authorizer.Authorize(r, c)
-		if !d.Allow {
-			st := d.Status
-			if st == 0 {
-				st = http.StatusForbidden
-			}
-			g.reject(w, r, st, d.Reason)
-			return
-		}
-		if !d.Expires.IsZero() && (expires.IsZero() || d.Expires.Before(expires)) {
-			expires = d.Expires
-		}
-	}
+}
 
+// admit counts a new connection of n subscriptions, or says why it cannot open. Call
+// release when it ends.
+func (g *Gateway) admit(n int) (status int, reason string) {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	switch {
 	case g.closing:
-		g.mu.Unlock()
-		g.reject(w, r, http.StatusServiceUnavailable, "gateway shutting down")
-		return
+		return http.StatusServiceUnavailable, "gateway shutting down"
 	case g.stats.Connections >= g.cfg.MaxConnections:
-		g.mu.Unlock()
-		g.reject(w, r, http.StatusServiceUnavailable, fmt.Sprintf("too many connections (limit %d); retry later", g.cfg.MaxConnections))
-		return
+		return http.StatusServiceUnavailable, fmt.Sprintf("too many connections (limit %d); retry later", g.cfg.MaxConnections)
 	}
 	g.streams.Add(1)
 	g.stats.Connections++
 	g.stats.ConnectionsTotal++
-	g.stats.Subscriptions += len(keys)
-	g.stats.SubscriptionsTotal += uint64(len(keys))
-	g.mu.Unlock()
-	defer g.streams.Done()
+	g.stats.Subscriptions += n
+	g.stats.SubscriptionsTotal += uint64(n)
+	return 0, ""
+}
 
-	s := &stream{g: g, w: w, rc: http.NewResponseController(w), keys: keys, last: after}
-	ended, pos := s.run(r, expires)
-
+// release ends a connection admitted by admit, which had n subscriptions at the end.
+func (g *Gateway) release(r *http.Request, ended DisconnectReason, pos event.Position, n int) {
 	g.mu.Lock()
 	g.stats.Connections--
-	g.stats.Subscriptions -= len(keys)
+	g.stats.Subscriptions -= n
 	g.stats.Disconnects[ended]++
 	g.mu.Unlock()
+	g.streams.Done()
 	g.log.InfoContext(r.Context(), "stream ended",
 		slog.String("reason", ended.String()), slog.Uint64("position", uint64(pos)),
-		slog.Int("channels", len(keys)), slog.String("remote_addr", r.RemoteAddr))
+		slog.Int("channels", n), slog.String("remote_addr", r.RemoteAddr))
+}
+
+// subscribed adjusts the subscription counters of an open connection by n.
+func (g *Gateway) subscribed(n int) {
+	g.mu.Lock()
+	g.stats.Subscriptions += n
+	if n > 0 {
+		g.stats.SubscriptionsTotal += uint64(n)
+	}
+	g.mu.Unlock()
+}
+
+// rejected counts a refused WebSocket request and logs it.
+func (g *Gateway) rejected(r *http.Request, status int, reason string) {
+	g.mu.Lock()
+	g.stats.Rejected[status]++
+	g.mu.Unlock()
+	g.log.InfoContext(r.Context(), "subscription rejected",
+		slog.Int("status", status), slog.String("reason", reason), slog.String("remote_addr", r.RemoteAddr))
+}
+
+// resynced counts a subscription told to reload its state.
+func (g *Gateway) resynced() {
+	g.mu.Lock()
+	g.stats.Resyncs++
+	g.mu.Unlock()
+}
+
+// delivered counts an event written to a client and observes its delivery latency: from
+// its commit in PostgreSQL to the write. Events sent from a resume backlog count with
+// their full age.
+func (g *Gateway) delivered(e *event.Event) {
+	g.sent.Add(1)
+	if !e.Timestamp.IsZero() {
+		g.latency.Observe(max(time.Since(e.Timestamp).Seconds(), 0))
+	}
+}
+
+// authorize asks the Authorizer for ch. A denial without a status is a 403.
+func (g *Gateway) authorize(r *http.Request, ch channel.Channel) Decision {
+	d := g.cfg.Authorizer.Authorize(r, ch)
+	if !d.Allow && d.Status == 0 {
+		d.Status = http.StatusForbidden
+	}
+	return d
+}
+
+// parseChannel parses and checks one channel against the router.
+func (g *Gateway) parseChannel(s string) (channel.Channel, error) {
+	c, err := channel.Parse(s)
+	if err == nil {
+		err = g.cfg.Router.Check(c)
+	}
+	return c, err
+}
+
+// resumeFrom checks a client's resume position against the ledger. It returns where
+// delivery starts and, when the events after the asked position were truncated, the reason
+// the client must reload its state (delivery then starts at the head).
+func (g *Gateway) resumeFrom(after event.Position, resumed bool) (event.Position, string, error) {
+	st := g.cfg.Ledger.State()
+	switch {
+	case !resumed:
+		return st.Head, "", nil
+	case after > st.Head:
+		return 0, "", fmt.Errorf("resume position %d is after the ledger head %d", after, st.Head)
+	case after < st.Tail:
+		return st.Head, fmt.Sprintf("resume position %d is older than the ledger's retention (events through %d were removed); reload your state", after, st.Tail), nil
+	}
+	return after, "", nil
 }
 
 // parseChannels parses and checks the channel parameters, dropping duplicates. A non-zero
@@ -306,10 +377,7 @@ func (g *Gateway) parseChannels(r *http.Request) ([]channel.Channel, []string, i
 	var chans []channel.Channel
 	var keys []string
 	for _, s := range raw {
-		c, err := channel.Parse(s)
-		if err == nil {
-			err = g.cfg.Router.Check(c)
-		}
+		c, err := g.parseChannel(s)
 		if err != nil {
 			return nil, nil, http.StatusBadRequest, err.Error()
 		}
@@ -323,151 +391,3 @@ func (g *Gateway) parseChannels(r *http.Request) ([]channel.Channel, []string, i
 	return chans, keys, 0, ""
 }
 
-// resumePosition reads Last-Event-ID, else after. ok is false when neither is given.
-func resumePosition(r *http.Request) (event.Position, bool, error) {
-	s, what := r.Header.Get("Last-Event-ID"), "Last-Event-ID"
-	if s == "" {
-		s, what = r.URL.Query().Get("after"), "after"
-	}
-	if s == "" {
-		return 0, false, nil
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, false, fmt.Errorf("%s %q is not a ledger position; use the id of the last event received", what, s)
-	}
-	return event.Position(n), true, nil
-}
-
-// stream is one open SSE connection.
-type stream struct {
-	g    *Gateway
-	w    http.ResponseWriter
-	rc   *http.ResponseController
-	keys []string
-	last event.Position // the position the client has everything up to
-	buf  []byte
-}
-
-// run streams until the client goes, the stream must end, or the gateway shuts down. It
-// returns why and the client's resume position.
-func (s *stream) run(r *http.Request, expires time.Time) (DisconnectReason, event.Position) {
-	g := s.g
-	h := s.w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	s.w.WriteHeader(http.StatusOK)
-
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	start := s.last
-	sub := pubsub.Subscribe(ctx, g.cfg.Ledger, s.keys, &pubsub.Options{After: &start, Buffer: g.cfg.Buffer})
-	defer func() {
-		cancel()
-		<-sub.Done()
-	}()
-
-	ack, _ := json.Marshal(struct {
-		Channels []string       `json:"channels"`
-		Position event.Position `json:"position"`
-	}{s.keys, start})
-	// The ack carries id so a client that reconnects before any event resumes from P.
-	s.buf = fmt.Appendf(s.buf[:0], "id: %d\nevent: subscribed\ndata: %s\n\n", start, ack)
-	if err := s.write(); err != nil {
-		return s.writeFailed(err), s.last
-	}
-
-	var expiry <-chan time.Time
-	if !expires.IsZero() {
-		t := time.NewTimer(time.Until(expires))
-		defer t.Stop()
-		expiry = t.C
-	}
-	ping := time.NewTicker(g.cfg.Heartbeat)
-	defer ping.Stop()
-	var matched []string
-	for {
-		select {
-		case e, ok := <-sub.Events():
-			if !ok {
-				<-sub.Done()
-				if err := sub.Err(); err != nil {
-					g.log.ErrorContext(r.Context(), "stream read the ledger", slog.String("error", err.Error()))
-					s.final(DisconnectLedgerError)
-					return DisconnectLedgerError, s.last
-				}
-				return DisconnectClientGone, s.last
-			}
-			matched = g.cfg.Router.Channels(&e, matched[:0])
-			ch := s.keys[0]
-			for _, k := range s.keys {
-				if slices.Contains(matched, k) {
-					ch = k
-					break
-				}
-			}
-			s.buf = fmt.Appendf(s.buf[:0], "id: %d\nevent: %s\ndata: {\"channel\":", e.Position, e.Type)
-			s.buf = strconv.AppendQuote(s.buf, ch)
-			s.buf = append(s.buf, `,"event":`...)
-			n := len(s.buf)
-			s.buf = e.AppendJSON(s.buf)
-			// A data line ends at a newline. Outside JSON strings (where they are escaped)
-			// CR and LF are whitespace, so replacing them keeps the JSON equal.
-			for i := n; i < len(s.buf); i++ {
-				if s.buf[i] == '\n' || s.buf[i] == '\r' {
-					s.buf[i] = ' '
-				}
-			}
-			s.buf = append(s.buf, "}\n\n"...)
-			if err := s.write(); err != nil {
-				return s.writeFailed(err), s.last
-			}
-			s.last = e.Position
-			g.sent.Add(1)
-		case <-ping.C:
-			s.buf = append(s.buf[:0], ": ping\n\n"...)
-			if err := s.write(); err != nil {
-				return s.writeFailed(err), s.last
-			}
-		case <-expiry:
-			s.final(DisconnectTokenExpired)
-			return DisconnectTokenExpired, s.last
-		case <-g.shutdown:
-			s.final(DisconnectShutdown)
-			return DisconnectShutdown, s.last
-		case <-ctx.Done():
-			return DisconnectClientGone, s.last
-		}
-	}
-}
-
-// final sends the error message that ends the stream, best effort.
-func (s *stream) final(reason DisconnectReason) {
-	data, _ := json.Marshal(struct {
-		Reason   string         `json:"reason"`
-		Position event.Position `json:"position"`
-	}{reason.String(), s.last})
-	s.buf = fmt.Appendf(s.buf[:0], "event: error\ndata: %s\n\n", data)
-	_ = s.write()
-}
-
-// write writes s.buf and flushes it within WriteTimeout.
-func (s *stream) write() error {
-	if err := s.rc.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return err
-	}
-	if _, err := s.w.Write(s.buf); err != nil {
-		return err
-	}
-	return s.rc.Flush()
-}
-
-// writeFailed classifies a failed write: a deadline means the client stopped reading.
-func (s *stream) writeFailed(err error) DisconnectReason {
-	var ne net.Error
-	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-		return DisconnectOverflow
-	}
-	return DisconnectClientGone
-}

@@ -1,0 +1,233 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/pubsub"
+)
+
+// serveSSE serves one SSE stream: GET ?channel=a&channel=b[&after=N], with the
+// Last-Event-ID header taking precedence over after.
+func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
+	chans, keys, status, reason := g.parseChannels(r)
+	if status != 0 {
+		g.reject(w, r, status, reason)
+		return
+	}
+	after, resumed, err := resumePosition(r)
+	if err != nil {
+		g.reject(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	start, resync, err := g.resumeFrom(after, resumed)
+	if err != nil {
+		g.reject(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	var expires time.Time
+	for _, c := range chans {
+		d := g.authorize(r, c)
+		if !d.Allow {
+			g.reject(w, r, d.Status, d.Reason)
+			return
+		}
+		if !d.Expires.IsZero() && (expires.IsZero() || d.Expires.Before(expires)) {
+			expires = d.Expires
+		}
+	}
+	if status, reason := g.admit(len(keys)); status != 0 {
+		g.reject(w, r, status, reason)
+		return
+	}
+	s := &stream{g: g, w: w, rc: http.NewResponseController(w), keys: keys, last: start}
+	ended := s.run(r, expires, resync)
+	g.release(r, ended, s.last, len(keys))
+}
+
+// resumePosition reads Last-Event-ID, else after. ok is false when neither is given.
+func resumePosition(r *http.Request) (event.Position, bool, error) {
+	s, what := r.Header.Get("Last-Event-ID"), "Last-Event-ID"
+	if s == "" {
+		s, what = r.URL.Query().Get("after"), "after"
+	}
+	if s == "" {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("%s %q is not a ledger position; use the id of the last event received", what, s)
+	}
+	return event.Position(n), true, nil
+}
+
+// stream is one open SSE connection.
+type stream struct {
+	g    *Gateway
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	keys []string
+	last event.Position // the position the client has everything up to
+	buf  []byte
+}
+
+// run streams until the client goes, the stream must end, or the gateway shuts down. It
+// returns why; s.last is then the client's resume position. A non-empty resync is the
+// reason the client's resume position could not be honoured.
+func (s *stream) run(r *http.Request, expires time.Time, resync string) DisconnectReason {
+	g := s.g
+	h := s.w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	s.w.WriteHeader(http.StatusOK)
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	var sub *pubsub.Subscription
+	subscribe := func() {
+		start := s.last
+		sub = pubsub.Subscribe(ctx, g.cfg.Ledger, s.keys, &pubsub.Options{After: &start, Buffer: g.cfg.Buffer})
+	}
+	subscribe()
+	defer func() {
+		cancel()
+		<-sub.Done()
+	}()
+	if err := s.ack(resync); err != nil {
+		return s.writeFailed(err)
+	}
+
+	var expiry <-chan time.Time
+	if !expires.IsZero() {
+		t := time.NewTimer(time.Until(expires))
+		defer t.Stop()
+		expiry = t.C
+	}
+	ping := time.NewTicker(g.cfg.Heartbeat)
+	defer ping.Stop()
+	var matched []string
+	for {
+		select {
+		case e, ok := <-sub.Events():
+			if !ok {
+				<-sub.Done()
+				err := sub.Err()
+				switch {
+				case errors.Is(err, ledger.ErrTruncated):
+					// Retention removed events this client had not read yet: say so, and
+					// go on from the head as a fresh subscription.
+					s.last = g.cfg.Ledger.State().Head
+					subscribe()
+					if err := s.ack(err.Error()); err != nil {
+						return s.writeFailed(err)
+					}
+					continue
+				case err != nil:
+					g.log.ErrorContext(r.Context(), "stream read the ledger", slog.String("error", err.Error()))
+					s.final(DisconnectLedgerError)
+					return DisconnectLedgerError
+				}
+				return DisconnectClientGone
+			}
+			matched = g.cfg.Router.Channels(&e, matched[:0])
+			ch := s.keys[0]
+			for _, k := range s.keys {
+				if slices.Contains(matched, k) {
+					ch = k
+					break
+				}
+			}
+			s.buf = fmt.Appendf(s.buf[:0], "id: %d\nevent: %s\ndata: {\"channel\":", e.Position, e.Type)
+			s.buf = strconv.AppendQuote(s.buf, ch)
+			s.buf = append(s.buf, `,"event":`...)
+			n := len(s.buf)
+			s.buf = e.AppendJSON(s.buf)
+			// A data line ends at a newline. Outside JSON strings (where they are escaped)
+			// CR and LF are whitespace, so replacing them keeps the JSON equal.
+			for i := n; i < len(s.buf); i++ {
+				if s.buf[i] == '\n' || s.buf[i] == '\r' {
+					s.buf[i] = ' '
+				}
+			}
+			s.buf = append(s.buf, "}\n\n"...)
+			if err := s.write(); err != nil {
+				return s.writeFailed(err)
+			}
+			s.last = e.Position
+			g.delivered(&e)
+		case <-ping.C:
+			s.buf = append(s.buf[:0], ": ping\n\n"...)
+			if err := s.write(); err != nil {
+				return s.writeFailed(err)
+			}
+		case <-expiry:
+			s.final(DisconnectTokenExpired)
+			return DisconnectTokenExpired
+		case <-g.shutdown:
+			s.final(DisconnectShutdown)
+			return DisconnectShutdown
+		case <-ctx.Done():
+			return DisconnectClientGone
+		}
+	}
+}
+
+// ack sends the subscribed message, or the resync message when resync is the reason the
+// client's position could not be honoured. Both carry id so that a client reconnecting
+// before any event resumes from s.last.
+func (s *stream) ack(resync string) error {
+	kind, reason := "subscribed", ""
+	if resync != "" {
+		kind, reason = "resync", resync
+		s.g.resynced()
+	}
+	data, _ := json.Marshal(struct {
+		Channels []string       `json:"channels"`
+		Position event.Position `json:"position"`
+		Reason   string         `json:"reason,omitempty"`
+	}{s.keys, s.last, reason})
+	s.buf = fmt.Appendf(s.buf[:0], "id: %d\nevent: %s\ndata: %s\n\n", s.last, kind, data)
+	return s.write()
+}
+
+// final sends the error message that ends the stream, best effort.
+func (s *stream) final(reason DisconnectReason) {
+	data, _ := json.Marshal(struct {
+		Reason   string         `json:"reason"`
+		Position event.Position `json:"position"`
+	}{reason.String(), s.last})
+	s.buf = fmt.Appendf(s.buf[:0], "event: error\ndata: %s\n\n", data)
+	_ = s.write()
+}
+
+// write writes s.buf and flushes it within WriteTimeout.
+func (s *stream) write() error {
+	if err := s.rc.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	if _, err := s.w.Write(s.buf); err != nil {
+		return err
+	}
+	return s.rc.Flush()
+}
+
+// writeFailed classifies a failed write: a deadline means the client stopped reading.
+func (s *stream) writeFailed(err error) DisconnectReason {
+	var ne net.Error
+	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return DisconnectOverflow
+	}
+	return DisconnectClientGone
+}

@@ -1,0 +1,505 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/pubsub"
+)
+
+// wsReadLimit bounds one client message; subscribe messages are tiny, so anything near
+// this is abuse.
+const wsReadLimit = 64 << 10
+
+// Close codes of the WebSocket protocol, beyond the standard ones.
+const (
+	closeTokenExpired websocket.StatusCode = 4001
+)
+
+// isWebSocket tells a WebSocket upgrade from an SSE request.
+func isWebSocket(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+// checkOriginPattern rejects an AllowedOrigins entry path.Match cannot use.
+func checkOriginPattern(p string) error {
+	host := p
+	if i := strings.Index(p, "://"); i >= 0 {
+		host = p[i+3:]
+	}
+	if host == "" || strings.Contains(host, "/") {
+		return fmt.Errorf("realtime: AllowedOrigins entry %q is not an origin pattern; write host[:port] or scheme://host[:port], e.g. \"app.example.com\" or \"http://localhost:*\"", p)
+	}
+	if _, err := path.Match(host, ""); err != nil {
+		return fmt.Errorf("realtime: AllowedOrigins entry %q: %w", p, err)
+	}
+	return nil
+}
+
+// originAllowed applies the Origin allow-list of a WebSocket upgrade.
+func (g *Gateway) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, p := range g.cfg.AllowedOrigins {
+		target := strings.ToLower(u.Host)
+		if strings.Contains(p, "://") {
+			target = strings.ToLower(u.Scheme + "://" + u.Host)
+		}
+		if ok, _ := path.Match(strings.ToLower(p), target); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// serveWebSocket upgrades the request and serves the WebSocket protocol on it.
+func (g *Gateway) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	if !g.originAllowed(r) {
+		g.reject(w, r, http.StatusForbidden, "origin not allowed; add it to the gateway's allowed origins")
+		return
+	}
+	if status, reason := g.admit(0); status != 0 {
+		g.reject(w, r, status, reason)
+		return
+	}
+	// The Origin was checked above, against our own list.
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		// Accept has answered the request with the reason.
+		g.release(r, DisconnectClientGone, 0, 0)
+		return
+	}
+	c.SetReadLimit(wsReadLimit)
+	ws := &wsConn{
+		g:      g,
+		c:      c,
+		req:    r,
+		subs:   map[string]*wsSub{},
+		ctrl:   make(chan wsRequest),
+		events: make(chan wsEvent, 64),
+	}
+	ended, pos := ws.run()
+	g.release(r, ended, pos, len(ws.subs))
+}
+
+// wsRequest is a client message.
+type wsRequest struct {
+	Type    string          `json:"type"`
+	Ref     string          `json:"ref,omitempty"`
+	Channel string          `json:"channel,omitempty"`
+	After   *event.Position `json:"after,omitempty"`
+	Token   string          `json:"token,omitempty"`
+	// bad is why the message could not be read, for an error reply.
+	bad string
+}
+
+// wsReply is a control message to the client.
+type wsReply struct {
+	Type     string          `json:"type"`
+	Ref      string          `json:"ref,omitempty"`
+	Channel  string          `json:"channel,omitempty"`
+	Position *event.Position `json:"position,omitempty"`
+	Status   int             `json:"status,omitempty"`
+	Reason   *string         `json:"reason,omitempty"`
+}
+
+// wsSub is one channel subscription of a connection.
+type wsSub struct {
+	key     string
+	cancel  context.CancelFunc
+	sub     *pubsub.Subscription
+	done    chan struct{} // the forwarding goroutine ended
+	last    event.Position
+	expires time.Time
+}
+
+// wsEvent is an event, or the end of a subscription when ok is false, forwarded from a
+// subscription to the connection's writer.
+type wsEvent struct {
+	s  *wsSub
+	e  event.Event
+	ok bool
+}
+
+// wsConn is one WebSocket connection. Its run loop owns subs and is the only writer; one
+// goroutine reads client messages and one per subscription forwards events, so each
+// channel is delivered in ledger order.
+type wsConn struct {
+	g      *Gateway
+	c      *websocket.Conn
+	req    *http.Request // with the current token
+	ctx    context.Context
+	subs   map[string]*wsSub
+	ctrl   chan wsRequest
+	events chan wsEvent
+	buf    []byte
+	last   event.Position // the highest position sent, for the log
+}
+
+func (ws *wsConn) run() (DisconnectReason, event.Position) {
+	g := ws.g
+	ctx, cancel := context.WithCancel(ws.req.Context())
+	ws.ctx = ctx
+	readErr := make(chan error, 1)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		ws.read(ctx, readErr)
+	}()
+	defer func() {
+		cancel()
+		for _, s := range ws.subs {
+			<-s.done
+		}
+		_ = ws.c.CloseNow()
+		<-readDone
+	}()
+
+	var expiry *time.Timer
+	defer func() {
+		if expiry != nil {
+			expiry.Stop()
+		}
+	}()
+	var expiryC <-chan time.Time
+	setExpiry := func() {
+		var at time.Time
+		for _, s := range ws.subs {
+			if !s.expires.IsZero() && (at.IsZero() || s.expires.Before(at)) {
+				at = s.expires
+			}
+		}
+		if expiry != nil {
+			expiry.Stop()
+			expiry, expiryC = nil, nil
+		}
+		if !at.IsZero() {
+			expiry = time.NewTimer(time.Until(at))
+			expiryC = expiry.C
+		}
+	}
+	ping := time.NewTicker(g.cfg.Heartbeat)
+	defer ping.Stop()
+
+	for {
+		var err error
+		select {
+		case m := <-ws.ctrl:
+			err = ws.handle(m)
+			setExpiry()
+		case ev := <-ws.events:
+			if ws.subs[ev.s.key] != ev.s {
+				// Left over from a subscription the client ended.
+				continue
+			}
+			if ev.ok {
+				err = ws.sendEvent(ev.s, &ev.e)
+				break
+			}
+			err = ws.ended(ev.s)
+			setExpiry()
+		case <-ping.C:
+			head := g.cfg.Ledger.State().Head
+			err = ws.reply(wsReply{Type: "heartbeat", Position: &head})
+		case <-expiryC:
+			return ws.close(closeTokenExpired, DisconnectTokenExpired)
+		case <-g.shutdown:
+			return ws.close(websocket.StatusGoingAway, DisconnectShutdown)
+		case err := <-readErr:
+			switch websocket.CloseStatus(err) {
+			case websocket.StatusNormalClosure, websocket.StatusGoingAway:
+				return DisconnectClientClosed, ws.last
+			case websocket.StatusMessageTooBig, websocket.StatusUnsupportedData:
+				return DisconnectProtocol, ws.last
+			}
+			return DisconnectClientGone, ws.last
+		}
+		var reason DisconnectReason
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, errLedger):
+			return ws.close(websocket.StatusInternalError, DisconnectLedgerError)
+		case errors.Is(err, context.DeadlineExceeded):
+			reason = DisconnectOverflow
+		default:
+			reason = DisconnectClientGone
+		}
+		return reason, ws.last
+	}
+}
+
+// errLedger marks a subscription that ended on a ledger error.
+var errLedger = errors.New("ledger error")
+
+// close ends the connection with code and the reason as close reason.
+func (ws *wsConn) close(code websocket.StatusCode, reason DisconnectReason) (DisconnectReason, event.Position) {
+	ctx, cancel := context.WithTimeout(context.Background(), ws.g.cfg.WriteTimeout)
+	defer cancel()
+	// Close waits for the client's close frame; bound it so a dead client cannot hold us.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = ws.c.Close(code, reason.String())
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		_ = ws.c.CloseNow()
+		<-done
+	}
+	return reason, ws.last
+}
+
+// read forwards client messages to the run loop until the connection fails.
+func (ws *wsConn) read(ctx context.Context, errc chan<- error) {
+	for {
+		typ, data, err := ws.c.Read(ctx)
+		if err != nil {
+			errc <- err
+			return
+		}
+		var m wsRequest
+		if typ != websocket.MessageText {
+			_ = ws.c.Close(websocket.StatusUnsupportedData, "send JSON text messages")
+			errc <- websocket.CloseError{Code: websocket.StatusUnsupportedData}
+			return
+		}
+		if err := json.Unmarshal(data, &m); err != nil {
+			m = wsRequest{bad: "message is not a JSON object: " + err.Error()}
+		}
+		select {
+		case ws.ctrl <- m:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// handle carries out one client message. Only a failed write is returned.
+func (ws *wsConn) handle(m wsRequest) error {
+	switch {
+	case m.bad != "":
+		return ws.refuse(m, http.StatusBadRequest, m.bad)
+	case m.Type == "subscribe":
+		return ws.subscribe(m)
+	case m.Type == "unsubscribe":
+		return ws.unsubscribe(m)
+	case m.Type == "auth":
+		return ws.auth(m)
+	case m.Type == "":
+		return ws.refuse(m, http.StatusBadRequest, `message has no "type"; use subscribe, unsubscribe or auth`)
+	}
+	return ws.refuse(m, http.StatusBadRequest, fmt.Sprintf("unknown message type %q; use subscribe, unsubscribe or auth", m.Type))
+}
+
+// refuse answers a request with an error message and counts it.
+func (ws *wsConn) refuse(m wsRequest, status int, reason string) error {
+	ws.g.rejected(ws.req, status, reason)
+	return ws.reply(wsReply{Type: "error", Ref: m.Ref, Channel: m.Channel, Status: status, Reason: &reason})
+}
+
+func (ws *wsConn) subscribe(m wsRequest) error {
+	g := ws.g
+	c, err := g.parseChannel(m.Channel)
+	if err != nil {
+		return ws.refuse(m, http.StatusBadRequest, err.Error())
+	}
+	key := c.String()
+	m.Channel = key
+	var after event.Position
+	if m.After != nil {
+		after = *m.After
+	}
+	start, resync, err := g.resumeFrom(after, m.After != nil)
+	if err != nil {
+		return ws.refuse(m, http.StatusBadRequest, err.Error())
+	}
+	if _, dup := ws.subs[key]; dup {
+		return ws.refuse(m, http.StatusBadRequest, "already subscribed to "+key+"; unsubscribe first to resume from another position")
+	}
+	if len(ws.subs) >= g.cfg.MaxChannels {
+		return ws.refuse(m, http.StatusBadRequest, fmt.Sprintf("at most %d channels per connection; unsubscribe from one first", g.cfg.MaxChannels))
+	}
+	d := g.authorize(ws.req, c)
+	if !d.Allow {
+		return ws.refuse(m, d.Status, d.Reason)
+	}
+	s := ws.start(key, start, d.Expires)
+	g.subscribed(1)
+	return ws.ack(s, m.Ref, resync)
+}
+
+// start begins delivering key's events after pos.
+func (ws *wsConn) start(key string, pos event.Position, expires time.Time) *wsSub {
+	ctx, cancel := context.WithCancel(ws.ctx)
+	// A connection holds at most about Buffer events in all, whatever its channels.
+	buffer := max(16, ws.g.cfg.Buffer/ws.g.cfg.MaxChannels)
+	s := &wsSub{key: key, cancel: cancel, done: make(chan struct{}), last: pos, expires: expires}
+	s.sub = pubsub.Subscribe(ctx, ws.g.cfg.Ledger, []string{key}, &pubsub.Options{After: &pos, Buffer: buffer})
+	ws.subs[key] = s
+	go func() {
+		defer close(s.done)
+		for e := range s.sub.Events() {
+			select {
+			case ws.events <- wsEvent{s: s, e: e, ok: true}:
+			case <-ctx.Done():
+				return
+			}
+		}
+		select {
+		case ws.events <- wsEvent{s: s}:
+		case <-ctx.Done():
+		}
+	}()
+	return s
+}
+
+// ack confirms a subscription, as resync when its position could not be honoured.
+func (ws *wsConn) ack(s *wsSub, ref, resync string) error {
+	pos := s.last
+	if resync == "" {
+		return ws.reply(wsReply{Type: "subscribed", Ref: ref, Channel: s.key, Position: &pos})
+	}
+	ws.g.resynced()
+	return ws.reply(wsReply{Type: "resync", Ref: ref, Channel: s.key, Position: &pos, Reason: &resync})
+}
+
+// ended handles a subscription whose events stopped: retention overtook it (resync from
+// the head) or the ledger failed.
+func (ws *wsConn) ended(s *wsSub) error {
+	<-s.done
+	<-s.sub.Done()
+	err := s.sub.Err()
+	s.cancel()
+	if !errors.Is(err, ledger.ErrTruncated) {
+		if err == nil {
+			err = errors.New("subscription ended")
+		}
+		ws.g.log.ErrorContext(ws.req.Context(), "stream read the ledger", slog.String("channel", s.key), slog.String("error", err.Error()))
+		return fmt.Errorf("%w: %w", errLedger, err)
+	}
+	ns := ws.start(s.key, ws.g.cfg.Ledger.State().Head, s.expires)
+	return ws.ack(ns, "", err.Error())
+}
+
+func (ws *wsConn) unsubscribe(m wsRequest) error {
+	c, err := ws.g.parseChannel(m.Channel)
+	if err != nil {
+		return ws.refuse(m, http.StatusBadRequest, err.Error())
+	}
+	key := c.String()
+	s, ok := ws.subs[key]
+	if !ok {
+		m.Channel = key
+		return ws.refuse(m, http.StatusBadRequest, "not subscribed to "+key)
+	}
+	ws.drop(s)
+	pos, none := s.last, ""
+	return ws.reply(wsReply{Type: "unsubscribed", Ref: m.Ref, Channel: key, Position: &pos, Reason: &none})
+}
+
+// drop ends a subscription.
+func (ws *wsConn) drop(s *wsSub) {
+	s.cancel()
+	<-s.done
+	delete(ws.subs, s.key)
+	ws.g.subscribed(-1)
+}
+
+// auth replaces the connection's token and authorizes every subscription again with it.
+func (ws *wsConn) auth(m wsRequest) error {
+	if m.Token == "" {
+		return ws.refuse(m, http.StatusBadRequest, `auth message has no "token"`)
+	}
+	r := ws.req.Clone(ws.req.Context())
+	r.Header.Set("Authorization", "Bearer "+m.Token)
+	q := r.URL.Query()
+	q.Del("access_token")
+	r.URL.RawQuery = q.Encode()
+	r.RequestURI = r.URL.RequestURI()
+	ws.req = r
+	for _, s := range ws.subs {
+		c, err := ws.g.parseChannel(s.key)
+		if err != nil {
+			// A channel the gateway accepted parses again the same way.
+			panic(fmt.Sprintf("realtime: subscribed channel %q no longer parses: %v", s.key, err))
+		}
+		d := ws.g.authorize(r, c)
+		if d.Allow {
+			s.expires = d.Expires
+			continue
+		}
+		ws.drop(s)
+		ws.g.rejected(r, d.Status, d.Reason)
+		pos, reason := s.last, d.Reason
+		if err := ws.reply(wsReply{Type: "unsubscribed", Channel: s.key, Position: &pos, Status: d.Status, Reason: &reason}); err != nil {
+			return err
+		}
+	}
+	return ws.reply(wsReply{Type: "authorized", Ref: m.Ref})
+}
+
+// sendEvent writes one event of subscription s.
+func (ws *wsConn) sendEvent(s *wsSub, e *event.Event) error {
+	b := append(ws.buf[:0], `{"type":"event","channel":`...)
+	b, _ = appendJSONString(b, s.key)
+	b = fmt.Appendf(b, `,"position":%d,"event":`, e.Position)
+	b = e.AppendJSON(b)
+	b = append(b, '}')
+	ws.buf = b
+	if err := ws.write(b); err != nil {
+		return err
+	}
+	s.last = e.Position
+	ws.last = max(ws.last, e.Position)
+	ws.g.delivered(e)
+	return nil
+}
+
+// reply writes a control message.
+func (ws *wsConn) reply(r wsReply) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return ws.write(b)
+}
+
+// write writes one message within WriteTimeout.
+func (ws *wsConn) write(b []byte) error {
+	ctx, cancel := context.WithTimeout(ws.ctx, ws.g.cfg.WriteTimeout)
+	defer cancel()
+	err := ws.c.Write(ctx, websocket.MessageText, b)
+	if err != nil && ctx.Err() == context.DeadlineExceeded && ws.ctx.Err() == nil {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) ([]byte, error) {
+	q, err := json.Marshal(s)
+	return append(b, q...), err
+}
