@@ -390,4 +390,3 @@ func (g *Gateway) parseChannels(r *http.Request) ([]channel.Channel, []string, i
 	}
 	return chans, keys, 0, ""
 }
-
