@@ -49,6 +49,7 @@ type fileConfig struct {
 	// Operators are keyed by name; operatorConfig holds their settings.
 	Operators        map[string]*operatorConfig `yaml:"operators"`
 	OperatorDefaults operatorDefaultsConfig     `yaml:"operator_defaults"`
+	Realtime         *realtimeConfig            `yaml:"realtime"`
 }
 
 type ledgerConfig struct {
@@ -80,6 +81,9 @@ type config struct {
 	dsnFrom  string
 	logLevel slog.Level
 	logJSON  bool
+	// realtime is the realtime section, nil without one; run reads its keys into
+	// engine.Realtime (see realtimeSettings.resolve).
+	realtime *realtimeSettings
 }
 
 // configError is a mistake in the configuration file: the file, the line (0 when unknown),
@@ -136,6 +140,9 @@ type spec struct {
 	sub  map[string]*spec // ... and their specs
 	any  *spec            // a mapping whose keys are names (tables): every value's spec
 	elem *spec            // a list: its elements' spec
+	// refuse are keys a mapping never takes, with the error that says what to write instead
+	// (an inline secret).
+	refuse map[string]string
 }
 
 type kind uint8
@@ -189,6 +196,7 @@ var fileSpec = mapSpec("the top-level keys",
 	},
 	"operators", operatorsSpec,
 	"operator_defaults", operatorDefaultsSpec,
+	"realtime", realtimeSpec,
 )
 
 // loader checks one file.
@@ -300,6 +308,9 @@ func (l *loader) walk(n *yaml.Node, s *spec, path string) error {
 			vs := s.any
 			if vs == nil {
 				vs = s.sub[name]
+			}
+			if msg, ok := s.refuse[name]; ok {
+				return l.errAt(k, kp, "%s", msg)
 			}
 			if vs == nil {
 				msg := "unknown key"
@@ -498,6 +509,9 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 		e.Tables = append(e.Tables, t)
 	}
 	if err := l.operators(fc, e); err != nil {
+		return nil, err
+	}
+	if err := l.realtime(fc, c); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -21,8 +21,10 @@ var runCommand = &command{
 run opens the ledger, connects to PostgreSQL, creates the publication and the replication
 slot when they are missing, and appends every committed change of the configured tables
 to the ledger. It serves /metrics, /healthz and /status on http.addr (127.0.0.1:9187 by
-default). Ctrl-C or SIGTERM stops it cleanly: what was appended is synced and acknowledged
-to the slot, and the exit code is 0.`,
+default), and with a realtime section the realtime gateway at realtime.path (/realtime/ by
+default) on the same address. Ctrl-C or SIGTERM stops it cleanly: open realtime streams
+end with their resume position, what was appended is synced and acknowledged to the slot,
+and the exit code is 0.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
 		return func(ctx context.Context, e *env, _ []string) error { return runMain(ctx, e, *path) }
@@ -37,6 +39,12 @@ func runMain(ctx context.Context, e *env, path string) error {
 	log := c.logger(e.stderr)
 	cfg := c.engine
 	cfg.Logger = log
+	if c.realtime != nil {
+		// Only run reads the keys: status and the operator commands never need them.
+		if cfg.Realtime, err = c.realtime.resolve(e.getenv, log); err != nil {
+			return &usageError{err}
+		}
+	}
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("open the engine: %w", err)
@@ -55,7 +63,7 @@ func runMain(ctx context.Context, e *env, path string) error {
 			operators = append(operators, o.Name)
 		}
 	}
-	log.InfoContext(ctx, "walflow starting",
+	attrs := []any{
 		slog.Any("database", redactedDSN(cfg.DatabaseURL)),
 		slog.String("database_from", c.dsnFrom),
 		slog.String("slot", cmp.Or(cfg.Slot, pgwal.SlotDefault)),
@@ -65,7 +73,12 @@ func runMain(ctx context.Context, e *env, path string) error {
 		slog.String("ledger", ledger),
 		slog.Uint64("ledger_head", uint64(eng.Ledger().State().Head)),
 		slog.String("http_addr", cfg.HTTPAddr),
-	)
+	}
+	if cfg.Realtime != nil {
+		// Where the keys come from, never the keys.
+		attrs = append(attrs, slog.String("realtime_path", cfg.Realtime.Path), slog.String("realtime_auth", c.realtime.summary()))
+	}
+	log.InfoContext(ctx, "walflow starting", attrs...)
 	runErr := eng.Run(ctx)
 	head := eng.Ledger().State().Head
 	closeErr := eng.Close()
