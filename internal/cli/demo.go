@@ -24,24 +24,31 @@ import (
 
 var demoCommand = &command{
 	name:    "demo",
-	args:    "[--duration D] [--keep]",
-	summary: "Start a throwaway PostgreSQL with a small blog and print walflow's events live.",
+	args:    "[--duration D] [--write-every D] [--keep]",
+	summary: "Start a throwaway PostgreSQL with a small blog, show it live in your browser and print walflow's events.",
 	help: `
 demo needs the PostgreSQL server binaries (apt-get install -y postgresql-15), not a running
 server. It starts a private cluster on a free port of 127.0.0.1, creates a blog (posts and
 comments, comments scoped by posts/{post_id}), follows it with walflow into a disk ledger
-in a temporary directory, and changes the blog every 0.7 s. The operator
+in a temporary directory, and changes the blog every 0.7 s (--write-every). The operator
 post_with_comments_counts keeps a derived table of posts with their comment counts up to
 date, and that table is followed too, so its rows' changes show up as events right after
 the changes that caused them. Every event is printed as it comes back from the ledger,
 with the channels it was delivered on. You may connect to the printed database URL and
 make changes yourself: they show up too.
 
+It also serves the blog as a small web app on the printed http://127.0.0.1 address: the
+posts with their live comment counts, a page per post with its comments arriving live,
+and forms to write and delete, all kept up to date by walflow.js over the realtime
+gateway's WebSocket (mounted at /realtime/, open to anyone who can reach 127.0.0.1). The
+writer only ever changes or deletes the posts it wrote itself.
+
 Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		d := fs.Duration("duration", 0, "stop after writing for this `long` (default: until Ctrl-C)")
+		every := fs.Duration("write-every", demoWriteTick, "make a change to the blog this `often`; 0 turns the writer off")
 		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
-		return func(ctx context.Context, e *env, _ []string) error { return demoMain(ctx, e, *d, *keep) }
+		return func(ctx context.Context, e *env, _ []string) error { return demoMain(ctx, e, *d, *every, *keep) }
 	},
 }
 
@@ -105,9 +112,12 @@ ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
 	demoDerived = "post_with_comments_counts"
 )
 
-func demoMain(ctx context.Context, e *env, duration time.Duration, keep bool) (err error) {
+func demoMain(ctx context.Context, e *env, duration, writeEvery time.Duration, keep bool) (err error) {
 	if duration < 0 {
 		return usagef("demo: --duration %s is negative; give a duration like 30s, or none to run until Ctrl-C", duration)
+	}
+	if writeEvery < 0 {
+		return usagef("demo: --write-every %s is negative; give a duration like 2s, or 0 to turn the writer off", writeEvery)
 	}
 	out := e.stdout
 	fmt.Fprintln(out, "walflow demo: starting a throwaway PostgreSQL cluster…")
@@ -137,7 +147,7 @@ func demoMain(ctx context.Context, e *env, duration time.Duration, keep bool) (e
 		err = errors.Join(err, cluster.Stop(cctx), os.RemoveAll(dir))
 	}()
 
-	d := &demo{env: e, cluster: cluster, dir: dir, color: isTerminal(out) && e.getenv("NO_COLOR") == ""}
+	d := &demo{env: e, cluster: cluster, dir: dir, slot: demoSlot, writeEvery: writeEvery, color: isTerminal(out) && e.getenv("NO_COLOR") == ""}
 	if err := d.setup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -152,7 +162,10 @@ type demo struct {
 	env     *env
 	cluster *pgtest.Cluster
 	dir     string // temporary directory: walflow.yaml and the ledger
+	slot    string
 	color   bool
+	// writeEvery is the writer's period; 0 means no writer.
+	writeEvery time.Duration
 
 	dsn        string
 	configPath string
@@ -172,6 +185,11 @@ func (d *demo) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("demo: find a free port for HTTP: %w", err)
 	}
+	return d.configure(addr)
+}
+
+// configure writes the walflow.yaml of the blog at d.dsn, with HTTP on addr, and loads it.
+func (d *demo) configure(addr string) error {
 	// The demo runs from an ordinary configuration file, so --keep can hand it to walflow run.
 	d.configPath = filepath.Join(d.dir, "walflow.yaml")
 	yaml := fmt.Sprintf(`# The configuration walflow demo ran with. Resume with: walflow run --config %s
@@ -189,10 +207,11 @@ tables:
   comments:
     scopes: ["posts/{post_id}"]
   post_with_comments_counts:
-%s`, d.configPath, d.dsn, demoSlot, addr, demoOperator)
+%s`, d.configPath, d.dsn, d.slot, addr, demoOperator)
 	if err := os.WriteFile(d.configPath, []byte(yaml), 0o600); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
+	var err error
 	d.cfg, err = loadConfig(d.configPath, d.env.getenv)
 	if err != nil {
 		return fmt.Errorf("demo: its own configuration is invalid: %w", err)
@@ -200,15 +219,52 @@ tables:
 	return nil
 }
 
-func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error {
-	out := d.env.stdout
+// openEngine opens the engine of the configuration, with the realtime gateway and without
+// its own HTTP server: the web app serves the engine's handler next to the blog.
+func (d *demo) openEngine(ctx context.Context) (*walflow.Engine, error) {
 	cfg := d.cfg.engine
 	cfg.Logger = d.cfg.logger(d.env.stderr)
+	cfg.HTTPAddr = ""
+	cfg.Realtime = demoRealtime()
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("demo: open the engine: %w", err)
+		return nil, fmt.Errorf("demo: open the engine: %w", err)
+	}
+	return eng, nil
+}
+
+func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error {
+	out := d.env.stdout
+	eng, err := d.openEngine(ctx)
+	if err != nil {
+		return err
 	}
 	defer eng.Close()
+
+	// The web app serves until the writer has stopped; it owns the HTTP address.
+	ln, err := net.Listen("tcp", d.cfg.engine.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("demo: listen on %s for the web app: %w; run the demo again to get another port", d.cfg.engine.HTTPAddr, err)
+	}
+	web, err := newDemoWeb(eng, d.dsn)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	webCtx, stopWeb := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWeb()
+	webDone := make(chan error, 1)
+	go func() { webDone <- web.run(webCtx, ln) }()
+	webStopped := false
+	stopWebApp := func() error {
+		if webStopped {
+			return nil
+		}
+		webStopped = true
+		stopWeb()
+		return <-webDone
+	}
+	defer stopWebApp()
 
 	// The subscription reads the ledger from its start, so it misses nothing however late it
 	// is scheduled; it ends when subCtx does.
@@ -230,7 +286,7 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	}
 
 	if err := waitStreaming(ctx, eng, runDone); err != nil {
-		stopErr := stopEngine()
+		stopErr := errors.Join(stopWebApp(), stopEngine())
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -241,7 +297,7 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	p := &printer{w: out, color: d.color, router: eng.Router(), tableWidth: len(demoDerived), seen: map[uint32]bool{}, done: make(chan struct{})}
 	go p.run(sub)
 
-	w := &writer{dsn: d.dsn, log: d.env.stderr}
+	w := &writer{dsn: d.dsn, log: d.env.stderr, every: d.writeEvery}
 	writeCtx, stopWrite := context.WithCancel(ctx)
 	writeDone := make(chan struct{})
 	go func() { defer close(writeDone); w.run(writeCtx) }()
@@ -251,16 +307,19 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	if duration > 0 {
 		timeout = time.After(duration)
 	}
-	var runErr error
+	var runErr, webErr error
 	engineDone := false
 	select {
 	case <-ctx.Done():
 	case <-timeout:
 	case runErr = <-runDone:
 		engineDone = true
+	case webErr = <-webDone:
+		webStopped = true
 	}
 	stopWrite()
 	<-writeDone
+	webErr = errors.Join(webErr, stopWebApp())
 
 	// Let the engine take in the writer's last transaction, and the operator the derived
 	// change it makes, before stopping it.
@@ -298,6 +357,9 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	fmt.Fprintln(out, ".")
 	if runErr != nil {
 		return fmt.Errorf("demo: the engine stopped: %w", runErr)
+	}
+	if webErr != nil {
+		return webErr
 	}
 	if err := sub.Err(); err != nil {
 		return fmt.Errorf("demo: the subscription stopped: %w", err)
@@ -367,21 +429,27 @@ func (d *demo) banner(ctx context.Context, duration time.Duration) {
 	if duration > 0 {
 		stop = fmt.Sprintf("It stops after %s, or on Ctrl-C.", duration)
 	}
+	writes := fmt.Sprintf("A writer changes the blog every %.1fs (--write-every).", d.writeEvery.Seconds())
+	if d.writeEvery == 0 {
+		writes = "No writer (--write-every 0): change the blog in the browser or with psql."
+	}
 	fmt.Fprintf(d.env.stdout, `
+  open        http://%s/   the blog in your browser, live over WebSocket
   database    %s   (%s)
               connect with psql and change posts or comments yourself: it shows up below
+  realtime    ws://%s/realtime/   (walflow.js at /realtime/walflow.js; anyone on 127.0.0.1 may read)
   metrics     http://%s/metrics   (and /status, /healthz)
   ledger      %s   (slot %s)
   subscribed  posts, comments, %s   (comments are scoped by posts/{post_id})
   operator    %s: each post with its comment count, recomputed
               from every change of posts and comments (walflow operator status --config %s)
 
-A writer changes the blog every %.1fs. Each line is an event read back from the ledger:
+%s Each line is an event read back from the ledger:
 position, commit LSN, table, type, what changed, and the channels it was delivered on.
 The %s lines are the operator's work, right after the changes that caused them.
 %s
 
-`, d.dsn, version, c.HTTPAddr, c.LedgerDir, c.Slot, demoDerived, demoDerived, d.configPath, demoWriteTick.Seconds(), demoDerived, stop)
+`, c.HTTPAddr, d.dsn, version, c.HTTPAddr, c.HTTPAddr, c.LedgerDir, c.Slot, demoDerived, demoDerived, d.configPath, writes, demoDerived, stop)
 }
 
 func (d *demo) keptNote() {
@@ -432,10 +500,13 @@ func (p *printer) saw(xid uint32) bool {
 	return p.seen[xid]
 }
 
-// writer makes a realistic change to the blog every demoWriteTick.
+// writer makes a realistic change to the blog every every. It changes and deletes only the
+// posts it wrote (their body is 'Draft.') and their comments, so what a person writes in
+// the web app stays; it only adds comments to it.
 type writer struct {
-	dsn string
-	log io.Writer
+	dsn   string
+	log   io.Writer
+	every time.Duration // 0: the writer does nothing
 
 	mu   sync.Mutex
 	last uint32 // transaction id of the last change that wrote a row
@@ -443,7 +514,9 @@ type writer struct {
 }
 
 // demoSteps is the writer's script, one statement per tick, repeated. $1 is a text that
-// varies with the round.
+// varies with the round. Besides commenting on the newest post, whoever wrote it, the
+// writer touches only its own posts (mine) and their comments, and its last step leaves
+// at most six of its posts, so the blog does not grow without end.
 var demoSteps = []struct {
 	sql   string
 	texts []string
@@ -454,19 +527,27 @@ var demoSteps = []struct {
 		[]string{"First!", "Which PostgreSQL version?", "Nice write-up.", "+1"}},
 	{`INSERT INTO posts (title, body) VALUES ($1, 'Draft.')`,
 		[]string{"Logical decoding 101", "One ledger, many readers", "Exactly once, in order", "Scopes in practice"}},
-	{`UPDATE posts SET title = $1, updated_at = now() WHERE id = (SELECT min(id) FROM posts)`,
+	{`WITH mine AS (SELECT id FROM posts WHERE body = 'Draft.')
+	  UPDATE posts SET title = $1, updated_at = now() WHERE id = (SELECT min(id) FROM mine)`,
 		[]string{"Hello, write-ahead log", "Slots, lag and you", "Replay from any position", "Channels, in depth"}},
-	{`UPDATE comments SET post_id = (SELECT max(id) FROM posts), updated_at = now()
-	  WHERE id = (SELECT min(id) FROM comments WHERE post_id <> (SELECT max(id) FROM posts))`, nil},
-	{`INSERT INTO comments (post_id, body) SELECT min(id), $1 FROM posts HAVING min(id) IS NOT NULL`,
+	{`WITH mine AS (SELECT id FROM posts WHERE body = 'Draft.')
+	  UPDATE comments SET post_id = (SELECT max(id) FROM mine), updated_at = now()
+	  WHERE id = (SELECT min(id) FROM comments WHERE post_id IN (SELECT id FROM mine) AND post_id <> (SELECT max(id) FROM mine))`, nil},
+	{`INSERT INTO comments (post_id, body) SELECT min(id), $1 FROM posts WHERE body = 'Draft.' HAVING min(id) IS NOT NULL`,
 		[]string{"Survives a crash?", "Great, thanks", "What about TOAST?", "Bookmarked."}},
-	{`UPDATE comments SET body = $1, updated_at = now() WHERE id = (SELECT max(id) FROM comments)`,
+	{`UPDATE comments SET body = $1, updated_at = now()
+	  WHERE id = (SELECT max(id) FROM comments WHERE post_id IN (SELECT id FROM posts WHERE body = 'Draft.'))`,
 		[]string{"Yes, it does.", "Great, thanks!", "Kept, never NULL.", "Bookmarked!"}},
-	{`DELETE FROM comments WHERE id = (SELECT min(id) FROM comments)`, nil},
-	{`DELETE FROM posts WHERE id = (SELECT min(id) FROM posts)`, nil},
+	{`DELETE FROM comments WHERE id = (SELECT min(id) FROM comments WHERE post_id IN (SELECT id FROM posts WHERE body = 'Draft.'))`, nil},
+	{`WITH mine AS (SELECT id FROM posts WHERE body = 'Draft.')
+	  DELETE FROM posts WHERE id = (SELECT min(id) FROM mine)
+	     OR id IN (SELECT id FROM mine ORDER BY id DESC OFFSET 6)`, nil},
 }
 
 func (w *writer) run(ctx context.Context) {
+	if w.every == 0 {
+		return
+	}
 	conn, err := pgx.Connect(ctx, w.dsn)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -475,7 +556,7 @@ func (w *writer) run(ctx context.Context) {
 		return
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	tick := time.NewTicker(demoWriteTick)
+	tick := time.NewTicker(w.every)
 	defer tick.Stop()
 	for i := 0; ; i++ {
 		step := demoSteps[i%len(demoSteps)]
