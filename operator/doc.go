@@ -31,4 +31,14 @@
 //
 // A TRUNCATE of a listened table carries no ids, so operators ignore it by default; run a
 // backfill of the operator afterwards to make its derived rows exact again.
+//
+// # Retention
+//
+// The ledger's retention removes old events, but never past [Runner.Checkpoint]: the lowest
+// stored checkpoint of the runner's operators, halted ones included, so none of them ever
+// misses an event. An operator that was not running while the ledger was truncated may find
+// its checkpoint before the ledger's tail. If it never committed an event it starts at the
+// tail (backfill it for the rows older events changed); otherwise it halts with an error
+// wrapping ledger.ErrTruncated, since it missed events: backfill it, then skip, which
+// resumes it at the tail.
 package operator

@@ -157,13 +157,16 @@ type row struct {
 	halted   bool
 }
 
-func (r *Runner) load(ctx context.Context) (map[string]row, error) {
+// load reads the operators' checkpoints, registering the operators first when register.
+func (r *Runner) load(ctx context.Context, register bool) (map[string]row, error) {
 	names := make([]string, len(r.ops))
 	for i, o := range r.ops {
 		names[i] = o.name
 	}
-	if _, err := r.cfg.DB.Exec(ctx, `INSERT INTO walflow.operators (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, names); err != nil {
-		return nil, fmt.Errorf("operator: register operators: %w", err)
+	if register {
+		if _, err := r.cfg.DB.Exec(ctx, `INSERT INTO walflow.operators (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, names); err != nil {
+			return nil, fmt.Errorf("operator: register operators: %w", err)
+		}
 	}
 	rows, err := r.cfg.DB.Query(ctx, `SELECT name, position, halted FROM walflow.operators WHERE name = ANY($1)`, names)
 	if err != nil {
@@ -212,7 +215,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	sync := func() error {
 		readStart := time.Now().UnixNano()
-		rows, err := r.load(ctx)
+		rows, err := r.load(ctx, true)
 		if err != nil {
 			return err
 		}
@@ -263,6 +266,13 @@ func (r *Runner) runOp(ctx context.Context, o *opState, pos event.Position) {
 	for ctx.Err() == nil {
 		head := led.State().Head
 		raw, err := led.ReadKeys(ctx, o.keys, pos, r.cfg.BatchSize)
+		if errors.Is(err, ledger.ErrTruncated) {
+			var ok bool
+			if pos, ok = r.truncated(ctx, o, pos); !ok {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.ErrorContext(ctx, "operator cannot read the ledger; stopping it", slog.String("operator", o.name), slog.Any("error", err))
@@ -305,6 +315,77 @@ func (r *Runner) runOp(ctx context.Context, o *opState, pos event.Position) {
 		pos = next
 		r.advance(o, pos)
 	}
+}
+
+// truncated handles a checkpoint before the ledger's tail: the events after it that the
+// retention removed cannot be applied. (Run's Checkpoint keeps the tail behind every
+// running operator, so this is an operator that was not running while the ledger was
+// truncated.) An operator that never committed an event starts at the tail, as it would
+// have started at the beginning of a shorter ledger; one that did is halted at the tail,
+// since it missed events, and says how to go on. It returns where to read from, and false
+// when the operator must stop.
+func (r *Runner) truncated(ctx context.Context, o *opState, pos event.Position) (event.Position, bool) {
+	tail := r.cfg.Ledger.State().Tail
+	if pos == 0 {
+		r.log.WarnContext(ctx, "operator starts at the ledger's tail: the earlier events were removed by retention before it first ran; backfill it (walflow operator backfill) for the rows they changed",
+			slog.String("operator", o.name), slog.Uint64("tail", uint64(tail)))
+		return tail, true
+	}
+	err := fmt.Errorf("%w: the operator's checkpoint %d is before the ledger's tail %d, so events it had not applied were removed; backfill the operator (walflow operator backfill %s), then skip to the tail (walflow operator skip %s) to resume",
+		ledger.ErrTruncated, pos, tail, o.name, o.name)
+	// The halt records the tail as the failed position, so that a skip resumes after it.
+	r.halt(ctx, o, &event.Event{Position: tail}, err)
+	return pos, false
+}
+
+// Checkpoint saves, for every operator, the position it has reached, when that is past its
+// stored checkpoint (an operator whose entities see no events moves on without writing its
+// checkpoint), and returns the lowest stored checkpoint of the runner's operators, halted
+// ones included: every listened event up to it is applied, and a restart resumes after it.
+// Retention truncates the ledger only through it, so that no operator restarts before the
+// ledger's tail. It returns 0 until Run has started every operator, and the ledger's head
+// when the runner has no operator.
+func (r *Runner) Checkpoint(ctx context.Context) (event.Position, error) {
+	names := make([]string, len(r.ops))
+	reached := make([]int64, len(r.ops))
+	low := int64(-1)
+	for i, o := range r.ops {
+		names[i], reached[i] = o.name, int64(o.through.Load())
+		if low < 0 || reached[i] < low {
+			low = reached[i]
+		}
+	}
+	switch {
+	case len(r.ops) == 0 && r.cfg.Ledger != nil:
+		return r.cfg.Ledger.State().Head, nil
+	case low <= 0:
+		// Some operator has not started (or has nothing applied): the answer is 0, and the
+		// table may not even exist yet.
+		return 0, nil
+	}
+	// Never over a halt (its position stays where it failed) nor backwards (a concurrent
+	// batch may have committed further).
+	_, err := r.cfg.DB.Exec(ctx, `UPDATE walflow.operators o SET position = v.position, updated_at = now()
+		FROM unnest($1::text[], $2::bigint[]) AS v(name, position)
+		WHERE o.name = v.name AND o.position < v.position AND NOT o.halted`, names, reached)
+	if err != nil {
+		return 0, fmt.Errorf("operator: save checkpoints: %w", err)
+	}
+	rows, err := r.load(ctx, false)
+	if err != nil {
+		return 0, err
+	}
+	through := event.Position(low)
+	for _, o := range r.ops {
+		rw, ok := rows[o.name]
+		if !ok {
+			return 0, nil
+		}
+		// The position reached bounds it too: it is below the stored one only while a
+		// start or a batch is publishing the stored one.
+		through = min(through, rw.position)
+	}
+	return through, nil
 }
 
 // advance publishes an operator's new committed position.
