@@ -196,7 +196,8 @@ func (t *Tracker) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("processstatus: load the saved status: %w", err)
 	}
-	if head := t.cfg.Ledger.State().Head; snap.Position > head {
+	st := t.cfg.Ledger.State()
+	if head := st.Head; snap.Position > head {
 		// The status was saved against a ledger that no longer exists (a deleted directory,
 		// a memory ledger): its position means nothing here, and neither do its timestamps.
 		t.log.WarnContext(ctx, "saved process status is ahead of the ledger; resetting it",
@@ -205,6 +206,20 @@ func (t *Tracker) restore(ctx context.Context) error {
 			return fmt.Errorf("processstatus: reset the saved status: %w", err)
 		}
 		snap = Snapshot{}
+	}
+	if snap.Position < st.Tail {
+		// The retention removed events after the saved position: a store that keeps
+		// nothing, or lost its latest saves. They cannot be read again, and they were
+		// processed (the ledger is truncated only through Position), so resume at the
+		// tail. An entity whose timestamp only they carried reads as processed later than
+		// it could, never earlier.
+		level := slog.LevelInfo
+		if snap.Position > 0 {
+			level = slog.LevelWarn
+		}
+		t.log.Log(ctx, level, "process status resumes at the ledger's tail; the events before it were removed by retention",
+			slog.Uint64("saved_position", uint64(snap.Position)), slog.Uint64("ledger_tail", uint64(st.Tail)))
+		snap.Position = st.Tail
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -436,7 +451,9 @@ func (t *Tracker) WatermarkLSN() event.LSN {
 }
 
 // Position returns the ledger position through which every event is processed: where a
-// restarted tracker resumes.
+// restarted tracker resumes. The tracker never reads the ledger before it again, so the
+// ledger may be truncated through it (not further: the tracker would fail to read events
+// it has not scanned).
 func (t *Tracker) Position() event.Position {
 	t.mu.RLock()
 	defer t.mu.RUnlock()

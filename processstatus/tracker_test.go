@@ -3,6 +3,7 @@ package processstatus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -431,6 +432,37 @@ func TestSavedPositionAheadOfLedger(t *testing.T) {
 	snap, _ := store.Load(t.Context())
 	if snap.Position != 1 || snap.Entities["posts"] != 0 || snap.Entities["comments"] != t0 {
 		t.Errorf("store after the reset: %v at %d, want comments only, at 1", snap.Entities, snap.Position)
+	}
+}
+
+// TestSavedPositionBeforeTail: a restarted tracker whose saved position the retention
+// passed resumes at the ledger's tail instead of failing to read the removed events.
+func TestSavedPositionBeforeTail(t *testing.T) {
+	t.Parallel()
+	for _, saved := range []event.Position{0, 2} {
+		t.Run(fmt.Sprintf("saved at %d", saved), func(t *testing.T) {
+			t.Parallel()
+			store := processstatus.NewMemoryStore()
+			_ = store.Save(t.Context(), "posts", t0)
+			_ = store.SavePosition(t.Context(), saved)
+			b := setup(t, func(c *processstatus.Config) { c.Store = store })
+			b.wm.SetDefault(100)
+			for i := 1; i <= 5; i++ {
+				b.write(t, ev("posts", i, t0+int64(i)))
+			}
+			if err := b.l.Truncate(t.Context(), 4); err != nil {
+				t.Fatal(err)
+			}
+			lsn := b.write(t, ev("comments", 1, t0+10)) // position 6
+			b.start(t)
+			waitPosition(t, b.tr, 6)
+			waitProcessed(t, b.tr, "comments", t0+10)
+			waitLSN(t, b.tr, lsn)
+			// Only event 5 of posts was read again.
+			if got, _ := b.tr.Watermark("posts"); got != t0+5 {
+				t.Errorf("Watermark(posts) = %d, want %d", got, t0+5)
+			}
+		})
 	}
 }
 
