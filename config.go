@@ -19,6 +19,8 @@ import (
 const (
 	LedgerDirDefault     = "walflow-data"
 	ProcessStatusDefault = "postgres"
+	// RetentionDefault is the default Config.Retention: a week.
+	RetentionDefault = 7 * 24 * time.Hour
 )
 
 // Config configures an [Engine]. The zero value of every field but DatabaseURL is usable.
@@ -42,6 +44,16 @@ type Config struct {
 	// MemoryLedger keeps the ledger in memory instead of LedgerDir: everything is lost when
 	// the process exits, so use it with a temporary slot, for tests and demos. Default false.
 	MemoryLedger bool
+	// Retention is how long events stay in the ledger. Every event is kept on disk (or in
+	// memory) until it is removed, so without a bound the ledger grows forever: Run removes,
+	// about every minute, the events that committed more than Retention ago. It never
+	// removes an event an operator has not committed (a halted or lagging operator holds the
+	// ledger back: watch walflow_operator_lag_events) nor one process status has not
+	// scanned. A subscriber that asks for removed events (it resumes from an old position,
+	// or falls further behind than Retention) gets an error wrapping ledger.ErrTruncated: it
+	// must reload its state and subscribe again from the head. A negative value keeps every
+	// event. Default RetentionDefault (7 days).
+	Retention time.Duration
 	// HTTPAddr is where Run serves /metrics, /healthz and /status, e.g. 127.0.0.1:9187.
 	// Default "": no HTTP server (mount [Engine.Handler] yourself).
 	HTTPAddr string
@@ -81,6 +93,7 @@ func (c Config) withDefaults() Config {
 	c.Slot = cmp.Or(c.Slot, pgwal.SlotDefault)
 	c.Publication = cmp.Or(c.Publication, pgwal.PublicationDefault)
 	c.LedgerDir = cmp.Or(c.LedgerDir, LedgerDirDefault)
+	c.Retention = cmp.Or(c.Retention, RetentionDefault)
 	c.StatusInterval = cmp.Or(c.StatusInterval, pgwal.StatusIntervalDefault)
 	c.SyncDelay = cmp.Or(c.SyncDelay, pgwal.SyncDelayDefault)
 	c.ProcessStatus = cmp.Or(c.ProcessStatus, ProcessStatusDefault)

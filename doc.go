@@ -17,6 +17,11 @@
 // channels' events in ledger order; subscribing again from [Subscription.Position] continues
 // with no gap and no duplicate.
 //
+// The ledger keeps events for [Config.Retention] (7 days by default), but never removes one
+// an operator has not committed or process status has not scanned. A subscription that asks
+// for removed events ends with an error wrapping ledger.ErrTruncated instead of skipping
+// them: its subscriber must reload its state and subscribe again from the head.
+//
 // # Shutdown
 //
 // [Engine.Run] blocks until its context ends, then syncs what it appended, acknowledges it

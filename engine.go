@@ -52,6 +52,9 @@ type Engine struct {
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
 
+	retentionEvery  time.Duration // how often Run applies Config.Retention; tests shorten it
+	retentionRounds atomic.Uint64 // rounds of retention done, for tests
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -94,7 +97,8 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 		led = d
 	}
-	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src}
+	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
+		retentionEvery: retentionIntervalDefault}
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
 		if err != nil {
@@ -231,6 +235,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { e.pollSlot(gctx); return nil })
+	g.Go(func() error { e.retain(gctx); return nil })
 	if e.cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
 		if err != nil {
@@ -373,7 +378,9 @@ type Subscription = pubsub.Subscription
 // have, is an error. The subscription ends when ctx ends.
 //
 // A slow subscriber loses nothing and holds no memory for its backlog: it reads further
-// behind in the ledger.
+// behind in the ledger, within Config.Retention. A subscription from a position retention
+// has removed, or one that falls further behind, ends with an error wrapping
+// ledger.ErrTruncated: reload your state and subscribe again from the head.
 func (e *Engine) Subscribe(ctx context.Context, opts *SubscribeOpts, channels ...string) (*Subscription, error) {
 	if len(channels) == 0 {
 		return nil, errors.New("walflow: Subscribe needs at least one channel, like comments or posts/42/comments")

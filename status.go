@@ -26,6 +26,7 @@ type Status struct {
 	SlotError      string    `json:"slot_error,omitempty"`
 	Streaming      bool      `json:"streaming"`
 	LedgerHead     uint64    `json:"ledger_head"`
+	LedgerTail     uint64    `json:"ledger_tail"`
 	LastCommitLSN  event.LSN `json:"last_commit_lsn"`
 	AckedLSN       event.LSN `json:"acked_lsn"`
 	EventsReceived uint64    `json:"events_received"`
@@ -46,7 +47,7 @@ func (e *Engine) status(s *slotSample) Status {
 	stats := e.src.Stats()
 	out := Status{
 		Slot: e.cfg.Slot, Streaming: stats.Connected.Load(),
-		LedgerHead: uint64(st.Head), LastCommitLSN: st.LastCommitLSN, AckedLSN: max(st.AckedLSN, st.LastEndLSN),
+		LedgerHead: uint64(st.Head), LedgerTail: uint64(st.Tail), LastCommitLSN: st.LastCommitLSN, AckedLSN: max(st.AckedLSN, st.LastEndLSN),
 		EventsReceived: stats.EventsReceived.Load(), EventsAppended: stats.EventsAppended.Load(), Reconnects: stats.Reconnects.Load(),
 	}
 	if e.ops != nil {
@@ -90,6 +91,7 @@ func (e *Engine) Handler() http.Handler {
 		counter("transactions_skipped_total", "Transactions replayed by PostgreSQL that the ledger already held.", func() float64 { return float64(stats.TxSkipped.Load()) }),
 		counter("reconnects_total", "Replication sessions started after the first.", func() float64 { return float64(stats.Reconnects.Load()) }),
 		gauge("ledger_head_position", "Last durable ledger position.", func() float64 { return float64(e.led.State().Head) }),
+		gauge("ledger_tail_position", "Last ledger position removed by retention; reads start after it.", func() float64 { return float64(e.led.State().Tail) }),
 		gauge("replication_connected", "1 while streaming from the slot.", func() float64 {
 			if stats.Connected.Load() {
 				return 1

@@ -1,0 +1,10 @@
+package walflow
+
+import "time"
+
+// SetRetentionInterval makes Run apply Config.Retention every d (and first after d, when
+// shorter than the usual first delay). Call it before Run.
+func SetRetentionInterval(e *Engine, d time.Duration) { e.retentionEvery = d }
+
+// RetentionRounds returns how many rounds of retention Run has done.
+func RetentionRounds(e *Engine) uint64 { return e.retentionRounds.Load() }
