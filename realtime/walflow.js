@@ -170,7 +170,8 @@ export function connect(url, options) {
 export class Walflow extends EventTarget {
   constructor(url, options = {}) {
     super();
-    this.options = { ...DEFAULTS, ...options };
+    this.options = { ...DEFAULTS };
+    for (const [k, v] of Object.entries(options)) if (v !== undefined) this.options[k] = v;
     this.url = wsURL(url);
     this.state = "connecting";
     this.position = 0;
@@ -596,8 +597,10 @@ export class Walflow extends EventTarget {
       if (m.status === 401 && this._provider && !ch.retried) {
         // The token may have expired since it was fetched: renew it, then try once more.
         ch.retried = true;
+        const ws = this._ws;
         this._refresh().then(() => {
-          if (this._channels.get(ch.name) === ch && ch.state === "pending") this._sendSubscribe(ch);
+          // After a reconnection the channel was subscribed again on open already.
+          if (ws === this._ws && this._channels.get(ch.name) === ch && ch.state === "pending") this._sendSubscribe(ch);
         });
         return;
       }

@@ -65,7 +65,12 @@ form.addEventListener("submit", async (e) => {
     status.textContent = "Saving…";
     const { id } = await api("POST", "/api/posts", { title: document.getElementById("title").value, body: document.getElementById("body").value });
     status.textContent = `Saved in posts as ${id}; waiting for the operator to derive post_with_comments_counts/${id}…`;
-    await client.waitFor(`post_with_comments_counts/${id}`, "insert", { after, timeout: 15000 });
+    await client.waitFor(`post_with_comments_counts/${id}`, "insert", {
+      after,
+      timeout: 15000,
+      // Asked once subscribed, and again if the gateway cannot replay from after (resync).
+      exists: async () => (await fetch(`/api/posts/${id}`)).ok,
+    });
     location.assign(`/posts/${id}`);
   } catch (err) {
     status.textContent = err.message;
