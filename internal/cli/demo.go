@@ -444,8 +444,9 @@ func (d *demo) banner(ctx context.Context, duration time.Duration) {
   operator    %s: each post with its comment count, recomputed
               from every change of posts and comments (walflow operator status --config %s)
 
-%s Each line is an event read back from the ledger:
-position, commit LSN, table, type, what changed, and the channels it was delivered on.
+%s
+Each line is an event read back from the ledger: position, commit LSN, table, type, what
+changed, and the channels it was delivered on.
 The %s lines are the operator's work, right after the changes that caused them.
 %s
 
