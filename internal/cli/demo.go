@@ -207,6 +207,11 @@ tables:
   comments:
     scopes: ["posts/{post_id}"]
   post_with_comments_counts:
+# The demo listens on 127.0.0.1 only, so its channels are open to anonymous readers.
+realtime:
+  allow_anonymous: true
+  anonymous_channels: [posts, "posts/*", "posts/*/comments", comments, "comments/*",
+    post_with_comments_counts, "post_with_comments_counts/*"]
 %s`, d.configPath, d.dsn, d.slot, addr, demoOperator)
 	if err := os.WriteFile(d.configPath, []byte(yaml), 0o600); err != nil {
 		return fmt.Errorf("demo: %w", err)
@@ -225,7 +230,11 @@ func (d *demo) openEngine(ctx context.Context) (*walflow.Engine, error) {
 	cfg := d.cfg.engine
 	cfg.Logger = d.cfg.logger(d.env.stderr)
 	cfg.HTTPAddr = ""
-	cfg.Realtime = demoRealtime()
+	rt, err := d.cfg.realtime.resolve(d.env.getenv, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("demo: its own realtime configuration is invalid: %w", err)
+	}
+	cfg.Realtime = rt
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("demo: open the engine: %w", err)

@@ -20,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow"
-	"github.com/walflow/walflow/realtime"
 )
 
 // demoweb holds the demo's pages: plain HTML, CSS and JavaScript modules, no build step.
@@ -36,19 +35,10 @@ const (
 	demoWebShutdown  = 5 * time.Second // grace for the realtime streams, then the server
 )
 
-// demoRealtime is the gateway configuration of the demo: everyone may read every channel.
-// That is safe only because the demo listens on 127.0.0.1 and its data is throwaway; a real
-// deployment uses a realtime.JWTAuthorizer.
-func demoRealtime() *walflow.RealtimeConfig {
-	return &walflow.RealtimeConfig{
-		Path:    walflow.RealtimePathDefault,
-		Gateway: realtime.GatewayConfig{Authorizer: realtime.AllowAll{}},
-	}
-}
-
 // demoWeb is the demo's web app on one HTTP server: the blog's pages and their JSON API,
 // and the engine's handler (the realtime gateway at /realtime/, /metrics, /healthz,
-// /status). The engine must have been opened with demoRealtime.
+// /status). The engine must serve the realtime gateway (the realtime section of the
+// demo's walflow.yaml).
 type demoWeb struct {
 	eng  *walflow.Engine
 	pool *pgxpool.Pool
@@ -60,7 +50,7 @@ type demoWeb struct {
 // newDemoWeb returns the web app of eng on the blog at dsn. It does not connect yet.
 func newDemoWeb(eng *walflow.Engine, dsn string) (*demoWeb, error) {
 	if eng.RealtimeGateway() == nil {
-		return nil, errors.New("demo: the engine has no realtime gateway; open it with Config.Realtime = demoRealtime()")
+		return nil, errors.New("demo: the engine has no realtime gateway; open it with the realtime section of the demo's walflow.yaml")
 	}
 	pool, err := pgxpool.New(context.Background(), dsn)
 	if err != nil {
