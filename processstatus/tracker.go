@@ -285,6 +285,15 @@ func (t *Tracker) loop(ctx context.Context, wake <-chan struct{}) error {
 // their watermarks, publishes and saves what moved. more reports a full batch.
 func (t *Tracker) round(ctx context.Context) (more bool, err error) {
 	evs, err := t.cfg.Ledger.Read(ctx, t.scanned, t.cfg.Batch)
+	var te *ledger.TruncatedError
+	if errors.As(err, &te) {
+		// Someone truncated past the tracker (the engine's own retention never does): the
+		// events are gone, so go on from the tail rather than stop, as at start.
+		t.log.WarnContext(ctx, "process status skips to the ledger's tail: events it had not scanned were removed by a truncation",
+			slog.Uint64("scanned_position", uint64(t.scanned)), slog.Uint64("ledger_tail", uint64(te.Tail)))
+		t.scanned = te.Tail
+		return true, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("processstatus: read the ledger after position %d: %w", t.scanned, err)
 	}
@@ -319,6 +328,9 @@ func (t *Tracker) round(ctx context.Context) (more bool, err error) {
 		// The event after through is the first one not known processed; every transaction
 		// that committed before it lies at or before through.
 		next, err := t.cfg.Ledger.Read(ctx, through, 1)
+		if errors.Is(err, ledger.ErrTruncated) {
+			next, err = nil, nil
+		}
 		if err != nil {
 			return false, fmt.Errorf("processstatus: read the ledger after position %d: %w", through, err)
 		}

@@ -603,3 +603,46 @@ func (s *flushingStore) flushes() int {
 	defer s.mu.Unlock()
 	return s.n
 }
+
+// gatedLedger closes entered at the first Read and holds it until gate is closed.
+type gatedLedger struct {
+	processstatus.Ledger
+	entered chan<- struct{}
+	gate    <-chan struct{}
+	once    sync.Once
+}
+
+func (g *gatedLedger) Read(ctx context.Context, after event.Position, limit int) ([]event.Event, error) {
+	g.once.Do(func() {
+		close(g.entered)
+		<-g.gate
+	})
+	return g.Ledger.Read(ctx, after, limit)
+}
+
+// TestTruncatedWhileRunning: events removed under a running tracker (by someone else than
+// the engine's retention, which never passes it) make it go on from the tail, not stop.
+func TestTruncatedWhileRunning(t *testing.T) {
+	t.Parallel()
+	entered, gate := make(chan struct{}), make(chan struct{})
+	b := setup(t, func(c *processstatus.Config) {
+		c.Ledger = &gatedLedger{Ledger: c.Ledger, entered: entered, gate: gate}
+	})
+	b.wm.SetDefault(100)
+	for i := 1; i <= 5; i++ {
+		b.write(t, ev("posts", i, t0+int64(i)))
+	}
+	b.start(t)
+	<-entered // the tracker has started from position 0
+	if err := b.l.Truncate(t.Context(), 4); err != nil {
+		t.Fatal(err)
+	}
+	close(gate)
+	lsn := b.write(t, ev("comments", 1, t0+10)) // position 6
+	waitPosition(t, b.tr, 6)
+	waitProcessed(t, b.tr, "comments", t0+10)
+	waitLSN(t, b.tr, lsn)
+	if got, _ := b.tr.Watermark("posts"); got != t0+5 {
+		t.Errorf("Watermark(posts) = %d, want %d (only event 5 was left to read)", got, t0+5)
+	}
+}

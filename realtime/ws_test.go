@@ -69,13 +69,20 @@ type wsClient struct {
 // dialWS opens a WebSocket connection to the fixture's gateway.
 func (f *fixture) dialWS(query string, header http.Header) (*wsClient, *http.Response, error) {
 	f.t.Helper()
+	return f.dialWSCap(query, header, 1<<16)
+}
+
+// dialWSCap is dialWS with a client that reads at most capacity messages ahead of the
+// test.
+func (f *fixture) dialWSCap(query string, header http.Header, capacity int) (*wsClient, *http.Response, error) {
+	f.t.Helper()
 	u := "ws" + strings.TrimPrefix(f.srv.URL, "http") + "/?" + query
 	c, resp, err := websocket.Dial(f.t.Context(), u, &websocket.DialOptions{HTTPHeader: header})
 	if err != nil {
 		return nil, resp, err
 	}
 	c.SetReadLimit(1 << 20)
-	w := &wsClient{t: f.t, c: c, msgs: make(chan wsMsg, 1<<16)}
+	w := &wsClient{t: f.t, c: c, msgs: make(chan wsMsg, capacity)}
 	f.t.Cleanup(func() { _ = c.CloseNow() })
 	go func() {
 		defer close(w.msgs)
@@ -427,12 +434,10 @@ func TestWebSocketHeartbeatAndShutdown(t *testing.T) {
 func TestResync(t *testing.T) {
 	t.Parallel()
 	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, Buffer: 16, MaxChannels: 1})
-	var sql strings.Builder
-	for i := range 2000 {
-		fmt.Fprintf(&sql, "INSERT INTO posts VALUES (%d, 't');", i)
-	}
-	f.exec(sql.String())
-	eventually(t, "the inserts reach the ledger", func() bool { return f.eng.Ledger().State().Head >= 2000 })
+	// 20 MB of events: more than socket buffers hold, so the streams are still reading the
+	// ledger when it is truncated (the clients below read one message at a time).
+	f.exec(`INSERT INTO posts SELECT i, repeat('t', 1000) FROM generate_series(0, 19999) i`)
+	eventually(t, "the inserts reach the ledger", func() bool { return f.eng.Ledger().State().Head >= 20000 })
 	led := f.eng.Ledger()
 
 	// Mid-stream: the stream reads from 0 while the events before it are removed.
@@ -440,7 +445,10 @@ func TestResync(t *testing.T) {
 	if m := sse.mustNext(); m.Event != "subscribed" || m.ID != "0" {
 		t.Fatalf("first SSE message %+v", m)
 	}
-	w := f.mustDialWS("", nil)
+	w, _, err := f.dialWSCap("", nil, 0) // reads only when the test asks
+	if err != nil {
+		t.Fatal(err)
+	}
 	w.send(map[string]any{"type": "subscribe", "channel": "posts", "after": 0, "ref": "r"})
 	w.expect("subscribed", "r")
 	w.events(1)
@@ -480,11 +488,11 @@ func TestResync(t *testing.T) {
 		}
 	}
 	// Both go on live.
-	f.exec(`INSERT INTO posts VALUES (5000, 'live')`)
-	if got, _ := sse.summary(1); got != "posts posts insert 5000" {
+	f.exec(`INSERT INTO posts VALUES (50000, 'live')`)
+	if got, _ := sse.summary(1); got != "posts posts insert 50000" {
 		t.Fatalf("SSE after resync: %s", got)
 	}
-	if got := w.events(1); got[0] != "posts posts insert 5000" {
+	if got := w.events(1); got[0] != "posts posts insert 50000" {
 		t.Fatalf("WebSocket after resync: %v", got)
 	}
 
