@@ -53,8 +53,9 @@ type fileConfig struct {
 }
 
 type ledgerConfig struct {
-	Dir     string `yaml:"dir"`
-	Backend string `yaml:"backend"`
+	Dir       string `yaml:"dir"`
+	Backend   string `yaml:"backend"`
+	Retention string `yaml:"retention"`
 }
 
 type httpConfig struct {
@@ -176,6 +177,7 @@ var fileSpec = mapSpec("the top-level keys",
 	"ledger", mapSpec("the keys of ledger",
 		"dir", scalar("a directory like walflow-data"),
 		"backend", scalar("disk or memory"),
+		"retention", scalar("a duration like 7d or 72h, or forever"),
 	),
 	"http", mapSpec("the keys of http",
 		"addr", scalar(`host:port like 127.0.0.1:9187, or "" for no HTTP server`),
@@ -455,6 +457,12 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 		return nil, l.errPath("ledger.backend", "%q is not a ledger backend; use disk (the default, crash-safe, in ledger.dir) or memory (for throwaway runs)", fc.Ledger.Backend)
 	}
 
+	retention, rerr := l.retention(fc.Ledger.Retention)
+	if rerr != nil {
+		return nil, rerr
+	}
+	e.Retention = retention
+
 	e.HTTPAddr = HTTPAddrDefault
 	if fc.HTTP.Addr != nil {
 		e.HTTPAddr = *fc.HTTP.Addr
@@ -528,6 +536,26 @@ func (l *loader) duration(path, s string) (time.Duration, error) {
 	}
 	if d <= 0 {
 		return 0, l.errPath(path, "%q is not positive; write a duration like 10s, or leave the key out for the default", s)
+	}
+	return d, nil
+}
+
+// retention reads ledger.retention: a duration, whole days like 30d, or forever.
+func (l *loader) retention(s string) (time.Duration, error) {
+	const path = "ledger.retention"
+	if s == "forever" {
+		return -1, nil
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n <= 0 || n > 36500 {
+			return 0, l.errPath(path, "%q is not a number of days; write it like 7d, or as a duration like 72h, or forever", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := l.duration(path, s)
+	if err != nil {
+		return 0, l.errPath(path, "%q is not a retention; write it like 7d or 72h, or forever to keep every event", s)
 	}
 	return d, nil
 }

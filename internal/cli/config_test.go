@@ -33,6 +33,7 @@ publication: walflow_pub
 ledger:
   dir: /var/lib/walflow
   backend: disk
+  retention: 30d
 http:
   addr: 0.0.0.0:9188
 log:
@@ -67,6 +68,7 @@ func TestParseConfigFull(t *testing.T) {
 		{"Publication", e.Publication, "walflow_pub"},
 		{"LedgerDir", e.LedgerDir, "/var/lib/walflow"},
 		{"MemoryLedger", e.MemoryLedger, false},
+		{"Retention", e.Retention, 30 * 24 * time.Hour},
 		{"HTTPAddr", e.HTTPAddr, "0.0.0.0:9188"},
 		{"logLevel", c.logLevel, slog.LevelDebug},
 		{"logJSON", c.logJSON, true},
@@ -108,6 +110,15 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	if e.LedgerDir != filepath.Join("etc", "walflow-data") {
 		t.Errorf("LedgerDir = %q, want it next to the file", e.LedgerDir)
+	}
+	if e.Retention != 0 {
+		t.Errorf("Retention = %v, want 0 (the engine's default)", e.Retention)
+	}
+	for in, want := range map[string]time.Duration{"72h": 72 * time.Hour, "forever": -1, "1d": 24 * time.Hour} {
+		c, err := parseConfig("walflow.yaml", []byte("ledger: {retention: "+in+"}\n"), envOf("DATABASE_URL", "postgres://d@h/db"))
+		if err != nil || c.engine.Retention != want {
+			t.Errorf("retention %s: %v, %v; want %v", in, c, err, want)
+		}
 	}
 	if e.HTTPAddr != HTTPAddrDefault || c.logLevel != slog.LevelInfo || c.logJSON || e.Slot != "" || len(e.Tables) != 0 {
 		t.Errorf("defaults: %+v %+v", e, c)
@@ -170,6 +181,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad level", db + "log:\n  level: verbose\n", []string{`walflow.yaml:3: log.level: "verbose" is not a log level; use debug, info (the default), warn or error`}},
 		{"bad format", db + "log: {format: xml}\n", []string{`log.format: "xml" is not a log format`}},
 		{"bad backend", db + "ledger: {backend: s3}\n", []string{`ledger.backend: "s3" is not a ledger backend; use disk`}},
+		{"bad retention", db + "ledger: {retention: a week}\n", []string{`ledger.retention: "a week" is not a retention; write it like 7d or 72h, or forever`}},
+		{"zero days", db + "ledger: {retention: 0d}\n", []string{`ledger.retention: "0d" is not a number of days`}},
+		{"negative retention", db + "ledger: {retention: -1h}\n", []string{`ledger.retention: "-1h" is not a retention`}},
 		{"memory durable slot", db + "ledger: {backend: memory}\n", []string{"ledger.backend: memory forgets", "temporary_slot: true"}},
 		{"memory with dir", db + "temporary_slot: true\nledger: {backend: memory, dir: x}\n", []string{"ledger.dir: set, but ledger.backend is memory"}},
 		{"bad addr", db + "http: {addr: 9187}\n", []string{`http.addr: "9187" is not host:port; write it like 127.0.0.1:9187`}},
