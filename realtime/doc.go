@@ -97,11 +97,20 @@
 // where N is the position of the last event sent (or P): resume from it. Reasons are
 // "token expired" (at the earliest Decision.Expires of the stream's channels), "shutdown"
 // ([Gateway.Shutdown]) and "ledger error". A client that does not read for
-// [GatewayConfig.WriteTimeout] is disconnected with reason "overflow": the gateway reads
-// the ledger at most [GatewayConfig.Buffer] events ahead of the client, so a slow client
-// never makes memory grow and never loses an event silently, but its connection is then
-// too blocked to carry the message, so the reason and resume position are logged and
-// counted in [Gateway.Stats] and the client resumes with its Last-Event-ID. Do not set an
+// [GatewayConfig.WriteTimeout] is disconnected with reason "overflow": at most
+// [GatewayConfig.Buffer] live events wait for a client, and a client further behind reads
+// its backlog from the ledger a batch at a time, so a slow client never makes memory grow
+// and never loses an event silently, but its connection is then too blocked to carry the
+// message, so the reason and resume position are logged and counted in [Gateway.Stats]
+// and the client resumes with its Last-Event-ID.
+//
+// # Fan-out
+//
+// One reader follows the ledger's head for all the gateway's streams, renders each event
+// once per channel and protocol, and queues the shared bytes on the streams subscribed to
+// it; a stream writes everything queued in one write. A stream that resumes from an older
+// position, or falls more than Buffer events behind, reads its channels from the ledger on
+// its own until it has caught up, then joins the shared reader again. Do not set an
 // http.Server WriteTimeout on the server that hosts the gateway: it would cut every stream.
 //
 // # WebSocket protocol
@@ -152,8 +161,7 @@
 //
 // A client that does not read for [GatewayConfig.WriteTimeout] is disconnected without a
 // close frame (its connection is too blocked to carry one; the browser reports 1006) and
-// the disconnect is logged and counted with reason "overflow". A connection reads the
-// ledger at most about [GatewayConfig.Buffer] events ahead of the client, however many
-// channels it has. A client resumes each channel from the position of the last event it
-// received on it.
+// the disconnect is logged and counted with reason "overflow". At most about
+// [GatewayConfig.Buffer] live events wait for a connection, however many channels it has.
+// A client resumes each channel from the position of the last event it received on it.
 package realtime

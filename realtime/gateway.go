@@ -17,7 +17,6 @@ import (
 
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/pubsub"
 )
 
 // Defaults for [GatewayConfig].
@@ -32,7 +31,7 @@ const (
 // GatewayConfig configures a [Gateway].
 type GatewayConfig struct {
 	// Ledger is the ledger streams read from (Engine.Ledger()). Required.
-	Ledger pubsub.Reader
+	Ledger Ledger
 	// Router checks channels and tells which subscribed channel an event matched
 	// (Engine.Router()). Required.
 	Router *channel.Router
@@ -45,8 +44,11 @@ type GatewayConfig struct {
 	// MaxConnections is the most streams open at once; beyond it a request gets 503.
 	// Default MaxConnectionsDefault (10000).
 	MaxConnections int
-	// Buffer is how many events are read ahead of a client's writes. A slow client holds
-	// at most this many events in memory; its backlog stays in the ledger. Default
+	// Buffer is how many live events may wait for a client's writes (a WebSocket
+	// connection shares it between its channels). The messages themselves are rendered
+	// once and shared by every client, so a waiting event costs a few dozen bytes. A client
+	// further behind leaves the live stream and catches up from the ledger on its own, a
+	// batch at a time, so memory never grows with a client's backlog. Default
 	// BufferDefault (1024).
 	Buffer int
 	// Heartbeat is the interval of the ": ping" comment line that keeps proxies from
@@ -176,6 +178,7 @@ type Gateway struct {
 
 	sent    atomic.Uint64
 	latency prometheus.Histogram
+	hub     *hub
 }
 
 // NewGateway returns a gateway, or an error naming the missing field.
@@ -190,6 +193,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		shutdown: make(chan struct{}),
 		stats:    Stats{Rejected: map[int]uint64{}, Disconnects: map[DisconnectReason]uint64{}},
 		latency:  newLatencyHistogram(),
+		hub:      newHub(cfg.Ledger, cfg.Router, cfg.Logger.With(slog.String("component", "realtime"))),
 	}, nil
 }
 
@@ -222,6 +226,8 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		g.streams.Wait()
+		// The hub stops with its last member, which every stream has left by now.
+		g.hub.wg.Wait()
 		close(done)
 	}()
 	select {
@@ -320,13 +326,16 @@ func (g *Gateway) resynced() {
 	g.mu.Unlock()
 }
 
-// delivered counts an event written to a client and observes its delivery latency: from
-// its commit in PostgreSQL to the write. Events sent from a resume backlog count with
+// delivered counts the messages written to a client and observes their delivery latency:
+// from the commit in PostgreSQL to the write. Events sent from a resume backlog count with
 // their full age.
-func (g *Gateway) delivered(e *event.Event) {
-	g.sent.Add(1)
-	if !e.Timestamp.IsZero() {
-		g.latency.Observe(max(time.Since(e.Timestamp).Seconds(), 0))
+func (g *Gateway) delivered(msgs []message) {
+	g.sent.Add(uint64(len(msgs)))
+	now := time.Now()
+	for i := range msgs {
+		if !msgs[i].at.IsZero() {
+			g.latency.Observe(max(now.Sub(msgs[i].at).Seconds(), 0))
+		}
 	}
 }
 

@@ -1,7 +1,6 @@
 package realtime
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,13 +8,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"time"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
-	"github.com/walflow/walflow/pubsub"
 )
 
 // serveSSE serves one SSE stream: GET ?channel=a&channel=b[&after=N], with the
@@ -51,7 +48,7 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 		g.reject(w, r, status, reason)
 		return
 	}
-	s := &stream{g: g, w: w, rc: http.NewResponseController(w), keys: keys, last: start}
+	s := &stream{g: g, w: w, rc: http.NewResponseController(w), keys: keys, last: start, scan: start}
 	ended := s.run(r, expires, resync)
 	g.release(r, ended, s.last, len(keys))
 }
@@ -79,6 +76,7 @@ type stream struct {
 	rc   *http.ResponseController
 	keys []string
 	last event.Position // the position the client has everything up to
+	scan event.Position // the position the stream has read the ledger up to: last or later
 	buf  []byte
 }
 
@@ -92,19 +90,7 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	s.w.WriteHeader(http.StatusOK)
-
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	var sub *pubsub.Subscription
-	subscribe := func() {
-		start := s.last
-		sub = pubsub.Subscribe(ctx, g.cfg.Ledger, s.keys, &pubsub.Options{After: &start, Buffer: g.cfg.Buffer})
-	}
-	subscribe()
-	defer func() {
-		cancel()
-		<-sub.Done()
-	}()
+	ctx := r.Context()
 	if err := s.ack(resync); err != nil {
 		return s.writeFailed(err)
 	}
@@ -117,56 +103,62 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 	}
 	ping := time.NewTicker(g.cfg.Heartbeat)
 	defer ping.Stop()
-	var matched []string
+
+	m := newMember(s.keys, formatSSE, g.cfg.Buffer, make(chan struct{}, 1))
+	defer g.hub.leave(m)
+	live := false
+	var msgs []message
 	for {
-		select {
-		case e, ok := <-sub.Events():
-			if !ok {
-				<-sub.Done()
-				err := sub.Err()
+		var wake <-chan struct{}
+		if live {
+			wake = m.wake
+		} else {
+			// Catching up: between batches, only look at the other cases.
+			select {
+			case <-ping.C:
+			case <-expiry:
+			case <-g.shutdown:
+			case <-ctx.Done():
+			default:
+				var done bool
+				var err error
+				msgs, done, err = g.hub.catchUp(ctx, s.keys, formatSSE, &s.scan, g.hub.position(), msgs[:0])
+				if werr := s.writeMessages(msgs); werr != nil {
+					return s.writeFailed(werr)
+				}
 				switch {
 				case errors.Is(err, ledger.ErrTruncated):
 					// Retention removed events this client had not read yet: say so, and
 					// go on from the head as a fresh subscription.
 					s.last = g.cfg.Ledger.State().Head
-					subscribe()
+					s.scan = s.last
 					if err := s.ack(err.Error()); err != nil {
 						return s.writeFailed(err)
 					}
-					continue
+				case err != nil && ctx.Err() != nil:
+					return DisconnectClientGone
 				case err != nil:
-					g.log.ErrorContext(r.Context(), "stream read the ledger", slog.String("error", err.Error()))
+					g.log.ErrorContext(ctx, "stream read the ledger", slog.String("error", err.Error()))
 					s.final(DisconnectLedgerError)
 					return DisconnectLedgerError
+				case done:
+					live = g.hub.join(m, s.scan)
 				}
-				return DisconnectClientGone
+				continue
 			}
-			matched = g.cfg.Router.Channels(&e, matched[:0])
-			ch := s.keys[0]
-			for _, k := range s.keys {
-				if slices.Contains(matched, k) {
-					ch = k
-					break
-				}
+		}
+		select {
+		case <-wake:
+			var err error
+			msgs, err = m.take(msgs[:0])
+			if werr := s.writeMessages(msgs); werr != nil {
+				return s.writeFailed(werr)
 			}
-			s.buf = fmt.Appendf(s.buf[:0], "id: %d\nevent: %s\ndata: {\"channel\":", e.Position, e.Type)
-			s.buf = strconv.AppendQuote(s.buf, ch)
-			s.buf = append(s.buf, `,"event":`...)
-			n := len(s.buf)
-			s.buf = e.AppendJSON(s.buf)
-			// A data line ends at a newline. Outside JSON strings (where they are escaped)
-			// CR and LF are whitespace, so replacing them keeps the JSON equal.
-			for i := n; i < len(s.buf); i++ {
-				if s.buf[i] == '\n' || s.buf[i] == '\r' {
-					s.buf[i] = ' '
-				}
+			if err != nil {
+				// Dropped by the hub (a full queue, a truncation, a ledger error): catch up
+				// from the ledger, which tells which.
+				live, s.scan = false, s.last
 			}
-			s.buf = append(s.buf, "}\n\n"...)
-			if err := s.write(); err != nil {
-				return s.writeFailed(err)
-			}
-			s.last = e.Position
-			g.delivered(&e)
 		case <-ping.C:
 			s.buf = append(s.buf[:0], ": ping\n\n"...)
 			if err := s.write(); err != nil {
@@ -182,6 +174,23 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 			return DisconnectClientGone
 		}
 	}
+}
+
+// writeMessages writes messages in one write.
+func (s *stream) writeMessages(msgs []message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	s.buf = s.buf[:0]
+	for i := range msgs {
+		s.buf = append(s.buf, msgs[i].b...)
+	}
+	if err := s.write(); err != nil {
+		return err
+	}
+	s.g.delivered(msgs)
+	s.last = max(s.last, msgs[len(msgs)-1].pos)
+	return nil
 }
 
 // ack sends the subscribed message, or the resync message when resync is the reason the

@@ -16,7 +16,6 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
-	"github.com/walflow/walflow/pubsub"
 )
 
 // wsReadLimit bounds one client message; subscribe messages are tiny, so anything near
@@ -92,12 +91,12 @@ func (g *Gateway) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	c.SetReadLimit(wsReadLimit)
 	ws := &wsConn{
-		g:      g,
-		c:      c,
-		req:    r,
-		subs:   map[string]*wsSub{},
-		ctrl:   make(chan wsRequest),
-		events: make(chan wsEvent, 64),
+		g:    g,
+		c:    c,
+		req:  r,
+		subs: map[string]*wsSub{},
+		ctrl: make(chan wsRequest),
+		wake: make(chan struct{}, 1),
 	}
 	ended, pos := ws.run()
 	g.release(r, ended, pos, len(ws.subs))
@@ -127,35 +126,31 @@ type wsReply struct {
 // wsSub is one channel subscription of a connection.
 type wsSub struct {
 	key     string
-	cancel  context.CancelFunc
-	sub     *pubsub.Subscription
-	done    chan struct{} // the forwarding goroutine ended
-	last    event.Position
+	m       *member
+	live    bool           // on the hub; otherwise catching up from the ledger
+	last    event.Position // the last event sent
+	scan    event.Position // read up to: last or later
 	expires time.Time
 }
 
-// wsEvent is an event, or the end of a subscription when ok is false, forwarded from a
-// subscription to the connection's writer.
-type wsEvent struct {
-	s  *wsSub
-	e  event.Event
-	ok bool
+// wsConn is one WebSocket connection. Its run loop owns subs and is the only writer; one
+// goroutine reads client messages. The hub queues the live events of every subscription and
+// wakes the loop through one channel; subscriptions that are behind catch up from the
+// ledger a batch at a time between the loop's other work, each in ledger order.
+type wsConn struct {
+	g    *Gateway
+	c    *websocket.Conn
+	req  *http.Request // with the current token
+	ctx  context.Context
+	subs map[string]*wsSub
+	ctrl chan wsRequest
+	wake chan struct{}
+	msgs []message
+	last event.Position // the highest position sent, for the log
 }
 
-// wsConn is one WebSocket connection. Its run loop owns subs and is the only writer; one
-// goroutine reads client messages and one per subscription forwards events, so each
-// channel is delivered in ledger order.
-type wsConn struct {
-	g      *Gateway
-	c      *websocket.Conn
-	req    *http.Request // with the current token
-	ctx    context.Context
-	subs   map[string]*wsSub
-	ctrl   chan wsRequest
-	events chan wsEvent
-	buf    []byte
-	last   event.Position // the highest position sent, for the log
-}
+// ready is always ready: the case of a select that has work to do between waits.
+var ready = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 func (ws *wsConn) run() (DisconnectReason, event.Position) {
 	g := ws.g
@@ -170,7 +165,7 @@ func (ws *wsConn) run() (DisconnectReason, event.Position) {
 	defer func() {
 		cancel()
 		for _, s := range ws.subs {
-			<-s.done
+			g.hub.leave(s.m)
 		}
 		_ = ws.c.CloseNow()
 		<-readDone
@@ -203,22 +198,22 @@ func (ws *wsConn) run() (DisconnectReason, event.Position) {
 	defer ping.Stop()
 
 	for {
+		var step <-chan struct{}
+		for _, s := range ws.subs {
+			if !s.live {
+				step = ready
+				break
+			}
+		}
 		var err error
 		select {
 		case m := <-ws.ctrl:
 			err = ws.handle(m)
 			setExpiry()
-		case ev := <-ws.events:
-			if ws.subs[ev.s.key] != ev.s {
-				// Left over from a subscription the client ended.
-				continue
-			}
-			if ev.ok {
-				err = ws.sendEvent(ev.s, &ev.e)
-				break
-			}
-			err = ws.ended(ev.s)
-			setExpiry()
+		case <-ws.wake:
+			err = ws.drain()
+		case <-step:
+			err = ws.catchUp()
 		case <-ping.C:
 			head := g.cfg.Ledger.State().Head
 			err = ws.reply(wsReply{Type: "heartbeat", Position: &head})
@@ -235,23 +230,86 @@ func (ws *wsConn) run() (DisconnectReason, event.Position) {
 			}
 			return DisconnectClientGone, ws.last
 		}
-		var reason DisconnectReason
 		switch {
 		case err == nil:
 			continue
 		case errors.Is(err, errLedger):
 			return ws.close(websocket.StatusInternalError, DisconnectLedgerError)
 		case errors.Is(err, context.DeadlineExceeded):
-			reason = DisconnectOverflow
-		default:
-			reason = DisconnectClientGone
+			return DisconnectOverflow, ws.last
 		}
-		return reason, ws.last
+		return DisconnectClientGone, ws.last
 	}
 }
 
 // errLedger marks a subscription that ended on a ledger error.
 var errLedger = errors.New("ledger error")
+
+// drain writes the events the hub queued for the live subscriptions.
+func (ws *wsConn) drain() error {
+	for _, s := range ws.subs {
+		if !s.live {
+			continue
+		}
+		var err error
+		ws.msgs, err = s.m.take(ws.msgs[:0])
+		if werr := ws.send(s, ws.msgs); werr != nil {
+			return werr
+		}
+		if err != nil {
+			// Dropped by the hub: catch up from the ledger, which tells why.
+			s.live, s.scan = false, s.last
+		}
+	}
+	return nil
+}
+
+// catchUp moves every subscription that is behind the hub one batch on, and joins those
+// that reach it.
+func (ws *wsConn) catchUp() error {
+	g := ws.g
+	for _, s := range ws.subs {
+		if s.live {
+			continue
+		}
+		var done bool
+		var err error
+		ws.msgs, done, err = g.hub.catchUp(ws.ctx, []string{s.key}, formatWS, &s.scan, g.hub.position(), ws.msgs[:0])
+		if werr := ws.send(s, ws.msgs); werr != nil {
+			return werr
+		}
+		switch {
+		case errors.Is(err, ledger.ErrTruncated):
+			// Retention overtook the subscription: resync from the head.
+			s.last = g.cfg.Ledger.State().Head
+			s.scan = s.last
+			if err := ws.ack(s, "", err.Error()); err != nil {
+				return err
+			}
+		case err != nil && ws.ctx.Err() != nil:
+			return err
+		case err != nil:
+			g.log.ErrorContext(ws.ctx, "stream read the ledger", slog.String("channel", s.key), slog.String("error", err.Error()))
+			return fmt.Errorf("%w: %w", errLedger, err)
+		case done:
+			s.live = g.hub.join(s.m, s.scan)
+		}
+	}
+	return nil
+}
+
+// send writes the messages of subscription s, one WebSocket message each.
+func (ws *wsConn) send(s *wsSub, msgs []message) error {
+	for i := range msgs {
+		if err := ws.write(msgs[i].b); err != nil {
+			return err
+		}
+		s.last = msgs[i].pos
+		ws.last = max(ws.last, s.last)
+		ws.g.delivered(msgs[i : i+1])
+	}
+	return nil
+}
 
 // close ends the connection with code and the reason as close reason.
 func (ws *wsConn) close(code websocket.StatusCode, reason DisconnectReason) (DisconnectReason, event.Position) {
@@ -351,28 +409,13 @@ func (ws *wsConn) subscribe(m wsRequest) error {
 	return ws.ack(s, m.Ref, resync)
 }
 
-// start begins delivering key's events after pos.
+// start begins delivering key's events after pos: from the ledger until it reaches the
+// hub, then live.
 func (ws *wsConn) start(key string, pos event.Position, expires time.Time) *wsSub {
-	ctx, cancel := context.WithCancel(ws.ctx)
 	// A connection holds at most about Buffer events in all, whatever its channels.
-	buffer := max(16, ws.g.cfg.Buffer/ws.g.cfg.MaxChannels)
-	s := &wsSub{key: key, cancel: cancel, done: make(chan struct{}), last: pos, expires: expires}
-	s.sub = pubsub.Subscribe(ctx, ws.g.cfg.Ledger, []string{key}, &pubsub.Options{After: &pos, Buffer: buffer})
+	limit := max(16, ws.g.cfg.Buffer/ws.g.cfg.MaxChannels)
+	s := &wsSub{key: key, m: newMember([]string{key}, formatWS, limit, ws.wake), last: pos, scan: pos, expires: expires}
 	ws.subs[key] = s
-	go func() {
-		defer close(s.done)
-		for e := range s.sub.Events() {
-			select {
-			case ws.events <- wsEvent{s: s, e: e, ok: true}:
-			case <-ctx.Done():
-				return
-			}
-		}
-		select {
-		case ws.events <- wsEvent{s: s}:
-		case <-ctx.Done():
-		}
-	}()
 	return s
 }
 
@@ -384,24 +427,6 @@ func (ws *wsConn) ack(s *wsSub, ref, resync string) error {
 	}
 	ws.g.resynced()
 	return ws.reply(wsReply{Type: "resync", Ref: ref, Channel: s.key, Position: &pos, Reason: &resync})
-}
-
-// ended handles a subscription whose events stopped: retention overtook it (resync from
-// the head) or the ledger failed.
-func (ws *wsConn) ended(s *wsSub) error {
-	<-s.done
-	<-s.sub.Done()
-	err := s.sub.Err()
-	s.cancel()
-	if !errors.Is(err, ledger.ErrTruncated) {
-		if err == nil {
-			err = errors.New("subscription ended")
-		}
-		ws.g.log.ErrorContext(ws.req.Context(), "stream read the ledger", slog.String("channel", s.key), slog.String("error", err.Error()))
-		return fmt.Errorf("%w: %w", errLedger, err)
-	}
-	ns := ws.start(s.key, ws.g.cfg.Ledger.State().Head, s.expires)
-	return ws.ack(ns, "", err.Error())
 }
 
 func (ws *wsConn) unsubscribe(m wsRequest) error {
@@ -422,8 +447,7 @@ func (ws *wsConn) unsubscribe(m wsRequest) error {
 
 // drop ends a subscription.
 func (ws *wsConn) drop(s *wsSub) {
-	s.cancel()
-	<-s.done
+	ws.g.hub.leave(s.m)
 	delete(ws.subs, s.key)
 	ws.g.subscribed(-1)
 }
@@ -459,23 +483,6 @@ func (ws *wsConn) auth(m wsRequest) error {
 		}
 	}
 	return ws.reply(wsReply{Type: "authorized", Ref: m.Ref})
-}
-
-// sendEvent writes one event of subscription s.
-func (ws *wsConn) sendEvent(s *wsSub, e *event.Event) error {
-	b := append(ws.buf[:0], `{"type":"event","channel":`...)
-	b, _ = appendJSONString(b, s.key)
-	b = fmt.Appendf(b, `,"position":%d,"event":`, e.Position)
-	b = e.AppendJSON(b)
-	b = append(b, '}')
-	ws.buf = b
-	if err := ws.write(b); err != nil {
-		return err
-	}
-	s.last = e.Position
-	ws.last = max(ws.last, e.Position)
-	ws.g.delivered(e)
-	return nil
 }
 
 // reply writes a control message.
