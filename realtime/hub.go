@@ -50,7 +50,6 @@ type hub struct {
 	pos     event.Position     // every event up to it has been offered to the members
 	subs    map[string]map[*member]struct{}
 	members int
-	touched []*member
 }
 
 func newHub(led Ledger, router *channel.Router, log *slog.Logger) *hub {
@@ -212,6 +211,7 @@ func (h *hub) dropAll(err error) {
 func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 	defer h.wg.Done()
 	var keys []string
+	var touched []*member // the members offered events in a batch, to wake after it
 	for {
 		evs, err := h.led.Read(ctx, pos, hubBatch)
 		if err == nil && len(evs) == 0 {
@@ -245,7 +245,7 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 			h.mu.Unlock()
 			return
 		}
-		touched := h.touched[:0]
+		touched = touched[:0]
 		for i := range evs {
 			e := &evs[i]
 			keys = h.router.Channels(e, keys[:0])
@@ -275,7 +275,6 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 			m.notify()
 		}
 		clear(touched)
-		h.touched = touched[:0]
 		pos = evs[len(evs)-1].Position
 	}
 }
