@@ -224,15 +224,23 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 			if ctx.Err() != nil {
 				return
 			}
+			var te *ledger.TruncatedError
+			truncated := errors.As(err, &te)
 			h.mu.Lock()
-			if h.gen == gen {
-				// Members catch up on their own, meeting the error themselves: a truncation
-				// becomes their resync, anything else ends their streams.
-				h.dropAll(err)
+			if h.gen != gen {
+				h.mu.Unlock()
+				return
+			}
+			// Members catch up on their own, meeting the error themselves: a truncation
+			// becomes their resync, anything else ends their streams.
+			h.dropAll(err)
+			if !truncated && h.running {
+				// The next join starts a new reader.
+				h.cancel()
+				h.running, h.cancel = false, nil
 			}
 			h.mu.Unlock()
-			var te *ledger.TruncatedError
-			if errors.As(err, &te) {
+			if truncated {
 				pos = te.Tail
 				continue
 			}
