@@ -102,7 +102,8 @@
 // its backlog from the ledger a batch at a time, so a slow client never makes memory grow
 // and never loses an event silently, but its connection is then too blocked to carry the
 // message, so the reason and resume position are logged and counted in [Gateway.Stats]
-// and the client resumes with its Last-Event-ID.
+// and the client resumes with its Last-Event-ID. The logged position is a safe lower
+// bound: part of the last write may have reached the client.
 //
 // # Fan-out
 //
