@@ -22,6 +22,7 @@ var (
 	fanoutRate       = flag.Int("fanout.rate", 1000, "BenchmarkFanout's committed events per second, over all channels")
 	fanoutDuration   = flag.Duration("fanout.duration", 10*time.Second, "how long BenchmarkFanout commits events")
 	fanoutBuffer     = flag.Int("fanout.buffer", 0, "the gateway's GatewayConfig.Buffer in BenchmarkFanout (0: realtime.BufferDefault)")
+	fanoutFlush      = flag.Duration("fanout.flush", 0, "the gateway's GatewayConfig.FlushInterval in BenchmarkFanout (0: write at once)")
 	fanoutCPUProfile = flag.String("fanout.cpuprofile", "", "write the gateway process's CPU profile of BenchmarkFanout to this file")
 )
 
@@ -58,6 +59,7 @@ type fanoutOpts struct {
 	Rate       int           // events committed per second, round-robin over the channels
 	Duration   time.Duration // how long events are committed
 	Buffer     int           // the gateway's GatewayConfig.Buffer; 0 for its default
+	Flush      time.Duration // the gateway's GatewayConfig.FlushInterval
 	CPUProfile string        // the gateway process's CPU profile; "" for none
 }
 
@@ -337,7 +339,7 @@ func TestFanoutSmoke(t *testing.T) {
 // as in production. See the package documentation.
 func BenchmarkFanout(b *testing.B) {
 	opts := fanoutOpts{Clients: *fanoutClients, Channels: *fanoutChannels, Rate: *fanoutRate,
-		Duration: *fanoutDuration, Buffer: *fanoutBuffer, CPUProfile: *fanoutCPUProfile}
+		Duration: *fanoutDuration, Buffer: *fanoutBuffer, Flush: *fanoutFlush, CPUProfile: *fanoutCPUProfile}
 	if opts.Channels <= 0 || opts.Clients < opts.Channels || opts.Rate <= 0 || opts.Duration <= 0 {
 		b.Fatalf("fan-out: need clients ≥ channels > 0 and a positive rate and duration; have %+v", opts)
 	}

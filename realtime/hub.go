@@ -26,6 +26,9 @@ type Ledger interface {
 // hubBatch is how many events the hub and a catching-up stream read at a time.
 const hubBatch = 512
 
+// ready is always ready: the case of a select that has work to do between waits.
+var ready = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 // errFellBehind is why the hub dropped a member whose queue was full: the member catches
 // up from the ledger on its own, then joins again.
 var errFellBehind = errors.New("fell behind the live stream")
@@ -41,6 +44,7 @@ type hub struct {
 	led    Ledger
 	router *channel.Router
 	log    *slog.Logger
+	flush  time.Duration  // GatewayConfig.FlushInterval
 	wg     sync.WaitGroup // the running goroutines
 
 	mu      sync.Mutex
@@ -50,10 +54,11 @@ type hub struct {
 	pos     event.Position     // every event up to it has been offered to the members
 	subs    map[string]map[*member]struct{}
 	members int
+	pending []*member // offered events since the last flush, with flush > 0
 }
 
-func newHub(led Ledger, router *channel.Router, log *slog.Logger) *hub {
-	return &hub{led: led, router: router, log: log, subs: map[string]map[*member]struct{}{}}
+func newHub(led Ledger, router *channel.Router, log *slog.Logger, flush time.Duration) *hub {
+	return &hub{led: led, router: router, log: log, flush: flush, subs: map[string]map[*member]struct{}{}}
 }
 
 // format is how a member's messages are rendered.
@@ -79,9 +84,10 @@ type member struct {
 	wake   chan struct{} // capacity 1; may be shared by the subscriptions of a connection
 
 	// Guarded by the hub's mu.
-	from  event.Position // the hub skips events up to it: the member has them already
-	last  event.Position // the last event offered, so an event matching two keys goes once
-	added bool
+	from    event.Position // the hub skips events up to it: the member has them already
+	last    event.Position // the last event offered, so an event matching two keys goes once
+	added   bool
+	pending bool // in the hub's pending list
 
 	mu   sync.Mutex
 	q    []message
@@ -153,6 +159,10 @@ func (h *hub) join(m *member, pos event.Position) bool {
 		h.gen++
 		h.wg.Add(1)
 		go h.run(ctx, h.gen, pos)
+		if h.flush > 0 {
+			h.wg.Add(1)
+			go h.flusher(ctx, h.gen)
+		}
 	}
 	if h.pos > pos {
 		return false
@@ -194,6 +204,17 @@ func (h *hub) remove(m *member) {
 	if h.members == 0 && h.running {
 		h.cancel()
 		h.running, h.cancel = false, nil
+	}
+}
+
+// wakeAll wakes every member, so that its stream looks at the gateway's state.
+func (h *hub) wakeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, set := range h.subs {
+		for m := range set {
+			m.notify()
+		}
 	}
 }
 
@@ -254,6 +275,9 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 			return
 		}
 		touched = touched[:0]
+		if h.flush > 0 {
+			touched = h.pending
+		}
 		for i := range evs {
 			e := &evs[i]
 			keys = h.router.Channels(e, keys[:0])
@@ -269,7 +293,10 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 						named = firstOf(m.keys, keys)
 					}
 					if m.offer(message{pos: e.Position, at: e.Timestamp, b: r.render(e, named, m.format)}) {
-						touched = append(touched, m)
+						if !m.pending {
+							m.pending = true
+							touched = append(touched, m)
+						}
 						continue
 					}
 					h.remove(m)
@@ -278,12 +305,52 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 			}
 			h.pos = e.Position
 		}
+		if h.flush > 0 {
+			// The flusher wakes them.
+			h.pending, touched = touched, nil
+			h.mu.Unlock()
+			pos = evs[len(evs)-1].Position
+			continue
+		}
+		for _, m := range touched {
+			m.pending = false
+		}
 		h.mu.Unlock()
 		for _, m := range touched {
 			m.notify()
 		}
 		clear(touched)
 		pos = evs[len(evs)-1].Position
+	}
+}
+
+// flusher wakes the members offered events, once per flush interval, so that a busy
+// stream writes several events per write.
+func (h *hub) flusher(ctx context.Context, gen uint64) {
+	defer h.wg.Done()
+	t := time.NewTicker(h.flush)
+	defer t.Stop()
+	var wake []*member
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		if h.gen != gen {
+			h.mu.Unlock()
+			return
+		}
+		wake, h.pending = h.pending, wake[:0]
+		for _, m := range wake {
+			m.pending = false
+		}
+		h.mu.Unlock()
+		for _, m := range wake {
+			m.notify()
+		}
+		clear(wake)
 	}
 }
 

@@ -95,60 +95,48 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 		return s.writeFailed(err)
 	}
 
-	var expiry <-chan time.Time
-	if !expires.IsZero() {
-		t := time.NewTimer(time.Until(expires))
-		defer t.Stop()
-		expiry = t.C
-	}
-	ping := time.NewTicker(g.cfg.Heartbeat)
-	defer ping.Stop()
+	// One timer for the heartbeat and the expiry, and no channel shared with other streams
+	// in the select: with thousands of streams, a shared channel's lock is contended.
+	hb := g.cfg.Heartbeat
+	nextPing := time.Now().Add(hb)
+	timer := time.NewTimer(time.Until(nextFire(nextPing, expires)))
+	defer timer.Stop()
 
 	m := newMember(s.keys, formatSSE, g.cfg.Buffer, make(chan struct{}, 1))
 	defer g.hub.leave(m)
 	live := false
 	var msgs []message
 	for {
-		var wake <-chan struct{}
+		if g.closed.Load() {
+			s.final(DisconnectShutdown)
+			return DisconnectShutdown
+		}
+		wake := ready // catching up: go on unless something else is ready
 		if live {
 			wake = m.wake
-		} else {
-			// Catching up: between batches, only look at the other cases.
-			select {
-			case <-ping.C:
-			case <-expiry:
-			case <-g.shutdown:
-			case <-ctx.Done():
-			default:
-				var done bool
-				var err error
-				msgs, done, err = g.hub.catchUp(ctx, s.keys, formatSSE, &s.scan, g.hub.position(), msgs[:0])
-				if werr := s.writeMessages(msgs); werr != nil {
-					return s.writeFailed(werr)
-				}
-				switch {
-				case errors.Is(err, ledger.ErrTruncated):
-					// Retention removed events this client had not read yet: say so, and
-					// go on from the head as a fresh subscription.
-					s.last = g.cfg.Ledger.State().Head
-					s.scan = s.last
-					if err := s.ack(err.Error()); err != nil {
-						return s.writeFailed(err)
-					}
-				case err != nil && ctx.Err() != nil:
-					return DisconnectClientGone
-				case err != nil:
-					g.log.ErrorContext(ctx, "stream read the ledger", slog.String("error", err.Error()))
-					s.final(DisconnectLedgerError)
-					return DisconnectLedgerError
-				case done:
-					live = g.hub.join(m, s.scan)
-				}
-				continue
-			}
 		}
 		select {
 		case <-wake:
+		case <-timer.C:
+			now := time.Now()
+			if !expires.IsZero() && !now.Before(expires) {
+				s.final(DisconnectTokenExpired)
+				return DisconnectTokenExpired
+			}
+			if !now.Before(nextPing) {
+				s.buf = append(s.buf[:0], ": ping\n\n"...)
+				if err := s.write(); err != nil {
+					return s.writeFailed(err)
+				}
+				nextPing = now.Add(hb)
+			}
+			timer.Reset(time.Until(nextFire(nextPing, expires)))
+			continue
+		case <-ctx.Done():
+			return DisconnectClientGone
+		}
+
+		if live {
 			var err error
 			msgs, err = m.take(msgs[:0])
 			if werr := s.writeMessages(msgs); werr != nil {
@@ -159,21 +147,42 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 				// from the ledger, which tells which.
 				live, s.scan = false, s.last
 			}
-		case <-ping.C:
-			s.buf = append(s.buf[:0], ": ping\n\n"...)
-			if err := s.write(); err != nil {
+			continue
+		}
+
+		var done bool
+		var err error
+		msgs, done, err = g.hub.catchUp(ctx, s.keys, formatSSE, &s.scan, g.hub.position(), msgs[:0])
+		if werr := s.writeMessages(msgs); werr != nil {
+			return s.writeFailed(werr)
+		}
+		switch {
+		case errors.Is(err, ledger.ErrTruncated):
+			// Retention removed events this client had not read yet: say so, and go on
+			// from the head as a fresh subscription.
+			s.last = g.cfg.Ledger.State().Head
+			s.scan = s.last
+			if err := s.ack(err.Error()); err != nil {
 				return s.writeFailed(err)
 			}
-		case <-expiry:
-			s.final(DisconnectTokenExpired)
-			return DisconnectTokenExpired
-		case <-g.shutdown:
-			s.final(DisconnectShutdown)
-			return DisconnectShutdown
-		case <-ctx.Done():
+		case err != nil && ctx.Err() != nil:
 			return DisconnectClientGone
+		case err != nil:
+			g.log.ErrorContext(ctx, "stream read the ledger", slog.String("error", err.Error()))
+			s.final(DisconnectLedgerError)
+			return DisconnectLedgerError
+		case done:
+			live = g.hub.join(m, s.scan)
 		}
 	}
+}
+
+// nextFire is when a stream's timer must fire next: the heartbeat, or the expiry if sooner.
+func nextFire(ping, expires time.Time) time.Time {
+	if !expires.IsZero() && expires.Before(ping) {
+		return expires
+	}
+	return ping
 }
 
 // writeMessages writes messages in one write.

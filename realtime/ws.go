@@ -149,9 +149,6 @@ type wsConn struct {
 	last event.Position // the highest position sent, for the log
 }
 
-// ready is always ready: the case of a select that has work to do between waits.
-var ready = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
 func (ws *wsConn) run() (DisconnectReason, event.Position) {
 	g := ws.g
 	ctx, cancel := context.WithCancel(ws.req.Context())

@@ -510,3 +510,29 @@ func TestResync(t *testing.T) {
 		t.Fatalf("Resyncs %d, want 4", s.Resyncs)
 	}
 }
+
+// TestFlushInterval: with FlushInterval, live events are written in batches, every one of
+// them, in order, over SSE and WebSocket.
+func TestFlushInterval(t *testing.T) {
+	t.Parallel()
+	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, FlushInterval: 20 * time.Millisecond})
+	sse := f.open(channels("posts"), nil)
+	sse.ack()
+	w := f.mustDialWS("", nil)
+	w.subscribe("posts")
+	for i := range 20 {
+		f.exec(fmt.Sprintf(`INSERT INTO posts SELECT g, 't' FROM generate_series(%d, %d) g`, i*10, i*10+9))
+	}
+	got, _ := sse.summary(200)
+	gotWS := w.events(200)
+	var want []string
+	for i := range 200 {
+		want = append(want, fmt.Sprintf("posts posts insert %d", i))
+	}
+	if got != strings.Join(want, ", ") {
+		t.Fatalf("SSE: %s", got)
+	}
+	if !slices.Equal(gotWS, want) {
+		t.Fatalf("WebSocket: %v", gotWS)
+	}
+}

@@ -54,6 +54,7 @@ func run() int {
 	chans := flag.String("channels", "", "channels of the baseline subscriber, comma-separated (default none: no baseline)")
 	maxConns := flag.Int("max-connections", 20000, "GatewayConfig.MaxConnections")
 	buffer := flag.Int("buffer", 0, "GatewayConfig.Buffer (default realtime.BufferDefault)")
+	flush := flag.Duration("flush", 0, "GatewayConfig.FlushInterval (default 0: write at once)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	level := flag.String("log-level", "warn", "log level: debug, info, warn or error")
 	flag.Parse()
@@ -112,7 +113,7 @@ func run() int {
 			DatabaseURL: *dsn, Slot: *slot, TemporarySlot: true, Tables: tabs, LedgerDir: *dir,
 			ProcessStatus: "none", Logger: log,
 		},
-		gateway:  realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, MaxConnections: *maxConns, Buffer: *buffer},
+		gateway:  realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, MaxConnections: *maxConns, Buffer: *buffer, FlushInterval: *flush},
 		channels: baseChans,
 	}, os.Stdout)
 	if err != nil {
