@@ -31,6 +31,7 @@ type realtimeConfig struct {
 	MaxChannels    string     `yaml:"max_channels"`
 	Buffer         string     `yaml:"buffer"`
 	Heartbeat      string     `yaml:"heartbeat"`
+	FlushInterval  string     `yaml:"flush_interval"`
 	WriteTimeout   string     `yaml:"write_timeout"`
 	JWT            *jwtConfig `yaml:"jwt"`
 }
@@ -59,6 +60,7 @@ var realtimeSpec = mapSpec("the keys of realtime",
 	"max_channels", scalar("a number of channels like 32"),
 	"buffer", scalar("a number of events like 1024"),
 	"heartbeat", scalar("a duration like 15s"),
+	"flush_interval", scalar("a duration like 25ms"),
 	"write_timeout", scalar("a duration like 10s"),
 	"jwt", jwtSpec,
 )
@@ -139,6 +141,9 @@ func (l *loader) realtime(fc *fileConfig, c *config) error {
 		return err
 	}
 	if g.Buffer, err = l.count("realtime.buffer", rc.Buffer, "events", realtime.BufferDefault); err != nil {
+		return err
+	}
+	if g.FlushInterval, err = l.duration("realtime.flush_interval", rc.FlushInterval); err != nil {
 		return err
 	}
 	if g.Heartbeat, err = l.duration("realtime.heartbeat", rc.Heartbeat); err != nil {

@@ -89,6 +89,7 @@ realtime:
   max_channels: 4
   buffer: 64
   heartbeat: 5s
+  flush_interval: 25ms
   write_timeout: 2s
   jwt:
     hs256_secret_file: jwt_secret
@@ -103,7 +104,7 @@ realtime:
 	rc := c.engine.Realtime
 	g := rc.Gateway
 	if rc.Path != "/live/" || g.MaxConnections != 100 || g.MaxChannels != 4 || g.Buffer != 64 ||
-		g.Heartbeat != 5*time.Second || g.WriteTimeout != 2*time.Second ||
+		g.Heartbeat != 5*time.Second || g.WriteTimeout != 2*time.Second || g.FlushInterval != 25*time.Millisecond ||
 		strings.Join(g.AllowedOrigins, " ") != "https://app.example.com http://localhost:*" {
 		t.Errorf("realtime = %+v", rc)
 	}
