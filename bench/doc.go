@@ -56,7 +56,8 @@
 //	go test -run '^$' -bench BenchmarkFanout -benchtime 1x -timeout 30m ./bench
 //
 // with -fanout.clients, -fanout.channels, -fanout.rate (events/s), -fanout.duration and
-// -fanout.buffer (GatewayConfig.Buffer) for other loads, and -fanout.cpuprofile=FILE for a
+// -fanout.buffer (GatewayConfig.Buffer) and -fanout.flush (GatewayConfig.FlushInterval)
+// for other loads and settings, and -fanout.cpuprofile=FILE for a
 // CPU profile of the gateway process. Each process needs a file descriptor per client; the
 // benchmark raises its soft limit to the hard one. TestFanoutSmoke runs the same code with
 // 200 clients for 2 seconds in every `go test`.
