@@ -67,6 +67,9 @@ func startGateway(tb testing.TB, bin, dsn string, chans []string, opts fanoutOpt
 	args := []string{"-dsn", dsn, "-ledger", filepath.Join(dir, "ledger"), "-slot", "fanout",
 		"-tables", "posts,comments=posts/{post_id}", "-channels", strings.Join(chans, ","),
 		"-max-connections", "20000", "-buffer", strconv.Itoa(opts.Buffer), "-flush", opts.Flush.String()}
+	if opts.MemProfile != "" {
+		args = append(args, "-memprofile", opts.MemProfile)
+	}
 	if opts.CPUProfile != "" {
 		args = append(args, "-cpuprofile", opts.CPUProfile)
 	}

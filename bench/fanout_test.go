@@ -24,6 +24,7 @@ var (
 	fanoutBuffer     = flag.Int("fanout.buffer", 0, "the gateway's GatewayConfig.Buffer in BenchmarkFanout (0: realtime.BufferDefault)")
 	fanoutFlush      = flag.Duration("fanout.flush", 0, "the gateway's GatewayConfig.FlushInterval in BenchmarkFanout (0: write at once)")
 	fanoutCPUProfile = flag.String("fanout.cpuprofile", "", "write the gateway process's CPU profile of BenchmarkFanout to this file")
+	fanoutMemProfile = flag.String("fanout.memprofile", "", "write the gateway process's heap profile at its peak in BenchmarkFanout to this file")
 )
 
 // The bars of the fan-out benchmark (from the issue that asked for it). They are reported,
@@ -61,6 +62,7 @@ type fanoutOpts struct {
 	Buffer     int           // the gateway's GatewayConfig.Buffer; 0 for its default
 	Flush      time.Duration // the gateway's GatewayConfig.FlushInterval
 	CPUProfile string        // the gateway process's CPU profile; "" for none
+	MemProfile string        // the gateway process's heap profile at its peak; "" for none
 }
 
 // fanoutResult is what one fan-out run measured.
@@ -339,7 +341,7 @@ func TestFanoutSmoke(t *testing.T) {
 // as in production. See the package documentation.
 func BenchmarkFanout(b *testing.B) {
 	opts := fanoutOpts{Clients: *fanoutClients, Channels: *fanoutChannels, Rate: *fanoutRate,
-		Duration: *fanoutDuration, Buffer: *fanoutBuffer, Flush: *fanoutFlush, CPUProfile: *fanoutCPUProfile}
+		Duration: *fanoutDuration, Buffer: *fanoutBuffer, Flush: *fanoutFlush, CPUProfile: *fanoutCPUProfile, MemProfile: *fanoutMemProfile}
 	if opts.Channels <= 0 || opts.Clients < opts.Channels || opts.Rate <= 0 || opts.Duration <= 0 {
 		b.Fatalf("fan-out: need clients ≥ channels > 0 and a positive rate and duration; have %+v", opts)
 	}

@@ -33,6 +33,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
 	"strings"
@@ -56,6 +57,7 @@ func run() int {
 	buffer := flag.Int("buffer", 0, "GatewayConfig.Buffer (default realtime.BufferDefault)")
 	flush := flag.Duration("flush", 0, "GatewayConfig.FlushInterval (default 0: write at once)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	memProfile := flag.String("memprofile", "", "write a heap profile to this file each time the live heap reaches a new peak")
 	level := flag.String("log-level", "warn", "log level: debug, info, warn or error")
 	flag.Parse()
 	if *dsn == "" {
@@ -102,6 +104,14 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if *memProfile != "" {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			peakHeapProfiles(ctx, *memProfile)
+		}()
+	}
 	go func() {
 		// Ends with the process: nothing else reads stdin.
 		_, _ = io.Copy(io.Discard, os.Stdin)
@@ -381,4 +391,32 @@ func procStatusKiB(name string) (int64, error) {
 		return 0, err
 	}
 	return 0, fmt.Errorf("no %s line in /proc/self/status", name)
+}
+
+// peakHeapProfiles writes a heap profile to path each time the heap in use reaches a new
+// peak, every half second until ctx ends, so the file shows what the peak was made of.
+func peakHeapProfiles(ctx context.Context, path string) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	var peak uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.HeapInuse <= peak {
+			continue
+		}
+		peak = ms.HeapInuse
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "gateway: -memprofile: %v\n", err)
+			return
+		}
+		_ = pprof.WriteHeapProfile(f)
+		f.Close()
+	}
 }
