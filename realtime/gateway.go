@@ -339,10 +339,10 @@ func (g *Gateway) resynced() {
 // their full age.
 func (g *Gateway) delivered(msgs []message) {
 	g.sent.Add(uint64(len(msgs)))
-	now := time.Now()
+	now := time.Now().UnixNano()
 	for i := range msgs {
-		if !msgs[i].at.IsZero() {
-			g.latency.Observe(max(now.Sub(msgs[i].at).Seconds(), 0))
+		if msgs[i].at != 0 {
+			g.latency.Observe(max(float64(now-msgs[i].at)/1e9, 0))
 		}
 	}
 }

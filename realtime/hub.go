@@ -72,8 +72,8 @@ const (
 // message is one rendered event.
 type message struct {
 	pos event.Position
-	at  time.Time // the commit time, for the latency histogram
-	b   []byte    // shared between members: never modified
+	at  int64  // the commit time in Unix nanoseconds (0: unknown), for the latency histogram
+	b   []byte // shared between members: never modified
 }
 
 // member is one subscription's live queue on the hub.
@@ -292,7 +292,7 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 					if len(m.keys) > 1 {
 						named = firstOf(m.keys, keys)
 					}
-					if m.offer(message{pos: e.Position, at: e.Timestamp, b: r.render(e, named, m.format)}) {
+					if m.offer(message{pos: e.Position, at: commitNanos(e), b: r.render(e, named, m.format)}) {
 						if !m.pending {
 							m.pending = true
 							touched = append(touched, m)
@@ -352,6 +352,14 @@ func (h *hub) flusher(ctx context.Context, gen uint64) {
 		}
 		clear(wake)
 	}
+}
+
+// commitNanos is the event's commit time for message.at.
+func commitNanos(e *event.Event) int64 {
+	if e.Timestamp.IsZero() {
+		return 0
+	}
+	return e.Timestamp.UnixNano()
 }
 
 // renderer renders one event for each channel and format it goes out on, once.
@@ -450,7 +458,7 @@ func (h *hub) catchUp(ctx context.Context, keys []string, f format, pos *event.P
 			matched = h.router.Channels(e, matched[:0])
 			key = firstOf(keys, matched)
 		}
-		dst = append(dst, message{pos: e.Position, at: e.Timestamp, b: appendMessage(nil, f, e, key, eventJSON(nil, e))})
+		dst = append(dst, message{pos: e.Position, at: commitNanos(e), b: appendMessage(nil, f, e, key, eventJSON(nil, e))})
 		*pos = e.Position
 	}
 	if len(evs) < hubBatch {

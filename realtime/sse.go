@@ -185,16 +185,33 @@ func nextFire(ping, expires time.Time) time.Time {
 	return ping
 }
 
-// writeMessages writes messages in one write.
+// writeChunk is the size of the writes a batch of messages is gathered into.
+const writeChunk = 16 << 10
+
+// writeMessages writes messages and flushes them once.
 func (s *stream) writeMessages(msgs []message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	if err := s.rc.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	// Gathered into writes of up to writeChunk bytes: few system calls, and a stream never
+	// holds more than a chunk, however far behind it is.
 	s.buf = s.buf[:0]
 	for i := range msgs {
 		s.buf = append(s.buf, msgs[i].b...)
+		if len(s.buf) >= writeChunk || i == len(msgs)-1 {
+			if _, err := s.w.Write(s.buf); err != nil {
+				return err
+			}
+			s.buf = s.buf[:0]
+		}
 	}
-	if err := s.write(); err != nil {
+	if cap(s.buf) > 2*writeChunk {
+		s.buf = nil // one huge message: do not keep its buffer
+	}
+	if err := s.rc.Flush(); err != nil {
 		return err
 	}
 	s.g.delivered(msgs)
