@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/poshash"
 )
 
 // fanoutRun is the SSE clients of one run and what they share.
@@ -60,7 +61,7 @@ func (r *fanoutRun) connect(ctx context.Context, addr string, n int) error {
 			if err != nil {
 				return err
 			}
-			c := &sseClient{fr: r, idx: i, ch: i % len(r.chans), conn: &timedConn{Conn: conn}, hash: fnvOffset}
+			c := &sseClient{fr: r, idx: i, ch: i % len(r.chans), conn: &timedConn{Conn: conn}, hash: poshash.Offset}
 			r.clients[i] = c
 			req := "GET /?channel=" + r.chans[c.ch] + " HTTP/1.1\r\nHost: " + addr + "\r\nAccept: text/event-stream\r\n\r\n"
 			if _, err := io.WriteString(conn, req); err != nil {
@@ -324,26 +325,9 @@ func (c *sseClient) message(id event.Position, kind, data []byte, acked *bool) e
 	c.maxLatency = max(c.maxLatency, lat)
 	c.lastAt = at
 	c.last = id
-	c.hash = hashPosition(c.hash, id)
+	c.hash = poshash.Add(c.hash, id)
 	c.received.Add(1)
 	return nil
-}
-
-const (
-	fnvOffset = 14695981039346656037
-	fnvPrime  = 1099511628211
-)
-
-// hashPosition adds a position to a 64-bit FNV-1a hash, as internal/testcmd/gateway does
-// for its baseline subscriber.
-func hashPosition(h uint64, p event.Position) uint64 {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(p))
-	for _, c := range b {
-		h ^= uint64(c)
-		h *= fnvPrime
-	}
-	return h
 }
 
 // latencyHist counts durations in buckets 1/64 of a power of two wide (quantiles are at
@@ -437,9 +421,9 @@ func TestLatencyHist(t *testing.T) {
 // TestHashPosition checks that hashPosition is FNV-1a, which the gateway child computes too.
 func TestHashPosition(t *testing.T) {
 	t.Parallel()
-	h, want := uint64(fnvOffset), fnv.New64a()
+	h, want := uint64(poshash.Offset), fnv.New64a()
 	for _, p := range []event.Position{1, 2, 300, 1 << 40} {
-		h = hashPosition(h, p)
+		h = poshash.Add(h, p)
 		_, _ = want.Write(binary.BigEndian.AppendUint64(nil, uint64(p)))
 	}
 	if h != want.Sum64() {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/poshash"
 )
 
 // baseline is the in-process subscriber: it records, for every event, the latency from its
@@ -47,26 +47,9 @@ func newBaseline(r *channel.Router, chans []string, sub *walflow.Subscription, c
 		c, _ := channel.Parse(s)
 		k := c.String()
 		b.keys = append(b.keys, k)
-		b.channels[k] = &channelTally{hash: fnvOffset}
+		b.channels[k] = &channelTally{hash: poshash.Offset}
 	}
 	return b
-}
-
-const (
-	fnvOffset = 14695981039346656037
-	fnvPrime  = 1099511628211
-)
-
-// hashPosition adds a position to a 64-bit FNV-1a hash (hash/fnv's New64a, without its
-// allocation); the bench computes the same.
-func hashPosition(h uint64, p event.Position) uint64 {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(p))
-	for _, c := range b {
-		h ^= uint64(c)
-		h *= fnvPrime
-	}
-	return h
 }
 
 // run reads the subscription until it ends.
@@ -95,7 +78,7 @@ func (b *baseline) run() {
 			continue
 		}
 		t.events++
-		t.hash = hashPosition(t.hash, e.Position)
+		t.hash = poshash.Add(t.hash, e.Position)
 	}
 	<-sub.Done()
 	b.err = sub.Err()
