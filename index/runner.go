@@ -1,0 +1,361 @@
+package index
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+)
+
+// BatchDefault is the default [Config.Batch].
+const BatchDefault = 1024
+
+// ErrRunning is returned by [Runner.Run] while another Run of the same runner is running.
+var ErrRunning = errors.New("index: the runner is already running; call Run once at a time")
+
+// Reader is the part of a ledger the runner reads; a [ledger.Ledger] is one.
+type Reader interface {
+	Read(ctx context.Context, after event.Position, limit int) ([]event.Event, error)
+	Wait(ctx context.Context, after event.Position) error
+	State() ledger.State
+}
+
+// Config configures a [Runner].
+type Config struct {
+	// Ledger is the ledger to index. Required.
+	Ledger Reader
+	// Store keeps the indexes and their checkpoints. Required.
+	Store Store
+	// Indexers are the indexers to run; their names must be distinct. Required.
+	Indexers []Indexer
+	// Logger receives the runner's messages: a rebuild at info level, history lost to
+	// retention at warn level. Nil discards them.
+	Logger *slog.Logger
+	// Batch is how many events are read from the ledger, and indexed in one atomic store
+	// write, at a time. Default BatchDefault (1024).
+	Batch int
+}
+
+func (c Config) withDefaults() Config {
+	c.Batch = cmp.Or(c.Batch, BatchDefault)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if c.Ledger == nil {
+		return errors.New("index: Config.Ledger is nil; set it to the ledger to index")
+	}
+	if c.Store == nil {
+		return errors.New("index: Config.Store is nil; set it to a store (index/disk, or index/memory for tests)")
+	}
+	if len(c.Indexers) == 0 {
+		return errors.New("index: Config.Indexers is empty; give at least one indexer")
+	}
+	if c.Batch < 0 {
+		return fmt.Errorf("index: Config.Batch is %d; set a positive batch size, or 0 for the default %d", c.Batch, BatchDefault)
+	}
+	seen := map[string]bool{}
+	for i := range c.Indexers {
+		ix := &c.Indexers[i]
+		if err := ix.validate(); err != nil {
+			return err
+		}
+		if seen[ix.Name] {
+			return fmt.Errorf("index: two indexers are named %q; give each indexer its own name", ix.Name)
+		}
+		seen[ix.Name] = true
+	}
+	return nil
+}
+
+// Phase is what an indexer is doing.
+type Phase uint8
+
+const (
+	// Stopped: the runner is not running.
+	Stopped Phase = iota
+	// CatchingUp: the indexer is reading history, after a start or a rebuild.
+	CatchingUp
+	// Live: the indexer has indexed the head and follows new events.
+	Live
+)
+
+// String returns stopped, catching_up or live.
+func (p Phase) String() string {
+	switch p {
+	case Stopped:
+		return "stopped"
+	case CatchingUp:
+		return "catching_up"
+	case Live:
+		return "live"
+	default:
+		return "phase(" + strconv.Itoa(int(p)) + ")"
+	}
+}
+
+// MarshalText writes the phase's name.
+func (p Phase) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// Runner keeps a set of indexers up to date with a ledger, and answers reads and
+// subscriptions. Create it with [New] and run it with [Runner.Run]. Its methods are safe
+// for concurrent use.
+type Runner struct {
+	cfg     Config
+	log     *slog.Logger
+	workers []*worker
+	byName  map[string]*worker
+	running atomic.Bool
+
+	subsMu sync.RWMutex
+	subs   map[*Subscription]struct{}
+	nsubs  atomic.Int32
+}
+
+// worker is one indexer's progress, shared by its goroutine and the runner's readers.
+type worker struct {
+	ix Indexer
+
+	mu      sync.Mutex
+	st      State
+	loaded  bool // st was loaded by Run
+	phase   Phase
+	changed chan struct{} // closed and replaced when st or phase change
+}
+
+// New returns a runner of cfg's indexers. It does no I/O and starts nothing.
+func New(cfg Config) (*Runner, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	cfg.Indexers = append([]Indexer(nil), cfg.Indexers...)
+	r := &Runner{
+		cfg:    cfg,
+		log:    cfg.Logger.With(slog.String("component", "index")),
+		byName: map[string]*worker{},
+		subs:   map[*Subscription]struct{}{},
+	}
+	for _, ix := range cfg.Indexers {
+		w := &worker{ix: ix, changed: make(chan struct{})}
+		r.workers = append(r.workers, w)
+		r.byName[ix.Name] = w
+	}
+	return r, nil
+}
+
+// Run indexes until ctx ends, then returns nil. Each indexer resumes from its checkpoint,
+// or rebuilds from the ledger's beginning when its data is missing or its Version changed,
+// catches up in batches, then follows new events; each runs in a goroutine of its own,
+// which Run waits for. Run fails, stopping every indexer, when the ledger or the store
+// fails, or an indexer's Func panics or returns a value with a NUL byte.
+func (r *Runner) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer r.running.Store(false)
+	g, gctx := errgroup.WithContext(ctx)
+	for _, w := range r.workers {
+		g.Go(func() error {
+			defer w.set(func(w *worker) { w.phase = Stopped })
+			err := r.runWorker(gctx, w)
+			if gctx.Err() != nil && errors.Is(err, gctx.Err()) {
+				return nil
+			}
+			return err
+		})
+	}
+	err := g.Wait()
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return nil
+	}
+	return err
+}
+
+func (r *Runner) runWorker(ctx context.Context, w *worker) error {
+	name := w.ix.Name
+	log := r.log.With(slog.String("indexer", name))
+	st, err := r.start(ctx, w, log)
+	if err != nil {
+		return err
+	}
+	w.set(func(w *worker) { w.st, w.loaded, w.phase = st, true, CatchingUp })
+	var (
+		entries []Entry
+		notes   []Notification
+		values  []string
+	)
+	for {
+		evs, err := r.cfg.Ledger.Read(ctx, st.Checkpoint, r.cfg.Batch)
+		if te := (*ledger.TruncatedError)(nil); errors.As(err, &te) {
+			// Retention removed events this indexer had not read: they are gone for good,
+			// so it goes on after the tail, and says so.
+			log.WarnContext(ctx, "retention removed events the indexer had not indexed; its index lacks them",
+				slog.Uint64("checkpoint", uint64(st.Checkpoint)), slog.Uint64("tail", uint64(te.Tail)))
+			st.Checkpoint, st.Since = te.Tail, te.Tail
+			if err := r.cfg.Store.Write(ctx, Batch{Indexer: name, State: st}); err != nil {
+				return fmt.Errorf("index: %s: write checkpoint: %w", name, err)
+			}
+			w.set(func(w *worker) { w.st = st })
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("index: %s: read ledger after position %d: %w", name, st.Checkpoint, err)
+		}
+		if len(evs) == 0 {
+			w.set(func(w *worker) { w.phase = Live })
+			if err := r.cfg.Ledger.Wait(ctx, st.Checkpoint); err != nil {
+				return fmt.Errorf("index: %s: wait for the ledger: %w", name, err)
+			}
+			continue
+		}
+		notify := r.nsubs.Load() > 0
+		entries, notes = entries[:0], notes[:0]
+		for i := range evs {
+			e := &evs[i]
+			values, err = w.values(e, values[:0])
+			if err != nil {
+				return err
+			}
+			for _, v := range values {
+				entries = append(entries, Entry{Value: v, Position: e.Position})
+			}
+			if notify {
+				notes = append(notes, Notification{Indexer: name, Position: e.Position, Values: cloneOrNil(values)})
+			}
+		}
+		st.Checkpoint = evs[len(evs)-1].Position
+		if err := r.cfg.Store.Write(ctx, Batch{Indexer: name, Entries: entries, State: st}); err != nil {
+			return fmt.Errorf("index: %s: write entries through position %d: %w", name, st.Checkpoint, err)
+		}
+		phase := CatchingUp
+		if st.Checkpoint >= r.cfg.Ledger.State().Head {
+			phase = Live
+		}
+		w.set(func(w *worker) { w.st, w.phase = st, phase })
+		if notify {
+			r.publish(name, notes)
+		}
+	}
+}
+
+// start loads the indexer's state, or resets it and starts from the ledger's tail when its
+// data is missing, its version changed, or it is ahead of the ledger.
+func (r *Runner) start(ctx context.Context, w *worker, log *slog.Logger) (State, error) {
+	name := w.ix.Name
+	st, ok, err := r.cfg.Store.State(ctx, name)
+	if err != nil {
+		return State{}, fmt.Errorf("index: %s: load checkpoint: %w", name, err)
+	}
+	led := r.cfg.Ledger.State()
+	var reason string
+	switch {
+	case !ok:
+		reason = "no stored index"
+	case st.Version != w.ix.Version:
+		reason = "indexer version changed from " + strconv.Quote(st.Version) + " to " + strconv.Quote(w.ix.Version)
+	case st.Checkpoint > led.Head:
+		// The ledger was replaced by a shorter one: the entries point at other events.
+		reason = "index checkpoint " + strconv.FormatUint(uint64(st.Checkpoint), 10) + " is past the ledger head " + strconv.FormatUint(uint64(led.Head), 10)
+	default:
+		return st, nil
+	}
+	log.InfoContext(ctx, "rebuilding index", slog.String("reason", reason))
+	// Reset even when no state was found: entries left without their state (a partly
+	// deleted key range) must not mix with the rebuilt ones.
+	if err := r.cfg.Store.Reset(ctx, name); err != nil {
+		return State{}, fmt.Errorf("index: %s: reset for rebuild: %w", name, err)
+	}
+	st = State{Checkpoint: led.Tail, Since: led.Tail, Version: w.ix.Version}
+	if led.Tail > 0 {
+		log.WarnContext(ctx, "retention removed the ledger's oldest events; the rebuilt index starts after the tail",
+			slog.Uint64("tail", uint64(led.Tail)))
+	}
+	if err := r.cfg.Store.Write(ctx, Batch{Indexer: name, State: st}); err != nil {
+		return State{}, fmt.Errorf("index: %s: write checkpoint: %w", name, err)
+	}
+	return st, nil
+}
+
+// values calls the indexer's Func, turns a panic into an error, checks the values and drops
+// duplicates, keeping the first of each.
+func (w *worker) values(e *event.Event, dst []string) (out []string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("index: %s: Func panicked on the event at position %d: %v", w.ix.Name, e.Position, p)
+		}
+	}()
+	out = w.ix.Func(e, dst)
+	n := 0
+	for _, v := range out {
+		if !validValue(v) {
+			return nil, fmt.Errorf("index: %s: Func gave the event at position %d the value %q, which contains a NUL byte; values must not", w.ix.Name, e.Position, v)
+		}
+		if !slices.Contains(out[:n], v) {
+			out[n] = v
+			n++
+		}
+	}
+	clear(out[n:])
+	return out[:n], nil
+}
+
+func cloneOrNil(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return append([]string(nil), s...)
+}
+
+// set changes the worker's progress under its lock and wakes its waiters.
+func (w *worker) set(f func(*worker)) {
+	w.mu.Lock()
+	f(w)
+	close(w.changed)
+	w.changed = make(chan struct{})
+	w.mu.Unlock()
+}
+
+func (r *Runner) worker(indexer string) (*worker, error) {
+	w, ok := r.byName[indexer]
+	if !ok {
+		return nil, fmt.Errorf("index: no indexer is named %q; add it to Config.Indexers", indexer)
+	}
+	return w, nil
+}
+
+// Wait blocks until the indexer has indexed every event up to position pos (its
+// checkpoint is at or past pos), or ctx ends. It waits for Run to load the checkpoint.
+func (r *Runner) Wait(ctx context.Context, indexer string, pos event.Position) error {
+	w, err := r.worker(indexer)
+	if err != nil {
+		return err
+	}
+	for {
+		w.mu.Lock()
+		done := w.loaded && w.st.Checkpoint >= pos
+		ch := w.changed
+		w.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
