@@ -91,8 +91,8 @@ type Status struct {
 	Stored bool `json:"stored"`
 }
 
-// Status returns every indexer's progress, in Config.Indexers order. An indexer Run has not
-// loaded reports the checkpoint in the store.
+// Status returns every indexer's progress, in Config.Indexers order. While Run is not
+// running, it reports the stored checkpoints.
 func (r *Runner) Status(ctx context.Context) ([]Status, error) {
 	head := r.cfg.Ledger.State().Head
 	out := make([]Status, 0, len(r.workers))
@@ -100,7 +100,8 @@ func (r *Runner) Status(ctx context.Context) ([]Status, error) {
 		w.mu.Lock()
 		s := Status{Indexer: w.ix.Name, Phase: w.phase, Checkpoint: w.st.Checkpoint, Since: w.st.Since, Stored: w.loaded}
 		w.mu.Unlock()
-		if !s.Stored {
+		if s.Phase == Stopped {
+			// Not running: the store is the truth (its data may have been deleted).
 			st, ok, err := r.cfg.Store.State(ctx, w.ix.Name)
 			if err != nil {
 				return nil, fmt.Errorf("index: status of %s: %w", w.ix.Name, err)
