@@ -37,9 +37,11 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 // newLedger returns an empty memory ledger, closed when the test ends.
-func newLedger(t *testing.T) *ledgermem.Ledger {
+func newLedger(t *testing.T) *ledgermem.Ledger { return newLedgerTB(t) }
+
+func newLedgerTB(tb testing.TB) *ledgermem.Ledger {
 	l := ledgermem.New(nil)
-	t.Cleanup(func() { l.Close() })
+	tb.Cleanup(func() { l.Close() })
 	return l
 }
 

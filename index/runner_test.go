@@ -493,3 +493,65 @@ func TestStatusPhases(t *testing.T) {
 		t.Fatalf("status after Run: %+v", st[0])
 	}
 }
+
+// TestConcurrentReads reads, subscribes and asks for status while events are written and
+// indexed (run with -race).
+func TestConcurrentReads(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	led := newLedger(t)
+	r, err := index.New(index.Config{Ledger: led, Store: indexmem.New(), Batch: 5,
+		Indexers: []index.Indexer{index.Field("user_id", "user_id"), index.Type("types")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	sub, err := r.Subscribe(ctx, []string{"user_id"}, &index.SubscribeOpts{Buffer: 1 << 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		writeUsers(t, led, 1000, 3)
+	}()
+	var reads int
+	for done := false; !done; {
+		select {
+		case <-wrote:
+			done = true
+		default:
+		}
+		evs, err := r.Read(ctx, "user_id", "2", 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < len(evs); i++ {
+			if evs[i].Position <= evs[i-1].Position {
+				t.Fatalf("Read out of order: %v", positionsOf(evs))
+			}
+		}
+		if _, err := r.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		reads++
+	}
+	waitAll(t, r, led, "user_id", "types")
+	evs, err := r.Read(ctx, "user_id", "2", 0, 1000)
+	if err != nil || len(evs) != 333 {
+		t.Fatalf("Read after writing: %d events, %v; want 333", len(evs), err)
+	}
+	var last event.Position
+	for last < 1000 {
+		select {
+		case n := <-sub.Notifications():
+			if n.Position <= last {
+				t.Fatalf("notification at %d after %d", n.Position, last)
+			}
+			last = n.Position
+		case <-ctx.Done():
+			t.Fatalf("notifications stopped at %d", last)
+		}
+	}
+	t.Logf("%d reads while writing", reads)
+}
