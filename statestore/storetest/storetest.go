@@ -117,6 +117,7 @@ func RunReopen(t *testing.T, open ReopenFunc) {
 			wantLatest(t, what+", after keeping 1", s, "pruned", Savepoint(14, 4, "p4"))
 			deleteOld(t, s, "pruned", 0)
 			wantErr(t, what+": pruned after keeping 0", latestErr(t, s, "pruned"), statestore.ErrNoSavepoint)
+			save(t, s, "pruned", Savepoint(13, 3, "p3"))
 			save(t, s, "pruned", Savepoint(14, 4, "p4"))
 		}
 
