@@ -299,19 +299,32 @@ func (w *worker) values(e *event.Event, dst []string) (out []string, err error) 
 		}
 	}()
 	out = w.ix.Func(e, dst)
+	var seen map[string]struct{} // for many values, where a linear search would be quadratic
+	if len(out) > manyValues {
+		seen = make(map[string]struct{}, len(out))
+	}
 	n := 0
 	for _, v := range out {
 		if !validValue(v) {
 			return nil, fmt.Errorf("index: %s: Func gave the event at position %d the value %q, which contains a NUL byte; values must not", w.ix.Name, e.Position, v)
 		}
-		if !slices.Contains(out[:n], v) {
-			out[n] = v
-			n++
+		if seen != nil {
+			if _, dup := seen[v]; dup {
+				continue
+			}
+			seen[v] = struct{}{}
+		} else if slices.Contains(out[:n], v) {
+			continue
 		}
+		out[n] = v
+		n++
 	}
 	clear(out[n:])
 	return out[:n], nil
 }
+
+// manyValues is how many values an event may have before duplicates are found with a map.
+const manyValues = 16
 
 func cloneOrNil(s []string) []string {
 	if len(s) == 0 {

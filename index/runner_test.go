@@ -555,3 +555,53 @@ func TestConcurrentReads(t *testing.T) {
 	}
 	t.Logf("%d reads while writing", reads)
 }
+
+func TestManyValuesDeduplicated(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	led, store := newLedger(t), indexmem.New()
+	var words []string
+	for i := range 100 {
+		words = append(words, strconv.Itoa(i%40))
+	}
+	write(t, led, insert("posts", row("id", "1", "tags", strings.Join(words, " "))))
+	r, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{tags}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := r.Subscribe(ctx, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	n := <-sub.Notifications()
+	if len(n.Values) != 40 || n.Values[0] != "0" || n.Values[39] != "39" {
+		t.Fatalf("values %q; want 0 to 39 once each, in Func's order", n.Values)
+	}
+	if d := dump(t, store, "tags"); len(d) != 40 {
+		t.Fatalf("%d entries; want 40", len(d))
+	}
+}
+
+// TestLedgerReplaced: an index whose checkpoint is past the ledger's head belongs to
+// another ledger, and is rebuilt.
+func TestLedgerReplaced(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	store := indexmem.New()
+	for _, n := range []int{100, 10} {
+		led := newLedger(t)
+		writeUsers(t, led, n, 1)
+		r, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{index.Field("user_id", "user_id")}, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := run(t, r)
+		waitAll(t, r, led, "user_id")
+		stop()
+		evs, err := r.Read(ctx, "user_id", "0", 0, 1000)
+		if err != nil || len(evs) != n {
+			t.Fatalf("ledger of %d events: read %d, %v", n, len(evs), err)
+		}
+	}
+}
