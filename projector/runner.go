@@ -1,0 +1,876 @@
+package projector
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/operator"
+)
+
+// BatchSizeDefault is the default Config.BatchSize.
+const BatchSizeDefault = 100
+
+// Ledger is what projectors read.
+type Ledger interface {
+	Read(ctx context.Context, after event.Position, limit int) ([]event.Event, error)
+	ReadKeys(ctx context.Context, keys []string, after event.Position, limit int) ([]event.Event, error)
+	Wait(ctx context.Context, after event.Position) error
+	State() ledger.State
+}
+
+// Config configures a [Runner].
+type Config struct {
+	// Ledger is read by every projector. Required.
+	Ledger Ledger
+	// DB is the database HandleTx projectors write through, and where the default store
+	// keeps positions. Required unless Store is set and no projector uses HandleTx.
+	DB *pgxpool.Pool
+	// Store keeps the positions. Default: a [PostgresStore] on DB (table
+	// walflow.projectors). HandleTx projectors need a [TxPositionStore].
+	Store PositionStore
+	// Projectors to run. Names must be unique.
+	Projectors []Projector
+	// BatchSize is the most events a projector applies between two saves of its position
+	// (in one transaction for HandleTx). Default 100.
+	BatchSize int
+	// Retry is the retry policy of projectors whose Retry is nil. The zero value is the
+	// operators' default: 500ms, ×2, at most 10s, 5 retries, then the projector halts.
+	Retry operator.RetryPolicy
+	// Reporter receives retries and halts. Default: logs on Logger.
+	Reporter operator.ErrorReporter
+	// SleepFunc waits between retries. Default: a timer.
+	SleepFunc operator.SleepFunc
+	// Logger receives the runner's logs. Default: warnings and errors as text on stderr.
+	Logger *slog.Logger
+}
+
+// Phase is where a projector stands.
+type Phase uint8
+
+// Phases.
+const (
+	// Stopped: not started, or its Runner is not running.
+	Stopped Phase = iota
+	// Rehydrating: reading the events it missed, or waiting for its dependencies.
+	Rehydrating
+	// Live: it has read the whole ledger, and its dependencies are live.
+	Live
+	// Halted: stopped on a failure until restarted or reset.
+	Halted
+)
+
+// String returns stopped, rehydrating, live or halted.
+func (p Phase) String() string {
+	switch p {
+	case Stopped:
+		return "stopped"
+	case Rehydrating:
+		return "rehydrating"
+	case Live:
+		return "live"
+	case Halted:
+		return "halted"
+	}
+	return fmt.Sprintf("phase(%d)", uint8(p))
+}
+
+// MarshalText writes the phase's name.
+func (p Phase) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// Status is a projector's state in its Runner.
+type Status struct {
+	Name  string `json:"name"`
+	Phase Phase  `json:"phase"`
+	// Position is the resume position: every event at or before it is applied.
+	Position event.Position `json:"position"`
+	// Seen is how far the projector has read; beyond Position in sequence mode while
+	// events wait in the reorder buffer.
+	Seen event.Position `json:"seen"`
+	// Head is the ledger's head, and Lag is Head - Position.
+	Head event.Position `json:"head"`
+	Lag  uint64         `json:"lag"`
+	// Buffered is the number of events in the reorder buffer (sequence mode).
+	Buffered int `json:"buffered"`
+	// Error is the failure that halted the projector.
+	Error string `json:"error,omitempty"`
+	// FailedPosition is the position of the event it halted on.
+	FailedPosition event.Position `json:"failed_position,omitempty"`
+}
+
+// Runner runs projectors. Create it with [New], run it with [Runner.Run].
+type Runner struct {
+	cfg     Config
+	log     *slog.Logger
+	store   PositionStore
+	txStore TxPositionStore
+	pg      *PostgresStore // the default store, migrated by Run
+	projs   []*proj
+	byName  map[string]*proj
+	order   []int
+
+	chMu    sync.Mutex
+	changed chan struct{} // closed and replaced when a projector moves or changes phase
+
+	runMu   sync.Mutex
+	runDone chan struct{} // nil while Run is not running
+	reqs    chan request
+}
+
+// proj is one projector's live state.
+type proj struct {
+	spec
+	deps []*proj
+
+	done     atomic.Uint64 // checkpoint position
+	seen     atomic.Uint64
+	buffered atomic.Int64
+	phase    atomic.Uint32
+
+	mu     sync.Mutex
+	err    string
+	failed event.Position
+
+	// Owned by Run's goroutine.
+	cancel context.CancelFunc
+	exited chan struct{}
+}
+
+type request struct {
+	name  string
+	reset bool // else restart
+	done  chan error
+}
+
+// New validates the projectors and returns a Runner. It refuses duplicate names, unknown or
+// cyclic dependencies, and HandleTx without a database or a transactional store. It starts
+// nothing.
+func New(cfg Config) (*Runner, error) {
+	if cfg.Ledger == nil {
+		return nil, errors.New("projector: Config.Ledger is nil; pass the ledger to read (Engine.Ledger())")
+	}
+	cfg.BatchSize = cmp.Or(cfg.BatchSize, BatchSizeDefault)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	log := cfg.Logger.With(slog.String("component", "projector"))
+	if cfg.Reporter == nil {
+		cfg.Reporter = logReporter{log}
+	}
+	if cfg.SleepFunc == nil {
+		cfg.SleepFunc = sleep
+	}
+	r := &Runner{cfg: cfg, log: log, store: cfg.Store, byName: map[string]*proj{}, changed: make(chan struct{}), reqs: make(chan request)}
+	if r.store == nil {
+		if cfg.DB == nil {
+			return nil, errors.New("projector: neither Config.Store nor Config.DB is set; pass a pgxpool.Pool to keep positions in walflow.projectors, or a store")
+		}
+		r.pg = NewPostgresStore(cfg.DB)
+		r.store = r.pg
+	}
+	r.txStore, _ = r.store.(TxPositionStore)
+	var specs []spec
+	for _, p := range cfg.Projectors {
+		s, err := p.spec(cfg.Retry)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := r.byName[s.Name]; dup {
+			return nil, fmt.Errorf("projector: two projectors are named %q; names key stored positions and must be unique", s.Name)
+		}
+		if s.HandleTx != nil && (cfg.DB == nil || r.txStore == nil) {
+			return nil, fmt.Errorf("projector %s: HandleTx needs Config.DB and a store that saves in a transaction (the default PostgreSQL store does)", s.Name)
+		}
+		pr := &proj{spec: s}
+		r.byName[s.Name] = pr
+		r.projs = append(r.projs, pr)
+		specs = append(specs, s)
+	}
+	ord, err := order(specs)
+	if err != nil {
+		return nil, err
+	}
+	r.order = ord
+	for _, p := range r.projs {
+		for _, d := range p.DependsOn {
+			p.deps = append(p.deps, r.byName[d])
+		}
+	}
+	return r, nil
+}
+
+// Run runs every projector until ctx ends, dependencies first. A halted projector stays
+// halted until restarted or reset; its failure does not stop Run, nor the others (those
+// depending on it wait). It returns nil when ctx ends, after each projector saved its
+// position.
+func (r *Runner) Run(ctx context.Context) error {
+	r.runMu.Lock()
+	if r.runDone != nil {
+		r.runMu.Unlock()
+		return errors.New("projector: Run called while the runner runs")
+	}
+	runDone := make(chan struct{})
+	r.runDone = runDone
+	r.runMu.Unlock()
+	defer func() {
+		r.runMu.Lock()
+		r.runDone = nil
+		r.runMu.Unlock()
+		close(runDone)
+	}()
+	if r.pg != nil {
+		if err := r.pg.Migrate(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	var wg sync.WaitGroup
+	start := func(p *proj) {
+		pctx, cancel := context.WithCancel(ctx)
+		p.cancel, p.exited = cancel, make(chan struct{})
+		exited := p.exited
+		r.setPhase(p, Rehydrating)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(exited)
+			defer cancel()
+			r.runProj(pctx, p)
+		}()
+	}
+	for _, i := range r.order {
+		start(r.projs[i])
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			for _, p := range r.projs {
+				if Phase(p.phase.Load()) != Halted {
+					r.setPhase(p, Stopped)
+				}
+			}
+			return nil
+		case req := <-r.reqs:
+			req.done <- r.control(ctx, req, start)
+		}
+	}
+}
+
+// control carries out a Reset or Restart inside Run.
+func (r *Runner) control(ctx context.Context, req request, start func(*proj)) error {
+	p := r.byName[req.name]
+	running := false
+	select {
+	case <-p.exited:
+	default:
+		running = true
+	}
+	if req.reset {
+		if running {
+			p.cancel()
+			<-p.exited
+		}
+		if err := r.store.Reset(ctx, p.Name); err != nil {
+			start(p) // resume from what is stored
+			return err
+		}
+		r.log.InfoContext(ctx, "projector reset; it replays the ledger from the start", slog.String("projector", p.Name))
+		start(p)
+		return nil
+	}
+	if running {
+		return nil
+	}
+	if err := r.clearHalt(ctx, p.Name); err != nil {
+		return err
+	}
+	r.log.InfoContext(ctx, "projector restarted", slog.String("projector", p.Name))
+	start(p)
+	return nil
+}
+
+func (r *Runner) clearHalt(ctx context.Context, name string) error {
+	cp, err := r.store.Load(ctx, name)
+	if err != nil {
+		return err
+	}
+	if !cp.Halted {
+		return nil
+	}
+	cp.Halted, cp.Error, cp.FailedPosition = false, "", 0
+	return r.store.Save(ctx, name, cp)
+}
+
+// Reset makes the projector replay the ledger from the start: its position goes back to 0
+// (and its halt is cleared). Clear its read model first, or make its handler idempotent. A
+// running Runner stops the projector, resets it and starts it again; otherwise only the
+// store is changed.
+func (r *Runner) Reset(ctx context.Context, name string) error {
+	return r.request(ctx, request{name: name, reset: true})
+}
+
+// Restart clears the projector's halt and resumes it at the event it failed on.
+func (r *Runner) Restart(ctx context.Context, name string) error {
+	return r.request(ctx, request{name: name})
+}
+
+func (r *Runner) request(ctx context.Context, req request) error {
+	if _, ok := r.byName[req.name]; !ok {
+		return fmt.Errorf("%w: %q", ErrUnknown, req.name)
+	}
+	r.runMu.Lock()
+	runDone := r.runDone
+	r.runMu.Unlock()
+	if runDone != nil {
+		req.done = make(chan error, 1)
+		select {
+		case r.reqs <- req:
+			select {
+			case err := <-req.done:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case <-runDone:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if req.reset {
+		return r.store.Reset(ctx, req.name)
+	}
+	return r.clearHalt(ctx, req.name)
+}
+
+// Status reports every projector, in configuration order.
+func (r *Runner) Status() []Status {
+	head := r.cfg.Ledger.State().Head
+	out := make([]Status, len(r.projs))
+	for i, p := range r.projs {
+		pos := event.Position(p.done.Load())
+		s := Status{Name: p.Name, Phase: Phase(p.phase.Load()), Position: pos, Seen: event.Position(p.seen.Load()),
+			Head: head, Buffered: int(p.buffered.Load())}
+		if head > pos {
+			s.Lag = uint64(head - pos)
+		}
+		p.mu.Lock()
+		s.Error, s.FailedPosition = p.err, p.failed
+		p.mu.Unlock()
+		out[i] = s
+	}
+	return out
+}
+
+// WaitLive waits until the projector is live. It fails when ctx ends or the projector
+// halts.
+func (r *Runner) WaitLive(ctx context.Context, name string) error {
+	p, ok := r.byName[name]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknown, name)
+	}
+	for {
+		ch := r.changedCh()
+		switch Phase(p.phase.Load()) {
+		case Live:
+			return nil
+		case Halted:
+			p.mu.Lock()
+			msg := p.err
+			p.mu.Unlock()
+			return fmt.Errorf("projector %s halted: %s", name, msg)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Changed returns a channel closed the next time a projector's position or phase changes.
+func (r *Runner) Changed() <-chan struct{} { return r.changedCh() }
+
+func (r *Runner) changedCh() chan struct{} {
+	r.chMu.Lock()
+	defer r.chMu.Unlock()
+	return r.changed
+}
+
+func (r *Runner) publish() {
+	r.chMu.Lock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.chMu.Unlock()
+}
+
+func (r *Runner) setPhase(p *proj, ph Phase) {
+	if Phase(p.phase.Swap(uint32(ph))) != ph {
+		r.publish()
+	}
+}
+
+// errReload ends a follow whose stored checkpoint changed under it: it loads it again.
+var errReload = errors.New("projector: reload the checkpoint")
+
+// errHalted ends a follow whose projector halted.
+var errHalted = errors.New("projector: halted")
+
+// runProj runs one projector until ctx ends or it halts.
+func (r *Runner) runProj(ctx context.Context, p *proj) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		cp, err := r.store.Load(ctx, p.Name)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.log.WarnContext(ctx, "projector cannot load its position; waiting", slog.String("projector", p.Name), slog.Duration("delay", backoff), slog.Any("error", err))
+			if sleep(ctx, backoff) != nil {
+				return
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		p.done.Store(uint64(cp.Position))
+		p.seen.Store(uint64(max(cp.Seen, cp.Position)))
+		if cp.Halted {
+			r.markHalted(p, cp.Error, cp.FailedPosition)
+			return
+		}
+		p.mu.Lock()
+		p.err, p.failed = "", 0
+		p.mu.Unlock()
+		r.setPhase(p, Rehydrating)
+		f := &follower{r: r, p: p, q: newQueue(p.seq, cp), saved: cp}
+		err = f.run(ctx)
+		switch {
+		case errors.Is(err, errReload):
+			r.log.WarnContext(ctx, "projector's stored position changed under it (a reset, or a second process running it); loading it again", slog.String("projector", p.Name))
+			continue
+		case errors.Is(err, errHalted):
+			return
+		case err != nil:
+			r.setPhase(p, Stopped)
+			return
+		}
+	}
+}
+
+func (r *Runner) markHalted(p *proj, msg string, failed event.Position) {
+	p.mu.Lock()
+	p.err, p.failed = msg, failed
+	p.mu.Unlock()
+	r.setPhase(p, Halted)
+}
+
+// follower is one run of a projector from a loaded checkpoint.
+type follower struct {
+	r     *Runner
+	p     *proj
+	q     *queue
+	saved Checkpoint // as last stored, with the stored version
+}
+
+func (f *follower) run(ctx context.Context) error {
+	r, p, q := f.r, f.p, f.q
+	led := r.cfg.Ledger
+	cursor := q.seen
+	defer f.saveOnExit(ctx)
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		changed := r.changedCh()
+		head := led.State().Head
+		limit := head
+		for _, d := range p.deps {
+			limit = min(limit, event.Position(d.done.Load()))
+		}
+		if cursor < limit {
+			evs, err := f.read(ctx, cursor)
+			if errors.Is(err, ledger.ErrTruncated) {
+				if err := f.truncated(ctx, &cursor); err != nil {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				r.log.ErrorContext(ctx, "projector cannot read the ledger; stopping it", slog.String("projector", p.Name), slog.Any("error", err))
+				return err
+			}
+			var stop error
+			var stopAt *event.Event
+			next := limit
+			if len(evs) == r.cfg.BatchSize && evs[len(evs)-1].Position < limit {
+				next = evs[len(evs)-1].Position
+			}
+			for i := range evs {
+				e := &evs[i]
+				if e.Position > next {
+					break
+				}
+				if !slices.Contains(p.types, e.Type) {
+					q.advance(e.Position)
+					continue
+				}
+				late, err := q.feed(*e, time.Now())
+				if errors.Is(err, ErrBufferFull) {
+					// Commit time may already show the awaited number rolled back.
+					f.logGaps(ctx, q.expire(time.Now(), false))
+					late, err = q.feed(*e, time.Now())
+				}
+				if err != nil {
+					stop, stopAt = err, e
+					break
+				}
+				if late != nil {
+					r.log.ErrorContext(ctx, "projector dropped an event whose sequence number it had taken as rolled back (SkipLate); its read model misses it",
+						slog.String("projector", p.Name), slog.Uint64("position", uint64(e.Position)), slog.String("sequence", late.key),
+						slog.Int64("number", late.num), slog.Int64("next", late.next))
+				}
+			}
+			if stop == nil {
+				q.advance(next)
+				cursor = next
+			} else {
+				cursor = q.seen
+			}
+			f.logGaps(ctx, q.expire(time.Now(), false))
+			if err := f.drain(ctx); err != nil {
+				return err
+			}
+			if stop != nil {
+				f.halt(ctx, stopAt, stop)
+				return errHalted
+			}
+			f.publish()
+			continue
+		}
+		// Everything readable is read.
+		caughtUp := limit == head
+		if gaps := q.expire(time.Now(), caughtUp); len(gaps) > 0 {
+			f.logGaps(ctx, gaps)
+			if err := f.drain(ctx); err != nil {
+				return err
+			}
+			f.publish()
+			continue
+		}
+		f.publish()
+		if caughtUp && !slices.ContainsFunc(p.deps, func(d *proj) bool { return Phase(d.phase.Load()) != Live }) {
+			if Phase(p.phase.Load()) != Live {
+				r.log.InfoContext(ctx, "projector is live", slog.String("projector", p.Name), slog.Uint64("position", uint64(cursor)))
+			}
+			r.setPhase(p, Live)
+		}
+		if err := f.wait(ctx, changed, cursor); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// wait blocks until there may be more to do: the ledger moved (or, with dependencies,
+// another projector did), an awaited sequence number's grace ended, or ctx ended.
+func (f *follower) wait(ctx context.Context, changed <-chan struct{}, cursor event.Position) error {
+	deadline := f.q.deadline()
+	if len(f.p.deps) > 0 {
+		// Dependencies move whenever the ledger does, and publish it.
+		var timer <-chan time.Time
+		if !deadline.IsZero() {
+			t := time.NewTimer(time.Until(deadline))
+			defer t.Stop()
+			timer = t.C
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-timer:
+		}
+		return nil
+	}
+	wctx := ctx
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	err := f.r.cfg.Ledger.Wait(wctx, cursor)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return nil
+	}
+	return err
+}
+
+func (f *follower) read(ctx context.Context, after event.Position) ([]event.Event, error) {
+	if f.p.keys == nil {
+		return f.r.cfg.Ledger.Read(ctx, after, f.r.cfg.BatchSize)
+	}
+	return f.r.cfg.Ledger.ReadKeys(ctx, f.p.keys, after, f.r.cfg.BatchSize)
+}
+
+// truncated handles a position before the ledger's tail. A projector that never read an
+// event starts at the tail; one that did has missed events for good and halts.
+func (f *follower) truncated(ctx context.Context, cursor *event.Position) error {
+	tail := f.r.cfg.Ledger.State().Tail
+	if *cursor == 0 && f.q.buffered() == 0 && len(f.q.ready) == 0 {
+		f.r.log.WarnContext(ctx, "projector starts at the ledger's tail: the earlier events were removed by retention before it first ran",
+			slog.String("projector", f.p.Name), slog.Uint64("tail", uint64(tail)))
+		f.q.advance(tail)
+		*cursor = tail
+		return nil
+	}
+	err := fmt.Errorf("%w: projector %s's position %d is before the ledger's tail %d, so events it had not applied were removed; rebuild its read model and reset it",
+		ledger.ErrTruncated, f.p.Name, *cursor, tail)
+	f.halt(ctx, &event.Event{Position: tail}, err)
+	return errHalted
+}
+
+func (f *follower) logGaps(ctx context.Context, gaps []gap) {
+	for _, g := range gaps {
+		f.r.log.WarnContext(ctx, "projector skipped missing sequence numbers, taken as rolled back",
+			slog.String("projector", f.p.Name), slog.String("sequence", g.key), slog.Int64("from", g.from), slog.Int64("to", g.to),
+			slog.Duration("waited", g.waited), slog.Bool("by_commit_time", g.byLedger))
+	}
+}
+
+// publish shows the projector's progress to Status and to the projectors depending on it.
+func (f *follower) publish() {
+	cp := f.q.checkpoint(0)
+	f.p.seen.Store(uint64(cp.Seen))
+	f.p.buffered.Store(int64(f.q.buffered()))
+	if event.Position(f.p.done.Swap(uint64(cp.Position))) != cp.Position {
+		f.r.publish()
+	}
+}
+
+// drain applies the ready events in batches, retrying a failing one as the policy says.
+func (f *follower) drain(ctx context.Context) error {
+	for len(f.q.ready) > 0 {
+		if ctx.Err() != nil {
+			return nil
+		}
+		k := min(len(f.q.ready), f.r.cfg.BatchSize)
+		i, err := f.apply(ctx, k)
+		if err == nil {
+			f.q.applied(k)
+			f.publish()
+			continue
+		}
+		if isConflict(err) {
+			return errReload
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if i > 0 {
+			if f.p.HandleTx != nil {
+				// The batch rolled back: commit the events before the failing one alone.
+				if _, err := f.apply(ctx, i); err != nil {
+					if isConflict(err) || ctx.Err() == nil {
+						return errReload
+					}
+					return nil
+				}
+			} else if err := f.save(ctx, f.q.checkpoint(i)); isConflict(err) {
+				return errReload
+			}
+			f.q.applied(i)
+			f.publish()
+		}
+		if err := f.retry(ctx, err); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// retry retries the first ready event alone, which failed with err, and halts the projector
+// when the policy's retries run out. Database outages wait without spending retries.
+func (f *follower) retry(ctx context.Context, err error) error {
+	r, p := f.r, f.p
+	bad := f.q.ready[0].ev
+	for attempt, transient := 1, 0; ; attempt++ {
+		// Only a transaction's failure can be told apart as the database being away; a
+		// Handle error is the handler's, whatever it wraps.
+		if p.HandleTx != nil && isTransient(err) {
+			transient++
+			attempt--
+			d := p.retry.Delay(transient)
+			r.log.WarnContext(ctx, "projector cannot reach the database; waiting", slog.String("projector", p.Name), slog.Duration("delay", d), slog.Any("error", err))
+			if r.cfg.SleepFunc(ctx, d) != nil {
+				return nil
+			}
+		} else {
+			if attempt > p.retry.MaxRetries {
+				f.halt(ctx, &bad, err)
+				return errHalted
+			}
+			d := p.retry.Delay(attempt)
+			r.cfg.Reporter.Retry(ctx, p.Name, &bad, attempt, d, err)
+			if r.cfg.SleepFunc(ctx, d) != nil {
+				return nil
+			}
+		}
+		if _, err = f.apply(ctx, 1); err == nil {
+			f.q.applied(1)
+			f.publish()
+			return nil
+		}
+		if isConflict(err) {
+			return errReload
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// apply hands the first k ready events to the handler and saves the checkpoint after them.
+// On error it returns the index of the failing event. With HandleTx, all of it is one
+// transaction; with Handle, the events before the failing one were handled.
+func (f *follower) apply(ctx context.Context, k int) (int, error) {
+	cp := f.q.checkpoint(k)
+	evs := f.q.ready[:k]
+	if f.p.HandleTx == nil {
+		for i := range evs {
+			if err := f.p.Handle(ctx, evs[i].ev); err != nil {
+				return i, err
+			}
+		}
+		if err := f.save(ctx, cp); err != nil {
+			if isConflict(err) {
+				return 0, err
+			}
+			// Handled, not saved: a crash now hands these events over again, as Handle allows.
+			f.r.log.WarnContext(ctx, "projector cannot save its position; it saves it with the next batch", slog.String("projector", f.p.Name), slog.Any("error", err))
+		}
+		return 0, nil
+	}
+	tx, err := f.r.cfg.DB.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	for i := range evs {
+		if err := f.p.HandleTx(ctx, tx, evs[i].ev); err != nil {
+			return i, err
+		}
+	}
+	cp.Version = f.saved.Version
+	if err := f.r.txStore.SaveTx(ctx, tx, f.p.Name, cp); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	cp.Version++
+	f.saved = cp
+	return 0, nil
+}
+
+// save stores cp outside any transaction.
+func (f *follower) save(ctx context.Context, cp Checkpoint) error {
+	cp.Version = f.saved.Version
+	if err := f.r.store.Save(ctx, f.p.Name, cp); err != nil {
+		return err
+	}
+	cp.Version++
+	f.saved = cp
+	return nil
+}
+
+// saveOnExit stores the progress made without events to apply (filtered out, or held), so
+// that a restart does not read it again.
+func (f *follower) saveOnExit(ctx context.Context) {
+	if Phase(f.p.phase.Load()) == Halted {
+		return
+	}
+	cp := f.q.checkpoint(0)
+	if cp.Position == f.saved.Position && cp.Seen == f.saved.Seen {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := f.save(sctx, cp); err != nil && !isConflict(err) {
+		f.r.log.WarnContext(ctx, "projector cannot save its position at stop; it reads the events again at the next start", slog.String("projector", f.p.Name), slog.Any("error", err))
+	}
+}
+
+// halt records the projector's failure on e and stops it.
+func (f *follower) halt(ctx context.Context, e *event.Event, cause error) {
+	cp := f.q.checkpoint(0)
+	cp.Halted, cp.Error, cp.FailedPosition = true, cause.Error(), e.Position
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := f.save(sctx, cp); err != nil {
+		f.r.log.ErrorContext(ctx, "record that a projector halted", slog.String("projector", f.p.Name), slog.Any("error", err))
+	}
+	f.publish()
+	f.r.markHalted(f.p, cause.Error(), e.Position)
+	f.r.cfg.Reporter.Halted(ctx, f.p.Name, e, cause)
+}
+
+// isTransient reports whether err means the database could not be reached, rather than
+// that the event's effect failed.
+func isTransient(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// 08: connection exception; 57P01-03: shutdown, crash, cannot connect now.
+		return pe.Code[:2] == "08" || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	return pgconn.SafeToRetry(err)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// logReporter reports failures to the runner's logger.
+type logReporter struct{ log *slog.Logger }
+
+func (r logReporter) Retry(ctx context.Context, name string, e *event.Event, attempt int, delay time.Duration, err error) {
+	r.log.WarnContext(ctx, "projector failed; retrying", slog.String("projector", name), slog.Uint64("position", uint64(e.Position)),
+		slog.String("entity", e.Name), slog.String("type", e.Type.String()), slog.Int("attempt", attempt),
+		slog.Duration("delay", delay), slog.Any("error", err))
+}
+
+func (r logReporter) Halted(ctx context.Context, name string, e *event.Event, err error) {
+	r.log.ErrorContext(ctx, "projector halted; fix the cause, then restart it (Runner.Restart) or reset it (Runner.Reset)",
+		slog.String("projector", name), slog.Uint64("position", uint64(e.Position)), slog.String("entity", e.Name),
+		slog.String("type", e.Type.String()), slog.Any("error", err))
+}
