@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
 	"github.com/walflow/walflow/source/pgwal"
@@ -44,6 +46,14 @@ type Config struct {
 	// MemoryLedger keeps the ledger in memory instead of LedgerDir: everything is lost when
 	// the process exits, so use it with a temporary slot, for tests and demos. Default false.
 	MemoryLedger bool
+	// Indexers are custom indexes of the ledger (package index: index.Field, index.Type,
+	// index.Table or your own function), built beside it and read with
+	// Engine.Indexes().Read. Each keeps its own checkpoint, catches up from history and
+	// rebuilds when its data is deleted. Default none.
+	Indexers []index.Indexer
+	// IndexDir is the directory of the indexes' store, beside a disk ledger. Default
+	// LedgerDir + ".index". (With MemoryLedger the indexes are in memory too.)
+	IndexDir string
 	// Retention is how long events stay in the ledger. Every event is kept on disk (or in
 	// memory) until it is removed, so without a bound the ledger grows forever: Run removes,
 	// about every minute, the events that committed more than Retention ago. It never
@@ -93,6 +103,7 @@ func (c Config) withDefaults() Config {
 	c.Slot = cmp.Or(c.Slot, pgwal.SlotDefault)
 	c.Publication = cmp.Or(c.Publication, pgwal.PublicationDefault)
 	c.LedgerDir = cmp.Or(c.LedgerDir, LedgerDirDefault)
+	c.IndexDir = cmp.Or(c.IndexDir, c.LedgerDir+".index")
 	c.Retention = cmp.Or(c.Retention, RetentionDefault)
 	c.StatusInterval = cmp.Or(c.StatusInterval, pgwal.StatusIntervalDefault)
 	c.SyncDelay = cmp.Or(c.SyncDelay, pgwal.SyncDelayDefault)
@@ -115,6 +126,9 @@ func (c Config) withDefaults() Config {
 func (c Config) validate() error {
 	if c.DatabaseURL == "" {
 		return errors.New("walflow: DatabaseURL is empty; set it to a PostgreSQL URL such as postgres://app@localhost:5432/app (the CLI also reads WALFLOW_DATABASE_URL)")
+	}
+	if len(c.Indexers) > 0 && !c.MemoryLedger && filepath.Clean(c.IndexDir) == filepath.Clean(c.LedgerDir) {
+		return fmt.Errorf("walflow: IndexDir %q is the ledger's directory; give the indexes their own (default LedgerDir + \".index\")", c.IndexDir)
 	}
 	switch c.ProcessStatus {
 	case "postgres", "memory", "none":

@@ -19,6 +19,8 @@ import (
 
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
+	indexdisk "github.com/walflow/walflow/index/disk"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/ledger/memory"
@@ -48,6 +50,8 @@ type Engine struct {
 	tracker   *processstatus.Tracker
 	psStore   *pgstore.Store    // nil unless process status is kept in PostgreSQL
 	gw        *realtime.Gateway // nil unless Config.Realtime is set
+	idx       *index.Runner     // nil without Config.Indexers
+	idxStore  *indexdisk.Store  // the indexes' disk store, closed by Close
 
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
@@ -118,6 +122,10 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	if err := e.openRealtime(); err != nil {
+		_ = e.Close()
+		return nil, err
+	}
+	if err := e.openIndexes(ctx); err != nil {
 		_ = e.Close()
 		return nil, err
 	}
@@ -295,6 +303,15 @@ func (e *Engine) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return e.tracker.Run(gctx) })
+	if e.idx != nil {
+		g.Go(func() error {
+			if err := e.idx.Run(gctx); err != nil {
+				cancel(ErrStopping)
+				return fmt.Errorf("walflow: indexes: %w", err)
+			}
+			return nil
+		})
+	}
 	if e.ops != nil {
 		g.Go(func() error {
 			if err := e.ops.Run(gctx); err != nil {
@@ -348,6 +365,11 @@ func (e *Engine) Close() error {
 		}
 		if e.pool != nil {
 			e.pool.Close()
+		}
+		if e.idxStore != nil {
+			if err := e.idxStore.Close(); err != nil {
+				e.log.WarnContext(context.Background(), "close the index store", slog.Any("error", err))
+			}
 		}
 		e.closeErr = e.led.Close()
 	})

@@ -61,8 +61,11 @@ func (e *Engine) truncate(ctx context.Context, cutoff time.Time) error {
 		}
 		through = min(through, cp)
 	}
+	if low, ok := e.indexesCheckpoint(ctx); ok {
+		through = min(through, low)
+	}
 	if through <= st.Tail {
-		e.log.DebugContext(ctx, "ledger retention held back by operators or process status",
+		e.log.DebugContext(ctx, "ledger retention held back by operators, process status or indexes",
 			slog.Uint64("retention_cut", uint64(cut)), slog.Uint64("tail", uint64(st.Tail)))
 		return nil
 	}

@@ -107,6 +107,9 @@ func (e *Engine) Handler() http.Handler {
 	if e.gw != nil {
 		reg.MustRegister(e.gw.Collector())
 	}
+	if e.idx != nil {
+		reg.MustRegister(indexCollector{e})
+	}
 	mux := http.NewServeMux()
 	e.mountRealtime(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
