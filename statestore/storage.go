@@ -18,7 +18,8 @@ import (
 //
 // Every method validates runID with [ValidateRunID] and returns that error unchanged, takes
 // a context that bounds the call (a cancelled context makes it fail with an error wrapping
-// ctx.Err()), and is safe for concurrent use.
+// ctx.Err()), and is safe for concurrent use. The backends of this module also implement
+// [Lister].
 type Storage interface {
 	// InitRun initializes the storage of a run, so that savepoints can be saved for it. It
 	// does nothing when the run is already initialized: its savepoints are kept.
@@ -90,6 +91,12 @@ type Savepoint struct {
 	// Position has been applied, so a consumer restarting from the savepoint reads the
 	// ledger after Position. It is 0 for a state built from no event. It is at most
 	// math.MaxInt64, which a ledger never reaches, so that every backend can store it.
+	//
+	// The savepoint carries this typed position rather than an opaque metadata field
+	// because it is the one thing every consumer needs to restart, it must commit with the
+	// state it describes, and as a column it can be read by tools (pgstore stores it as
+	// bigint). Anything else a consumer needs beside its state, such as the version of its
+	// state encoding, goes in an entity with an id of its own.
 	Position event.Position
 	// Entities is the state, one entry per entity, in the order the consumer chooses.
 	// Entity ids must be distinct. It may be empty.
@@ -118,7 +125,7 @@ var (
 	// deleted). A consumer starts from the beginning.
 	ErrNoSavepoint = errors.New("statestore: no savepoint")
 	// ErrOutOfOrder: a savepoint's timestamp is before the latest savepoint's.
-	ErrOutOfOrder = errors.New("statestore: savepoint timestamp before the latest savepoint's")
+	ErrOutOfOrder = errors.New("statestore: savepoint out of order")
 	// ErrInvalidRunID: a run id fails ValidateRunID.
 	ErrInvalidRunID = errors.New("statestore: invalid run id")
 	// ErrInvalidSavepoint: a savepoint fails Savepoint.Validate.

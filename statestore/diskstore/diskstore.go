@@ -238,6 +238,7 @@ func (s *Store) save(ctx context.Context, runID string, sp statestore.Savepoint)
 	if err := b.Set(headerKey(runID, n), hdr, nil); err != nil {
 		return err
 	}
+	prefix := entityPrefix(runID, n)
 	var key, val []byte
 	for i, e := range sp.Entities {
 		if i%checkEvery == checkEvery-1 {
@@ -245,7 +246,7 @@ func (s *Store) save(ctx context.Context, runID string, sp statestore.Savepoint)
 				return err
 			}
 		}
-		key = binary.BigEndian.AppendUint32(append(key[:0], entityPrefix(runID, n)...), uint32(i))
+		key = binary.BigEndian.AppendUint32(append(key[:0], prefix...), uint32(i))
 		val = binary.AppendUvarint(val[:0], uint64(len(e.ID)))
 		val = append(append(val, e.ID...), e.State...)
 		// Set copies key and value into the batch.

@@ -7,5 +7,9 @@
 //		storetest.Run(t, func(t *testing.T) statestore.Storage { return newStore(t) })
 //	}
 //
+// A backend that also implements [statestore.Lister] gets its list checked after every
+// DeleteOldSavepoints, so that the suite sees exactly which savepoints were kept; without
+// it, only the latest savepoint can be checked. Every backend of this module implements it.
+//
 // Every subtest calls t.Parallel; run the suite with -race.
 package storetest

@@ -17,10 +17,6 @@ import (
 	"github.com/walflow/walflow/statestore"
 )
 
-// OpenFunc returns a fresh, empty storage for one test. The backend releases it when the
-// test ends (with t.Cleanup).
-type OpenFunc func(t *testing.T) statestore.Storage
-
 // ReopenFunc prepares a fresh, empty storage for one test and returns a function opening a
 // store on it. Each call of that function opens a new store on the same storage, as a
 // restarted process would; the store returned before is no longer used, and the backend
@@ -33,7 +29,9 @@ const LargeStateBytes = 4 << 20
 
 // Run runs the conformance suite: every operation, the errors, atomicity, concurrency,
 // the keep-N boundaries, deleting and re-initializing runs, empty and large savepoints.
-func Run(t *testing.T, open OpenFunc) {
+// open returns a fresh, empty storage for one test; the backend releases it when the test
+// ends (with t.Cleanup).
+func Run(t *testing.T, open func(t *testing.T) statestore.Storage) {
 	tests := []struct {
 		name string
 		fn   func(*testing.T, statestore.Storage)
