@@ -50,6 +50,8 @@ type fileConfig struct {
 	Operators        map[string]*operatorConfig `yaml:"operators"`
 	OperatorDefaults operatorDefaultsConfig     `yaml:"operator_defaults"`
 	Realtime         *realtimeConfig            `yaml:"realtime"`
+	// Indexes are keyed by name; indexConfig says what each holds.
+	Indexes map[string]*indexConfig `yaml:"indexes"`
 }
 
 type ledgerConfig struct {
@@ -199,6 +201,7 @@ var fileSpec = mapSpec("the top-level keys",
 	"operators", operatorsSpec,
 	"operator_defaults", operatorDefaultsSpec,
 	"realtime", realtimeSpec,
+	"indexes", indexesSpec,
 )
 
 // loader checks one file.
@@ -520,6 +523,9 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 		return nil, err
 	}
 	if err := l.realtime(fc, c); err != nil {
+		return nil, err
+	}
+	if err := l.indexes(fc, e); err != nil {
 		return nil, err
 	}
 	return c, nil
