@@ -295,10 +295,14 @@ func (r *Runner) control(ctx context.Context, req request, start func(*proj)) er
 		start(p)
 		return nil
 	}
+	// A running projector may have loaded a halt it has not shown yet: stop it, so that it
+	// cannot halt again after the store was cleared.
 	if running {
-		return nil
+		p.cancel()
+		<-p.exited
 	}
 	if err := r.clearHalt(ctx, p.Name); err != nil {
+		start(p)
 		return err
 	}
 	r.log.InfoContext(ctx, "projector restarted", slog.String("projector", p.Name))
@@ -326,7 +330,8 @@ func (r *Runner) Reset(ctx context.Context, name string) error {
 	return r.request(ctx, request{name: name, reset: true})
 }
 
-// Restart clears the projector's halt and resumes it at the event it failed on.
+// Restart clears the projector's halt and resumes it at the event it failed on. A running
+// Runner stops the projector (which saves its position) and starts it again.
 func (r *Runner) Restart(ctx context.Context, name string) error {
 	return r.request(ctx, request{name: name})
 }
@@ -337,26 +342,31 @@ func (r *Runner) request(ctx context.Context, req request) error {
 	}
 	r.runMu.Lock()
 	runDone := r.runDone
+	if runDone == nil {
+		// Not running: change the store only, holding runMu so that a Run starting now
+		// loads the checkpoint after the change.
+		defer r.runMu.Unlock()
+		if req.reset {
+			return r.store.Reset(ctx, req.name)
+		}
+		return r.clearHalt(ctx, req.name)
+	}
 	r.runMu.Unlock()
-	if runDone != nil {
-		req.done = make(chan error, 1)
+	req.done = make(chan error, 1)
+	select {
+	case r.reqs <- req:
 		select {
-		case r.reqs <- req:
-			select {
-			case err := <-req.done:
-				return err
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		case <-runDone:
+		case err := <-req.done:
+			return err
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	case <-runDone:
+		// Run ended meanwhile: change the store only.
+		return r.request(ctx, req)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	if req.reset {
-		return r.store.Reset(ctx, req.name)
-	}
-	return r.clearHalt(ctx, req.name)
 }
 
 // Status reports every projector, in configuration order.
