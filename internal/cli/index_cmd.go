@@ -1,0 +1,203 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
+	"github.com/walflow/walflow/operator"
+)
+
+var indexCommand = &command{
+	name:    "index",
+	args:    "COMMAND [flags]",
+	summary: "Rebuild the configured indexes or show how far they are.",
+	help: `
+Indexes (indexes: in the configuration file) are kept beside the ledger, in ledger.dir +
+".index", and walflow run keeps them up to date. Their data can always be rebuilt from the
+ledger. These commands open the ledger and index directories themselves, so they work
+only while walflow run is stopped: a running walflow holds both, and the command says so.
+A running walflow exports each index's checkpoint and lag in /metrics
+(walflow_index_checkpoint_position, walflow_index_lag_events).`,
+	subs: []*command{indexRebuildCommand, indexStatusCommand},
+}
+
+var indexRebuildCommand = &command{
+	name:    "rebuild",
+	args:    "NAME [--config FILE]",
+	params:  []string{"NAME"},
+	summary: "Delete an index's data and rebuild it from the ledger.",
+	help: `
+rebuild deletes the index's entries and checkpoint, then indexes the whole ledger again (from
+its tail, when retention removed the oldest events) and prints the number of entries and
+the checkpoint it reached. Progress goes to stderr: a bar on a terminal, a line every 2
+seconds otherwise. Stopped by Ctrl-C, the index is left partial, and walflow run (or the
+next rebuild) finishes it. Stop walflow run first.`,
+	flags: func(fs *flag.FlagSet) execFunc {
+		path := configFlag(fs)
+		return func(ctx context.Context, e *env, args []string) error {
+			return indexRebuildMain(ctx, e, *path, args[0])
+		}
+	},
+}
+
+var indexStatusCommand = &command{
+	name:    "status",
+	args:    "[--config FILE] [--json]",
+	summary: "Show each index's checkpoint and lag behind the ledger head.",
+	help: `
+status reads each configured index's stored checkpoint (the last ledger position it has
+indexed) and its lag behind the ledger head. An index never built shows no checkpoint:
+walflow run, ledger read --index or index rebuild builds it. Phase is stopped, since status
+runs only while walflow does not. Stop walflow run first.`,
+	flags: func(fs *flag.FlagSet) execFunc {
+		path := configFlag(fs)
+		asJSON := fs.Bool("json", false, "print the indexes as JSON")
+		return func(ctx context.Context, e *env, _ []string) error {
+			return indexStatusMain(ctx, e, *path, *asJSON)
+		}
+	},
+}
+
+func indexRebuildMain(ctx context.Context, e *env, path, name string) error {
+	const cmd = "index rebuild"
+	c, err := loadConfig(path, e.getenv)
+	if err != nil {
+		return err
+	}
+	ix, err := findIndex(cmd, c, path, name)
+	if err != nil {
+		return err
+	}
+	f, err := openLocal(ctx, cmd, c, path, true)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, err := f.runner([]index.Indexer{ix})
+	if err != nil {
+		return err
+	}
+	started := time.Now()
+	if err := f.store.Reset(ctx, name); err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	if err := f.catchUp(ctx, r, operator.NewProgressPrinter(e.stderr, isTerminal(e.stderr))); err != nil {
+		return err
+	}
+	st, _, err := f.store.State(ctx, name)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	var entries, values int
+	last := ""
+	err = f.store.Entries(ctx, name, func(en index.Entry) error {
+		if entries == 0 || en.Value != last {
+			values++
+			last = en.Value
+		}
+		entries++
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	fmt.Fprintf(e.stdout, "Rebuilt %s in %s: %d entries under %d values, checkpoint %d (the ledger head).\n",
+		name, roundElapsed(time.Since(started)), entries, values, st.Checkpoint)
+	if st.Since > 0 {
+		fmt.Fprintf(e.stdout, "Retention had removed the events up to position %d, so the index starts after it.\n", st.Since)
+	}
+	return nil
+}
+
+// indexStatusDoc is walflow index status --json.
+type indexStatusDoc struct {
+	LedgerHead event.Position `json:"ledger_head"`
+	LedgerTail event.Position `json:"ledger_tail"`
+	Indexes    []indexStatus  `json:"indexes"`
+}
+
+// indexStatus is one index's line of walflow index status.
+type indexStatus struct {
+	Name string `json:"name"`
+	// Phase is stopped: status runs only while walflow does not.
+	Phase string `json:"phase"`
+	// Checkpoint is the last ledger position indexed; 0 while not built.
+	Checkpoint event.Position `json:"checkpoint"`
+	// LagEvents is the ledger head minus Checkpoint.
+	LagEvents uint64 `json:"lag_events"`
+	// Since is where the index's history starts: retention had removed the events up to
+	// it when it was built. 0 for the whole history.
+	Since event.Position `json:"since"`
+	// Built says whether the index store holds the index; false before its first build.
+	Built bool `json:"built"`
+}
+
+func indexStatusMain(ctx context.Context, e *env, path string, asJSON bool) error {
+	const cmd = "index status"
+	c, err := loadConfig(path, e.getenv)
+	if err != nil {
+		return err
+	}
+	if len(c.engine.Indexers) == 0 {
+		return usagef("%s: %s configures no indexes; add an indexes: block, like indexes: {by_user: {field: user_id}} (walflow.example.yaml shows one)", cmd, path)
+	}
+	f, err := openLocal(ctx, cmd, c, path, true)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, err := f.runner(c.engine.Indexers)
+	if err != nil {
+		return err
+	}
+	sts, err := r.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	st := f.led.State()
+	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, Indexes: []indexStatus{}}
+	for _, s := range sts {
+		doc.Indexes = append(doc.Indexes, indexStatus{Name: s.Indexer, Phase: s.Phase.String(), Checkpoint: s.Checkpoint,
+			LagEvents: s.Lag, Since: s.Since, Built: s.Stored})
+	}
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(&doc)
+	}
+	writeIndexStatus(e.stdout, &doc, indexDir(c))
+	return nil
+}
+
+// writeIndexStatus prints the indexes for people.
+func writeIndexStatus(w io.Writer, doc *indexStatusDoc, dir string) {
+	fmt.Fprintf(w, "ledger head: position %d; indexes in %s\n\n", doc.LedgerHead, dir)
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	fmt.Fprintln(tw, "INDEX\tCHECKPOINT\tLAG\tPHASE\tSINCE")
+	unbuilt := false
+	for _, s := range doc.Indexes {
+		cp, lag, since := "-", "-", "-"
+		if s.Built {
+			cp, lag = s.Checkpoint.String(), strconv.FormatUint(s.LagEvents, 10)
+			if s.Since > 0 {
+				since = s.Since.String()
+			}
+		} else {
+			unbuilt = true
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, cp, lag, s.Phase, since)
+	}
+	_ = tw.Flush()
+	if unbuilt {
+		fmt.Fprintln(w, "\nAn index without a checkpoint is not built yet: walflow run, walflow ledger read --index")
+		fmt.Fprintln(w, "or walflow index rebuild builds it.")
+	}
+}

@@ -1,0 +1,197 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/operator"
+)
+
+var ledgerCommand = &command{
+	name:    "ledger",
+	args:    "COMMAND [flags]",
+	summary: "Read the ledger's events: all, a channel's, or an index value's.",
+	help: `
+The ledger commands open the ledger directory (ledger.dir) and the index directory beside
+it (ledger.dir + ".index") themselves, so they work only while walflow run is stopped: a
+running walflow holds both, and the command says so.`,
+	subs: []*command{ledgerReadCommand},
+}
+
+var ledgerReadCommand = &command{
+	name:    "read",
+	args:    "[--index NAME --value V | --channel C] [--after P] [--limit N] [--json] [--config FILE]",
+	summary: "Print events in ledger order: all, a channel's, or those of one value of an index.",
+	help: `
+read prints the ledger's events in position order, one line each (position, commit LSN,
+table, type, what changed, channels), or one JSON object per line with --json:
+
+  --index NAME --value V   the events the index NAME (indexes: in the configuration) gave
+                           the value V, like --index by_post --value 1
+  --channel C              the events delivered on channel C, like posts/1/comments
+  neither                  every event
+
+It starts after position --after (0: the beginning) and stops after --limit events (0: no
+limit). An index is first brought up to the ledger's head: read indexes the events walflow
+run had not indexed yet (and builds an index added to the configuration since), so the
+answer is complete. read opens the files directly: stop walflow run first.`,
+	flags: func(fs *flag.FlagSet) execFunc {
+		path := configFlag(fs)
+		idx := fs.String("index", "", "read the events of one value of the index `NAME`")
+		value := fs.String("value", "", "the index `value` whose events to read (with --index)")
+		ch := fs.String("channel", "", "read the events of `channel` C")
+		after := fs.String("after", "0", "start after ledger `position` P")
+		limit := fs.Int("limit", 0, "print at most `N` events (0: no limit)")
+		asJSON := fs.Bool("json", false, "print one JSON event per line")
+		return func(ctx context.Context, e *env, _ []string) error {
+			set := map[string]bool{}
+			fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+			q := readQuery{index: *idx, value: *value, channel: *ch, limit: *limit, json: *asJSON}
+			switch {
+			case set["index"] && !set["value"]:
+				return usagef("ledger read: --index %s needs --value V, the value whose events to read", *idx)
+			case set["value"] && !set["index"]:
+				return usagef("ledger read: --value needs --index NAME, the index the value is in")
+			case set["index"] && set["channel"]:
+				return usagef("ledger read: give --index or --channel, not both")
+			case set["channel"] && *ch == "":
+				return usagef("ledger read: --channel is empty; give a channel like posts or posts/1/comments")
+			case *limit < 0:
+				return usagef("ledger read: --limit %d is negative; give a number of events, or 0 for no limit", *limit)
+			}
+			pos, err := event.ParsePosition(*after)
+			if err != nil {
+				return usagef("ledger read: --after %q is not a ledger position; give a decimal position like 1042 (0: the beginning)", *after)
+			}
+			q.after = pos
+			return ledgerReadMain(ctx, e, *path, q)
+		}
+	},
+}
+
+// readQuery is what walflow ledger read reads.
+type readQuery struct {
+	index, value string // with index set: the events of one index value
+	channel      string // or, with channel set: the events of one channel
+	after        event.Position
+	limit        int // 0: no limit
+	json         bool
+}
+
+// readPage is how many events ledger read reads at a time.
+const readPage = 1000
+
+func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error {
+	const cmd = "ledger read"
+	c, err := loadConfig(path, e.getenv)
+	if err != nil {
+		return err
+	}
+	if q.index != "" || q.value != "" {
+		if _, err := findIndex(cmd, c, path, q.index); err != nil {
+			return err
+		}
+	}
+	f, err := openLocal(ctx, cmd, c, path, q.index != "")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+
+	var read func(after event.Position, n int) ([]event.Event, error)
+	what := "events"
+	switch {
+	case q.index != "":
+		r, err := f.runner(c.engine.Indexers)
+		if err != nil {
+			return err
+		}
+		var progress operator.ProgressFunc
+		if isTerminal(e.stderr) {
+			progress = operator.NewProgressPrinter(e.stderr, true)
+		}
+		if err := f.catchUp(ctx, r, progress); err != nil {
+			return err
+		}
+		read = func(after event.Position, n int) ([]event.Event, error) {
+			return r.Read(ctx, q.index, q.value, after, n)
+		}
+		what = fmt.Sprintf("events of %s %s", q.index, strconv.Quote(q.value))
+	case q.channel != "":
+		keys := []string{q.channel}
+		read = func(after event.Position, n int) ([]event.Event, error) {
+			return f.led.ReadKeys(ctx, keys, after, n)
+		}
+		what = "events on channel " + q.channel
+	default:
+		read = func(after event.Position, n int) ([]event.Event, error) {
+			return f.led.Read(ctx, after, n)
+		}
+	}
+
+	w := bufio.NewWriter(e.stdout)
+	p := eventPrinter{w: w, f: f, json: q.json, color: !q.json && isTerminal(e.stdout) && e.getenv("NO_COLOR") == ""}
+	p.tableWidth = lineTableWidth
+	for _, t := range c.engine.Tables {
+		p.tableWidth = max(p.tableWidth, utf8.RuneCountInString(t.Name))
+	}
+	count, after := 0, q.after
+	for q.limit == 0 || count < q.limit {
+		n := readPage
+		if q.limit > 0 {
+			n = min(n, q.limit-count)
+		}
+		evs, err := read(after, n)
+		if err != nil {
+			w.Flush()
+			if te := (*ledger.TruncatedError)(nil); errors.As(err, &te) {
+				return usagef("%s: --after %d is before the ledger's tail: retention removed the events up to position %d; give --after %d or later", cmd, q.after, te.Tail, te.Tail)
+			}
+			return fmt.Errorf("%s: %w", cmd, err)
+		}
+		for i := range evs {
+			p.print(&evs[i])
+		}
+		count += len(evs)
+		if len(evs) < n {
+			break
+		}
+		after = evs[len(evs)-1].Position
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	if count == 0 && !q.json {
+		fmt.Fprintf(e.stderr, "No %s after position %d (the ledger head is %d).\n", what, q.after, f.led.State().Head)
+	}
+	return nil
+}
+
+// eventPrinter writes events as lines for people, or as JSON lines.
+type eventPrinter struct {
+	w          io.Writer
+	f          *localFiles
+	json       bool
+	color      bool
+	tableWidth int
+	buf        []byte
+	channels   []string
+}
+
+func (p *eventPrinter) print(ev *event.Event) {
+	if p.json {
+		p.buf = append(ev.AppendJSON(p.buf[:0]), '\n')
+		p.w.Write(p.buf)
+		return
+	}
+	p.channels = p.f.router.Channels(ev, p.channels[:0])
+	fmt.Fprintln(p.w, eventLineWidth(ev, p.f.router.Table(ev.Name), p.channels, p.color, p.tableWidth))
+}

@@ -1,0 +1,225 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
+	indexdisk "github.com/walflow/walflow/index/disk"
+	"github.com/walflow/walflow/ledger/disk"
+	"github.com/walflow/walflow/operator"
+)
+
+// localFiles are the ledger of a configuration, and its index store, opened by a command
+// (ledger read, index rebuild, index status) in its own process. Pebble locks both while
+// they are open, so this works only while no walflow runs on them.
+type localFiles struct {
+	cmd    string // "ledger read", for errors
+	cfg    *config
+	path   string // the configuration file
+	router *channel.Router
+	led    *disk.Ledger
+	store  *indexdisk.Store // nil unless opened withIndexes
+}
+
+// openLocal opens the ledger of configuration c (read from path) for command cmd, and its
+// index store when withIndexes is set. The caller closes them.
+func openLocal(ctx context.Context, cmd string, c *config, path string, withIndexes bool) (*localFiles, error) {
+	if c.engine.MemoryLedger {
+		return nil, usagef("%s: ledger.backend is memory in %s: that ledger lives only inside walflow run, so there are no files to read", cmd, path)
+	}
+	dir := c.engine.LedgerDir
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: the ledger %s does not exist yet; walflow run --config %s creates it", cmd, dir, path)
+	}
+	tables := make([]channel.Table, len(c.engine.Tables))
+	for i, t := range c.engine.Tables {
+		tables[i] = t.WithDefaults()
+	}
+	router, err := channel.NewRouter(tables)
+	if err != nil {
+		return nil, fmt.Errorf("%s: tables: %w", cmd, err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	// The ledger recomputes the channels of an interrupted transaction with the router, as
+	// walflow run does.
+	led, err := disk.Open(ctx, dir, &disk.Options{Indexer: router.Channels, Logger: quiet})
+	if err != nil {
+		return nil, lockedError(cmd, "ledger", dir, err)
+	}
+	f := &localFiles{cmd: cmd, cfg: c, path: path, router: router, led: led}
+	if withIndexes {
+		idir := indexDir(c)
+		store, err := indexdisk.Open(ctx, idir, &indexdisk.Options{Logger: quiet})
+		if err != nil {
+			led.Close()
+			return nil, lockedError(cmd, "index", idir, err)
+		}
+		f.store = store
+	}
+	return f, nil
+}
+
+// indexDir is the directory of the configuration's index store, as walflow run uses it.
+func indexDir(c *config) string {
+	return cmp.Or(c.engine.IndexDir, c.engine.LedgerDir+".index")
+}
+
+// lockedError explains a failure to open the ledger or index files at dir: when another
+// process (or this one) holds them, that is a running walflow.
+func lockedError(cmd, what, dir string, err error) error {
+	if isLocked(err) {
+		return fmt.Errorf("%s: the %s %s is in use by a running walflow (Pebble holds its lock); stop walflow run first: %s reads and writes the files directly", cmd, what, dir, cmd)
+	}
+	return fmt.Errorf("%s: %w", cmd, err)
+}
+
+// isLocked reports whether err is Pebble's failure to lock a database directory: held by
+// another process (EAGAIN or EACCES from fcntl) or by this one.
+func isLocked(err error) bool {
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) ||
+		strings.Contains(err.Error(), "lock held by current process")
+}
+
+// Close closes the index store and the ledger.
+func (f *localFiles) Close() error {
+	var errs []error
+	if f.store != nil {
+		errs = append(errs, f.store.Close())
+	}
+	errs = append(errs, f.led.Close())
+	return errors.Join(errs...)
+}
+
+// indexNames lists the configured indexes.
+func indexNames(c *config) []string {
+	names := make([]string, len(c.engine.Indexers))
+	for i, ix := range c.engine.Indexers {
+		names[i] = ix.Name
+	}
+	return names
+}
+
+// findIndex returns the configured index called name, or a usage error listing the names.
+func findIndex(cmd string, c *config, path, name string) (index.Indexer, error) {
+	for _, ix := range c.engine.Indexers {
+		if ix.Name == name {
+			return ix, nil
+		}
+	}
+	names := indexNames(c)
+	if len(names) == 0 {
+		return index.Indexer{}, usagef("%s: %s configures no indexes; add an indexes: block, like indexes: {by_user: {field: user_id}} (walflow.example.yaml shows one)", cmd, path)
+	}
+	msg := fmt.Sprintf("%s: unknown index %q", cmd, name)
+	if s := suggest(name, names); s != "" {
+		msg += fmt.Sprintf(" (did you mean %s?)", s)
+	}
+	return index.Indexer{}, usagef("%s; the indexes in %s are %s", msg, path, strings.Join(names, ", "))
+}
+
+// runner returns a runner of indexers over the opened ledger and index store.
+func (f *localFiles) runner(indexers []index.Indexer) (*index.Runner, error) {
+	r, err := index.New(index.Config{Ledger: f.led, Store: f.store, Indexers: indexers})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.cmd, err)
+	}
+	return r, nil
+}
+
+// progressEvery is how often catchUp reports progress.
+const progressEvery = 100 * time.Millisecond
+
+// catchUp runs r until each of its indexers has indexed the ledger's head as it was when
+// catchUp was called (indexing what walflow run had not, or rebuilding what was reset),
+// then stops it. progress, when set, is called with each indexer's progress at the start,
+// every progressEvery and once finished.
+func (f *localFiles) catchUp(ctx context.Context, r *index.Runner, progress operator.ProgressFunc) error {
+	head := f.led.State().Head
+	start, err := r.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.cmd, err)
+	}
+	// from is where each indexer starts: its stored checkpoint, or the tail when it has
+	// none (a rebuild).
+	from := map[string]event.Position{}
+	for _, s := range start {
+		from[s.Indexer] = f.led.State().Tail
+		if s.Stored && s.Checkpoint <= head {
+			from[s.Indexer] = s.Checkpoint
+		}
+	}
+	started := time.Now()
+	report := func(sts []index.Status, finished bool) {
+		if progress == nil {
+			return
+		}
+		now := time.Now()
+		for _, s := range sts {
+			if s.Phase != index.Stopped && s.Checkpoint < from[s.Indexer] {
+				from[s.Indexer] = s.Since // rebuilt after all (its version changed)
+			}
+			base := min(head, from[s.Indexer])
+			cp := min(head, max(s.Checkpoint, base))
+			progress(operator.BackfillProgress{
+				Operator: s.Indexer, Entity: "events", Done: int64(cp - base), Total: int64(head - base),
+				Started: started, At: now, Finished: finished,
+			})
+		}
+	}
+	report(start, false)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() { ran <- r.Run(runCtx) }()
+	caught := make(chan error, 1)
+	go func() {
+		for _, s := range start {
+			if err := r.Wait(runCtx, s.Indexer, head); err != nil {
+				caught <- err
+				return
+			}
+		}
+		caught <- nil
+	}()
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-caught:
+			cancel()
+			runErr := <-ran
+			if err != nil || runErr != nil {
+				return fmt.Errorf("%s: index the ledger: %w", f.cmd, cmp.Or(runErr, err))
+			}
+			// Stopped: Status reads the stored checkpoints.
+			sts, err := r.Status(ctx)
+			if err != nil {
+				return fmt.Errorf("%s: %w", f.cmd, err)
+			}
+			report(sts, true)
+			return nil
+		case err := <-ran:
+			cancel()
+			<-caught
+			if err == nil {
+				err = ctx.Err()
+			}
+			return fmt.Errorf("%s: index the ledger: %w", f.cmd, err)
+		case <-tick.C:
+			if sts, err := r.Status(ctx); err == nil {
+				report(sts, false)
+			}
+		}
+	}
+}
