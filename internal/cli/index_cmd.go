@@ -6,7 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,8 +28,7 @@ Indexes (indexes: in the configuration file) are kept beside the ledger, in ledg
 ".index", and walflow run keeps them up to date. Their data can always be rebuilt from the
 ledger. These commands open the ledger and index directories themselves, so they work
 only while walflow run is stopped: a running walflow holds both, and the command says so.
-A running walflow exports each index's checkpoint and lag in /metrics
-(walflow_index_checkpoint_position, walflow_index_lag_events).`,
+index status asks a running walflow's /metrics instead.`,
 	subs: []*command{indexRebuildCommand, indexStatusCommand},
 }
 
@@ -53,10 +56,11 @@ var indexStatusCommand = &command{
 	args:    "[--config FILE] [--json]",
 	summary: "Show each index's checkpoint and lag behind the ledger head.",
 	help: `
-status reads each configured index's stored checkpoint (the last ledger position it has
-indexed) and its lag behind the ledger head. An index never built shows no checkpoint:
-walflow run, ledger read --index or index rebuild builds it. Phase is stopped, since status
-runs only while walflow does not. Stop walflow run first.`,
+status shows each configured index's checkpoint (the last ledger position it has indexed)
+and its lag behind the ledger head. While walflow runs, they come from its /metrics at
+http.addr, and the phase is live (the head is indexed) or catching_up. Otherwise status
+reads the index store (phase stopped); an index never built shows no checkpoint: walflow
+run, ledger read --index or index rebuild builds it.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		asJSON := fs.Bool("json", false, "print the indexes as JSON")
@@ -121,13 +125,18 @@ func indexRebuildMain(ctx context.Context, e *env, path, name string) error {
 type indexStatusDoc struct {
 	LedgerHead event.Position `json:"ledger_head"`
 	LedgerTail event.Position `json:"ledger_tail"`
-	Indexes    []indexStatus  `json:"indexes"`
+	// From says where the figures come from: the running walflow's /metrics, or the
+	// index store.
+	From    string        `json:"from"`
+	Indexes []indexStatus `json:"indexes"`
 }
 
 // indexStatus is one index's line of walflow index status.
 type indexStatus struct {
 	Name string `json:"name"`
-	// Phase is stopped: status runs only while walflow does not.
+	// Phase is stopped when read from the index store; from a running walflow, live when
+	// the index has indexed the head and catching_up otherwise, or not_running when the
+	// running walflow lacks the index (its configuration differs).
 	Phase string `json:"phase"`
 	// Checkpoint is the last ledger position indexed; 0 while not built.
 	Checkpoint event.Position `json:"checkpoint"`
@@ -149,37 +158,155 @@ func indexStatusMain(ctx context.Context, e *env, path string, asJSON bool) erro
 	if len(c.engine.Indexers) == 0 {
 		return usagef("%s: %s configures no indexes; add an indexes: block, like indexes: {by_user: {field: user_id}} (walflow.example.yaml shows one)", cmd, path)
 	}
-	f, err := openLocal(ctx, cmd, c, path, true)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r, err := f.runner(c.engine.Indexers)
-	if err != nil {
-		return err
-	}
-	sts, err := r.Status(ctx)
-	if err != nil {
-		return fmt.Errorf("%s: %w", cmd, err)
-	}
-	st := f.led.State()
-	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, Indexes: []indexStatus{}}
-	for _, s := range sts {
-		doc.Indexes = append(doc.Indexes, indexStatus{Name: s.Indexer, Phase: s.Phase.String(), Checkpoint: s.Checkpoint,
-			LagEvents: s.Lag, Since: s.Since, Built: s.Stored})
+	doc, ok := runningIndexes(ctx, c)
+	if !ok {
+		if doc, err = storedIndexes(ctx, cmd, c, path); err != nil {
+			return err
+		}
 	}
 	if asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(&doc)
 	}
-	writeIndexStatus(e.stdout, &doc, indexDir(c))
+	writeIndexStatus(e.stdout, &doc)
 	return nil
 }
 
+// storedIndexes reads the indexes' checkpoints from the index store, while no walflow runs.
+func storedIndexes(ctx context.Context, cmd string, c *config, path string) (indexStatusDoc, error) {
+	f, err := openLocal(ctx, cmd, c, path, true)
+	if err != nil {
+		return indexStatusDoc{}, err
+	}
+	defer f.Close()
+	r, err := f.runner(c.engine.Indexers)
+	if err != nil {
+		return indexStatusDoc{}, err
+	}
+	sts, err := r.Status(ctx)
+	if err != nil {
+		return indexStatusDoc{}, fmt.Errorf("%s: %w", cmd, err)
+	}
+	st := f.led.State()
+	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, From: "the index store " + indexDir(c), Indexes: []indexStatus{}}
+	for _, s := range sts {
+		doc.Indexes = append(doc.Indexes, indexStatus{Name: s.Indexer, Phase: s.Phase.String(), Checkpoint: s.Checkpoint,
+			LagEvents: s.Lag, Since: s.Since, Built: s.Stored})
+	}
+	return doc, nil
+}
+
+var (
+	indexMetricRE  = regexp.MustCompile(`^walflow_index_(checkpoint_position|lag_events)\{index="([a-z0-9_]+)"\} (\S+)$`)
+	ledgerMetricRE = regexp.MustCompile(`^walflow_ledger_(head|tail)_position (\S+)$`)
+)
+
+// runningIndexes reads the indexes' progress from the /metrics of the walflow running at
+// http.addr; ok is false when none answers. Phase is live when an index has indexed the
+// head, catching_up otherwise; Since is unknown (0).
+func runningIndexes(ctx context.Context, c *config) (doc indexStatusDoc, ok bool) {
+	if c.engine.HTTPAddr == "" {
+		return doc, false
+	}
+	url := "http://" + c.engine.HTTPAddr + "/metrics"
+	body, err := getMetrics(ctx, url)
+	if err != nil {
+		return doc, false
+	}
+	byName := map[string]*indexStatus{}
+	var order []string
+	var head, tail bool
+	for line := range strings.Lines(body) {
+		line = strings.TrimSpace(line)
+		if m := ledgerMetricRE.FindStringSubmatch(line); m != nil {
+			v, err := strconv.ParseFloat(m[2], 64)
+			if err != nil {
+				return doc, false
+			}
+			if m[1] == "head" {
+				doc.LedgerHead, head = event.Position(v), true
+			} else {
+				doc.LedgerTail, tail = event.Position(v), true
+			}
+			continue
+		}
+		m := indexMetricRE.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			return doc, false
+		}
+		s := byName[m[2]]
+		if s == nil {
+			s = &indexStatus{Name: m[2], Built: true}
+			byName[m[2]] = s
+			order = append(order, m[2])
+		}
+		if m[1] == "checkpoint_position" {
+			s.Checkpoint = event.Position(v)
+		} else {
+			s.LagEvents = uint64(v)
+		}
+	}
+	if !head || !tail {
+		return doc, false // not a walflow
+	}
+	doc.From = "the running walflow at " + url
+	doc.Indexes = []indexStatus{}
+	// The configured indexes first, in order, then those only the running walflow has.
+	names := indexNames(c)
+	for _, n := range order {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	for _, n := range names {
+		s := byName[n]
+		if s == nil {
+			// Configured, but not in the running walflow: its configuration differs.
+			doc.Indexes = append(doc.Indexes, indexStatus{Name: n, Phase: "not_running"})
+			continue
+		}
+		s.Phase = index.CatchingUp.String()
+		if s.LagEvents == 0 {
+			s.Phase = index.Live.String()
+		}
+		doc.Indexes = append(doc.Indexes, *s)
+	}
+	return doc, true
+}
+
+// getMetrics fetches a running walflow's /metrics.
+func getMetrics(ctx context.Context, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	// No keep-alive: the connection closes with the response and leaves no goroutine.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s answered %s", url, resp.Status)
+	}
+	return string(body), nil
+}
+
 // writeIndexStatus prints the indexes for people.
-func writeIndexStatus(w io.Writer, doc *indexStatusDoc, dir string) {
-	fmt.Fprintf(w, "ledger head: position %d; indexes in %s\n\n", doc.LedgerHead, dir)
+func writeIndexStatus(w io.Writer, doc *indexStatusDoc) {
+	fmt.Fprintf(w, "ledger head: position %d (from %s)\n\n", doc.LedgerHead, doc.From)
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "INDEX\tCHECKPOINT\tLAG\tPHASE\tSINCE")
 	unbuilt := false

@@ -134,12 +134,16 @@ func TestLedgerReadAndIndexRebuild(t *testing.T) {
 	if _, err := conn.Exec(ctx, blogSchema); err != nil {
 		t.Fatal(err)
 	}
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "walflow.yaml")
 	config := fmt.Sprintf(`database_url: %s
 slot: %s
 http:
-  addr: ""
+  addr: %s
 ledger:
   dir: data
 tables:
@@ -149,7 +153,7 @@ tables:
 indexes:
   by_post: {field: post_id}
   by_type: {type: true}
-`, dsn, conn.Config().Database)
+`, dsn, conn.Config().Database, addr)
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -198,9 +202,14 @@ indexes:
 			t.Fatal(err)
 		}
 	}
-	until("the ledger has 7 events, indexed", func() bool {
+	until("the ledger has 7 events, all indexed", func() bool {
 		sts, err := eng.Indexes().Status(ctx)
-		return err == nil && eng.Ledger().State().Head >= 7 && sts[0].Checkpoint >= 7
+		for _, s := range sts {
+			if s.Checkpoint < 7 {
+				return false
+			}
+		}
+		return err == nil && eng.Ledger().State().Head >= 7
 	})
 
 	// While the engine holds the files, the commands say so.
@@ -209,12 +218,31 @@ indexes:
 		{"ledger", "read", "--index", "by_post", "--value", "1"},
 		{"ledger", "read"},
 		{"index", "rebuild", "by_post"},
-		{"index", "status"},
 	} {
 		r := runCLI(ctx, noEnv, append(args, "--config", path)...)
-		want := fmt.Sprintf("walflow: %s %s: the ledger %s is in use by a running walflow (Pebble holds its lock); stop walflow run first: %s %s reads and writes the files directly\n", args[0], args[1], data, args[0], args[1])
+		want := fmt.Sprintf("walflow: %s %s: the ledger %s is in use by a running walflow (Pebble holds its lock); stop walflow run first: %s %s opens the files itself\n", args[0], args[1], data, args[0], args[1])
 		if r.code != ExitFailure || r.stderr != want || r.stdout != "" {
 			t.Errorf("walflow %s while walflow runs: exit %d\nstdout:\n%s\nstderr:\n%s\nwant stderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr, want)
+		}
+	}
+	// index status asks the running walflow.
+	doc := indexStatusJSON(t, path)
+	if doc.From != "the running walflow at http://"+addr+"/metrics" || doc.LedgerHead != 7 || len(doc.Indexes) != 2 {
+		t.Errorf("index status while walflow runs: %+v", doc)
+	}
+	for _, s := range doc.Indexes {
+		if !s.Built || s.Checkpoint != 7 || s.LagEvents != 0 || s.Phase != "live" {
+			t.Errorf("index status while walflow runs: %+v", s)
+		}
+	}
+	r := runCLI(ctx, noEnv, "index", "status", "--config", path)
+	for _, want := range []string{
+		"ledger head: position 7 (from the running walflow at http://" + addr + "/metrics)\n",
+		"INDEX     CHECKPOINT   LAG   PHASE   SINCE\n",
+		"by_post   7            0     live    -\n",
+	} {
+		if r.code != ExitOK || !strings.Contains(r.stdout, want) {
+			t.Errorf("index status while walflow runs lacks %q: exit %d\n%s%s", want, r.code, r.stdout, r.stderr)
 		}
 	}
 	stop()
@@ -227,7 +255,7 @@ indexes:
 
 	// Post 1's events: through the index, and through its scoped channel, which carries the
 	// same events (the update that moved comment 3 away, and the delete, included).
-	r := runCLI(ctx, noEnv, "ledger", "read", "--index", "by_post", "--value", "1", "--config", path)
+	r = runCLI(ctx, noEnv, "ledger", "read", "--index", "by_post", "--value", "1", "--config", path)
 	if r.code != ExitOK || r.stderr != "" {
 		t.Fatalf("ledger read --index by_post --value 1: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -306,14 +334,14 @@ indexes:
 	if err := os.WriteFile(path, []byte(config+"  by_table: {table: true}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	doc := indexStatusJSON(t, path)
-	if doc.LedgerHead != 7 || len(doc.Indexes) != 3 || !doc.Indexes[0].Built || doc.Indexes[0].Checkpoint != 7 || doc.Indexes[0].LagEvents != 0 ||
+	doc = indexStatusJSON(t, path)
+	if doc.From != "the index store "+data+".index" || doc.LedgerHead != 7 || len(doc.Indexes) != 3 || !doc.Indexes[0].Built || doc.Indexes[0].Checkpoint != 7 || doc.Indexes[0].LagEvents != 0 ||
 		doc.Indexes[2].Name != "by_table" || doc.Indexes[2].Built || doc.Indexes[2].LagEvents != 7 || doc.Indexes[2].Phase != "stopped" {
 		t.Errorf("index status with a new index: %+v", doc)
 	}
 	r = runCLI(ctx, noEnv, "index", "status", "--config", path)
 	for _, want := range []string{
-		"ledger head: position 7; indexes in " + data + ".index\n",
+		"ledger head: position 7 (from the index store " + data + ".index)\n",
 		"INDEX      CHECKPOINT   LAG   PHASE     SINCE\n",
 		"by_post    7            0     stopped   -\n",
 		"by_table   -            -     stopped   -\n",

@@ -78,7 +78,7 @@ func indexDir(c *config) string {
 // process (or this one) holds them, that is a running walflow.
 func lockedError(cmd, what, dir string, err error) error {
 	if isLocked(err) {
-		return fmt.Errorf("%s: the %s %s is in use by a running walflow (Pebble holds its lock); stop walflow run first: %s reads and writes the files directly", cmd, what, dir, cmd)
+		return fmt.Errorf("%s: the %s %s is in use by a running walflow (Pebble holds its lock); stop walflow run first: %s opens the files itself", cmd, what, dir, cmd)
 	}
 	return fmt.Errorf("%s: %w", cmd, err)
 }
