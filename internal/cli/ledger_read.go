@@ -46,10 +46,10 @@ answer is complete. read opens the files directly: stop walflow run first.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		idx := fs.String("index", "", "read the events of one value of the index `NAME`")
-		value := fs.String("value", "", "the index `value` whose events to read (with --index)")
-		ch := fs.String("channel", "", "read the events of `channel` C")
-		after := fs.String("after", "0", "start after ledger `position` P")
-		limit := fs.Int("limit", 0, "print at most `N` events (0: no limit)")
+		value := fs.String("value", "", "the index value `V` whose events to read (with --index)")
+		ch := fs.String("channel", "", "read the events of channel `C`")
+		after := fs.String("after", "0", "start after ledger position `P`")
+		limit := fs.Int("limit", 0, "print at most `N` events; 0 prints them all")
 		asJSON := fs.Bool("json", false, "print one JSON event per line")
 		return func(ctx context.Context, e *env, _ []string) error {
 			set := map[string]bool{}

@@ -142,7 +142,7 @@ const progressEvery = 100 * time.Millisecond
 // catchUp runs r until each of its indexers has indexed the ledger's head as it was when
 // catchUp was called (indexing what walflow run had not, or rebuilding what was reset),
 // then stops it. progress, when set, is called with each indexer's progress at the start,
-// every progressEvery and once finished.
+// every progressEvery and once finished, unless every indexer had indexed the head already.
 func (f *localFiles) catchUp(ctx context.Context, r *index.Runner, progress operator.ProgressFunc) error {
 	head := f.led.State().Head
 	start, err := r.Status(ctx)
@@ -152,11 +152,16 @@ func (f *localFiles) catchUp(ctx context.Context, r *index.Runner, progress oper
 	// from is where each indexer starts: its stored checkpoint, or the tail when it has
 	// none (a rebuild).
 	from := map[string]event.Position{}
+	behind := false
 	for _, s := range start {
 		from[s.Indexer] = f.led.State().Tail
 		if s.Stored && s.Checkpoint <= head {
 			from[s.Indexer] = s.Checkpoint
 		}
+		behind = behind || !s.Stored || s.Checkpoint != head
+	}
+	if !behind {
+		progress = nil // nothing to index, nothing to show
 	}
 	started := time.Now()
 	report := func(sts []index.Status, finished bool) {
