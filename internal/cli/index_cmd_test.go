@@ -16,8 +16,10 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/ledger/disk"
 )
 
 func TestIndexCommandLine(t *testing.T) {
@@ -357,6 +359,47 @@ indexes:
 	doc = indexStatusJSON(t, path)
 	if s := doc.Indexes[2]; !s.Built || s.Checkpoint != 7 || s.LagEvents != 0 {
 		t.Errorf("by_table after ledger read: %+v", s)
+	}
+
+	// Retention removes positions 1 and 2: reads start after the tail by default, and
+	// --after before it is refused.
+	tables := make([]channel.Table, len(c.engine.Tables))
+	for i, tb := range c.engine.Tables {
+		tables[i] = tb.WithDefaults()
+	}
+	router, err := channel.NewRouter(tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	led, err := disk.Open(ctx, data, &disk.Options{Indexer: router.Channels})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := led.Truncate(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := led.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--after", "1"}, {"--index", "by_post", "--value", "1", "--after", "0"}, {"--channel", "posts", "--after", "1"}} {
+		r = runCLI(ctx, noEnv, append([]string{"ledger", "read", "--config", path}, args...)...)
+		after := args[len(args)-1]
+		want := "walflow: ledger read: --after " + after + " is before the ledger's tail: retention removed the events up to position 2; give --after 2 or later\n"
+		if r.code != ExitUsage || r.stderr != want {
+			t.Errorf("ledger read %s after retention: exit %d\n%s\nwant %s", strings.Join(args, " "), r.code, r.stderr, want)
+		}
+	}
+	if got := readPositions(t, path); !slices.Equal(got, []event.Position{3, 4, 5, 6, 7}) {
+		t.Errorf("ledger read after retention: %v, want [3 4 5 6 7]", got)
+	}
+	if got := readPositions(t, path, "--index", "by_post", "--value", "1"); !slices.Equal(got, []event.Position{3, 5, 6, 7}) {
+		t.Errorf("ledger read --index by_post --value 1 after retention: %v, want [3 5 6 7]", got)
+	}
+	r = runCLI(ctx, noEnv, "index", "rebuild", "by_post", "--config", path)
+	if r.code != ExitOK || !regexp.MustCompile(`^Rebuilt by_post in \S+: 6 entries under 2 values, checkpoint 7 \(the ledger head\)\.
+Retention had removed the events up to position 2, so the index starts after it\.\n$`).MatchString(r.stdout) ||
+		!strings.Contains(r.stderr, "by_post  events  5/5  100.0%") {
+		t.Errorf("index rebuild after retention: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
 

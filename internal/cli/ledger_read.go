@@ -39,8 +39,8 @@ table, type, what changed, channels), or one JSON object per line with --json:
   --channel C              the events delivered on channel C, like posts/1/comments
   neither                  every event
 
-It starts after position --after (0: the beginning) and stops after --limit events (0: no
-limit). An index is first brought up to the ledger's head: read indexes the events walflow
+It starts after position --after (by default at the oldest event retention kept) and
+stops after --limit events (0: no limit). An index is first brought up to the ledger's head: read indexes the events walflow
 run had not indexed yet (and builds an index added to the configuration since), so the
 answer is complete. read opens the files directly: stop walflow run first.`,
 	flags: func(fs *flag.FlagSet) execFunc {
@@ -48,7 +48,7 @@ answer is complete. read opens the files directly: stop walflow run first.`,
 		idx := fs.String("index", "", "read the events of one value of the index `NAME`")
 		value := fs.String("value", "", "the index value `V` whose events to read (with --index)")
 		ch := fs.String("channel", "", "read the events of channel `C`")
-		after := fs.String("after", "0", "start after ledger position `P`")
+		after := fs.String("after", "", "start after ledger position `P` (default: the oldest event kept)")
 		limit := fs.Int("limit", 0, "print at most `N` events; 0 prints them all")
 		asJSON := fs.Bool("json", false, "print one JSON event per line")
 		return func(ctx context.Context, e *env, _ []string) error {
@@ -67,11 +67,13 @@ answer is complete. read opens the files directly: stop walflow run first.`,
 			case *limit < 0:
 				return usagef("ledger read: --limit %d is negative; give a number of events, or 0 for no limit", *limit)
 			}
-			pos, err := event.ParsePosition(*after)
-			if err != nil {
-				return usagef("ledger read: --after %q is not a ledger position; give a decimal position like 1042 (0: the beginning)", *after)
+			if set["after"] {
+				pos, err := event.ParsePosition(*after)
+				if err != nil {
+					return usagef("ledger read: --after %q is not a ledger position; give a decimal position like 1042 (0: the beginning)", *after)
+				}
+				q.after = &pos
 			}
-			q.after = pos
 			return ledgerReadMain(ctx, e, *path, q)
 		}
 	},
@@ -79,10 +81,10 @@ answer is complete. read opens the files directly: stop walflow run first.`,
 
 // readQuery is what walflow ledger read reads.
 type readQuery struct {
-	index, value string // with index set: the events of one index value
-	channel      string // or, with channel set: the events of one channel
-	after        event.Position
-	limit        int // 0: no limit
+	index, value string          // with index set: the events of one index value
+	channel      string          // or, with channel set: the events of one channel
+	after        *event.Position // nil: the ledger's tail
+	limit        int             // 0: no limit
 	json         bool
 }
 
@@ -143,7 +145,11 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 	for _, t := range c.engine.Tables {
 		p.tableWidth = max(p.tableWidth, utf8.RuneCountInString(t.Name))
 	}
-	count, after := 0, q.after
+	from := f.led.State().Tail
+	if q.after != nil {
+		from = *q.after
+	}
+	count, after := 0, from
 	for q.limit == 0 || count < q.limit {
 		n := readPage
 		if q.limit > 0 {
@@ -153,7 +159,7 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 		if err != nil {
 			w.Flush()
 			if te := (*ledger.TruncatedError)(nil); errors.As(err, &te) {
-				return usagef("%s: --after %d is before the ledger's tail: retention removed the events up to position %d; give --after %d or later", cmd, q.after, te.Tail, te.Tail)
+				return usagef("%s: --after %d is before the ledger's tail: retention removed the events up to position %d; give --after %d or later", cmd, from, te.Tail, te.Tail)
 			}
 			return fmt.Errorf("%s: %w", cmd, err)
 		}
@@ -170,7 +176,7 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
 	if count == 0 && !q.json {
-		fmt.Fprintf(e.stderr, "No %s after position %d (the ledger head is %d).\n", what, q.after, f.led.State().Head)
+		fmt.Fprintf(e.stderr, "No %s after position %d (the ledger head is %d).\n", what, from, f.led.State().Head)
 	}
 	return nil
 }
