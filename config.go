@@ -14,6 +14,7 @@ import (
 	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
+	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
@@ -46,6 +47,15 @@ type Config struct {
 	// MemoryLedger keeps the ledger in memory instead of LedgerDir: everything is lost when
 	// the process exits, so use it with a temporary slot, for tests and demos. Default false.
 	MemoryLedger bool
+	// Projectors are named, ordered consumers of the ledger with a stored position (package
+	// projector), run by Run on the ledger: each rehydrates from its position, then follows
+	// live. Their positions are kept in the walflow.projectors table of DatabaseURL unless
+	// ProjectorStore is set. Retention never removes an event a projector has not applied.
+	// Default none.
+	Projectors []projector.Projector
+	// ProjectorStore keeps the projectors' positions. Default nil: the walflow.projectors
+	// table (HandleTx projectors need a store that saves in their transaction).
+	ProjectorStore projector.PositionStore
 	// Indexers are custom indexes of the ledger (package index: index.Field, index.Type,
 	// index.Table or your own function), built beside it and read with
 	// Engine.Indexes().Read. Each keeps its own checkpoint, catches up from history and

@@ -27,6 +27,7 @@ import (
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
 	"github.com/walflow/walflow/processstatus/pgstore"
+	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/pubsub"
 	"github.com/walflow/walflow/realtime"
 	"github.com/walflow/walflow/source/pgwal"
@@ -51,6 +52,7 @@ type Engine struct {
 	psStore   *pgstore.Store    // nil unless process status is kept in PostgreSQL
 	gw        *realtime.Gateway // nil unless Config.Realtime is set
 	idx       *index.Runner     // nil without Config.Indexers
+	projs     *projector.Runner // nil without Config.Projectors
 	idxStore  *indexdisk.Store  // the indexes' disk store, closed by Close
 
 	running atomic.Bool
@@ -103,7 +105,8 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
 		retentionEvery: retentionIntervalDefault}
-	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) {
+	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
+		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
 		if err != nil {
 			_ = led.Close()
@@ -126,6 +129,10 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	if err := e.openIndexes(ctx); err != nil {
+		_ = e.Close()
+		return nil, err
+	}
+	if err := e.openProjectors(); err != nil {
 		_ = e.Close()
 		return nil, err
 	}
@@ -303,6 +310,15 @@ func (e *Engine) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return e.tracker.Run(gctx) })
+	if e.projs != nil {
+		g.Go(func() error {
+			if err := e.projs.Run(gctx); err != nil {
+				cancel(ErrStopping)
+				return fmt.Errorf("walflow: projectors: %w", err)
+			}
+			return nil
+		})
+	}
 	if e.idx != nil {
 		g.Go(func() error {
 			if err := e.idx.Run(gctx); err != nil {

@@ -64,8 +64,11 @@ func (e *Engine) truncate(ctx context.Context, cutoff time.Time) error {
 	if low, ok := e.indexesCheckpoint(ctx); ok {
 		through = min(through, low)
 	}
+	if low, ok := e.projectorsPosition(); ok {
+		through = min(through, low)
+	}
 	if through <= st.Tail {
-		e.log.DebugContext(ctx, "ledger retention held back by operators, process status or indexes",
+		e.log.DebugContext(ctx, "ledger retention held back by operators, process status, indexes or projectors",
 			slog.Uint64("retention_cut", uint64(cut)), slog.Uint64("tail", uint64(st.Tail)))
 		return nil
 	}

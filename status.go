@@ -110,6 +110,9 @@ func (e *Engine) Handler() http.Handler {
 	if e.idx != nil {
 		reg.MustRegister(indexCollector{e})
 	}
+	if e.projs != nil {
+		reg.MustRegister(projectorCollector{e})
+	}
 	mux := http.NewServeMux()
 	e.mountRealtime(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

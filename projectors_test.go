@@ -1,0 +1,144 @@
+package walflow_test
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/projector"
+)
+
+// TestEngineProjectors: Config.Projectors run with the engine, keep their position in
+// PostgreSQL across a restart (a restarted projector receives only what it had not
+// applied, HandleTx exactly once), and show in /metrics.
+func TestEngineProjectors(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(ctx, blogSchema+`
+		CREATE TABLE comment_counts (post_id int PRIMARY KEY, n int NOT NULL);`); err != nil {
+		t.Fatal(err)
+	}
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	pc, _ := pgx.ParseConfig(dsn)
+	dir := t.TempDir()
+
+	var mu sync.Mutex
+	var seen []event.Position // what the Handle projector received, over both runs
+	run := func() (*walflow.Engine, func()) {
+		eng, err := walflow.Open(ctx, walflow.Config{
+			DatabaseURL: dsn, Slot: pc.Database, LedgerDir: filepath.Join(dir, "ledger"),
+			Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
+			StatusInterval: 200 * time.Millisecond,
+			Logger:         testLogger(t),
+			Projectors: []projector.Projector{
+				{Name: "seen", Entities: []string{"comments"}, Handle: func(_ context.Context, e event.Event) error {
+					mu.Lock()
+					seen = append(seen, e.Position)
+					mu.Unlock()
+					return nil
+				}},
+				{Name: "counts", Entities: []string{"comments"}, DependsOn: []string{"seen"},
+					HandleTx: func(ctx context.Context, tx pgx.Tx, e event.Event) error {
+						if e.Type != event.Insert {
+							return nil
+						}
+						post, _ := e.NewRecord.Get("post_id")
+						_, err := tx.Exec(ctx, `INSERT INTO comment_counts VALUES ($1::int, 1)
+							ON CONFLICT (post_id) DO UPDATE SET n = comment_counts.n + 1`, post.String())
+						return err
+					}},
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- eng.Run(rctx) }()
+		var once sync.Once
+		stop := func() {
+			once.Do(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Run: %v", err)
+				}
+				if err := eng.Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			})
+		}
+		t.Cleanup(stop)
+		waitStreaming(t, eng)
+		return eng, stop
+	}
+	waitApplied := func(eng *walflow.Engine, n event.Position) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			done := eng.Ledger().State().Head >= n
+			for _, s := range eng.Projectors().Status() {
+				done = done && s.Phase == projector.Live && s.Position >= n
+			}
+			if done {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("projectors did not apply through %d: %+v", n, eng.Projectors().Status())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	eng, stop := run()
+	exec(`INSERT INTO posts VALUES (1, 'a')`)
+	exec(`INSERT INTO comments VALUES (10, 1, 'x'), (11, 1, 'y')`)
+	waitApplied(eng, 3)
+	srv := httptest.NewServer(eng.Handler())
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	srv.Close()
+	if !strings.Contains(string(body), `walflow_projector_lag_events{projector="counts"} 0`) {
+		t.Errorf("/metrics has no projector lag:\n%s", body)
+	}
+	stop()
+
+	exec(`INSERT INTO comments VALUES (12, 1, 'z')`) // while stopped: in the slot
+	eng, _ = run()
+	waitApplied(eng, 4)
+	mu.Lock()
+	got := append([]event.Position(nil), seen...)
+	mu.Unlock()
+	if len(got) != 3 || got[0] != 2 || got[1] != 3 || got[2] != 4 {
+		t.Errorf("the Handle projector received positions %v over two runs, want [2 3 4]", got)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT n FROM comment_counts WHERE post_id = 1`).Scan(&n); err != nil || n != 3 {
+		t.Errorf("comment_counts for post 1: %d, %v; want 3 (each insert once)", n, err)
+	}
+}
