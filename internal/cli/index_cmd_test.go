@@ -40,6 +40,7 @@ func TestIndexCommandLine(t *testing.T) {
 		{args: []string{"index", "rebuild"}, code: ExitUsage, stderr: "walflow: index rebuild: missing NAME"},
 		{args: []string{"ledger", "read", "--index", "by_post"}, code: ExitUsage, stderr: "walflow: ledger read: --index by_post needs --value V"},
 		{args: []string{"ledger", "read", "--value", "1"}, code: ExitUsage, stderr: "walflow: ledger read: --value needs --index NAME"},
+		{args: []string{"ledger", "read", "--index", "", "--value", ""}, code: ExitUsage, stderr: "walflow: ledger read: --index is empty"},
 		{args: []string{"ledger", "read", "--index", "a", "--value", "1", "--channel", "posts"}, code: ExitUsage, stderr: "give --index or --channel, not both"},
 		{args: []string{"ledger", "read", "--after", "last"}, code: ExitUsage, stderr: `walflow: ledger read: --after "last" is not a ledger position; give a decimal position like 1042`},
 		{args: []string{"ledger", "read", "--after", "-3"}, code: ExitUsage, stderr: `--after "-3" is not a ledger position`},

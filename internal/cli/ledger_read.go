@@ -60,6 +60,8 @@ answer is complete. read opens the files directly: stop walflow run first.`,
 				return usagef("ledger read: --index %s needs --value V, the value whose events to read", *idx)
 			case set["value"] && !set["index"]:
 				return usagef("ledger read: --value needs --index NAME, the index the value is in")
+			case set["index"] && *idx == "":
+				return usagef("ledger read: --index is empty; give the name of an index of the configuration, like by_user")
 			case set["index"] && set["channel"]:
 				return usagef("ledger read: give --index or --channel, not both")
 			case set["channel"] && *ch == "":
