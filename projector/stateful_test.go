@@ -1,0 +1,736 @@
+package projector_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger/memory"
+	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/projector"
+	"github.com/walflow/walflow/statestore"
+	"github.com/walflow/walflow/statestore/diskstore"
+)
+
+// sfAccounts is how many accounts the events of the stateful tests spread over.
+const sfAccounts = 7
+
+// sfLedger returns a memory ledger holding n events: inserts into accounts, in
+// transactions of 100, event i (from 0) for account i%sfAccounts with amount i%13+1.
+func sfLedger(t *testing.T, n int) *memory.Ledger {
+	t.Helper()
+	led := memory.New(&memory.Options{Indexer: func(e *event.Event, dst []string) []string { return append(dst, e.Name) }})
+	t.Cleanup(func() { _ = led.Close() })
+	sfAppend(t, led, 0, n)
+	return led
+}
+
+// sfAppend appends events from to to (exclusive), numbered as sfLedger does.
+func sfAppend(t *testing.T, led *memory.Ledger, from, to int) {
+	t.Helper()
+	ctx := t.Context()
+	for start := from; start < to; start += 100 {
+		lsn := event.LSN(1000 + 10*start)
+		if err := led.BeginTx(ctx, event.TxMeta{CommitLSN: lsn, CommitTime: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		for i := start; i < min(start+100, to); i++ {
+			e := event.Event{Name: "accounts", Type: event.Insert, LSN: lsn, Ordinal: uint32(i - start), Timestamp: time.Now(),
+				NewRecord: event.Record{
+					{Name: "account", Value: event.Text(25, strconv.Itoa(i%sfAccounts))},
+					{Name: "amount", Value: event.Text(20, strconv.Itoa(i%13+1))},
+				}}
+			if err := led.Append(ctx, &e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := led.CommitTx(ctx, lsn+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := led.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sfExpected is the state of the counting projector after events 0 to n-1.
+func sfExpected(n int) map[string][2]int64 {
+	want := map[string][2]int64{}
+	for i := range n {
+		k := strconv.Itoa(i % sfAccounts)
+		v := want[k]
+		v[0]++
+		v[1] += int64(i%13 + 1)
+		want[k] = v
+	}
+	return want
+}
+
+// counter is a counting stateful projector: per account, the number of events and the sum
+// of their amounts, in 16 bytes.
+type counter struct {
+	calls atomic.Int64
+	// onCall, when set, runs after each event applied, with the number of calls so far.
+	onCall func(n int64)
+}
+
+func (c *counter) handle(_ context.Context, st *projector.State, e event.Event) error {
+	acc, _ := e.NewRecord.Get("account")
+	amt, _ := e.NewRecord.Get("amount")
+	id, _ := acc.Text()
+	s, _ := amt.Text()
+	a, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return err
+	}
+	v := make([]byte, 16)
+	if old, ok := st.Get(id); ok {
+		copy(v, old)
+	}
+	binary.BigEndian.PutUint64(v, binary.BigEndian.Uint64(v)+1)
+	binary.BigEndian.PutUint64(v[8:], binary.BigEndian.Uint64(v[8:])+uint64(a))
+	st.Set(id, v)
+	n := c.calls.Add(1)
+	if c.onCall != nil {
+		c.onCall(n)
+	}
+	return nil
+}
+
+func decodeState(t *testing.T, st *projector.State) map[string][2]int64 {
+	t.Helper()
+	got := map[string][2]int64{}
+	for id, v := range st.All() {
+		if len(v) != 16 {
+			t.Fatalf("entity %q has %d bytes, want 16", id, len(v))
+		}
+		got[id] = [2]int64{int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:]))}
+	}
+	return got
+}
+
+func checkState(t *testing.T, st *projector.State, n int) {
+	t.Helper()
+	got, want := decodeState(t, st), sfExpected(n)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("state after %d events:\n got %v\nwant %v", n, got, want)
+	}
+}
+
+func sfLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// sfRun is one "process": a SavepointStore on storage, a counting projector "counts" and
+// a Runner.
+type sfRun struct {
+	t      *testing.T
+	store  *projector.SavepointStore
+	c      *counter
+	r      *projector.Runner
+	cancel context.CancelFunc
+	done   chan error
+}
+
+type sfOpts struct {
+	cfg      projector.SavepointConfig
+	batch    int
+	onCall   func(n int64)
+	handle   projector.StateHandlerFunc // default the counter's
+	fallback []projector.Projector
+	retry    operator.RetryPolicy
+}
+
+func startProcess(t *testing.T, led *memory.Ledger, storage statestore.Storage, o sfOpts) *sfRun {
+	t.Helper()
+	o.cfg.Storage = storage
+	o.cfg.Logger = sfLogger(t)
+	store, err := projector.NewSavepointStore(o.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &counter{onCall: o.onCall}
+	h := o.handle
+	if h == nil {
+		h = c.handle
+	}
+	p, err := store.Stateful(projector.Projector{Name: "counts", Entities: []string{"public.accounts"}}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := projector.New(projector.Config{Ledger: led, Store: store, Projectors: append([]projector.Projector{p}, o.fallback...),
+		BatchSize: o.batch, Logger: sfLogger(t), Retry: o.retry, SleepFunc: func(context.Context, time.Duration) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &sfRun{t: t, store: store, c: c, r: r, cancel: cancel, done: make(chan error, 1)}
+	go func() { s.done <- r.Run(ctx) }()
+	t.Cleanup(s.stop)
+	return s
+}
+
+// stop cancels the runner and waits for Run to return.
+func (s *sfRun) stop() {
+	s.cancel()
+	if err, ok := <-s.done; ok {
+		close(s.done)
+		if err != nil {
+			s.t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+func (s *sfRun) waitLive() {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(s.t.Context(), 30*time.Second)
+	defer cancel()
+	if err := s.r.WaitLive(ctx, "counts"); err != nil {
+		s.t.Fatalf("wait until live: %v; status %+v", err, s.r.Status())
+	}
+}
+
+func latestPosition(t *testing.T, storage statestore.Storage) event.Position {
+	t.Helper()
+	sp, err := storage.LatestSavepoint(t.Context(), "counts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sp.Position
+}
+
+// stopAtRandom starts a process, stops it once its handler has seen a random number of
+// events, and waits until it stopped. It returns the number of handler calls.
+func stopAtRandom(t *testing.T, led *memory.Ledger, storage statestore.Storage, o sfOpts, total int) (calls int64, at int64) {
+	t.Helper()
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	at = int64(total/10 + rng.IntN(total*8/10))
+	t.Logf("seed %d: stopping after %d events", seed, at)
+	var once sync.Once
+	stopped := make(chan struct{})
+	o.onCall = func(n int64) {
+		if n == at {
+			once.Do(func() { close(stopped) })
+		}
+	}
+	p := startProcess(t, led, storage, o)
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler was not called often enough")
+	}
+	p.stop()
+	return p.c.calls.Load(), at
+}
+
+func TestStatefulCrashReplaysOnlyTheTail(t *testing.T) {
+	t.Parallel()
+	const total, every, batch = 10000, 1000, 100
+	led := sfLedger(t, total)
+	storage := statestore.NewMemory()
+	o := sfOpts{cfg: projector.SavepointConfig{Every: every, Interval: -1}, batch: batch}
+	calls1, _ := stopAtRandom(t, led, storage, o, total)
+	// No Flush: as after a crash, the next process starts from the latest savepoint.
+	saved := latestPosition(t, storage)
+	if saved == 0 || int64(saved) > calls1 {
+		t.Fatalf("latest savepoint at %d after %d events", saved, calls1)
+	}
+
+	p2 := startProcess(t, led, storage, o)
+	p2.waitLive()
+	calls2 := p2.c.calls.Load()
+	if calls2 != total-int64(saved) {
+		t.Fatalf("the restarted projector handled %d events, want the %d after its savepoint at %d", calls2, total-int64(saved), saved)
+	}
+	replayed := calls1 + calls2 - total
+	t.Logf("first run handled %d events, savepoint at %d, second run %d: %d replayed", calls1, saved, calls2, replayed)
+	if replayed < 0 || replayed >= every+batch {
+		t.Fatalf("%d events replayed; want fewer than Every+BatchSize = %d", replayed, every+batch)
+	}
+	checkState(t, p2.store.State("counts"), total)
+	if s := p2.r.Status()[0]; s.Position != total {
+		t.Fatalf("position %d, want %d", s.Position, total)
+	}
+}
+
+func TestStatefulCleanStopFlushReplaysNothing(t *testing.T) {
+	t.Parallel()
+	const total = 10000
+	led := sfLedger(t, total)
+	storage := statestore.NewMemory()
+	o := sfOpts{cfg: projector.SavepointConfig{Every: 1000, Interval: -1}, batch: 100}
+	var once sync.Once
+	stopped := make(chan struct{})
+	at := int64(1 + rand.IntN(total-1))
+	o.onCall = func(n int64) {
+		if n == at {
+			once.Do(func() { close(stopped) })
+		}
+	}
+	p1 := startProcess(t, led, storage, o)
+	<-stopped
+	p1.stop()
+	if err := p1.store.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	calls1 := p1.c.calls.Load()
+	if got := latestPosition(t, storage); int64(got) != calls1 {
+		t.Fatalf("after Flush the latest savepoint is at %d; the projector had applied %d events", got, calls1)
+	}
+	o.onCall = nil
+	p2 := startProcess(t, led, storage, o)
+	p2.waitLive()
+	if calls2 := p2.c.calls.Load(); calls1+calls2 != total {
+		t.Fatalf("handled %d then %d events; want %d in all, none replayed", calls1, calls2, total)
+	}
+	checkState(t, p2.store.State("counts"), total)
+}
+
+// failingStorage fails every SaveSavepoint once armed: a process that dies before it can
+// save again.
+type failingStorage struct {
+	statestore.Storage
+	fail atomic.Bool
+}
+
+func (f *failingStorage) SaveSavepoint(ctx context.Context, runID string, sp statestore.Savepoint) error {
+	if f.fail.Load() {
+		return errors.New("disk on fire")
+	}
+	return f.Storage.SaveSavepoint(ctx, runID, sp)
+}
+
+func TestStatefulFailingSavesThenCrash(t *testing.T) {
+	t.Parallel()
+	const total, every, batch = 5000, 500, 50
+	led := sfLedger(t, total)
+	mem := statestore.NewMemory()
+	fs := &failingStorage{Storage: mem}
+	o := sfOpts{cfg: projector.SavepointConfig{Every: every, Interval: -1}, batch: batch}
+	var once sync.Once
+	stopped := make(chan struct{})
+	o.onCall = func(n int64) {
+		if n == 1234 {
+			fs.fail.Store(true) // from here on, savepoints fail; the stop's save too
+		}
+		if n == 3456 {
+			once.Do(func() { close(stopped) })
+		}
+	}
+	p1 := startProcess(t, led, fs, o)
+	<-stopped
+	p1.stop()
+	if err := p1.store.Flush(t.Context()); err == nil {
+		t.Fatal("Flush succeeded on a failing storage")
+	}
+	if got := latestPosition(t, mem); got != 1000 {
+		t.Fatalf("latest savepoint at %d, want 1000 (the last one before saves failed)", got)
+	}
+	fs.fail.Store(false)
+	o.onCall = nil
+	p2 := startProcess(t, led, fs, o)
+	p2.waitLive()
+	if calls2 := p2.c.calls.Load(); calls2 != total-1000 {
+		t.Fatalf("the restarted projector handled %d events, want %d", calls2, total-1000)
+	}
+	checkState(t, p2.store.State("counts"), total)
+}
+
+func TestStatefulDiskstore(t *testing.T) {
+	t.Parallel()
+	const total, every, batch = 3000, 300, 64
+	led := sfLedger(t, total)
+	dir := t.TempDir()
+	open := func() *diskstore.Store {
+		s, err := diskstore.Open(t.Context(), dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	ds := open()
+	o := sfOpts{cfg: projector.SavepointConfig{Every: every, Interval: -1}, batch: batch}
+	calls1, _ := stopAtRandom(t, led, ds, o, total)
+	if err := ds.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ds = open()
+	t.Cleanup(func() { _ = ds.Close() })
+	saved := latestPosition(t, ds)
+	o.onCall = nil
+	p2 := startProcess(t, led, ds, o)
+	p2.waitLive()
+	calls2 := p2.c.calls.Load()
+	if calls2 != total-int64(saved) {
+		t.Fatalf("the restarted projector handled %d events, want the %d after its savepoint at %d", calls2, total-int64(saved), saved)
+	}
+	if replayed := calls1 + calls2 - total; replayed < 0 || replayed >= every+batch {
+		t.Fatalf("%d events replayed; want fewer than %d", replayed, every+batch)
+	}
+	checkState(t, p2.store.State("counts"), total)
+	// Live events after the restart are applied and flushed at stop.
+	sfAppend(t, led, total, total+200)
+	until(t, p2.r, "position 3200", func() bool { return p2.r.Status()[0].Position == total+200 })
+	p2.stop()
+	if err := p2.store.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := latestPosition(t, ds); got != total+200 {
+		t.Fatalf("latest savepoint at %d after Flush, want %d", got, total+200)
+	}
+	checkState(t, p2.store.State("counts"), total+200)
+}
+
+func TestStatefulKeep(t *testing.T) {
+	t.Parallel()
+	led := sfLedger(t, 1000)
+	storage := statestore.NewMemory()
+	p := startProcess(t, led, storage, sfOpts{cfg: projector.SavepointConfig{Every: 100, Interval: -1, Keep: 3}, batch: 50})
+	p.waitLive()
+	infos, err := storage.ListSavepoints(t.Context(), "counts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 3 {
+		t.Fatalf("%d savepoints kept, want 3: %+v", len(infos), infos)
+	}
+	for i, want := range []event.Position{800, 900, 1000} {
+		if infos[i].Position != want || infos[i].Entities != sfAccounts+1 {
+			t.Fatalf("savepoint %d is %+v, want position %d with %d entities (the accounts and the checkpoint)", i, infos[i], want, sfAccounts+1)
+		}
+	}
+}
+
+func TestStatefulInterval(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		storage := statestore.NewMemory()
+		store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: -1, Interval: 10 * time.Second, Logger: sfLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &counter{}
+		p, err := store.Stateful(projector.Projector{Name: "counts"}, c.handle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := t.Context()
+		cp, err := store.Load(ctx, "counts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos := event.Position(0)
+		apply := func(n int) {
+			for range n {
+				pos++
+				e := event.Event{Position: pos, Name: "accounts", Type: event.Insert, NewRecord: event.Record{
+					{Name: "account", Value: event.Text(25, "a")}, {Name: "amount", Value: event.Text(20, "2")}}}
+				if err := p.Handle(ctx, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cp.Position, cp.Seen = pos, pos
+			if err := store.Save(ctx, "counts", cp); err != nil {
+				t.Fatal(err)
+			}
+			cp.Version++
+		}
+		count := func() int {
+			infos, err := storage.ListSavepoints(ctx, "counts")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(infos)
+		}
+		apply(50)
+		if n := count(); n != 0 {
+			t.Fatalf("%d savepoints before Interval passed", n)
+		}
+		time.Sleep(9 * time.Second)
+		apply(50)
+		if n := count(); n != 0 {
+			t.Fatalf("%d savepoints before Interval passed", n)
+		}
+		time.Sleep(time.Second)
+		apply(1)
+		if n := count(); n != 1 {
+			t.Fatalf("%d savepoints once Interval passed, want 1", n)
+		}
+		sp, err := storage.LatestSavepoint(ctx, "counts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sp.Position != 101 || !sp.Time().Equal(time.Now()) {
+			t.Fatalf("savepoint at position %d, time %v; want 101 at %v", sp.Position, sp.Time(), time.Now())
+		}
+		// Saving the same position again after Interval saves nothing: nothing moved.
+		time.Sleep(time.Minute)
+		if err := store.Save(ctx, "counts", cp); err != nil {
+			t.Fatal(err)
+		}
+		if n := count(); n != 1 {
+			t.Fatalf("%d savepoints after an idle Interval, want 1", n)
+		}
+	})
+}
+
+func TestStatefulReset(t *testing.T) {
+	t.Parallel()
+	const total = 2000
+	led := sfLedger(t, total)
+	storage := statestore.NewMemory()
+	p := startProcess(t, led, storage, sfOpts{cfg: projector.SavepointConfig{Every: 500, Interval: -1}, batch: 100})
+	p.waitLive()
+	checkState(t, p.store.State("counts"), total)
+	if err := p.r.Reset(t.Context(), "counts"); err != nil {
+		t.Fatal(err)
+	}
+	until(t, p.r, "the replay", func() bool { return p.c.calls.Load() == 2*total && p.r.Status()[0].Phase == projector.Live })
+	checkState(t, p.store.State("counts"), total)
+	infos, err := storage.ListSavepoints(t.Context(), "counts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 2 || infos[1].Position != total {
+		t.Fatalf("savepoints after the reset and replay: %+v", infos)
+	}
+
+	// Reset while the runner is stopped: the next start replays everything.
+	p.stop()
+	if err := p.r.Reset(t.Context(), "counts"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := storage.IsInitialized(t.Context(), "counts"); err != nil || ok {
+		t.Fatalf("the run is initialized after Reset (%v, %v)", ok, err)
+	}
+	if n := p.store.State("counts").Len(); n != 0 {
+		t.Fatalf("%d entities after Reset", n)
+	}
+	p2 := startProcess(t, led, storage, sfOpts{cfg: projector.SavepointConfig{Every: 500, Interval: -1}, batch: 100})
+	p2.waitLive()
+	if n := p2.c.calls.Load(); n != total {
+		t.Fatalf("handled %d events after the reset, want %d", n, total)
+	}
+	checkState(t, p2.store.State("counts"), total)
+}
+
+func TestStatefulHaltSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	const total, bad = 1000, 777
+	led := sfLedger(t, total)
+	storage := statestore.NewMemory()
+	var broken atomic.Bool
+	broken.Store(true)
+	var fails atomic.Int64
+	c := &counter{}
+	handle := func(ctx context.Context, st *projector.State, e event.Event) error {
+		// Change the state before failing: the change must be undone.
+		st.Set("scratch", []byte("x"))
+		if e.Position == bad && broken.Load() {
+			st.Set("0", []byte("garbage"))
+			fails.Add(1)
+			return errors.New("cannot apply event 777")
+		}
+		st.Delete("scratch")
+		return c.handle(ctx, st, e)
+	}
+	o := sfOpts{cfg: projector.SavepointConfig{Every: 100, Interval: -1}, batch: 50, handle: handle, retry: operator.RetryPolicy{MaxRetries: 2}}
+	p := startProcess(t, led, storage, o)
+	until(t, p.r, "the halt", func() bool { return p.r.Status()[0].Phase == projector.Halted })
+	if f := fails.Load(); f != 3 {
+		t.Fatalf("event %d failed %d times, want 3 (1 + 2 retries)", bad, f)
+	}
+	if s := p.r.Status()[0]; s.Position != bad-1 || s.FailedPosition != bad {
+		t.Fatalf("halted status %+v", s)
+	}
+	checkState(t, p.store.State("counts"), bad-1)
+	p.stop()
+
+	// A new process loads the halt from the savepoint and stays halted.
+	p2 := startProcess(t, led, storage, o)
+	until(t, p2.r, "the halt", func() bool { return p2.r.Status()[0].Phase == projector.Halted })
+	if s := p2.r.Status()[0]; s.Position != bad-1 || s.FailedPosition != bad || s.Error != "cannot apply event 777" {
+		t.Fatalf("status after restart %+v", s)
+	}
+	checkState(t, p2.store.State("counts"), bad-1)
+	if n := c.calls.Load(); n != bad-1 {
+		t.Fatalf("handled %d events, want %d", n, bad-1)
+	}
+
+	// Fixed and restarted, it resumes at the failed event.
+	broken.Store(false)
+	if err := p2.r.Restart(t.Context(), "counts"); err != nil {
+		t.Fatal(err)
+	}
+	p2.waitLive()
+	checkState(t, p2.store.State("counts"), total)
+	if n := c.calls.Load(); n != total {
+		t.Fatalf("handled %d events in all, want %d (none twice)", n, total)
+	}
+	if _, ok := p2.store.State("counts").Get("scratch"); ok {
+		t.Fatal("a failed event's change was kept")
+	}
+}
+
+func TestStatefulRetryUndoesTheFailedAttempt(t *testing.T) {
+	t.Parallel()
+	const total = 500
+	led := sfLedger(t, total)
+	c := &counter{}
+	var failed sync.Map
+	handle := func(ctx context.Context, st *projector.State, e event.Event) error {
+		if err := c.handle(ctx, st, e); err != nil {
+			return err
+		}
+		if e.Position%97 == 0 {
+			if _, again := failed.LoadOrStore(e.Position, true); !again {
+				c.calls.Add(-1)
+				return fmt.Errorf("event %d fails once, after changing the state", e.Position)
+			}
+		}
+		return nil
+	}
+	p := startProcess(t, led, statestore.NewMemory(), sfOpts{cfg: projector.SavepointConfig{Every: 100, Interval: -1}, batch: 32, handle: handle})
+	p.waitLive()
+	checkState(t, p.store.State("counts"), total)
+}
+
+func TestStatefulFallback(t *testing.T) {
+	t.Parallel()
+	led := sfLedger(t, 300)
+	fallback := projector.NewMemoryStore()
+	rc := &recorder{}
+	p := startProcess(t, led, statestore.NewMemory(), sfOpts{cfg: projector.SavepointConfig{Fallback: fallback}, batch: 100,
+		fallback: []projector.Projector{{Name: "plain", Handle: rc.handle}}})
+	p.waitLive()
+	if err := p.r.WaitLive(t.Context(), "plain"); err != nil {
+		t.Fatal(err)
+	}
+	checkRun(t, rc.positions(), 0, 300)
+	if names := fallback.Names(); len(names) != 1 || names[0] != "plain" {
+		t.Fatalf("the fallback store holds %v, want only plain", names)
+	}
+}
+
+func TestStatefulRefused(t *testing.T) {
+	t.Parallel()
+	if _, err := projector.NewSavepointStore(projector.SavepointConfig{}); err == nil {
+		t.Fatal("NewSavepointStore without Storage succeeded")
+	}
+	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := (&counter{}).handle
+	for name, p := range map[string]projector.Projector{
+		"HandleTx": {Name: "a", HandleTx: func(context.Context, pgx.Tx, event.Event) error { return nil }},
+		"Handle":   {Name: "b", Handle: func(context.Context, event.Event) error { return nil }},
+		"no name":  {},
+		"bad name": {Name: "a\nb"},
+	} {
+		if _, err := store.Stateful(p, h); err == nil {
+			t.Errorf("%s: Stateful succeeded", name)
+		}
+	}
+	if _, err := store.Stateful(projector.Projector{Name: "ok"}, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Stateful(projector.Projector{Name: "ok"}, h); err == nil {
+		t.Fatal("a second projector named ok was registered")
+	}
+	if _, err := store.Load(t.Context(), "other"); err == nil {
+		t.Fatal("Load of an unregistered name without Fallback succeeded")
+	}
+}
+
+func TestStatefulConflict(t *testing.T) {
+	t.Parallel()
+	storage := statestore.NewMemory()
+	ctx := t.Context()
+	newStore := func() *projector.SavepointStore {
+		s, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: 1, Logger: sfLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Stateful(projector.Projector{Name: "counts"}, (&counter{}).handle); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	a, b := newStore(), newStore()
+	cpA, err := a.Load(ctx, "counts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Save(ctx, "counts", projector.Checkpoint{Position: 5, Version: cpA.Version + 1}); !errors.Is(err, projector.ErrConflict) {
+		t.Fatalf("Save with a wrong version: %v, want ErrConflict", err)
+	}
+	cpB, err := b.Load(ctx, "counts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b saves a savepoint (Flush, since it applied nothing): a's latest is no longer its.
+	cpB.Position = 3
+	if err := b.Save(ctx, "counts", cpB); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cpA.Position = 4
+	if err := a.Save(ctx, "counts", cpA); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Flush(ctx); !errors.Is(err, projector.ErrConflict) {
+		t.Fatalf("Flush over another process's savepoint: %v, want ErrConflict", err)
+	}
+	if got := latestPosition(t, storage); got != 3 {
+		t.Fatalf("latest savepoint at %d, want b's at 3", got)
+	}
+}
+
+func TestStateSetChecksIDs(t *testing.T) {
+	t.Parallel()
+	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Logger: sfLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := store.Stateful(projector.Projector{Name: "ids"}, func(_ context.Context, st *projector.State, e event.Event) error {
+		st.Set("fine", []byte("1"))
+		st.Set(e.Name, []byte("2"))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Load(t.Context(), "ids"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"", "a\x00b", "\xff"} {
+		if err := p.Handle(t.Context(), event.Event{Position: 1, Name: id}); err == nil {
+			t.Errorf("entity id %q accepted", id)
+		}
+	}
+	if n := store.State("ids").Len(); n != 0 {
+		t.Fatalf("%d entities kept from refused events", n)
+	}
+	if err := p.Handle(t.Context(), event.Event{Position: 1, Name: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := store.State("ids").Get("ok"); !ok || string(v) != "2" {
+		t.Fatalf("Get(ok) = %q, %v", v, ok)
+	}
+}
