@@ -1,6 +1,7 @@
 package projector_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -151,6 +152,8 @@ type sfOpts struct {
 	handle   projector.StateHandlerFunc // default the counter's
 	fallback []projector.Projector
 	retry    operator.RetryPolicy
+	proj     *projector.Projector // default counts, on accounts
+	parent   context.Context      // of Run's context; default Background
 }
 
 func startProcess(t *testing.T, led *memory.Ledger, storage statestore.Storage, o sfOpts) *sfRun {
@@ -166,7 +169,11 @@ func startProcess(t *testing.T, led *memory.Ledger, storage statestore.Storage, 
 	if h == nil {
 		h = c.handle
 	}
-	p, err := store.Stateful(projector.Projector{Name: "counts", Entities: []string{"public.accounts"}}, h)
+	tmpl := projector.Projector{Name: "counts", Entities: []string{"public.accounts"}}
+	if o.proj != nil {
+		tmpl = *o.proj
+	}
+	p, err := store.Stateful(tmpl, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +182,7 @@ func startProcess(t *testing.T, led *memory.Ledger, storage statestore.Storage, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(cmp.Or(o.parent, context.Background()))
 	s := &sfRun{t: t, store: store, c: c, r: r, cancel: cancel, done: make(chan error, 1)}
 	go func() { s.done <- r.Run(ctx) }()
 	t.Cleanup(s.stop)
@@ -732,5 +739,219 @@ func TestStateSetChecksIDs(t *testing.T) {
 	}
 	if v, ok := store.State("ids").Get("ok"); !ok || string(v) != "2" {
 		t.Fatalf("Get(ok) = %q, %v", v, ok)
+	}
+}
+
+func TestStatefulStopMidBatch(t *testing.T) {
+	t.Parallel()
+	const total, batch = 3000, 100
+	led := sfLedger(t, total)
+	storage := statestore.NewMemory()
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := &counter{}
+	const at = 1650 // in the middle of a batch
+	handle := func(ctx context.Context, st *projector.State, e event.Event) error {
+		// A handler that gives up once the runner stops: the runner then drops the rest of
+		// the batch, and the events of the batch applied so far are in the state but not
+		// in the position it saves at stop.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := c.handle(ctx, st, e); err != nil {
+			return err
+		}
+		if c.calls.Load() == at {
+			cancel()
+		}
+		return nil
+	}
+	p := startProcess(t, led, storage, sfOpts{cfg: projector.SavepointConfig{Every: 1000, Interval: -1}, batch: batch, handle: handle, parent: parent})
+	<-parent.Done()
+	p.stop()
+	if got := p.r.Status()[0].Position; got != 1600 {
+		t.Fatalf("the runner saved position %d at stop, want 1600 (the batch before the stop)", got)
+	}
+	// The state holds 50 events the position does not count: Flush must not save it.
+	if err := p.store.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := latestPosition(t, storage); got != 1000 {
+		t.Fatalf("latest savepoint at %d, want 1000", got)
+	}
+	// Running the same Runner again (a restart in the same process) restores the
+	// savepoint, not the state in memory.
+	p2 := &sfRun{t: t, store: p.store, c: c, r: p.r, done: make(chan error, 1)}
+	ctx, cancel2 := context.WithCancel(context.Background())
+	p2.cancel = cancel2
+	go func() { p2.done <- p.r.Run(ctx) }()
+	t.Cleanup(p2.stop)
+	p2.waitLive()
+	checkState(t, p.store.State("counts"), total)
+	if n := c.calls.Load(); n != at+total-1000 {
+		t.Fatalf("handled %d events in all, want %d (the first run's %d, then all after the savepoint at 1000)", n, at+total-1000, at)
+	}
+}
+
+func mustStateful(t *testing.T, s *projector.SavepointStore, name string) projector.Projector {
+	t.Helper()
+	p, err := s.Stateful(projector.Projector{Name: name}, (&counter{}).handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestStatefulHaltWithStateAhead(t *testing.T) {
+	t.Parallel()
+	storage := statestore.NewMemory()
+	ctx := t.Context()
+	newStore := func() (*projector.SavepointStore, projector.Projector) {
+		s, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: 2, Logger: sfLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, mustStateful(t, s, "counts")
+	}
+	s, p := newStore()
+	cp, err := s.Load(ctx, "counts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := func(pos event.Position) event.Event {
+		return event.Event{Position: pos, Name: "accounts", NewRecord: event.Record{
+			{Name: "account", Value: event.Text(25, "a")}, {Name: "amount", Value: event.Text(20, "1")}}}
+	}
+	for pos := range event.Position(2) {
+		if err := p.Handle(ctx, ev(pos+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cp.Position, cp.Seen = 2, 2
+	if err := s.Save(ctx, "counts", cp); err != nil { // a savepoint: Every is 2
+		t.Fatal(err)
+	}
+	cp.Version++
+	for pos := event.Position(3); pos <= 5; pos++ {
+		if err := p.Handle(ctx, ev(pos)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A halt at 4 whose position (3) does not count events 4 and 5, applied already.
+	cp.Position, cp.Seen, cp.Halted, cp.Error, cp.FailedPosition = 3, 3, true, "boom", 4
+	if err := s.Save(ctx, "counts", cp); err != nil {
+		t.Fatal(err)
+	}
+	s2, _ := newStore()
+	got, err := s2.Load(ctx, "counts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Position != 2 || !got.Halted || got.Error != "boom" || got.FailedPosition != 4 {
+		t.Fatalf("loaded %+v; want the halt recorded with the savepoint's position 2", got)
+	}
+	if v, _ := s2.State("counts").Get("a"); binary.BigEndian.Uint64(v) != 2 {
+		t.Fatalf("the restored state counts %d events, want the savepoint's 2", binary.BigEndian.Uint64(v))
+	}
+}
+
+// seqLedger returns a ledger of n events alternating between tables a and b, each with an
+// id column counting from 1 per table; the ids of a come in swapped pairs (2, 1, 4, 3,
+// ...), so that a's events wait in the reorder buffer while b's are applied.
+func seqLedger(t *testing.T, n int) *memory.Ledger {
+	t.Helper()
+	led := memory.New(&memory.Options{Indexer: func(e *event.Event, dst []string) []string { return append(dst, e.Name) }})
+	t.Cleanup(func() { _ = led.Close() })
+	ctx := t.Context()
+	for i := range n {
+		lsn := event.LSN(1000 + 10*i)
+		if err := led.BeginTx(ctx, event.TxMeta{CommitLSN: lsn, CommitTime: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		table, k := "a", i/2 // k-th event of its table, from 0
+		id := k + 1
+		if i%2 == 1 {
+			table = "b"
+		} else if k%2 == 0 {
+			id = k + 2
+		} else {
+			id = k
+		}
+		e := event.Event{Name: table, Type: event.Insert, LSN: lsn, Timestamp: time.Now(),
+			NewRecord: event.Record{{Name: "id", Value: event.Text(20, strconv.Itoa(id))}}}
+		if err := led.Append(ctx, &e); err != nil {
+			t.Fatal(err)
+		}
+		if err := led.CommitTx(ctx, lsn+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := led.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return led
+}
+
+func TestStatefulSequence(t *testing.T) {
+	t.Parallel()
+	const total, every, batch = 4000, 400, 33
+	led := seqLedger(t, total)
+	storage := statestore.NewMemory()
+	var calls atomic.Int64
+	// The state is, per table, the last id applied: each must be the one before plus 1.
+	handle := func(_ context.Context, st *projector.State, e event.Event) error {
+		v, _ := e.NewRecord.Get("id")
+		s, _ := v.Text()
+		id, _ := strconv.Atoi(s)
+		last := 0
+		if old, ok := st.Get(e.Name); ok {
+			last, _ = strconv.Atoi(string(old))
+		}
+		if id != last+1 {
+			return fmt.Errorf("%s: id %d after %d", e.Name, id, last)
+		}
+		st.Set(e.Name, []byte(strconv.Itoa(id)))
+		calls.Add(1)
+		return nil
+	}
+	proj := projector.Projector{Name: "seq", Entities: []string{"a", "b"}, Sequence: &projector.SequenceConfig{}}
+	o := sfOpts{cfg: projector.SavepointConfig{Every: every, Interval: -1}, batch: batch, handle: handle, proj: &proj}
+	stopped := make(chan struct{})
+	var once sync.Once
+	o.parent = context.Background()
+	o.handle = func(ctx context.Context, st *projector.State, e event.Event) error {
+		err := handle(ctx, st, e)
+		if calls.Load() == 2345 {
+			once.Do(func() { close(stopped) })
+		}
+		return err
+	}
+	p := startProcess(t, led, storage, o)
+	<-stopped
+	p.stop()
+	if p.r.Status()[0].Phase == projector.Halted {
+		t.Fatalf("halted: %+v", p.r.Status()[0])
+	}
+	calls1 := calls.Load()
+	sp, err := storage.LatestSavepoint(t.Context(), "seq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sp.Position == 0 {
+		t.Fatal("no savepoint after 2345 events")
+	}
+	p2 := startProcess(t, led, storage, o)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := p2.r.WaitLive(ctx, "seq"); err != nil {
+		t.Fatalf("%v; status %+v", err, p2.r.Status())
+	}
+	for _, table := range []string{"a", "b"} {
+		if v, _ := p2.store.State("seq").Get(table); string(v) != strconv.Itoa(total/2) {
+			t.Fatalf("last id of %s is %s, want %d", table, v, total/2)
+		}
+	}
+	if replayed := calls.Load() - total; replayed < 0 || replayed >= every+batch {
+		t.Fatalf("%d events replayed (first run %d, savepoint at %d); want fewer than %d", replayed, calls1, sp.Position, every+batch)
 	}
 }
