@@ -96,8 +96,21 @@ func (c SavepointConfig) validate() error {
 // after it: after a crash, at most about Every events (plus a batch) or Interval's worth.
 // A halted projector's halt is in its savepoint, so it stays halted across restarts.
 //
+// A savepoint is only ever taken when the state is exactly the events its checkpoint
+// counts: the store records which events the handler applied, and a state that is ahead of
+// the position the runner saves (a stop in the middle of a batch drops the batch's rest
+// unsaved) is not saved until a later position covers it; a load restores the latest
+// savepoint instead of keeping it.
+//
 // The checkpoint's fields beyond Position (Seen, Sequence, the halt, Version) are kept in
 // a reserved entity with the empty id; the state's own entities have non-empty ids.
+//
+// # Shutdown
+//
+// The runner saves each projector's position when Run ends, but that save looks like any
+// other to a store, so it writes a savepoint only when one is due. Call
+// [SavepointStore.Flush] after Run returns, so that the next start replays nothing; without
+// it (or after a crash) the next start replays the events after the latest savepoint.
 //
 // # Limits
 //
@@ -446,8 +459,9 @@ func (s *SavepointStore) put(ctx context.Context, sp *statefulProj, cp Checkpoin
 // Flush saves a savepoint of every stateful projector whose state or position moved since
 // its latest savepoint, when its state matches its saved position (between batches). Call
 // it after Runner.Run returns, so that the next start replays nothing; it is also safe
-// while the runner runs (for example on a timer, for projectors that are idle). It does
-// nothing for projectors that were not loaded, and returns the errors joined.
+// while the runner runs (for example on a timer, for projectors that are idle), but not
+// from a handler. It does nothing for projectors that were not loaded, and returns the
+// errors joined.
 func (s *SavepointStore) Flush(ctx context.Context) error {
 	s.mu.Lock()
 	projs := slices.Collect(maps.Values(s.projs))
@@ -565,7 +579,7 @@ func (s *State) All() iter.Seq2[string, []byte] {
 
 // Set stores a copy of v as the state of entity id. The id must be non-empty (the empty
 // id is the savepoint's checkpoint), valid UTF-8, and free of NUL bytes; otherwise the
-// handler's event fails with an error saying so.
+// handler's event fails with an error saying so (outside a handler, Set panics).
 func (s *State) Set(id string, v []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

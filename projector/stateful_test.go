@@ -955,3 +955,60 @@ func TestStatefulSequence(t *testing.T) {
 		t.Fatalf("%d events replayed (first run %d, savepoint at %d); want fewer than %d", replayed, calls1, sp.Position, every+batch)
 	}
 }
+
+// A stateful projector counting orders per customer in memory, saved every 1000 events.
+func ExampleSavepointStore() {
+	ctx := context.Background()
+	led := memory.New(&memory.Options{Indexer: func(e *event.Event, dst []string) []string { return append(dst, e.Name) }})
+	defer led.Close()
+	_ = led.BeginTx(ctx, event.TxMeta{CommitLSN: 100, CommitTime: time.Now()})
+	for i, customer := range []string{"ann", "bob", "ann"} {
+		_ = led.Append(ctx, &event.Event{Name: "orders", Type: event.Insert, LSN: 100, Ordinal: uint32(i),
+			NewRecord: event.Record{{Name: "customer", Value: event.Text(25, customer)}}})
+	}
+	_ = led.CommitTx(ctx, 101)
+	_ = led.Sync(ctx)
+
+	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Every: 1000})
+	if err != nil {
+		panic(err)
+	}
+	orders, err := store.Stateful(projector.Projector{Name: "orders-per-customer", Entities: []string{"public.orders"}},
+		func(_ context.Context, st *projector.State, e event.Event) error {
+			v, _ := e.NewRecord.Get("customer")
+			customer, _ := v.Text()
+			n := 0
+			if old, ok := st.Get(customer); ok {
+				n, _ = strconv.Atoi(string(old))
+			}
+			st.Set(customer, []byte(strconv.Itoa(n+1)))
+			return nil
+		})
+	if err != nil {
+		panic(err)
+	}
+	r, err := projector.New(projector.Config{Ledger: led, Store: store, Projectors: []projector.Projector{orders}})
+	if err != nil {
+		panic(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	if err := r.WaitLive(ctx, "orders-per-customer"); err != nil {
+		panic(err)
+	}
+	stop()
+	if err := <-done; err != nil {
+		panic(err)
+	}
+	// Save the state at the position reached, so that the next start replays nothing.
+	if err := store.Flush(ctx); err != nil {
+		panic(err)
+	}
+	for customer, n := range store.State("orders-per-customer").All() {
+		fmt.Printf("%s: %s\n", customer, n)
+	}
+	// Output:
+	// ann: 2
+	// bob: 1
+}
