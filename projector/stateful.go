@@ -16,6 +16,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/statestore"
 )
@@ -40,8 +42,9 @@ type SavepointConfig struct {
 	// Required.
 	Storage statestore.Storage
 	// Fallback keeps the checkpoints of the runner's other projectors, those not registered
-	// with [SavepointStore.Stateful]. Default nil: the runner may run stateful projectors
-	// only.
+	// with [SavepointStore.Stateful]. A [PostgresStore] here is not migrated by Runner.Run
+	// (only the default store is): call its Migrate first. Default nil: the runner may run
+	// stateful projectors only.
 	Fallback PositionStore
 	// Every saves a savepoint once this many events were applied since the last one
 	// (checked when the runner saves its position, after each batch). Negative turns it
@@ -115,9 +118,10 @@ func (c SavepointConfig) validate() error {
 // # Limits
 //
 // Savepoints are written outside the handler's transaction, so stateful projectors use
-// Handle only: a StateHandlerFunc, never HandleTx. A runner whose Store is a SavepointStore
-// has no [TxPositionStore], so it runs no HandleTx projector at all; run those in a
-// second Runner on the PostgreSQL store.
+// Handle only: a StateHandlerFunc, never HandleTx. A SavepointStore is no
+// [TxPositionStore], so a runner on it runs no HandleTx projector; when the fallback is
+// one (a [PostgresStore]), pass [SavepointStore.Tx] as Config.Store instead, and the other
+// projectors may use HandleTx.
 //
 // Version conflicts ([ErrConflict]) are exact within the process (a reset under a running
 // projector). Across processes the store checks, before each savepoint, that the run's
@@ -513,7 +517,36 @@ func (s *SavepointStore) fallback(name string) (PositionStore, error) {
 	return s.cfg.Fallback, nil
 }
 
-var _ PositionStore = (*SavepointStore)(nil)
+// TxSavepointStore is a [SavepointStore] whose fallback saves in transactions, so that
+// the runner's other projectors may use HandleTx. Get it with [SavepointStore.Tx].
+type TxSavepointStore struct {
+	*SavepointStore
+	tx TxPositionStore
+}
+
+// Tx returns the store as a [TxPositionStore], for a Config.Store whose other projectors
+// use HandleTx. It fails when SavepointConfig.Fallback is not a TxPositionStore.
+func (s *SavepointStore) Tx() (*TxSavepointStore, error) {
+	tx, ok := s.cfg.Fallback.(TxPositionStore)
+	if !ok {
+		return nil, fmt.Errorf("projector: SavepointConfig.Fallback (%T) does not save in transactions; use a PostgresStore as the Fallback for HandleTx projectors", s.cfg.Fallback)
+	}
+	return &TxSavepointStore{SavepointStore: s, tx: tx}, nil
+}
+
+// SaveTx saves cp in tx through the fallback. A stateful projector never gets here: its
+// savepoints are not written in a transaction.
+func (s *TxSavepointStore) SaveTx(ctx context.Context, tx pgx.Tx, name string, cp Checkpoint) error {
+	if s.proj(name) != nil {
+		return fmt.Errorf("projector %s: a stateful projector's checkpoint cannot be saved in a transaction", name)
+	}
+	return s.tx.SaveTx(ctx, tx, name, cp)
+}
+
+var (
+	_ PositionStore   = (*SavepointStore)(nil)
+	_ TxPositionStore = (*TxSavepointStore)(nil)
+)
 
 // State is a stateful projector's read model: a map from entity id to the entity's state,
 // encoded as the projector chooses (JSON, a counter in 8 bytes, ...). It is saved whole in

@@ -1012,3 +1012,47 @@ func ExampleSavepointStore() {
 	// ann: 2
 	// bob: 1
 }
+
+func TestStatefulBesideHandleTx(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.exec(`CREATE TABLE applied (position bigint PRIMARY KEY)`)
+	sfAppend(t, b.led, 0, 500)
+	pg := projector.NewPostgresStore(b.db)
+	if err := pg.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	base, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Fallback: pg, Every: 100, Logger: sfLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&projector.SavepointStore{}).Tx(); err == nil {
+		t.Fatal("Tx without a transactional fallback succeeded")
+	}
+	store, err := base.Tx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &counter{}
+	counts, err := base.Stateful(projector.Projector{Name: "counts", Entities: []string{"public.accounts"}}, c.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := func(ctx context.Context, tx pgx.Tx, e event.Event) error {
+		_, err := tx.Exec(ctx, `INSERT INTO applied VALUES ($1)`, int64(e.Position))
+		return err
+	}
+	r := b.run(projector.Config{Store: store, BatchSize: 50, Projectors: []projector.Projector{counts, {Name: "tx", HandleTx: tx}}})
+	for _, name := range []string{"counts", "tx"} {
+		if err := r.WaitLive(t.Context(), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkState(t, base.State("counts"), 500)
+	if n := b.int(`SELECT count(*) FROM applied`); n != 500 {
+		t.Fatalf("HandleTx applied %d events, want 500", n)
+	}
+	if n := b.int(`SELECT count(*) FROM walflow.projectors WHERE name = 'counts'`); n != 0 {
+		t.Fatalf("the stateful projector has %d rows in walflow.projectors", n)
+	}
+}
