@@ -23,6 +23,7 @@ import (
 	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/statestore"
 	"github.com/walflow/walflow/statestore/diskstore"
+	"github.com/walflow/walflow/statestore/pgstore"
 )
 
 // sfAccounts is how many accounts the events of the stateful tests spread over.
@@ -1055,4 +1056,28 @@ func TestStatefulBesideHandleTx(t *testing.T) {
 	if n := b.int(`SELECT count(*) FROM walflow.projectors WHERE name = 'counts'`); n != 0 {
 		t.Fatalf("the stateful projector has %d rows in walflow.projectors", n)
 	}
+}
+
+func TestStatefulPgstore(t *testing.T) {
+	t.Parallel()
+	const total, every, batch = 2000, 200, 50
+	b := setup(t)
+	sfAppend(t, b.led, 0, total)
+	storage, err := pgstore.New(pgstore.Config{DB: b.db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := sfOpts{cfg: projector.SavepointConfig{Every: every, Interval: -1}, batch: batch}
+	calls1, _ := stopAtRandom(t, b.led, storage, o, total)
+	saved := latestPosition(t, storage)
+	p2 := startProcess(t, b.led, storage, o)
+	p2.waitLive()
+	calls2 := p2.c.calls.Load()
+	if calls2 != total-int64(saved) {
+		t.Fatalf("the restarted projector handled %d events, want the %d after its savepoint at %d", calls2, total-int64(saved), saved)
+	}
+	if replayed := calls1 + calls2 - total; replayed < 0 || replayed >= every+batch {
+		t.Fatalf("%d events replayed; want fewer than %d", replayed, every+batch)
+	}
+	checkState(t, p2.store.State("counts"), total)
 }
