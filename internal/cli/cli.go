@@ -59,7 +59,7 @@ func (c *command) path() string {
 }
 
 // commands lists the subcommands in the order usage shows them.
-var commands = []*command{runCommand, demoCommand, statusCommand, operatorCommand, ledgerCommand, indexCommand, versionCommand, helpCommand}
+var commands = []*command{runCommand, demoCommand, statusCommand, operatorCommand, projectorCommand, ledgerCommand, indexCommand, versionCommand, helpCommand}
 
 func init() {
 	for _, c := range commands {

@@ -1,6 +1,6 @@
 // Package cli is the walflow command: run, demo, status, operator (status, restart, skip,
-// backfill), version and help. cmd/walflow only calls [Main], so every command can be
-// tested in-process.
+// backfill), projector (status, reset, restart), version and help. cmd/walflow only calls
+// [Main], so every command can be tested in-process.
 //
 // # Configuration
 //
