@@ -1,16 +1,22 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -18,6 +24,8 @@ import (
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/ledger/ledgertest"
+	"github.com/walflow/walflow/ledger/memory"
+	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/projector"
 )
 
@@ -353,5 +361,140 @@ func TestProjectorUnreachable(t *testing.T) {
 			strings.Contains(r.stdout+r.stderr, "s3cret") {
 			t.Errorf("projector %s of an unreachable database: exit %d\n%s%s", args[0], r.code, r.stdout, r.stderr)
 		}
+	}
+}
+
+// TestProjectorCommandsUnderRunner runs projectors in this process, as an application does,
+// and checks what the help texts promise: a reset makes the running projector replay from
+// the start after its next save conflicts, and a restart leaves a projector halted in a
+// running application until the application restarts it.
+func TestProjectorCommandsUnderRunner(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn := pgtest.NewDatabase(t)
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := projector.NewPostgresStore(pool)
+	path := projectorConfigFile(t, dsn, "")
+	led := memory.New(nil)
+	defer led.Close()
+	lsn := event.LSN(0)
+	add := func(n int) {
+		t.Helper()
+		lsn += 100
+		evs := make([]*event.Event, n)
+		for i := range evs {
+			evs[i] = ledgertest.Event(lsn, uint32(i), "accounts", i)
+		}
+		ledgertest.WriteTx(t, led, lsn, evs...)
+		if err := led.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var seen []event.Position
+	var broken atomic.Bool
+	broken.Store(true)
+	r, err := projector.New(projector.Config{
+		Ledger: led, DB: pool, Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		SleepFunc: func(context.Context, time.Duration) error { return nil },
+		Projectors: []projector.Projector{
+			{Name: "counts", Handle: func(_ context.Context, e event.Event) error {
+				mu.Lock()
+				seen = append(seen, e.Position)
+				mu.Unlock()
+				return nil
+			}},
+			{Name: "failing", Retry: &operator.RetryPolicy{MaxRetries: -1}, Handle: func(_ context.Context, e event.Event) error {
+				if e.Position == 2 && broken.Load() {
+					return errors.New("account 2 is frozen")
+				}
+				return nil
+			}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	ran := make(chan error, 1)
+	go func() { ran <- r.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-ran; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	phase := func(name string) projector.Status {
+		for _, s := range r.Status() {
+			if s.Name == name {
+				return s
+			}
+		}
+		return projector.Status{}
+	}
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.NewTimer(30 * time.Second)
+		defer deadline.Stop()
+		for {
+			ch := r.Changed()
+			if cond() {
+				return
+			}
+			select {
+			case <-ch:
+			case <-deadline.C:
+				t.Fatalf("waiting for %s: not within 30s; status %+v", what, r.Status())
+			}
+		}
+	}
+	add(3)
+	until("counts at 3 and failing halted", func() bool {
+		return phase("counts").Position == 3 && phase("failing").Phase == projector.Halted
+	})
+
+	r1 := runCLI(ctx, noEnv, "projector", "reset", "counts", "--config", path)
+	if r1.code != ExitOK {
+		t.Fatalf("projector reset: exit %d\n%s%s", r1.code, r1.stdout, r1.stderr)
+	}
+	reset := storedCheckpoint(t, store, "counts")
+	if reset.Position != 0 {
+		t.Fatalf("after reset: %+v", reset)
+	}
+	// The running projector notices at its next save, and replays the ledger.
+	add(2)
+	until("counts replayed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return phase("counts").Position == 5 && len(seen) >= 8 && slices.Equal(seen[len(seen)-5:], []event.Position{1, 2, 3, 4, 5})
+	})
+	if cp := storedCheckpoint(t, store, "counts"); cp.Position != 5 || cp.Version <= reset.Version {
+		t.Errorf("counts after the replay: %+v (reset version %d)", cp, reset.Version)
+	}
+
+	// restart clears the stored halt, but the running runner does not watch the table.
+	broken.Store(false)
+	r1 = runCLI(ctx, noEnv, "projector", "restart", "failing", "--config", path)
+	if r1.code != ExitOK || !strings.HasPrefix(r1.stdout, "Restarted failing: it retries the event at position 2") {
+		t.Fatalf("projector restart: exit %d\n%s%s", r1.code, r1.stdout, r1.stderr)
+	}
+	if cp := storedCheckpoint(t, store, "failing"); cp.Halted || cp.Position != 1 {
+		t.Errorf("failing after the restart: %+v", cp)
+	}
+	if s := phase("failing"); s.Phase != projector.Halted {
+		t.Errorf("the running runner resumed failing by itself: %+v", s)
+	}
+	if err := r.Restart(ctx, "failing"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WaitLive(ctx, "failing"); err != nil {
+		t.Fatal(err)
+	}
+	if s := phase("failing"); s.Position != 5 {
+		t.Errorf("failing after Runner.Restart: %+v", s)
 	}
 }
