@@ -77,7 +77,11 @@
 //
 // # Retention
 //
-// The ledger's retention does not know about projectors yet. A projector whose position
-// falls before the ledger's tail halts with an error wrapping ledger.ErrTruncated (one that
-// never read an event starts at the tail).
+// [Status].Position is the stored position, which a restart resumes after. A projector
+// saves it with each batch, and at most every second while it only passes events it does
+// not apply, so it follows the head. The engine's retention (projectors given in
+// walflow.Config.Projectors) never removes events past it; a Runner you run yourself is
+// unknown to retention. A projector whose position falls before the ledger's tail halts
+// with an error wrapping ledger.ErrTruncated (one that never read an event starts at the
+// tail).
 package projector

@@ -96,7 +96,10 @@ func (p Phase) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 type Status struct {
 	Name  string `json:"name"`
 	Phase Phase  `json:"phase"`
-	// Position is the resume position: every event at or before it is applied.
+	// Position is the stored resume position: every event at or before it is applied, and
+	// a restart reads again after it. Retention must not pass it. It may trail what the
+	// projector has applied by a batch that is being saved, or by up to a second of events
+	// it does not apply.
 	Position event.Position `json:"position"`
 	// Seen is how far the projector has read; beyond Position in sequence mode while
 	// events wait in the reorder buffer.
@@ -136,7 +139,8 @@ type proj struct {
 	spec
 	deps []*proj
 
-	done     atomic.Uint64 // checkpoint position
+	done     atomic.Uint64 // position through which every event is applied, saved or not
+	stored   atomic.Uint64 // position as stored: a restart resumes after it
 	seen     atomic.Uint64
 	buffered atomic.Int64
 	phase    atomic.Uint32
@@ -374,7 +378,7 @@ func (r *Runner) Status() []Status {
 	head := r.cfg.Ledger.State().Head
 	out := make([]Status, len(r.projs))
 	for i, p := range r.projs {
-		pos := event.Position(p.done.Load())
+		pos := event.Position(p.stored.Load())
 		s := Status{Name: p.Name, Phase: Phase(p.phase.Load()), Position: pos, Seen: event.Position(p.seen.Load()),
 			Head: head, Buffered: int(p.buffered.Load())}
 		if head > pos {
@@ -459,6 +463,7 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 			continue
 		}
 		p.done.Store(uint64(cp.Position))
+		p.stored.Store(uint64(cp.Position))
 		p.seen.Store(uint64(max(cp.Seen, cp.Position)))
 		if cp.Halted {
 			r.markHalted(p, cp.Error, cp.FailedPosition)
@@ -496,7 +501,15 @@ type follower struct {
 	p     *proj
 	q     *queue
 	saved Checkpoint // as last stored, with the stored version
+	// lastIdle is when progress without events to apply (filtered out) was last saved;
+	// idleDue, when not zero, is when the next such save is allowed.
+	lastIdle, idleDue time.Time
+	published         event.Position // the stored position last published
 }
+
+// idleSaveEvery is how often a projector saves the progress it makes past events it does
+// not apply, so that its stored position (which retention does not pass) follows the head.
+const idleSaveEvery = time.Second
 
 func (f *follower) run(ctx context.Context) error {
 	r, p, q := f.r, f.p, f.q
@@ -586,6 +599,9 @@ func (f *follower) run(ctx context.Context) error {
 			f.publish()
 			continue
 		}
+		if err := f.saveIdle(ctx); err != nil {
+			return err
+		}
 		f.publish()
 		if caughtUp && !slices.ContainsFunc(p.deps, func(d *proj) bool { return Phase(d.phase.Load()) != Live }) {
 			if Phase(p.phase.Load()) != Live {
@@ -606,6 +622,9 @@ func (f *follower) run(ctx context.Context) error {
 // another projector did), an awaited sequence number's grace ended, or ctx ended.
 func (f *follower) wait(ctx context.Context, changed <-chan struct{}, cursor event.Position) error {
 	deadline := f.q.deadline()
+	if !f.idleDue.IsZero() && (deadline.IsZero() || f.idleDue.Before(deadline)) {
+		deadline = f.idleDue
+	}
 	if len(f.p.deps) > 0 {
 		// Dependencies move whenever the ledger does, and publish it.
 		var timer <-chan time.Time
@@ -672,7 +691,9 @@ func (f *follower) publish() {
 	cp := f.q.checkpoint(0)
 	f.p.seen.Store(uint64(cp.Seen))
 	f.p.buffered.Store(int64(f.q.buffered()))
-	if event.Position(f.p.done.Swap(uint64(cp.Position))) != cp.Position {
+	stored := event.Position(f.p.stored.Load())
+	if event.Position(f.p.done.Swap(uint64(cp.Position))) != cp.Position || stored != f.published {
+		f.published = stored
 		f.r.publish()
 	}
 }
@@ -799,6 +820,7 @@ func (f *follower) apply(ctx context.Context, k int) (int, error) {
 	}
 	cp.Version++
 	f.saved = cp
+	f.p.stored.Store(uint64(cp.Position))
 	return 0, nil
 }
 
@@ -810,6 +832,32 @@ func (f *follower) save(ctx context.Context, cp Checkpoint) error {
 	}
 	cp.Version++
 	f.saved = cp
+	f.p.stored.Store(uint64(cp.Position))
+	return nil
+}
+
+// saveIdle stores the progress made past events the projector does not apply, at most
+// every idleSaveEvery.
+func (f *follower) saveIdle(ctx context.Context) error {
+	cp := f.q.checkpoint(0)
+	if cp.Position == f.saved.Position && cp.Seen == f.saved.Seen {
+		f.idleDue = time.Time{}
+		return nil
+	}
+	now := time.Now()
+	if next := f.lastIdle.Add(idleSaveEvery); now.Before(next) {
+		f.idleDue = next
+		return nil
+	}
+	f.lastIdle, f.idleDue = now, time.Time{}
+	if err := f.save(ctx, cp); err != nil {
+		if isConflict(err) {
+			return errReload
+		}
+		if ctx.Err() == nil {
+			f.r.log.WarnContext(ctx, "projector cannot save its position", slog.String("projector", f.p.Name), slog.Any("error", err))
+		}
+	}
 	return nil
 }
 

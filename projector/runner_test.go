@@ -463,3 +463,25 @@ func TestReset(t *testing.T) {
 		t.Fatalf("stored %+v after a reset", cp)
 	}
 }
+
+// TestIdleProgressSaved checks that a projector whose events are rare still stores its
+// position near the head (retention does not pass the stored position), at most every
+// second.
+func TestIdleProgressSaved(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.add("accounts", 5)
+	rc := &recorder{}
+	r := b.run(projector.Config{Projectors: []projector.Projector{{Name: "p", Entities: []string{"accounts"}, Handle: rc.handle}}})
+	if err := r.WaitLive(t.Context(), "p"); err != nil {
+		t.Fatal(err)
+	}
+	for _, head := range []event.Position{15, 25} {
+		b.add("other", 10)
+		until(t, r.Runner, fmt.Sprintf("the stored position to reach %d", head), func() bool { return status(r.Runner, "p").Position == head })
+		if got := b.int(`SELECT position FROM walflow.projectors WHERE name = 'p'`); got != int64(head) {
+			t.Fatalf("stored position %d, want %d", got, head)
+		}
+	}
+	checkRun(t, rc.positions(), 0, 5)
+}
