@@ -196,7 +196,7 @@ func TestSequenceOutOfOrderAndRollback(t *testing.T) {
 	t.Parallel()
 	e := newSeqEnv(t)
 	ctx := t.Context()
-	r := e.run(projector.SequenceConfig{Grace: 300 * time.Millisecond})
+	r := e.run(projector.SequenceConfig{Grace: 5 * time.Second})
 	begin := func() pgx.Tx {
 		tx, err := e.db.Begin(ctx)
 		if err != nil {

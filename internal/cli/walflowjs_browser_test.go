@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
@@ -74,6 +75,15 @@ func TestWalflowJSHeartbeat(t *testing.T) {
 		}
 		return window.opens >= 2;
 	})()`)
+	// The last reconnection's subscribe may still be on its way.
+	for deadline := time.Now().Add(browserWait); ; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := len(subscribes)
+		mu.Unlock()
+		if n >= 3 || time.Now().After(deadline) {
+			break
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(subscribes) < 3 {
