@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,9 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/operator"
 )
 
@@ -363,30 +359,12 @@ func readLedger(ctx context.Context, c *config, ops []operatorStatus) ledgerView
 			return v
 		}
 	}
-	noEngine := "no walflow answers on " + shownAddr(c.engine.HTTPAddr)
-	if c.engine.MemoryLedger {
-		v.from = noEngine + " and the ledger is in memory"
+	led, why := openLedgerForHead(ctx, c)
+	if led == nil {
+		v.from = why
 		return v
 	}
 	dir := c.engine.LedgerDir
-	if _, err := os.Stat(dir); err != nil {
-		v.from = noEngine + " and the ledger " + dir + " does not exist yet"
-		return v
-	}
-	tables := make([]channel.Table, len(c.engine.Tables))
-	for i, t := range c.engine.Tables {
-		tables[i] = t.WithDefaults()
-	}
-	router, err := channel.NewRouter(tables)
-	if err != nil {
-		v.from = "the tables do not make a router: " + err.Error()
-		return v
-	}
-	led, err := disk.Open(ctx, dir, &disk.Options{Indexer: router.Channels, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		v.from = noEngine + " and the ledger " + dir + " could not be opened (a walflow running without http.addr holds it)"
-		return v
-	}
 	defer led.Close()
 	v.head, v.known, v.from = led.State().Head, true, "the ledger "+dir
 	entities := map[string][]string{}

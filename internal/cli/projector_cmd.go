@@ -345,15 +345,26 @@ func projectorHead(ctx context.Context, c *config) projectorHeadView {
 		}
 		clear(v.running)
 	}
+	led, why := openLedgerForHead(ctx, c)
+	if led == nil {
+		v.from = why
+		return v
+	}
+	defer led.Close()
+	v.head, v.known, v.from = led.State().Head, true, "the ledger "+c.engine.LedgerDir
+	return v
+}
+
+// openLedgerForHead opens the ledger files when no running walflow answered, for the
+// status commands' ledger head; nil and the reason when it cannot.
+func openLedgerForHead(ctx context.Context, c *config) (*disk.Ledger, string) {
 	noEngine := "no walflow answers on " + shownAddr(c.engine.HTTPAddr)
 	if c.engine.MemoryLedger {
-		v.from = noEngine + " and the ledger is in memory"
-		return v
+		return nil, noEngine + " and the ledger is in memory"
 	}
 	dir := c.engine.LedgerDir
 	if _, err := os.Stat(dir); err != nil {
-		v.from = noEngine + " and the ledger " + dir + " does not exist yet"
-		return v
+		return nil, noEngine + " and the ledger " + dir + " does not exist yet"
 	}
 	tables := make([]channel.Table, len(c.engine.Tables))
 	for i, t := range c.engine.Tables {
@@ -361,21 +372,16 @@ func projectorHead(ctx context.Context, c *config) projectorHeadView {
 	}
 	router, err := channel.NewRouter(tables)
 	if err != nil {
-		v.from = "the tables do not make a router: " + err.Error()
-		return v
+		return nil, "the tables do not make a router: " + err.Error()
 	}
 	led, err := disk.Open(ctx, dir, &disk.Options{Indexer: router.Channels, Logger: slog.New(slog.DiscardHandler)})
 	switch {
 	case err != nil && isLocked(err):
-		v.from = noEngine + " and the ledger " + dir + " is held by a running walflow (without http.addr)"
-		return v
+		return nil, noEngine + " and the ledger " + dir + " is held by a running walflow (without http.addr)"
 	case err != nil:
-		v.from = noEngine + " and the ledger " + dir + " could not be opened: " + err.Error()
-		return v
+		return nil, noEngine + " and the ledger " + dir + " could not be opened: " + err.Error()
 	}
-	defer led.Close()
-	v.head, v.known, v.from = led.State().Head, true, "the ledger "+dir
-	return v
+	return led, ""
 }
 
 // parseProjectorMetrics reads the ledger head and the projectors' positions from a
