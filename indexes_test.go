@@ -86,22 +86,7 @@ func TestEngineIndexes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- eng.Run(rctx) }()
-		var once sync.Once
-		stop := func() {
-			once.Do(func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("Run: %v", err)
-				}
-				if err := eng.Close(); err != nil {
-					t.Errorf("Close: %v", err)
-				}
-			})
-		}
-		t.Cleanup(stop)
+		stop := runStoppable(t, eng)
 		return eng, stop
 	}
 	exec := func(sql string) {
@@ -162,4 +147,27 @@ func waitStreaming(t *testing.T, eng *walflow.Engine) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// runStoppable runs eng until stop is called or the test ends; stop checks Run's result
+// and closes the engine, once.
+func runStoppable(t *testing.T, eng *walflow.Engine) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			if err := eng.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }

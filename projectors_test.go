@@ -74,22 +74,7 @@ func TestEngineProjectors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- eng.Run(rctx) }()
-		var once sync.Once
-		stop := func() {
-			once.Do(func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("Run: %v", err)
-				}
-				if err := eng.Close(); err != nil {
-					t.Errorf("Close: %v", err)
-				}
-			})
-		}
-		t.Cleanup(stop)
+		stop := runStoppable(t, eng)
 		waitStreaming(t, eng)
 		return eng, stop
 	}
