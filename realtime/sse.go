@@ -193,7 +193,7 @@ func (s *stream) writeMessages(msgs []message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	if err := s.rc.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	if err := s.deadline(); err != nil {
 		return err
 	}
 	// Gathered into writes of up to writeChunk bytes: few system calls, and a stream never
@@ -249,13 +249,21 @@ func (s *stream) final(reason DisconnectReason) {
 
 // write writes s.buf and flushes it within WriteTimeout.
 func (s *stream) write() error {
-	if err := s.rc.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	if err := s.deadline(); err != nil {
 		return err
 	}
 	if _, err := s.w.Write(s.buf); err != nil {
 		return err
 	}
 	return s.rc.Flush()
+}
+
+// deadline bounds the next writes by WriteTimeout.
+func (s *stream) deadline() error {
+	if err := s.rc.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	return nil
 }
 
 // writeFailed classifies a failed write: a deadline means the client stopped reading.
