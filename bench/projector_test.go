@@ -16,7 +16,9 @@ import (
 	"github.com/walflow/walflow/ledger"
 	ledgerdisk "github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/projector"
+	"github.com/walflow/walflow/statestore"
 	"github.com/walflow/walflow/statestore/diskstore"
+	"github.com/walflow/walflow/statestore/storetest"
 )
 
 var (
@@ -95,15 +97,16 @@ func runProjectorBench(tb testing.TB, n, every int) projectorBenchResult {
 	// Rehydration: a projector from position 0 to the head.
 	var applied atomic.Int64
 	start = time.Now()
-	runProjectors(tb, led, projector.NewMemoryStore(), head, projector.Projector{Name: "count", Handle: func(context.Context, event.Event) error {
+	runProjectors(tb, led, projector.NewMemoryStore(), head, nil, projector.Projector{Name: "count", Handle: func(context.Context, event.Event) error {
 		applied.Add(1)
 		return nil
 	}})
 	res.fullReplay = time.Since(start)
 	res.rehydrateRate = float64(applied.Load()) / res.fullReplay.Seconds()
 
-	// A stateful projector: run to the head, "crash" (no Flush), restart from the latest
-	// savepoint and count what it replays.
+	// A stateful projector: run part of the way, crash (its storage takes no more writes, so
+	// the clean stop's flush saves nothing), restart from the latest savepoint and count
+	// what it replays.
 	states, err := diskstore.Open(ctx, filepath.Join(dir, "states"), nil)
 	if err != nil {
 		tb.Fatal(err)
@@ -121,9 +124,9 @@ func runProjectorBench(tb testing.TB, n, every int) projectorBenchResult {
 		st.Set(id, binary.BigEndian.AppendUint64(nil, bal+1))
 		return nil
 	}
-	stateful := func(target event.Position) projector.Projector {
+	stateful := func(storage statestore.Storage, target event.Position, atTarget func()) projector.Projector {
 		ss, err := projector.NewSavepointStore(projector.SavepointConfig{
-			Storage: states, Fallback: projector.NewMemoryStore(), Every: every, Interval: -1,
+			Storage: storage, Fallback: projector.NewMemoryStore(), Every: every, Interval: -1,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
 		if err != nil {
@@ -133,24 +136,25 @@ func runProjectorBench(tb testing.TB, n, every int) projectorBenchResult {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		runProjectors(tb, led, ss, target, p)
+		runProjectors(tb, led, ss, target, atTarget, p)
 		return p
 	}
 	// The first run stops (without a final savepoint, as in a crash) at a position that is
 	// not a savepoint; the second goes to the head. Whatever both handled is the replay.
-	stateful(head*3/4 + 37)
+	crashable := storetest.NewCrashable(states)
+	stateful(crashable, head*3/4+37, crashable.Crash)
 	first := handled.Load()
 	handled.Store(0)
 	start = time.Now()
-	stateful(head)
+	stateful(states, head, nil)
 	res.restart = time.Since(start)
 	res.replayed = int(first + handled.Load() - int64(n))
 	return res
 }
 
-// runProjectors runs projectors with store until each has applied through head, then stops
-// them.
-func runProjectors(tb testing.TB, led ledger.Ledger, store projector.PositionStore, head event.Position, ps ...projector.Projector) {
+// runProjectors runs projectors with store until each has applied through head, calls
+// atHead when it is not nil, then stops them.
+func runProjectors(tb testing.TB, led ledger.Ledger, store projector.PositionStore, head event.Position, atHead func(), ps ...projector.Projector) {
 	r, err := projector.New(projector.Config{Ledger: led, Store: store, Projectors: ps, BatchSize: 1000,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -172,6 +176,9 @@ func runProjectors(tb testing.TB, led ledger.Ledger, store projector.PositionSto
 			all = all && s.Position >= head
 		}
 		if all {
+			if atHead != nil {
+				atHead()
+			}
 			return
 		}
 		if time.Now().After(deadline) {

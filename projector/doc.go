@@ -68,10 +68,24 @@
 // checkpoint records the next number of each sequence with the position, so events held in
 // the buffer at a crash are read again and those applied are not.
 //
+// # Stateful projectors
+//
+// A projector whose read model fits in memory need not write it anywhere on each event.
+// Register it with a [SavepointStore] ([SavepointStore.Stateful]) and give it a
+// [StateHandlerFunc]: it applies each event to a [State], a map from entity id to bytes, and
+// the store saves the whole state with the position it matches as a savepoint of a
+// statestore.Storage (PostgreSQL, the embedded disk store, or memory) every
+// SavepointConfig.Every events or Interval. On start it loads the latest savepoint and
+// replays only the events after it; a clean stop saves a final savepoint (the store is a
+// [Flusher]), so the next start replays nothing. A savepoint is never taken in the middle
+// of an event or of a batch the position does not cover: the state and the position always
+// agree.
+//
 // # Shutdown
 //
 // Run returns when its context ends, once every projector has finished the event it was
-// handling and saved its position. Cancelling the context interrupts a handler's context
+// handling and saved its position, and the store was flushed when it is a [Flusher].
+// Cancelling the context interrupts a handler's context
 // too: a HandleTx transaction then rolls back, and its events are applied again at the
 // next start.
 //

@@ -265,6 +265,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			wg.Wait()
+			r.flush(ctx)
 			for _, p := range r.projs {
 				if Phase(p.phase.Load()) != Halted {
 					r.setPhase(p, Stopped)
@@ -274,6 +275,23 @@ func (r *Runner) Run(ctx context.Context) error {
 		case req := <-r.reqs:
 			req.done <- r.control(ctx, req, start)
 		}
+	}
+}
+
+// flushTimeout bounds the flush of the store when Run stops.
+const flushTimeout = 10 * time.Second
+
+// flush writes what a [Flusher] store holds back, once Run's projectors have stopped. Run's
+// context is done by then, so the flush gets its own deadline.
+func (r *Runner) flush(ctx context.Context) {
+	f, ok := r.store.(Flusher)
+	if !ok {
+		return
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
+	defer cancel()
+	if err := f.Flush(fctx); err != nil {
+		r.log.WarnContext(ctx, "projectors' store cannot save their progress at stop; the next start replays the events after their latest save", slog.Any("error", err))
 	}
 }
 

@@ -52,7 +52,8 @@ type SavepointConfig struct {
 	Every int
 	// Interval saves a savepoint once this long has passed since the last one and the
 	// projector moved (checked when the runner saves its position: an idle projector saves
-	// nothing until [SavepointStore.Flush]). Negative turns it off. Default one minute.
+	// nothing until [SavepointStore.Flush], which Run calls when it ends). Negative turns it
+	// off. Default one minute.
 	Interval time.Duration
 	// Keep is how many savepoints each run keeps; older ones are deleted after each save.
 	// Default 2.
@@ -110,10 +111,10 @@ func (c SavepointConfig) validate() error {
 //
 // # Shutdown
 //
-// The runner saves each projector's position when Run ends, but that save looks like any
-// other to a store, so it writes a savepoint only when one is due. Call
-// [SavepointStore.Flush] after Run returns, so that the next start replays nothing; without
-// it (or after a crash) the next start replays the events after the latest savepoint.
+// The store is a [Flusher]: when Run ends, once every projector stopped, the runner calls
+// [SavepointStore.Flush], which saves a savepoint of every stateful projector that moved
+// since its last one, so that the next start replays nothing. After a crash (or a failed
+// flush, which is logged) the next start replays the events after the latest savepoint.
 //
 // # Limits
 //
@@ -546,6 +547,7 @@ func (s *TxSavepointStore) SaveTx(ctx context.Context, tx pgx.Tx, name string, c
 var (
 	_ PositionStore   = (*SavepointStore)(nil)
 	_ TxPositionStore = (*TxSavepointStore)(nil)
+	_ Flusher         = (*SavepointStore)(nil)
 )
 
 // State is a stateful projector's read model: a map from entity id to the entity's state,

@@ -24,6 +24,7 @@ import (
 	"github.com/walflow/walflow/statestore"
 	"github.com/walflow/walflow/statestore/diskstore"
 	"github.com/walflow/walflow/statestore/pgstore"
+	"github.com/walflow/walflow/statestore/storetest"
 )
 
 // sfAccounts is how many accounts the events of the stateful tests spread over.
@@ -219,8 +220,9 @@ func latestPosition(t *testing.T, storage statestore.Storage) event.Position {
 	return sp.Position
 }
 
-// stopAtRandom starts a process, stops it once its handler has seen a random number of
-// events, and waits until it stopped. It returns the number of handler calls.
+// stopAtRandom starts a process, crashes it once its handler has seen a random number of
+// events (its storage takes no write from then on, so the stop saves nothing, as a killed
+// process would not), and waits until it stopped. It returns the number of handler calls.
 func stopAtRandom(t *testing.T, led *memory.Ledger, storage statestore.Storage, o sfOpts, total int) (calls int64, at int64) {
 	t.Helper()
 	seed := time.Now().UnixNano()
@@ -234,12 +236,14 @@ func stopAtRandom(t *testing.T, led *memory.Ledger, storage statestore.Storage, 
 			once.Do(func() { close(stopped) })
 		}
 	}
-	p := startProcess(t, led, storage, o)
+	crashable := storetest.NewCrashable(storage)
+	p := startProcess(t, led, crashable, o)
 	select {
 	case <-stopped:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the handler was not called often enough")
 	}
+	crashable.Crash()
 	p.stop()
 	return p.c.calls.Load(), at
 }
@@ -251,7 +255,7 @@ func TestStatefulCrashReplaysOnlyTheTail(t *testing.T) {
 	storage := statestore.NewMemory()
 	o := sfOpts{cfg: projector.SavepointConfig{Every: every, Interval: -1}, batch: batch}
 	calls1, _ := stopAtRandom(t, led, storage, o, total)
-	// No Flush: as after a crash, the next process starts from the latest savepoint.
+	// A crash: the next process starts from the latest savepoint.
 	saved := latestPosition(t, storage)
 	if saved == 0 || int64(saved) > calls1 {
 		t.Fatalf("latest savepoint at %d after %d events", saved, calls1)
@@ -274,7 +278,8 @@ func TestStatefulCrashReplaysOnlyTheTail(t *testing.T) {
 	}
 }
 
-func TestStatefulCleanStopFlushReplaysNothing(t *testing.T) {
+// A clean stop flushes: the next start replays nothing.
+func TestStatefulCleanStopReplaysNothing(t *testing.T) {
 	t.Parallel()
 	const total = 10000
 	led := sfLedger(t, total)
@@ -291,12 +296,9 @@ func TestStatefulCleanStopFlushReplaysNothing(t *testing.T) {
 	p1 := startProcess(t, led, storage, o)
 	<-stopped
 	p1.stop()
-	if err := p1.store.Flush(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	calls1 := p1.c.calls.Load()
 	if got := latestPosition(t, storage); int64(got) != calls1 {
-		t.Fatalf("after Flush the latest savepoint is at %d; the projector had applied %d events", got, calls1)
+		t.Fatalf("after a clean stop the latest savepoint is at %d; the projector had applied %d events", got, calls1)
 	}
 	o.onCall = nil
 	p2 := startProcess(t, led, storage, o)
@@ -389,15 +391,12 @@ func TestStatefulDiskstore(t *testing.T) {
 		t.Fatalf("%d events replayed; want fewer than %d", replayed, every+batch)
 	}
 	checkState(t, p2.store.State("counts"), total)
-	// Live events after the restart are applied and flushed at stop.
+	// Live events after the restart are applied and flushed when Run stops.
 	sfAppend(t, led, total, total+200)
 	until(t, p2.r, "position 3200", func() bool { return p2.r.Status()[0].Position == total+200 })
 	p2.stop()
-	if err := p2.store.Flush(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	if got := latestPosition(t, ds); got != total+200 {
-		t.Fatalf("latest savepoint at %d after Flush, want %d", got, total+200)
+		t.Fatalf("latest savepoint at %d after a clean stop, want %d", got, total+200)
 	}
 	checkState(t, p2.store.State("counts"), total+200)
 }
@@ -773,10 +772,8 @@ func TestStatefulStopMidBatch(t *testing.T) {
 	if got := p.r.Status()[0].Position; got != 1600 {
 		t.Fatalf("the runner saved position %d at stop, want 1600 (the batch before the stop)", got)
 	}
-	// The state holds 50 events the position does not count: Flush must not save it.
-	if err := p.store.Flush(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	// The state holds 50 events the position does not count: the flush at stop must not
+	// save it.
 	if got := latestPosition(t, storage); got != 1000 {
 		t.Fatalf("latest savepoint at %d, want 1000", got)
 	}
@@ -998,12 +995,10 @@ func ExampleSavepointStore() {
 	if err := r.WaitLive(ctx, "orders-per-customer"); err != nil {
 		panic(err)
 	}
+	// Run saves the state at the position reached when it stops, so that the next start
+	// replays nothing.
 	stop()
 	if err := <-done; err != nil {
-		panic(err)
-	}
-	// Save the state at the position reached, so that the next start replays nothing.
-	if err := store.Flush(ctx); err != nil {
 		panic(err)
 	}
 	for customer, n := range store.State("orders-per-customer").All() {

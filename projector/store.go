@@ -55,6 +55,14 @@ type PositionStore interface {
 	Reset(ctx context.Context, name string) error
 }
 
+// Flusher is a [PositionStore] that holds progress it has not written yet, such as a
+// [SavepointStore] between savepoints. Runner.Run flushes its store once every projector has
+// stopped, before it returns, so that a clean stop loses no progress; a crash still does,
+// which is why a store must never need a flush for correctness, only to save replay.
+type Flusher interface {
+	Flush(ctx context.Context) error
+}
+
 // TxPositionStore is a PositionStore that can also save a checkpoint in the caller's
 // PostgreSQL transaction, which HandleTx projectors need for exactly-once effects.
 type TxPositionStore interface {

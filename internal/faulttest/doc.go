@@ -14,6 +14,13 @@
 //     effect counter) while a writer commits 50,000 random changes, SIGKILLs it at 30 random
 //     moments, and checks that every derived table equals its recomputation from the source
 //     tables, that each event was applied exactly once and that no operator halted.
+//   - TestProjectorCrashConsistency runs an event-sourced application: writers commit
+//     deposits into their own events table from concurrent transactions whose ids commit out
+//     of order and some of which roll back, while the child (internal/testcmd/projector)
+//     builds a balance read model with a projector in application-sequence mode and a second
+//     projector depending on it. It SIGKILLs the child at 20 random moments and checks that
+//     the balances equal their recomputation from the events and that each projector
+//     applied each committed event exactly once, in id order.
 //   - TestMillionRowTransaction streams one transaction of 1,000,000 rows through the child
 //     and checks its peak resident set size and the ledger's positions.
 //   - TestUnrelatedWritesDoNotRetainWAL checks that a slot whose tables stay idle while
@@ -26,7 +33,7 @@
 // # Running
 //
 // The tests need the PostgreSQL server binaries (see internal/pgtest) and the go command,
-// which builds the child process once per test that uses it, without -race so that its
+// which builds the child processes once per test that uses it, without -race so that its
 // memory use is realistic:
 //
 //	go test -race ./internal/faulttest/
