@@ -35,6 +35,18 @@
 // live only after they are live. The Runner refuses unknown names and cycles. A halted
 // dependency holds its dependents back.
 //
+// # Replicas
+//
+// Several processes may run the same projectors over the same ledger. With a
+// [Locker] (the default PostgreSQL store is one) each projector runs in one process at a
+// time: the runner takes its PostgreSQL advisory lock before loading its position, and a
+// projector whose lock another process holds shows [Standby] in Status until that process
+// stops or dies (its connection ends and PostgreSQL frees the lock); a standby takes over
+// within Config.LockInterval and resumes from the stored position. A dependent projector
+// is only taken with the projectors it depends on, so a chain never splits across
+// processes. When the lock session is lost the runner stops its projectors at once and
+// stands by until it takes their locks again.
+//
 // # Why there is no MissedEventError
 //
 // The seed's projector received each event as the application published it, and compared

@@ -57,6 +57,14 @@ type Config struct {
 	SleepFunc operator.SleepFunc
 	// Logger receives the runner's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
+	// Locker keeps two processes from running the same projector (see [Locker]). Default:
+	// Store when it is a Locker, as the default [PostgresStore] is; else none. A runner on
+	// a [SavepointStore] whose Fallback is a PostgresStore should pass that store here.
+	Locker Locker
+	// LockInterval is how often a runner with a Locker checks its lock session and tries
+	// the locks it does not hold: a standby takes over within about this long of the
+	// holder's end. Default 1s.
+	LockInterval time.Duration
 }
 
 // Phase is where a projector stands.
@@ -72,9 +80,12 @@ const (
 	Live
 	// Halted: stopped on a failure until restarted or reset.
 	Halted
+	// Standby: another process holds the projector's lock (see [Locker]); it starts when
+	// it gets the lock.
+	Standby
 )
 
-// String returns stopped, rehydrating, live or halted.
+// String returns stopped, rehydrating, live, halted or standby.
 func (p Phase) String() string {
 	switch p {
 	case Stopped:
@@ -85,6 +96,8 @@ func (p Phase) String() string {
 		return "live"
 	case Halted:
 		return "halted"
+	case Standby:
+		return "standby"
 	}
 	return fmt.Sprintf("phase(%d)", uint8(p))
 }
@@ -122,6 +135,7 @@ type Runner struct {
 	store   PositionStore
 	txStore TxPositionStore
 	pg      *PostgresStore // the default store, migrated by Run
+	locker  Locker
 	projs   []*proj
 	byName  map[string]*proj
 	order   []int
@@ -152,6 +166,7 @@ type proj struct {
 	// Owned by Run's goroutine.
 	cancel context.CancelFunc
 	exited chan struct{}
+	locked bool // this process holds its lock (always, without a Locker)
 }
 
 type request struct {
@@ -168,6 +183,10 @@ func New(cfg Config) (*Runner, error) {
 		return nil, errors.New("projector: Config.Ledger is nil; pass the ledger to read (Engine.Ledger())")
 	}
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, BatchSizeDefault)
+	cfg.LockInterval = cmp.Or(cfg.LockInterval, LockIntervalDefault)
+	if cfg.LockInterval < 0 {
+		return nil, fmt.Errorf("projector: Config.LockInterval is %s; give a positive interval (0 means the default, %s)", cfg.LockInterval, LockIntervalDefault)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
@@ -187,6 +206,10 @@ func New(cfg Config) (*Runner, error) {
 		r.store = r.pg
 	}
 	r.txStore, _ = r.store.(TxPositionStore)
+	r.locker = cfg.Locker
+	if r.locker == nil {
+		r.locker, _ = r.store.(Locker)
+	}
 	var specs []spec
 	for _, p := range cfg.Projectors {
 		s, err := p.spec(cfg.Retry)
@@ -219,8 +242,9 @@ func New(cfg Config) (*Runner, error) {
 
 // Run runs every projector until ctx ends, dependencies first. A halted projector stays
 // halted until restarted or reset; its failure does not stop Run, nor the others (those
-// depending on it wait). It returns nil when ctx ends, after each projector saved its
-// position.
+// depending on it wait). With a [Locker] a projector starts only once this process holds
+// its lock, and stands by until then. It returns nil when ctx ends, after each projector
+// saved its position.
 func (r *Runner) Run(ctx context.Context) error {
 	r.runMu.Lock()
 	if r.runDone != nil {
@@ -246,6 +270,10 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	start := func(p *proj) {
+		if !p.locked {
+			r.setPhase(p, Standby)
+			return
+		}
 		pctx, cancel := context.WithCancel(ctx)
 		p.cancel, p.exited = cancel, make(chan struct{})
 		exited := p.exited
@@ -258,11 +286,52 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.runProj(pctx, p)
 		}()
 	}
+	var locks chan lockEvent
+	lockDone := make(chan struct{})
+	if r.locker == nil {
+		close(lockDone)
+		for _, p := range r.projs {
+			p.locked = true
+		}
+	} else {
+		locks = make(chan lockEvent)
+		for _, p := range r.projs {
+			p.locked = false
+		}
+		// The locks outlive ctx until the projectors have stopped and saved, so that no
+		// other process starts one while this one still saves its position.
+		lockCtx, stopLocks := context.WithCancel(context.WithoutCancel(ctx))
+		defer func() {
+			stopLocks()
+			<-lockDone
+		}()
+		go func() {
+			defer close(lockDone)
+			r.keepLocks(lockCtx, locks)
+		}()
+	}
 	for _, i := range r.order {
 		start(r.projs[i])
 	}
 	for {
 		select {
+		case ev := <-locks:
+			if ev.lost {
+				// Another process may hold the locks by now: stop at once, dependents first.
+				for _, i := range slices.Backward(r.order) {
+					p := r.projs[i]
+					if p.locked {
+						p.locked = false
+						p.cancel()
+						<-p.exited
+						r.setPhase(p, Standby)
+					}
+				}
+				continue
+			}
+			r.log.InfoContext(ctx, "projector lock taken; starting it", slog.String("projector", ev.p.Name))
+			ev.p.locked = true
+			start(ev.p)
 		case <-ctx.Done():
 			wg.Wait()
 			r.flush(ctx)

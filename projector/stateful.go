@@ -128,7 +128,8 @@ func (c SavepointConfig) validate() error {
 // projector). Across processes the store checks, before each savepoint, that the run's
 // latest savepoint is still the one it loaded or wrote, and reports a conflict otherwise
 // (or when the run was deleted): a best-effort check, since a statestore has no
-// compare-and-set; do not run one stateful projector in two processes.
+// compare-and-set; to run replicas, give the Runner a Locker (Config.Locker: the
+// Fallback PostgresStore), so that one process at a time runs each stateful projector.
 type SavepointStore struct {
 	cfg SavepointConfig
 	log *slog.Logger

@@ -1,0 +1,184 @@
+package projector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// LockIntervalDefault is the default Config.LockInterval.
+const LockIntervalDefault = time.Second
+
+// Locker keeps two processes from running the same projector at once. A [Runner] with a
+// Locker opens one [LockSession] while it runs and takes each projector's lock in it before
+// the projector loads its position. A projector whose lock another process holds waits in
+// the [Standby] phase and takes over when that process stops or dies, so several replicas
+// of an application may run the same projectors: one applies each, the others stand by.
+//
+// [PostgresStore] is a Locker (PostgreSQL advisory locks). The memory store is not: its
+// positions live in one process anyway.
+type Locker interface {
+	// LockSession opens a session whose locks last until it is closed or lost.
+	LockSession(ctx context.Context) (LockSession, error)
+}
+
+// LockSession holds projector locks. A Runner uses it from one goroutine at a time.
+type LockSession interface {
+	// TryLock takes the named projector's lock without waiting. It reports false when
+	// another session holds it. Taking a lock the session holds again reports true.
+	TryLock(ctx context.Context, name string) (bool, error)
+	// Ping fails when the session, and so its locks, may be gone: another session may
+	// hold them by now.
+	Ping(ctx context.Context) error
+	// Close releases every lock of the session.
+	Close(ctx context.Context) error
+}
+
+// lockApplicationName names the lock sessions' connections in pg_stat_activity.
+const lockApplicationName = "walflow projector locks"
+
+// LockSession opens a connection of its own, outside the pool, so that held locks never
+// take a pooled connection from the handlers. Its locks are session advisory locks keyed by
+// a 64-bit hash of "walflow.projectors/" and the projector's name: PostgreSQL releases
+// them when the connection ends, so a process that dies, or loses its connection, frees
+// its projectors for another.
+func (s *PostgresStore) LockSession(ctx context.Context) (LockSession, error) {
+	cfg := s.db.Config().ConnConfig.Copy()
+	cfg.RuntimeParams["application_name"] = lockApplicationName
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("projector: open the connection that holds projector locks: %w", err)
+	}
+	return &pgLockSession{conn: conn}, nil
+}
+
+type pgLockSession struct{ conn *pgx.Conn }
+
+func (s *pgLockSession) TryLock(ctx context.Context, name string) (bool, error) {
+	var ok bool
+	err := s.conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended('walflow.projectors/' || $1, 0))`, name).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("projector: take the lock of %s: %w", name, err)
+	}
+	return ok, nil
+}
+
+func (s *pgLockSession) Ping(ctx context.Context) error {
+	if err := s.conn.Ping(ctx); err != nil {
+		return fmt.Errorf("projector: the connection holding projector locks: %w", err)
+	}
+	return nil
+}
+
+func (s *pgLockSession) Close(ctx context.Context) error { return s.conn.Close(ctx) }
+
+var _ Locker = (*PostgresStore)(nil)
+
+// lockEvent is what the lock keeper tells Run: a projector whose lock it took, or that
+// every lock was lost.
+type lockEvent struct {
+	p    *proj // nil: lost
+	lost bool
+}
+
+// keepLocks owns the runner's lock session until ctx ends: it takes the lock of every
+// projector it does not hold yet (a projector only once those it depends on are held, so
+// that two processes never split a dependency chain and wait on each other), and checks
+// the session every LockInterval. It reports to Run through events; Run starts and stops
+// the projectors.
+func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
+	held := map[*proj]bool{}
+	backoff := r.cfg.LockInterval
+	var sess LockSession
+	closeSess := func() {
+		if sess != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = sess.Close(cctx)
+			cancel()
+			sess = nil
+		}
+	}
+	defer closeSess()
+	send := func(ev lockEvent) bool {
+		select {
+		case events <- ev:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	lose := func(err error) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		if len(held) > 0 {
+			r.log.WarnContext(ctx, "projector locks lost; stopping the projectors until they are taken again", slog.Any("error", err))
+		}
+		closeSess()
+		clear(held)
+		return send(lockEvent{lost: true})
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		wait := r.cfg.LockInterval
+		if sess == nil {
+			s, err := r.locker.LockSession(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				r.log.WarnContext(ctx, "projectors cannot open their lock session; waiting", slog.Duration("delay", backoff), slog.Any("error", err))
+				timer.Reset(backoff)
+				backoff = min(2*backoff, 30*time.Second)
+				continue
+			}
+			sess, backoff = s, r.cfg.LockInterval
+		} else if err := sess.Ping(ctx); err != nil {
+			if !lose(err) {
+				return
+			}
+			timer.Reset(0)
+			continue
+		}
+		for _, i := range r.order {
+			p := r.projs[i]
+			if held[p] || !allHeld(held, p.deps) {
+				continue
+			}
+			ok, err := sess.TryLock(ctx, p.Name)
+			if err != nil {
+				if !lose(err) {
+					return
+				}
+				wait = 0
+				break
+			}
+			if !ok {
+				continue
+			}
+			held[p] = true
+			if !send(lockEvent{p: p}) {
+				return
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+func allHeld(held map[*proj]bool, ps []*proj) bool {
+	for _, p := range ps {
+		if !held[p] {
+			return false
+		}
+	}
+	return true
+}
