@@ -40,9 +40,10 @@ table, type, what changed, channels), or one JSON object per line with --json:
   neither                  every event
 
 It starts after position --after (by default at the oldest event retention kept) and
-stops after --limit events (0: no limit). An index is first brought up to the ledger's head: read indexes the events walflow
-run had not indexed yet (and builds an index added to the configuration since), so the
-answer is complete. read opens the files directly: stop walflow run first.`,
+stops after --limit events (0: no limit). An index is first brought up to the ledger's
+head: read indexes the events walflow run had not indexed yet (and builds an index added
+to the configuration since), so the answer is complete. read opens the files directly:
+stop walflow run first.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		idx := fs.String("index", "", "read the events of one value of the index `NAME`")
