@@ -14,10 +14,14 @@ func (e *Engine) openProjectors() error {
 	if len(e.cfg.Projectors) == 0 {
 		return nil
 	}
-	r, err := projector.New(projector.Config{
+	cfg := projector.Config{
 		Ledger: e.led, DB: e.pool, Store: e.cfg.ProjectorStore, Projectors: e.cfg.Projectors,
 		Retry: e.cfg.OperatorRetry, Logger: e.cfg.Logger,
-	})
+	}
+	if e.idx != nil {
+		cfg.Indexes = e.idx
+	}
+	r, err := projector.New(cfg)
 	if err != nil {
 		return fmt.Errorf("walflow: projectors: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/projector"
 )
@@ -45,14 +46,22 @@ func TestEngineProjectors(t *testing.T) {
 	dir := t.TempDir()
 
 	var mu sync.Mutex
-	var seen []event.Position // what the Handle projector received, over both runs
+	var seen []event.Position  // what the Handle projector received, over both runs
+	var post1 []event.Position // what the projector on the by_post index received
 	run := func() (*walflow.Engine, func()) {
 		eng, err := walflow.Open(ctx, walflow.Config{
 			DatabaseURL: dsn, Slot: pc.Database, LedgerDir: filepath.Join(dir, "ledger"),
 			Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
 			StatusInterval: 200 * time.Millisecond,
 			Logger:         testLogger(t),
+			Indexers:       []index.Indexer{index.Field("by_post", "post_id")},
 			Projectors: []projector.Projector{
+				{Name: "post1", Index: "by_post", Values: []string{"1"}, Handle: func(_ context.Context, e event.Event) error {
+					mu.Lock()
+					post1 = append(post1, e.Position)
+					mu.Unlock()
+					return nil
+				}},
 				{Name: "seen", Entities: []string{"comments"}, Handle: func(_ context.Context, e event.Event) error {
 					mu.Lock()
 					seen = append(seen, e.Position)
@@ -118,9 +127,13 @@ func TestEngineProjectors(t *testing.T) {
 	waitApplied(eng, 4)
 	mu.Lock()
 	got := append([]event.Position(nil), seen...)
+	got1 := append([]event.Position(nil), post1...)
 	mu.Unlock()
 	if len(got) != 3 || got[0] != 2 || got[1] != 3 || got[2] != 4 {
 		t.Errorf("the Handle projector received positions %v over two runs, want [2 3 4]", got)
+	}
+	if len(got1) != 3 || got1[0] != 2 || got1[1] != 3 || got1[2] != 4 {
+		t.Errorf("the projector on index by_post received positions %v over two runs, want [2 3 4]", got1)
 	}
 	var n int
 	if err := conn.QueryRow(ctx, `SELECT n FROM comment_counts WHERE post_id = 1`).Scan(&n); err != nil || n != 3 {

@@ -350,6 +350,21 @@ func (r *Runner) worker(indexer string) (*worker, error) {
 	return w, nil
 }
 
+// Checkpoint returns the last position the indexer has indexed in this run: 0 until Run
+// has loaded its stored checkpoint. It fails for an unknown indexer.
+func (r *Runner) Checkpoint(indexer string) (event.Position, error) {
+	w, err := r.worker(indexer)
+	if err != nil {
+		return 0, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.loaded {
+		return 0, nil
+	}
+	return w.st.Checkpoint, nil
+}
+
 // Wait blocks until the indexer has indexed every event up to position pos (its
 // checkpoint is at or past pos), or ctx ends. It waits for Run to load the checkpoint.
 func (r *Runner) Wait(ctx context.Context, indexer string, pos event.Position) error {

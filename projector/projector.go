@@ -44,8 +44,15 @@ type Projector struct {
 	// Default none.
 	Entities []string
 	// Keys are further ledger index keys to receive the events of: channels such as
-	// posts/42/comments, or the keys of a custom indexer. Default none.
+	// posts/42/comments. Default none.
 	Keys []string
+	// Index names an indexer of Config.Indexes (a custom index, package index): the
+	// projector receives the events that indexer gave one of Values, such as every event
+	// of user 7 and user 9 by an index.Field on user_id. It goes live once the index has
+	// caught up with the ledger. Index excludes Entities and Keys. Default "": no index.
+	Index string
+	// Values are the index values to receive the events of; required with Index.
+	Values []string
 	// Events filters the event types; nil means insert, update and delete (a TRUNCATE
 	// carries no rows; list event.Truncate to receive it). With Sequence, nil means insert
 	// only, and only event.Insert may be listed.
@@ -150,6 +157,14 @@ func (p Projector) spec(defaultRetry operator.RetryPolicy) (spec, error) {
 		return spec{}, fmt.Errorf("projector %s: both Handle and HandleTx are set; use HandleTx for writes that must commit with the position, Handle otherwise", p.Name)
 	case slices.Contains(p.DependsOn, p.Name):
 		return spec{}, fmt.Errorf("projector %s: DependsOn names the projector itself", p.Name)
+	}
+	switch {
+	case p.Index != "" && (len(p.Entities) > 0 || len(p.Keys) > 0):
+		return spec{}, fmt.Errorf("projector %s: Index cannot be combined with Entities or Keys; filter by the index alone, or make an indexer that gives the values you need", p.Name)
+	case p.Index != "" && len(p.Values) == 0:
+		return spec{}, fmt.Errorf("projector %s: Index %s has no Values; list the index values whose events the projector receives", p.Name, p.Index)
+	case p.Index == "" && len(p.Values) > 0:
+		return spec{}, fmt.Errorf("projector %s: Values are set without an Index; name the indexer they are values of", p.Name)
 	}
 	s := spec{Projector: p, types: p.Events, retry: retryDefaults(defaultRetry)}
 	if p.Retry != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"slices"
@@ -33,6 +34,18 @@ type Ledger interface {
 	State() ledger.State
 }
 
+// IndexReader is the part of a custom index's runner that projectors filtered by Index
+// read; an *index.Runner is one.
+type IndexReader interface {
+	// Read returns up to limit events after position after that the indexer gave value.
+	Read(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Event, error)
+	// Checkpoint returns the last position the indexer has indexed, and fails for an
+	// unknown indexer.
+	Checkpoint(indexer string) (event.Position, error)
+	// Wait blocks until the indexer has indexed every event up to pos.
+	Wait(ctx context.Context, indexer string, pos event.Position) error
+}
+
 // Config configures a [Runner].
 type Config struct {
 	// Ledger is read by every projector. Required.
@@ -45,6 +58,9 @@ type Config struct {
 	Store PositionStore
 	// Projectors to run. Names must be unique.
 	Projectors []Projector
+	// Indexes serves the projectors that filter by Index: the engine passes its custom
+	// indexes (walflow.Engine.Indexes). Required when a projector sets Index.
+	Indexes IndexReader
 	// BatchSize is the most events a projector applies between two saves of its position
 	// (in one transaction for HandleTx). Default 100.
 	BatchSize int
@@ -218,6 +234,14 @@ func New(cfg Config) (*Runner, error) {
 		}
 		if _, dup := r.byName[s.Name]; dup {
 			return nil, fmt.Errorf("projector: two projectors are named %q; names key stored positions and must be unique", s.Name)
+		}
+		if s.Index != "" {
+			if cfg.Indexes == nil {
+				return nil, fmt.Errorf("projector %s: Index %s needs Config.Indexes (the engine's Indexes, with the indexer in Config.Indexers)", s.Name, s.Index)
+			}
+			if _, err := cfg.Indexes.Checkpoint(s.Index); err != nil {
+				return nil, fmt.Errorf("projector %s: %w", s.Name, err)
+			}
 		}
 		if s.HandleTx != nil && (cfg.DB == nil || r.txStore == nil) {
 			return nil, fmt.Errorf("projector %s: HandleTx needs Config.DB and a store that saves in a transaction (the default PostgreSQL store does)", s.Name)
@@ -594,6 +618,10 @@ type follower struct {
 	published         event.Position // the stored position last published
 }
 
+// indexPoll is how often a projector filtered by an index and depending on others checks
+// the index, which does not publish to the runner.
+const indexPoll = 50 * time.Millisecond
+
 // idleSaveEvery is how often a projector saves the progress it makes past events it does
 // not apply, so that its stored position (which retention does not pass) follows the head.
 const idleSaveEvery = time.Second
@@ -613,8 +641,16 @@ func (f *follower) run(ctx context.Context) error {
 		for _, d := range p.deps {
 			limit = min(limit, event.Position(d.done.Load()))
 		}
+		if p.Index != "" {
+			// The index may trail the ledger (or be rebuilding): read only what it covers.
+			indexed, err := r.cfg.Indexes.Checkpoint(p.Index)
+			if err != nil {
+				return err
+			}
+			limit = min(limit, indexed)
+		}
 		if cursor < limit {
-			evs, err := f.read(ctx, cursor)
+			evs, through, err := f.read(ctx, cursor)
 			if errors.Is(err, ledger.ErrTruncated) {
 				if err := f.truncated(ctx, &cursor); err != nil {
 					return err
@@ -630,10 +666,7 @@ func (f *follower) run(ctx context.Context) error {
 			}
 			var stop error
 			var stopAt *event.Event
-			next := limit
-			if len(evs) == r.cfg.BatchSize && evs[len(evs)-1].Position < limit {
-				next = evs[len(evs)-1].Position
-			}
+			next := min(limit, through)
 			for i := range evs {
 				e := &evs[i]
 				if e.Position > next {
@@ -713,7 +746,13 @@ func (f *follower) wait(ctx context.Context, changed <-chan struct{}, cursor eve
 		deadline = f.idleDue
 	}
 	if len(f.p.deps) > 0 {
-		// Dependencies move whenever the ledger does, and publish it.
+		// Dependencies move whenever the ledger does, and publish it. An index moves on its
+		// own: poll it.
+		if f.p.Index != "" {
+			if poll := time.Now().Add(indexPoll); deadline.IsZero() || poll.Before(deadline) {
+				deadline = poll
+			}
+		}
 		var timer <-chan time.Time
 		if !deadline.IsZero() {
 			t := time.NewTimer(time.Until(deadline))
@@ -734,18 +773,67 @@ func (f *follower) wait(ctx context.Context, changed <-chan struct{}, cursor eve
 		wctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
-	err := f.r.cfg.Ledger.Wait(wctx, cursor)
+	var err error
+	if f.p.Index != "" {
+		// The index reaching cursor+1 means the ledger moved and the index covers it.
+		err = f.r.cfg.Indexes.Wait(wctx, f.p.Index, cursor+1)
+	} else {
+		err = f.r.cfg.Ledger.Wait(wctx, cursor)
+	}
 	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 		return nil
 	}
 	return err
 }
 
-func (f *follower) read(ctx context.Context, after event.Position) ([]event.Event, error) {
-	if f.p.keys == nil {
-		return f.r.cfg.Ledger.Read(ctx, after, f.r.cfg.BatchSize)
+// read returns the projector's next events after after, and the position through which
+// they are all there is (the last one of a full batch; MaxUint64 when the read reached the
+// end).
+func (f *follower) read(ctx context.Context, after event.Position) ([]event.Event, event.Position, error) {
+	n := f.r.cfg.BatchSize
+	if f.p.Index != "" {
+		return f.readIndex(ctx, after)
 	}
-	return f.r.cfg.Ledger.ReadKeys(ctx, f.p.keys, after, f.r.cfg.BatchSize)
+	var evs []event.Event
+	var err error
+	if f.p.keys == nil {
+		evs, err = f.r.cfg.Ledger.Read(ctx, after, n)
+	} else {
+		evs, err = f.r.cfg.Ledger.ReadKeys(ctx, f.p.keys, after, n)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(evs) == n {
+		return evs, evs[n-1].Position, nil
+	}
+	return evs, math.MaxUint64, nil
+}
+
+// readIndex reads the events of each of the projector's index values and merges them in
+// position order, once each (an event may have several of the values). A value whose read
+// filled a batch bounds what is complete: the merge stops at its last event.
+func (f *follower) readIndex(ctx context.Context, after event.Position) ([]event.Event, event.Position, error) {
+	n := f.r.cfg.BatchSize
+	through := event.Position(math.MaxUint64)
+	var all []event.Event
+	for _, v := range f.p.Values {
+		evs, err := f.r.cfg.Indexes.Read(ctx, f.p.Index, v, after, n)
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(evs) == n {
+			through = min(through, evs[n-1].Position)
+		}
+		all = append(all, evs...)
+	}
+	slices.SortStableFunc(all, func(a, b event.Event) int { return cmp.Compare(a.Position, b.Position) })
+	all = slices.CompactFunc(all, func(a, b event.Event) bool { return a.Position == b.Position })
+	if through != math.MaxUint64 {
+		end, _ := slices.BinarySearchFunc(all, through+1, func(e event.Event, p event.Position) int { return cmp.Compare(e.Position, p) })
+		all = all[:end]
+	}
+	return all, through, nil
 }
 
 // truncated handles a position before the ledger's tail. A projector that never read an
