@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
@@ -17,24 +16,12 @@ import (
 // first) by user i%5.
 func (b *bundle) addUsers(first, n int) {
 	b.t.Helper()
-	ctx := b.t.Context()
-	b.lsn += 100
-	if err := b.led.BeginTx(ctx, event.TxMeta{CommitLSN: b.lsn, CommitTime: time.Now()}); err != nil {
-		b.t.Fatal(err)
+	evs := make([]event.Event, n)
+	for i := range evs {
+		evs[i] = event.Event{Name: "orders", Type: event.Insert, NewRecord: event.Record{
+			{Name: "id", Value: event.Text(20, strconv.Itoa(first+i))}, {Name: "user", Value: event.Text(20, strconv.Itoa((first+i)%5))}}}
 	}
-	for i := first; i < first+n; i++ {
-		e := event.Event{Name: "orders", Type: event.Insert, LSN: b.lsn, Ordinal: uint32(i - first), Timestamp: time.Now(),
-			NewRecord: event.Record{{Name: "id", Value: event.Text(20, strconv.Itoa(i))}, {Name: "user", Value: event.Text(20, strconv.Itoa(i%5))}}}
-		if err := b.led.Append(ctx, &e); err != nil {
-			b.t.Fatal(err)
-		}
-	}
-	if err := b.led.CommitTx(ctx, b.lsn+1); err != nil {
-		b.t.Fatal(err)
-	}
-	if err := b.led.Sync(ctx); err != nil {
-		b.t.Fatal(err)
-	}
+	b.commit(evs)
 }
 
 // byUser gives an order the value u<user>, and "lucky" to every 7th order too: an event

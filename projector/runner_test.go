@@ -49,17 +49,27 @@ func setup(t *testing.T) *bundle {
 	return &bundle{t: t, led: led, db: db}
 }
 
-// add appends one transaction of n inserts into table, with ids from id.
+// add appends one transaction of n inserts into table.
 func (b *bundle) add(table string, n int) {
+	b.t.Helper()
+	evs := make([]event.Event, n)
+	for i := range evs {
+		evs[i] = event.Event{Name: table, Type: event.Insert, NewRecord: event.Record{{Name: "amount", Value: event.Text(20, "1")}}}
+	}
+	b.commit(evs)
+}
+
+// commit appends evs as one transaction, giving them its LSN, their ordinals and a time.
+func (b *bundle) commit(evs []event.Event) {
 	b.t.Helper()
 	ctx := b.t.Context()
 	b.lsn += 100
 	if err := b.led.BeginTx(ctx, event.TxMeta{CommitLSN: b.lsn, CommitTime: time.Now()}); err != nil {
 		b.t.Fatal(err)
 	}
-	for i := range n {
-		e := event.Event{Name: table, Type: event.Insert, LSN: b.lsn, Ordinal: uint32(i), Timestamp: time.Now(),
-			NewRecord: event.Record{{Name: "amount", Value: event.Text(20, "1")}}}
+	for i := range evs {
+		e := evs[i]
+		e.LSN, e.Ordinal, e.Timestamp = b.lsn, uint32(i), time.Now()
 		if err := b.led.Append(ctx, &e); err != nil {
 			b.t.Fatal(err)
 		}
