@@ -32,7 +32,12 @@ import (
 	"github.com/walflow/walflow/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m, nil) }
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(floorChildEnv); spec != "" {
+		os.Exit(floorClientsMain(spec))
+	}
+	pgtest.Main(m, nil)
+}
 
 var (
 	drainChanges = flag.Int("drain.changes", 1_000_000, "row changes in BenchmarkDrain's backlog, a multiple of 400")

@@ -364,16 +364,23 @@ func (h *latencyHist) add(client int, d time.Duration) {
 	h.shards[client%histShards][histBucket(int64(d))].Add(1)
 }
 
-// quantile returns the upper bound of the bucket holding the q-quantile (nearest rank).
-func (h *latencyHist) quantile(q float64) time.Duration {
-	var counts [histBuckets]uint64
-	var total uint64
+// counts returns the count of each bucket, over the shards.
+func (h *latencyHist) counts() []uint64 {
+	counts := make([]uint64, histBuckets)
 	for s := range h.shards {
 		for b := range h.shards[s] {
-			n := h.shards[s][b].Load()
-			counts[b] += n
-			total += n
+			counts[b] += h.shards[s][b].Load()
 		}
+	}
+	return counts
+}
+
+// quantile returns the upper bound of the bucket holding the q-quantile (nearest rank).
+func (h *latencyHist) quantile(q float64) time.Duration {
+	counts := h.counts()
+	var total uint64
+	for _, n := range counts {
+		total += n
 	}
 	if total == 0 {
 		return 0

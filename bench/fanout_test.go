@@ -297,8 +297,8 @@ func commitEvents(ctx context.Context, dsn string, channels, rate, n int, start 
 	return out, nil
 }
 
-// raiseFileLimit raises the soft limit on open files to the hard limit: the clients need a
-// descriptor each.
+// raiseFileLimit raises the soft limit on open files to the hard limit, and the hard limit
+// to need when the process may: the clients need a descriptor each.
 func raiseFileLimit(tb testing.TB, need int) {
 	tb.Helper()
 	var l syscall.Rlimit
@@ -309,6 +309,13 @@ func raiseFileLimit(tb testing.TB, need int) {
 		l.Cur = l.Max
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
 			tb.Fatal(err)
+		}
+	}
+	if l.Cur < uint64(need) {
+		// Raising the hard limit works with CAP_SYS_RESOURCE (as root); otherwise keep it.
+		raised := syscall.Rlimit{Cur: uint64(need), Max: uint64(need)}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised) == nil {
+			l = raised
 		}
 	}
 	if l.Cur < uint64(need) {
