@@ -42,6 +42,7 @@ type floorResult struct {
 	elapsed        time.Duration // from the first send to the last receipt
 	serverCPU      time.Duration // user+system CPU of the server (this process) while sending
 	clientCPU      time.Duration // the same for the clients' process
+	writes, reads  int64         // the server's writes and the clients' reads that returned bytes
 }
 
 // floorMember is one server-side connection and the bytes waiting for it.
@@ -68,6 +69,7 @@ const floorChildEnv = "WALFLOW_BENCH_FLOOR_CLIENTS"
 // floorReport is what the clients' process prints when every connection ended.
 type floorReport struct {
 	Received   int64    `json:"received"`
+	Reads      int64    `json:"reads"`
 	Misordered int64    `json:"misordered"`
 	LastNs     int64    `json:"last_ns"` // the last receipt, Unix ns
 	CPUNs      int64    `json:"cpu_ns"`  // CPU used from connected to done
@@ -135,6 +137,7 @@ func floorRun(tb testing.TB, clients, channels, rate, size int, d, flush time.Du
 
 	// Writers.
 	var pending atomic.Int64 // bytes appended and not yet written
+	var writes atomic.Int64
 	var writers sync.WaitGroup
 	write := func(m *floorMember, b []byte) {
 		if len(b) == 0 {
@@ -143,6 +146,7 @@ func floorRun(tb testing.TB, clients, channels, rate, size int, d, flush time.Du
 		if _, err := m.conn.Write(b); err != nil && ctx.Err() == nil {
 			tb.Errorf("write: %v", err)
 		}
+		writes.Add(1)
 		pending.Add(-int64(len(b)))
 	}
 	if flush == 0 {
@@ -239,7 +243,7 @@ func floorRun(tb testing.TB, clients, channels, rate, size int, d, flush time.Du
 	}
 	return floorResult{flush: flush, sent: sent, received: rep.Received, lost: sent - rep.Received, misordered: rep.Misordered,
 		p50: hist.quantile(0.50), p99: hist.quantile(0.99), elapsed: time.Duration(rep.LastNs - start.UnixNano()),
-		serverCPU: serverCPU, clientCPU: time.Duration(rep.CPUNs)}
+		serverCPU: serverCPU, clientCPU: time.Duration(rep.CPUNs), writes: writes.Load(), reads: rep.Reads}
 }
 
 // floorClientsMain is the floor's clients process: it dials the server, says ready, reads
@@ -266,7 +270,7 @@ func floorClientsMain(spec string) int {
 		conns[i] = c
 	}
 	var hist latencyHist
-	var received, misordered, last atomic.Int64
+	var received, reads, misordered, last atomic.Int64
 	var wg sync.WaitGroup
 	before := cpuTime()
 	fmt.Println("ready")
@@ -281,6 +285,9 @@ func floorClientsMain(spec string) int {
 			for {
 				n, err := c.Read(buf[have:])
 				now := time.Now().UnixNano()
+				if n > 0 {
+					reads.Add(1)
+				}
 				have += n
 				k := 0
 				for ; have-k >= size; k += size {
@@ -309,7 +316,7 @@ func floorClientsMain(spec string) int {
 		}()
 	}
 	wg.Wait()
-	rep := floorReport{Received: received.Load(), Misordered: misordered.Load(), LastNs: last.Load(), CPUNs: int64(cpuTime() - before)}
+	rep := floorReport{Received: received.Load(), Reads: reads.Load(), Misordered: misordered.Load(), LastNs: last.Load(), CPUNs: int64(cpuTime() - before)}
 	rep.Counts = hist.counts()
 	if err := json.NewEncoder(os.Stdout).Encode(rep); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -339,10 +346,12 @@ func parseFlushes(s string) ([]time.Duration, error) {
 
 func (r floorResult) summary(clients, rate int) string {
 	secs := r.elapsed.Seconds()
-	perMsg := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 / float64(max(r.received, 1)) }
-	return fmt.Sprintf("floor, %d clients, %d events/s, flush %s: p50 %s, p99 %s, %.0f msgs/s, lost %d, server %.2f cores (%.2f µs/message), clients %.2f cores (%.2f µs/message)",
+	per := func(d time.Duration, n int64) float64 { return float64(d.Nanoseconds()) / 1000 / float64(max(n, 1)) }
+	return fmt.Sprintf("floor, %d clients, %d events/s, flush %s: p50 %s, p99 %s, %.0f msgs/s, lost %d; "+
+		"server %.2f cores, %.0f writes/s, %.2f µs/message, %.1f µs/write; clients %.2f cores, %.0f reads/s, %.2f µs/message, %.1f µs/read",
 		clients, rate, r.flush, readableMs(ms(r.p50)), readableMs(ms(r.p99)), float64(r.received)/secs, r.lost,
-		r.serverCPU.Seconds()/secs, perMsg(r.serverCPU), r.clientCPU.Seconds()/secs, perMsg(r.clientCPU))
+		r.serverCPU.Seconds()/secs, float64(r.writes)/secs, per(r.serverCPU, r.received), per(r.serverCPU, r.writes),
+		r.clientCPU.Seconds()/secs, float64(r.reads)/secs, per(r.clientCPU, r.received), per(r.clientCPU, r.reads))
 }
 
 // TestFanoutFloorSmoke runs the floor on a small load in every `go test`, so that it
