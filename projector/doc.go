@@ -47,6 +47,13 @@
 // processes. When the lock session is lost the runner stops its projectors at once and
 // stands by until it takes their locks again.
 //
+// A stored position counts the events of one ledger, so a checkpoint records which ledger
+// (the PostgreSQL system, database and slot it follows). A runner refuses, by halting the
+// projector with an error wrapping [ErrForeignLedger] and without touching the store, a
+// checkpoint of another ledger (another engine with the same projector names and database)
+// or one past its ledger's head (a ledger deleted and started again); a reset replays the
+// runner's ledger.
+//
 // # Why there is no MissedEventError
 //
 // The seed's projector received each event as the application published it, and compared

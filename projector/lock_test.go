@@ -36,6 +36,13 @@ func TestLockStandbyTakesOver(t *testing.T) {
 	}
 	bb := b.run(cfg("b"))
 	until(t, bb.Runner, "b standing by", func() bool { return status(bb.Runner, "balances").Phase == projector.Standby })
+	// A restart asked of the standby changes nothing: it still stands by.
+	if err := bb.Restart(t.Context(), "balances"); err != nil {
+		t.Fatalf("Restart of a standby projector: %v", err)
+	}
+	if s := status(bb.Runner, "balances"); s.Phase != projector.Standby {
+		t.Fatalf("after a restart the standby is %s", s.Phase)
+	}
 	b.add("accounts", 100)
 	until(t, a.Runner, "a applying the new events", func() bool { return status(a.Runner, "balances").Position == 200 })
 	// b must still stand by, having applied nothing.

@@ -392,10 +392,12 @@ func (r *Runner) flush(ctx context.Context) {
 func (r *Runner) control(ctx context.Context, req request, start func(*proj)) error {
 	p := r.byName[req.name]
 	running := false
-	select {
-	case <-p.exited:
-	default:
-		running = true
+	if p.exited != nil { // nil: never started, as a projector standing by since Run began
+		select {
+		case <-p.exited:
+		default:
+			running = true
+		}
 	}
 	if req.reset {
 		if running {
@@ -551,6 +553,35 @@ func (r *Runner) setPhase(p *proj, ph Phase) {
 	}
 }
 
+// ErrForeignLedger is the halt error of a projector whose stored position counts the events
+// of another ledger than the runner's.
+var ErrForeignLedger = errors.New("projector: the stored position belongs to another ledger")
+
+// ledgerKey names the runner's ledger for Checkpoint.Ledger; empty while the ledger has
+// not recorded what it follows.
+func (r *Runner) ledgerKey() string {
+	o := r.cfg.Ledger.State().Origin
+	if o.IsZero() {
+		return ""
+	}
+	// Not the timeline: a promoted standby continues the same history.
+	return o.SystemID + "/" + o.Database + "/" + o.Slot
+}
+
+// checkLedger refuses a checkpoint that cannot be this ledger's: one recorded for another
+// ledger, or one past the ledger's head (the ledger was deleted and started again).
+func (r *Runner) checkLedger(cp Checkpoint) error {
+	if key := r.ledgerKey(); key != "" && cp.Ledger != "" && cp.Ledger != key {
+		return fmt.Errorf("%w: its position %d counts the events of %s, and this runner reads %s; give the projectors of each engine their own names (or their own store), or reset it to replay this ledger",
+			ErrForeignLedger, cp.Position, cp.Ledger, key)
+	}
+	if head := r.cfg.Ledger.State().Head; cp.Position > head {
+		return fmt.Errorf("%w: its position %d is past the ledger's head %d, so the ledger was replaced (deleted, or another one); reset the projector to replay this ledger",
+			ErrForeignLedger, cp.Position, head)
+	}
+	return nil
+}
+
 // errReload ends a follow whose stored checkpoint changed under it: it loads it again.
 var errReload = errors.New("projector: reload the checkpoint")
 
@@ -576,6 +607,12 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 		p.done.Store(uint64(cp.Position))
 		p.stored.Store(uint64(cp.Position))
 		p.seen.Store(uint64(max(cp.Seen, cp.Position)))
+		if err := r.checkLedger(cp); err != nil {
+			// Not stored: the checkpoint is right for the runner of its own ledger.
+			r.log.ErrorContext(ctx, "projector halted: its stored position belongs to another ledger", slog.String("projector", p.Name), slog.Any("error", err))
+			r.markHalted(p, err.Error(), 0)
+			return
+		}
 		if cp.Halted {
 			r.markHalted(p, cp.Error, cp.FailedPosition)
 			return
@@ -986,7 +1023,7 @@ func (f *follower) apply(ctx context.Context, k int) (int, error) {
 			return i, err
 		}
 	}
-	cp.Version = f.saved.Version
+	cp.Version, cp.Ledger = f.saved.Version, cmp.Or(f.r.ledgerKey(), f.saved.Ledger)
 	if err := f.r.txStore.SaveTx(ctx, tx, f.p.Name, cp); err != nil {
 		return 0, err
 	}
@@ -1001,7 +1038,7 @@ func (f *follower) apply(ctx context.Context, k int) (int, error) {
 
 // save stores cp outside any transaction.
 func (f *follower) save(ctx context.Context, cp Checkpoint) error {
-	cp.Version = f.saved.Version
+	cp.Version, cp.Ledger = f.saved.Version, cmp.Or(f.r.ledgerKey(), f.saved.Ledger)
 	if err := f.r.store.Save(ctx, f.p.Name, cp); err != nil {
 		return err
 	}

@@ -271,6 +271,7 @@ type savepointMeta struct {
 	Error          string           `json:"error,omitempty"`
 	FailedPosition event.Position   `json:"failed_position,omitempty"`
 	Version        int64            `json:"version"`
+	Ledger         string           `json:"ledger,omitempty"`
 }
 
 const savepointFormat = 1
@@ -335,7 +336,7 @@ func decodeSavepoint(sp statestore.Savepoint) (Checkpoint, map[string][]byte, er
 		return Checkpoint{}, nil, fmt.Errorf("its checkpoint entity has format %d; this walflow reads format %d", meta.Format, savepointFormat)
 	}
 	cp := Checkpoint{Position: sp.Position, Seen: max(meta.Seen, sp.Position), Sequence: meta.Sequence, Halted: meta.Halted,
-		Error: meta.Error, FailedPosition: meta.FailedPosition, Version: meta.Version}
+		Error: meta.Error, FailedPosition: meta.FailedPosition, Version: meta.Version, Ledger: meta.Ledger}
 	return cp, state, nil
 }
 
@@ -441,7 +442,7 @@ func (s *SavepointStore) put(ctx context.Context, sp *statefulProj, cp Checkpoin
 		return fmt.Errorf("%w: %s's latest savepoint (at %d) is not the one this process loaded or wrote (at %d); does it run in another process too?", ErrConflict, sp.name, ts, sp.lastTS)
 	}
 	meta, err := json.Marshal(savepointMeta{Format: savepointFormat, Seen: cp.Seen, Sequence: cp.Sequence, Halted: cp.Halted,
-		Error: cp.Error, FailedPosition: cp.FailedPosition, Version: cp.Version})
+		Error: cp.Error, FailedPosition: cp.FailedPosition, Version: cp.Version, Ledger: cp.Ledger})
 	if err != nil {
 		return fmt.Errorf("projector: encode the checkpoint of %s: %w", sp.name, err)
 	}

@@ -39,6 +39,10 @@ type Checkpoint struct {
 	// Version counts the saves; a save names the version it read, so that a concurrent
 	// change (a reset, a second process) is detected instead of overwritten.
 	Version int64 `json:"version"`
+	// Ledger names the ledger whose positions Position counts: the PostgreSQL system,
+	// database and slot it follows. Empty until known, and after a reset. A runner refuses
+	// a checkpoint of another ledger, whose positions mean other events.
+	Ledger string `json:"ledger,omitempty"`
 }
 
 // PositionStore keeps projectors' checkpoints. Its methods are safe for concurrent use.
@@ -90,7 +94,8 @@ func (s *PostgresStore) Migrate(ctx context.Context) error {
 			error text,
 			failed_position bigint,
 			version bigint NOT NULL DEFAULT 0,
-			updated_at timestamptz NOT NULL DEFAULT now())`)
+			updated_at timestamptz NOT NULL DEFAULT now());
+		ALTER TABLE walflow.projectors ADD COLUMN IF NOT EXISTS ledger text`)
 	if err != nil {
 		return fmt.Errorf("projector: create the walflow.projectors table: %w (the role needs CREATE on the database, or create the schema yourself)", err)
 	}
@@ -125,8 +130,8 @@ func (s *PostgresStore) List(ctx context.Context) ([]NamedCheckpoint, error) {
 }
 
 func (s *PostgresStore) query(ctx context.Context, where string, args ...any) ([]NamedCheckpoint, error) {
-	rows, err := s.db.Query(ctx, `SELECT name, position, seen, sequence, halted, coalesce(error, ''), coalesce(failed_position, 0), version
-		FROM walflow.projectors `+where, args...)
+	rows, err := s.db.Query(ctx, `SELECT name, position, seen, sequence, halted, coalesce(error, ''), coalesce(failed_position, 0), version,
+			coalesce(ledger, '') FROM walflow.projectors `+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("projector: read walflow.projectors: %w", err)
 	}
@@ -134,7 +139,7 @@ func (s *PostgresStore) query(ctx context.Context, where string, args ...any) ([
 		var c NamedCheckpoint
 		var pos, seen, failed int64
 		var seq []byte
-		if err := r.Scan(&c.Name, &pos, &seen, &seq, &c.Halted, &c.Error, &failed, &c.Version); err != nil {
+		if err := r.Scan(&c.Name, &pos, &seen, &seq, &c.Halted, &c.Error, &failed, &c.Version, &c.Ledger); err != nil {
 			return c, fmt.Errorf("projector: read walflow.projectors: %w", err)
 		}
 		c.Position, c.Seen, c.FailedPosition = event.Position(pos), event.Position(seen), event.Position(failed)
@@ -175,9 +180,9 @@ func (s *PostgresStore) save(ctx context.Context, db execer, name string, cp Che
 		errText, failed = &cp.Error, new(int64(cp.FailedPosition))
 	}
 	tag, err := db.Exec(ctx, `UPDATE walflow.projectors SET position = $3, seen = $4, sequence = $5, halted = $6, error = $7,
-			failed_position = $8, version = version + 1, updated_at = now()
+			failed_position = $8, ledger = nullif($9, ''), version = version + 1, updated_at = now()
 		WHERE name = $1 AND version = $2`,
-		name, cp.Version, int64(cp.Position), int64(cp.Seen), seq, cp.Halted, errText, failed)
+		name, cp.Version, int64(cp.Position), int64(cp.Seen), seq, cp.Halted, errText, failed, cp.Ledger)
 	if err != nil {
 		return fmt.Errorf("projector: save the position of %s: %w", name, err)
 	}
@@ -192,7 +197,7 @@ func (s *PostgresStore) save(ctx context.Context, db execer, name string, cp Che
 func (s *PostgresStore) Reset(ctx context.Context, name string) error {
 	_, err := s.db.Exec(ctx, `INSERT INTO walflow.projectors AS p (name, version) VALUES ($1, 1)
 		ON CONFLICT (name) DO UPDATE SET position = 0, seen = 0, sequence = NULL, halted = false, error = NULL,
-			failed_position = NULL, version = p.version + 1, updated_at = now()`, name)
+			failed_position = NULL, ledger = NULL, version = p.version + 1, updated_at = now()`, name)
 	if err != nil {
 		return fmt.Errorf("projector: reset %s: %w", name, err)
 	}
