@@ -91,6 +91,7 @@ type lockEvent struct {
 // the projectors.
 func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 	held := map[*proj]bool{}
+	told := map[*proj]bool{} // standing by, and logged
 	backoff := r.cfg.LockInterval
 	var sess LockSession
 	closeSess := func() {
@@ -163,9 +164,14 @@ func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 				break
 			}
 			if !ok {
+				if !told[p] {
+					told[p] = true
+					r.log.InfoContext(ctx, "projector stands by: another process holds its lock; it starts when that process stops",
+						slog.String("projector", p.Name))
+				}
 				continue
 			}
-			held[p] = true
+			held[p], told[p] = true, false
 			if !send(lockEvent{p: p}) {
 				return
 			}
