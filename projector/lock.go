@@ -77,6 +77,48 @@ func (s *pgLockSession) Close(ctx context.Context) error { return s.conn.Close(c
 
 var _ Locker = (*PostgresStore)(nil)
 
+// Holder is the PostgreSQL session holding a projector's lock: the process running it.
+type Holder struct {
+	// PID is the session's backend process id (pg_stat_activity.pid).
+	PID int32 `json:"pid"`
+	// Address is the client's address, "local" over a Unix socket, or "" when the role may
+	// not see it (pg_read_all_stats shows it).
+	Address string `json:"address"`
+	// Since is when the session began.
+	Since time.Time `json:"since"`
+}
+
+// Holders returns, by name, the sessions holding the locks of the projectors stored in
+// walflow.projectors: where each runs. A projector missing from the map runs nowhere, or
+// in a runner without a Locker.
+func (s *PostgresStore) Holders(ctx context.Context) (map[string]Holder, error) {
+	// A bigint advisory key shows in pg_locks as its high half (classid) and low half
+	// (objid), with objsubid 1.
+	rows, err := s.db.Query(ctx, `
+		SELECT p.name, a.pid, CASE WHEN a.client_addr IS NOT NULL THEN host(a.client_addr)
+			WHEN a.client_port = -1 THEN 'local' ELSE '' END, a.backend_start
+		FROM walflow.projectors p
+		CROSS JOIN LATERAL (SELECT hashtextextended('walflow.projectors/' || p.name, 0) AS k) h
+		JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+			AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			AND l.classid::bigint = (h.k >> 32) & 4294967295 AND l.objid::bigint = h.k & 4294967295
+		JOIN pg_stat_activity a ON a.pid = l.pid`)
+	if err != nil {
+		return nil, fmt.Errorf("projector: read the projectors' lock holders: %w", err)
+	}
+	out := map[string]Holder{}
+	var name string
+	var h Holder
+	_, err = pgx.ForEachRow(rows, []any{&name, &h.PID, &h.Address, &h.Since}, func() error {
+		out[name] = h
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("projector: read the projectors' lock holders: %w", err)
+	}
+	return out, nil
+}
+
 // lockEvent is what the lock keeper tells Run: a projector whose lock it took, or that
 // every lock was lost.
 type lockEvent struct {

@@ -36,6 +36,16 @@ func TestLockStandbyTakesOver(t *testing.T) {
 	}
 	bb := b.run(cfg("b"))
 	until(t, bb.Runner, "b standing by", func() bool { return status(bb.Runner, "balances").Phase == projector.Standby })
+	// The store tells which session runs it: a's lock session.
+	holders, err := projector.NewPostgresStore(b.db).Holders(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockPID := b.int(`SELECT pid FROM pg_stat_activity WHERE application_name = 'walflow projector locks' AND datname = current_database()
+		AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)`)
+	if h, ok := holders["balances"]; !ok || int64(h.PID) != lockPID || h.Address == "" || h.Since.IsZero() {
+		t.Fatalf("holders %+v, want balances held by pid %d", holders, lockPID)
+	}
 	// A restart asked of the standby changes nothing: it still stands by.
 	if err := bb.Restart(t.Context(), "balances"); err != nil {
 		t.Fatalf("Restart of a standby projector: %v", err)

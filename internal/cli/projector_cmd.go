@@ -44,7 +44,8 @@ var projectorStatusCommand = &command{
 	summary: "Show each stored projector's position, lag, and why it halted.",
 	help: `
 status lists the rows of walflow.projectors: each projector's position (every event at or
-before it is applied), its lag behind the ledger head, whether it is halted, the error that
+before it is applied), its lag behind the ledger head, where it runs (the database session
+of the process holding its lock: pid and client address), whether it is halted, the error that
 halted it and the position of the event it failed on; for a projector in sequence mode,
 how far it has read (seen) and the next number each sequence expects. The ledger head comes
 from the running walflow at http.addr (its /metrics, which also gives the live position of
@@ -56,8 +57,10 @@ The --json document has the keys ledger_head (null when unknown), ledger_head_fr
 table_exists and projectors, a list by name of objects with the keys name, position,
 running_position (null unless the running walflow reports the projector), lag_events (null
 when the head is unknown), seen, sequence (null outside sequence mode), halted, error
-("" when not halted), failed_position (0 when not halted) and version (the number of saves
-and resets of the stored checkpoint).`,
+("" when not halted), failed_position (0 when not halted), version (the number of saves
+and resets of the stored checkpoint), ledger (the system/database/slot its position counts,
+"" when unknown) and runs_in (null when no process runs it, else pid, address and since:
+the session holding its lock).`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		asJSON := fs.Bool("json", false, "print the projectors as JSON")
@@ -216,6 +219,12 @@ type projectorStatus struct {
 	FailedPosition event.Position `json:"failed_position"`
 	// Version counts the saves and resets of the stored checkpoint.
 	Version int64 `json:"version"`
+	// Ledger names the ledger the position counts (system, database, slot); "" when
+	// unknown.
+	Ledger string `json:"ledger"`
+	// RunsIn is the database session holding the projector's lock, that of the process
+	// running it; null when no process runs it (or its runner takes no locks).
+	RunsIn *projector.Holder `json:"runs_in"`
 }
 
 func projectorStatusMain(ctx context.Context, e *env, path string, asJSON bool) error {
@@ -229,6 +238,12 @@ func projectorStatusMain(ctx context.Context, e *env, path string, asJSON bool) 
 	if exists && err != nil {
 		return err
 	}
+	var holders map[string]projector.Holder
+	if exists {
+		if holders, err = pc.store.Holders(ctx); err != nil {
+			return fmt.Errorf("%s: %w", pc.name, err)
+		}
+	}
 	head := projectorHead(ctx, pc.cfg)
 	doc := projectorStatusDoc{LedgerHeadFrom: head.from, TableExists: exists, Projectors: []projectorStatus{}}
 	if head.known {
@@ -236,7 +251,10 @@ func projectorStatusMain(ctx context.Context, e *env, path string, asJSON bool) 
 	}
 	for _, cp := range cps {
 		s := projectorStatus{Name: cp.Name, Position: cp.Position, Seen: cp.Seen, Sequence: cp.Sequence, Halted: cp.Halted,
-			Error: cp.Error, FailedPosition: cp.FailedPosition, Version: cp.Version}
+			Error: cp.Error, FailedPosition: cp.FailedPosition, Version: cp.Version, Ledger: cp.Ledger}
+		if h, ok := holders[cp.Name]; ok {
+			s.RunsIn = &h
+		}
 		at := cp.Position
 		if p, ok := head.running[cp.Name]; ok {
 			s.RunningPosition = &p
@@ -274,11 +292,17 @@ func writeProjectorStatus(w io.Writer, doc *projectorStatusDoc) {
 		fmt.Fprintf(w, "ledger head: unknown (%s), so the lag is too\n\n", doc.LedgerHeadFrom)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
-	fmt.Fprintln(tw, "PROJECTOR\tPOSITION\tLAG\tHALTED\tFAILED AT\tERROR")
+	fmt.Fprintln(tw, "PROJECTOR\tPOSITION\tLAG\tRUNS IN\tHALTED\tFAILED AT\tERROR")
 	var halted, running bool
 	var seq []projectorStatus
 	for _, s := range doc.Projectors {
-		pos, lag, h, failed := s.Position.String(), "-", "no", "-"
+		pos, lag, runs, h, failed := s.Position.String(), "-", "-", "no", "-"
+		if s.RunsIn != nil {
+			runs = fmt.Sprintf("pid %d", s.RunsIn.PID)
+			if s.RunsIn.Address != "" {
+				runs += " from " + s.RunsIn.Address
+			}
+		}
 		if s.RunningPosition != nil && *s.RunningPosition != s.Position {
 			pos = fmt.Sprintf("%d (running: %d)", s.Position, *s.RunningPosition)
 			running = true
@@ -291,7 +315,7 @@ func writeProjectorStatus(w io.Writer, doc *projectorStatusDoc) {
 			failed = s.FailedPosition.String()
 		}
 		msg := strings.Join(strings.Fields(s.Error), " ")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, pos, lag, h, failed, msg)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, pos, lag, runs, h, failed, msg)
 		if s.Sequence != nil {
 			seq = append(seq, s)
 		}

@@ -115,9 +115,9 @@ func TestProjectorStatusRestartReset(t *testing.T) {
 	}
 	for _, re := range []string{
 		`(?m)^ledger head: unknown \(no walflow answers on http \(http.addr is off\) and the ledger \S+data does not exist yet\), so the lag is too$`,
-		`(?m)^PROJECTOR +POSITION +LAG +HALTED +FAILED AT +ERROR$`,
-		`(?m)^balances +10 +- +no +- +$`,
-		`(?m)^orders +12 +- +yes +13 +apply order 7: ERROR: duplicate key value violates unique constraint$`,
+		`(?m)^PROJECTOR +POSITION +LAG +RUNS IN +HALTED +FAILED AT +ERROR$`,
+		`(?m)^balances +10 +- +- +no +- +$`,
+		`(?m)^orders +12 +- +- +yes +13 +apply order 7: ERROR: duplicate key value violates unique constraint$`,
 		`(?m)^Sequence mode: read up to SEEN; the next number each sequence expects.\nPROJECTOR +SEEN +NEXT\norders +15 +audit 3, events 8$`,
 		`walflow projector restart NAME +to retry the event it failed on`,
 	} {
@@ -275,7 +275,7 @@ func TestProjectorStatusHead(t *testing.T) {
 		t.Errorf("projector status from the ledger: %+v", p)
 	}
 	r := runCLI(ctx, noEnv, "projector", "status", "--config", path)
-	if !regexp.MustCompile(`(?m)^ledger head: position 5 \(from the ledger \S+data\)\n\nPROJECTOR .*\nbalances +3 +2 +no +- +$`).MatchString(r.stdout) {
+	if !regexp.MustCompile(`(?m)^ledger head: position 5 \(from the ledger \S+data\)\n\nPROJECTOR .*\nbalances +3 +2 +- +no +- +$`).MatchString(r.stdout) {
 		t.Errorf("projector status from the ledger:\n%s", r.stdout)
 	}
 
@@ -306,8 +306,8 @@ func TestProjectorStatusHead(t *testing.T) {
 	}
 	r = runCLI(ctx, noEnv, "projector", "status", "--config", path)
 	for _, re := range []string{
-		`(?m)^balances +3 \(running: 45\) +5 +no +- +$`,
-		`(?m)^odd "name" +1 +49 +no +- +$`,
+		`(?m)^balances +3 \(running: 45\) +5 +- +no +- +$`,
+		`(?m)^odd "name" +1 +49 +- +no +- +$`,
 		`(?m)^running: the position in the running walflow, not saved yet`,
 	} {
 		if !regexp.MustCompile(re).MatchString(r.stdout) {
@@ -456,6 +456,17 @@ func TestProjectorCommandsUnderRunner(t *testing.T) {
 	until("counts at 3 and failing halted", func() bool {
 		return phase("counts").Position == 3 && phase("failing").Phase == projector.Halted
 	})
+
+	// status tells where each runs: the runner's lock session.
+	doc, out := projectorStatusJSON(t, path)
+	for _, p := range doc.Projectors {
+		if p.RunsIn == nil || p.RunsIn.PID == 0 {
+			t.Errorf("projector status --json: %s runs nowhere, want the runner's session:\n%s", p.Name, out)
+		}
+	}
+	if r := runCLI(ctx, noEnv, "projector", "status", "--config", path); !regexp.MustCompile(`(?m)^counts +3 +- +pid \d+ from \S+ +no`).MatchString(r.stdout) {
+		t.Errorf("projector status does not say where counts runs:\n%s", r.stdout)
+	}
 
 	r1 := runCLI(ctx, noEnv, "projector", "reset", "counts", "--config", path)
 	if r1.code != ExitOK {
