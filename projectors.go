@@ -54,26 +54,32 @@ var (
 	projectorPositionDesc = prometheus.NewDesc("walflow_projector_position", "Ledger position through which the projector has applied every event.", []string{"projector"}, nil)
 	projectorLagDesc      = prometheus.NewDesc("walflow_projector_lag_events", "Ledger positions between the head and the projector's position.", []string{"projector"}, nil)
 	projectorHaltedDesc   = prometheus.NewDesc("walflow_projector_halted", "1 while the projector is halted.", []string{"projector"}, nil)
+	projectorStandbyDesc  = prometheus.NewDesc("walflow_projector_standby", "1 while another process holds the projector's lock and runs it.", []string{"projector"}, nil)
 )
 
-// projectorCollector exports each projector's position, lag and halt.
+// projectorCollector exports each projector's position, lag, halt and standby.
 type projectorCollector struct{ e *Engine }
 
 func (c projectorCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- projectorPositionDesc
 	ch <- projectorLagDesc
 	ch <- projectorHaltedDesc
+	ch <- projectorStandbyDesc
 }
 
 func (c projectorCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c.e.projs.Status() {
-		halted := 0.0
-		if s.Phase == projector.Halted {
+		halted, standby := 0.0, 0.0
+		switch s.Phase {
+		case projector.Halted:
 			halted = 1
+		case projector.Standby:
+			standby = 1
 		}
 		ch <- prometheus.MustNewConstMetric(projectorPositionDesc, prometheus.GaugeValue, float64(s.Position), s.Name)
 		ch <- prometheus.MustNewConstMetric(projectorLagDesc, prometheus.GaugeValue, float64(s.Lag), s.Name)
 		ch <- prometheus.MustNewConstMetric(projectorHaltedDesc, prometheus.GaugeValue, halted, s.Name)
+		ch <- prometheus.MustNewConstMetric(projectorStandbyDesc, prometheus.GaugeValue, standby, s.Name)
 	}
 }
 

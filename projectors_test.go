@@ -117,6 +117,9 @@ func TestEngineProjectors(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	srv.Close()
+	if !strings.Contains(string(body), `walflow_projector_standby{projector="counts"} 0`) {
+		t.Errorf("/metrics has no projector standby gauge:\n%s", body)
+	}
 	if !strings.Contains(string(body), `walflow_projector_lag_events{projector="counts"} 0`) {
 		t.Errorf("/metrics has no projector lag:\n%s", body)
 	}
