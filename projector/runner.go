@@ -74,8 +74,8 @@ type Config struct {
 	// Logger receives the runner's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 	// Locker keeps two processes from running the same projector (see [Locker]). Default:
-	// Store when it is a Locker, as the default [PostgresStore] is; else none. A runner on
-	// a [SavepointStore] whose Fallback is a PostgresStore should pass that store here.
+	// Store when it is a Locker, as the default [PostgresStore] is, or the Fallback of a
+	// [SavepointStore] when that is one; else none.
 	Locker Locker
 	// LockInterval is how often a runner with a Locker checks its lock session and tries
 	// the locks it does not hold: a standby takes over within about this long of the
@@ -224,7 +224,12 @@ func New(cfg Config) (*Runner, error) {
 	r.txStore, _ = r.store.(TxPositionStore)
 	r.locker = cfg.Locker
 	if r.locker == nil {
-		r.locker, _ = r.store.(Locker)
+		switch st := r.store.(type) {
+		case Locker:
+			r.locker = st
+		case interface{ Locker() Locker }:
+			r.locker = st.Locker()
+		}
 	}
 	var specs []spec
 	for _, p := range cfg.Projectors {

@@ -128,8 +128,8 @@ func (c SavepointConfig) validate() error {
 // projector). Across processes the store checks, before each savepoint, that the run's
 // latest savepoint is still the one it loaded or wrote, and reports a conflict otherwise
 // (or when the run was deleted): a best-effort check, since a statestore has no
-// compare-and-set; to run replicas, give the Runner a Locker (Config.Locker: the
-// Fallback PostgresStore), so that one process at a time runs each stateful projector.
+// compare-and-set. With a PostgresStore as the Fallback the runner takes each projector's
+// lock there (see [SavepointStore.Locker]), so that one process at a time runs it.
 type SavepointStore struct {
 	cfg SavepointConfig
 	log *slog.Logger
@@ -487,6 +487,14 @@ func (s *SavepointStore) Flush(ctx context.Context) error {
 		sp.mu.Unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// Locker returns the Fallback when it is a [Locker] (a [PostgresStore] is), else nil: a
+// Runner on this store takes its projectors' locks there, so that one process at a time
+// runs each, stateful ones included.
+func (s *SavepointStore) Locker() Locker {
+	l, _ := s.cfg.Fallback.(Locker)
+	return l
 }
 
 // Reset deletes the projector's savepoints and clears its state, so that it replays the

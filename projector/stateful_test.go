@@ -1051,6 +1051,11 @@ func TestStatefulBesideHandleTx(t *testing.T) {
 	if n := b.int(`SELECT count(*) FROM walflow.projectors WHERE name = 'counts'`); n != 0 {
 		t.Fatalf("the stateful projector has %d rows in walflow.projectors", n)
 	}
+	// The runner took both projectors' locks through the Fallback.
+	if n := b.int(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid IN
+		(SELECT pid FROM pg_stat_activity WHERE application_name = 'walflow projector locks' AND datname = current_database())`); n != 2 {
+		t.Fatalf("the runner holds %d projector locks, want 2", n)
+	}
 }
 
 func TestStatefulPgstore(t *testing.T) {
