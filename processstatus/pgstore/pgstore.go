@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgschema"
 	"github.com/walflow/walflow/processstatus"
 )
 
@@ -64,27 +65,10 @@ func (c Config) validate() error {
 	if c.FlushInterval < 0 {
 		return fmt.Errorf("pgstore: Config.FlushInterval is %s; use a positive duration, or 0 for the default %s", c.FlushInterval, FlushIntervalDefault)
 	}
-	if !validIdent(c.Schema) {
+	if !pgschema.ValidIdent(c.Schema) {
 		return fmt.Errorf("pgstore: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
 	}
 	return nil
-}
-
-// validIdent reports whether s is a lower-case PostgreSQL identifier that needs no quoting.
-func validIdent(s string) bool {
-	if s == "" || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c == '_':
-		case i > 0 && c >= '0' && c <= '9':
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // Store keeps the process status in PostgreSQL. Create it with [New]; it is safe for
@@ -142,13 +126,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		return nil
 	}
 	schema := pgx.Identifier{s.cfg.Schema}.Sanitize()
-	err := pgx.BeginFunc(ctx, s.cfg.DB, func(tx pgx.Tx) error {
-		// Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs; a lock
-		// keyed by the table name makes stores starting together take turns.
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", s.statusTable); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
+	err := pgschema.Create(ctx, s.cfg.DB, s.statusTable, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
 CREATE TABLE IF NOT EXISTS `+s.statusTable+` (
 	entity text PRIMARY KEY,
 	processed_micros bigint NOT NULL,
@@ -159,8 +137,6 @@ CREATE TABLE IF NOT EXISTS `+s.posTable+` (
 	position bigint NOT NULL,
 	updated_at timestamptz NOT NULL DEFAULT now()
 )`)
-		return err
-	})
 	if err != nil {
 		return fmt.Errorf("pgstore: create %s: %w", s.statusTable, err)
 	}

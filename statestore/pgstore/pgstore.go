@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgschema"
 	"github.com/walflow/walflow/statestore"
 )
 
@@ -39,27 +40,10 @@ func (c Config) validate() error {
 	if c.DB == nil {
 		return errors.New("pgstore: Config.DB is nil; pass a *pgxpool.Pool")
 	}
-	if !validIdent(c.Schema) {
+	if !pgschema.ValidIdent(c.Schema) {
 		return fmt.Errorf("pgstore: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
 	}
 	return nil
-}
-
-// validIdent reports whether s is a lower-case PostgreSQL identifier that needs no quoting.
-func validIdent(s string) bool {
-	if s == "" || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c == '_':
-		case i > 0 && c >= '0' && c <= '9':
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // Store keeps savepoints in PostgreSQL. Create it with [New]; it is safe for concurrent use.
@@ -102,13 +86,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 		return nil
 	}
 	schema := pgx.Identifier{s.cfg.Schema}.Sanitize()
-	err := pgx.BeginFunc(ctx, s.cfg.DB, func(tx pgx.Tx) error {
-		// Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs; a lock
-		// keyed by the table name makes stores starting together take turns.
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", s.runs); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
+	err := pgschema.Create(ctx, s.cfg.DB, s.runs, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
 CREATE TABLE IF NOT EXISTS `+s.runs+` (
 	run_id text PRIMARY KEY,
 	next_seq bigint NOT NULL DEFAULT 1,
@@ -131,8 +109,6 @@ CREATE TABLE IF NOT EXISTS `+s.entities.Sanitize()+` (
 	state bytea NOT NULL,
 	PRIMARY KEY (run_id, seq, ord)
 )`)
-		return err
-	})
 	if err != nil {
 		return fmt.Errorf("pgstore: create the state store tables in schema %s: %w", schema, err)
 	}

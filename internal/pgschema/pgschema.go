@@ -1,0 +1,46 @@
+// Package pgschema holds what walflow's PostgreSQL stores share to create their tables:
+// the check of a configured schema name, and a migration that concurrent stores run in
+// turn.
+package pgschema
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ValidIdent reports whether s is a lower-case PostgreSQL identifier that needs no
+// quoting: letters, digits and _, not starting with a digit, at most 63 bytes.
+func ValidIdent(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c == '_':
+		case i > 0 && c >= '0' && c <= '9':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Beginner starts transactions: a *pgxpool.Pool or a *pgx.Conn.
+type Beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// Create runs ddl (CREATE ... IF NOT EXISTS statements) in one transaction that first takes
+// an advisory lock keyed by key. Concurrent CREATE ... IF NOT EXISTS can still collide in
+// the catalogs; with the lock, stores starting together take turns.
+func Create(ctx context.Context, db Beginner, key, ddl string) error {
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", key); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, ddl)
+		return err
+	})
+}
