@@ -20,7 +20,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -42,6 +41,7 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/internal/testcmd/child"
 	"github.com/walflow/walflow/realtime"
 )
 
@@ -296,7 +296,7 @@ type stats struct {
 
 // fillProcess reads the process's peak RSS and CPU time.
 func (s *stats) fillProcess() {
-	s.VmHWMKiB, _ = procStatusKiB("VmHWM")
+	s.VmHWMKiB, _ = child.StatusKiB("VmHWM")
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		s.CPUSeconds = time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
@@ -368,29 +368,6 @@ func gatewayStats(s realtime.Stats) gatewayCounters {
 		c.Disconnects[k.String()] = v
 	}
 	return c
-}
-
-// procStatusKiB reads a memory figure of /proc/self/status (VmHWM, VmRSS), in KiB.
-func procStatusKiB(name string) (int64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), name+":"); ok {
-			var kb int64
-			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err != nil {
-				return 0, fmt.Errorf("parse %s %q: %w", name, v, err)
-			}
-			return kb, nil
-		}
-	}
-	if err := s.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("no %s line in /proc/self/status", name)
 }
 
 // peakHeapProfiles writes a heap profile to path each time the heap in use reaches a new

@@ -1,12 +1,10 @@
 // Command pipeline runs a walflow engine with a disk ledger, for the fault tests in
 // internal/faulttest, which run it as a child process, kill it and start it again.
 //
-// It speaks a line protocol on stdout:
+// It speaks the line protocol of internal/testcmd/child on stdout (ready, state, vmhwm),
+// and one line more:
 //
-//	ready                                      the engine is streaming from the slot
-//	state head=N commit=LSN end=LSN acked=LSN  the ledger's durable state, when it changed
 //	operator NAME position=N halted=BOOL       an operator's committed position, when it changed
-//	vmhwm N                                    peak resident set size in KiB, just before exit
 //
 // With -operators it also runs a predefined set of operators (see operators.go); an
 // operator's position is the ledger position through which its effects are committed, as
@@ -24,10 +22,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/signal"
 	"strings"
@@ -36,6 +31,7 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/internal/testcmd/child"
 	"github.com/walflow/walflow/operator"
 )
 
@@ -78,11 +74,7 @@ func run() int {
 		ops = set()
 	}
 	if *exitOnEOF {
-		go func() {
-			_, _ = io.Copy(io.Discard, os.Stdin)
-			fmt.Fprintln(os.Stderr, "pipeline: stdin closed; exiting")
-			os.Exit(3)
-		}()
+		child.ExitOnEOF("pipeline")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -96,10 +88,10 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "pipeline: open: %v\n", err)
 		return 1
 	}
-	out := bufio.NewWriter(os.Stdout)
+	rep := child.NewReporter(eng, bufio.NewWriter(os.Stdout))
 	runErr := make(chan error, 1)
 	go func() { runErr <- eng.Run(ctx) }()
-	err = watch(eng, out, *report, runErr)
+	err = watch(rep, eng, *report, runErr)
 	if cerr := eng.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
 	}
@@ -107,14 +99,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "pipeline: %v\n", err)
 		return 1
 	}
-	printState(out, eng, nil)
-	printOperators(out, eng, nil)
-	if kb, err := peakRSS(); err == nil {
-		fmt.Fprintf(out, "vmhwm %d\n", kb)
-	} else {
-		fmt.Fprintf(os.Stderr, "pipeline: read peak RSS: %v\n", err)
-	}
-	if err := out.Flush(); err != nil {
+	if err := rep.Final("pipeline", func(out *bufio.Writer) { printOperators(out, eng, nil) }); err != nil {
 		return 1
 	}
 	return 0
@@ -133,12 +118,9 @@ func parseTables(s string) ([]channel.Table, error) {
 	return out, nil
 }
 
-// watch prints "ready" once the engine streams and a state line whenever the ledger's state
-// changes, until Run returns; it returns Run's error.
-func watch(eng *walflow.Engine, out *bufio.Writer, every time.Duration, runErr <-chan error) error {
-	health := eng.Handler()
-	ready := false
-	var last string
+// watch reports the engine and its operators every interval until Run returns; it
+// returns Run's error.
+func watch(rep *child.Reporter, eng *walflow.Engine, every time.Duration, runErr <-chan error) error {
 	lastOps := map[string]string{}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -148,31 +130,10 @@ func watch(eng *walflow.Engine, out *bufio.Writer, every time.Duration, runErr <
 			return err
 		case <-t.C:
 		}
-		if !ready {
-			rec := httptest.NewRecorder()
-			health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
-			if rec.Code == http.StatusOK {
-				ready = true
-				fmt.Fprintln(out, "ready")
-			}
-		}
-		last = printState(out, eng, &last)
-		printOperators(out, eng, lastOps)
-		if err := out.Flush(); err != nil {
-			return fmt.Errorf("write stdout: %w", err)
+		if err := rep.Tick(func(out *bufio.Writer) { printOperators(out, eng, lastOps) }); err != nil {
+			return err
 		}
 	}
-}
-
-// printState writes the ledger's state line unless it equals *last, and returns it.
-func printState(out *bufio.Writer, eng *walflow.Engine, last *string) string {
-	st := eng.Ledger().State()
-	acked := max(st.AckedLSN, st.LastEndLSN)
-	line := fmt.Sprintf("state head=%d commit=%s end=%s acked=%s", st.Head, st.LastCommitLSN, st.LastEndLSN, acked)
-	if last == nil || line != *last {
-		fmt.Fprintln(out, line)
-	}
-	return line
 }
 
 // printOperators writes a line for each operator whose line differs from the one in last
@@ -191,22 +152,4 @@ func printOperators(out *bufio.Writer, eng *walflow.Engine, last map[string]stri
 			}
 		}
 	}
-}
-
-// peakRSS returns VmHWM from /proc/self/status, in KiB.
-func peakRSS() (int64, error) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kb int64
-			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err != nil {
-				return 0, fmt.Errorf("parse %q: %w", line, err)
-			}
-			return kb, nil
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM line in /proc/self/status")
 }

@@ -15,7 +15,7 @@
 // some roll back) and applies each deposit through its transaction; accounts depends on
 // balances and fails if the balance of an event's account is not there yet.
 //
-// It speaks the line protocol of internal/testcmd/pipeline on stdout (ready, state, vmhwm)
+// It speaks the line protocol of internal/testcmd/child on stdout (ready, state, vmhwm)
 // and takes its flags -dsn, -ledger, -slot, -tables, -status-interval and -exit-on-eof, plus
 // -grace, the sequence grace period.
 package main
@@ -27,10 +27,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/signal"
 	"strconv"
@@ -44,6 +41,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/testcmd/child"
 	"github.com/walflow/walflow/projector"
 )
 
@@ -64,11 +62,7 @@ func run() int {
 		return 2
 	}
 	if *exitOnEOF {
-		go func() {
-			_, _ = io.Copy(io.Discard, os.Stdin)
-			fmt.Fprintln(os.Stderr, "projector: stdin closed; exiting")
-			os.Exit(3)
-		}()
+		child.ExitOnEOF("projector")
 	}
 	var tabs []channel.Table
 	for _, name := range strings.Split(*tables, ",") {
@@ -109,8 +103,8 @@ func run() int {
 	engErr, projErr := make(chan error, 1), make(chan error, 1)
 	go func() { engErr <- eng.Run(runCtx) }()
 	go func() { projErr <- runner.Run(runCtx) }()
-	out := bufio.NewWriter(os.Stdout)
-	err = watch(eng, out, engErr, projErr)
+	rep := child.NewReporter(eng, bufio.NewWriter(os.Stdout))
+	err = watch(rep, engErr, projErr)
 	cancel()
 	err = errors.Join(err, <-engErr, <-projErr)
 	pool.Close()
@@ -121,23 +115,15 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "projector: %v\n", err)
 		return 1
 	}
-	printState(out, eng, nil)
-	if kb, err := peakRSS(); err == nil {
-		fmt.Fprintf(out, "vmhwm %d\n", kb)
-	}
-	if err := out.Flush(); err != nil {
+	if err := rep.Final("projector", nil); err != nil {
 		return 1
 	}
 	return 0
 }
 
-// watch prints "ready" once the engine streams and a state line whenever the ledger's state
-// changes, until the engine or the runner returns (the first's error is returned, and the
-// result is put back for the caller).
-func watch(eng *walflow.Engine, out *bufio.Writer, engErr, projErr chan error) error {
-	health := eng.Handler()
-	ready := false
-	var last string
+// watch reports the engine every 20ms until the engine or the runner returns (the first's
+// error is returned, and the result is put back for the caller).
+func watch(rep *child.Reporter, engErr, projErr chan error) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -150,29 +136,10 @@ func watch(eng *walflow.Engine, out *bufio.Writer, engErr, projErr chan error) e
 			return err
 		case <-t.C:
 		}
-		if !ready {
-			rec := httptest.NewRecorder()
-			health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
-			if rec.Code == http.StatusOK {
-				ready = true
-				fmt.Fprintln(out, "ready")
-			}
-		}
-		last = printState(out, eng, &last)
-		if err := out.Flush(); err != nil {
-			return fmt.Errorf("write stdout: %w", err)
+		if err := rep.Tick(nil); err != nil {
+			return err
 		}
 	}
-}
-
-func printState(out *bufio.Writer, eng *walflow.Engine, last *string) string {
-	st := eng.Ledger().State()
-	acked := max(st.AckedLSN, st.LastEndLSN)
-	line := fmt.Sprintf("state head=%d commit=%s end=%s acked=%s", st.Head, st.LastCommitLSN, st.LastEndLSN, acked)
-	if last == nil || line != *last {
-		fmt.Fprintln(out, line)
-	}
-	return line
 }
 
 func text(e *event.Event, col string) (string, error) {
@@ -232,22 +199,4 @@ func account(ctx context.Context, tx pgx.Tx, e event.Event) error {
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO accounts_applied (position) VALUES ($1) ON CONFLICT (position) DO UPDATE SET times = accounts_applied.times + 1`, int64(e.Position))
 	return err
-}
-
-// peakRSS returns VmHWM from /proc/self/status, in KiB.
-func peakRSS() (int64, error) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kb int64
-			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err != nil {
-				return 0, fmt.Errorf("parse %q: %w", line, err)
-			}
-			return kb, nil
-		}
-	}
-	return 0, errors.New("no VmHWM line in /proc/self/status")
 }
