@@ -174,7 +174,7 @@ func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 		}
 		wait := r.cfg.LockInterval
 		if sess == nil {
-			s, err := r.locker.LockSession(ctx)
+			s, err := withTimeout(ctx, lockCallTimeout, r.locker.LockSession)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -185,7 +185,7 @@ func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 				continue
 			}
 			sess, backoff = s, r.cfg.LockInterval
-		} else if err := sess.Ping(ctx); err != nil {
+		} else if _, err := withTimeout(ctx, lockCallTimeout, func(ctx context.Context) (struct{}, error) { return struct{}{}, sess.Ping(ctx) }); err != nil {
 			if !lose(err) {
 				return
 			}
@@ -197,7 +197,7 @@ func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 			if held[p] || !allHeld(held, p.deps) {
 				continue
 			}
-			ok, err := sess.TryLock(ctx, p.Name)
+			ok, err := withTimeout(ctx, lockCallTimeout, func(ctx context.Context) (bool, error) { return sess.TryLock(ctx, p.Name) })
 			if err != nil {
 				if !lose(err) {
 					return
@@ -220,6 +220,16 @@ func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 		}
 		timer.Reset(wait)
 	}
+}
+
+// lockCallTimeout bounds each call to the lock session, so that a connection that hangs
+// (a half-open TCP connection) counts as lost instead of blocking the keeper.
+const lockCallTimeout = 10 * time.Second
+
+func withTimeout[T any](ctx context.Context, d time.Duration, f func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return f(ctx)
 }
 
 func allHeld(held map[*proj]bool, ps []*proj) bool {
