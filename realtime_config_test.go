@@ -1,7 +1,6 @@
 package walflow_test
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -15,6 +14,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/internal/ssetest"
 	"github.com/walflow/walflow/realtime"
 )
 
@@ -169,34 +169,8 @@ func TestEngineRealtime(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("GET /realtime/: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
-	lines := make(chan string, 100)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	// readUntil returns the stream's lines through the first that contains want.
-	readUntil := func(want string) string {
-		t.Helper()
-		var got []string
-		timeout := time.After(60 * time.Second)
-		for {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					t.Fatalf("stream ended before %q:\n%s", want, strings.Join(got, "\n"))
-				}
-				got = append(got, l)
-				if strings.Contains(l, want) {
-					return strings.Join(got, "\n")
-				}
-			case <-timeout:
-				t.Fatalf("no %q in the stream within 60s:\n%s", want, strings.Join(got, "\n"))
-			}
-		}
-	}
+	events := ssetest.Lines(t, resp.Body)
+	readUntil := events.Until
 	readUntil("event: subscribed")
 	if _, err := conn.Exec(ctx, `INSERT INTO posts VALUES (42, 'a'); INSERT INTO comments VALUES (1, 42, 'x')`); err != nil {
 		t.Fatal(err)
@@ -236,8 +210,7 @@ func TestEngineRealtime(t *testing.T) {
 	if err := eng.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	for range lines {
-	}
+	events.Drain()
 	st := gw.Stats()
 	if st.Connections != 0 || st.Disconnects[realtime.DisconnectShutdown] != 1 {
 		t.Errorf("gateway after Close: %d connections, disconnects %v; want 0 and one shutdown", st.Connections, st.Disconnects)

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/internal/ssetest"
 	"github.com/walflow/walflow/realtime"
 )
 
@@ -397,33 +397,8 @@ realtime:
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("token: status %d", resp.StatusCode)
 	}
-	lines := make(chan string, 100)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	readUntil := func(want string) string {
-		t.Helper()
-		var got []string
-		timeout := time.After(60 * time.Second)
-		for {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					t.Fatalf("stream ended before %q:\n%s", want, strings.Join(got, "\n"))
-				}
-				got = append(got, l)
-				if strings.Contains(l, want) {
-					return strings.Join(got, "\n")
-				}
-			case <-timeout:
-				t.Fatalf("no %q in the stream within 60s:\n%s", want, strings.Join(got, "\n"))
-			}
-		}
-	}
+	events := ssetest.Lines(t, resp.Body)
+	readUntil := events.Until
 	readUntil("event: subscribed")
 	if _, err := conn.Exec(ctx, `INSERT INTO posts (id, title) VALUES (42, 'a'); INSERT INTO comments (post_id, body) VALUES (42, 'x')`); err != nil {
 		t.Fatal(err)
@@ -442,8 +417,7 @@ realtime:
 		t.Errorf("stream end:\n%s", got)
 	}
 	r := <-runDone
-	for range lines {
-	}
+	events.Drain()
 	if r.code != ExitOK {
 		t.Fatalf("run exited %d after Ctrl-C\nstderr:\n%s", r.code, r.stderr)
 	}
