@@ -1,7 +1,6 @@
 package realtime_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -168,31 +167,10 @@ func (f *fixture) open(query url.Values, header http.Header) *sse {
 	f.t.Cleanup(s.close)
 	go func() {
 		defer close(s.msgs)
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(nil, 1<<20)
-		var m msg
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case line == "":
-				if m != (msg{}) {
-					s.msgs <- m
-				}
-				m = msg{}
-			case strings.HasPrefix(line, ":"):
-			default:
-				k, v, _ := strings.Cut(line, ":")
-				v = strings.TrimPrefix(v, " ")
-				switch k {
-				case "id":
-					m.ID = v
-				case "event":
-					m.Event = v
-				case "data":
-					m.Data += v
-				}
-			}
-		}
+		_ = readSSE(resp.Body, func(m msg) bool {
+			s.msgs <- m
+			return true
+		})
 	}()
 	return s
 }
