@@ -171,18 +171,26 @@ func waitFor(t *testing.T, what string, runDone <-chan result, cond func() bool)
 	}
 }
 
-func TestRunAndStatus(t *testing.T) {
-	t.Parallel()
-	ctx := t.Context()
+// blogDatabase creates a fresh database with the blog schema and returns its URL and a
+// connection to it, closed when the test ends.
+func blogDatabase(t *testing.T) (string, *pgx.Conn) {
+	t.Helper()
 	dsn := pgtest.NewDatabase(t)
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := pgx.Connect(t.Context(), dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, blogSchema); err != nil {
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(t.Context(), blogSchema); err != nil {
 		t.Fatal(err)
 	}
+	return dsn, conn
+}
+
+func TestRunAndStatus(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn, conn := blogDatabase(t)
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)

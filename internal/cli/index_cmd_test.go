@@ -13,12 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger/disk"
 )
 
@@ -128,15 +125,7 @@ func readPositions(t *testing.T, path string, args ...string) []event.Position {
 func TestLedgerReadAndIndexRebuild(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn := pgtest.NewDatabase(t)
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, blogSchema); err != nil {
-		t.Fatal(err)
-	}
+	dsn, conn := blogDatabase(t)
 	addr, err := freeAddr()
 	if err != nil {
 		t.Fatal(err)

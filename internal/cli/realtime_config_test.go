@@ -19,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow/channel"
-	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/internal/ssetest"
 	"github.com/walflow/walflow/realtime"
 )
@@ -322,15 +321,7 @@ func TestStatusReadsNoKey(t *testing.T) {
 func TestRunRealtime(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn := pgtest.NewDatabase(t)
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, blogSchema); err != nil {
-		t.Fatal(err)
-	}
+	dsn, conn := blogDatabase(t)
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)
