@@ -81,16 +81,7 @@ func TestTables(t *testing.T) {
 			if want == "" {
 				want = pgstore.SchemaDefault
 			}
-			rs, err := conn.Query(t.Context(), `SELECT table_name || '.' || column_name || ' ' || data_type FROM information_schema.columns
-WHERE table_schema = $1 ORDER BY table_name, ordinal_position`, want)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cols, err := pgx.CollectRows(rs, pgx.RowTo[string])
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := strings.Join(cols, "; ")
+			got := pgtest.Columns(t, conn, want)
 			const wantCols = "process_status.entity text; process_status.processed_micros bigint; process_status.updated_at timestamp with time zone; " +
 				"process_status_position.singleton boolean; process_status_position.position bigint; process_status_position.updated_at timestamp with time zone"
 			if got != wantCols {

@@ -73,16 +73,7 @@ func TestTables(t *testing.T) {
 			if want == "" {
 				want = pgstore.SchemaDefault
 			}
-			rs, err := db.Query(t.Context(), `SELECT table_name || '.' || column_name || ' ' || data_type FROM information_schema.columns
-WHERE table_schema = $1 ORDER BY table_name, ordinal_position`, want)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cols, err := pgx.CollectRows(rs, pgx.RowTo[string])
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := strings.Join(cols, "; ")
+			got := pgtest.Columns(t, db, want)
 			const wantCols = "statestore_entities.run_id text; statestore_entities.seq bigint; statestore_entities.ord integer; " +
 				"statestore_entities.entity_id text; statestore_entities.state bytea; " +
 				"statestore_runs.run_id text; statestore_runs.next_seq bigint; statestore_runs.created_at timestamp with time zone; " +
