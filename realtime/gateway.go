@@ -176,9 +176,8 @@ type Gateway struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	closing  bool
 	shutdown chan struct{}
-	closed   atomic.Bool // set with closing; streams check it after each wake
+	closed   atomic.Bool // set under mu by Shutdown; streams check it after each wake
 	streams  sync.WaitGroup
 	stats    Stats
 
@@ -193,13 +192,14 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	log := cfg.Logger.With(slog.String("component", "realtime"))
 	return &Gateway{
 		cfg:      cfg,
-		log:      cfg.Logger.With(slog.String("component", "realtime")),
+		log:      log,
 		shutdown: make(chan struct{}),
 		stats:    Stats{Rejected: map[int]uint64{}, Disconnects: map[DisconnectReason]uint64{}},
 		latency:  newLatencyHistogram(),
-		hub:      newHub(cfg.Ledger, cfg.Router, cfg.Logger.With(slog.String("component", "realtime")), cfg.FlushInterval),
+		hub:      newHub(cfg.Ledger, cfg.Router, log, cfg.FlushInterval),
 	}, nil
 }
 
@@ -224,8 +224,7 @@ func (g *Gateway) Stats() Stats {
 // shutdown and its resume position, and waits for them to end or for ctx to end.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
-	if !g.closing {
-		g.closing = true
+	if !g.closed.Load() {
 		g.closed.Store(true)
 		close(g.shutdown)
 		g.hub.wakeAll()
@@ -282,7 +281,7 @@ func (g *Gateway) admit(n int) (status int, reason string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {
-	case g.closing:
+	case g.closed.Load():
 		return http.StatusServiceUnavailable, "gateway shutting down"
 	case g.stats.Connections >= g.cfg.MaxConnections:
 		return http.StatusServiceUnavailable, fmt.Sprintf("too many connections (limit %d); retry later", g.cfg.MaxConnections)

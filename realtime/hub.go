@@ -48,9 +48,8 @@ type hub struct {
 	wg     sync.WaitGroup // the running goroutines
 
 	mu      sync.Mutex
-	running bool
 	gen     uint64             // incremented by each start; a goroutine of an older one stops
-	cancel  context.CancelFunc // of the running goroutine
+	cancel  context.CancelFunc // of the running goroutine; nil while none runs
 	pos     event.Position     // every event up to it has been offered to the members
 	subs    map[string]map[*member]struct{}
 	members int
@@ -142,7 +141,7 @@ func (m *member) take(dst []message) ([]message, error) {
 func (h *hub) position() event.Position {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.running {
+	if h.cancel != nil {
 		return h.pos
 	}
 	return h.led.State().Head
@@ -153,9 +152,9 @@ func (h *hub) position() event.Position {
 func (h *hub) join(m *member, pos event.Position) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.running {
+	if h.cancel == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		h.running, h.cancel, h.pos = true, cancel, pos
+		h.cancel, h.pos = cancel, pos
 		h.gen++
 		h.wg.Add(1)
 		go h.run(ctx, h.gen, pos)
@@ -201,9 +200,9 @@ func (h *hub) remove(m *member) {
 		}
 	}
 	h.members--
-	if h.members == 0 && h.running {
+	if h.members == 0 && h.cancel != nil {
 		h.cancel()
-		h.running, h.cancel = false, nil
+		h.cancel = nil
 	}
 }
 
@@ -255,10 +254,10 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 			// Members catch up on their own, meeting the error themselves: a truncation
 			// becomes their resync, anything else ends their streams.
 			h.dropAll(err)
-			if !truncated && h.running {
+			if !truncated && h.cancel != nil {
 				// The next join starts a new reader.
 				h.cancel()
-				h.running, h.cancel = false, nil
+				h.cancel = nil
 			}
 			h.mu.Unlock()
 			if truncated {
@@ -282,6 +281,7 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 			e := &evs[i]
 			keys = h.router.Channels(e, keys[:0])
 			var r renderer
+			at := commitNanos(e)
 			for _, k := range keys {
 				for m := range h.subs[k] {
 					if e.Position <= m.from || e.Position == m.last {
@@ -292,7 +292,7 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 					if len(m.keys) > 1 {
 						named = firstOf(m.keys, keys)
 					}
-					if m.offer(message{pos: e.Position, at: commitNanos(e), b: r.render(e, named, m.format)}) {
+					if m.offer(message{pos: e.Position, at: at, b: r.render(e, named, m.format)}) {
 						if !m.pending {
 							m.pending = true
 							touched = append(touched, m)
@@ -422,13 +422,13 @@ func appendMessage(dst []byte, f format, e *event.Event, key string, json []byte
 		dst = append(dst, "\nevent: "...)
 		dst = append(dst, e.Type.String()...)
 		dst = append(dst, "\ndata: {\"channel\":"...)
-		dst, _ = appendJSONString(dst, key)
+		dst = appendJSONString(dst, key)
 		dst = append(dst, `,"event":`...)
 		dst = append(dst, json...)
 		return append(dst, "}\n\n"...)
 	}
 	dst = append(dst, `{"type":"event","channel":`...)
-	dst, _ = appendJSONString(dst, key)
+	dst = appendJSONString(dst, key)
 	dst = append(dst, `,"position":`...)
 	dst = strconv.AppendUint(dst, uint64(e.Position), 10)
 	dst = append(dst, `,"event":`...)
@@ -447,6 +447,7 @@ func (h *hub) catchUp(ctx context.Context, keys []string, f format, pos *event.P
 		return dst, false, err
 	}
 	var matched []string
+	var js []byte // the event's JSON, reused: each message gets its own bytes
 	for i := range evs {
 		e := &evs[i]
 		if e.Position > target {
@@ -458,7 +459,8 @@ func (h *hub) catchUp(ctx context.Context, keys []string, f format, pos *event.P
 			matched = h.router.Channels(e, matched[:0])
 			key = firstOf(keys, matched)
 		}
-		dst = append(dst, message{pos: e.Position, at: commitNanos(e), b: appendMessage(nil, f, e, key, eventJSON(nil, e))})
+		js = eventJSON(js[:0], e)
+		dst = append(dst, message{pos: e.Position, at: commitNanos(e), b: appendMessage(nil, f, e, key, js)})
 		*pos = e.Position
 	}
 	if len(evs) < hubBatch {

@@ -297,13 +297,14 @@ func (ws *wsConn) catchUp() error {
 
 // send writes the messages of subscription s, one WebSocket message each.
 func (ws *wsConn) send(s *wsSub, msgs []message) error {
-	for i := range msgs {
-		if err := ws.write(msgs[i].b); err != nil {
+	n := 0
+	defer func() { ws.g.delivered(msgs[:n]) }()
+	for ; n < len(msgs); n++ {
+		if err := ws.write(msgs[n].b); err != nil {
 			return err
 		}
-		s.last = msgs[i].pos
+		s.last = msgs[n].pos
 		ws.last = max(ws.last, s.last)
-		ws.g.delivered(msgs[i : i+1])
 	}
 	return nil
 }
@@ -503,7 +504,7 @@ func (ws *wsConn) write(b []byte) error {
 }
 
 // appendJSONString appends s as a JSON string.
-func appendJSONString(b []byte, s string) ([]byte, error) {
-	q, err := json.Marshal(s)
-	return append(b, q...), err
+func appendJSONString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s) // a string always marshals
+	return append(b, q...)
 }
