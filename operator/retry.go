@@ -30,7 +30,9 @@ type RetryPolicy struct {
 	MaxRetries int
 }
 
-func (p RetryPolicy) withDefaults() RetryPolicy {
+// WithDefaults returns p with its zero fields set to their defaults, and a negative
+// MaxRetries as 0. Runners call it; projectors share the policy.
+func (p RetryPolicy) WithDefaults() RetryPolicy {
 	if p.Min <= 0 {
 		p.Min = RetryMinDefault
 	}
@@ -91,7 +93,8 @@ func (r LogReporter) Halted(ctx context.Context, op string, e *event.Event, err 
 // without waiting.
 type SleepFunc func(ctx context.Context, d time.Duration) error
 
-func realSleep(ctx context.Context, d time.Duration) error {
+// Sleep is the SleepFunc runners use by default: a timer.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

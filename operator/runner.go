@@ -100,7 +100,7 @@ func New(cfg Config) (*Runner, error) {
 	}
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, BatchSizeDefault)
 	cfg.ControlInterval = cmp.Or(cfg.ControlInterval, ControlIntervalDefault)
-	cfg.Retry = cfg.Retry.withDefaults()
+	cfg.Retry = cfg.Retry.WithDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
@@ -109,7 +109,7 @@ func New(cfg Config) (*Runner, error) {
 		cfg.Reporter = LogReporter{Logger: log}
 	}
 	if cfg.SleepFunc == nil {
-		cfg.SleepFunc = realSleep
+		cfg.SleepFunc = Sleep
 	}
 	r := &Runner{cfg: cfg, log: log, byKey: map[string]*opState{}, control: make(chan struct{}, 1), changed: make(chan struct{})}
 	var specs []spec
@@ -419,7 +419,7 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 		if ctx.Err() != nil {
 			return done, false
 		}
-		if isTransient(err) {
+		if IsTransient(err) {
 			// The database is unreachable: wait without spending the event's retries.
 			transient++
 			attempt--
@@ -553,9 +553,9 @@ func (r *Runner) halt(ctx context.Context, o *opState, e *event.Event, cause err
 	r.cfg.Reporter.Halted(ctx, o.name, e, cause)
 }
 
-// isTransient reports whether err means the database could not be reached, rather than
-// that the event's effect failed.
-func isTransient(err error) bool {
+// IsTransient reports whether err means the database could not be reached, rather than
+// that the event's effect failed: such a failure is waited out without using up retries.
+func IsTransient(err error) bool {
 	var ne net.Error
 	if errors.As(err, &ne) {
 		return true

@@ -119,19 +119,12 @@ func (s *PostgresStore) Holders(ctx context.Context) (map[string]Holder, error) 
 	return out, nil
 }
 
-// lockEvent is what the lock keeper tells Run: a projector whose lock it took, or that
-// every lock was lost.
-type lockEvent struct {
-	p    *proj // nil: lost
-	lost bool
-}
-
 // keepLocks owns the runner's lock session until ctx ends: it takes the lock of every
 // projector it does not hold yet (a projector only once those it depends on are held, so
 // that two processes never split a dependency chain and wait on each other), and checks
-// the session every LockInterval. It reports to Run through events; Run starts and stops
-// the projectors.
-func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
+// the session every LockInterval. It tells Run on taken each projector whose lock it took,
+// or nil when every lock was lost; Run starts and stops the projectors.
+func (r *Runner) keepLocks(ctx context.Context, taken chan<- *proj) {
 	held := map[*proj]bool{}
 	told := map[*proj]bool{} // standing by, and logged
 	backoff := r.cfg.LockInterval
@@ -145,9 +138,9 @@ func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 		}
 	}
 	defer closeSess()
-	send := func(ev lockEvent) bool {
+	send := func(p *proj) bool {
 		select {
-		case events <- ev:
+		case taken <- p:
 			return true
 		case <-ctx.Done():
 			return false
@@ -162,7 +155,7 @@ func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 		}
 		closeSess()
 		clear(held)
-		return send(lockEvent{lost: true})
+		return send(nil)
 	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -214,7 +207,7 @@ func (r *Runner) keepLocks(ctx context.Context, events chan<- lockEvent) {
 				continue
 			}
 			held[p], told[p] = true, false
-			if !send(lockEvent{p: p}) {
+			if !send(p) {
 				return
 			}
 		}

@@ -166,9 +166,9 @@ func (p Projector) spec(defaultRetry operator.RetryPolicy) (spec, error) {
 	case p.Index == "" && len(p.Values) > 0:
 		return spec{}, fmt.Errorf("projector %s: Values are set without an Index; name the indexer they are values of", p.Name)
 	}
-	s := spec{Projector: p, types: p.Events, retry: retryDefaults(defaultRetry)}
+	s := spec{Projector: p, types: p.Events, retry: defaultRetry.WithDefaults()}
 	if p.Retry != nil {
-		s.retry = retryDefaults(*p.Retry)
+		s.retry = p.Retry.WithDefaults()
 	}
 	for _, e := range p.Entities {
 		if e == "" {
@@ -197,26 +197,6 @@ func (p Projector) spec(defaultRetry operator.RetryPolicy) (spec, error) {
 		s.types = []event.Type{event.Insert, event.Update, event.Delete}
 	}
 	return s, nil
-}
-
-// retryDefaults fills a retry policy as the operator package does.
-func retryDefaults(p operator.RetryPolicy) operator.RetryPolicy {
-	if p.Min <= 0 {
-		p.Min = operator.RetryMinDefault
-	}
-	if p.Multiplier < 1 {
-		p.Multiplier = operator.RetryMultiplierDefault
-	}
-	if p.Max <= 0 {
-		p.Max = operator.RetryMaxDefault
-	}
-	if p.MaxRetries == 0 {
-		p.MaxRetries = operator.MaxRetriesDefault
-	}
-	if p.MaxRetries < 0 {
-		p.MaxRetries = 0
-	}
-	return p
 }
 
 // bare returns the table name without its schema, as events name entities.

@@ -1,6 +1,7 @@
 package projector
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -61,24 +62,24 @@ func (q *queue) nextOf(key string) int64 {
 }
 
 // number returns an event's sequence key and number.
-func (q *queue) number(e *event.Event) (string, int64, error) {
+func (c *SequenceConfig) number(e *event.Event) (string, int64, error) {
 	key := e.Name
-	if c := q.seq.StreamColumn; c != "" {
-		v, ok := e.NewRecord.Get(c)
+	if col := c.StreamColumn; col != "" {
+		v, ok := e.NewRecord.Get(col)
 		s, text := v.Text()
 		if !ok || !text {
-			return "", 0, fmt.Errorf("%w: event %d of %s has no %s value (StreamColumn)", ErrSequence, e.Position, e.Name, c)
+			return "", 0, fmt.Errorf("%w: event %d of %s has no %s value (StreamColumn)", ErrSequence, e.Position, e.Name, col)
 		}
 		key += "/" + s
 	}
-	v, ok := e.NewRecord.Get(q.seq.Column)
+	v, ok := e.NewRecord.Get(c.Column)
 	s, text := v.Text()
 	if !ok || !text {
-		return "", 0, fmt.Errorf("%w: event %d of %s has no %s value; set Sequence.Column to the table's sequence column", ErrSequence, e.Position, e.Name, q.seq.Column)
+		return "", 0, fmt.Errorf("%w: event %d of %s has no %s value; set Sequence.Column to the table's sequence column", ErrSequence, e.Position, e.Name, c.Column)
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
-		return "", 0, fmt.Errorf("%w: event %d of %s: %s is %q, not an integer", ErrSequence, e.Position, e.Name, q.seq.Column, s)
+		return "", 0, fmt.Errorf("%w: event %d of %s: %s is %q, not an integer", ErrSequence, e.Position, e.Name, c.Column, s)
 	}
 	return key, n, nil
 }
@@ -99,7 +100,7 @@ func (q *queue) feed(e event.Event, now time.Time) (late *lateEvent, err error) 
 		q.seen = max(q.seen, e.Position)
 		return nil, nil
 	}
-	key, num, err := q.number(&e)
+	key, num, err := q.seq.number(&e)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +120,7 @@ func (q *queue) feed(e event.Event, now time.Time) (late *lateEvent, err error) 
 		q.release(key)
 	default:
 		h := q.held[key]
-		i, dup := slices.BinarySearchFunc(h, num, func(it item, n int64) int { return cmpInt(it.num, n) })
+		i, dup := slices.BinarySearchFunc(h, num, func(it item, n int64) int { return cmp.Compare(it.num, n) })
 		if dup {
 			return nil, fmt.Errorf("%w: event %d of %s repeats number %d of %s, which event %d holds already", ErrSequence, e.Position, e.Name, num, key, h[i].ev.Position)
 		}
@@ -135,16 +136,6 @@ func (q *queue) feed(e event.Event, now time.Time) (late *lateEvent, err error) 
 	}
 	q.seen = max(q.seen, e.Position)
 	return late, nil
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // release moves the held events of key that follow next on into the ready queue.

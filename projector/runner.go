@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
 	"os"
 	"slices"
 	"sync"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
@@ -211,7 +209,7 @@ func New(cfg Config) (*Runner, error) {
 		cfg.Reporter = logReporter{log}
 	}
 	if cfg.SleepFunc == nil {
-		cfg.SleepFunc = sleep
+		cfg.SleepFunc = operator.Sleep
 	}
 	r := &Runner{cfg: cfg, log: log, store: cfg.Store, byName: map[string]*proj{}, changed: make(chan struct{}), reqs: make(chan request)}
 	if r.store == nil {
@@ -315,7 +313,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.runProj(pctx, p)
 		}()
 	}
-	var locks chan lockEvent
+	var locks chan *proj
 	lockDone := make(chan struct{})
 	if r.locker == nil {
 		close(lockDone)
@@ -323,7 +321,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			p.locked = true
 		}
 	} else {
-		locks = make(chan lockEvent)
+		locks = make(chan *proj)
 		for _, p := range r.projs {
 			p.locked = false
 		}
@@ -344,8 +342,8 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	for {
 		select {
-		case ev := <-locks:
-			if ev.lost {
+		case taken := <-locks:
+			if taken == nil {
 				// Another process may hold the locks by now: stop at once, dependents first.
 				for _, i := range slices.Backward(r.order) {
 					p := r.projs[i]
@@ -358,9 +356,9 @@ func (r *Runner) Run(ctx context.Context) error {
 				}
 				continue
 			}
-			r.log.InfoContext(ctx, "projector lock taken; starting it", slog.String("projector", ev.p.Name))
-			ev.p.locked = true
-			start(ev.p)
+			r.log.InfoContext(ctx, "projector lock taken; starting it", slog.String("projector", taken.Name))
+			taken.locked = true
+			start(taken)
 		case <-ctx.Done():
 			wg.Wait()
 			r.flush(ctx)
@@ -396,40 +394,27 @@ func (r *Runner) flush(ctx context.Context) {
 // control carries out a Reset or Restart inside Run.
 func (r *Runner) control(ctx context.Context, req request, start func(*proj)) error {
 	p := r.byName[req.name]
-	running := false
+	// Stop it first: a reset must not race its saves, and a running projector may have
+	// loaded a halt it has not shown yet, which it could record again after a restart
+	// cleared the store.
 	if p.exited != nil { // nil: never started, as a projector standing by since Run began
 		select {
 		case <-p.exited:
 		default:
-			running = true
-		}
-	}
-	if req.reset {
-		if running {
 			p.cancel()
 			<-p.exited
 		}
-		if err := r.store.Reset(ctx, p.Name); err != nil {
-			start(p) // resume from what is stored
-			return err
-		}
-		r.log.InfoContext(ctx, "projector reset; it replays the ledger from the start", slog.String("projector", p.Name))
-		start(p)
-		return nil
 	}
-	// A running projector may have loaded a halt it has not shown yet: stop it, so that it
-	// cannot halt again after the store was cleared.
-	if running {
-		p.cancel()
-		<-p.exited
+	change, done := r.clearHalt, "projector restarted"
+	if req.reset {
+		change, done = r.store.Reset, "projector reset; it replays the ledger from the start"
 	}
-	if err := r.clearHalt(ctx, p.Name); err != nil {
-		start(p)
-		return err
+	err := change(ctx, p.Name)
+	if err == nil {
+		r.log.InfoContext(ctx, done, slog.String("projector", p.Name))
 	}
-	r.log.InfoContext(ctx, "projector restarted", slog.String("projector", p.Name))
-	start(p)
-	return nil
+	start(p) // on an error, it resumes from what is stored
+	return err
 }
 
 func (r *Runner) clearHalt(ctx context.Context, name string) error {
@@ -603,7 +588,7 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 				return
 			}
 			r.log.WarnContext(ctx, "projector cannot load its position; waiting", slog.String("projector", p.Name), slog.Duration("delay", backoff), slog.Any("error", err))
-			if sleep(ctx, backoff) != nil {
+			if operator.Sleep(ctx, backoff) != nil {
 				return
 			}
 			backoff = min(2*backoff, 10*time.Second)
@@ -964,7 +949,7 @@ func (f *follower) retry(ctx context.Context, err error) error {
 	for attempt, transient := 1, 0; ; attempt++ {
 		// Only a transaction's failure can be told apart as the database being away; a
 		// Handle error is the handler's, whatever it wraps.
-		if p.HandleTx != nil && isTransient(err) {
+		if p.HandleTx != nil && operator.IsTransient(err) {
 			transient++
 			attempt--
 			d := p.retry.Delay(transient)
@@ -1028,29 +1013,39 @@ func (f *follower) apply(ctx context.Context, k int) (int, error) {
 			return i, err
 		}
 	}
-	cp.Version, cp.Ledger = f.saved.Version, cmp.Or(f.r.ledgerKey(), f.saved.Ledger)
+	cp = f.stamp(cp)
 	if err := f.r.txStore.SaveTx(ctx, tx, f.p.Name, cp); err != nil {
 		return 0, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
 	}
-	cp.Version++
-	f.saved = cp
-	f.p.stored.Store(uint64(cp.Position))
+	f.stored(cp)
 	return 0, nil
 }
 
 // save stores cp outside any transaction.
 func (f *follower) save(ctx context.Context, cp Checkpoint) error {
-	cp.Version, cp.Ledger = f.saved.Version, cmp.Or(f.r.ledgerKey(), f.saved.Ledger)
+	cp = f.stamp(cp)
 	if err := f.r.store.Save(ctx, f.p.Name, cp); err != nil {
 		return err
 	}
+	f.stored(cp)
+	return nil
+}
+
+// stamp gives cp what a save needs beside the progress: the version it replaces and the
+// ledger it counts.
+func (f *follower) stamp(cp Checkpoint) Checkpoint {
+	cp.Version, cp.Ledger = f.saved.Version, cmp.Or(f.r.ledgerKey(), f.saved.Ledger)
+	return cp
+}
+
+// stored records that cp, stamped, was saved.
+func (f *follower) stored(cp Checkpoint) {
 	cp.Version++
 	f.saved = cp
 	f.p.stored.Store(uint64(cp.Position))
-	return nil
 }
 
 // saveIdle stores the progress made past events the projector does not apply, at most
@@ -1107,32 +1102,6 @@ func (f *follower) halt(ctx context.Context, e *event.Event, cause error) {
 	f.publish()
 	f.r.markHalted(f.p, cause.Error(), e.Position)
 	f.r.cfg.Reporter.Halted(ctx, f.p.Name, e, cause)
-}
-
-// isTransient reports whether err means the database could not be reached, rather than
-// that the event's effect failed.
-func isTransient(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		// 08: connection exception; 57P01-03: shutdown, crash, cannot connect now.
-		return pe.Code[:2] == "08" || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
-	}
-	return pgconn.SafeToRetry(err)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // logReporter reports failures to the runner's logger.

@@ -234,7 +234,7 @@ func (sp *statefulProj) apply(ctx context.Context, e event.Event) error {
 	}
 	a := appliedEvent{pos: e.Position}
 	if sp.seq != nil {
-		key, num, err := (&queue{seq: sp.seq}).number(&e)
+		key, num, err := sp.seq.number(&e)
 		if err != nil {
 			return err
 		}

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -132,10 +131,6 @@ func checkState(t *testing.T, st *projector.State, n int) {
 	}
 }
 
-func sfLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
 // sfRun is one "process": a SavepointStore on storage, a counting projector "counts" and
 // a Runner.
 type sfRun struct {
@@ -161,7 +156,7 @@ type sfOpts struct {
 func startProcess(t *testing.T, led *memory.Ledger, storage statestore.Storage, o sfOpts) *sfRun {
 	t.Helper()
 	o.cfg.Storage = storage
-	o.cfg.Logger = sfLogger(t)
+	o.cfg.Logger = testLogger(t)
 	store, err := projector.NewSavepointStore(o.cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +175,7 @@ func startProcess(t *testing.T, led *memory.Ledger, storage statestore.Storage, 
 		t.Fatal(err)
 	}
 	r, err := projector.New(projector.Config{Ledger: led, Store: store, Projectors: append([]projector.Projector{p}, o.fallback...),
-		BatchSize: o.batch, Logger: sfLogger(t), Retry: o.retry, SleepFunc: func(context.Context, time.Duration) error { return nil }})
+		BatchSize: o.batch, Logger: testLogger(t), Retry: o.retry, SleepFunc: func(context.Context, time.Duration) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +420,7 @@ func TestStatefulInterval(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		storage := statestore.NewMemory()
-		store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: -1, Interval: 10 * time.Second, Logger: sfLogger(t)})
+		store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: -1, Interval: 10 * time.Second, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -668,7 +663,7 @@ func TestStatefulConflict(t *testing.T) {
 	storage := statestore.NewMemory()
 	ctx := t.Context()
 	newStore := func() *projector.SavepointStore {
-		s, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: 1, Logger: sfLogger(t)})
+		s, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: 1, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -711,7 +706,7 @@ func TestStatefulConflict(t *testing.T) {
 
 func TestStateSetChecksIDs(t *testing.T) {
 	t.Parallel()
-	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Logger: sfLogger(t)})
+	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -805,7 +800,7 @@ func TestStatefulHaltWithStateAhead(t *testing.T) {
 	storage := statestore.NewMemory()
 	ctx := t.Context()
 	newStore := func() (*projector.SavepointStore, projector.Projector) {
-		s, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: 2, Logger: sfLogger(t)})
+		s, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: 2, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1018,7 +1013,7 @@ func TestStatefulBesideHandleTx(t *testing.T) {
 	if err := pg.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	base, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Fallback: pg, Every: 100, Logger: sfLogger(t)})
+	base, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Fallback: pg, Every: 100, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
