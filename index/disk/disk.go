@@ -36,6 +36,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
+	"github.com/walflow/walflow/internal/pebblelog"
 )
 
 // Key prefixes.
@@ -89,7 +90,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 	db, err := pebble.Open(dir, &pebble.Options{
 		Cache:              cache,
 		MemTableSize:       memTableBytes,
-		Logger:             pebbleLogger{log},
+		Logger:             pebblelog.Logger{Log: log},
 		FormatMajorVersion: pebble.FormatNewest,
 	})
 	if err != nil {
@@ -284,22 +285,4 @@ func decodeState(b []byte) (index.State, error) {
 		return index.State{}, errors.New("malformed state")
 	}
 	return index.State{Checkpoint: event.Position(cp), Since: event.Position(since), Version: string(b[n:])}, nil
-}
-
-// pebbleLogger sends Pebble's messages to slog: information at debug level, errors at
-// error level. Fatalf logs and panics, as Pebble expects it not to return.
-type pebbleLogger struct{ log *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.log.Debug("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.log.Error("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := "pebble: " + fmt.Sprintf(format, args...)
-	p.log.Error(msg)
-	panic(msg)
 }

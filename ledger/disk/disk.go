@@ -17,6 +17,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pebblelog"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/internal/notify"
 )
@@ -144,7 +145,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 		FS:                 fs,
 		Cache:              cache,
 		MemTableSize:       memTableBytes,
-		Logger:             pebbleLogger{log},
+		Logger:             pebblelog.Logger{Log: log},
 		FormatMajorVersion: pebble.FormatNewest,
 	})
 	if err != nil {
@@ -892,22 +893,4 @@ func (d *stateDecoder) string() string {
 	s := string(d.b[:n])
 	d.b = d.b[n:]
 	return s
-}
-
-// pebbleLogger sends Pebble's messages to slog: information at debug level, errors at
-// error level. Fatalf logs and panics, as Pebble expects it not to return.
-type pebbleLogger struct{ log *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.log.Debug("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.log.Error("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := "pebble: " + fmt.Sprintf(format, args...)
-	p.log.Error(msg)
-	panic(msg)
 }

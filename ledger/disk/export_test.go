@@ -8,6 +8,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pebblelog"
 )
 
 var discard = slog.New(slog.DiscardHandler)
@@ -100,7 +101,7 @@ func rawScan(t testing.TB, dir string) raw {
 // rawOpen opens the Pebble database of a closed ledger.
 func rawOpen(t testing.TB, dir string) *pebble.DB {
 	t.Helper()
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{discard}})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebblelog.Logger{Log: discard}})
 	if err != nil {
 		t.Fatal(err)
 	}

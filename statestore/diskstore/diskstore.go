@@ -15,6 +15,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pebblelog"
 	"github.com/walflow/walflow/statestore"
 )
 
@@ -105,7 +106,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 		FS:                 fs,
 		Cache:              cache,
 		MemTableSize:       memTableBytes,
-		Logger:             pebbleLogger{log},
+		Logger:             pebblelog.Logger{Log: log},
 		FormatMajorVersion: pebble.FormatNewest,
 	})
 	if err != nil {
@@ -600,22 +601,4 @@ func headerKey(runID string, n uint64) []byte {
 // entityPrefix returns the prefix of the entity keys of savepoint n.
 func entityPrefix(runID string, n uint64) []byte {
 	return binary.BigEndian.AppendUint64(runPrefix(prefixEntity, runID), n)
-}
-
-// pebbleLogger sends Pebble's messages to slog: information at debug level, errors at
-// error level. Fatalf logs and panics, as Pebble expects it not to return.
-type pebbleLogger struct{ log *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.log.Debug("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.log.Error("pebble: " + fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := "pebble: " + fmt.Sprintf(format, args...)
-	p.log.Error(msg)
-	panic(msg)
 }
