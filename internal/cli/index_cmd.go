@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -165,9 +164,7 @@ func indexStatusMain(ctx context.Context, e *env, path string, asJSON bool) erro
 		}
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(&doc)
+		return printJSON(e.stdout, &doc)
 	}
 	writeIndexStatus(e.stdout, &doc)
 	return nil

@@ -33,6 +33,26 @@ type localFiles struct {
 
 // openLocal opens the ledger of configuration c (read from path) for command cmd, and its
 // index store when withIndexes is set. The caller closes them.
+// routerError is openDiskLedger's error when the configured tables make no router.
+type routerError struct{ err error }
+
+func (e *routerError) Error() string { return "tables: " + e.err.Error() }
+
+// openDiskLedger opens the configured disk ledger with the configured tables' router, as
+// walflow run does: the ledger recomputes the channels of an interrupted transaction with
+// it. Its logs are discarded.
+func openDiskLedger(ctx context.Context, c *config) (*channel.Router, *disk.Ledger, error) {
+	router, err := channel.NewRouter(c.engine.Tables)
+	if err != nil {
+		return nil, nil, &routerError{err}
+	}
+	led, err := disk.Open(ctx, c.engine.LedgerDir, &disk.Options{Indexer: router.Channels, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, nil, err
+	}
+	return router, led, nil
+}
+
 func openLocal(ctx context.Context, cmd string, c *config, path string, withIndexes bool) (*localFiles, error) {
 	if c.engine.MemoryLedger {
 		return nil, usagef("%s: ledger.backend is memory in %s: that ledger lives only inside walflow run, so there are no files to read", cmd, path)
@@ -41,21 +61,15 @@ func openLocal(ctx context.Context, cmd string, c *config, path string, withInde
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%s: the ledger %s does not exist yet; walflow run --config %s creates it", cmd, dir, path)
 	}
-	tables := make([]channel.Table, len(c.engine.Tables))
-	for i, t := range c.engine.Tables {
-		tables[i] = t.WithDefaults()
-	}
-	router, err := channel.NewRouter(tables)
-	if err != nil {
-		return nil, fmt.Errorf("%s: tables: %w", cmd, err)
-	}
-	quiet := slog.New(slog.DiscardHandler)
-	// The ledger recomputes the channels of an interrupted transaction with the router, as
-	// walflow run does.
-	led, err := disk.Open(ctx, dir, &disk.Options{Indexer: router.Channels, Logger: quiet})
-	if err != nil {
+	router, led, err := openDiskLedger(ctx, c)
+	var re *routerError
+	switch {
+	case errors.As(err, &re):
+		return nil, fmt.Errorf("%s: tables: %w", cmd, re.err)
+	case err != nil:
 		return nil, lockedError(cmd, "ledger", dir, err)
 	}
+	quiet := slog.New(slog.DiscardHandler)
 	f := &localFiles{cmd: cmd, cfg: c, path: path, router: router, led: led}
 	if withIndexes {
 		idir := indexDir(c)

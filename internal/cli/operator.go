@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -275,9 +274,7 @@ func operatorStatusMain(ctx context.Context, e *env, path string, asJSON bool) e
 		doc.Operators = append(doc.Operators, st)
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(&doc)
+		return printJSON(e.stdout, &doc)
 	}
 	writeOperatorStatus(e.stdout, &doc, oc.path)
 	return nil
@@ -285,11 +282,7 @@ func operatorStatusMain(ctx context.Context, e *env, path string, asJSON bool) e
 
 // writeOperatorStatus prints the operators for people.
 func writeOperatorStatus(w io.Writer, doc *operatorStatusDoc, path string) {
-	if doc.LedgerHead != nil {
-		fmt.Fprintf(w, "ledger head: position %d (from %s)\n\n", *doc.LedgerHead, doc.LedgerHeadFrom)
-	} else {
-		fmt.Fprintf(w, "ledger head: unknown (%s), so the lag is too\n\n", doc.LedgerHeadFrom)
-	}
+	writeLedgerHead(w, doc.LedgerHead, doc.LedgerHeadFrom)
 	if len(doc.Operators) == 0 {
 		fmt.Fprintf(w, "No operators: %s configures none and walflow.operators is empty.\n", path)
 		return

@@ -2,12 +2,10 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"os"
 	"regexp"
@@ -18,7 +16,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/projector"
@@ -267,9 +264,7 @@ func projectorStatusMain(ctx context.Context, e *env, path string, asJSON bool) 
 		doc.Projectors = append(doc.Projectors, s)
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(&doc)
+		return printJSON(e.stdout, &doc)
 	}
 	writeProjectorStatus(e.stdout, &doc)
 	return nil
@@ -286,11 +281,7 @@ func writeProjectorStatus(w io.Writer, doc *projectorStatusDoc) {
 		fmt.Fprintln(w, "No projector has run against this database: walflow.projectors is empty.")
 		return
 	}
-	if doc.LedgerHead != nil {
-		fmt.Fprintf(w, "ledger head: position %d (from %s)\n\n", *doc.LedgerHead, doc.LedgerHeadFrom)
-	} else {
-		fmt.Fprintf(w, "ledger head: unknown (%s), so the lag is too\n\n", doc.LedgerHeadFrom)
-	}
+	writeLedgerHead(w, doc.LedgerHead, doc.LedgerHeadFrom)
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "PROJECTOR\tPOSITION\tLAG\tRUNS IN\tHALTED\tFAILED AT\tERROR")
 	var halted, running bool
@@ -390,16 +381,11 @@ func openLedgerForHead(ctx context.Context, c *config) (*disk.Ledger, string) {
 	if _, err := os.Stat(dir); err != nil {
 		return nil, noEngine + " and the ledger " + dir + " does not exist yet"
 	}
-	tables := make([]channel.Table, len(c.engine.Tables))
-	for i, t := range c.engine.Tables {
-		tables[i] = t.WithDefaults()
-	}
-	router, err := channel.NewRouter(tables)
-	if err != nil {
-		return nil, "the tables do not make a router: " + err.Error()
-	}
-	led, err := disk.Open(ctx, dir, &disk.Options{Indexer: router.Channels, Logger: slog.New(slog.DiscardHandler)})
+	_, led, err := openDiskLedger(ctx, c)
+	var re *routerError
 	switch {
+	case errors.As(err, &re):
+		return nil, "the tables do not make a router: " + re.err.Error()
 	case err != nil && isLocked(err):
 		return nil, noEngine + " and the ledger " + dir + " is held by a running walflow (without http.addr)"
 	case err != nil:

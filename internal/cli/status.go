@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/event"
 )
 
 var statusCommand = &command{
@@ -50,9 +51,7 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(st); err != nil {
+		if err := printJSON(e.stdout, st); err != nil {
 			return err
 		}
 	} else {
@@ -229,4 +228,21 @@ func humanBytes(n int64) string {
 		return "-" + s
 	}
 	return s
+}
+
+// printJSON writes v as indented JSON, the form of every --json output.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// writeLedgerHead writes the header line of the status commands: the ledger head and where
+// it came from, or why it is unknown.
+func writeLedgerHead(w io.Writer, head *event.Position, from string) {
+	if head != nil {
+		fmt.Fprintf(w, "ledger head: position %d (from %s)\n\n", *head, from)
+	} else {
+		fmt.Fprintf(w, "ledger head: unknown (%s), so the lag is too\n\n", from)
+	}
 }
