@@ -310,32 +310,28 @@ func (e *Engine) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return e.tracker.Run(gctx) })
-	if e.projs != nil {
+	// A consumer that fails stops the engine; prefix names it in the error.
+	stopOnError := func(run func(context.Context) error, prefix string) {
 		g.Go(func() error {
-			if err := e.projs.Run(gctx); err != nil {
-				cancel(ErrStopping)
-				return fmt.Errorf("walflow: projectors: %w", err)
+			err := run(gctx)
+			if err == nil {
+				return nil
 			}
-			return nil
-		})
-	}
-	if e.idx != nil {
-		g.Go(func() error {
-			if err := e.idx.Run(gctx); err != nil {
-				cancel(ErrStopping)
-				return fmt.Errorf("walflow: indexes: %w", err)
-			}
-			return nil
-		})
-	}
-	if e.ops != nil {
-		g.Go(func() error {
-			if err := e.ops.Run(gctx); err != nil {
-				cancel(ErrStopping)
+			cancel(ErrStopping)
+			if prefix == "" {
 				return err
 			}
-			return nil
+			return fmt.Errorf("%s: %w", prefix, err)
 		})
+	}
+	if e.projs != nil {
+		stopOnError(e.projs.Run, "walflow: projectors")
+	}
+	if e.idx != nil {
+		stopOnError(e.idx.Run, "walflow: indexes")
+	}
+	if e.ops != nil {
+		stopOnError(e.ops.Run, "") // its errors name the operator
 	}
 	return g.Wait()
 }
