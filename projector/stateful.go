@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -665,10 +664,9 @@ func checkEntityID(id string) error {
 	switch {
 	case id == "":
 		return errors.New("projector: State.Set with an empty entity id; the empty id is reserved for the savepoint's checkpoint")
-	case !utf8.ValidString(id):
-		return fmt.Errorf("projector: State.Set with the entity id %q, which is not valid UTF-8; encode entity ids as UTF-8 text", id)
-	case strings.IndexByte(id, 0) >= 0:
-		return fmt.Errorf("projector: State.Set with the entity id %q, which has a NUL byte; leave NUL out of entity ids", id)
+	}
+	if problem := statestore.EntityIDProblem(id); problem != "" {
+		return fmt.Errorf("projector: State.Set with the entity id %q, %s", id, problem)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -158,6 +159,19 @@ func ValidateRunID(id string) error {
 	return nil
 }
 
+// EntityIDProblem says what makes id unfit for an entity id ("which is not valid UTF-8;
+// ...", "which has a NUL byte at N; ..."), or returns "" when it is fine. The empty id is
+// fine here.
+func EntityIDProblem(id string) string {
+	if !utf8.ValidString(id) {
+		return "which is not valid UTF-8; encode entity ids as UTF-8 text"
+	}
+	if j := strings.IndexByte(id, 0); j >= 0 {
+		return fmt.Sprintf("which has a NUL byte at %d; leave NUL out of entity ids", j)
+	}
+	return ""
+}
+
 // Validate returns nil when sp can be saved: its Position is at most math.MaxInt64 and its
 // entity ids are distinct, valid UTF-8 and free of NUL bytes. Otherwise it returns an error
 // wrapping [ErrInvalidSavepoint] that names the first bad entity.
@@ -167,13 +181,8 @@ func (sp Savepoint) Validate() error {
 	}
 	seen := make(map[string]int, len(sp.Entities))
 	for i, e := range sp.Entities {
-		if !utf8.ValidString(e.ID) {
-			return fmt.Errorf("%w: entity %d has the id %q, which is not valid UTF-8; encode entity ids as UTF-8 text", ErrInvalidSavepoint, i, e.ID)
-		}
-		for j := 0; j < len(e.ID); j++ {
-			if e.ID[j] == 0 {
-				return fmt.Errorf("%w: entity %d has the id %q, which has a NUL byte at %d; leave NUL out of entity ids", ErrInvalidSavepoint, i, e.ID, j)
-			}
+		if problem := EntityIDProblem(e.ID); problem != "" {
+			return fmt.Errorf("%w: entity %d has the id %q, %s", ErrInvalidSavepoint, i, e.ID, problem)
 		}
 		if first, dup := seen[e.ID]; dup {
 			return fmt.Errorf("%w: entities %d and %d have the same id %q; give each entity one entry", ErrInvalidSavepoint, first, i, e.ID)
