@@ -52,9 +52,15 @@ func (c RealtimeConfig) withDefaults() RealtimeConfig {
 	return c
 }
 
+// ValidRealtimePath reports whether p can be RealtimeConfig.Path: a clean URL path prefix
+// that starts and ends with a slash, with no pattern or escape characters.
+func ValidRealtimePath(p string) bool {
+	return strings.HasPrefix(p, "/") && !strings.ContainsAny(p, "{}?#% \t\r\n") &&
+		(p == "/" || path.Clean(p)+"/" == p)
+}
+
 func (c RealtimeConfig) validate() error {
-	if !strings.HasPrefix(c.Path, "/") || strings.ContainsAny(c.Path, "{}?#% \t\r\n") ||
-		(c.Path != "/" && path.Clean(c.Path)+"/" != c.Path) {
+	if !ValidRealtimePath(c.Path) {
 		return fmt.Errorf("walflow: Realtime.Path %q is not a URL path prefix; write it like /realtime/ (a slash, then segments of letters, digits, - or _)", c.Path)
 	}
 	if c.Gateway.Authorizer == nil {

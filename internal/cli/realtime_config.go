@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -126,7 +125,7 @@ func (l *loader) realtime(fc *fileConfig, c *config) error {
 		if !strings.HasSuffix(p, "/") {
 			p += "/"
 		}
-		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "{}?#% \t\r\n") || (p != "/" && path.Clean(p)+"/" != p) {
+		if !walflow.ValidRealtimePath(p) {
 			return l.errPath("realtime.path", "%q is not a URL path prefix; write it like /realtime/ (a slash, then segments of letters, digits, - or _)", rc.Path)
 		}
 		rs.path = p
