@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"regexp"
 	"slices"
 	"strconv"
@@ -278,25 +277,12 @@ func runningIndexes(ctx context.Context, c *config) (doc indexStatusDoc, ok bool
 
 // getMetrics fetches a running walflow's /metrics.
 func getMetrics(ctx context.Context, url string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	body, status, err := fetch(ctx, url, 16<<20)
 	if err != nil {
 		return "", err
 	}
-	// No keep-alive: the connection closes with the response and leaves no goroutine.
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s answered %s", url, resp.Status)
+	if status != "" {
+		return "", fmt.Errorf("%s answered %s", url, status)
 	}
 	return string(body), nil
 }

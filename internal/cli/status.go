@@ -121,25 +121,12 @@ func (e *httpStatusError) Error() string {
 
 // getStatus fetches a running engine's /status.
 func getStatus(ctx context.Context, url string) (walflow.Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	body, status, err := fetch(ctx, url, 1<<20)
 	if err != nil {
 		return walflow.Status{}, err
 	}
-	// No keep-alive: the connection closes with the response and leaves no goroutine.
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Do(req)
-	if err != nil {
-		return walflow.Status{}, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return walflow.Status{}, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return walflow.Status{}, &httpStatusError{url: url, msg: resp.Status}
+	if status != "" {
+		return walflow.Status{}, &httpStatusError{url: url, msg: status}
 	}
 	var st walflow.Status
 	if err := json.Unmarshal(body, &st); err != nil || st.Slot == "" {
@@ -228,6 +215,32 @@ func humanBytes(n int64) string {
 		return "-" + s
 	}
 	return s
+}
+
+// fetch GETs url from a running walflow within 10 seconds and returns up to limit bytes of
+// its body, or its status line when it is not 200 OK.
+func fetch(ctx context.Context, url string, limit int64) (body []byte, status string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	// No keep-alive: the connection closes with the response and leaves no goroutine.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	body, err = io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return nil, "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, resp.Status, nil
+	}
+	return body, "", nil
 }
 
 // printJSON writes v as indented JSON, the form of every --json output.
