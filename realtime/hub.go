@@ -469,3 +469,45 @@ func (h *hub) catchUp(ctx context.Context, keys []string, f format, pos *event.P
 	}
 	return dst, false, nil
 }
+
+// cursor is where one subscription of a stream stands: live on the hub, or catching up
+// from the ledger. SSE streams and WebSocket subscriptions move it the same way.
+type cursor struct {
+	m    *member
+	keys []string
+	live bool           // on the hub; otherwise catching up from the ledger
+	last event.Position // the last event written to the client: it has everything up to it
+	scan event.Position // how far the ledger was read: last or later
+}
+
+// drain writes, with write, what the hub queued for c. When the hub had dropped the member
+// (a full queue, a truncation, a ledger error), c catches up from the ledger again, which
+// tells which.
+func (c *cursor) drain(msgs []message, write func([]message) error) ([]message, error) {
+	msgs, dropped := c.m.take(msgs[:0])
+	if err := write(msgs); err != nil {
+		return msgs, err
+	}
+	if dropped != nil {
+		c.live, c.scan = false, c.last
+	}
+	return msgs, nil
+}
+
+// advance applies the outcome of a catch-up read (hub.catchUp from c.scan) to c, once its
+// messages are written. When retention removed events c had not read, c goes on from the
+// head as a fresh subscription and resync is the reason to tell the client; done joins the
+// hub. Other read errors are returned.
+func (c *cursor) advance(g *Gateway, done bool, err error) (resync, _ error) {
+	switch {
+	case errors.Is(err, ledger.ErrTruncated):
+		c.last = g.cfg.Ledger.State().Head
+		c.scan = c.last
+		return err, nil
+	case err != nil:
+		return nil, err
+	case done:
+		c.live = g.hub.join(c.m, c.scan)
+	}
+	return nil, nil
+}

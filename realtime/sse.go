@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/ledger"
 )
 
 // serveSSE serves one SSE stream: GET ?channel=a&channel=b[&after=N], with the
@@ -48,7 +47,7 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 		g.reject(w, r, status, reason)
 		return
 	}
-	s := &stream{g: g, w: w, rc: http.NewResponseController(w), keys: keys, last: start, scan: start}
+	s := &stream{g: g, w: w, rc: http.NewResponseController(w), cursor: cursor{keys: keys, last: start, scan: start}}
 	ended := s.run(r, expires, resync)
 	g.release(r, ended, s.last, len(keys))
 }
@@ -71,13 +70,11 @@ func resumePosition(r *http.Request) (event.Position, bool, error) {
 
 // stream is one open SSE connection.
 type stream struct {
-	g    *Gateway
-	w    http.ResponseWriter
-	rc   *http.ResponseController
-	keys []string
-	last event.Position // the position the client has everything up to
-	scan event.Position // the position the stream has read the ledger up to: last or later
-	buf  []byte
+	cursor
+	g   *Gateway
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	buf []byte
 }
 
 // run streams until the client goes, the stream must end, or the gateway shuts down. It
@@ -102,9 +99,8 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 	timer := time.NewTimer(time.Until(nextFire(nextPing, expires)))
 	defer timer.Stop()
 
-	m := newMember(s.keys, formatSSE, g.cfg.Buffer, make(chan struct{}, 1))
-	defer g.hub.leave(m)
-	live := false
+	s.m = newMember(s.keys, formatSSE, g.cfg.Buffer, make(chan struct{}, 1))
+	defer g.hub.leave(s.m)
 	var msgs []message
 	for {
 		if g.closed.Load() {
@@ -112,8 +108,8 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 			return DisconnectShutdown
 		}
 		wake := ready // catching up: go on unless something else is ready
-		if live {
-			wake = m.wake
+		if s.live {
+			wake = s.m.wake
 		}
 		select {
 		case <-wake:
@@ -136,16 +132,10 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 			return DisconnectClientGone
 		}
 
-		if live {
+		if s.live {
 			var err error
-			msgs, err = m.take(msgs[:0])
-			if werr := s.writeMessages(msgs); werr != nil {
-				return s.writeFailed(werr)
-			}
-			if err != nil {
-				// Dropped by the hub (a full queue, a truncation, a ledger error): catch up
-				// from the ledger, which tells which.
-				live, s.scan = false, s.last
+			if msgs, err = s.drain(msgs, s.writeMessages); err != nil {
+				return s.writeFailed(err)
 			}
 			continue
 		}
@@ -156,13 +146,10 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 		if werr := s.writeMessages(msgs); werr != nil {
 			return s.writeFailed(werr)
 		}
+		resync, err := s.advance(g, done, err)
 		switch {
-		case errors.Is(err, ledger.ErrTruncated):
-			// Retention removed events this client had not read yet: say so, and go on
-			// from the head as a fresh subscription.
-			s.last = g.cfg.Ledger.State().Head
-			s.scan = s.last
-			if err := s.ack(err.Error()); err != nil {
+		case resync != nil:
+			if err := s.ack(resync.Error()); err != nil {
 				return s.writeFailed(err)
 			}
 		case err != nil && ctx.Err() != nil:
@@ -171,8 +158,6 @@ func (s *stream) run(r *http.Request, expires time.Time, resync string) Disconne
 			g.log.ErrorContext(ctx, "stream read the ledger", slog.String("error", err.Error()))
 			s.final(DisconnectLedgerError)
 			return DisconnectLedgerError
-		case done:
-			live = g.hub.join(m, s.scan)
 		}
 	}
 }

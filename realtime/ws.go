@@ -15,7 +15,6 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/ledger"
 )
 
 // wsReadLimit bounds one client message; subscribe messages are tiny, so anything near
@@ -125,11 +124,8 @@ type wsReply struct {
 
 // wsSub is one channel subscription of a connection.
 type wsSub struct {
+	cursor
 	key     string
-	m       *member
-	live    bool           // on the hub; otherwise catching up from the ledger
-	last    event.Position // the last event sent
-	scan    event.Position // read up to: last or later
 	expires time.Time
 }
 
@@ -249,13 +245,8 @@ func (ws *wsConn) drain() error {
 			continue
 		}
 		var err error
-		ws.msgs, err = s.m.take(ws.msgs[:0])
-		if werr := ws.send(s, ws.msgs); werr != nil {
-			return werr
-		}
-		if err != nil {
-			// Dropped by the hub: catch up from the ledger, which tells why.
-			s.live, s.scan = false, s.last
+		if ws.msgs, err = s.drain(ws.msgs, func(msgs []message) error { return ws.send(s, msgs) }); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -271,16 +262,14 @@ func (ws *wsConn) catchUp() error {
 		}
 		var done bool
 		var err error
-		ws.msgs, done, err = g.hub.catchUp(ws.ctx, []string{s.key}, formatWS, &s.scan, g.hub.position(), ws.msgs[:0])
+		ws.msgs, done, err = g.hub.catchUp(ws.ctx, s.keys, formatWS, &s.scan, g.hub.position(), ws.msgs[:0])
 		if werr := ws.send(s, ws.msgs); werr != nil {
 			return werr
 		}
+		resync, err := s.advance(g, done, err)
 		switch {
-		case errors.Is(err, ledger.ErrTruncated):
-			// Retention overtook the subscription: resync from the head.
-			s.last = g.cfg.Ledger.State().Head
-			s.scan = s.last
-			if err := ws.ack(s, "", err.Error()); err != nil {
+		case resync != nil:
+			if err := ws.ack(s, "", resync.Error()); err != nil {
 				return err
 			}
 		case err != nil && ws.ctx.Err() != nil:
@@ -288,8 +277,6 @@ func (ws *wsConn) catchUp() error {
 		case err != nil:
 			g.log.ErrorContext(ws.ctx, "stream read the ledger", slog.String("channel", s.key), slog.String("error", err.Error()))
 			return fmt.Errorf("%w: %w", errLedger, err)
-		case done:
-			s.live = g.hub.join(s.m, s.scan)
 		}
 	}
 	return nil
@@ -412,7 +399,8 @@ func (ws *wsConn) subscribe(m wsRequest) error {
 func (ws *wsConn) start(key string, pos event.Position, expires time.Time) *wsSub {
 	// A connection holds at most about Buffer events in all, whatever its channels.
 	limit := max(16, ws.g.cfg.Buffer/ws.g.cfg.MaxChannels)
-	s := &wsSub{key: key, m: newMember([]string{key}, formatWS, limit, ws.wake), last: pos, scan: pos, expires: expires}
+	keys := []string{key}
+	s := &wsSub{key: key, expires: expires, cursor: cursor{m: newMember(keys, formatWS, limit, ws.wake), keys: keys, last: pos, scan: pos}}
 	ws.subs[key] = s
 	return s
 }
