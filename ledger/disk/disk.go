@@ -93,7 +93,6 @@ type Ledger struct {
 
 	// Truncate's state, under truncMu: one Truncate runs at a time.
 	truncMu      sync.Mutex
-	truncKeys    []string
 	truncBytes   int64 // bytes of events removed since the last compaction
 	compactAfter int64 // compactAfterBytesDefault; tests change it
 	truncEvents  int   // truncateChunkEvents; tests lower it
@@ -218,6 +217,36 @@ func (l *Ledger) recover(ctx context.Context, st ledger.State) error {
 	return nil
 }
 
+// storedKeys decodes the stored event at the iterator and appends its index keys (those
+// the index holds: valid ones) to keys. size is the stored event's length.
+func (l *Ledger) storedKeys(it *pebble.Iterator, keys []string) (pos event.Position, size int, _ []string, err error) {
+	pos, ok := parseEventKey(it.Key())
+	if !ok {
+		return 0, 0, keys, fmt.Errorf("malformed event key %x", it.Key())
+	}
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return pos, 0, keys, fmt.Errorf("event at position %d: %w", pos, err)
+	}
+	e, err := event.DecodeBinary(v)
+	if err != nil {
+		return pos, 0, keys, fmt.Errorf("event at position %d: %w", pos, err)
+	}
+	if l.indexer == nil {
+		return pos, len(v), keys, nil
+	}
+	n := len(keys)
+	keys = l.indexer(&e, keys)
+	valid := keys[:n]
+	for _, k := range keys[n:] {
+		if notify.ValidKey(k) {
+			valid = append(valid, k)
+		}
+	}
+	clear(keys[len(valid):])
+	return pos, len(v), valid, nil
+}
+
 // dropFrom adds to the batch the deletion of every stored event at position from or
 // later, with its index entries, writing full chunks as it goes. It returns how many
 // events it deleted.
@@ -237,35 +266,20 @@ func (l *Ledger) dropFrom(ctx context.Context, from event.Position) (int, error)
 				return n, err
 			}
 		}
-		pos, ok := parseEventKey(it.Key())
-		if !ok {
-			it.Close()
-			return n, fmt.Errorf("malformed event key %x", it.Key())
-		}
-		v, err := it.ValueAndErr()
+		pos, _, keys, err := l.storedKeys(it, l.keys[:0])
 		if err != nil {
 			it.Close()
-			return n, fmt.Errorf("event at position %d: %w", pos, err)
+			return n, err
 		}
-		e, err := event.DecodeBinary(v)
-		if err != nil {
-			it.Close()
-			return n, fmt.Errorf("event at position %d: %w", pos, err)
-		}
-		if l.indexer != nil {
-			l.keys = l.indexer(&e, l.keys[:0])
-		}
-		for _, k := range l.keys {
-			if notify.ValidKey(k) {
-				l.kbuf = indexKey(l.kbuf[:0], k, pos)
-				if err := l.batch.Delete(l.kbuf, nil); err != nil {
-					it.Close()
-					return n, err
-				}
+		for _, k := range keys {
+			l.kbuf = indexKey(l.kbuf[:0], k, pos)
+			if err := l.batch.Delete(l.kbuf, nil); err != nil {
+				it.Close()
+				return n, err
 			}
 		}
-		clear(l.keys)
-		l.keys = l.keys[:0]
+		clear(keys)
+		l.keys = keys[:0]
 		if err := l.batch.Delete(it.Key(), nil); err != nil {
 			it.Close()
 			return n, err

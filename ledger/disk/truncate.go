@@ -7,7 +7,6 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/ledger/internal/notify"
 )
 
 // Truncate removes every event at or before through (clamped to the head), with its index
@@ -69,6 +68,7 @@ type truncChunk struct {
 	from  event.Position              // the first position of the batch
 	n     int                         // events in the batch
 	index map[string][]event.Position // index key → positions to delete, ascending
+	keys  []string                    // an event's index keys, reused
 }
 
 // run removes the events of the iterator, bounded to (tail, through], batch by batch. It
@@ -80,29 +80,16 @@ func (c *truncChunk) run(ctx context.Context, it *pebble.Iterator, through event
 		if err := l.check(ctx, c.n); err != nil {
 			return removed, err
 		}
-		pos, ok := parseEventKey(it.Key())
-		if !ok {
-			return removed, fmt.Errorf("malformed event key %x", it.Key())
-		}
-		v, err := it.ValueAndErr()
+		pos, size, keys, err := l.storedKeys(it, c.keys[:0])
 		if err != nil {
-			return removed, fmt.Errorf("event at position %d: %w", pos, err)
+			return removed, err
 		}
-		e, err := event.DecodeBinary(v)
-		if err != nil {
-			return removed, fmt.Errorf("event at position %d: %w", pos, err)
+		removed += int64(size)
+		for _, k := range keys {
+			c.index[k] = append(c.index[k], pos)
 		}
-		removed += int64(len(v))
-		if l.indexer != nil {
-			l.truncKeys = l.indexer(&e, l.truncKeys[:0])
-		}
-		for _, k := range l.truncKeys {
-			if notify.ValidKey(k) {
-				c.index[k] = append(c.index[k], pos)
-			}
-		}
-		clear(l.truncKeys)
-		l.truncKeys = l.truncKeys[:0]
+		clear(keys)
+		c.keys = keys[:0]
 		c.n++
 		if c.n >= l.truncEvents && pos < through {
 			if err := c.commit(pos, false); err != nil {
