@@ -300,6 +300,17 @@ func helpMain(e *env, args []string) error {
 	return nil
 }
 
+// unknownName is the usage error of a command given a name that is none of names: it
+// says which kind of thing (kinds: its plural), suggests the closest name, and lists them
+// all, found where.
+func unknownName(cmd, kind, kinds, name, where string, names []string) error {
+	msg := fmt.Sprintf("%s: unknown %s %q", cmd, kind, name)
+	if s := suggest(name, names); s != "" {
+		msg += fmt.Sprintf(" (did you mean %s?)", s)
+	}
+	return usagef("%s; the %s %s are %s", msg, kinds, where, strings.Join(names, ", "))
+}
+
 // suggest returns the candidate closest to s when it is a plausible typo, or "".
 func suggest(s string, candidates []string) string {
 	best, bestDist := "", 3

@@ -134,11 +134,7 @@ func findIndex(cmd string, c *config, path, name string) (index.Indexer, error) 
 	if len(names) == 0 {
 		return index.Indexer{}, usagef("%s: %s configures no indexes; add an indexes: block, like indexes: {by_user: {field: user_id}} (walflow.example.yaml shows one)", cmd, path)
 	}
-	msg := fmt.Sprintf("%s: unknown index %q", cmd, name)
-	if s := suggest(name, names); s != "" {
-		msg += fmt.Sprintf(" (did you mean %s?)", s)
-	}
-	return index.Indexer{}, usagef("%s; the indexes in %s are %s", msg, path, strings.Join(names, ", "))
+	return index.Indexer{}, unknownName(cmd, "index", "indexes", name, "in "+path, names)
 }
 
 // runner returns a runner of indexers over the opened ledger and index store.

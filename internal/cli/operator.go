@@ -132,11 +132,7 @@ func (oc *operatorCmd) find(name string) (operator.SQL, error) {
 	if len(names) == 0 {
 		return operator.SQL{}, usagef("%s: %s configures no operators; add an operators: block (walflow.example.yaml shows one)", oc.name, oc.path)
 	}
-	msg := fmt.Sprintf("%s: unknown operator %q", oc.name, name)
-	if s := suggest(name, names); s != "" {
-		msg += fmt.Sprintf(" (did you mean %s?)", s)
-	}
-	return operator.SQL{}, usagef("%s; the operators in %s are %s", msg, oc.path, strings.Join(names, ", "))
+	return operator.SQL{}, unknownName(oc.name, "operator", "operators", name, "in "+oc.path, names)
 }
 
 // pool opens a pool on the followed database. It connects on first use.
@@ -168,15 +164,15 @@ func (oc *operatorCmd) pool(ctx context.Context) (*pgxpool.Pool, error) {
 
 // dbError explains a failure to use walflow.operators.
 func (oc *operatorCmd) dbError(err error) error {
-	if isNoOperatorTable(err) {
+	if isUndefinedTable(err) {
 		return fmt.Errorf("%s: walflow.operators does not exist yet in the database of %s; walflow run creates it when it first runs with operators configured", oc.name, oc.path)
 	}
 	return fmt.Errorf("%s: %w", oc.name, err)
 }
 
-// isNoOperatorTable reports whether err says the walflow schema or its operators table is
-// missing.
-func isNoOperatorTable(err error) bool {
+// isUndefinedTable reports whether err says the walflow schema or the table read (walflow.operators,
+// walflow.projectors) is missing.
+func isUndefinedTable(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "3F000") // undefined_table, invalid_schema_name
 }

@@ -144,7 +144,7 @@ var errNoProjectorTable = errors.New("no projector table")
 // list returns the stored checkpoints, or errNoProjectorTable.
 func (pc *projectorCmd) list(ctx context.Context) ([]projector.NamedCheckpoint, error) {
 	cps, err := pc.store.List(ctx)
-	if isNoOperatorTable(err) {
+	if isUndefinedTable(err) {
 		return nil, errNoProjectorTable
 	}
 	if err != nil {
@@ -173,11 +173,7 @@ func (pc *projectorCmd) find(ctx context.Context, name string) (projector.NamedC
 	if len(names) == 0 {
 		return projector.NamedCheckpoint{}, usagef("%s: unknown projector %q: walflow.projectors in the database of %s is empty, no projector has run against it yet", pc.name, name, pc.path)
 	}
-	msg := fmt.Sprintf("%s: unknown projector %q", pc.name, name)
-	if s := suggest(name, names); s != "" {
-		msg += fmt.Sprintf(" (did you mean %s?)", s)
-	}
-	return projector.NamedCheckpoint{}, usagef("%s; the projectors in walflow.projectors are %s", msg, strings.Join(names, ", "))
+	return projector.NamedCheckpoint{}, unknownName(pc.name, "projector", "projectors", name, "in walflow.projectors", names)
 }
 
 // projectorStatusDoc is walflow projector status --json.
