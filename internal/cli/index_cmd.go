@@ -41,12 +41,7 @@ its tail, when retention removed the oldest events) and prints the number of ent
 the checkpoint it reached. Progress goes to stderr: a bar on a terminal, a line every 2
 seconds otherwise. Stopped by Ctrl-C, the index is left partial, and walflow run (or the
 next rebuild) finishes it. Stop walflow run first.`,
-	flags: func(fs *flag.FlagSet) execFunc {
-		path := configFlag(fs)
-		return func(ctx context.Context, e *env, args []string) error {
-			return indexRebuildMain(ctx, e, *path, args[0])
-		}
-	},
+	flags: nameFlags(indexRebuildMain),
 }
 
 var indexStatusCommand = &command{

@@ -38,6 +38,17 @@ func configFlag(fs *flag.FlagSet) *string {
 	return fs.String("config", ConfigFileDefault, "the configuration `file`")
 }
 
+// nameFlags are the flags of a command on one NAME with --config: run gets the
+// configuration file and the name.
+func nameFlags(run func(ctx context.Context, e *env, path, name string) error) func(*flag.FlagSet) execFunc {
+	return func(fs *flag.FlagSet) execFunc {
+		path := configFlag(fs)
+		return func(ctx context.Context, e *env, args []string) error {
+			return run(ctx, e, *path, args[0])
+		}
+	}
+}
+
 var operatorStatusCommand = &command{
 	name:    "status",
 	args:    "[--config FILE] [--json]",
@@ -69,12 +80,7 @@ restart clears the operator's halt in walflow.operators. It then retries the eve
 failed on and goes on from there: at once in a running walflow (within a second), or when
 walflow run next starts. Fix what made the event fail first, or the operator halts again
 after its retries.`,
-	flags: func(fs *flag.FlagSet) execFunc {
-		path := configFlag(fs)
-		return func(ctx context.Context, e *env, args []string) error {
-			return operatorRestartMain(ctx, e, *path, args[0])
-		}
-	},
+	flags: nameFlags(operatorRestartMain),
 }
 
 var operatorSkipCommand = &command{
@@ -86,12 +92,7 @@ var operatorSkipCommand = &command{
 skip moves the halted operator's checkpoint past exactly the event it failed on and
 restarts it. That event's effect is never applied, so the derived rows it would have
 changed may be wrong: run walflow operator backfill NAME afterwards to recompute them.`,
-	flags: func(fs *flag.FlagSet) execFunc {
-		path := configFlag(fs)
-		return func(ctx context.Context, e *env, args []string) error {
-			return operatorSkipMain(ctx, e, *path, args[0])
-		}
-	},
+	flags: nameFlags(operatorSkipMain),
 }
 
 // operatorCmd is an operator command's configuration and the operator it names.

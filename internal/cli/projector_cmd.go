@@ -86,12 +86,7 @@ the reset checkpoint and replays from the start, without a restart. Until then i
 apply events over the cleared read model (a HandleTx projector's conflicting batch rolls
 back; a Handle projector's was applied). A projector halted in a running application stays
 halted until the application restarts, or calls Runner.Restart or Runner.Reset.`,
-	flags: func(fs *flag.FlagSet) execFunc {
-		path := configFlag(fs)
-		return func(ctx context.Context, e *env, args []string) error {
-			return projectorResetMain(ctx, e, *path, args[0])
-		}
-	},
+	flags: nameFlags(projectorResetMain),
 }
 
 var projectorRestartCommand = &command{
@@ -105,12 +100,7 @@ keeps its position: it retries the event it failed on and goes on from there. A 
 application does not watch the table for a halted projector: the projector resumes when the
 application next starts, or calls Runner.Restart. Fix what made the event fail first (the
 handler, the read model), or the projector halts again after its retries.`,
-	flags: func(fs *flag.FlagSet) execFunc {
-		path := configFlag(fs)
-		return func(ctx context.Context, e *env, args []string) error {
-			return projectorRestartMain(ctx, e, *path, args[0])
-		}
-	},
+	flags: nameFlags(projectorRestartMain),
 }
 
 // projectorCmd is a projector command's configuration and its store.
