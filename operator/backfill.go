@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgschema"
 )
 
 // BackfillBatchDefault is how many ids (or rows) a backfill handles per transaction when
@@ -153,7 +154,7 @@ const saveProgressSQL = `UPDATE walflow.backfills SET last_id = coalesce($3, las
 
 // migrateBackfills creates the walflow.backfills table when missing.
 func migrateBackfills(ctx context.Context, db *pgxpool.Pool) error {
-	_, err := db.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS walflow;
+	err := pgschema.Create(ctx, db, `CREATE SCHEMA IF NOT EXISTS walflow;
 		CREATE TABLE IF NOT EXISTS walflow.backfills (
 			operator text NOT NULL,
 			entity text NOT NULL,

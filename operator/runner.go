@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgschema"
 	"github.com/walflow/walflow/ledger"
 )
 
@@ -137,7 +138,7 @@ func New(cfg Config) (*Runner, error) {
 
 // Migrate creates walflow's operator table in the followed database when missing.
 func Migrate(ctx context.Context, db *pgxpool.Pool) error {
-	_, err := db.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS walflow;
+	err := pgschema.Create(ctx, db, `CREATE SCHEMA IF NOT EXISTS walflow;
 		CREATE TABLE IF NOT EXISTS walflow.operators (
 			name text PRIMARY KEY,
 			position bigint NOT NULL DEFAULT 0,

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgschema"
 )
 
 // Checkpoint is a projector's stored position.
@@ -84,7 +85,7 @@ func NewPostgresStore(db *pgxpool.Pool) *PostgresStore { return &PostgresStore{d
 
 // Migrate creates the walflow.projectors table when missing.
 func (s *PostgresStore) Migrate(ctx context.Context) error {
-	_, err := s.db.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS walflow;
+	err := pgschema.Create(ctx, s.db, `CREATE SCHEMA IF NOT EXISTS walflow;
 		CREATE TABLE IF NOT EXISTS walflow.projectors (
 			name text PRIMARY KEY,
 			position bigint NOT NULL DEFAULT 0,

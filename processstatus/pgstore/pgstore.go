@@ -126,7 +126,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		return nil
 	}
 	schema := pgx.Identifier{s.cfg.Schema}.Sanitize()
-	err := pgschema.Create(ctx, s.cfg.DB, s.statusTable, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
+	err := pgschema.Create(ctx, s.cfg.DB, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
 CREATE TABLE IF NOT EXISTS `+s.statusTable+` (
 	entity text PRIMARY KEY,
 	processed_micros bigint NOT NULL,

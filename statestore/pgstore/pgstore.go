@@ -86,7 +86,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 		return nil
 	}
 	schema := pgx.Identifier{s.cfg.Schema}.Sanitize()
-	err := pgschema.Create(ctx, s.cfg.DB, s.runs, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
+	err := pgschema.Create(ctx, s.cfg.DB, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
 CREATE TABLE IF NOT EXISTS `+s.runs+` (
 	run_id text PRIMARY KEY,
 	next_seq bigint NOT NULL DEFAULT 1,
