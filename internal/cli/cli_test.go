@@ -171,6 +171,34 @@ func waitFor(t *testing.T, what string, runDone <-chan result, cond func() bool)
 	}
 }
 
+// waitForOutput runs the command args until its standard output matches every regular
+// expression in res, and fails the test with the last output if it does not within a minute.
+func waitForOutput(t *testing.T, runDone <-chan result, res []string, args ...string) {
+	t.Helper()
+	var last result
+	matches := func() bool {
+		last = runCLI(t.Context(), noEnv, args...)
+		for _, re := range res {
+			if !regexp.MustCompile(re).MatchString(last.stdout) {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !matches() {
+		select {
+		case r := <-runDone:
+			t.Fatalf("walflow run ended (exit %d) while waiting for walflow %s to print %q\nstderr:\n%s", r.code, strings.Join(args, " "), res, r.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("walflow %s did not print %q within a minute; last output (exit %d):\n%s%s", strings.Join(args, " "), res, last.code, last.stdout, last.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // blogDatabase creates a fresh database with the blog schema and returns its URL and a
 // connection to it, closed when the test ends.
 func blogDatabase(t *testing.T) (string, *pgx.Conn) {
