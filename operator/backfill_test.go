@@ -198,6 +198,9 @@ func TestBackfillInterruptedResumedWhileLive(t *testing.T) {
 		t.Fatalf("finished with comments %+v and posts %+v", c, p)
 	}
 
+	// Every permit handed out is used before the writer stops (closing stop while permits
+	// are pending would let select drop them at random).
+	waitFor(t, func() bool { return len(permits) == 0 })
 	close(stop)
 	<-writerDone
 	if n := writes(); n < 100 {

@@ -295,16 +295,18 @@ func (g *Gateway) admit(n int) (status int, reason string) {
 }
 
 // release ends a connection admitted by admit, which had n subscriptions at the end.
+// It logs first, so that whoever sees the connection gone from Stats, or Shutdown
+// return, finds its record in the log.
 func (g *Gateway) release(r *http.Request, ended DisconnectReason, pos event.Position, n int) {
+	g.log.InfoContext(r.Context(), "stream ended",
+		slog.String("reason", ended.String()), slog.Uint64("position", uint64(pos)),
+		slog.Int("channels", n), slog.String("remote_addr", r.RemoteAddr))
 	g.mu.Lock()
 	g.stats.Connections--
 	g.stats.Subscriptions -= n
 	g.stats.Disconnects[ended]++
 	g.mu.Unlock()
 	g.streams.Done()
-	g.log.InfoContext(r.Context(), "stream ended",
-		slog.String("reason", ended.String()), slog.Uint64("position", uint64(pos)),
-		slog.Int("channels", n), slog.String("remote_addr", r.RemoteAddr))
 }
 
 // subscribed adjusts the subscription counters of an open connection by n.

@@ -278,10 +278,10 @@ tables:
 		t.Fatal(err)
 	}
 	// The engine measures the slot every status_interval, so the first measures may predate
-	// the slot.
-	waitFor(t, "status --json shows ledger_head 4 and the slot", runDone, func() bool {
+	// the slot, or its streaming.
+	waitFor(t, "status --json shows ledger_head 4 and the active slot", runDone, func() bool {
 		st, r = statusJSON(t, path)
-		return r.code == ExitOK && st.LedgerHead >= 4 && st.SlotExists
+		return r.code == ExitOK && st.LedgerHead >= 4 && st.SlotExists && st.SlotActive
 	})
 	if !st.Streaming || !st.SlotExists || st.Slot != slot || st.EventsAppended < 4 || st.LastCommitLSN == 0 {
 		t.Errorf("status from the running engine: %+v", st)
@@ -312,8 +312,12 @@ tables:
 		t.Errorf("run logged errors:\n%s", r.stderr)
 	}
 
-	// After the run: status reads the ledger it left and the now inactive slot.
-	st, r = statusJSON(t, path)
+	// After the run: status reads the ledger it left and the slot, inactive once PostgreSQL's
+	// walsender has noticed the closed connection and exited (a moment after run returned).
+	waitFor(t, "the slot is inactive", nil, func() bool {
+		st, r = statusJSON(t, path)
+		return r.code != ExitOK || !st.SlotActive
+	})
 	if r.code != ExitOK || st.LedgerHead != 4 || !st.SlotExists || st.SlotActive || st.Streaming {
 		t.Errorf("status after run: exit %d, %+v\nstderr: %s", r.code, st, r.stderr)
 	}
