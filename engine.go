@@ -293,10 +293,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	if e.psStore != nil {
 		if err := e.psStore.Migrate(ctx); err != nil {
+			stopped := ctx.Err() != nil
 			cancel(ErrStopping)
-			_ = g.Wait()
-			if ctx.Err() != nil {
-				return nil // stopped while starting
+			werr := g.Wait()
+			if stopped {
+				// Stopped while starting: by the caller (werr is nil), or by the source
+				// failing, whose error is the one to report, not the interrupted migration's.
+				return werr
 			}
 			return fmt.Errorf("walflow: process status: %w", err)
 		}

@@ -19,10 +19,12 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgschema"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
 	"github.com/walflow/walflow/realtime"
+	"github.com/walflow/walflow/source/pgwal"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -490,5 +492,49 @@ func TestEngineGateway(t *testing.T) {
 			t.Fatalf("gateway metrics %v: want one connection and at least one message", names)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRunReportsSourceFailureWhileStarting: a source that fails while Run is still
+// creating process status's tables (held up here by another session holding walflow's
+// migration lock) makes Run return the source's error, not nil as if stopped by the caller
+// (seen with an invalidated slot: `walflow run` exited 0).
+func TestRunReportsSourceFailureWhileStarting(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `CREATE TABLE nokey (x int)`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, pgschema.LockKey); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := pgx.ParseConfig(dsn)
+	eng, err := walflow.Open(ctx, walflow.Config{
+		DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true,
+		Tables: []channel.Table{{Name: "nokey"}}, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	runCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err = eng.Run(runCtx)
+	if runCtx.Err() != nil {
+		t.Fatalf("Run kept going after its source failed, until its context ended (returned %v)", err)
+	}
+	if !errors.Is(err, pgwal.ErrNoPrimaryKey) {
+		t.Fatalf("Run returned %v, want the source's error wrapping pgwal.ErrNoPrimaryKey", err)
 	}
 }

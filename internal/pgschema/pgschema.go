@@ -32,18 +32,19 @@ type Beginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
-// lockKey keys the advisory lock every walflow migration takes. It is one key for all of
+// LockKey keys the advisory lock (pg_advisory_xact_lock(hashtext(LockKey))) every walflow
+// migration takes. It is one key for all of
 // them, not one per table: stores creating different tables in the same schema collide on
 // CREATE SCHEMA IF NOT EXISTS (a unique violation in pg_namespace), so they must take
 // turns too.
-const lockKey = "walflow: create tables"
+const LockKey = "walflow: create tables"
 
 // Create runs ddl (CREATE ... IF NOT EXISTS statements) in one transaction that first takes
 // walflow's migration advisory lock. Concurrent CREATE ... IF NOT EXISTS can still collide
 // in the catalogs; with the lock, stores starting together take turns.
 func Create(ctx context.Context, db Beginner, ddl string) error {
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", lockKey); err != nil {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", LockKey); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, ddl)
