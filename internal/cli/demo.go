@@ -287,19 +287,25 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	// The engine stops on our signal, after the writer, so its last changes get printed.
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRun()
-	runDone := make(chan error, 1)
-	go func() { runDone <- eng.Run(runCtx) }()
+	// runDone is closed when Run has returned engineErr: every waiter can see it, and
+	// stopping the engine after it ended does not block.
+	var engineErr error
+	runDone := make(chan struct{})
+	go func() { engineErr = eng.Run(runCtx); close(runDone) }()
 	stopEngine := func() error {
 		stopRun()
-		return <-runDone
+		<-runDone
+		return engineErr
 	}
 
 	if err := waitStreaming(ctx, eng, runDone); err != nil {
-		stopErr := errors.Join(stopWebApp(), stopEngine())
-		if ctx.Err() != nil {
-			return nil
+		webErr, runErr := stopWebApp(), stopEngine()
+		if runErr != nil {
+			err = fmt.Errorf("demo: the engine stopped: %w", runErr)
+		} else if ctx.Err() != nil {
+			err = nil // Ctrl-C while starting
 		}
-		return errors.Join(err, stopErr)
+		return errors.Join(err, webErr)
 	}
 	d.banner(ctx, duration)
 
@@ -321,8 +327,8 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	select {
 	case <-ctx.Done():
 	case <-timeout:
-	case runErr = <-runDone:
-		engineDone = true
+	case <-runDone:
+		runErr, engineDone = engineErr, true
 	case webErr = <-webDone:
 		webStopped = true
 	}
@@ -407,15 +413,15 @@ func settle(eng *walflow.Engine, deadline time.Time) {
 
 // waitStreaming waits until the engine streams from its slot: changes made before the slot
 // exists would not be seen.
-func waitStreaming(ctx context.Context, eng *walflow.Engine, runDone <-chan error) error {
+func waitStreaming(ctx context.Context, eng *walflow.Engine, runDone <-chan struct{}) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for !eng.Status(ctx).Streaming {
 		if time.Now().After(deadline) {
 			return errors.New("demo: the engine did not start streaming within 30s (see the log above)")
 		}
 		select {
-		case err := <-runDone:
-			return fmt.Errorf("demo: the engine stopped: %w", err)
+		case <-runDone:
+			return errors.New("demo: the engine stopped before it streamed (see the log above)")
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
