@@ -68,8 +68,9 @@ func New(cfg Config) (*Source, error) {
 func (s *Source) Stats() *Stats { return &s.stats }
 
 // Run streams changes into sink until ctx ends, reconnecting with backoff when the
-// connection or the server fails. It returns nil when ctx ends, and an error for a
-// condition retrying cannot fix (see the Err variables), with the sink left consistent.
+// connection or the server fails. It returns nil when ctx ends (unless the sink then fails
+// to make the committed transactions durable), and an error for a condition retrying
+// cannot fix (see the Err variables), with the sink left consistent.
 func (s *Source) Run(ctx context.Context, sink Sink) error {
 	backoff := s.cfg.ReconnectMin
 	started := time.Now()
@@ -80,6 +81,10 @@ func (s *Source) Run(ctx context.Context, sink Sink) error {
 		}
 		streamed, err := s.session(ctx, sink)
 		if ctx.Err() != nil {
+			// Stopped; but a sink that failed to settle must not pass for a clean stop.
+			if se, ok := errors.AsType[*stopError](err); ok {
+				return se.err
+			}
 			return nil
 		}
 		if fatal(err) {
@@ -224,6 +229,13 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 	return true, st2.run(ctx)
 }
 
+// stopError is a failure to leave the sink consistent while stopping. Run returns it even
+// though its context ended: the caller would otherwise take the stop for a clean one.
+type stopError struct{ err error }
+
+func (e *stopError) Error() string { return e.err.Error() }
+func (e *stopError) Unwrap() error { return e.err }
+
 // stream is the state of one replication connection's receive loop.
 type stream struct {
 	src   *Source
@@ -275,13 +287,15 @@ func (st *stream) run(ctx context.Context) (err error) {
 		close(done)
 		wg.Wait()
 		if st.inTx && !st.skipTx {
-			err = errors.Join(err, st.sink.AbortTx(context.WithoutCancel(ctx)))
+			if aerr := st.sink.AbortTx(context.WithoutCancel(ctx)); aerr != nil {
+				err = errors.Join(err, &stopError{fmt.Errorf("pgwal: abort the open transaction at stop: %w", aerr)})
+			}
 		}
 		// Make what was committed durable and tell the server, so a graceful stop leaves
 		// nothing to replay.
 		if st.pending > 0 {
 			if serr := st.sync(context.WithoutCancel(ctx)); serr != nil {
-				err = errors.Join(err, serr)
+				err = errors.Join(err, &stopError{fmt.Errorf("%w; the transactions since the last sync are not durable, and are streamed again at the next start", serr)})
 				return
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -553,5 +554,68 @@ func TestOtherCluster(t *testing.T) {
 	}
 	if got := a.led.State().Head; got != 1 {
 		t.Fatalf("ledger head %d after the refused start, want 1", got)
+	}
+}
+
+// syncFailer is a memory ledger whose Sync fails once failing is set: a disk that stopped
+// taking writes. It counts the transactions committed (published only by Sync).
+type syncFailer struct {
+	*memory.Ledger
+	failing *atomic.Bool
+	commits *atomic.Int64
+}
+
+func (s syncFailer) CommitTx(ctx context.Context, endLSN event.LSN) error {
+	err := s.Ledger.CommitTx(ctx, endLSN)
+	if err == nil {
+		s.commits.Add(1)
+	}
+	return err
+}
+
+var errDiskGone = errors.New("disk gone")
+
+func (s syncFailer) Sync(ctx context.Context) error {
+	if s.failing.Load() {
+		return errDiskGone
+	}
+	return s.Ledger.Sync(ctx)
+}
+
+// TestStopReportsFailedSync: committed transactions waiting for their sync when Run stops
+// are synced then; a failure of that sync is Run's result, not a clean nil.
+func TestStopReportsFailedSync(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	cfg := h.config("t")
+	cfg.SyncDelay = time.Hour // nothing is synced until the stop
+	src, err := pgwal.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	var failing atomic.Bool
+	var commits atomic.Int64
+	go func() { done <- src.Run(ctx, syncFailer{h.led, &failing, &commits}) }()
+	h.exec(`INSERT INTO t VALUES (1)`) // before the slot exists: not streamed
+	deadline := time.Now().Add(60 * time.Second)
+	for commits.Load() == 0 {
+		h.exec(`INSERT INTO t SELECT max(id) + 1 FROM t`)
+		if time.Now().After(deadline) {
+			t.Fatal("no transaction reached the ledger within 60s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	failing.Store(true)
+	cancel()
+	select {
+	case err = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not return within 60s of its context ending")
+	}
+	if !errors.Is(err, errDiskGone) || !strings.Contains(err.Error(), "not durable") {
+		t.Fatalf("Run returned %v after a failed sync at stop, want an error wrapping %v", err, errDiskGone)
 	}
 }
