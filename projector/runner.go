@@ -580,7 +580,7 @@ var errHalted = errors.New("projector: halted")
 
 // runProj runs one projector until ctx ends or it halts.
 func (r *Runner) runProj(ctx context.Context, p *proj) {
-	backoff := 100 * time.Millisecond
+	backoff, followBackoff := 100*time.Millisecond, 100*time.Millisecond
 	for ctx.Err() == nil {
 		cp, err := r.store.Load(ctx, p.Name)
 		if err != nil {
@@ -620,8 +620,18 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 		case errors.Is(err, errHalted):
 			return
 		case err != nil:
+			// The ledger or the index failed under it: start again from the stored
+			// position, so that a passing failure does not leave the projector stopped.
+			if event.Position(p.done.Load()) > cp.Position {
+				followBackoff = 100 * time.Millisecond // it made progress since the last one
+			}
+			r.log.ErrorContext(ctx, "projector cannot read its events; starting it again from its stored position",
+				slog.String("projector", p.Name), slog.Duration("delay", followBackoff), slog.Any("error", err))
 			r.setPhase(p, Stopped)
-			return
+			if operator.Sleep(ctx, followBackoff) != nil {
+				return
+			}
+			followBackoff = min(2*followBackoff, 10*time.Second)
 		}
 	}
 }
@@ -688,7 +698,6 @@ func (f *follower) run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return nil
 				}
-				r.log.ErrorContext(ctx, "projector cannot read the ledger; stopping it", slog.String("projector", p.Name), slog.Any("error", err))
 				return err
 			}
 			var stop error

@@ -107,7 +107,9 @@ type runner struct {
 // run starts a runner; stop (also called at cleanup) cancels it and checks Run's result.
 func (b *bundle) run(cfg projector.Config) *runner {
 	b.t.Helper()
-	cfg.Ledger = b.led
+	if cfg.Ledger == nil {
+		cfg.Ledger = b.led
+	}
 	if cfg.DB == nil {
 		cfg.DB = b.db
 	}
@@ -227,6 +229,65 @@ func TestRehydrateThenLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkRun(t, rc2.positions(), 280, 287)
+}
+
+// syncBuffer collects a runner's logs from its goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// failingReads is a ledger whose first reads fail, like a disk with a passing fault.
+type failingReads struct {
+	projector.Ledger
+	left atomic.Int32
+}
+
+func (l *failingReads) Read(ctx context.Context, after event.Position, limit int) ([]event.Event, error) {
+	if l.left.Add(-1) >= 0 {
+		return nil, errors.New("read failed for the test")
+	}
+	return l.Ledger.Read(ctx, after, limit)
+}
+
+// TestReadFailureRetried: a projector whose ledger reads fail for a while starts again from
+// its stored position, and applies every event once, instead of staying stopped.
+func TestReadFailureRetried(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.add("accounts", 30)
+	led := &failingReads{Ledger: b.led}
+	led.left.Store(3)
+	var logs syncBuffer
+	rc := &recorder{}
+	r := b.run(projector.Config{Ledger: led, BatchSize: 8, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Projectors: []projector.Projector{{Name: "p", Handle: rc.handle}}})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := r.WaitLive(ctx, "p"); err != nil {
+		t.Fatalf("WaitLive: %v; status %+v", err, status(r.Runner, "p"))
+	}
+	b.add("accounts", 5)
+	until(t, r.Runner, "the live events", func() bool { return len(rc.positions()) == 35 })
+	checkRun(t, rc.positions(), 0, 35)
+	if s := status(r.Runner, "p"); s.Phase != projector.Live || s.Error != "" {
+		t.Fatalf("status %+v, want live without an error", s)
+	}
+	if n := strings.Count(logs.String(), "read failed for the test"); n != 3 {
+		t.Errorf("%d of the 3 failed reads logged:\n%s", n, logs.String())
+	}
 }
 
 func TestHandleTxExactlyOnce(t *testing.T) {
