@@ -279,7 +279,12 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer c()
-			return srv.Shutdown(sctx)
+			if err := srv.Shutdown(sctx); err != nil {
+				// A request still running is no reason to fail the stop: cut it.
+				e.log.WarnContext(ctx, "HTTP requests did not end within 5s of the stop; closing their connections", slog.Any("error", err))
+				return srv.Close()
+			}
+			return nil
 		})
 		if e.gw != nil {
 			e.log.InfoContext(ctx, "serving metrics and realtime", slog.String("addr", ln.Addr().String()), slog.String("realtime_path", e.cfg.Realtime.Path))
