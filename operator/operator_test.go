@@ -1,7 +1,6 @@
 package operator_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/operator"
 )
 
@@ -421,7 +421,7 @@ func TestSkip(t *testing.T) {
 			return err
 		}}
 	rep := &recorder{halted: make(chan event.Position, 1)}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	r := e.run(operator.Config{Operators: []operator.Operator{picky}, SleepFunc: (&fakeSleep{}).sleep, Reporter: rep,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 		Retry:  operator.RetryPolicy{MaxRetries: 1}})
@@ -471,22 +471,4 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the runner's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

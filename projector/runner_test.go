@@ -16,6 +16,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/ledger/memory"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/projector"
@@ -231,24 +232,6 @@ func TestRehydrateThenLive(t *testing.T) {
 	checkRun(t, rc2.positions(), 280, 287)
 }
 
-// syncBuffer collects a runner's logs from its goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // failingReads is a ledger whose first reads fail, like a disk with a passing fault.
 type failingReads struct {
 	projector.Ledger
@@ -270,7 +253,7 @@ func TestReadFailureRetried(t *testing.T) {
 	b.add("accounts", 30)
 	led := &failingReads{Ledger: b.led}
 	led.left.Store(3)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	rc := &recorder{}
 	r := b.run(projector.Config{Ledger: led, BatchSize: 8, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		Projectors: []projector.Projector{{Name: "p", Handle: rc.handle}}})

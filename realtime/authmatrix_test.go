@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/realtime"
 )
 
@@ -48,7 +49,7 @@ type authAttempt struct {
 func TestAuthMatrix(t *testing.T) {
 	t.Parallel()
 	secret := []byte(strings.Repeat("s", 32))
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	auth, err := realtime.NewJWTAuthorizer(realtime.JWTConfig{HS256Secret: secret, Logger: logger})
 	if err != nil {

@@ -2,7 +2,6 @@ package realtime_test
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -11,11 +10,11 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/realtime"
 )
 
@@ -29,24 +28,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// lockedBuffer is a log sink safe for concurrent handlers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // dialSlow opens a raw stream on channel with a tiny receive buffer and never reads it.
@@ -75,7 +56,7 @@ func dialSlow(t *testing.T, addr, channel string) net.Conn {
 // reading client on the same gateway receives every event.
 func TestGatewaySlowClient(t *testing.T) {
 	t.Parallel()
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	f := setup(t, realtime.GatewayConfig{
 		Authorizer: realtime.AllowAll{}, WriteTimeout: 500 * time.Millisecond, Buffer: 64, Logger: logger,

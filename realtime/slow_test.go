@@ -24,6 +24,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/realtime"
 )
 
@@ -45,7 +46,7 @@ const (
 //
 // It does not run in parallel: it measures the process's heap.
 func TestSlowClients(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	f := setup(t, realtime.GatewayConfig{
 		Authorizer: realtime.AllowAll{}, WriteTimeout: time.Second, Buffer: 256, Logger: logger,

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,28 +18,11 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
-
-// syncBuffer is a bytes.Buffer safe for the goroutines of a running command.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // result is what a command printed and returned.
 type result struct {
@@ -51,7 +32,7 @@ type result struct {
 
 // runCLI runs a walflow command line in-process.
 func runCLI(ctx context.Context, getenv func(string) string, args ...string) result {
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	code := run(ctx, &env{stdout: &stdout, stderr: &stderr, getenv: getenv}, args)
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
@@ -397,7 +378,7 @@ func TestDemoEngineFailsWhileStarting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	d := &demo{env: &env{stdout: io.Discard, stderr: &stderr, getenv: noEnv}, dir: t.TempDir(), slot: "demo_fails", dsn: dsn}
 	if err := d.configure(addr); err != nil {
 		t.Fatal(err)
