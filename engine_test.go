@@ -46,16 +46,8 @@ type blog struct {
 // posts, until the test ends.
 func startBlog(t *testing.T) *blog {
 	t.Helper()
-	dsn := pgtest.NewDatabase(t)
+	dsn, conn := newDatabase(t, blogSchema)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(ctx, blogSchema); err != nil {
-		t.Fatal(err)
-	}
 	cfg, _ := pgx.ParseConfig(dsn)
 	eng, err := walflow.Open(ctx, walflow.Config{
 		DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true,
@@ -71,6 +63,22 @@ func startBlog(t *testing.T) *blog {
 	}
 	runEngine(t, eng)
 	return &blog{t: t, eng: eng, conn: conn, dsn: dsn}
+}
+
+// newDatabase creates a fresh database with schema and returns its URL and a connection to
+// it, closed when the test ends.
+func newDatabase(t *testing.T, schema string) (string, *pgx.Conn) {
+	t.Helper()
+	dsn := pgtest.NewDatabase(t)
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(t.Context(), schema); err != nil {
+		t.Fatalf("create the schema: %v", err)
+	}
+	return dsn, conn
 }
 
 // runEngine runs eng until the test ends, then checks Run's result and closes it. It
@@ -295,16 +303,8 @@ func TestSubscribeResume(t *testing.T) {
 
 func TestEngineRunsOperators(t *testing.T) {
 	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
+	dsn, conn := newDatabase(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`); err != nil {
-		t.Fatal(err)
-	}
 	cfg, _ := pgx.ParseConfig(dsn)
 	counts := operator.SQL{
 		Target: "counts", Entities: []string{"comments", "posts"}, ID: map[string]string{"comments": "post_id"},
@@ -353,17 +353,9 @@ func TestEngineRunsOperators(t *testing.T) {
 // reported processed (nor pass the middleware) until the operator has committed past it.
 func TestProcessStatusWaitsForOperators(t *testing.T) {
 	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
+	dsn, conn := newDatabase(t, `CREATE TABLE comments (id int PRIMARY KEY, body text, updated_at timestamptz NOT NULL DEFAULT now());
+		ALTER TABLE comments REPLICA IDENTITY FULL`)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, `CREATE TABLE comments (id int PRIMARY KEY, body text, updated_at timestamptz NOT NULL DEFAULT now());
-		ALTER TABLE comments REPLICA IDENTITY FULL`); err != nil {
-		t.Fatal(err)
-	}
 	latch := make(chan struct{})
 	var entered sync.Once
 	inOperator := make(chan struct{})
@@ -501,16 +493,8 @@ func TestEngineGateway(t *testing.T) {
 // (seen with an invalidated slot: `walflow run` exited 0).
 func TestRunReportsSourceFailureWhileStarting(t *testing.T) {
 	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
+	dsn, conn := newDatabase(t, `CREATE TABLE nokey (x int)`)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, `CREATE TABLE nokey (x int)`); err != nil {
-		t.Fatal(err)
-	}
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)

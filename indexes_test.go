@@ -17,7 +17,6 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/index"
-	"github.com/walflow/walflow/internal/pgtest"
 )
 
 // TestEngineIndexes: Config.Indexers are built beside a disk ledger, read by value, shown
@@ -25,16 +24,8 @@ import (
 // deleted while the engine is stopped.
 func TestEngineIndexes(t *testing.T) {
 	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
+	dsn, conn := newDatabase(t, blogSchema)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(ctx, blogSchema); err != nil {
-		t.Fatal(err)
-	}
 	pc, _ := pgx.ParseConfig(dsn)
 	dir := t.TempDir()
 	cfg := walflow.Config{

@@ -16,7 +16,6 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
-	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/projector"
 )
 
@@ -25,17 +24,9 @@ import (
 // applied, HandleTx exactly once), and show in /metrics.
 func TestEngineProjectors(t *testing.T) {
 	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
+	dsn, conn := newDatabase(t, blogSchema+`
+		CREATE TABLE comment_counts (post_id int PRIMARY KEY, n int NOT NULL);`)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(ctx, blogSchema+`
-		CREATE TABLE comment_counts (post_id int PRIMARY KEY, n int NOT NULL);`); err != nil {
-		t.Fatal(err)
-	}
 	exec := func(sql string) {
 		t.Helper()
 		if _, err := conn.Exec(ctx, sql); err != nil {

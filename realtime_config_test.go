@@ -13,7 +13,6 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
-	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/internal/ssetest"
 	"github.com/walflow/walflow/realtime"
 )
@@ -101,16 +100,8 @@ func get(t *testing.T, url string) (int, string) {
 
 func TestEngineRealtime(t *testing.T) {
 	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
+	dsn, conn := newDatabase(t, blogSchema)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, blogSchema); err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,6 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/operator"
 )
@@ -23,16 +22,8 @@ import (
 // applying its retention every 20ms.
 func startRetained(t *testing.T, ops ...operator.Operator) *blog {
 	t.Helper()
-	dsn := pgtest.NewDatabase(t)
+	dsn, conn := newDatabase(t, blogSchema)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(ctx, blogSchema); err != nil {
-		t.Fatal(err)
-	}
 	cfg, _ := pgx.ParseConfig(dsn)
 	eng, err := walflow.Open(ctx, walflow.Config{
 		DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true,
