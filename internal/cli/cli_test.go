@@ -140,15 +140,26 @@ func statusJSON(t *testing.T, path string) (walflow.Status, result) {
 // the running command ends.
 func waitFor(t *testing.T, what string, runDone <-chan result, cond func() bool) {
 	t.Helper()
+	waitForState(t, what, runDone, func() (bool, string) { return cond(), "" })
+}
+
+// waitForState is waitFor with a condition that also describes the state it saw, shown
+// if it never holds.
+func waitForState(t *testing.T, what string, runDone <-chan result, cond func() (bool, string)) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
 		select {
 		case r := <-runDone:
 			t.Fatalf("walflow run ended (exit %d) while waiting until %s\nstderr:\n%s", r.code, what, r.stderr)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
+			t.Fatalf("timed out waiting until %s%s", what, state)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -158,28 +169,16 @@ func waitFor(t *testing.T, what string, runDone <-chan result, cond func() bool)
 // expression in res, and fails the test with the last output if it does not within a minute.
 func waitForOutput(t *testing.T, runDone <-chan result, res []string, args ...string) {
 	t.Helper()
-	var last result
-	matches := func() bool {
-		last = runCLI(t.Context(), noEnv, args...)
+	what := fmt.Sprintf("walflow %s prints %q", strings.Join(args, " "), res)
+	waitForState(t, what, runDone, func() (bool, string) {
+		r := runCLI(t.Context(), noEnv, args...)
 		for _, re := range res {
-			if !regexp.MustCompile(re).MatchString(last.stdout) {
-				return false
+			if !regexp.MustCompile(re).MatchString(r.stdout) {
+				return false, fmt.Sprintf("; last output (exit %d):\n%s%s", r.code, r.stdout, r.stderr)
 			}
 		}
-		return true
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for !matches() {
-		select {
-		case r := <-runDone:
-			t.Fatalf("walflow run ended (exit %d) while waiting for walflow %s to print %q\nstderr:\n%s", r.code, strings.Join(args, " "), res, r.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("walflow %s did not print %q within a minute; last output (exit %d):\n%s%s", strings.Join(args, " "), res, last.code, last.stdout, last.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return true, ""
+	})
 }
 
 // blogDatabase creates a fresh database with the blog schema and returns its URL and a
