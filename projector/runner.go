@@ -580,7 +580,15 @@ var errHalted = errors.New("projector: halted")
 
 // runProj runs one projector until ctx ends or it halts.
 func (r *Runner) runProj(ctx context.Context, p *proj) {
-	backoff, followBackoff := 100*time.Millisecond, 100*time.Millisecond
+	// backoff spaces the attempts after a failure to load or to follow; progress resets it.
+	backoff := 100 * time.Millisecond
+	pause := func() bool {
+		if operator.Sleep(ctx, backoff) != nil {
+			return false
+		}
+		backoff = min(2*backoff, 10*time.Second)
+		return true
+	}
 	for ctx.Err() == nil {
 		cp, err := r.store.Load(ctx, p.Name)
 		if err != nil {
@@ -588,10 +596,9 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 				return
 			}
 			r.log.WarnContext(ctx, "projector cannot load its position; waiting", slog.String("projector", p.Name), slog.Duration("delay", backoff), slog.Any("error", err))
-			if operator.Sleep(ctx, backoff) != nil {
+			if !pause() {
 				return
 			}
-			backoff = min(2*backoff, 10*time.Second)
 			continue
 		}
 		p.done.Store(uint64(cp.Position))
@@ -623,15 +630,14 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 			// The ledger or the index failed under it: start again from the stored
 			// position, so that a passing failure does not leave the projector stopped.
 			if event.Position(p.done.Load()) > cp.Position {
-				followBackoff = 100 * time.Millisecond // it made progress since the last one
+				backoff = 100 * time.Millisecond
 			}
 			r.log.ErrorContext(ctx, "projector cannot read its events; starting it again from its stored position",
-				slog.String("projector", p.Name), slog.Duration("delay", followBackoff), slog.Any("error", err))
+				slog.String("projector", p.Name), slog.Duration("delay", backoff), slog.Any("error", err))
 			r.setPhase(p, Stopped)
-			if operator.Sleep(ctx, followBackoff) != nil {
+			if !pause() {
 				return
 			}
-			followBackoff = min(2*followBackoff, 10*time.Second)
 		}
 	}
 }
