@@ -46,7 +46,7 @@ type blog struct {
 // posts, until the test ends.
 func startBlog(t *testing.T) *blog {
 	t.Helper()
-	dsn, conn := newDatabase(t, blogSchema)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
 	ctx := t.Context()
 	cfg, _ := pgx.ParseConfig(dsn)
 	eng, err := walflow.Open(ctx, walflow.Config{
@@ -63,22 +63,6 @@ func startBlog(t *testing.T) *blog {
 	}
 	runEngine(t, eng)
 	return &blog{t: t, eng: eng, conn: conn, dsn: dsn}
-}
-
-// newDatabase creates a fresh database with schema and returns its URL and a connection to
-// it, closed when the test ends.
-func newDatabase(t *testing.T, schema string) (string, *pgx.Conn) {
-	t.Helper()
-	dsn := pgtest.NewDatabase(t)
-	conn, err := pgx.Connect(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(t.Context(), schema); err != nil {
-		t.Fatalf("create the schema: %v", err)
-	}
-	return dsn, conn
 }
 
 // runEngine runs eng until the test ends, then checks Run's result and closes it. It
@@ -303,7 +287,7 @@ func TestSubscribeResume(t *testing.T) {
 
 func TestEngineRunsOperators(t *testing.T) {
 	t.Parallel()
-	dsn, conn := newDatabase(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`)
 	ctx := t.Context()
 	cfg, _ := pgx.ParseConfig(dsn)
 	counts := operator.SQL{
@@ -353,7 +337,7 @@ func TestEngineRunsOperators(t *testing.T) {
 // reported processed (nor pass the middleware) until the operator has committed past it.
 func TestProcessStatusWaitsForOperators(t *testing.T) {
 	t.Parallel()
-	dsn, conn := newDatabase(t, `CREATE TABLE comments (id int PRIMARY KEY, body text, updated_at timestamptz NOT NULL DEFAULT now());
+	dsn, conn := pgtest.NewDatabaseWith(t, `CREATE TABLE comments (id int PRIMARY KEY, body text, updated_at timestamptz NOT NULL DEFAULT now());
 		ALTER TABLE comments REPLICA IDENTITY FULL`)
 	ctx := t.Context()
 	latch := make(chan struct{})
@@ -493,7 +477,7 @@ func TestEngineGateway(t *testing.T) {
 // (seen with an invalidated slot: `walflow run` exited 0).
 func TestRunReportsSourceFailureWhileStarting(t *testing.T) {
 	t.Parallel()
-	dsn, conn := newDatabase(t, `CREATE TABLE nokey (x int)`)
+	dsn, conn := pgtest.NewDatabaseWith(t, `CREATE TABLE nokey (x int)`)
 	ctx := t.Context()
 	tx, err := conn.Begin(ctx)
 	if err != nil {

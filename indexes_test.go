@@ -17,6 +17,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/index"
+	"github.com/walflow/walflow/internal/pgtest"
 )
 
 // TestEngineIndexes: Config.Indexers are built beside a disk ledger, read by value, shown
@@ -24,7 +25,7 @@ import (
 // deleted while the engine is stopped.
 func TestEngineIndexes(t *testing.T) {
 	t.Parallel()
-	dsn, conn := newDatabase(t, blogSchema)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
 	ctx := t.Context()
 	pc, _ := pgx.ParseConfig(dsn)
 	dir := t.TempDir()

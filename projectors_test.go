@@ -16,6 +16,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
+	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/projector"
 )
 
@@ -24,7 +25,7 @@ import (
 // applied, HandleTx exactly once), and show in /metrics.
 func TestEngineProjectors(t *testing.T) {
 	t.Parallel()
-	dsn, conn := newDatabase(t, blogSchema+`
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`
 		CREATE TABLE comment_counts (post_id int PRIMARY KEY, n int NOT NULL);`)
 	ctx := t.Context()
 	exec := func(sql string) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/internal/ssetest"
 	"github.com/walflow/walflow/realtime"
 )
@@ -100,7 +101,7 @@ func get(t *testing.T, url string) (int, string) {
 
 func TestEngineRealtime(t *testing.T) {
 	t.Parallel()
-	dsn, conn := newDatabase(t, blogSchema)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
 	ctx := t.Context()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

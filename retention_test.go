@@ -14,6 +14,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/operator"
 )
@@ -22,7 +23,7 @@ import (
 // applying its retention every 20ms.
 func startRetained(t *testing.T, ops ...operator.Operator) *blog {
 	t.Helper()
-	dsn, conn := newDatabase(t, blogSchema)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
 	ctx := t.Context()
 	cfg, _ := pgx.ParseConfig(dsn)
 	eng, err := walflow.Open(ctx, walflow.Config{

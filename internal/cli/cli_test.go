@@ -181,26 +181,10 @@ func waitForOutput(t *testing.T, runDone <-chan result, res []string, args ...st
 	})
 }
 
-// blogDatabase creates a fresh database with the blog schema and returns its URL and a
-// connection to it, closed when the test ends.
-func blogDatabase(t *testing.T) (string, *pgx.Conn) {
-	t.Helper()
-	dsn := pgtest.NewDatabase(t)
-	conn, err := pgx.Connect(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(t.Context(), blogSchema); err != nil {
-		t.Fatal(err)
-	}
-	return dsn, conn
-}
-
 func TestRunAndStatus(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn, conn := blogDatabase(t)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger/disk"
 )
 
@@ -125,7 +126,7 @@ func readPositions(t *testing.T, path string, args ...string) []event.Position {
 func TestLedgerReadAndIndexRebuild(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn, conn := blogDatabase(t)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
 	addr, err := freeAddr()
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/internal/ssetest"
 	"github.com/walflow/walflow/realtime"
 )
@@ -321,7 +322,7 @@ func TestStatusReadsNoKey(t *testing.T) {
 func TestRunRealtime(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn, conn := blogDatabase(t)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 )
 
@@ -109,6 +110,23 @@ func NewDatabase(tb testing.TB) string {
 		}
 	})
 	return dsn
+}
+
+// NewDatabaseWith is NewDatabase that also runs schema (SQL statements) in the new
+// database. It returns the DSN and a connection to the database, closed when the test
+// ends.
+func NewDatabaseWith(tb testing.TB, schema string) (string, *pgx.Conn) {
+	tb.Helper()
+	dsn := NewDatabase(tb)
+	conn, err := pgx.Connect(tb.Context(), dsn)
+	if err != nil {
+		tb.Fatalf("pgtest.NewDatabaseWith: connect: %v", err)
+	}
+	tb.Cleanup(func() { closeConn(conn) })
+	if _, err := conn.Exec(tb.Context(), schema); err != nil {
+		tb.Fatalf("pgtest.NewDatabaseWith: create the schema: %v", err)
+	}
+	return dsn, conn
 }
 
 // databaseName derives a database name from a test name and a counter:
