@@ -286,18 +286,26 @@ func (st *stream) run(ctx context.Context) (err error) {
 	defer func() {
 		close(done)
 		wg.Wait()
+		var failed []error // settling the sink, reported even after a clean stop
 		if st.inTx && !st.skipTx {
 			if aerr := st.sink.AbortTx(context.WithoutCancel(ctx)); aerr != nil {
-				err = errors.Join(err, &stopError{fmt.Errorf("pgwal: abort the open transaction at stop: %w", aerr)})
+				failed = append(failed, fmt.Errorf("pgwal: abort the open transaction at stop: %w", aerr))
 			}
 		}
 		// Make what was committed durable and tell the server, so a graceful stop leaves
 		// nothing to replay.
+		synced := true
 		if st.pending > 0 {
 			if serr := st.sync(context.WithoutCancel(ctx)); serr != nil {
-				err = errors.Join(err, &stopError{fmt.Errorf("%w; the transactions since the last sync are not durable, and are streamed again at the next start", serr)})
-				return
+				failed = append(failed, fmt.Errorf("%w; the transactions since the last sync are not durable, and are streamed again at the next start", serr))
+				synced = false
 			}
+		}
+		if failed != nil {
+			err = errors.Join(err, &stopError{errors.Join(failed...)})
+		}
+		if !synced {
+			return
 		}
 		if !st.conn.IsClosed() {
 			_ = st.conn.Conn().SetReadDeadline(time.Time{})
