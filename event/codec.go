@@ -8,8 +8,13 @@ import (
 )
 
 // binaryVersion is the first byte of the binary form; bump it when the layout changes and
-// keep decoding the old one.
-const binaryVersion = 1
+// keep decoding the old one. Version 2 added the array delimiter flag of a value's kind
+// byte ([kindHasDelim]); version 1 is version 2 without it.
+const binaryVersion = 2
+
+// kindHasDelim is set in a value's kind byte when the value's array delimiter byte follows
+// its OID.
+const kindHasDelim = 0x80
 
 // AppendBinary appends the event's compact binary form, the one the ledger stores, to b.
 func AppendBinary(b []byte, e *Event) []byte {
@@ -57,8 +62,14 @@ func appendString(b []byte, s string) []byte {
 }
 
 func appendValue(b []byte, v Value) []byte {
-	b = append(b, byte(v.kind))
-	b = binary.AppendUvarint(b, uint64(v.oid))
+	if v.delim != 0 {
+		b = append(b, byte(v.kind)|kindHasDelim)
+		b = binary.AppendUvarint(b, uint64(v.oid))
+		b = append(b, v.delim)
+	} else {
+		b = append(b, byte(v.kind))
+		b = binary.AppendUvarint(b, uint64(v.oid))
+	}
 	if v.kind == KindText {
 		b = appendString(b, v.text)
 	}
@@ -89,8 +100,9 @@ func appendRecord(b []byte, cols []Column, r Record) []byte {
 var ErrMalformed = errors.New("event: malformed binary event")
 
 type decoder struct {
-	b   []byte
-	err error
+	b       []byte
+	err     error
+	version byte
 }
 
 func (d *decoder) fail(what string) {
@@ -167,8 +179,17 @@ func (d *decoder) count(what string, min int) int {
 }
 
 func (d *decoder) value(what string) Value {
-	k := Kind(d.byte1(what))
+	kb := d.byte1(what)
 	oid := d.uvarint(what)
+	var delim byte
+	k := Kind(kb)
+	if kb&kindHasDelim != 0 && d.version >= 2 {
+		k = Kind(kb &^ kindHasDelim)
+		delim = d.byte1(what + " delimiter")
+		if delim == 0 || delim == ArrayDelim(uint32(oid)) {
+			d.fail(what + " delimiter") // AppendBinary writes only a delimiter that differs
+		}
+	}
 	if d.err != nil {
 		return Value{}
 	}
@@ -178,9 +199,9 @@ func (d *decoder) value(what string) Value {
 	}
 	switch k {
 	case KindNull, KindUnchanged:
-		return Value{oid: uint32(oid), kind: k}
+		return Value{oid: uint32(oid), kind: k, delim: delim}
 	case KindText:
-		return Value{text: d.string(what), oid: uint32(oid), kind: k}
+		return Value{text: d.string(what), oid: uint32(oid), kind: k, delim: delim}
 	}
 	d.fail(what + " kind")
 	return Value{}
@@ -215,8 +236,8 @@ func (d *decoder) record(cols []Column) Record {
 // gives an error wrapping [ErrMalformed].
 func DecodeBinary(b []byte) (Event, error) {
 	d := decoder{b: b}
-	if v := d.byte1("version"); d.err == nil && v != binaryVersion {
-		return Event{}, fmt.Errorf("%w: unknown version %d (this walflow reads version %d; upgrade walflow)", ErrMalformed, v, binaryVersion)
+	if d.version = d.byte1("version"); d.err == nil && (d.version < 1 || d.version > binaryVersion) {
+		return Event{}, fmt.Errorf("%w: unknown version %d (this walflow reads versions 1 to %d; upgrade walflow)", ErrMalformed, d.version, binaryVersion)
 	}
 	var e Event
 	e.Position = Position(d.uvarint("position"))

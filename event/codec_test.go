@@ -73,6 +73,9 @@ func FuzzDecodeBinary(f *testing.F) {
 	f.Add(event.AppendBinary(nil, &e))
 	f.Add([]byte{})
 	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	de := sampleEvent()
+	de.NewRecord[0].Value = event.ArrayText(pgtype.TextArrayOID, '|', "{a|b}")
+	f.Add(event.AppendBinary(nil, &de))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := event.DecodeBinary(b)
 		if err != nil {
@@ -104,4 +107,40 @@ func FuzzValueJSON(f *testing.F) {
 			t.Fatalf("invalid JSON %s for %q", b, s)
 		}
 	})
+}
+
+// TestBinaryArrayDelim checks that a value's own array delimiter survives the ledger's binary
+// form, and that version 1 events (written before it existed) still decode.
+func TestBinaryArrayDelim(t *testing.T) {
+	t.Parallel()
+	e := sampleEvent()
+	e.NewRecord = append(e.NewRecord, event.Field{Name: "boxes", Value: event.ArrayText(pgtype.TextArrayOID, ';', `{(1,1),(0,0);"a;b"}`)})
+	b := event.AppendBinary(nil, &e)
+	got, err := event.DecodeBinary(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, e) {
+		t.Fatalf("round trip differs:\n got %+v\nwant %+v", got, e)
+	}
+	v, _ := got.NewRecord.Get("boxes")
+	if j, _ := json.Marshal(v); string(j) != `["(1,1),(0,0)","a;b"]` {
+		t.Fatalf("decoded value's JSON %s", j)
+	}
+	for i := range b {
+		if _, err := event.DecodeBinary(b[:i]); err == nil {
+			t.Fatalf("truncation at %d accepted", i)
+		}
+	}
+
+	plain := sampleEvent()
+	v1 := event.AppendBinary(nil, &plain)
+	v1[0] = 1
+	if got, err := event.DecodeBinary(v1); err != nil || !reflect.DeepEqual(got, plain) {
+		t.Fatalf("version 1: %v, %+v", err, got)
+	}
+	b[0] = 1 // version 1 has no delimiter flag
+	if _, err := event.DecodeBinary(b); err == nil {
+		t.Fatal("version 1 event with a delimiter flag accepted")
+	}
 }

@@ -39,11 +39,13 @@ func (k Kind) String() string {
 
 // Value is one column's value exactly as PostgreSQL sent it, with the OID of the type to
 // decode it as (for a domain, its base type; for an enum or a type pgx does not know, text).
+// An array value also knows the delimiter between its elements (see [Value.Delim]).
 // The zero Value is a NULL of unknown type.
 type Value struct {
-	text string
-	oid  uint32
-	kind Kind
+	text  string
+	oid   uint32
+	kind  Kind
+	delim byte // array element delimiter when it differs from the OID's; 0 otherwise
 }
 
 // Null returns a NULL value of the given type.
@@ -51,6 +53,18 @@ func Null(oid uint32) Value { return Value{oid: oid, kind: KindNull} }
 
 // Text returns a value from its PostgreSQL text form.
 func Text(oid uint32, text string) Value { return Value{text: text, oid: oid, kind: KindText} }
+
+// ArrayText returns an array value from its text form, whose elements are separated by
+// delim: the element type's pg_type.typdelim. Use it when the decode OID's own delimiter
+// ([ArrayDelim]) may differ from the real element type's, as for an array of a user-defined
+// type decoded as text[]. A delim equal to the OID's own is not stored.
+func ArrayText(oid uint32, delim byte, text string) Value {
+	v := Value{text: text, oid: oid, kind: KindText}
+	if delim != ArrayDelim(oid) {
+		v.delim = delim
+	}
+	return v
+}
 
 // Unchanged returns the marker for an unchanged TOASTed column.
 func Unchanged(oid uint32) Value { return Value{oid: oid, kind: KindUnchanged} }
@@ -66,6 +80,15 @@ func (v Value) IsUnchanged() bool { return v.kind == KindUnchanged }
 
 // OID is the PostgreSQL type the value decodes as.
 func (v Value) OID() uint32 { return v.oid }
+
+// Delim is the delimiter between the elements of the value's text form when it is an array:
+// the one given to [ArrayText], or else [ArrayDelim] of its OID.
+func (v Value) Delim() byte {
+	if v.delim != 0 {
+		return v.delim
+	}
+	return ArrayDelim(v.oid)
+}
 
 // Text returns PostgreSQL's text form; ok is false for NULL and unchanged values.
 func (v Value) Text() (text string, ok bool) { return v.text, v.kind == KindText }
@@ -101,6 +124,9 @@ func (v Value) Any() (any, error) {
 	case KindUnchanged:
 		return nil, ErrUnchanged
 	}
+	if v.delim != 0 {
+		return v.anyArray()
+	}
 	m := typeMaps.Get().(*pgtype.Map)
 	defer typeMaps.Put(m)
 	t, ok := m.TypeForOID(v.oid)
@@ -111,6 +137,32 @@ func (v Value) Any() (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("event: decode %q as %s: %w", v.text, t.Name, err)
 	}
+	return out, nil
+}
+
+// anyArray decodes an array whose delimiter pgx's codec for its OID does not use. Such a
+// value is an array of a user-defined type, whose elements decode as text: the result has
+// pgx's shape for text[], the elements flattened in row-major order, NULL as nil.
+func (v Value) anyArray() (any, error) {
+	a, err := ParseArray(v.text, v.delim)
+	if err != nil {
+		return nil, err
+	}
+	out := []any{}
+	var walk func(a Array)
+	walk = func(a Array) {
+		for _, s := range a.Subs {
+			walk(s)
+		}
+		for _, e := range a.Elems {
+			if e.Null {
+				out = append(out, nil)
+			} else {
+				out = append(out, e.Text)
+			}
+		}
+	}
+	walk(a)
 	return out, nil
 }
 
@@ -153,6 +205,30 @@ var arrayElems = func() map[uint32]uint32 {
 	}
 	return out
 }()
+
+// arrayDelims maps each array type pgx knows whose elements are not separated by ',' to its
+// delimiter (pgx's codec carries PostgreSQL's pg_type.typdelim: ';' for box[]).
+var arrayDelims = func() map[uint32]byte {
+	m := pgtype.NewMap()
+	out := map[uint32]byte{}
+	for oid := range arrayElems {
+		t, _ := m.TypeForOID(oid)
+		if ac, ok := t.Codec.(*pgtype.ArrayCodec); ok && ac.Delimiter != 0 && ac.Delimiter != ',' {
+			out[oid] = ac.Delimiter
+		}
+	}
+	return out
+}()
+
+// ArrayDelim returns the delimiter between the elements of a built-in array type's text form
+// (pg_type.typdelim of its element type): ';' for box[], ',' for every other type. For an
+// array of a user-defined type, ask PostgreSQL and use [ArrayText].
+func ArrayDelim(array uint32) byte {
+	if d, ok := arrayDelims[array]; ok {
+		return d
+	}
+	return ','
+}
 
 // arrayOf maps an element type's OID to its array type's OID (the inverse of arrayElems).
 var arrayOf = func() map[uint32]uint32 {
@@ -198,10 +274,12 @@ func (v Value) AppendJSON(b []byte) []byte {
 	case KindUnchanged:
 		return append(b, `{"unchanged_toast":true}`...)
 	}
-	return appendTextJSON(b, v.oid, v.text)
+	return appendTextJSON(b, v.oid, v.Delim(), v.text)
 }
 
-func appendTextJSON(b []byte, oid uint32, s string) []byte {
+// appendTextJSON appends the JSON form of the text s of type oid; delim separates the
+// elements when oid is an array type.
+func appendTextJSON(b []byte, oid uint32, delim byte, s string) []byte {
 	switch formOf(oid) {
 	case formNumber:
 		if isJSONNumber(s) {
@@ -225,7 +303,7 @@ func appendTextJSON(b []byte, oid uint32, s string) []byte {
 	case formTime:
 		return appendJSONString(b, isoTime(s))
 	case formArray:
-		if out, ok := appendArrayJSON(b, arrayElems[oid], s); ok {
+		if out, ok := appendArrayJSON(b, arrayElems[oid], delim, s); ok {
 			return out
 		}
 	}
@@ -328,8 +406,8 @@ func appendJSONString(b []byte, s string) []byte {
 
 // appendArrayJSON renders a PostgreSQL array literal as nested JSON arrays, each element in
 // its element type's JSON form. ok is false when the literal cannot be parsed.
-func appendArrayJSON(b []byte, elem uint32, s string) ([]byte, bool) {
-	a, err := ParseArray(s)
+func appendArrayJSON(b []byte, elem uint32, delim byte, s string) ([]byte, bool) {
+	a, err := ParseArray(s, delim)
 	if err != nil {
 		return b, false
 	}
@@ -368,7 +446,7 @@ func (a Array) appendJSON(b []byte, elem uint32) []byte {
 			if e.Null {
 				b = append(b, "null"...)
 			} else {
-				b = appendTextJSON(b, elem, e.Text)
+				b = appendTextJSON(b, elem, ArrayDelim(elem), e.Text)
 			}
 		}
 	}
@@ -376,9 +454,17 @@ func (a Array) appendJSON(b []byte, elem uint32) []byte {
 }
 
 // ParseArray parses PostgreSQL's text form of an array, such as {{1,2},{NULL,4}} or
-// [0:1]={a,"b c"}. It never panics; malformed input gives an error.
-func ParseArray(s string) (Array, error) {
-	p := arrayParser{s: s}
+// [0:1]={a,"b c"}, whose elements are separated by delim: the element type's
+// pg_type.typdelim, which is [ArrayDelim] of a built-in array type (',' except ';' for
+// box[]) and [Value.Delim] of a value. Any other character, ',' and ';' included, belongs to
+// the element it is in. Explicit bounds are accepted and dropped. It never panics; malformed
+// input or a delimiter PostgreSQL's array syntax reserves ({ } " \ or white space) gives an
+// error.
+func ParseArray(s string, delim byte) (Array, error) {
+	if delim == 0 || strings.IndexByte("{}\"\\ \t\n\r\v\f", delim) >= 0 {
+		return Array{}, fmt.Errorf("event: array delimiter %q is reserved by the array syntax; pass the element type's pg_type.typdelim", delim)
+	}
+	p := arrayParser{s: s, delim: delim}
 	if strings.HasPrefix(s, "[") {
 		// Explicit bounds: the JSON form drops them, the elements are what matter.
 		i := strings.Index(s, "=")
@@ -398,8 +484,9 @@ func ParseArray(s string) (Array, error) {
 }
 
 type arrayParser struct {
-	s string
-	i int
+	s     string
+	i     int
+	delim byte
 }
 
 func (p *arrayParser) errf(msg string) error {
@@ -447,13 +534,13 @@ func (p *arrayParser) parse(depth int) (Array, error) {
 			return Array{}, p.errf("unterminated array")
 		}
 		switch p.s[p.i] {
-		case ',', ';': // box[] uses ';' as its delimiter
+		case p.delim:
 			p.i++
 		case '}':
 			p.i++
 			return a, nil
 		default:
-			return Array{}, p.errf("want ',' or '}'")
+			return Array{}, p.errf(fmt.Sprintf("want %q or '}'", p.delim))
 		}
 	}
 }
@@ -484,8 +571,9 @@ func (p *arrayParser) elem() (ArrayElem, error) {
 		}
 	}
 	start := p.i
-	for p.i < len(p.s) && p.s[p.i] != ',' && p.s[p.i] != '}' && p.s[p.i] != ';' {
-		if p.s[p.i] == '{' || p.s[p.i] == '"' {
+	for p.i < len(p.s) && p.s[p.i] != p.delim && p.s[p.i] != '}' {
+		if c := p.s[p.i]; c == '{' || c == '"' || c == '\\' {
+			// PostgreSQL quotes every element holding one of these.
 			return ArrayElem{}, p.errf("unexpected character in unquoted element")
 		}
 		p.i++

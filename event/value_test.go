@@ -3,6 +3,7 @@ package event_test
 import (
 	"encoding/json"
 	"math"
+	"reflect"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -73,11 +74,127 @@ func TestValueAny(t *testing.T) {
 
 func TestParseArrayErrors(t *testing.T) {
 	t.Parallel()
-	for _, s := range []string{"", "{", "{1,", "{1}}", "{{1},2}", `{"a}`, "{,}", "[1:2]{1}"} {
-		if _, err := event.ParseArray(s); err == nil {
-			t.Errorf("ParseArray(%q) accepted malformed input", s)
+	for _, s := range []string{"", "{", "{1,", "{1}}", "{{1},2}", `{"a}`, "{,}", "[1:2]{1}", `{a\,b}`} {
+		if _, err := event.ParseArray(s, ','); err == nil {
+			t.Errorf("ParseArray(%q, ',') accepted malformed input", s)
 		}
 	}
+	for _, s := range []string{"{1,2}x", "{{a},{b}}", "{a;}"} {
+		if _, err := event.ParseArray(s, ';'); err == nil {
+			t.Errorf("ParseArray(%q, ';') accepted malformed input", s)
+		}
+	}
+	for _, d := range []byte{0, '{', '}', '"', '\\', ' ', '\t'} {
+		if _, err := event.ParseArray("{a}", d); err == nil {
+			t.Errorf("ParseArray with delimiter %q accepted", d)
+		}
+	}
+}
+
+// TestArrayDelimiters checks that each array is split on its element type's delimiter only:
+// ',' for text[], ';' for box[] (whose elements contain ','), and a user type's own.
+func TestArrayDelimiters(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		v    event.Value
+		json string
+		any  []any
+	}{
+		{"text semicolon", event.Text(pgtype.TextArrayOID, `{semi;colon}`), `["semi;colon"]`, []any{"semi;colon"}},
+		{"text comma and semicolon", event.Text(pgtype.TextArrayOID, `{"a,b",semi;colon}`), `["a,b","semi;colon"]`, []any{"a,b", "semi;colon"}},
+		{"box", event.Text(pgtype.BoxArrayOID, `{(1,1),(0,0);(2,2),(1,1)}`), `["(1,1),(0,0)","(2,2),(1,1)"]`, nil},
+		{"box 2d with null", event.Text(pgtype.BoxArrayOID, `{{(1,1),(0,0);NULL};{(3,3),(2,2);(1,1),(1,1)}}`),
+			`[["(1,1),(0,0)",null],["(3,3),(2,2)","(1,1),(1,1)"]]`, nil},
+		{"point keeps comma", event.Text(pgtype.PointArrayOID, `{"(1,2)","(3,4)"}`), `["(1,2)","(3,4)"]`, nil},
+		{"user delimiter", event.ArrayText(pgtype.TextArrayOID, '|', `{{a,b|"c|d"}|{NULL|e;f}}`), `[["a,b","c|d"],[null,"e;f"]]`,
+			[]any{"a,b", "c|d", nil, "e;f"}},
+		{"user semicolon", event.ArrayText(pgtype.TextArrayOID, ';', `{(1,1),(0,0);"x;y"}`), `["(1,1),(0,0)","x;y"]`,
+			[]any{"(1,1),(0,0)", "x;y"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := json.Marshal(tt.v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.json {
+				t.Fatalf("JSON %s, want %s", got, tt.json)
+			}
+			x, err := tt.v.Any()
+			if err != nil {
+				t.Fatalf("Any: %v", err)
+			}
+			elems, ok := x.([]any)
+			if !ok {
+				t.Fatalf("Any gave %T, want []any", x)
+			}
+			if tt.any != nil && !reflect.DeepEqual(elems, tt.any) {
+				t.Fatalf("Any = %#v, want %#v", elems, tt.any)
+			}
+			var n int
+			var parsed []any
+			if err := json.Unmarshal(got, &parsed); err != nil {
+				t.Fatal(err)
+			}
+			n = countLeaves(parsed)
+			if len(elems) != n {
+				t.Fatalf("Any gave %d elements, JSON %d", len(elems), n)
+			}
+		})
+	}
+}
+
+func countLeaves(a []any) int {
+	n := 0
+	for _, x := range a {
+		if sub, ok := x.([]any); ok {
+			n += countLeaves(sub)
+		} else {
+			n++
+		}
+	}
+	return n
+}
+
+func TestArrayTextDelim(t *testing.T) {
+	t.Parallel()
+	if d := event.ArrayDelim(pgtype.BoxArrayOID); d != ';' {
+		t.Errorf("ArrayDelim(box[]) = %q, want ';'", d)
+	}
+	if d := event.ArrayDelim(pgtype.TextArrayOID); d != ',' {
+		t.Errorf("ArrayDelim(text[]) = %q, want ','", d)
+	}
+	if d := event.ArrayText(pgtype.TextArrayOID, '|', "{a}").Delim(); d != '|' {
+		t.Errorf("ArrayText delimiter = %q, want '|'", d)
+	}
+	// A delimiter equal to the OID's own is the same value as Text gives.
+	if v, w := event.ArrayText(pgtype.BoxArrayOID, ';', "{}"), event.Text(pgtype.BoxArrayOID, "{}"); v != w {
+		t.Errorf("ArrayText with the OID's own delimiter = %#v, want %#v", v, w)
+	}
+}
+
+func FuzzParseArray(f *testing.F) {
+	for _, s := range []string{"{}", "{{1,2},{NULL,4}}", `[0:1]={a,"b c"}`, `{"a\\"b",NULL,""}`, `{semi;colon}`,
+		`{(1,1),(0,0);(2,2),(1,1)}`, "{", "{{{{{{{{1}}}}}}}}", `{"`, `{\`, "[", "{a,{b}}"} {
+		f.Add(s, byte(','))
+		f.Add(s, byte(';'))
+	}
+	f.Fuzz(func(t *testing.T, s string, delim byte) {
+		a, err := event.ParseArray(s, delim)
+		if err != nil {
+			return
+		}
+		// Whatever parses renders as valid JSON, as a user type's array and as text[].
+		for _, v := range []event.Value{event.ArrayText(pgtype.TextArrayOID, delim, s), event.ArrayText(pgtype.Int4ArrayOID, delim, s)} {
+			b, err := json.Marshal(v)
+			if err != nil || !json.Valid(b) {
+				t.Fatalf("JSON %s, %v for parsed %q (%+v)", b, err, s, a)
+			}
+			_, _ = v.Any()
+		}
+	})
 }
 
 func TestLSN(t *testing.T) {
