@@ -61,7 +61,11 @@ func (rel *relation) record(t []tupleCol, keyOnly bool, lsn event.LSN) (event.Re
 		case 't':
 			start := len(buf)
 			buf = append(buf, c.Data...)
-			v = event.Text(col.OID, bytesString(buf[start:]))
+			if rel.delims != nil && rel.delims[i] != 0 {
+				v = event.ArrayText(col.OID, rel.delims[i], bytesString(buf[start:]))
+			} else {
+				v = event.Text(col.OID, bytesString(buf[start:]))
+			}
 		default:
 			return nil, &DecodeError{Table: rel.msg.Namespace + "." + rel.msg.Name, Column: col.Name, Type: col.Type, LSN: lsn,
 				Err: fmt.Errorf("binary value received, but walflow asks for the text format")}
