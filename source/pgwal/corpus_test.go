@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walflow/walflow/event"
 )
 
 // corpusSchema creates the user-defined types of the corpus: an enum, domains, a composite,
@@ -138,6 +140,11 @@ var corpusSamples = map[string][]string{
 	"int8multirange":               lits("{[1,2),[4,5)}", "{}"),
 	"pg_brin_bloom_summary":        {},
 	"pg_brin_minmax_multi_summary": {},
+	"cardinal_number":              lits("0", "2147483647"),
+	"character_data":               lits(tricky...),
+	"sql_identifier":               lits(tricky...),
+	"time_stamp":                   lits("2024-07-23 12:00:00.12+02", "infinity"),
+	"yes_or_no":                    lits("YES", "NO"),
 
 	// User-defined types (corpusSchema).
 	"mood":       lits("happy", "semi;colon", "a,b", `q"x`, `back\slash`, "{br}", "sp ace", "NULL"),
@@ -185,8 +192,11 @@ func TestValueCorpus(t *testing.T) {
 	ctx := t.Context()
 
 	var types []corpusType
-	rows, err := h.conn.Query(ctx, `SELECT t.typname::text, t.typarray <> 0 FROM pg_catalog.pg_type t
-		WHERE t.oid < 16384 AND t.typtype IN ('b', 'r', 'm') AND t.typisdefined
+	// Built-in base, range and multirange types, and the built-in domains of
+	// information_schema; not arrays (each is tested as the array of its element type).
+	rows, err := h.conn.Query(ctx, `SELECT t.typname::text, quote_ident(n.nspname) || '.' || quote_ident(t.typname), t.typarray <> 0
+		FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+		WHERE t.oid < 16384 AND t.typtype IN ('b', 'r', 'm', 'd') AND t.typisdefined
 			AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type a WHERE a.typarray = t.oid)
 		ORDER BY t.oid`)
 	if err != nil {
@@ -195,7 +205,7 @@ func TestValueCorpus(t *testing.T) {
 	var missing []string
 	for rows.Next() {
 		var ct corpusType
-		if err := rows.Scan(&ct.name, &ct.array); err != nil {
+		if err := rows.Scan(&ct.name, &ct.sql, &ct.array); err != nil {
 			t.Fatal(err)
 		}
 		s, ok := corpusSamples[ct.name]
@@ -203,7 +213,7 @@ func TestValueCorpus(t *testing.T) {
 			missing = append(missing, ct.name)
 			continue
 		}
-		ct.sql, ct.samples = "pg_catalog."+quoteIdent(ct.name), s
+		ct.samples = s
 		types = append(types, ct)
 	}
 	if err := rows.Err(); err != nil {
@@ -214,6 +224,14 @@ func TestValueCorpus(t *testing.T) {
 	}
 	if len(types) < 80 {
 		t.Fatalf("only %d built-in types found in pg_type", len(types))
+	}
+	for _, ct := range types {
+		if len(ct.samples) == 0 {
+			// The documented reason such a type is tested with NULL only.
+			if _, err := h.conn.Exec(ctx, "SELECT ''::"+ct.sql); err == nil {
+				t.Errorf("%s accepts input: give it samples in corpusSamples", ct.name)
+			}
+		}
 	}
 	for _, name := range userTypes {
 		types = append(types, corpusType{name: name, sql: name, array: true, samples: corpusSamples[name]})
@@ -331,8 +349,6 @@ func TestValueCorpus(t *testing.T) {
 		})
 	}
 }
-
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 func decodeJSON(t *testing.T, b []byte) any {
 	t.Helper()
@@ -469,5 +485,41 @@ func TestUserTypeRefreshedOnRelation(t *testing.T) {
 		if c.Type != want.typ || string(b) != want.json {
 			t.Errorf("event %d: tags is %s %s, want %s %s", i+1, c.Type, b, want.typ, want.json)
 		}
+	}
+}
+
+// TestBuiltinArrayDelims checks event.ArrayDelim, walflow's static table of built-in array
+// delimiters, against pg_type: every built-in array type's element delimiter.
+func TestBuiltinArrayDelims(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, "")
+	rows, err := h.conn.Query(t.Context(), `SELECT a.oid, a.typname::text, e.typdelim::text FROM pg_catalog.pg_type a
+		JOIN pg_catalog.pg_type e ON e.oid = a.typelem
+		WHERE a.oid < 16384 AND a.typoutput = 'pg_catalog.array_out'::regproc`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, semi := 0, 0
+	for rows.Next() {
+		var (
+			oid        uint32
+			name, want string
+		)
+		if err := rows.Scan(&oid, &name, &want); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if want != "," {
+			semi++
+		}
+		if got := event.ArrayDelim(oid); string(got) != want {
+			t.Errorf("%s (%d): ArrayDelim %q, pg_type.typdelim %q", name, oid, got, want)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n < 80 || semi == 0 {
+		t.Fatalf("found %d built-in array types, %d with a delimiter other than ','", n, semi)
 	}
 }
