@@ -57,10 +57,11 @@ func Text(oid uint32, text string) Value { return Value{text: text, oid: oid, ki
 // ArrayText returns an array value from its text form, whose elements are separated by
 // delim: the element type's pg_type.typdelim. Use it when the decode OID's own delimiter
 // ([ArrayDelim]) may differ from the real element type's, as for an array of a user-defined
-// type decoded as text[]. A delim equal to the OID's own is not stored.
+// type decoded as text[]. A delim of 0 or equal to the OID's own is not stored, so the value
+// is the one [Text] gives.
 func ArrayText(oid uint32, delim byte, text string) Value {
 	v := Value{text: text, oid: oid, kind: KindText}
-	if delim != ArrayDelim(oid) {
+	if delim != 0 && delim != ArrayDelim(oid) {
 		v.delim = delim
 	}
 	return v

@@ -448,6 +448,7 @@ type table struct {
 	quoted  string
 	selects []string // quoted columns: the event's, then any key column not among them
 	keys    []int    // positions of the primary key columns in selects
+	delims  []byte   // per event column: its array delimiter when not event.ArrayDelim of its OID, else 0
 }
 
 func describeTable(ctx context.Context, db *pgxpool.Pool, tl *typeLookup, ent string) (*table, error) {
@@ -496,12 +497,13 @@ func describeTable(ctx context.Context, db *pgxpool.Pool, tl *typeLookup, ent st
 			// Replication does not send generated columns: neither does the backfill.
 			continue
 		}
-		dec, err := tl.decodeOID(ctx, db, c.oid)
+		dec, err := tl.decodeType(ctx, db, c.oid)
 		if err != nil {
 			return nil, err
 		}
 		key := replident == "f" || (replident == "d" && c.pk > 0) || (replident == "i" && c.ri)
-		t.source.Columns = append(t.source.Columns, event.Column{Name: c.name, Type: c.typ, OID: dec, Key: key})
+		t.source.Columns = append(t.source.Columns, event.Column{Name: c.name, Type: c.typ, OID: dec.oid, Key: key})
+		t.delims = append(t.delims, dec.delim)
 		t.selects = append(t.selects, pgx.Identifier{c.name}.Sanitize())
 	}
 	if len(pk) == 0 {
@@ -569,7 +571,7 @@ func (t *table) walker(name, ent string, handle HandlerFunc) *walker {
 					c := &t.source.Columns[i]
 					rec[i] = event.Field{Name: c.Name, Value: event.Null(c.OID)}
 					if raw[i] != nil {
-						rec[i].Value = event.Text(c.OID, string(raw[i]))
+						rec[i].Value = event.ArrayText(c.OID, t.delims[i], string(raw[i]))
 					}
 				}
 				recs = append(recs, rec)
@@ -618,60 +620,81 @@ func rowKey(rec event.Record, t *table) string {
 
 // typeLookup finds the OID a column's values decode as, as the replication source does:
 // the type itself when pgx knows it, a domain's base type, the array of a known element
-// type, and text otherwise (enums, composite and extension types).
+// type, and text otherwise (enums, composite and extension types); and for an array, the
+// delimiter between its elements (its element type's pg_type.typdelim).
 type typeLookup struct {
 	known *pgtype.Map
-	cache map[uint32]uint32
+	cache map[uint32]decodeType
+}
+
+// decodeType is how a column's values decode: as oid, and for an array whose delimiter is
+// not event.ArrayDelim(oid), split on delim (else 0).
+type decodeType struct {
+	oid   uint32
+	delim byte
 }
 
 func newTypeLookup() *typeLookup {
-	return &typeLookup{known: pgtype.NewMap(), cache: map[uint32]uint32{}}
+	return &typeLookup{known: pgtype.NewMap(), cache: map[uint32]decodeType{}}
 }
 
-func (tl *typeLookup) decodeOID(ctx context.Context, db *pgxpool.Pool, oid uint32) (uint32, error) {
+func (tl *typeLookup) decodeType(ctx context.Context, db *pgxpool.Pool, oid uint32) (decodeType, error) {
 	if d, ok := tl.cache[oid]; ok {
 		return d, nil
 	}
-	d, err := tl.resolve(ctx, db, oid, 0)
+	d, delim, err := tl.resolve(ctx, db, oid, 0)
 	if err != nil {
-		return 0, fmt.Errorf("look up type %d: %w", oid, err)
+		return decodeType{}, fmt.Errorf("look up type %d: %w", oid, err)
 	}
-	tl.cache[oid] = d
-	return d, nil
+	dt := decodeType{oid: d}
+	if delim != event.ArrayDelim(d) {
+		dt.delim = delim
+	}
+	tl.cache[oid] = dt
+	return dt, nil
 }
 
-func (tl *typeLookup) resolve(ctx context.Context, db *pgxpool.Pool, oid uint32, depth int) (uint32, error) {
+func (tl *typeLookup) resolve(ctx context.Context, db *pgxpool.Pool, oid uint32, depth int) (uint32, byte, error) {
 	if _, ok := tl.known.TypeForOID(oid); ok {
-		return oid, nil
+		return oid, event.ArrayDelim(oid), nil
 	}
 	if depth > 10 {
-		return pgtype.TextOID, nil
+		return pgtype.TextOID, ',', nil
 	}
-	var typtype, category string
+	var typtype, delim string
+	var array bool
 	var base, elem uint32
-	err := db.QueryRow(ctx, `SELECT typtype::text, typcategory::text, typbasetype, typelem FROM pg_catalog.pg_type WHERE oid = $1`, oid).
-		Scan(&typtype, &category, &base, &elem)
+	// An array is a type written by array_out; int2vector and oidvector have an element type
+	// too, but write their elements space-separated without braces, so they stay text.
+	err := db.QueryRow(ctx, `SELECT t.typtype::text, t.typoutput = 'pg_catalog.array_out'::regproc, t.typbasetype, t.typelem,
+			coalesce(e.typdelim, ',')::text
+		FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem WHERE t.oid = $1`, oid).
+		Scan(&typtype, &array, &base, &elem, &delim)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return pgtype.TextOID, nil
+		return pgtype.TextOID, ',', nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	switch {
 	case typtype == "d":
 		return tl.resolve(ctx, db, base, depth+1)
-	case category == "A" && elem != 0:
-		e, err := tl.resolve(ctx, db, elem, depth+1)
+	case array && elem != 0:
+		e, _, err := tl.resolve(ctx, db, elem, depth+1)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
+		}
+		d := byte(',')
+		if len(delim) == 1 {
+			d = delim[0]
 		}
 		var arr uint32
 		if err := db.QueryRow(ctx, `SELECT typarray FROM pg_catalog.pg_type WHERE oid = $1`, e).Scan(&arr); err == nil {
 			if _, ok := tl.known.TypeForOID(arr); ok {
-				return arr, nil
+				return arr, d, nil
 			}
 		}
-		return pgtype.TextArrayOID, nil
+		return pgtype.TextArrayOID, d, nil
 	}
-	return pgtype.TextOID, nil
+	return pgtype.TextOID, ',', nil
 }

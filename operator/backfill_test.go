@@ -3,7 +3,9 @@ package operator_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -505,5 +507,46 @@ func TestProgressRateETA(t *testing.T) {
 				t.Fatalf("Rate, ETA = %v, %v; want %v, %v", r, eta, tt.rate, tt.eta)
 			}
 		})
+	}
+}
+
+// TestBackfillArrayDelimiters checks that a backfill's events split arrays as the
+// replication source does: on the element type's delimiter (';' for box[], a user type's
+// own), and keeps int2vector (not array syntax) as text.
+func TestBackfillArrayDelimiters(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	db, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if _, err := db.Exec(ctx, `
+		CREATE TYPE pipetext;
+		CREATE FUNCTION pipetext_in(cstring) RETURNS pipetext AS 'textin' LANGUAGE internal IMMUTABLE STRICT;
+		CREATE FUNCTION pipetext_out(pipetext) RETURNS cstring AS 'textout' LANGUAGE internal IMMUTABLE STRICT;
+		CREATE TYPE pipetext (INPUT = pipetext_in, OUTPUT = pipetext_out, INTERNALLENGTH = VARIABLE, DELIMITER = '|');
+		CREATE TABLE shapes (id int PRIMARY KEY, t text[], b box[], p pipetext[], v int2vector);
+		INSERT INTO shapes VALUES (1, '{semi;colon,"a,b"}', '{(1,1),(0,0);(2,2),(1,1)}', '{a,b|"c|d"|e;f}', '1 2');`); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	op := operator.Func{Name: "shapes_func", Entities: []string{"shapes"}, Handle: func(ctx context.Context, tx pgx.Tx, e *event.Event) error {
+		for _, f := range e.NewRecord {
+			if _, err := f.Value.Any(); err != nil {
+				return fmt.Errorf("column %s: %w", f.Name, err)
+			}
+		}
+		b, err := json.Marshal(e.NewRecord)
+		got = string(b)
+		return err
+	}}
+	if err := operator.Backfill(ctx, db, op, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"id":1,"t":["semi;colon","a,b"],"b":["(1,1),(0,0)","(2,2),(1,1)"],"p":["a,b","c|d","e;f"],"v":"1 2"}`
+	if got != want {
+		t.Fatalf("backfilled record %s\nwant %s", got, want)
 	}
 }
