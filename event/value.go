@@ -125,8 +125,8 @@ func (v Value) Any() (any, error) {
 	case KindUnchanged:
 		return nil, ErrUnchanged
 	}
-	if v.delim != 0 {
-		return v.anyArray()
+	if elem, ok := arrayElems[v.oid]; ok && v.delim != 0 {
+		return v.anyArray(elem)
 	}
 	m := typeMaps.Get().(*pgtype.Map)
 	defer typeMaps.Put(m)
@@ -141,29 +141,38 @@ func (v Value) Any() (any, error) {
 	return out, nil
 }
 
-// anyArray decodes an array whose delimiter pgx's codec for its OID does not use. Such a
-// value is an array of a user-defined type, whose elements decode as text: the result has
-// pgx's shape for text[], the elements flattened in row-major order, NULL as nil.
-func (v Value) anyArray() (any, error) {
+// anyArray decodes an array whose delimiter pgx's codec for its OID does not use (an array
+// of a user-defined type) into pgx's shape for arrays: the elements flattened in row-major
+// order, each decoded as the element type, NULL as nil.
+func (v Value) anyArray(elem uint32) (any, error) {
 	a, err := ParseArray(v.text, v.delim)
 	if err != nil {
 		return nil, err
 	}
 	out := []any{}
-	var walk func(a Array)
-	walk = func(a Array) {
+	var walk func(a Array) error
+	walk = func(a Array) error {
 		for _, s := range a.Subs {
-			walk(s)
+			if err := walk(s); err != nil {
+				return err
+			}
 		}
 		for _, e := range a.Elems {
 			if e.Null {
 				out = append(out, nil)
-			} else {
-				out = append(out, e.Text)
+				continue
 			}
+			x, err := Text(elem, e.Text).Any()
+			if err != nil {
+				return err
+			}
+			out = append(out, x)
 		}
+		return nil
 	}
-	walk(a)
+	if err := walk(a); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

@@ -111,6 +111,8 @@ func TestArrayDelimiters(t *testing.T) {
 			[]any{"a,b", "c|d", nil, "e;f"}},
 		{"user semicolon", event.ArrayText(pgtype.TextArrayOID, ';', `{(1,1),(0,0);"x;y"}`), `["(1,1),(0,0)","x;y"]`,
 			[]any{"(1,1),(0,0)", "x;y"}},
+		{"user delimiter, typed elements", event.ArrayText(pgtype.Int4ArrayOID, '|', `{{1|NULL}|{3|-4}}`), `[[1,null],[3,-4]]`,
+			[]any{int32(1), nil, int32(3), int32(-4)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -168,6 +170,9 @@ func TestArrayTextDelim(t *testing.T) {
 	}
 	if d := event.ArrayText(pgtype.TextArrayOID, '|', "{a}").Delim(); d != '|' {
 		t.Errorf("ArrayText delimiter = %q, want '|'", d)
+	}
+	if x, err := event.ArrayText(pgtype.TextOID, '|', "a|b").Any(); err != nil || x != "a|b" {
+		t.Errorf("ArrayText of a scalar type: Any = %#v, %v; want the text", x, err)
 	}
 	// A delimiter equal to the OID's own is the same value as Text gives.
 	if v, w := event.ArrayText(pgtype.BoxArrayOID, ';', "{}"), event.Text(pgtype.BoxArrayOID, "{}"); v != w {
