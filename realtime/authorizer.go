@@ -42,6 +42,8 @@ func deny(status int, reason string) Decision {
 const (
 	reasonMissingToken    = "missing token"
 	reasonTwoTokens       = "token given both in the Authorization header and in access_token"
+	reasonTwoHeaders      = "Authorization header given more than once; send one"
+	reasonTwoParams       = "access_token given more than once; send one"
 	reasonBadScheme       = "Authorization header is not a Bearer token"
 	reasonTooLarge        = "token too large"
 	reasonMalformed       = "malformed token"

@@ -28,7 +28,7 @@
 //
 // A client sends its token in the Authorization header (Authorization: Bearer <token>) or,
 // because a browser's EventSource cannot set headers, in the access_token query parameter.
-// A request that sends both is denied.
+// A request that sends both, or either of them twice, is denied with a reason saying which.
 //
 // # Patterns
 //
@@ -53,11 +53,13 @@
 //
 // A client opens GET /?channel=a&channel=b (at most [GatewayConfig.MaxChannels]), optionally
 // with after=N or a Last-Event-ID: N header (the header wins) to resume. Before any event is
-// written, every channel is parsed and checked against the router (400 with the reason when
-// one is malformed, names a scope its table does not have, or there are too many), the
-// resume position is checked (400 when it is after the ledger head), and every channel is
-// authorized (401 or 403 with the Decision's reason). Beyond MaxConnections streams, or
-// during Shutdown, the answer is 503.
+// written, in this order: every channel is parsed (400 when one is malformed or there are
+// too many), every channel is authorized (401 or 403 with the Decision's reason), the
+// channels are checked against the router (400 when one names a scope its table does not
+// have), and the resume position is checked (400 when it is not a position or is after the
+// ledger head). Authorization comes before the checks that answer from the configuration
+// or the ledger, so a client that may not subscribe learns neither the tables' scopes nor
+// the head. Beyond MaxConnections streams, or during Shutdown, the answer is 503.
 //
 // The first message acknowledges the subscription:
 //
@@ -148,8 +150,11 @@
 // delivered in ledger order and resumes on its own, so an event matching two subscribed
 // channels is sent once for each. error refuses one request (status as HTTP: 400 for a bad
 // message or channel, too many channels or a duplicate subscription, 401/403 for a denial)
-// and leaves the connection and the other subscriptions alone. heartbeat is sent every
-// [GatewayConfig.Heartbeat] with the ledger head.
+// and leaves the connection and the other subscriptions alone. A subscribe is authorized
+// before its channel is checked against the router and its after against the ledger, as
+// for SSE. heartbeat is sent every [GatewayConfig.Heartbeat], with the ledger head once the
+// connection has a subscription (without position before: the connection itself is not
+// authorized).
 //
 // The gateway closes a connection with these codes and the reason as close reason:
 //

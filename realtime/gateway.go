@@ -357,13 +357,16 @@ func (g *Gateway) authorize(r *http.Request, ch channel.Channel) Decision {
 	return d
 }
 
-// parseChannel parses and checks one channel against the router.
-func (g *Gateway) parseChannel(s string) (channel.Channel, error) {
-	c, err := channel.Parse(s)
-	if err == nil {
-		err = g.cfg.Router.Check(c)
+// checkChannels checks authorized channels against the router: a scoped channel must name
+// a scope its table has. It runs after authorization, because its reasons describe the
+// configured tables, which a client that may not subscribe must not learn.
+func (g *Gateway) checkChannels(chans []channel.Channel) error {
+	for _, c := range chans {
+		if err := g.cfg.Router.Check(c); err != nil {
+			return err
+		}
 	}
-	return c, err
+	return nil
 }
 
 // resumeFrom checks a client's resume position against the ledger. It returns where
@@ -382,8 +385,9 @@ func (g *Gateway) resumeFrom(after event.Position, resumed bool) (event.Position
 	return after, "", nil
 }
 
-// parseChannels parses and checks the channel parameters, dropping duplicates. A non-zero
-// status is the rejection.
+// parseChannels parses the channel parameters, dropping duplicates. A non-zero status is
+// the rejection. It checks their syntax and number only; checkChannels checks them against
+// the router once they are authorized.
 func (g *Gateway) parseChannels(r *http.Request) ([]channel.Channel, []string, int, string) {
 	raw := r.URL.Query()["channel"]
 	if len(raw) == 0 {
@@ -395,7 +399,7 @@ func (g *Gateway) parseChannels(r *http.Request) ([]channel.Channel, []string, i
 	var chans []channel.Channel
 	var keys []string
 	for _, s := range raw {
-		c, err := g.parseChannel(s)
+		c, err := channel.Parse(s)
 		if err != nil {
 			return nil, nil, http.StatusBadRequest, err.Error()
 		}

@@ -396,6 +396,8 @@ func TestGatewayRejects(t *testing.T) {
 	f := setup(t, realtime.GatewayConfig{Authorizer: auth, MaxChannels: 2})
 	tok := hs256(t, secret, map[string]any{"sub": "u1", "channels": []string{"posts/*/comments"}, "exp": time.Now().Add(time.Hour).Unix()})
 	withToken := func(q url.Values) url.Values { q.Set("access_token", tok); return q }
+	wide := hs256(t, secret, map[string]any{"sub": "u1", "channels": []string{"organizations/*/comments"}, "exp": time.Now().Add(time.Hour).Unix()})
+	withWide := func(q url.Values) url.Values { q.Set("access_token", wide); return q }
 	for _, tc := range []struct {
 		name   string
 		query  url.Values
@@ -406,7 +408,8 @@ func TestGatewayRejects(t *testing.T) {
 		{"no token", channels("posts/1/comments"), nil, http.StatusUnauthorized, "missing token"},
 		{"channel not granted", withToken(channels("posts/1/comments", "posts")), nil, http.StatusForbidden, "token does not grant this channel"},
 		{"malformed channel", withToken(channels("posts//comments")), nil, http.StatusBadRequest, "empty segment"},
-		{"unknown scope", withToken(channels("organizations/1/comments")), nil, http.StatusBadRequest, "organizations"},
+		{"unknown scope not granted", withToken(channels("organizations/1/comments")), nil, http.StatusForbidden, "token does not grant this channel"},
+		{"unknown scope", withWide(channels("organizations/1/comments")), nil, http.StatusBadRequest, "organizations"},
 		{"too many channels", withToken(channels("posts/1/comments", "posts/2/comments", "posts/3/comments")), nil, http.StatusBadRequest, "at most 2"},
 		{"no channel", withToken(url.Values{}), nil, http.StatusBadRequest, "no channel"},
 		{"resume after head", withToken(channels("posts/1/comments")), http.Header{"Last-Event-Id": {"1000"}}, http.StatusBadRequest, "after the ledger head"},
@@ -419,7 +422,7 @@ func TestGatewayRejects(t *testing.T) {
 			if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.reason) {
 				t.Errorf("got %d %q, want %d containing %q", resp.StatusCode, body, tc.status, tc.reason)
 			}
-			if strings.Contains(string(body), "data:") || strings.Contains(string(body), tok) {
+			if strings.Contains(string(body), "data:") || strings.Contains(string(body), tok) || strings.Contains(string(body), wide) {
 				t.Errorf("body %q carries data or the token", body)
 			}
 		})
@@ -428,9 +431,123 @@ func TestGatewayRejects(t *testing.T) {
 	if a := s.ack(); strings.Join(a.Channels, " ") != "posts/1/comments" {
 		t.Fatalf("ack %+v", a)
 	}
-	if st := f.gw.Stats(); st.Rejected[http.StatusBadRequest] != 6 || st.Rejected[http.StatusUnauthorized] != 1 || st.Rejected[http.StatusForbidden] != 1 {
+	if st := f.gw.Stats(); st.Rejected[http.StatusBadRequest] != 6 || st.Rejected[http.StatusUnauthorized] != 1 || st.Rejected[http.StatusForbidden] != 2 {
 		t.Errorf("rejected %v", st.Rejected)
 	}
+}
+
+// TestGatewayAuthorizesFirst: a client that may not subscribe learns nothing of the
+// ledger or the configured tables, over SSE or WebSocket: a resume position past the head,
+// a malformed one or a channel of a scope no table has is answered with the denial, not
+// with what the gateway knows; a WebSocket connection without a subscription gets
+// heartbeats without the head, and unsubscribing from an unknown scope says only that it
+// is not subscribed. Tokens sent twice are refused with what happened.
+func TestGatewayAuthorizesFirst(t *testing.T) {
+	t.Parallel()
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	auth, err := realtime.NewJWTAuthorizer(realtime.JWTConfig{HS256Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := setup(t, realtime.GatewayConfig{Authorizer: auth, Heartbeat: 50 * time.Millisecond})
+	f.exec(`INSERT INTO posts VALUES (1, 'a'), (2, 'b')`)
+	eventually(t, "the posts reach the ledger", func() bool { return f.eng.Ledger().State().Head >= 2 })
+	head := strconv.FormatUint(uint64(f.eng.Ledger().State().Head), 10)
+	tok := hs256(t, secret, map[string]any{"sub": "u1", "channels": []string{"posts/*"}, "exp": time.Now().Add(time.Hour).Unix()})
+	other := hs256(t, secret, map[string]any{"sub": "u2", "channels": []string{"posts/*"}, "exp": time.Now().Add(time.Hour).Unix()})
+	// secrets are what a denied client must not read in the answer.
+	secrets := []string{"ledger head", "scope"}
+
+	t.Run("SSE", func(t *testing.T) {
+		for _, tc := range []struct {
+			name   string
+			query  url.Values
+			header http.Header
+			status int
+			body   string
+		}{
+			{"no token, resume past the head", channels("posts/1"), http.Header{"Last-Event-Id": {"999999999"}}, http.StatusUnauthorized, "missing token\n"},
+			{"no token, resume past the head in after", url.Values{"channel": {"posts/1"}, "after": {"999999999"}}, nil, http.StatusUnauthorized, "missing token\n"},
+			{"no token, malformed resume", channels("posts/1"), http.Header{"Last-Event-Id": {"x"}}, http.StatusUnauthorized, "missing token\n"},
+			{"no token, unknown scope", channels("organizations/1/posts"), nil, http.StatusUnauthorized, "missing token\n"},
+			{"bad token, resume past the head", url.Values{"channel": {"posts/1"}, "access_token": {"x.y.z"}}, http.Header{"Last-Event-Id": {"999999999"}}, http.StatusUnauthorized, "malformed token\n"},
+			{"token not granting, resume past the head", url.Values{"channel": {"posts"}, "access_token": {tok}}, http.Header{"Last-Event-Id": {"999999999"}}, http.StatusForbidden, "token does not grant this channel\n"},
+			{"access_token twice", url.Values{"channel": {"posts/1"}, "access_token": {tok, other}}, nil, http.StatusUnauthorized, "access_token given more than once; send one\n"},
+			{"Authorization twice", channels("posts/1"), http.Header{"Authorization": {"Bearer " + tok, "Bearer " + other}}, http.StatusUnauthorized, "Authorization header given more than once; send one\n"},
+			{"header and access_token", url.Values{"channel": {"posts/1"}, "access_token": {tok}}, http.Header{"Authorization": {"Bearer " + other}}, http.StatusUnauthorized, "token given both in the Authorization header and in access_token\n"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				resp := f.get(tc.query, tc.header)
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tc.status || string(body) != tc.body {
+					t.Errorf("got %d %q, want %d %q", resp.StatusCode, body, tc.status, tc.body)
+				}
+			})
+		}
+		// Authorized, the same resume position is refused with the head.
+		resp := f.get(url.Values{"channel": {"posts/1"}, "access_token": {tok}}, http.Header{"Last-Event-Id": {"999999999"}})
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := "resume position 999999999 is after the ledger head " + head; resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), want) {
+			t.Errorf("authorized, resume past the head: got %d %q, want 400 with %q", resp.StatusCode, body, want)
+		}
+	})
+
+	t.Run("WebSocket", func(t *testing.T) {
+		anon := f.mustDialWS("", nil)
+		denied := func(m wsMsg, status int, reason string) {
+			t.Helper()
+			if m.Status != status || deref(m.Reason) != reason || m.Position != nil {
+				t.Errorf("got %+v (reason %s), want status %d, reason %q and no position", m, deref(m.Reason), status, reason)
+			}
+			for _, s := range append(secrets, head) {
+				if strings.Contains(deref(m.Reason), s) {
+					t.Errorf("reason %q tells %q", deref(m.Reason), s)
+				}
+			}
+		}
+		anon.send(map[string]any{"type": "subscribe", "channel": "posts/1", "after": 999999999, "ref": "past"})
+		denied(anon.expect("error", "past"), http.StatusUnauthorized, "missing token")
+		anon.send(map[string]any{"type": "subscribe", "channel": "organizations/1/posts", "ref": "scope"})
+		denied(anon.expect("error", "scope"), http.StatusUnauthorized, "missing token")
+		anon.send(map[string]any{"type": "unsubscribe", "channel": "organizations/1/posts", "ref": "unsub"})
+		denied(anon.expect("error", "unsub"), http.StatusBadRequest, "not subscribed to organizations/1/posts")
+		// Heartbeats to a connection without a subscription carry no head.
+		for beats := 0; beats < 3; {
+			select {
+			case m := <-anon.msgs:
+				if m.Type != "heartbeat" || m.Position != nil {
+					t.Fatalf("a connection without a subscription got %+v", m)
+				}
+				beats++
+			case <-time.After(30 * time.Second):
+				t.Fatal("no heartbeat")
+			}
+		}
+
+		for _, tc := range []struct {
+			name, query string
+			header      http.Header
+			status      int
+			reason      string
+		}{
+			{"access_token twice", "access_token=" + tok + "&access_token=" + other, nil, http.StatusUnauthorized, "access_token given more than once; send one"},
+			{"header and access_token", "access_token=" + tok, http.Header{"Authorization": {"Bearer " + other}}, http.StatusUnauthorized, "token given both in the Authorization header and in access_token"},
+			{"token not granting", "access_token=" + tok, nil, http.StatusForbidden, "token does not grant this channel"},
+		} {
+			w := f.mustDialWS(tc.query, tc.header)
+			w.send(map[string]any{"type": "subscribe", "channel": "posts", "after": 999999999, "ref": "past"})
+			denied(w.expect("error", "past"), tc.status, tc.reason)
+		}
+		// Authorized, the same resume position is refused with the head.
+		w := f.mustDialWS("access_token="+tok, nil)
+		w.send(map[string]any{"type": "subscribe", "channel": "posts/1", "after": 999999999, "ref": "past"})
+		m := w.expect("error", "past")
+		if want := "resume position 999999999 is after the ledger head " + head; m.Status != http.StatusBadRequest || !strings.Contains(deref(m.Reason), want) {
+			t.Errorf("authorized, resume past the head: %+v (reason %s), want 400 with %q", m, deref(m.Reason), want)
+		}
+	})
 }
 
 // expiring allows every channel until a fixed time.

@@ -235,7 +235,7 @@ func bearerToken(r *http.Request) (string, Decision, bool) {
 	var header, query string
 	if h := r.Header.Values("Authorization"); len(h) > 0 {
 		if len(h) > 1 {
-			return "", deny(http.StatusUnauthorized, reasonTwoTokens), false
+			return "", deny(http.StatusUnauthorized, reasonTwoHeaders), false
 		}
 		scheme, t, found := strings.Cut(h[0], " ")
 		if !found || !strings.EqualFold(scheme, "Bearer") {
@@ -247,8 +247,11 @@ func bearerToken(r *http.Request) (string, Decision, bool) {
 		}
 	}
 	if q := r.URL.Query()[AccessTokenParam]; len(q) > 0 {
-		if len(q) > 1 || header != "" {
+		if header != "" {
 			return "", deny(http.StatusUnauthorized, reasonTwoTokens), false
+		}
+		if len(q) > 1 {
+			return "", deny(http.StatusUnauthorized, reasonTwoParams), false
 		}
 		query = q[0]
 		if query == "" {

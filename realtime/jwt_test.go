@@ -535,3 +535,30 @@ func TestNewJWTAuthorizerErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestJWTTokenGivenTwice: a token sent twice is refused with what happened: twice in
+// access_token, twice in the Authorization header, or in both places.
+func TestJWTTokenGivenTwice(t *testing.T) {
+	t.Parallel()
+	a := newHS(t, nil)
+	tok := signToken(t, "HS256", testSecret, valid(claims{"channels": []string{"comments"}}))
+	twoParams := httptest.NewRequest(http.MethodGet, "/stream?"+AccessTokenParam+"="+tok+"&"+AccessTokenParam+"="+tok, nil)
+	twoHeaders := bearer(tok)
+	twoHeaders.Header.Add("Authorization", "Bearer "+tok)
+	both := queryToken(tok)
+	both.Header.Set("Authorization", "Bearer "+tok)
+	for _, tc := range []struct {
+		name   string
+		r      *http.Request
+		reason string
+	}{
+		{"access_token twice", twoParams, "access_token given more than once; send one"},
+		{"Authorization twice", twoHeaders, "Authorization header given more than once; send one"},
+		{"header and access_token", both, "token given both in the Authorization header and in access_token"},
+	} {
+		d, n := subscribe(t, a, tc.r, "comments")
+		if n != 0 || d.Status != http.StatusUnauthorized || d.Reason != tc.reason {
+			t.Errorf("%s: %+v, want 401 %q", tc.name, d, tc.reason)
+		}
+	}
+}

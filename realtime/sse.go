@@ -22,16 +22,8 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 		g.reject(w, r, status, reason)
 		return
 	}
-	after, resumed, err := resumePosition(r)
-	if err != nil {
-		g.reject(w, r, http.StatusBadRequest, err.Error())
-		return
-	}
-	start, resync, err := g.resumeFrom(after, resumed)
-	if err != nil {
-		g.reject(w, r, http.StatusBadRequest, err.Error())
-		return
-	}
+	// Authorize before anything that answers from the configuration or the ledger (the
+	// router's scopes, the head): a client that may not subscribe learns neither.
 	var expires time.Time
 	for _, c := range chans {
 		d := g.authorize(r, c)
@@ -42,6 +34,20 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 		if !d.Expires.IsZero() && (expires.IsZero() || d.Expires.Before(expires)) {
 			expires = d.Expires
 		}
+	}
+	if err := g.checkChannels(chans); err != nil {
+		g.reject(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	after, resumed, err := resumePosition(r)
+	if err != nil {
+		g.reject(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	start, resync, err := g.resumeFrom(after, resumed)
+	if err != nil {
+		g.reject(w, r, http.StatusBadRequest, err.Error())
+		return
 	}
 	if status, reason := g.admit(len(keys)); status != 0 {
 		g.reject(w, r, status, reason)

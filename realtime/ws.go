@@ -14,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 )
 
@@ -208,8 +209,14 @@ func (ws *wsConn) run() (DisconnectReason, event.Position) {
 		case <-step:
 			err = ws.catchUp()
 		case <-ping.C:
-			head := g.cfg.Ledger.State().Head
-			err = ws.reply(wsReply{Type: "heartbeat", Position: &head})
+			// The head only to a connection with an authorized subscription: the
+			// connection itself is not authorized.
+			var head *event.Position
+			if len(ws.subs) > 0 {
+				h := g.cfg.Ledger.State().Head
+				head = &h
+			}
+			err = ws.reply(wsReply{Type: "heartbeat", Position: head})
 		case <-expiryC:
 			return ws.close(closeTokenExpired, DisconnectTokenExpired)
 		case <-g.shutdown:
@@ -365,12 +372,21 @@ func (ws *wsConn) refuse(m wsRequest, status int, reason string) error {
 
 func (ws *wsConn) subscribe(m wsRequest) error {
 	g := ws.g
-	c, err := g.parseChannel(m.Channel)
+	c, err := channel.Parse(m.Channel)
 	if err != nil {
 		return ws.refuse(m, http.StatusBadRequest, err.Error())
 	}
 	key := c.String()
 	m.Channel = key
+	// Authorize before anything that answers from the configuration or the ledger (the
+	// router's scopes, the head), as for SSE.
+	d := g.authorize(ws.req, c)
+	if !d.Allow {
+		return ws.refuse(m, d.Status, d.Reason)
+	}
+	if err := g.checkChannels([]channel.Channel{c}); err != nil {
+		return ws.refuse(m, http.StatusBadRequest, err.Error())
+	}
 	var after event.Position
 	if m.After != nil {
 		after = *m.After
@@ -384,10 +400,6 @@ func (ws *wsConn) subscribe(m wsRequest) error {
 	}
 	if len(ws.subs) >= g.cfg.MaxChannels {
 		return ws.refuse(m, http.StatusBadRequest, fmt.Sprintf("at most %d channels per connection; unsubscribe from one first", g.cfg.MaxChannels))
-	}
-	d := g.authorize(ws.req, c)
-	if !d.Allow {
-		return ws.refuse(m, d.Status, d.Reason)
 	}
 	s := ws.start(key, start, d.Expires)
 	g.subscribed(1)
@@ -416,7 +428,9 @@ func (ws *wsConn) ack(s *wsSub, ref, resync string) error {
 }
 
 func (ws *wsConn) unsubscribe(m wsRequest) error {
-	c, err := ws.g.parseChannel(m.Channel)
+	// Syntax only: every subscribed channel passed the router, and the router's answer
+	// for another would describe the configured tables to a client that may not subscribe.
+	c, err := channel.Parse(m.Channel)
 	if err != nil {
 		return ws.refuse(m, http.StatusBadRequest, err.Error())
 	}
@@ -451,7 +465,7 @@ func (ws *wsConn) auth(m wsRequest) error {
 	r.RequestURI = r.URL.RequestURI()
 	ws.req = r
 	for _, s := range ws.subs {
-		c, err := ws.g.parseChannel(s.key)
+		c, err := channel.Parse(s.key)
 		if err != nil {
 			// A channel the gateway accepted parses again the same way.
 			panic(fmt.Sprintf("realtime: subscribed channel %q no longer parses: %v", s.key, err))

@@ -237,6 +237,14 @@ tables:
 		code, _, err := httpGet(ctx, base+"/healthz")
 		return err == nil && code == http.StatusOK
 	})
+	// A second walflow run on the same ledger names the directory and the process holding
+	// it: this one, as both run in the test's process.
+	second := runCLI(ctx, noEnv, "run", "--config", path)
+	wantSecond := fmt.Sprintf("walflow: open the engine: ledger: the directory %s is in use by process %d (%s); a ledger directory serves one walflow at a time: stop that process first, or give this one another directory\n",
+		filepath.Join(dir, "data"), os.Getpid(), strings.Join(os.Args, " "))
+	if second.code != ExitFailure || !strings.HasSuffix(second.stderr, wantSecond) {
+		t.Errorf("a second walflow run: exit %d\nstderr:\n%s\nwant it to end with:\n%s", second.code, second.stderr, wantSecond)
+	}
 	if _, err := conn.Exec(ctx, `
 		INSERT INTO posts (title) VALUES ('a'), ('b');
 		INSERT INTO comments (post_id, body) VALUES (1, 'x');

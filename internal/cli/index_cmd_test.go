@@ -213,7 +213,7 @@ indexes:
 		{"index", "rebuild", "by_post"},
 	} {
 		r := runCLI(ctx, noEnv, append(args, "--config", path)...)
-		want := fmt.Sprintf("walflow: %s %s: the ledger %s is in use by a running walflow (Pebble holds its lock); stop walflow run first: %s %s opens the files itself\n", args[0], args[1], data, args[0], args[1])
+		want := fmt.Sprintf("walflow: %s %s: the ledger %s is in use by process %d (%s); stop walflow run first: %s %s opens the files itself\n", args[0], args[1], data, os.Getpid(), strings.Join(os.Args, " "), args[0], args[1])
 		if r.code != ExitFailure || r.stderr != want || r.stdout != "" {
 			t.Errorf("walflow %s while walflow runs: exit %d\nstdout:\n%s\nstderr:\n%s\nwant stderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr, want)
 		}

@@ -7,14 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
 	indexdisk "github.com/walflow/walflow/index/disk"
+	"github.com/walflow/walflow/internal/lockholder"
+	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/operator"
 )
@@ -89,19 +89,23 @@ func indexDir(c *config) string {
 }
 
 // lockedError explains a failure to open the ledger or index files at dir: when another
-// process (or this one) holds them, that is a running walflow.
+// process (or this one) holds them, that is a running walflow, and the error names it.
 func lockedError(cmd, what, dir string, err error) error {
-	if isLocked(err) {
-		return fmt.Errorf("%s: the %s %s is in use by a running walflow (Pebble holds its lock); stop walflow run first: %s opens the files itself", cmd, what, dir, cmd)
+	if holder, ok := lockHolder(dir, err); ok {
+		return fmt.Errorf("%s: the %s %s is in use by %s; stop walflow run first: %s opens the files itself", cmd, what, dir, holder, cmd)
 	}
 	return fmt.Errorf("%s: %w", cmd, err)
 }
 
-// isLocked reports whether err is Pebble's failure to lock a database directory: held by
-// another process (EAGAIN or EACCES from fcntl) or by this one.
-func isLocked(err error) bool {
-	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) ||
-		strings.Contains(err.Error(), "lock held by current process")
+// lockHolder reports whether err, from opening the ledger or the index store at dir, is a
+// failure to lock the directory, and describes the process holding it: `process 4242
+// (walflow run --config walflow.yaml)`.
+func lockHolder(dir string, err error) (string, bool) {
+	if iu := (*ledger.InUseError)(nil); errors.As(err, &iu) {
+		return iu.Holder(), true
+	}
+	h, ok := lockholder.Pebble(dir, err)
+	return h.String(), ok
 }
 
 // Close closes the index store and the ledger.

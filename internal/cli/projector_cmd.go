@@ -372,9 +372,10 @@ func openLedgerForHead(ctx context.Context, c *config) (*disk.Ledger, string) {
 	switch {
 	case errors.As(err, &re):
 		return nil, "the tables do not make a router: " + re.err.Error()
-	case err != nil && isLocked(err):
-		return nil, noEngine + " and the ledger " + dir + " is held by a running walflow (without http.addr)"
 	case err != nil:
+		if holder, ok := lockHolder(dir, err); ok {
+			return nil, noEngine + " and the ledger " + dir + " is held by " + holder + ", a walflow without http.addr"
+		}
 		return nil, noEngine + " and the ledger " + dir + " could not be opened: " + err.Error()
 	}
 	return led, ""

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -261,7 +262,7 @@ func TestProjectorStatusHead(t *testing.T) {
 	}
 	// Held by this process, as by a walflow running without http.addr: unknown.
 	doc, _ := projectorStatusJSON(t, path)
-	if doc.LedgerHead != nil || doc.LedgerHeadFrom != "no walflow answers on http (http.addr is off) and the ledger "+data+" is held by a running walflow (without http.addr)" {
+	if doc.LedgerHead != nil || doc.LedgerHeadFrom != "no walflow answers on http (http.addr is off) and the ledger "+data+" is held by process "+strconv.Itoa(os.Getpid())+" ("+strings.Join(os.Args, " ")+"), a walflow without http.addr" {
 		t.Errorf("projector status with the ledger held: %+v", doc)
 	}
 	if err := led.Close(); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/lockholder"
 	"github.com/walflow/walflow/internal/pebblelog"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/internal/notify"
@@ -149,6 +150,9 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 	})
 	if err != nil {
 		fsClose.Close()
+		if h, ok := lockholder.Pebble(dir, err); ok {
+			return nil, &ledger.InUseError{Dir: dir, PID: h.PID, Command: h.Command, Err: err}
+		}
 		return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
 	}
 	l := &Ledger{

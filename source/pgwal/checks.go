@@ -66,7 +66,7 @@ func checkTables(ctx context.Context, conn *pgx.Conn, tables []string, log *slog
 }
 
 // ensurePublication creates the publication when missing and adds configured tables it
-// lacks.
+// lacks, with a warning naming them: rows they held before produce no events.
 func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []string, log *slog.Logger) error {
 	var allTables bool
 	err := conn.QueryRow(ctx, "SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1", name).Scan(&allTables)
@@ -117,7 +117,11 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 	if _, err := conn.Exec(ctx, sql); err != nil {
 		return fmt.Errorf("pgwal: add tables to publication %q (%s): %w", name, sql, err)
 	}
-	log.InfoContext(ctx, "added tables to publication", slog.String("publication", name), slog.Any("tables", missing))
+	// PostgreSQL sends a table's changes from the moment it joins the publication: its rows
+	// from before never become events. Said once, now, when it is still news.
+	log.WarnContext(ctx, "added tables to publication: their existing rows produce no events, only changes from now on",
+		slog.String("publication", name), slog.Any("tables", missing),
+		slog.String("fix", "to bring derived rows up to date, run walflow operator backfill NAME for each operator that reads these tables; consumers that need every row load the existing rows from a snapshot of the tables"))
 	return nil
 }
 

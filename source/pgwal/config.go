@@ -44,8 +44,10 @@ type Config struct {
 	// Publication is the publication's name. Default "walflow".
 	Publication string
 	// Tables lists the tables to publish, as "table" (schema public) or "schema.table".
-	// Missing tables are added to an existing publication. When empty, the publication
-	// must exist already, or is created FOR ALL TABLES (which needs a superuser).
+	// Missing tables are added to an existing publication, with a warning: PostgreSQL
+	// sends their changes from then on, so rows they held before produce no events. When
+	// empty, the publication must exist already, or is created FOR ALL TABLES (which
+	// needs a superuser).
 	Tables []string
 	// StatusInterval is how often a standby status update is sent. It must stay well below
 	// the server's wal_sender_timeout. Default 10s.

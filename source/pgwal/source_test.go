@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/memory"
 	"github.com/walflow/walflow/source/pgwal"
@@ -617,5 +619,64 @@ func TestStopReportsFailedSync(t *testing.T) {
 	}
 	if !errors.Is(err, errDiskGone) || !strings.Contains(err.Error(), "not durable") {
 		t.Fatalf("Run returned %v after a failed sync at stop, want an error wrapping %v", err, errDiskGone)
+	}
+}
+
+// TestTableAddedWarns: a table added to the configuration after the first start joins
+// the publication with a warning naming it, because its existing rows produce no events;
+// the first start, which creates the publication, does not warn.
+func TestTableAddedWarns(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, `CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE SCHEMA other; CREATE TABLE other.c (id int PRIMARY KEY);
+		INSERT INTO b VALUES (1); INSERT INTO other.c VALUES (1);`)
+	logs := &syncbuf.Buffer{}
+	logged := func(cfg pgwal.Config) pgwal.Config {
+		cfg.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelInfo}))
+		return cfg
+	}
+	const msg = "added tables to publication: their existing rows produce no events, only changes from now on"
+	warnings := func() []map[string]any {
+		var out []map[string]any
+		for line := range strings.Lines(logs.String()) {
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("log line %q: %v", line, err)
+			}
+			if rec["msg"] == msg {
+				out = append(out, rec)
+			}
+		}
+		return out
+	}
+
+	h.start(logged(h.config("a")))
+	h.waitConnected()
+	h.exec(`INSERT INTO a VALUES (1)`)
+	h.waitEvents(1)
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if w := warnings(); len(w) != 0 {
+		t.Fatalf("the first start warned: %v", w)
+	}
+
+	h.waitSlotInactive()
+	h.start(logged(h.config("a", "b", "other.c")))
+	h.waitConnected()
+	w := warnings()
+	if len(w) != 1 {
+		t.Fatalf("restart with two more tables: %d warnings, want 1:\n%s", len(w), logs.String())
+	}
+	rec := w[0]
+	fix, _ := rec["fix"].(string)
+	if rec["level"] != "WARN" || rec["publication"] != "walflow" || fmt.Sprint(rec["tables"]) != "[b other.c]" ||
+		!strings.Contains(fix, "walflow operator backfill") || !strings.Contains(fix, "snapshot") {
+		t.Errorf("warning %v, want level WARN, publication walflow, tables [b other.c] and a fix naming walflow operator backfill and a snapshot", rec)
+	}
+	// As warned: b's existing row 1 is no event; its new row 2 is.
+	h.exec(`INSERT INTO b VALUES (2)`)
+	evs := h.waitEvents(2)
+	if got := evs[1].Name + " " + recordJSON(t, evs[1].NewRecord); len(evs) != 2 || got != `b {"id":2}` {
+		t.Errorf("after the restart: %d events, the second %s; want 2, the second b {\"id\":2}", len(evs), got)
 	}
 }
