@@ -56,9 +56,10 @@
 // The query runs for every event of its entities, so it should write only when the derived
 // row changes: a MERGE whose WHEN MATCHED carries an IS DISTINCT FROM guard over the
 // derived columns skips the no-op updates, which otherwise each make a row version, WAL
-// and, for a followed derived table, an event. Index each id column the query filters on
+// and, for a followed derived table, an event (without it, 100,000 comment inserts made
+// 100,007 updates, most changing nothing). Index each id column the query filters on
 // (comments(post_id) for a count of a post's comments): without it every event scans the
-// table.
+// table (160 events/s instead of 1,000).
 //
 // # Backfill
 //
