@@ -85,6 +85,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("walflow: tables: %w", err)
 	}
 	log := cfg.Logger
+	router = router.WithLogger(log.With(slog.String("component", "channel")))
 	src, err := pgwal.New(pgwal.Config{
 		ConnString: cfg.DatabaseURL, Slot: cfg.Slot, TemporarySlot: cfg.TemporarySlot,
 		Publication: cfg.Publication, Tables: cfg.tableNames(),
@@ -202,7 +203,7 @@ func (e *Engine) Middleware(opts *processstatus.MiddlewareOpts) func(http.Handle
 // connects lazily, so Open still does not touch the database.
 func (e *Engine) openOperators() error {
 	pool := e.pool
-	e.opMetrics = newOperatorMetrics(e.cfg.ErrorReporter, e.log)
+	e.opMetrics = newOperatorMetrics(e.cfg.ErrorReporter, e.cfg.Logger)
 	r, err := operator.New(operator.Config{
 		DB: pool, Ledger: e.led, Operators: e.cfg.Operators,
 		BatchSize: e.cfg.OperatorBatchSize, BatchDelay: e.cfg.OperatorBatchDelay, Retry: e.cfg.OperatorRetry,

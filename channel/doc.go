@@ -56,4 +56,11 @@
 //
 // [Router.Check] tells a subscriber whether a channel can ever receive events: a scoped
 // channel must follow one of its table's configured scopes.
+//
+// A router made with [Router.WithLogger] (walflow's engine makes one) also warns when a
+// configured table's events stop carrying a column one of its scopes names, typically
+// after ALTER TABLE ... RENAME COLUMN: that scope's channels then receive none of the
+// table's events until the scope follows the new name. It warns once per change of the
+// table's columns (event.Source.Columns), not once per event, naming the table, the scope
+// and the column.
 package channel

@@ -1,16 +1,23 @@
 package channel
 
 import (
+	"context"
+	"hash/maphash"
+	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/walflow/walflow/event"
 )
 
-// Router maps events to the channels they belong to, following the table configuration. It
-// is immutable and safe for concurrent use. A nil Router has no configured tables.
+// Router maps events to the channels they belong to, following the table configuration. Its
+// configuration is immutable and it is safe for concurrent use. A nil Router has no
+// configured tables.
 type Router struct {
 	tables map[string]Table
+	// watch, set by WithLogger, reports scopes that the events' columns no longer allow.
+	watch *columnWatch
 }
 
 // NewRouter returns a router for the given tables, after filling in their defaults
@@ -28,6 +35,81 @@ func NewRouter(tables []Table) (*Router, error) {
 		r.tables[t.Name] = t.WithDefaults().clone()
 	}
 	return r, nil
+}
+
+// WithLogger returns a router with r's tables that also warns on log when a configured
+// table's events stop carrying one of its scope columns (the column was renamed or
+// dropped): their scoped channels of that scope then get none of them. It warns once per
+// change of the table's columns, as events list them in event.Source.Columns, naming the
+// table, the scope and the column; events that do not list their columns are not checked.
+func (r *Router) WithLogger(log *slog.Logger) *Router {
+	out := &Router{watch: &columnWatch{log: log, seed: maphash.MakeSeed(), seen: map[string]*tableColumns{}}}
+	if r != nil {
+		out.tables = r.tables
+	}
+	return out
+}
+
+// columnWatch remembers which column lists of each configured table were checked.
+type columnWatch struct {
+	log  *slog.Logger
+	seed maphash.Seed
+	mu   sync.Mutex
+	seen map[string]*tableColumns
+}
+
+// tableColumns is what a columnWatch knows of one table.
+type tableColumns struct {
+	// last is the column list checked last. pgwal gives every event of one relation
+	// version the same slice, so comparing its address skips the check for them.
+	last *event.Column
+	// hashes are the column lists already checked (a lagging reader may route events
+	// written before a change while another routes newer ones).
+	hashes map[uint64]bool
+}
+
+// check warns about the scopes of t that e's column list cannot fill, the first time it
+// sees that list.
+func (w *columnWatch) check(e *event.Event, t Table) {
+	cols := e.Source.Columns
+	if len(t.Scopes) == 0 || len(cols) == 0 {
+		return
+	}
+	w.mu.Lock()
+	tc := w.seen[t.Name]
+	if tc == nil {
+		tc = &tableColumns{hashes: map[uint64]bool{}}
+		w.seen[t.Name] = tc
+	}
+	if tc.last == &cols[0] {
+		w.mu.Unlock()
+		return
+	}
+	tc.last = &cols[0]
+	var h maphash.Hash
+	h.SetSeed(w.seed)
+	for _, c := range cols {
+		h.WriteString(c.Name)
+		h.WriteByte(0)
+	}
+	sum := h.Sum64()
+	known := tc.hashes[sum]
+	tc.hashes[sum] = true
+	w.mu.Unlock()
+	if known {
+		return
+	}
+	for _, s := range t.Scopes {
+		for _, f := range s {
+			if _, ok := e.Source.Column(f.Column); !ok {
+				attrs := []any{slog.String("table", t.Name), slog.String("scope", s.String()), slog.String("column", f.Column)}
+				if e.Position != 0 {
+					attrs = append(attrs, slog.Uint64("position", uint64(e.Position)))
+				}
+				w.log.WarnContext(context.Background(), "a table's events lack a column its scope names, so that scope's channels receive none of them; if the column was renamed, update the scope (tables.TABLE.scopes in walflow.yaml, or channel.Table.Scopes)", attrs...)
+			}
+		}
+	}
 }
 
 // Table returns the configuration of the named table, with defaults filled in; for a table
@@ -59,6 +141,9 @@ func (r *Router) Channels(e *event.Event, dst []string) []string {
 		return dst
 	}
 	t := r.Table(e.Name)
+	if r != nil && r.watch != nil {
+		r.watch.check(e, t)
+	}
 	records := [2]event.Record{e.NewRecord, e.OldRecord}
 	for _, rec := range records {
 		if id, ok := idText(rec, t.IDColumn); ok {

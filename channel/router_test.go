@@ -1,13 +1,16 @@
 package channel
 
 import (
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/syncbuf"
 )
 
 const int4 = 23
@@ -338,5 +341,83 @@ func BenchmarkChannels(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		dst = r.Channels(&e, dst[:0])
+	}
+}
+
+// TestScopeColumnLost checks that a router with a logger warns once per change of a
+// table's columns when events stop carrying a scope column (here post_id renamed to
+// parent_id), naming the table, the scope and the column, and not once per event.
+func TestScopeColumnLost(t *testing.T) {
+	t.Parallel()
+	var logs syncbuf.Buffer
+	r := testRouter(t).WithLogger(slog.New(slog.NewJSONHandler(&logs, nil)))
+	cols := func(names ...string) []event.Column {
+		var out []event.Column
+		for _, n := range names {
+			out = append(out, event.Column{Name: n, Type: "integer", OID: int4})
+		}
+		return out
+	}
+	insert := func(cols []event.Column, pos event.Position, kv ...any) *event.Event {
+		return &event.Event{Position: pos, Name: "comments", Type: event.Insert, Source: event.Source{Table: "comments", Columns: cols}, NewRecord: rec(kv...)}
+	}
+	warnings := func() []map[string]any {
+		var out []map[string]any
+		for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+			if l == "" {
+				continue
+			}
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("log line %q: %v", l, err)
+			}
+			out = append(out, m)
+		}
+		return out
+	}
+	before := cols("id", "post_id", "org_id")
+	for i := range 3 {
+		r.Channels(insert(before, event.Position(i+1), "id", txt("1"), "post_id", txt("42"), "org_id", txt("1")), nil)
+	}
+	if w := warnings(); len(w) != 0 {
+		t.Fatalf("warnings while every scope column is there: %v", w)
+	}
+
+	// post_id renamed: both scopes name it. Events of one relation share their columns;
+	// events read back from the ledger each have a copy: neither warns again.
+	after := cols("id", "parent_id", "org_id")
+	for i := range 3 {
+		got := r.Channels(insert(after, event.Position(i+4), "id", txt("1"), "parent_id", txt("42"), "org_id", txt("1")), nil)
+		if want := []string{"comments", "comments/1"}; !slices.Equal(got, want) {
+			t.Fatalf("channels %v, want %v", got, want)
+		}
+		r.Channels(insert(slices.Clone(after), event.Position(i+4), "id", txt("1"), "parent_id", txt("42")), nil)
+	}
+	// A reader still routing events written before the rename does not warn either.
+	r.Channels(insert(slices.Clone(before), 1, "id", txt("1"), "post_id", txt("42")), nil)
+	w := warnings()
+	if len(w) != 2 {
+		t.Fatalf("%d warnings after the rename, want one per scope naming post_id: %v", len(w), w)
+	}
+	for i, scope := range []string{"posts/{post_id}", "organizations/{org_id}/posts/{post_id}"} {
+		if w[i]["level"] != "WARN" || w[i]["table"] != "comments" || w[i]["scope"] != scope || w[i]["column"] != "post_id" || w[i]["position"] != float64(4) {
+			t.Errorf("warning %d = %v, want table comments, scope %s, column post_id, position 4", i, w[i], scope)
+		}
+	}
+
+	// Another change of the columns that still lacks post_id warns again, once.
+	again := cols("id", "parent_id", "org_id", "body")
+	r.Channels(insert(again, 10, "id", txt("1")), nil)
+	r.Channels(insert(again, 11, "id", txt("1")), nil)
+	if n := len(warnings()); n != 4 {
+		t.Fatalf("%d warnings after a second change of the columns, want 4", n)
+	}
+	// Unconfigured tables, events without a column list and routers without a logger
+	// are not checked.
+	r.Channels(&event.Event{Name: "users", Type: event.Insert, Source: event.Source{Columns: cols("x")}}, nil)
+	r.Channels(&event.Event{Name: "comments", Type: event.Insert, NewRecord: rec("id", txt("1"))}, nil)
+	testRouter(t).Channels(insert(cols("id"), 12, "id", txt("1")), nil)
+	if n := len(warnings()); n != 4 {
+		t.Fatalf("%d warnings, want still 4", n)
 	}
 }

@@ -1,14 +1,17 @@
 package operator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walflow/walflow/event"
 )
@@ -38,7 +41,9 @@ type SQL struct {
 	// ID maps each entity to its column that holds the derived row's id, e.g.
 	// {"comments": "post_id", "posts": "id"}. An entity not listed uses "id". For an update
 	// the query runs for the old and the new value when they differ (a comment moved from
-	// one post to another updates both posts).
+	// one post to another updates both posts; the old value is known with REPLICA IDENTITY
+	// FULL). A NULL id runs nothing; an event without the column halts the operator (see
+	// the package documentation, Ids and schema changes).
 	ID map[string]string
 	// DeleteWith lists entities whose delete removes the derived row
 	// (DELETE FROM Target WHERE TargetIDColumn = $1) instead of running Query.
@@ -76,7 +81,10 @@ type spec struct {
 	// apply runs one event in tx. SQL operators also set statements, which lets the runner
 	// queue a whole batch in one round trip.
 	apply      func(ctx context.Context, tx pgx.Tx, e *event.Event) error
-	statements func(e *event.Event, q []stmt) []stmt
+	statements func(e *event.Event, q []stmt) ([]stmt, error)
+	// checks are prepared when the runner starts, so that a query PostgreSQL cannot
+	// parse or plan, or a missing id column, fails the start instead of the first event.
+	checks []stmt
 }
 
 // stmt is one statement an SQL operator runs for an event, with $1 bound to arg.
@@ -84,6 +92,47 @@ type stmt struct {
 	sql  string
 	arg  string
 	what string // for errors: "query for post_with_comments_counts id 7"
+	// idColumn marks a start check of an entity's id column.
+	idColumn bool
+}
+
+// err wraps a failure of the statement. A failure that cannot heal (IsPermanent) also
+// shows the statement, and where in it PostgreSQL found the error, since the fix is there.
+func (s stmt) err(err error) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || !IsPermanent(err) {
+		return fmt.Errorf("%s: %w", s.what, err)
+	}
+	return fmt.Errorf("%s: %w%s", s.what, err, describeQuery(s.sql, int(pe.Position)))
+}
+
+// describeQuery shows sql, with the line and column of the 1-based character position pos
+// when it is known (PostgreSQL reports a syntax error's place that way).
+func describeQuery(sql string, pos int) string {
+	flat := strings.TrimRight(strings.Join(strings.Fields(sql), " "), "; ")
+	if pos <= 0 || pos > utf8.RuneCountInString(sql) {
+		return "; the statement: " + flat
+	}
+	line, col := 1, 1
+	start := 0
+	n := 0
+	for i, r := range sql {
+		n++
+		if n == pos {
+			end := strings.IndexByte(sql[i:], '\n')
+			if end < 0 {
+				end = len(sql) - i
+			}
+			return fmt.Sprintf("; at line %d, column %d of the statement, in %q; the statement: %s",
+				line, col, strings.TrimSpace(sql[start:i+end]), flat)
+		}
+		if r == '\n' {
+			line, col, start = line+1, 1, i+1
+		} else {
+			col++
+		}
+	}
+	return "; the statement: " + flat
 }
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
@@ -136,21 +185,26 @@ func (o SQL) spec() (spec, error) {
 	// statements lists what an event runs: the delete for a DeleteWith entity's delete,
 	// otherwise the query once per distinct id in the new and old records (an update that
 	// moves a row from one parent to another recomputes both). They are queued, so a whole
-	// batch travels to the server in one round trip.
-	statements := func(e *event.Event, q []stmt) []stmt {
+	// batch travels to the server in one round trip. An event that lacks its id column is an
+	// error (see idOf); a NULL id runs nothing.
+	statements := func(e *event.Event, q []stmt) ([]stmt, error) {
 		col := ids[e.Name]
 		if col == "" {
 			col = "id"
 		}
 		if e.Type == event.Delete && slices.Contains(deleteWith, e.Name) {
-			if id, ok := idOf(e.OldRecord, col); ok {
+			id, ok, err := idOf(name, o.Target, e, true, col)
+			if ok {
 				q = append(q, stmt{sql: deleteSQL, arg: id, what: "delete " + o.Target + " row " + id})
 			}
-			return q
+			return q, err
 		}
 		first := ""
-		for i, rec := range [2]event.Record{e.NewRecord, e.OldRecord} {
-			id, ok := idOf(rec, col)
+		for i, old := range [2]bool{false, true} {
+			id, ok, err := idOf(name, o.Target, e, old, col)
+			if err != nil {
+				return q, err
+			}
 			if !ok || (i == 1 && id == first) {
 				continue
 			}
@@ -159,26 +213,112 @@ func (o SQL) spec() (spec, error) {
 			}
 			q = append(q, stmt{sql: query, arg: id, what: "query for " + o.Target + " id " + id})
 		}
-		return q
+		return q, nil
 	}
 	apply := func(ctx context.Context, tx pgx.Tx, e *event.Event) error {
-		for _, st := range statements(e, nil) {
+		q, err := statements(e, nil)
+		if err != nil {
+			return err
+		}
+		for _, st := range q {
 			if _, err := tx.Exec(ctx, st.sql, st.arg); err != nil {
-				return fmt.Errorf("%s: %w", st.what, err)
+				return st.err(err)
 			}
 		}
 		return nil
 	}
-	return spec{name: name, targets: []string{o.Target}, entities: o.Entities, types: defaultTypes(o.Events), apply: apply, statements: statements}, nil
+	// Checked when the runner starts: each entity's id column, then the statements.
+	var checks []stmt
+	for _, ent := range o.Entities {
+		col := cmp.Or(ids[bare(ent)], "id") // as statements looks it up: by the event's name
+		checks = append(checks, stmt{sql: "SELECT " + pgx.Identifier{col}.Sanitize() + " FROM " + quoteTable(ent) + " LIMIT 0",
+			what: fmt.Sprintf("id column %s of %s", col, ent), idColumn: true})
+	}
+	checks = append(checks, stmt{sql: query, what: "query"})
+	if len(deleteWith) > 0 {
+		checks = append(checks, stmt{sql: deleteSQL, what: "delete statement for delete_with"})
+	}
+	return spec{name: name, targets: []string{o.Target}, entities: o.Entities, types: defaultTypes(o.Events), apply: apply, statements: statements, checks: checks}, nil
 }
 
-// idOf returns the text of the record's id column; ok is false when it is absent or NULL.
-func idOf(rec event.Record, col string) (string, bool) {
-	v, ok := rec.Get(col)
-	if !ok {
-		return "", false
+// idOf returns the text of the id column col in the event's new record (old: its old
+// record); ok is false when that record is absent or the value is NULL (a row with no
+// parent: nothing to recompute). It is an [*IDColumnError] when the record lacks the
+// column although it should carry it: the table no longer has the column (renamed or
+// dropped; a new record carries every column), or a delete's old record carries only the
+// table's replica identity columns and col is not one of them. An update's old record may
+// lack the column for that reason too; then only the new record's id is recomputed
+// (REPLICA IDENTITY FULL sends the whole old row, so a row moved to another parent
+// recomputes both).
+func idOf(op, target string, e *event.Event, old bool, col string) (string, bool, error) {
+	rec := e.NewRecord
+	if old {
+		rec = e.OldRecord
 	}
-	return v.Text()
+	if rec == nil {
+		return "", false, nil
+	}
+	if v, ok := rec.Get(col); ok {
+		if v.IsUnchanged() {
+			// An unchanged TOASTed id was not sent: its value is unknown, which is not NULL.
+			return "", false, &IDColumnError{Operator: op, Target: target, Table: tableOf(e), Column: col, Type: e.Type, Unchanged: true}
+		}
+		id, ok := v.Text()
+		return id, ok, nil
+	}
+	_, inTable := e.Source.Column(col)
+	known := len(e.Source.Columns) > 0 // events built by hand may not list their columns
+	if old && e.Type != event.Delete && (inTable || !known) {
+		// An update's old row under the default replica identity: the key columns only.
+		return "", false, nil
+	}
+	err := &IDColumnError{Operator: op, Target: target, Table: tableOf(e), Column: col, Type: e.Type,
+		NotInReplicaIdentity: old && (inTable || !known)}
+	for _, c := range e.Source.Columns {
+		err.Columns = append(err.Columns, c.Name)
+	}
+	return "", false, err
+}
+
+// tableOf names the event's table, with its schema unless that is public.
+func tableOf(e *event.Event) string {
+	if e.Source.Schema != "" && e.Source.Schema != "public" {
+		return e.Source.Schema + "." + e.Name
+	}
+	return e.Name
+}
+
+// IDColumnError is the failure of an event that lacks the column an [SQL] operator's ID
+// mapping names for its table, so the derived row the event affects is unknown. Retrying
+// the event cannot help ([IsPermanent]): the operator halts at once, and the error says
+// what to change.
+type IDColumnError struct {
+	// Operator is the operator's name; Target is its derived table.
+	Operator, Target string
+	// Table is the event's table; Column is the id column the operator maps it to.
+	Table, Column string
+	// Type is the event's type.
+	Type event.Type
+	// Columns are the event's columns: the table's columns when the change was made.
+	Columns []string
+	// NotInReplicaIdentity reports a delete whose old record carries only the table's
+	// replica identity columns (with REPLICA IDENTITY DEFAULT, the primary key), Column not
+	// among them. Unchanged reports an id that is an unchanged TOASTed value PostgreSQL did
+	// not send. When both are false, the table itself lacks Column: renamed or dropped.
+	NotInReplicaIdentity, Unchanged bool
+}
+
+func (e *IDColumnError) Error() string {
+	if e.NotInReplicaIdentity || e.Unchanged {
+		cause := fmt.Sprintf("its old record carries only the replica identity columns of %s, not %s", e.Table, e.Column)
+		if e.Unchanged {
+			cause = fmt.Sprintf("its %s is an unchanged TOASTed value that PostgreSQL did not send", e.Column)
+		}
+		return fmt.Sprintf("operator %s: %s of %s: %s, so the %s row it affects is unknown; run ALTER TABLE %s REPLICA IDENTITY FULL so that changes carry the whole row, then skip this event (walflow operator skip %s) and backfill the operator (walflow operator backfill %s) to recompute the row it missed",
+			e.Operator, e.Type, e.Table, cause, e.Target, quoteTable(e.Table), e.Operator, e.Operator)
+	}
+	return fmt.Sprintf("operator %s: %s of %s has no column %s, which the operator's id mapping names for %s (the event's columns: %s): the column was renamed or dropped, so the %s row the event affects is unknown; map %s to its new id column (id: {%s: NEW_COLUMN} under operators.%s in walflow.yaml, or SQL.ID in Go), fix the query if it names the column, restart walflow with that configuration, then run walflow operator restart %s",
+		e.Operator, e.Type, e.Table, e.Column, e.Table, strings.Join(e.Columns, ", "), e.Target, e.Table, bare(e.Table), e.Operator, e.Operator)
 }
 
 func quoteTable(t string) string {

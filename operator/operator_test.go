@@ -75,7 +75,8 @@ type env struct {
 	db  *pgxpool.Pool
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv starts the engine; each tweak may change its configuration first.
+func newEnv(t *testing.T, tweaks ...func(*walflow.Config)) *env {
 	t.Helper()
 	dsn := pgtest.NewDatabase(t)
 	ctx := t.Context()
@@ -88,11 +89,15 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	cfg, _ := pgx.ParseConfig(dsn)
-	eng, err := walflow.Open(ctx, walflow.Config{
+	engCfg := walflow.Config{
 		DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true, StatusInterval: 100 * time.Millisecond,
 		Tables: []channel.Table{{Name: "posts"}, {Name: "comments"}, {Name: "post_with_comments_counts"}},
 		Logger: testLogger(t),
-	})
+	}
+	for _, tw := range tweaks {
+		tw(&engCfg)
+	}
+	eng, err := walflow.Open(ctx, engCfg)
 	if err != nil {
 		t.Fatal(err)
 	}

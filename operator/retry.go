@@ -2,8 +2,12 @@ package operator
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walflow/walflow/event"
 )
@@ -103,4 +107,23 @@ func Sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// IsPermanent reports whether err cannot heal by retrying the same event, so that its
+// operator halts at once instead of after its retries: an event that lacks its id column
+// ([*IDColumnError]), or a PostgreSQL error of class 42 (syntax error or access rule
+// violation: a query that does not parse, a missing table, column or privilege) or class
+// 22 (data exception: a value the statement cannot take). Each needs a person to change
+// the configuration, the schema or the data; restarting the operator then retries the
+// event.
+func IsPermanent(err error) bool {
+	var ce *IDColumnError
+	if errors.As(err, &ce) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pgerrcode.IsSyntaxErrororAccessRuleViolation(pe.Code) || pgerrcode.IsDataException(pe.Code)
+	}
+	return false
 }

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -188,7 +189,9 @@ func (r *Runner) load(ctx context.Context, register bool) (map[string]row, error
 }
 
 // Run runs every operator until ctx ends. Halted operators stay halted until restarted;
-// their failure does not stop Run. It returns nil when ctx ends.
+// their failure does not stop Run, which logs, as it starts, those halted before. It first
+// prepares every SQL operator's statements, and returns an error naming the operator and
+// the statement when one does not prepare. It returns nil when ctx ends.
 func (r *Runner) Run(ctx context.Context) error {
 	if r.cfg.Ledger == nil {
 		return errors.New("operator: Config.Ledger is nil; Run needs the ledger to read")
@@ -241,12 +244,19 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		return nil
 	}
+	if err := r.check(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	if err := sync(); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
+	r.warnHalted(ctx)
 	t := time.NewTicker(r.cfg.ControlInterval)
 	defer t.Stop()
 	for {
@@ -430,7 +440,7 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 				return done, false
 			}
 		} else {
-			if attempt > policy.MaxRetries {
+			if attempt > policy.MaxRetries || IsPermanent(err) {
 				r.halt(ctx, o, bad, err)
 				return done, false
 			}
@@ -513,7 +523,10 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 	owner := make([]int, 0, len(evs))
 	for i := range evs {
 		n := len(q)
-		q = o.statements(&evs[i], q)
+		var err error
+		if q, err = o.statements(&evs[i], q); err != nil {
+			return i, err, false // nothing was sent
+		}
 		for range len(q) - n {
 			owner = append(owner, i)
 		}
@@ -529,7 +542,7 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 	}
 	for j, s := range q {
 		if _, err := res.Exec(); err != nil {
-			return owner[j], fmt.Errorf("%s: %w", s.what, err), false
+			return owner[j], s.err(err), false
 		}
 	}
 	if _, err := res.Exec(); err != nil {
@@ -563,8 +576,8 @@ func IsTransient(err error) bool {
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
-		// 08: connection exception; 57P01-03: shutdown, crash, cannot connect now.
-		return pe.Code[:2] == "08" || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+		return pgerrcode.IsConnectionException(pe.Code) || pe.Code == pgerrcode.AdminShutdown ||
+			pe.Code == pgerrcode.CrashShutdown || pe.Code == pgerrcode.CannotConnectNow
 	}
 	return pgconn.SafeToRetry(err)
 }

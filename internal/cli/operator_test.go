@@ -296,9 +296,10 @@ func (d *operatorStatusDoc) operator(name string) operatorStatus {
 	return operatorStatus{}
 }
 
-// TestOperatorRunAndBackfill runs walflow with the seed operator and one whose query fails,
-// watches the failing one halt and restarts it from the command line while walflow runs,
-// then backfills the rows that existed before walflow started.
+// TestOperatorRunAndBackfill runs walflow with the seed operator and one whose query fails:
+// on a missing table walflow refuses to start; with the table there but refusing the rows,
+// the failing operator halts, and is restarted from the command line while walflow runs.
+// Then it backfills the rows that existed before walflow started.
 func TestOperatorRunAndBackfill(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -354,6 +355,16 @@ operator_defaults:
 		t.Fatal(err)
 	}
 
+	// A query on a missing table is found when walflow starts, not at the first event.
+	r := runCLI(ctx, noEnv, "run", "--config", path)
+	if want := `walflow: operator comment_audit: its query does not prepare: ERROR: relation "comment_audit" does not exist (SQLSTATE 42P01); at line 1, column 13 of the statement`; r.code != ExitFailure || !strings.Contains(r.stderr, want) {
+		t.Fatalf("run with a query on a missing table: exit %d, want 1 and %s\nstderr:\n%s", r.code, want, r.stderr)
+	}
+	// With the table there, every insert breaks its check.
+	if _, err := pool.Exec(ctx, `CREATE TABLE comment_audit (post_id int NOT NULL CONSTRAINT audit_check CHECK (post_id < 0))`); err != nil {
+		t.Fatal(err)
+	}
+
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	runDone := make(chan result, 1)
@@ -370,7 +381,7 @@ operator_defaults:
 		DELETE FROM posts WHERE id = 60;`); err != nil {
 		t.Fatal(err)
 	}
-	// comment_audit does not exist: its operator halts on its first event, while the seed
+	// comment_audit refuses the rows: its operator halts on its first event, while the seed
 	// operator catches up with the head.
 	var doc operatorStatusDoc
 	waitFor(t, "comment_audit halts and post_with_comments_counts catches up", runDone, func() bool {
@@ -381,7 +392,7 @@ operator_defaults:
 			seed.LagEvents != nil && *seed.LagEvents == 0 && seed.Position == *doc.LedgerHead
 	})
 	audit := doc.operator("comment_audit")
-	if !strings.Contains(audit.Error, `relation "comment_audit" does not exist`) || audit.FailedPosition == 0 ||
+	if !strings.Contains(audit.Error, `violates check constraint "audit_check"`) || audit.FailedPosition == 0 ||
 		audit.Position != audit.FailedPosition-1 || *audit.LagEvents != uint64(*doc.LedgerHead-audit.Position) ||
 		!strings.HasPrefix(doc.LedgerHeadFrom, "the running walflow at http://"+addr) {
 		t.Errorf("operator status while walflow runs: %+v", doc)
@@ -391,7 +402,7 @@ operator_defaults:
 	waitForOutput(t, runDone, []string{
 		`(?m)^ledger head: position \d+ \(from the running walflow at http://` + regexp.QuoteMeta(addr) + `/status\)$`,
 		`(?m)^post_with_comments_counts +\d+ +0 +no +- +$`,
-		`(?m)^comment_audit +\d+ +\d+ +yes +\d+ +.*relation "comment_audit" does not exist`,
+		`(?m)^comment_audit +\d+ +\d+ +yes +\d+ +.*violates check constraint "audit_check"`,
 	}, "operator", "status", "--config", path)
 	waitForOutput(t, runDone, []string{
 		`(?m)^operator post_with_comments_counts +position \d+, 0 behind the head$`,
@@ -404,10 +415,10 @@ operator_defaults:
 	}
 
 	// Fix the cause and restart: the running walflow resumes the operator.
-	if _, err := pool.Exec(ctx, `CREATE TABLE comment_audit (post_id int NOT NULL)`); err != nil {
+	if _, err := pool.Exec(ctx, `ALTER TABLE comment_audit DROP CONSTRAINT audit_check`); err != nil {
 		t.Fatal(err)
 	}
-	r := runCLI(ctx, noEnv, "operator", "restart", "comment_audit", "--config", path)
+	r = runCLI(ctx, noEnv, "operator", "restart", "comment_audit", "--config", path)
 	if r.code != ExitOK || !strings.Contains(r.stdout, fmt.Sprintf("Restarted comment_audit: it retries the event at position %d", audit.FailedPosition)) {
 		t.Fatalf("operator restart: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
