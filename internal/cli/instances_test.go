@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/operator"
 )
 
 // instanceConfig writes, in a directory of its own, the configuration of an instance on
@@ -339,5 +340,48 @@ func TestTwoInstancesShareDatabase(t *testing.T) {
 	}
 	if a, b := mismatches(t, pool, derivedMismatches), mismatches(t, pool, postTotalsMismatches); a != 0 || b != 0 {
 		t.Errorf("after both stopped, %d and %d derived rows differ from a recomputation", a, b)
+	}
+}
+
+// reset refuses to run before the slot exists (the backfill could miss changes made before
+// the slot records them), and skip points an operator halted on another ledger to reset.
+func TestOperatorResetAndSkipOnForeignLedger(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn, pool := operatorDB(t)
+	slot := pool.Config().ConnConfig.Database
+	path, _, _ := instanceConfig(t, dsn, slot, seedOperators)
+	r := runCLI(ctx, noEnv, "operator", "reset", "post_with_comments_counts", "--config", path)
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "walflow: operator reset: slot "+slot+" does not exist; start walflow first") {
+		t.Errorf("operator reset without the slot: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO walflow.operators (instance, name, position, halted, error)
+		VALUES ($1, 'post_with_comments_counts', 122, true, 'operator post_with_comments_counts: operator: the checkpoint belongs to another ledger: ...')`, slot); err != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(ctx, noEnv, "operator", "skip", "post_with_comments_counts", "--config", path)
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "halted on no event: its checkpoint belongs to another ledger, so there is none to skip; rebuild it with walflow operator reset post_with_comments_counts") {
+		t.Errorf("operator skip of an operator halted on another ledger: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if s, err := operator.Statuses(ctx, pool, slot); err != nil || len(s) != 1 || !s[0].Halted || s[0].Position != 122 {
+		t.Errorf("the refused skip changed the checkpoint: %+v, %v", s, err)
+	}
+	// With the slot, reset rebuilds the rows and starts the operator over.
+	if _, err := pool.Exec(ctx, `INSERT INTO posts (title) VALUES ('a'), ('b'); INSERT INTO comments (post_id, body) VALUES (1, 'x')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = pool.Exec(context.WithoutCancel(ctx), `SELECT pg_drop_replication_slot($1)`, slot) })
+	r = runCLI(ctx, noEnv, "operator", "reset", "post_with_comments_counts", "--config", path, "--batch", "1")
+	if r.code != ExitOK || !strings.Contains(r.stdout, "Reset post_with_comments_counts in ") {
+		t.Fatalf("operator reset: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if s, err := operator.Statuses(ctx, pool, slot); err != nil || len(s) != 1 || s[0].Halted || s[0].Position != 0 || s[0].Error != "" {
+		t.Errorf("after reset: %+v, %v; want position 0, not halted", s, err)
+	}
+	if n := mismatches(t, pool, derivedMismatches); n != 0 {
+		t.Errorf("after reset, %d derived rows differ from a recomputation", n)
 	}
 }
