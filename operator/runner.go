@@ -223,6 +223,12 @@ func (r *Runner) load(ctx context.Context, register bool) (map[string]row, error
 				err := r.Scan(&name, &pos)
 				return fmt.Sprintf("%s@%d", name, pos), err
 			})
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "23505" {
+				// Another process of this instance registered the name meanwhile: its row
+				// is the instance's, and the old one stays for whoever has that name.
+				err, adopted = nil, nil
+			}
 			if err != nil {
 				return nil, fmt.Errorf("operator: adopt the checkpoints of an earlier walflow: %w", err)
 			}
