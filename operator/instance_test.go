@@ -262,3 +262,37 @@ func TestUpgradeAdoptsCheckpoints(t *testing.T) {
 		t.Fatalf("checkpoints left without an instance: %+v, %v; want gone's, which no instance has", legacy, err)
 	}
 }
+
+// An operator whose entities saw no event moves its checkpoint with Checkpoint only; that
+// checkpoint is marked with an event of the ledger too, so a new ledger that passed its
+// position still halts it instead of skipping the new ledger's events of its entities.
+func TestForeignLedgerIdleOperator(t *testing.T) {
+	t.Parallel()
+	e := newInstanceEnv(t)
+	ctx := t.Context()
+	old := e.ledger("s", 1)
+	for i := range 4 {
+		ledgertest.WriteTx(t, old, old.lsn, ledgertest.Event(old.lsn, 0, "posts", i+1))
+		old.lsn++
+	}
+	if err := old.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, stop := e.run("s", old)
+	waitFor(t, func() bool { return r.CommittedThrough("comments") == 4 })
+	if p, err := r.Checkpoint(ctx); err != nil || p != 4 {
+		t.Fatalf("Checkpoint = %d, %v; want 4", p, err)
+	}
+	stop()
+
+	led := e.ledger("s", 0x100_0000_0000)
+	e.insert(led, 10, 11, 12, 13, 14, 15)
+	r, _ = e.run("s", led)
+	waitFor(t, func() bool { return statusOf(t, r, "seen").Halted })
+	if st := statusOf(t, r, "seen"); !strings.Contains(st.Error, "the event at position 4 has LSN 100/3 in this ledger, but LSN 0/4") {
+		t.Fatalf("status on the new ledger = %+v", st)
+	}
+	if n := e.int(`SELECT count(*) FROM seen`); n != 0 {
+		t.Fatalf("the operator applied %d events of the new ledger from the old checkpoint", n)
+	}
+}

@@ -511,11 +511,22 @@ func (r *Runner) Checkpoint(ctx context.Context) (event.Position, error) {
 		// table may not even exist yet.
 		return 0, nil
 	}
+	// An operator whose entities see no events has read no event to mark its checkpoint
+	// with: the head's event marks it (any event of this ledger does).
+	var markPos, markLSN int64
+	if led := r.cfg.Ledger; led != nil {
+		if st := led.State(); st.Head > st.Tail {
+			if evs, err := led.Read(ctx, st.Head-1, 1); err == nil && len(evs) == 1 {
+				markPos, markLSN = int64(evs[0].Position), int64(evs[0].LSN)
+			}
+		}
+	}
 	// Never over a halt (its position stays where it failed) nor backwards (a concurrent
 	// batch may have committed further).
-	_, err := r.cfg.DB.Exec(ctx, `UPDATE walflow.operators o SET position = v.position, ledger = coalesce(nullif($4, ''), o.ledger), updated_at = now()
+	_, err := r.cfg.DB.Exec(ctx, `UPDATE walflow.operators o SET position = v.position, ledger = coalesce(nullif($4, ''), o.ledger),
+			mark_position = coalesce(nullif($5::bigint, 0), o.mark_position), mark_lsn = CASE WHEN $5::bigint = 0 THEN o.mark_lsn ELSE $6::bigint END, updated_at = now()
 		FROM unnest($1::text[], $2::bigint[]) AS v(name, position)
-		WHERE o.instance = $3 AND o.name = v.name AND o.position < v.position AND NOT o.halted`, names, reached, r.cfg.Instance, r.ledgerKey())
+		WHERE o.instance = $3 AND o.name = v.name AND o.position < v.position AND NOT o.halted`, names, reached, r.cfg.Instance, r.ledgerKey(), markPos, markLSN)
 	if err != nil {
 		return 0, fmt.Errorf("operator: save checkpoints: %w", err)
 	}
