@@ -150,7 +150,7 @@ func (e *Engine) openProcessStatus() error {
 		case "none":
 			store = processstatus.NoStore{}
 		default:
-			ps, err := pgstore.New(pgstore.Config{DB: e.pool, Logger: e.cfg.Logger})
+			ps, err := pgstore.New(pgstore.Config{DB: e.pool, Instance: e.cfg.Slot, Logger: e.cfg.Logger})
 			if err != nil {
 				return err
 			}
@@ -205,7 +205,7 @@ func (e *Engine) openOperators() error {
 	pool := e.pool
 	e.opMetrics = newOperatorMetrics(e.cfg.ErrorReporter, e.cfg.Logger)
 	r, err := operator.New(operator.Config{
-		DB: pool, Ledger: e.led, Operators: e.cfg.Operators,
+		DB: pool, Instance: e.cfg.Slot, Ledger: e.led, Operators: e.cfg.Operators,
 		BatchSize: e.cfg.OperatorBatchSize, BatchDelay: e.cfg.OperatorBatchDelay, Retry: e.cfg.OperatorRetry,
 		Reporter: e.opMetrics, Logger: e.cfg.Logger,
 	})

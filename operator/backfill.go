@@ -39,6 +39,11 @@ type BackfillOpts struct {
 	// Default false: an interrupted backfill resumes after its last committed batch (a
 	// finished one always starts over).
 	Restart bool
+	// Derived also runs an [SQL] operator's Query for the id of every row already in its
+	// Target, after the entities, so that a derived row whose id no longer appears in any
+	// entity (all its comments deleted, while nothing followed them) is recomputed too.
+	// [Reset] sets it. Default false.
+	Derived bool
 }
 
 // Backfill runs operator op for every row that already exists in its source entities, so
@@ -90,7 +95,7 @@ func Backfill(ctx context.Context, db *pgxpool.Pool, op Operator, opts *Backfill
 		return err
 	}
 	b := &backfill{db: db, name: s.name, batch: cmp.Or(opts.BatchSize, BackfillBatchDefault), progress: opts.Progress}
-	if err := b.plan(ctx, op); err != nil {
+	if err := b.plan(ctx, op, opts.Derived); err != nil {
 		return err
 	}
 	if err := migrateBackfills(ctx, db); err != nil {
@@ -346,12 +351,12 @@ func deref(s *string) string {
 }
 
 // plan prepares the walkers of op's entities.
-func (b *backfill) plan(ctx context.Context, op Operator) error {
+func (b *backfill) plan(ctx context.Context, op Operator, derived bool) error {
 	switch o := op.(type) {
 	case SQL:
-		return b.planSQL(o)
+		return b.planSQL(o, derived)
 	case *SQL:
-		return b.planSQL(*o)
+		return b.planSQL(*o, derived)
 	case Func:
 		return b.planFunc(ctx, o)
 	case *Func:
@@ -360,9 +365,10 @@ func (b *backfill) plan(ctx context.Context, op Operator) error {
 	return fmt.Errorf("operator: cannot backfill an operator of type %T", op)
 }
 
-func (b *backfill) planSQL(o SQL) error {
+func (b *backfill) planSQL(o SQL, derived bool) error {
 	target := quoteTable(o.Target)
-	targetID := pgx.Identifier{cmp.Or(o.TargetIDColumn, TargetIDColumnDefault)}.Sanitize()
+	targetCol := cmp.Or(o.TargetIDColumn, TargetIDColumnDefault)
+	targetID := pgx.Identifier{targetCol}.Sanitize()
 	for _, ent := range o.Entities {
 		col := cmp.Or(o.ID[ent], o.ID[bare(ent)], "id")
 		qcol := pgx.Identifier{col}.Sanitize()
@@ -372,58 +378,66 @@ func (b *backfill) planSQL(o SQL) error {
 			b.pruneSQL = append(b.pruneSQL, `DELETE FROM `+target+` t WHERE t.`+targetID+` IS NOT NULL AND NOT EXISTS (
 				SELECT 1 FROM `+table+` e WHERE e.`+qcol+`::text = t.`+targetID+`::text)`)
 		}
-		// The text form is selected but the column's own type orders (numbers numerically),
-		// and $2, sent as text, is read as that type. GROUP BY rather than DISTINCT, which
-		// would have to order by what it selects; e.col rather than col, which ORDER BY would
-		// take for the text output column of the same name.
-		ecol := `e.` + qcol
-		first := `SELECT ` + ecol + `::text FROM ` + table + ` e WHERE ` + ecol + ` IS NOT NULL GROUP BY ` + ecol + ` ORDER BY ` + ecol + ` LIMIT $1`
-		next := `SELECT ` + ecol + `::text FROM ` + table + ` e WHERE ` + ecol + ` > $2 GROUP BY ` + ecol + ` ORDER BY ` + ecol + ` LIMIT $1`
-		query, what := o.Query, "query for "+o.Target+" id "
-		entity := ent
-		b.walkers = append(b.walkers, &walker{
-			entity:   ent,
-			countSQL: `SELECT count(DISTINCT ` + qcol + `) FROM ` + table,
-			step: func(ctx context.Context, tx pgx.Tx, last *string, n int) (*string, int, error) {
-				var rows pgx.Rows
-				var err error
-				if last == nil {
-					rows, err = tx.Query(ctx, first, n)
-				} else {
-					rows, err = tx.Query(ctx, next, n, *last)
-				}
-				if err != nil {
-					return nil, 0, fmt.Errorf("read the ids of %s: %w", entity, err)
-				}
-				ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-				if err != nil {
-					return nil, 0, fmt.Errorf("read the ids of %s: %w", entity, err)
-				}
-				var newLast *string
-				if len(ids) > 0 {
-					newLast = &ids[len(ids)-1]
-				}
-				// The whole batch and the progress update travel in one round trip.
-				batch := &pgx.Batch{}
-				for _, id := range ids {
-					batch.Queue(query, id)
-				}
-				batch.Queue(saveProgressSQL, b.name, entity, newLast, len(ids), len(ids) < n)
-				res := tx.SendBatch(ctx, batch)
-				defer res.Close()
-				for _, id := range ids {
-					if _, err := res.Exec(); err != nil {
-						return nil, 0, fmt.Errorf("%s%s: %w", what, id, err)
-					}
-				}
-				if _, err := res.Exec(); err != nil {
-					return nil, 0, fmt.Errorf("save progress: %w", err)
-				}
-				return newLast, len(ids), res.Close()
-			},
-		})
+		b.walkers = append(b.walkers, b.idWalker(o, ent, table, qcol))
+	}
+	if derived {
+		b.walkers = append(b.walkers, b.idWalker(o, o.Target, target, targetID))
 	}
 	return nil
+}
+
+// idWalker walks the distinct non-NULL values of column qcol of table (named entity in the
+// progress) and runs o's Query for each.
+func (b *backfill) idWalker(o SQL, entity, table, qcol string) *walker {
+	// The text form is selected but the column's own type orders (numbers numerically),
+	// and $2, sent as text, is read as that type. GROUP BY rather than DISTINCT, which
+	// would have to order by what it selects; e.col rather than col, which ORDER BY would
+	// take for the text output column of the same name.
+	ecol := `e.` + qcol
+	first := `SELECT ` + ecol + `::text FROM ` + table + ` e WHERE ` + ecol + ` IS NOT NULL GROUP BY ` + ecol + ` ORDER BY ` + ecol + ` LIMIT $1`
+	next := `SELECT ` + ecol + `::text FROM ` + table + ` e WHERE ` + ecol + ` > $2 GROUP BY ` + ecol + ` ORDER BY ` + ecol + ` LIMIT $1`
+	query, what := o.Query, "query for "+o.Target+" id "
+	return &walker{
+		entity:   entity,
+		countSQL: `SELECT count(DISTINCT ` + qcol + `) FROM ` + table,
+		step: func(ctx context.Context, tx pgx.Tx, last *string, n int) (*string, int, error) {
+			var rows pgx.Rows
+			var err error
+			if last == nil {
+				rows, err = tx.Query(ctx, first, n)
+			} else {
+				rows, err = tx.Query(ctx, next, n, *last)
+			}
+			if err != nil {
+				return nil, 0, fmt.Errorf("read the ids of %s: %w", entity, err)
+			}
+			ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return nil, 0, fmt.Errorf("read the ids of %s: %w", entity, err)
+			}
+			var newLast *string
+			if len(ids) > 0 {
+				newLast = &ids[len(ids)-1]
+			}
+			// The whole batch and the progress update travel in one round trip.
+			batch := &pgx.Batch{}
+			for _, id := range ids {
+				batch.Queue(query, id)
+			}
+			batch.Queue(saveProgressSQL, b.name, entity, newLast, len(ids), len(ids) < n)
+			res := tx.SendBatch(ctx, batch)
+			defer res.Close()
+			for _, id := range ids {
+				if _, err := res.Exec(); err != nil {
+					return nil, 0, fmt.Errorf("%s%s: %w", what, id, err)
+				}
+			}
+			if _, err := res.Exec(); err != nil {
+				return nil, 0, fmt.Errorf("save progress: %w", err)
+			}
+			return newLast, len(ids), res.Close()
+		},
+	}
 }
 
 // planFunc reads each entity's columns and primary key from the catalog.

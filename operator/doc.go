@@ -61,6 +61,22 @@
 // (comments(post_id) for a count of a post's comments): without it every event scans the
 // table (160 events/s instead of 1,000).
 //
+// # Instances and ledgers
+//
+// Several walflows (each with its own slot and ledger) may share a database: a checkpoint
+// belongs to one instance ([Config].Instance, the engine's slot name), and [Statuses],
+// [Restart], [Skip] and [Reset] name the instance they act on. A walflow.operators table made
+// before instances is upgraded in place by [Migrate]; the first runner of an instance with an
+// operator of a stored name adopts that checkpoint.
+//
+// A checkpoint counts the events of one ledger, so it records which one ([LedgerKey]) and
+// the position and LSN of an event of it. A runner halts, with an error wrapping
+// [ErrForeignLedger] and without applying anything, an operator whose checkpoint names
+// another ledger, lies past its ledger's head, or whose recorded event has another LSN in
+// its ledger: the ledger was moved aside for a resync, deleted, or is a memory ledger that
+// restarted. Such an operator holds the ledger's retention and process status back until
+// [Reset] starts it over on the runner's ledger and rebuilds its rows.
+//
 // # Backfill
 //
 // [Backfill] (walflow operator backfill NAME) runs an operator for every existing id of its

@@ -35,10 +35,17 @@ var (
 	ErrUnknown = errors.New("operator: no such operator")
 	// ErrNotHalted is returned by Skip for an operator that is not halted.
 	ErrNotHalted = errors.New("operator: not halted")
+	// ErrForeignLedger is wrapped by the halt error of an operator whose stored checkpoint
+	// counts the events of another ledger than the runner's: one recorded for another
+	// system, database or slot, one past the ledger's head, or one whose recorded event has
+	// another LSN in this ledger (the ledger was moved aside for a resync, deleted, or is a
+	// memory ledger that restarted). [Reset] is the way out.
+	ErrForeignLedger = errors.New("operator: the checkpoint belongs to another ledger")
 )
 
 // Ledger is what operators read.
 type Ledger interface {
+	Read(ctx context.Context, after event.Position, limit int) ([]event.Event, error)
 	ReadKeys(ctx context.Context, keys []string, after event.Position, limit int) ([]event.Event, error)
 	Wait(ctx context.Context, after event.Position) error
 	State() ledger.State
@@ -48,6 +55,11 @@ type Ledger interface {
 type Config struct {
 	// DB is the followed database, where effects and checkpoints are committed. Required.
 	DB *pgxpool.Pool
+	// Instance names the walflow instance whose checkpoints the runner keeps: the engine
+	// sets it to its replication slot's name, which is unique in the cluster. Runners of
+	// different instances keep separate rows in walflow.operators, so any number of them
+	// share a database, even with operators of the same names. Default "".
+	Instance string
 	// Ledger is read by every operator. Required for Run.
 	Ledger Ledger
 	// Operators to run. Names must be unique.
@@ -92,6 +104,11 @@ type opState struct {
 	// haltedAt is when the halt was recorded (UnixNano): only a checkpoint read that began
 	// later can show the operator restarted.
 	haltedAt atomic.Int64
+	// markPos and markLSN are the position and LSN of the last event the operator read: an
+	// event of the runner's ledger, saved with each checkpoint so that a later start can
+	// tell whether the checkpoint counts the events of the ledger it reads.
+	markPos atomic.Uint64
+	markLSN atomic.Uint64
 }
 
 // New validates the operators and returns a Runner. It refuses duplicate names and an
@@ -137,16 +154,37 @@ func New(cfg Config) (*Runner, error) {
 	return r, nil
 }
 
-// Migrate creates walflow's operator table in the followed database when missing.
+// Migrate creates walflow's operator table in the followed database when missing, and
+// upgrades one made by an earlier walflow in place: its rows, keyed by operator name only,
+// get the instance "" and are adopted by the first runner whose instance has an operator of
+// that name (see [Config].Instance), so no checkpoint is lost.
 func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 	err := pgschema.Create(ctx, db, `CREATE SCHEMA IF NOT EXISTS walflow;
 		CREATE TABLE IF NOT EXISTS walflow.operators (
-			name text PRIMARY KEY,
+			instance text NOT NULL DEFAULT '',
+			name text NOT NULL,
 			position bigint NOT NULL DEFAULT 0,
 			halted boolean NOT NULL DEFAULT false,
 			error text,
 			failed_position bigint,
-			updated_at timestamptz NOT NULL DEFAULT now())`)
+			updated_at timestamptz NOT NULL DEFAULT now(),
+			ledger text,
+			mark_position bigint,
+			mark_lsn bigint,
+			PRIMARY KEY (instance, name));
+		DO $$
+		DECLARE pk name;
+		BEGIN
+			IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'walflow.operators'::regclass AND attname = 'instance' AND NOT attisdropped) THEN
+				ALTER TABLE walflow.operators ADD COLUMN instance text NOT NULL DEFAULT '',
+					ADD COLUMN IF NOT EXISTS ledger text, ADD COLUMN IF NOT EXISTS mark_position bigint, ADD COLUMN IF NOT EXISTS mark_lsn bigint;
+				SELECT conname INTO pk FROM pg_constraint WHERE conrelid = 'walflow.operators'::regclass AND contype = 'p';
+				IF pk IS NOT NULL THEN
+					EXECUTE format('ALTER TABLE walflow.operators DROP CONSTRAINT %I', pk);
+				END IF;
+				ALTER TABLE walflow.operators ADD PRIMARY KEY (instance, name);
+			END IF;
+		END $$`)
 	if err != nil {
 		return fmt.Errorf("operator: create the walflow.operators table: %w (the role needs CREATE on the database, or create the schema yourself)", err)
 	}
@@ -157,20 +195,55 @@ func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 type row struct {
 	position event.Position
 	halted   bool
+	err      string
+	ledger   string         // the ledger whose events position counts; "" when unknown
+	markPos  event.Position // an event of that ledger, 0 when none is recorded
+	markLSN  event.LSN      // its LSN
 }
 
-// load reads the operators' checkpoints, registering the operators first when register.
+// load reads the operators' checkpoints, registering the operators first when register
+// (and adopting the rows an earlier walflow kept without an instance).
 func (r *Runner) load(ctx context.Context, register bool) (map[string]row, error) {
 	names := make([]string, len(r.ops))
 	for i, o := range r.ops {
 		names[i] = o.name
 	}
+	inst := r.cfg.Instance
 	if register {
-		if _, err := r.cfg.DB.Exec(ctx, `INSERT INTO walflow.operators (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, names); err != nil {
+		if inst != "" {
+			rows, err := r.cfg.DB.Query(ctx, `UPDATE walflow.operators o SET instance = $1, updated_at = now()
+				WHERE o.instance = '' AND o.name = ANY($2)
+				AND NOT EXISTS (SELECT 1 FROM walflow.operators m WHERE m.instance = $1 AND m.name = o.name)
+				RETURNING o.name, o.position`, inst, names)
+			if err != nil {
+				return nil, fmt.Errorf("operator: adopt the checkpoints of an earlier walflow: %w", err)
+			}
+			adopted, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+				var name string
+				var pos int64
+				err := r.Scan(&name, &pos)
+				return fmt.Sprintf("%s@%d", name, pos), err
+			})
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "23505" {
+				// Another process of this instance registered the name meanwhile: its row
+				// is the instance's, and the old one stays for whoever has that name.
+				err, adopted = nil, nil
+			}
+			if err != nil {
+				return nil, fmt.Errorf("operator: adopt the checkpoints of an earlier walflow: %w", err)
+			}
+			if len(adopted) > 0 {
+				r.log.InfoContext(ctx, "adopted operator checkpoints kept before walflow keyed them by instance",
+					slog.String("instance", inst), slog.Any("checkpoints", adopted))
+			}
+		}
+		if _, err := r.cfg.DB.Exec(ctx, `INSERT INTO walflow.operators (instance, name) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING`, inst, names); err != nil {
 			return nil, fmt.Errorf("operator: register operators: %w", err)
 		}
 	}
-	rows, err := r.cfg.DB.Query(ctx, `SELECT name, position, halted FROM walflow.operators WHERE name = ANY($1)`, names)
+	rows, err := r.cfg.DB.Query(ctx, `SELECT name, position, halted, coalesce(error, ''), coalesce(ledger, ''), coalesce(mark_position, 0), coalesce(mark_lsn, 0)
+		FROM walflow.operators WHERE instance = $1 AND name = ANY($2)`, inst, names)
 	if err != nil {
 		return nil, fmt.Errorf("operator: load checkpoints: %w", err)
 	}
@@ -178,14 +251,70 @@ func (r *Runner) load(ctx context.Context, register bool) (map[string]row, error
 	out := map[string]row{}
 	for rows.Next() {
 		var name string
-		var pos int64
-		var halted bool
-		if err := rows.Scan(&name, &pos, &halted); err != nil {
+		var pos, markPos, markLSN int64
+		var rw row
+		if err := rows.Scan(&name, &pos, &rw.halted, &rw.err, &rw.ledger, &markPos, &markLSN); err != nil {
 			return nil, fmt.Errorf("operator: load checkpoints: %w", err)
 		}
-		out[name] = row{event.Position(pos), halted}
+		rw.position, rw.markPos, rw.markLSN = event.Position(pos), event.Position(markPos), event.LSN(markLSN)
+		out[name] = rw
 	}
 	return out, rows.Err()
+}
+
+// LedgerKey names the ledger a checkpoint counts the events of, by what the ledger follows:
+// the PostgreSQL system, database and slot. It is "" while the ledger has not recorded
+// what it follows. (Projectors name their ledger the same way.)
+func LedgerKey(o ledger.Origin) string {
+	if o.IsZero() {
+		return ""
+	}
+	// Not the timeline: a promoted standby continues the same history.
+	return o.SystemID + "/" + o.Database + "/" + o.Slot
+}
+
+// checkLedger returns an error wrapping [ErrForeignLedger] when rw cannot count the events
+// of the runner's ledger, nil when it can (or cannot be told). Only a failure to read the
+// ledger is returned as err.
+func (r *Runner) checkLedger(ctx context.Context, o *opState, rw row) (foreign error, err error) {
+	st := r.cfg.Ledger.State()
+	way := fmt.Sprintf("rebuild its rows and start it on this ledger with walflow operator reset %s (operator.Reset in Go)", o.name)
+	if key := LedgerKey(st.Origin); key != "" && rw.ledger != "" && key != rw.ledger {
+		return fmt.Errorf("operator %s: %w: its checkpoint (position %d) counts the events of ledger %s, and this walflow reads ledger %s; %s",
+			o.name, ErrForeignLedger, rw.position, rw.ledger, key, way), nil
+	}
+	if rw.position > st.Head || rw.markPos > st.Head {
+		return fmt.Errorf("operator %s: %w: its checkpoint (position %d) is past the ledger's head %d, so the ledger was replaced (moved aside for a resync, deleted, or a memory ledger restarted); %s",
+			o.name, ErrForeignLedger, max(rw.position, rw.markPos), st.Head, way), nil
+	}
+	if rw.markPos == 0 || rw.markPos <= st.Tail {
+		return nil, nil // nothing recorded, or removed by retention: the head check is all there is
+	}
+	evs, err := r.cfg.Ledger.Read(ctx, rw.markPos-1, 1)
+	if errors.Is(err, ledger.ErrTruncated) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("operator %s: read the ledger at its checkpoint's event %d: %w", o.name, rw.markPos, err)
+	}
+	if len(evs) == 1 && evs[0].Position == rw.markPos && evs[0].LSN != rw.markLSN {
+		return fmt.Errorf("operator %s: %w: the event at position %d has LSN %s in this ledger, but LSN %s in the ledger its checkpoint (position %d) counts, so the ledger was replaced (moved aside for a resync, or deleted); %s",
+			o.name, ErrForeignLedger, rw.markPos, evs[0].LSN, rw.markLSN, rw.position, way), nil
+	}
+	return nil, nil
+}
+
+// haltForeign records that o halted because its checkpoint belongs to another ledger. The
+// position stays as it is; the event it failed on is none (a skip cannot help).
+func (r *Runner) haltForeign(ctx context.Context, o *opState, cause error) {
+	_, err := r.cfg.DB.Exec(context.WithoutCancel(ctx), `UPDATE walflow.operators SET halted = true, error = $3, failed_position = NULL, updated_at = now()
+		WHERE instance = $1 AND name = $2`, r.cfg.Instance, o.name, cause.Error())
+	if err != nil {
+		r.log.ErrorContext(ctx, "record that an operator halted", slog.String("operator", o.name), slog.Any("error", err))
+	}
+	o.haltedAt.Store(time.Now().UnixNano())
+	o.halted.Store(true)
+	r.cfg.Reporter.Halted(ctx, o.name, &event.Event{}, cause)
 }
 
 // Run runs every operator until ctx ends. Halted operators stay halted until restarted;
@@ -225,6 +354,21 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		for _, o := range r.ops {
 			rw := rows[o.name]
+			if !o.running.Load() {
+				foreign, err := r.checkLedger(ctx, o, rw)
+				if err != nil {
+					return err
+				}
+				if foreign != nil {
+					if !rw.halted || rw.err != foreign.Error() {
+						r.haltForeign(ctx, o, foreign)
+					}
+					// Nothing of this ledger is applied: hold retention and process status.
+					o.halted.Store(true)
+					o.through.Store(0)
+					continue
+				}
+			}
 			if rw.halted {
 				if !o.running.Load() {
 					o.halted.Store(true)
@@ -309,6 +453,9 @@ func (r *Runner) runOp(ctx context.Context, o *opState, pos event.Position) {
 			}
 			continue
 		}
+		last := &raw[len(raw)-1]
+		o.markPos.Store(uint64(last.Position))
+		o.markLSN.Store(uint64(last.LSN))
 		evs := raw[:0:0]
 		for _, e := range raw {
 			if slices.Contains(o.types, e.Type) {
@@ -374,11 +521,22 @@ func (r *Runner) Checkpoint(ctx context.Context) (event.Position, error) {
 		// table may not even exist yet.
 		return 0, nil
 	}
+	// An operator whose entities see no events has read no event to mark its checkpoint
+	// with: the head's event marks it (any event of this ledger does).
+	var markPos, markLSN int64
+	if led := r.cfg.Ledger; led != nil {
+		if st := led.State(); st.Head > st.Tail {
+			if evs, err := led.Read(ctx, st.Head-1, 1); err == nil && len(evs) == 1 {
+				markPos, markLSN = int64(evs[0].Position), int64(evs[0].LSN)
+			}
+		}
+	}
 	// Never over a halt (its position stays where it failed) nor backwards (a concurrent
 	// batch may have committed further).
-	_, err := r.cfg.DB.Exec(ctx, `UPDATE walflow.operators o SET position = v.position, updated_at = now()
+	_, err := r.cfg.DB.Exec(ctx, `UPDATE walflow.operators o SET position = v.position, ledger = coalesce(nullif($4, ''), o.ledger),
+			mark_position = coalesce(nullif($5::bigint, 0), o.mark_position), mark_lsn = CASE WHEN $5::bigint = 0 THEN o.mark_lsn ELSE $6::bigint END, updated_at = now()
 		FROM unnest($1::text[], $2::bigint[]) AS v(name, position)
-		WHERE o.name = v.name AND o.position < v.position AND NOT o.halted`, names, reached)
+		WHERE o.instance = $3 AND o.name = v.name AND o.position < v.position AND NOT o.halted`, names, reached, r.cfg.Instance, r.ledgerKey(), markPos, markLSN)
 	if err != nil {
 		return 0, fmt.Errorf("operator: save checkpoints: %w", err)
 	}
@@ -458,7 +616,7 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 
 func (r *Runner) checkpointOf(ctx context.Context, o *opState) (event.Position, bool) {
 	var pos int64
-	if err := r.cfg.DB.QueryRow(ctx, `SELECT position FROM walflow.operators WHERE name = $1`, o.name).Scan(&pos); err != nil {
+	if err := r.cfg.DB.QueryRow(ctx, `SELECT position FROM walflow.operators WHERE instance = $1 AND name = $2`, r.cfg.Instance, o.name).Scan(&pos); err != nil {
 		return 0, false
 	}
 	return event.Position(pos), ctx.Err() == nil
@@ -501,7 +659,7 @@ func (r *Runner) applyTx(ctx context.Context, o *opState, evs []event.Event, thr
 				return i, err, false
 			}
 		}
-		if _, err := tx.Exec(ctx, saveCheckpointSQL, o.name, int64(through)); err != nil {
+		if _, err := tx.Exec(ctx, saveCheckpointSQL, r.checkpointArgs(o, through)...); err != nil {
 			return 0, fmt.Errorf("save checkpoint: %w", err), false
 		}
 	}
@@ -511,7 +669,24 @@ func (r *Runner) applyTx(ctx context.Context, o *opState, evs []event.Event, thr
 	return 0, nil, false
 }
 
-const saveCheckpointSQL = `UPDATE walflow.operators SET position = $2, updated_at = now() WHERE name = $1`
+// saveCheckpointSQL moves an operator's checkpoint ($3) and records the ledger it counts
+// ($4, kept when unknown) and an event of that ledger ($5 position, $6 LSN; kept when 0).
+const saveCheckpointSQL = `UPDATE walflow.operators SET position = $3, ledger = coalesce(nullif($4, ''), ledger),
+	mark_position = coalesce(nullif($5, 0), mark_position), mark_lsn = CASE WHEN $5 = 0 THEN mark_lsn ELSE $6 END, updated_at = now()
+	WHERE instance = $1 AND name = $2`
+
+// checkpointArgs are saveCheckpointSQL's arguments for o at through.
+func (r *Runner) checkpointArgs(o *opState, through event.Position) []any {
+	return []any{r.cfg.Instance, o.name, int64(through), r.ledgerKey(), int64(o.markPos.Load()), int64(o.markLSN.Load())}
+}
+
+// ledgerKey is [LedgerKey] of the runner's ledger.
+func (r *Runner) ledgerKey() string {
+	if r.cfg.Ledger == nil {
+		return ""
+	}
+	return LedgerKey(r.cfg.Ledger.State().Origin)
+}
 
 // applyQueued sends an SQL operator's whole batch (the lock, every event's statements and
 // the checkpoint update) in one round trip, then reads the results in order, so the first
@@ -534,7 +709,7 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 	for _, s := range q {
 		b.Queue(s.sql, s.arg)
 	}
-	b.Queue(saveCheckpointSQL, o.name, int64(through))
+	b.Queue(saveCheckpointSQL, r.checkpointArgs(o, through)...)
 	res := tx.SendBatch(ctx, b)
 	defer res.Close()
 	if _, err := res.Exec(); err != nil {
@@ -557,8 +732,8 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 func (r *Runner) halt(ctx context.Context, o *opState, e *event.Event, cause error) {
 	// Record the halt before showing it: the control loop must never see the operator
 	// stopped while the database still says it runs, or it would restart it at once.
-	_, err := r.cfg.DB.Exec(context.WithoutCancel(ctx), `UPDATE walflow.operators SET halted = true, error = $2, failed_position = $3, updated_at = now() WHERE name = $1`,
-		o.name, cause.Error(), int64(e.Position))
+	_, err := r.cfg.DB.Exec(context.WithoutCancel(ctx), `UPDATE walflow.operators SET halted = true, error = $3, failed_position = $4, updated_at = now()
+		WHERE instance = $1 AND name = $2`, r.cfg.Instance, o.name, cause.Error(), int64(e.Position))
 	if err != nil {
 		r.log.ErrorContext(ctx, "record that an operator halted", slog.String("operator", o.name), slog.Any("error", err))
 	}

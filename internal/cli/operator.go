@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/source/pgwal"
 )
 
 var operatorCommand = &command{
@@ -29,8 +31,14 @@ so these commands work from any machine that reaches the database, whether walfl
 running or not; a running walflow picks up a restart or a skip within a second.
 
 An operator whose event keeps failing is halted: fix the cause (the query, a constraint,
-the derived table), then restart it to retry that event, or skip the event and backfill.`,
-	subs: []*command{operatorStatusCommand, operatorRestartCommand, operatorSkipCommand, operatorBackfillCommand},
+the derived table), then restart it to retry that event, or skip the event and backfill.
+An operator whose checkpoint belongs to another ledger (after a resync) is halted too:
+reset it.
+
+Checkpoints are kept per instance, the slot's name, so several walflows (each with its own
+slot and ledger) share a database. These commands act on the instance of the configured
+slot; status, restart and skip take --instance SLOT to act on another one.`,
+	subs: []*command{operatorStatusCommand, operatorRestartCommand, operatorSkipCommand, operatorBackfillCommand, operatorResetCommand},
 }
 
 // configFlag declares --config on fs.
@@ -49,9 +57,27 @@ func nameFlags(run func(ctx context.Context, e *env, path, name string) error) f
 	}
 }
 
+// instanceFlags are the flags of an operator command on one NAME with --config and
+// --instance: run gets the configuration file, the instance ("" for the configured slot's)
+// and the name.
+func instanceFlags(run func(ctx context.Context, e *env, path, instance, name string) error) func(*flag.FlagSet) execFunc {
+	return func(fs *flag.FlagSet) execFunc {
+		path := configFlag(fs)
+		instance := instanceFlag(fs)
+		return func(ctx context.Context, e *env, args []string) error {
+			return run(ctx, e, *path, *instance, args[0])
+		}
+	}
+}
+
+// instanceFlag declares --instance on fs.
+func instanceFlag(fs *flag.FlagSet) *string {
+	return fs.String("instance", "", "the walflow instance (its slot `name`) whose operators to act on; default: the configured slot's")
+}
+
 var operatorStatusCommand = &command{
 	name:    "status",
-	args:    "[--config FILE] [--json]",
+	args:    "[--config FILE] [--instance SLOT] [--json]",
 	summary: "Show each operator's position, lag, and why it halted.",
 	help: `
 status reads walflow.operators in the followed database: each operator's checkpoint (the
@@ -60,19 +86,23 @@ that halted it and the position of the event it failed on. The lag is the ledger
 minus the position; the head comes from the running walflow (http.addr), or from the
 ledger directory when walflow is stopped, and is unknown otherwise. The exit code is 1
 when walflow.operators cannot be read, for example before walflow run first started the
-operators.`,
+operators.
+
+It shows the operators of one instance: the configured slot's, or the one --instance
+names, and lists the other instances that keep operators in the database.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
+		instance := instanceFlag(fs)
 		asJSON := fs.Bool("json", false, "print the operators as JSON")
 		return func(ctx context.Context, e *env, _ []string) error {
-			return operatorStatusMain(ctx, e, *path, *asJSON)
+			return operatorStatusMain(ctx, e, *path, *instance, *asJSON)
 		}
 	},
 }
 
 var operatorRestartCommand = &command{
 	name:    "restart",
-	args:    "NAME [--config FILE]",
+	args:    "NAME [--config FILE] [--instance SLOT]",
 	params:  []string{"NAME"},
 	summary: "Clear a halted operator so it retries the event it failed on.",
 	help: `
@@ -80,19 +110,19 @@ restart clears the operator's halt in walflow.operators. It then retries the eve
 failed on and goes on from there: at once in a running walflow (within a second), or when
 walflow run next starts. Fix what made the event fail first, or the operator halts again
 after its retries.`,
-	flags: nameFlags(operatorRestartMain),
+	flags: instanceFlags(operatorRestartMain),
 }
 
 var operatorSkipCommand = &command{
 	name:    "skip",
-	args:    "NAME [--config FILE]",
+	args:    "NAME [--config FILE] [--instance SLOT]",
 	params:  []string{"NAME"},
 	summary: "Move a halted operator past the event it failed on, without applying it.",
 	help: `
 skip moves the halted operator's checkpoint past exactly the event it failed on and
 restarts it. That event's effect is never applied, so the derived rows it would have
 changed may be wrong: run walflow operator backfill NAME afterwards to recompute them.`,
-	flags: nameFlags(operatorSkipMain),
+	flags: instanceFlags(operatorSkipMain),
 }
 
 // operatorCmd is an operator command's configuration and the operator it names.
@@ -100,6 +130,9 @@ type operatorCmd struct {
 	name string // "operator status", for errors
 	cfg  *config
 	path string
+	// instance is the instance acted on; own says it is the configured slot's.
+	instance string
+	own      bool
 }
 
 // loadOperatorCmd loads the configuration of an operator command.
@@ -108,7 +141,15 @@ func loadOperatorCmd(e *env, name, path string) (*operatorCmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &operatorCmd{name: name, cfg: c, path: path}, nil
+	slot := cmp.Or(c.engine.Slot, pgwal.SlotDefault)
+	return &operatorCmd{name: name, cfg: c, path: path, instance: slot, own: true}, nil
+}
+
+// selectInstance makes the command act on instance, when not "".
+func (oc *operatorCmd) selectInstance(instance string) {
+	if instance != "" && instance != oc.instance {
+		oc.instance, oc.own = instance, false
+	}
 }
 
 // names lists the configured operators.
@@ -138,15 +179,19 @@ func (oc *operatorCmd) find(name string) (operator.SQL, error) {
 
 // pool opens a pool on the followed database. It connects on first use.
 // openOperator loads the configuration for command cmd, finds the named operator and opens
-// a pool on the database; the caller closes the pool.
-func openOperator(ctx context.Context, e *env, cmd, path, name string) (*operatorCmd, operator.SQL, *pgxpool.Pool, error) {
+// a pool on the database; the caller closes the pool. With another instance than the
+// configured slot's, the name need not be in the configuration.
+func openOperator(ctx context.Context, e *env, cmd, path, instance, name string) (*operatorCmd, operator.SQL, *pgxpool.Pool, error) {
 	oc, err := loadOperatorCmd(e, cmd, path)
 	if err != nil {
 		return nil, operator.SQL{}, nil, err
 	}
-	op, err := oc.find(name)
-	if err != nil {
-		return nil, operator.SQL{}, nil, err
+	oc.selectInstance(instance)
+	op := operator.SQL{Name: name}
+	if oc.own {
+		if op, err = oc.find(name); err != nil {
+			return nil, operator.SQL{}, nil, err
+		}
 	}
 	pool, err := oc.pool(ctx)
 	if err != nil {
@@ -180,7 +225,7 @@ func isUndefinedTable(err error) bool {
 
 // stored returns the operator's row of walflow.operators; ok is false when it has none.
 func (oc *operatorCmd) stored(ctx context.Context, pool *pgxpool.Pool, name string) (st operator.Status, ok bool, err error) {
-	all, err := operator.Statuses(ctx, pool)
+	all, err := operator.Statuses(ctx, pool, oc.instance)
 	if err != nil {
 		return st, false, oc.dbError(err)
 	}
@@ -194,7 +239,7 @@ func (oc *operatorCmd) stored(ctx context.Context, pool *pgxpool.Pool, name stri
 
 // notStarted is the error for a configured operator without a checkpoint.
 func (oc *operatorCmd) notStarted(name string) error {
-	return fmt.Errorf("%s: %s has no checkpoint in walflow.operators yet: walflow run has not started it, so it is not halted", oc.name, name)
+	return fmt.Errorf("%s: %s has no checkpoint in walflow.operators for instance %q yet: walflow run has not started it, so it is not halted", oc.name, name, oc.instance)
 }
 
 // operatorStatus is one line of walflow operator status.
@@ -216,23 +261,32 @@ type operatorStatus struct {
 
 // operatorStatusDoc is walflow operator status --json.
 type operatorStatusDoc struct {
+	// Instance is the instance shown: the configured slot's, or --instance.
+	Instance string `json:"instance"`
 	// LedgerHead is null when neither the running walflow nor the ledger could be read.
 	LedgerHead     *event.Position  `json:"ledger_head"`
 	LedgerHeadFrom string           `json:"ledger_head_from"`
 	Operators      []operatorStatus `json:"operators"`
+	// OtherInstances are the other instances keeping operators in the database.
+	OtherInstances []operator.InstanceCount `json:"other_instances"`
 }
 
-func operatorStatusMain(ctx context.Context, e *env, path string, asJSON bool) error {
+func operatorStatusMain(ctx context.Context, e *env, path, instance string, asJSON bool) error {
 	oc, err := loadOperatorCmd(e, "operator status", path)
 	if err != nil {
 		return err
 	}
+	oc.selectInstance(instance)
 	pool, err := oc.pool(ctx)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	stored, err := operator.Statuses(ctx, pool)
+	stored, err := operator.Statuses(ctx, pool, oc.instance)
+	if err != nil {
+		return oc.dbError(err)
+	}
+	instances, err := operator.Instances(ctx, pool)
 	if err != nil {
 		return oc.dbError(err)
 	}
@@ -240,7 +294,10 @@ func operatorStatusMain(ctx context.Context, e *env, path string, asJSON bool) e
 	for _, s := range stored {
 		byName[s.Name] = s
 	}
-	configured := oc.names()
+	var configured []string
+	if oc.own {
+		configured = oc.names()
+	}
 	var list []operatorStatus
 	for _, name := range configured {
 		s, ok := byName[name]
@@ -254,8 +311,16 @@ func operatorStatusMain(ctx context.Context, e *env, path string, asJSON bool) e
 			list = append(list, operatorStatus{Status: s, Checkpoint: s.Position, Started: true})
 		}
 	}
-	doc := operatorStatusDoc{Operators: []operatorStatus{}}
-	view := readLedger(ctx, oc.cfg, list)
+	doc := operatorStatusDoc{Instance: oc.instance, Operators: []operatorStatus{}, OtherInstances: []operator.InstanceCount{}}
+	for _, c := range instances {
+		if c.Instance != oc.instance {
+			doc.OtherInstances = append(doc.OtherInstances, c)
+		}
+	}
+	view := ledgerView{from: "the ledger of instance " + strconv.Quote(oc.instance) + " is not the configured one"}
+	if oc.own {
+		view = readLedger(ctx, oc.cfg, list)
+	}
 	doc.LedgerHeadFrom = view.from
 	if view.known {
 		doc.LedgerHead = &view.head
@@ -273,15 +338,26 @@ func operatorStatusMain(ctx context.Context, e *env, path string, asJSON bool) e
 	if asJSON {
 		return printJSON(e.stdout, &doc)
 	}
-	writeOperatorStatus(e.stdout, &doc, oc.path)
+	writeOperatorStatus(e.stdout, &doc, oc)
 	return nil
 }
 
 // writeOperatorStatus prints the operators for people.
-func writeOperatorStatus(w io.Writer, doc *operatorStatusDoc, path string) {
+func writeOperatorStatus(w io.Writer, doc *operatorStatusDoc, oc *operatorCmd) {
+	path := oc.path
+	if oc.own {
+		fmt.Fprintf(w, "instance: %s (the slot of %s)\n", doc.Instance, path)
+	} else {
+		fmt.Fprintf(w, "instance: %s (not the slot of %s: its operators are shown as stored)\n", doc.Instance, path)
+	}
 	writeLedgerHead(w, doc.LedgerHead, doc.LedgerHeadFrom)
+	defer writeOtherInstances(w, doc.OtherInstances)
 	if len(doc.Operators) == 0 {
-		fmt.Fprintf(w, "No operators: %s configures none and walflow.operators is empty.\n", path)
+		if oc.own {
+			fmt.Fprintf(w, "No operators: %s configures none and walflow.operators has none for this instance.\n", path)
+		} else {
+			fmt.Fprintln(w, "No operators: walflow.operators has none for this instance.")
+		}
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
@@ -315,13 +391,30 @@ func writeOperatorStatus(w io.Writer, doc *operatorStatusDoc, path string) {
 	if unstarted {
 		fmt.Fprintln(w, "\nAn operator without a position has not been started yet: walflow run starts it.")
 	}
-	if unconfigured {
+	if unconfigured && oc.own {
 		fmt.Fprintf(w, "\n* not in %s: its checkpoint is left from an operator that was removed or renamed.\n", path)
 	}
 	if halted {
 		fmt.Fprintln(w, "\nA halted operator waits. Fix the cause of its error, then run")
 		fmt.Fprintln(w, "  walflow operator restart NAME   to retry the event it failed on, or")
 		fmt.Fprintln(w, "  walflow operator skip NAME      to drop that event (then walflow operator backfill NAME).")
+		fmt.Fprintln(w, "One halted on no event (its checkpoint belongs to another ledger) needs")
+		fmt.Fprintln(w, "  walflow operator reset NAME     to rebuild its rows and start it on this ledger.")
+	}
+}
+
+// writeOtherInstances lists the other instances that keep operators in the database.
+func writeOtherInstances(w io.Writer, others []operator.InstanceCount) {
+	if len(others) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nOther instances keep operators in this database (show one with --instance SLOT):")
+	for _, c := range others {
+		name := c.Instance
+		if name == "" {
+			name = `"" (kept before instances; the first instance with operators of these names adopts them)`
+		}
+		fmt.Fprintf(w, "  %s: %d operators\n", name, c.Operators)
 	}
 }
 
@@ -383,8 +476,8 @@ func readLedger(ctx context.Context, c *config, ops []operatorStatus) ledgerView
 	return v
 }
 
-func operatorRestartMain(ctx context.Context, e *env, path, name string) error {
-	oc, _, pool, err := openOperator(ctx, e, "operator restart", path, name)
+func operatorRestartMain(ctx context.Context, e *env, path, instance, name string) error {
+	oc, _, pool, err := openOperator(ctx, e, "operator restart", path, instance, name)
 	if err != nil {
 		return err
 	}
@@ -400,7 +493,7 @@ func operatorRestartMain(ctx context.Context, e *env, path, name string) error {
 		fmt.Fprintf(e.stdout, "%s is not halted (position %d); nothing to restart.\n", name, st.Position)
 		return nil
 	}
-	if err := operator.Restart(ctx, pool, name); err != nil {
+	if err := operator.Restart(ctx, pool, oc.instance, name); err != nil {
 		return oc.dbError(err)
 	}
 	fmt.Fprintf(e.stdout, "Restarted %s: it retries the event at position %d, where it halted, and goes on from there.\n", name, st.FailedPosition)
@@ -408,8 +501,8 @@ func operatorRestartMain(ctx context.Context, e *env, path, name string) error {
 	return nil
 }
 
-func operatorSkipMain(ctx context.Context, e *env, path, name string) error {
-	oc, op, pool, err := openOperator(ctx, e, "operator skip", path, name)
+func operatorSkipMain(ctx context.Context, e *env, path, instance, name string) error {
+	oc, op, pool, err := openOperator(ctx, e, "operator skip", path, instance, name)
 	if err != nil {
 		return err
 	}
@@ -421,9 +514,12 @@ func operatorSkipMain(ctx context.Context, e *env, path, name string) error {
 	if !ok {
 		return oc.notStarted(name)
 	}
-	pos, err := operator.Skip(ctx, pool, name)
+	pos, err := operator.Skip(ctx, pool, oc.instance, name)
 	if errors.Is(err, operator.ErrNotHalted) {
 		return fmt.Errorf("%s: %s is not halted (position %d); skip only moves a halted operator past the event it failed on", oc.name, name, st.Position)
+	}
+	if errors.Is(err, operator.ErrForeignLedger) {
+		return fmt.Errorf("%s: %s halted on no event: its checkpoint belongs to another ledger, so there is none to skip; rebuild it with walflow operator reset %s --config %s", oc.name, name, name, oc.path)
 	}
 	if err != nil {
 		return oc.dbError(err)
@@ -432,7 +528,11 @@ func operatorSkipMain(ctx context.Context, e *env, path, name string) error {
 	if st.Error != "" {
 		fmt.Fprintf(e.stdout, "That event had failed with: %s\n", strings.Join(strings.Fields(st.Error), " "))
 	}
+	target := op.Target
+	if target == "" {
+		target = "its target" // another instance's operator, not in the configuration
+	}
 	fmt.Fprintf(e.stderr, "walflow: warning: the effect of the event at position %d was NOT applied, so rows of %s it would have changed may be wrong; recompute them with walflow operator backfill %s --config %s\n",
-		pos, op.Target, name, path)
+		pos, target, name, path)
 	return nil
 }

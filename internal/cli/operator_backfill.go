@@ -42,7 +42,7 @@ func operatorBackfillMain(ctx context.Context, e *env, path, name string, batch 
 	if batch < 1 {
 		return usagef("operator backfill: --batch %d is not a batch size; give a number of ids from 1, like %d", batch, operator.BackfillBatchDefault)
 	}
-	oc, op, pool, err := openOperator(ctx, e, "operator backfill", path, name)
+	oc, op, pool, err := openOperator(ctx, e, "operator backfill", path, "", name)
 	if err != nil {
 		return err
 	}

@@ -76,10 +76,14 @@ func operatorDB(t *testing.T) (string, *pgxpool.Pool) {
 	return dsn, pool
 }
 
+// defaultInstance is the instance of operatorConfigFile's configuration, which names no
+// slot.
+const defaultInstance = "walflow"
+
 // storedOperator reads an operator's row of walflow.operators.
 func storedOperator(t *testing.T, pool *pgxpool.Pool, name string) operator.Status {
 	t.Helper()
-	all, err := operator.Statuses(t.Context(), pool)
+	all, err := operator.Statuses(t.Context(), pool, defaultInstance)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,9 +100,9 @@ func storedOperator(t *testing.T, pool *pgxpool.Pool, name string) operator.Stat
 // Runner does after its last retry.
 func haltOperator(t *testing.T, pool *pgxpool.Pool, name string, failed int64, msg string) {
 	t.Helper()
-	_, err := pool.Exec(t.Context(), `INSERT INTO walflow.operators (name, position, halted, error, failed_position)
-		VALUES ($1, $2, true, $3, $4)
-		ON CONFLICT (name) DO UPDATE SET position = $2, halted = true, error = $3, failed_position = $4`, name, failed-1, msg, failed)
+	_, err := pool.Exec(t.Context(), `INSERT INTO walflow.operators (instance, name, position, halted, error, failed_position)
+		VALUES ('walflow', $1, $2, true, $3, $4)
+		ON CONFLICT (instance, name) DO UPDATE SET position = $2, halted = true, error = $3, failed_position = $4`, name, failed-1, msg, failed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +116,7 @@ func TestOperatorStatusRestartSkip(t *testing.T) {
 	const failure = "query for post_with_comments_counts id 3: ERROR: division by zero (SQLSTATE 22012)"
 	haltOperator(t, pool, "post_with_comments_counts", 41, failure)
 	// A checkpoint left by an operator since removed from the file.
-	if _, err := pool.Exec(ctx, `INSERT INTO walflow.operators (name, position) VALUES ('old_counts', 7)`); err != nil {
+	if _, err := pool.Exec(ctx, `INSERT INTO walflow.operators (instance, name, position) VALUES ('walflow', 'old_counts', 7)`); err != nil {
 		t.Fatal(err)
 	}
 
@@ -169,7 +173,7 @@ func TestOperatorStatusRestartSkip(t *testing.T) {
 	// Configured but never started: there is nothing to restart or skip.
 	for _, cmd := range []string{"restart", "skip"} {
 		r = runCLI(ctx, noEnv, "operator", cmd, "comment_totals", "--config", path)
-		if r.code != ExitFailure || !strings.Contains(r.stderr, "walflow: operator "+cmd+": comment_totals has no checkpoint in walflow.operators yet: walflow run has not started it") {
+		if r.code != ExitFailure || !strings.Contains(r.stderr, "walflow: operator "+cmd+": comment_totals has no checkpoint in walflow.operators for instance \"walflow\" yet: walflow run has not started it") {
 			t.Errorf("operator %s of an operator never started: exit %d\n%s", cmd, r.code, r.stderr)
 		}
 	}

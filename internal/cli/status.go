@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,8 +16,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/source/pgwal"
 )
 
 var statusCommand = &command{
@@ -26,8 +31,10 @@ var statusCommand = &command{
 	help: `
 status asks the running engine (GET http://<http.addr>/status). When none answers, it opens
 the ledger itself and measures the slot in PostgreSQL. It prints the slot (active or not),
-its confirmed LSN, the WAL it retains and how far it lags, and the ledger's head position
-and last commit LSN. The exit code is 1 when the slot could not be read.`,
+its confirmed LSN, the WAL it retains and how far it lags, the ledger's head position and
+last commit LSN, and the operators of this instance (the configured slot's: several
+walflows, each with its own slot and ledger, may share a database). The exit code is 1 when
+the slot could not be read, or when the walflow answering on http.addr follows another slot.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
@@ -39,6 +46,7 @@ and last commit LSN. The exit code is 1 when the slot could not be read.`,
 type statusSource struct {
 	running bool   // from the running engine's /status
 	where   string // its URL, or the ledger directory
+	opsErr  error  // why the stored operators could not be read, when not running
 }
 
 func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
@@ -69,6 +77,9 @@ func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, 
 		url := "http://" + c.engine.HTTPAddr + "/status"
 		st, err := getStatus(ctx, url)
 		if err == nil {
+			if slot := cmp.Or(c.engine.Slot, pgwal.SlotDefault); st.Slot != slot {
+				return walflow.Status{}, statusSource{}, fmt.Errorf("status: the walflow at %s follows slot %s, but this configuration's slot is %s: it is another instance; give each instance its own http.addr", url, st.Slot, slot)
+			}
 			return st, statusSource{running: true, where: url}, nil
 		}
 		var he *httpStatusError
@@ -98,7 +109,34 @@ func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, 
 	if err := eng.Close(); err != nil {
 		return walflow.Status{}, statusSource{}, fmt.Errorf("status: close the ledger: %w", err)
 	}
-	return st, statusSource{where: where}, nil
+	src := statusSource{where: where}
+	st.Operators, src.opsErr = storedOperators(ctx, c, st.Slot)
+	return st, src, nil
+}
+
+// storedOperators reads the checkpoints of instance's operators, for a status without a
+// running walflow: nil when none is configured or walflow never ran them.
+func storedOperators(ctx context.Context, c *config, instance string) ([]operator.Info, error) {
+	if len(c.engine.Operators) == 0 {
+		return nil, nil
+	}
+	pool, err := pgxpool.New(ctx, c.engine.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	stored, err := operator.Statuses(ctx, pool, instance)
+	if isUndefinedTable(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]operator.Info, len(stored))
+	for i, s := range stored {
+		out[i] = operator.Info{Name: s.Name, Position: s.Position, Halted: s.Halted}
+	}
+	return out, nil
 }
 
 // shownAddr names the HTTP address in errors.
@@ -172,13 +210,19 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 		row("streaming", streaming)
 		row("events", fmt.Sprintf("%d received, %d appended since start", st.EventsReceived, st.EventsAppended))
 		row("reconnects", strconv.FormatUint(st.Reconnects, 10))
-		for _, o := range st.Operators {
-			state := fmt.Sprintf("position %d, %d behind the head", o.Position, st.LedgerHead-min(st.LedgerHead, uint64(o.Position)))
-			if o.Halted {
-				state += ", HALTED: see walflow operator status"
-			}
-			row("operator "+o.Name, state)
+	}
+	if src.opsErr != nil {
+		row("operators", "could not be read: "+src.opsErr.Error())
+	}
+	for _, o := range st.Operators {
+		state := fmt.Sprintf("position %d, %d behind the head", o.Position, st.LedgerHead-min(st.LedgerHead, uint64(o.Position)))
+		if !src.running {
+			state = fmt.Sprintf("stored position %d", o.Position)
 		}
+		if o.Halted {
+			state += ", HALTED: see walflow operator status"
+		}
+		row("operator "+o.Name, state)
 	}
 	_ = tw.Flush()
 }

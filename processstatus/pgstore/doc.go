@@ -4,12 +4,21 @@
 //
 // The status lives in two tables of a schema (walflow by default), created when missing:
 //
-//	walflow.process_status (entity text PRIMARY KEY, processed_micros bigint, updated_at timestamptz)
-//	walflow.process_status_position (singleton boolean PRIMARY KEY, position bigint, updated_at timestamptz)
+//	walflow.process_status (instance text, entity text, processed_micros bigint, updated_at timestamptz,
+//	                        PRIMARY KEY (instance, entity))
+//	walflow.process_status_position (instance text PRIMARY KEY, position bigint, updated_at timestamptz)
 //
-// process_status has one row per entity with its processed timestamp, in microseconds since
-// the Unix epoch; process_status_position has the one ledger position through which every
-// event is processed.
+// process_status has one row per instance and entity with its processed timestamp, in
+// microseconds since the Unix epoch; process_status_position has, per instance, the ledger
+// position through which every event is processed.
+//
+// # Instances
+//
+// Every row belongs to one walflow instance ([Config].Instance: the engine's slot name), so
+// several instances (each with its own slot and ledger) share a database without reading,
+// resetting or overwriting each other's status. Tables made by an earlier walflow, keyed
+// without an instance, are upgraded in place when a store first touches them: their rows
+// get the instance "" and the first store of a named instance adopts them.
 //
 // # Batching
 //

@@ -42,6 +42,10 @@ type Config struct {
 	DB DB
 	// Schema is the schema of the tables, created when missing. Default "walflow".
 	Schema string
+	// Instance names the walflow instance whose status the store keeps: the engine sets it
+	// to its replication slot's name. Stores of different instances keep separate rows in
+	// the same tables, so any number of instances share a database. Default "".
+	Instance string
 	// FlushInterval is how often Run writes the saved values. Default 1s.
 	FlushInterval time.Duration
 	// Logger receives flush failures that Run retries. Default: warnings and errors as text
@@ -126,19 +130,55 @@ func (s *Store) migrate(ctx context.Context) error {
 		return nil
 	}
 	schema := pgx.Identifier{s.cfg.Schema}.Sanitize()
+	// Tables made by a walflow from before instances have no instance column: their rows
+	// get the instance "" and the first store of a named instance adopts them.
 	err := pgschema.Create(ctx, s.cfg.DB, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
 CREATE TABLE IF NOT EXISTS `+s.statusTable+` (
-	entity text PRIMARY KEY,
+	instance text NOT NULL DEFAULT '',
+	entity text NOT NULL,
 	processed_micros bigint NOT NULL,
-	updated_at timestamptz NOT NULL DEFAULT now()
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (instance, entity)
 );
 CREATE TABLE IF NOT EXISTS `+s.posTable+` (
-	singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+	instance text PRIMARY KEY,
 	position bigint NOT NULL,
 	updated_at timestamptz NOT NULL DEFAULT now()
-)`)
+);
+DO $$
+DECLARE pk name;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '`+s.statusTable+`'::regclass AND attname = 'instance' AND NOT attisdropped) THEN
+		ALTER TABLE `+s.statusTable+` ADD COLUMN instance text NOT NULL DEFAULT '';
+		SELECT conname INTO pk FROM pg_constraint WHERE conrelid = '`+s.statusTable+`'::regclass AND contype = 'p';
+		IF pk IS NOT NULL THEN
+			EXECUTE format('ALTER TABLE `+s.statusTable+` DROP CONSTRAINT %I', pk);
+		END IF;
+		ALTER TABLE `+s.statusTable+` ADD PRIMARY KEY (instance, entity);
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '`+s.posTable+`'::regclass AND attname = 'instance' AND NOT attisdropped) THEN
+		ALTER TABLE `+s.posTable+` ADD COLUMN instance text NOT NULL DEFAULT '';
+		ALTER TABLE `+s.posTable+` DROP COLUMN singleton;
+		ALTER TABLE `+s.posTable+` ADD PRIMARY KEY (instance);
+	END IF;
+END $$`)
 	if err != nil {
 		return fmt.Errorf("pgstore: create %s: %w", s.statusTable, err)
+	}
+	if inst := s.cfg.Instance; inst != "" {
+		err := pgx.BeginFunc(ctx, s.cfg.DB, func(tx pgx.Tx) error {
+			for _, t := range []string{s.statusTable, s.posTable} {
+				_, err := tx.Exec(ctx, `UPDATE `+t+` SET instance = $1 WHERE instance = ''
+					AND NOT EXISTS (SELECT 1 FROM `+t+` WHERE instance = $1)`, inst)
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("pgstore: adopt the status kept before instances in %s: %w", s.statusTable, err)
+		}
 	}
 	s.migrated = true
 	return nil
@@ -208,18 +248,18 @@ func (s *Store) write(ctx context.Context, entities map[string]int64, pos event.
 	}
 	err := pgx.BeginFunc(ctx, s.cfg.DB, func(tx pgx.Tx) error {
 		if len(names) > 0 {
-			_, err := tx.Exec(ctx, `INSERT INTO `+s.statusTable+` (entity, processed_micros, updated_at)
-SELECT e, m, now() FROM unnest($1::text[], $2::bigint[]) AS u(e, m)
-ON CONFLICT (entity) DO UPDATE SET processed_micros = excluded.processed_micros, updated_at = excluded.updated_at`,
-				names, micros)
+			_, err := tx.Exec(ctx, `INSERT INTO `+s.statusTable+` (instance, entity, processed_micros, updated_at)
+SELECT $3, e, m, now() FROM unnest($1::text[], $2::bigint[]) AS u(e, m)
+ON CONFLICT (instance, entity) DO UPDATE SET processed_micros = excluded.processed_micros, updated_at = excluded.updated_at`,
+				names, micros, s.cfg.Instance)
 			if err != nil {
 				return err
 			}
 		}
 		if posDirty {
-			_, err := tx.Exec(ctx, `INSERT INTO `+s.posTable+` (singleton, position, updated_at) VALUES (true, $1, now())
-ON CONFLICT (singleton) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at`,
-				int64(pos))
+			_, err := tx.Exec(ctx, `INSERT INTO `+s.posTable+` (instance, position, updated_at) VALUES ($2, $1, now())
+ON CONFLICT (instance) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at`,
+				int64(pos), s.cfg.Instance)
 			if err != nil {
 				return err
 			}
@@ -245,7 +285,7 @@ func (s *Store) Load(ctx context.Context) (processstatus.Snapshot, error) {
 		if _, err := tx.Exec(ctx, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT entity, processed_micros FROM `+s.statusTable)
+		rows, err := tx.Query(ctx, `SELECT entity, processed_micros FROM `+s.statusTable+` WHERE instance = $1`, s.cfg.Instance)
 		if err != nil {
 			return err
 		}
@@ -261,7 +301,7 @@ func (s *Store) Load(ctx context.Context) (processstatus.Snapshot, error) {
 			return err
 		}
 		var pos int64
-		err = tx.QueryRow(ctx, `SELECT position FROM `+s.posTable).Scan(&pos)
+		err = tx.QueryRow(ctx, `SELECT position FROM `+s.posTable+` WHERE instance = $1`, s.cfg.Instance).Scan(&pos)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 		case err != nil:
@@ -285,7 +325,8 @@ func (s *Store) Load(ctx context.Context) (processstatus.Snapshot, error) {
 	return snap, nil
 }
 
-// Reset deletes every stored entity and the position, and drops the unflushed values.
+// Reset deletes every entity and the position stored for the store's instance, and drops
+// the unflushed values. Other instances' rows are left alone.
 func (s *Store) Reset(ctx context.Context) error {
 	s.dbMu.Lock()
 	defer s.dbMu.Unlock()
@@ -297,7 +338,10 @@ func (s *Store) Reset(ctx context.Context) error {
 		return err
 	}
 	err := pgx.BeginFunc(ctx, s.cfg.DB, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `DELETE FROM `+s.statusTable+`; DELETE FROM `+s.posTable)
+		if _, err := tx.Exec(ctx, `DELETE FROM `+s.statusTable+` WHERE instance = $1`, s.cfg.Instance); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM `+s.posTable+` WHERE instance = $1`, s.cfg.Instance)
 		return err
 	})
 	if err != nil {

@@ -82,8 +82,8 @@ func TestTables(t *testing.T) {
 				want = pgstore.SchemaDefault
 			}
 			got := pgtest.Columns(t, conn, want)
-			const wantCols = "process_status.entity text; process_status.processed_micros bigint; process_status.updated_at timestamp with time zone; " +
-				"process_status_position.singleton boolean; process_status_position.position bigint; process_status_position.updated_at timestamp with time zone"
+			const wantCols = "process_status.instance text; process_status.entity text; process_status.processed_micros bigint; process_status.updated_at timestamp with time zone; " +
+				"process_status_position.instance text; process_status_position.position bigint; process_status_position.updated_at timestamp with time zone"
 			if got != wantCols {
 				t.Errorf("columns in schema %s:\n got %s\nwant %s", want, got, wantCols)
 			}
@@ -274,5 +274,95 @@ func TestCurrentLSN(t *testing.T) {
 	cancel()
 	if _, err := processstatus.CurrentLSN(cctx, conn); err == nil || !strings.HasPrefix(err.Error(), "processstatus: ") {
 		t.Errorf("CurrentLSN with a cancelled context: %v, want a processstatus error", err)
+	}
+}
+
+// Stores of different instances share the tables without seeing, overwriting or resetting
+// each other's status.
+func TestInstances(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn := pgtest.NewDatabase(t)
+	a := newStore(t, pgstore.Config{DB: connect(t, dsn), Instance: "slot_a"})
+	b := newStore(t, pgstore.Config{DB: connect(t, dsn), Instance: "slot_b"})
+	save := func(s *pgstore.Store, micros int64, pos event.Position) {
+		t.Helper()
+		if err := s.Save(ctx, "posts", micros); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SavePosition(ctx, pos); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load := func(s *pgstore.Store) processstatus.Snapshot {
+		t.Helper()
+		snap, err := s.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snap
+	}
+	save(a, 100, 7)
+	save(b, 200, 3)
+	if got := load(a); got.Position != 7 || got.Entities["posts"] != 100 {
+		t.Errorf("instance a loads %+v, want its own position 7 and posts 100", got)
+	}
+	if got := load(b); got.Position != 3 || got.Entities["posts"] != 200 {
+		t.Errorf("instance b loads %+v, want its own position 3 and posts 200", got)
+	}
+	if err := b.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := load(b); got.Position != 0 || len(got.Entities) != 0 {
+		t.Errorf("instance b after its reset loads %+v, want nothing", got)
+	}
+	if got := load(a); got.Position != 7 || got.Entities["posts"] != 100 {
+		t.Errorf("instance a after b's reset loads %+v, want its own status untouched", got)
+	}
+}
+
+// Tables made before instances are upgraded in place, and the first store of a named
+// instance adopts their rows: no saved status is lost.
+func TestUpgradeAdoptsStatus(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn := pgtest.NewDatabase(t)
+	conn := connect(t, dsn)
+	_, err := conn.Exec(ctx, `CREATE SCHEMA walflow;
+		CREATE TABLE walflow.process_status (entity text PRIMARY KEY, processed_micros bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+		CREATE TABLE walflow.process_status_position (singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+		INSERT INTO walflow.process_status (entity, processed_micros) VALUES ('posts', 42), ('comments', 43);
+		INSERT INTO walflow.process_status_position (position) VALUES (12);`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := newStore(t, pgstore.Config{DB: connect(t, dsn), Instance: "first"})
+	snap, err := first.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Position != 12 || snap.Entities["posts"] != 42 || snap.Entities["comments"] != 43 {
+		t.Errorf("the first instance after the upgrade loads %+v, want the status kept before", snap)
+	}
+	second := newStore(t, pgstore.Config{DB: connect(t, dsn), Instance: "second"})
+	if snap, err := second.Load(ctx); err != nil || snap.Position != 0 || len(snap.Entities) != 0 {
+		t.Errorf("a second instance loads %+v (%v), want nothing: the status is the first one's", snap, err)
+	}
+	if err := second.SavePosition(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if snap, err := first.Load(ctx); err != nil || snap.Position != 12 {
+		t.Errorf("the first instance loads %+v (%v) after the second saved, want its position 12", snap, err)
+	}
+	const wantCols = "process_status.entity text; process_status.processed_micros bigint; process_status.updated_at timestamp with time zone; process_status.instance text; " +
+		"process_status_position.position bigint; process_status_position.updated_at timestamp with time zone; process_status_position.instance text"
+	if got := pgtest.Columns(t, conn, "walflow"); got != wantCols {
+		t.Errorf("columns after the upgrade:\n got %s\nwant %s", got, wantCols)
 	}
 }

@@ -33,8 +33,13 @@ var (
 	ErrSlotConfig = errors.New("pgwal: replication slot is set up differently")
 )
 
-// resyncHint is how to start again when the ledger cannot continue from the slot.
-const resyncHint = "to resync, stop walflow, move the ledger directory aside (keep it if consumers still need its history), and start walflow again: it records a new origin and follows the slot from now on; changes made in between are not in the ledger, so backfill derived data"
+// resyncHint is how to start again when the ledger cannot continue from the slot: the
+// whole procedure, since a partial one leaves consumers counting the old ledger's positions.
+const resyncHint = "to resync: stop walflow; move the ledger directory aside, with its index store (DIR.index) if any (keep it while consumers still need its history); " +
+	"start walflow again, which starts a new ledger at position 1 and follows the slot from then on (creating it if missing); " +
+	"then, while it runs, rebuild what counted the old ledger's positions, since changes made in between are in neither ledger: " +
+	"walflow operator reset NAME for each operator (each one halts until then; walflow operator status lists them) " +
+	"and walflow projector reset NAME for each projector (README.md, Resync)"
 
 // fatal reports whether err stops Run instead of causing a reconnect.
 func fatal(err error) bool {
