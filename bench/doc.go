@@ -30,12 +30,13 @@
 // pg_recvlogical's rate or more, peak RSS under 256 MiB) are logged when missed, not
 // asserted. Run it with
 //
-//	go test -run '^$' -bench BenchmarkDrain -benchtime 1x -timeout 60m ./bench
+//	go test -v -run '^$' -bench BenchmarkDrain -benchtime 1x -timeout 60m ./bench
 //
 // with -drain.bulk=N (a multiple of 200) and -drain.single=N (a multiple of 2) for other
 // backlog sizes, 0 to skip one, and -drain.rounds=N for more or fewer rounds (default 2);
 // the environment variables WALFLOW_BENCH_DRAIN_BULK, _SINGLE and _ROUNDS set the same.
-// With -short it runs the smoke test's sizes.
+// With -short it runs the smoke test's sizes. Without -v a benchmark's log is cut to ten
+// lines.
 //
 // The long drain, off by default, drains one bulk-shaped backlog of -drain.long changes
 // (WALFLOW_BENCH_DRAIN_LONG, e.g. 10000000) with walflow alone and reports

@@ -505,9 +505,9 @@ func drainWalflow(tb testing.TB, dsn, slot string, changes int, marks []int, ver
 	return r
 }
 
-// summary describes a backlog's drains in a few lines (a benchmark's log keeps only ten):
-// one per client with each drain's time, its CPU per change, and the CPU the whole machine
-// used per drain.
+// summary describes a backlog's drains in two lines (a benchmark's log keeps only ten
+// without -v): one per client with each drain's time, its CPU per change, its peak RSS and
+// the CPU the whole machine used per drain, and for walflow the ratios.
 func (r backlogResult) summary() string {
 	var b strings.Builder
 	for _, k := range []drainKind{recvlogical, walflowKind} {
@@ -530,13 +530,12 @@ func (r backlogResult) summary() string {
 			r.Opts.Shape.Name, k, thousands(int(r.rate(k))), strings.Join(times, " "), r.cpuPerChange(k), r.peakRSSMiB(k),
 			all.Seconds()/float64(n))
 		if k == walflowKind {
-			fmt.Fprintf(&b, "  ledger %.0f bytes/change", float64(ledger)/float64(r.Opts.Changes))
+			fmt.Fprintf(&b, "  ledger %.0f bytes/change; %.2f× pg_recvlogical's rate, %.2f× its CPU per change",
+				float64(ledger)/float64(r.Opts.Changes), r.ratio(), r.cpuRatio())
 		}
 		b.WriteByte('\n')
 	}
-	fmt.Fprintf(&b, "%s walflow/pg_recvlogical: %.2f× the rate, %.2f× the CPU per change",
-		r.Opts.Shape.Name, r.ratio(), r.cpuRatio())
-	return b.String()
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // ratio is walflow's rate over pg_recvlogical's.
@@ -783,7 +782,9 @@ func BenchmarkDrain(b *testing.B) {
 		// Reported, not failed: rates on a shared machine are not assertions.
 		b.Logf("bars missed (not asserted): %s", strings.Join(missed, "; "))
 	}
-	b.Logf("for the README (%s):\n%s\n%s", machine(ver), readmeHeader, strings.Join(rows, "\n"))
+	if len(rows) > 0 {
+		b.Logf("for the README (%s):\n%s\n%s", machine(ver), readmeHeader, strings.Join(rows, "\n"))
+	}
 }
 
 // withoutPGEnv is the environment without PG* variables, which could redirect a client.
