@@ -35,7 +35,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 
 .PHONY: bench
 bench: ## run every benchmark once (the drain benchmark takes minutes)
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m $(PKGS)
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m $(PKGS)
 
 .PHONY: demo
 demo: ## start a throwaway PostgreSQL and print walflow's events live (Ctrl-C stops)

@@ -4,31 +4,24 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/walflow/walflow"
-	"github.com/walflow/walflow/channel"
-	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
 )
 
@@ -36,193 +29,340 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(floorChildEnv); spec != "" {
 		os.Exit(floorClientsMain(spec))
 	}
+	if spec := os.Getenv(drainChildEnv); spec != "" {
+		os.Exit(drainChildMain(spec))
+	}
 	pgtest.Main(m, nil)
 }
 
+// BenchmarkDrain's sizes. Each flag's default can also be set by its environment variable,
+// for runs where the flags cannot be passed.
 var (
-	drainChanges = flag.Int("drain.changes", 1_000_000, "row changes in BenchmarkDrain's backlog, a multiple of 400")
-	drainRounds  = flag.Int("drain.rounds", 2, "BenchmarkDrain's rounds of drains: pg_recvlogical, walflow, walflow, pg_recvlogical")
+	drainBulk   = flag.Int("drain.bulk", envInt("WALFLOW_BENCH_DRAIN_BULK", 1_000_000), "row changes of the bulk backlog (100-row transactions), a multiple of 200; 0 skips it (env WALFLOW_BENCH_DRAIN_BULK)")
+	drainSingle = flag.Int("drain.single", envInt("WALFLOW_BENCH_DRAIN_SINGLE", 300_000), "row changes of the single-row backlog (1-row transactions), a multiple of 2; 0 skips it (env WALFLOW_BENCH_DRAIN_SINGLE)")
+	drainRounds = flag.Int("drain.rounds", envInt("WALFLOW_BENCH_DRAIN_ROUNDS", 2), "rounds of drains per backlog, each pg_recvlogical, walflow, walflow, pg_recvlogical (env WALFLOW_BENCH_DRAIN_ROUNDS)")
+	drainLong   = flag.Int("drain.long", envInt("WALFLOW_BENCH_DRAIN_LONG", 0), "row changes of the long drain (bulk mix, walflow only), e.g. 10000000; 0 (the default) skips it (env WALFLOW_BENCH_DRAIN_LONG)")
+	drainWindow = flag.Int("drain.window", envInt("WALFLOW_BENCH_DRAIN_WINDOW", 1_000_000), "events of the long drain's first and last windows, whose rates it reports (env WALFLOW_BENCH_DRAIN_WINDOW)")
 )
 
-// The bars walflow must clear (from the issue that asked for this benchmark).
+// envInt is the integer in the environment variable name, or def when it is unset. A
+// malformed value stops the test binary with a message naming the variable.
+func envInt(name string, def int) int {
+	s, ok := os.LookupEnv(name)
+	if !ok || s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.ReplaceAll(s, "_", ""))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q is not an integer; set it to a number of changes like 1000000\n", name, s)
+		os.Exit(2)
+	}
+	return n
+}
+
+// The bars walflow should clear (from the issues that asked for this benchmark). They are
+// logged when missed, not asserted: rates on a shared machine are not assertions.
 const (
-	minRatio      = 0.75      // walflow events/s over pg_recvlogical events/s
-	maxPeakRSSMiB = 256       // peak resident set while walflow drains
-	smokeChanges  = 20_000    // TestDrainSmoke's backlog
-	publication   = "bench"   // the publication both clients read
-	table         = "items"   // the one table changed
-	ridBase       = 1_000_000 // ids of worker w start at w*ridBase*ridBase+1
+	minRatio      = 0.75    // walflow changes/s over pg_recvlogical's, on each backlog
+	maxPeakRSSMiB = 256     // walflow's peak resident set while it drains
+	publication   = "bench" // the publication both clients read
 )
 
-// Backlog generation. Each of genWorkers connections runs rounds of 100 one-row
-// transactions followed by one transaction of 100 rows, in its own id range, so half of
-// the changes are in 1-row and half in 100-row transactions, and both sizes are spread
-// over the whole WAL. Operations follow genPattern per transaction (50% inserts, 30%
-// updates, 20% deletes); deletes take the lowest live ids and updates pick ids between the
-// lowest and the highest, so every statement changes exactly 1 or 100 rows.
+// The sizes of TestDrainSmoke and of BenchmarkDrain with -short: small enough for the
+// smoke test to stay quick under the race detector.
 const (
-	genWorkers      = 2
-	genTxPerRound   = 100 // one-row transactions per round
-	genBigTx        = 100 // rows of the round's big transaction
-	changesPerRound = genTxPerRound + genBigTx
-	genPattern      = "IIUIDIUIUD"
+	smokeBulk   = 8_000
+	smokeSingle = 2_000
+	smokeLong   = 4_000
+	smokeWindow = 1_000
 )
+
+// Backlog generation. Each of genWorkers connections runs transactions of genStmts
+// statements of genRows rows each, in its own id range. Statement s of a worker changes
+// posts when s%5 == 0 and comments otherwise; the operations of each table follow
+// genPattern (50% inserts, 35% updates, 15% deletes). Inserts take the next ids, deletes
+// the lowest live ones and updates a run of live ids, so that every statement changes
+// exactly genRows rows.
+const (
+	genWorkers = 2
+	genPattern = "IIUIUDIUIIUDIUIUIDIU"
+	genBase    = 1_000_000_000_000 // ids of worker w start at w*genBase+1
+)
+
+// backlogShape is how a backlog's transactions are made.
+type backlogShape struct {
+	Name  string // bulk, single, long
+	Stmts int    // statements per transaction
+	Rows  int    // rows per statement
+}
+
+var (
+	bulkShape   = backlogShape{Name: "bulk", Stmts: 5, Rows: 20} // 100-row transactions
+	singleShape = backlogShape{Name: "single", Stmts: 1, Rows: 1}
+	longShape   = backlogShape{Name: "long", Stmts: 5, Rows: 20}
+)
+
+// txChanges is the row changes per transaction.
+func (s backlogShape) txChanges() int { return s.Stmts * s.Rows }
 
 const schemaSQL = `
-CREATE TABLE items (
+CREATE TABLE posts (
 	id         bigint PRIMARY KEY,
-	account    int NOT NULL,
-	amount     numeric(12,2) NOT NULL,
-	note       text,
+	author     text NOT NULL,
+	title      text NOT NULL,
+	body       text NOT NULL,
 	updated_at timestamptz NOT NULL
 );
-ALTER TABLE items REPLICA IDENTITY FULL;
-CREATE PUBLICATION bench FOR TABLE items;
+CREATE TABLE comments (
+	id         bigint PRIMARY KEY,
+	post_id    bigint NOT NULL,
+	author     text NOT NULL,
+	body       text NOT NULL,
+	updated_at timestamptz NOT NULL
+);
+ALTER TABLE posts REPLICA IDENTITY FULL;
+ALTER TABLE comments REPLICA IDENTITY FULL;
+CREATE PUBLICATION bench FOR TABLE posts, comments;
 
-CREATE PROCEDURE bench_generate(base bigint, rounds int)
+CREATE PROCEDURE bench_generate(base bigint, txs int, stmts int, nrows int)
 LANGUAGE plpgsql AS $$
 DECLARE
 	pattern constant text := '` + genPattern + `';
-	next_id bigint := base; -- the next id to insert
-	low     bigint := base; -- the lowest live id: ids in [low, next_id) all exist
-	t       bigint := 0;    -- one-row transactions so far
-	u       bigint := 0;    -- big transactions so far
-	s       bigint;
+	pnext bigint := base; -- the next post id; ids in [plow, pnext) all exist
+	plow  bigint := base;
+	pn    bigint := 0;    -- post statements so far
+	cnext bigint := base; -- the same for comments
+	clow  bigint := base;
+	cn    bigint := 0;
+	s     bigint := 0;    -- statements so far
+	u     bigint;
 BEGIN
-	FOR r IN 1..rounds LOOP
-		FOR k IN 1..100 LOOP
-			CASE substr(pattern, (t % 10)::int + 1, 1)
-			WHEN 'I' THEN
-				INSERT INTO items VALUES (next_id, (next_id % 1000)::int, (next_id % 100000) / 100.0,
-					'note ' || md5(next_id::text), now());
-				next_id := next_id + 1;
-			WHEN 'U' THEN
-				s := low + (t * 7919) % (next_id - low);
-				UPDATE items SET amount = amount + 1, note = 'updated ' || t, updated_at = now() WHERE id = s;
+	FOR t IN 1..txs LOOP
+		FOR k IN 1..stmts LOOP
+			IF s % 5 = 0 THEN
+				CASE substr(pattern, (pn % 20)::int + 1, 1)
+				WHEN 'I' THEN
+					INSERT INTO posts SELECT g, 'author ' || (g % 997), 'title ' || g, repeat(md5(g::text), 3), now()
+						FROM generate_series(pnext, pnext + nrows - 1) g;
+					pnext := pnext + nrows;
+				WHEN 'U' THEN
+					u := plow + (pn * 7919) % (pnext - plow - nrows + 1);
+					UPDATE posts SET title = 'edited ' || pn, updated_at = now() WHERE id >= u AND id < u + nrows;
+				ELSE
+					DELETE FROM posts WHERE id >= plow AND id < plow + nrows;
+					plow := plow + nrows;
+				END CASE;
+				pn := pn + 1;
 			ELSE
-				DELETE FROM items WHERE id = low;
-				low := low + 1;
-			END CASE;
-			t := t + 1;
-			COMMIT;
+				CASE substr(pattern, (cn % 20)::int + 1, 1)
+				WHEN 'I' THEN
+					INSERT INTO comments SELECT g, plow + g % (pnext - plow), 'author ' || (g % 997), md5(g::text) || ' ' || md5((g + 1)::text), now()
+						FROM generate_series(cnext, cnext + nrows - 1) g;
+					cnext := cnext + nrows;
+				WHEN 'U' THEN
+					u := clow + (cn * 7919) % (cnext - clow - nrows + 1);
+					UPDATE comments SET body = 'edited ' || cn, updated_at = now() WHERE id >= u AND id < u + nrows;
+				ELSE
+					DELETE FROM comments WHERE id >= clow AND id < clow + nrows;
+					clow := clow + nrows;
+				END CASE;
+				cn := cn + 1;
+			END IF;
+			s := s + 1;
 		END LOOP;
-		CASE substr(pattern, (u % 10)::int + 1, 1)
-		WHEN 'I' THEN
-			INSERT INTO items SELECT g, (g % 1000)::int, (g % 100000) / 100.0, 'note ' || md5(g::text), now()
-				FROM generate_series(next_id, next_id + 99) g;
-			next_id := next_id + 100;
-		WHEN 'U' THEN
-			s := low + (u * 7919) % (next_id - low - 99);
-			UPDATE items SET amount = amount + 1, note = 'bulk ' || u, updated_at = now()
-				WHERE id >= s AND id < s + 100;
-		ELSE
-			DELETE FROM items WHERE id >= low AND id < low + 100;
-			low := low + 100;
-		END CASE;
-		u := u + 1;
 		COMMIT;
 	END LOOP;
 END $$;
 `
 
+// expectedCounts replays the generator: the events by "table type" a backlog of txs
+// transactions per worker must yield.
+func expectedCounts(shape backlogShape, txs int) map[string]int {
+	kind := map[byte]string{'I': "insert", 'U': "update", 'D': "delete"}
+	out := map[string]int{}
+	var pn, cn int
+	for s := range txs * shape.Stmts {
+		if s%5 == 0 {
+			out["posts "+kind[genPattern[pn%len(genPattern)]]] += genWorkers * shape.Rows
+			pn++
+		} else {
+			out["comments "+kind[genPattern[cn%len(genPattern)]]] += genWorkers * shape.Rows
+			cn++
+		}
+	}
+	return out
+}
+
+// generate writes a backlog: txs transactions of shape on each of genWorkers connections
+// at once.
+func generate(ctx context.Context, dsn string, shape backlogShape, txs int) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for w := range genWorkers {
+		g.Go(func() error {
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(ctx))
+			// The simple protocol (no arguments) runs CALL outside any implicit transaction
+			// block, which the procedure's COMMITs need.
+			_, err = conn.Exec(ctx, fmt.Sprintf("CALL bench_generate(%d, %d, %d, %d)", int64(w)*genBase+1, txs, shape.Stmts, shape.Rows))
+			return err
+		})
+	}
+	return g.Wait()
+}
+
 // drainKind names the client of one drain.
 type drainKind string
 
 const (
-	// recvlogical is pg_recvlogical writing the stream to /dev/null: the baseline.
+	// recvlogical is pg_recvlogical writing pgoutput's stream to /dev/null: the baseline.
 	recvlogical drainKind = "pg_recvlogical"
-	// walflowKind is the engine with its disk ledger.
+	// walflowKind is walflow with its disk ledger and channel index, in a child process.
 	walflowKind drainKind = "walflow"
-	// discardKind is a Go client (pgconn) that receives the stream and discards it, for
-	// information: what is left of a drain without decoding or storing anything.
-	discardKind drainKind = "discard"
 )
 
 // drainOrder is the order of the drains of rounds rounds: each round alternates the
-// compared clients (ABBA) so neither always goes first, and a discard drain ends.
+// clients (ABBA) so neither always goes first.
 func drainOrder(rounds int) []drainKind {
 	var out []drainKind
 	for range rounds {
 		out = append(out, recvlogical, walflowKind, walflowKind, recvlogical)
 	}
-	return append(out, discardKind)
+	return out
 }
 
 // drainRun is one measured drain.
 type drainRun struct {
 	Kind        drainKind
-	Slot        string
-	Elapsed     time.Duration
-	StartRSS    int64         // bytes when the drain started, walflow only; -1 when unknown
-	PeakRSS     int64         // bytes, walflow only; -1 when unknown
-	LedgerBytes int64         // walflow only
-	ClientCPU   time.Duration // CPU time of the client: pg_recvlogical, or this process
+	Elapsed     time.Duration // from starting the client to the backlog drained
+	CPU         time.Duration // the client process's user and system CPU time over the drain
 	MachineCPU  time.Duration // CPU time all processes used meanwhile; 0 when unknown
+	PeakRSS     int64         // the client process's peak resident set, bytes; -1 when unknown
+	LedgerBytes int64         // walflow only: the ledger directory's size after the drain
+	Marks       map[int]time.Duration
+	Verify      *drainVerify
 }
 
-// drainResult is what the drains of one backlog measured.
-type drainResult struct {
-	Changes      int
-	WALBytes     int64
-	Setup        time.Duration
-	Runs         []drainRun
-	Rates        map[drainKind]float64 // events/s over all the drains of each kind
-	Ratio        float64               // walflow's rate over pg_recvlogical's
-	PeakRSSMiB   float64               // highest over the walflow drains; -1 when unknown
-	ServerVer    string
-	EventCounts  map[event.Type]int // from the last walflow ledger (Verify only)
-	MissingOlds  int                // updates and deletes without an old record (Verify only)
-	ExpectCounts map[event.Type]int // what the generator wrote
+// backlogOpts configure [drainBacklog].
+type backlogOpts struct {
+	Shape   backlogShape
+	Changes int         // a multiple of genWorkers*Shape.txChanges()
+	Order   []drainKind // the drains, in order
+	Marks   []int       // ledger heads whose time walflow reports
+	Verify  bool        // walflow reads its ledger back after each drain
 }
 
-// drainOpts configure [drain].
-type drainOpts struct {
-	Changes int    // backlog size, a multiple of genWorkers*changesPerRound
-	Rounds  int    // ABBA rounds of pg_recvlogical and walflow drains
-	Prefix  string // slot name prefix; slots are cluster-wide
-	Verify  bool   // read the ledger back and count the event types
+// backlogResult is what the drains of one backlog measured.
+type backlogResult struct {
+	Opts     backlogOpts
+	WALBytes int64
+	Setup    time.Duration
+	Runs     []drainRun
+	Expect   map[string]int // events by "table type" the generator wrote
 }
 
-// drain builds a backlog in the empty database at dsn behind one slot per drain, then
-// drains it once per slot in drainOrder.
-func drain(tb testing.TB, c *pgtest.Cluster, dsn string, opts drainOpts) drainResult {
+// rate is the changes per second of kind over all its drains.
+func (r backlogResult) rate(k drainKind) float64 {
+	var n int
+	var total time.Duration
+	for _, run := range r.Runs {
+		if run.Kind == k {
+			n++
+			total += run.Elapsed
+		}
+	}
+	return float64(n*r.Opts.Changes) / total.Seconds()
+}
+
+// cpuPerChange is the CPU time of kind's client per change over all its drains, in µs.
+func (r backlogResult) cpuPerChange(k drainKind) float64 {
+	var n int
+	var total time.Duration
+	for _, run := range r.Runs {
+		if run.Kind == k {
+			n++
+			total += run.CPU
+		}
+	}
+	return float64(total.Microseconds()) / float64(n*r.Opts.Changes)
+}
+
+// peakRSSMiB is the highest peak RSS of kind's drains, in MiB; -1 when unknown.
+func (r backlogResult) peakRSSMiB(k drainKind) float64 {
+	peak := -1.0
+	for _, run := range r.Runs {
+		if run.Kind == k && run.PeakRSS >= 0 {
+			peak = max(peak, float64(run.PeakRSS)/(1<<20))
+		}
+	}
+	return peak
+}
+
+// drainSetup creates the schema in the empty database at dsn and reports the server version.
+func drainSetup(tb testing.TB, dsn string) string {
+	tb.Helper()
+	conn, err := pgx.Connect(tb.Context(), dsn)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close(context.WithoutCancel(tb.Context()))
+	var ver string
+	if err := conn.QueryRow(tb.Context(), "SHOW server_version").Scan(&ver); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := conn.Exec(tb.Context(), schemaSQL); err != nil {
+		tb.Fatalf("create schema: %v", err)
+	}
+	return ver
+}
+
+// drainBacklog builds a backlog behind one slot in the database at dsn (set up by
+// drainSetup; its tables are emptied first), then drains it in opts.Order, each drain
+// from its own copy of that slot, so every client reads the identical backlog. It drops
+// the slots it made.
+func drainBacklog(tb testing.TB, c *pgtest.Cluster, dsn string, opts backlogOpts) backlogResult {
 	tb.Helper()
 	ctx := tb.Context()
-	per := genWorkers * changesPerRound
+	per := genWorkers * opts.Shape.txChanges()
 	if opts.Changes <= 0 || opts.Changes%per != 0 {
-		tb.Fatalf("drain: %d changes is not a positive multiple of %d", opts.Changes, per)
+		tb.Fatalf("drain %s: %d changes is not a positive multiple of %d", opts.Shape.Name, opts.Changes, per)
 	}
-	res := drainResult{Changes: opts.Changes, PeakRSSMiB: -1}
+	txs := opts.Changes / per
+	res := backlogResult{Opts: opts, Expect: expectedCounts(opts.Shape, txs)}
 
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&res.ServerVer); err != nil {
+	if _, err := conn.Exec(ctx, "TRUNCATE posts, comments"); err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, schemaSQL); err != nil {
-		tb.Fatalf("create schema: %v", err)
+	// Slots are cluster-wide: name them after the database.
+	var db string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		tb.Fatal(err)
 	}
-	// Every client must see the same backlog: all the slots exist before the first change.
-	order := drainOrder(max(opts.Rounds, 1))
-	slots := make([]string, len(order))
-	for i, k := range order {
-		slots[i] = fmt.Sprintf("%s_%d_%s", opts.Prefix, i, strings.TrimPrefix(string(k), "pg_"))
-		if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slots[i]); err != nil {
-			tb.Fatalf("create slot %s: %v", slots[i], err)
+	origin := fmt.Sprintf("%s_%s", db, opts.Shape.Name)
+	dropSlot := func(name string) {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name); err != nil {
+			tb.Errorf("drop slot %s: %v", name, err)
 		}
 	}
+	if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", origin); err != nil {
+		tb.Fatalf("create slot %s: %v", origin, err)
+	}
+	defer dropSlot(origin)
 
 	var startLSN string
 	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&startLSN); err != nil {
 		tb.Fatal(err)
 	}
 	start := time.Now()
-	rounds := opts.Changes / per
-	if err := generate(ctx, dsn, rounds); err != nil {
-		tb.Fatalf("generate the backlog: %v", err)
+	if err := generate(ctx, dsn, opts.Shape, txs); err != nil {
+		tb.Fatalf("generate the %s backlog: %v", opts.Shape.Name, err)
 	}
 	res.Setup = time.Since(start)
 	// The target is where the last commit ends: the insert position, not
@@ -238,117 +378,30 @@ func drain(tb testing.TB, c *pgtest.Cluster, dsn string, opts drainOpts) drainRe
 	if _, err := conn.Exec(ctx, "SET synchronous_commit = on; SELECT txid_current()"); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Logf("backlog: %s changes, %.1f MiB of WAL from %s to %s, generated in %s; %d drains",
-		thousands(opts.Changes), float64(res.WALBytes)/(1<<20), startLSN, target, res.Setup.Round(time.Millisecond), len(order))
-	res.ExpectCounts = expectedCounts(rounds)
+	tb.Logf("%s backlog: %s changes in %d-row transactions, %.1f MiB of WAL from %s to %s, generated in %s; %d drains",
+		opts.Shape.Name, thousands(opts.Changes), opts.Shape.txChanges(), float64(res.WALBytes)/(1<<20), startLSN, target,
+		res.Setup.Round(time.Millisecond), len(opts.Order))
 
-	for i, k := range order {
+	for i, k := range opts.Order {
+		slot := fmt.Sprintf("%s_%d", origin, i)
+		if _, err := conn.Exec(ctx, "SELECT pg_copy_logical_replication_slot($1, $2)", origin, slot); err != nil {
+			tb.Fatalf("copy slot %s to %s: %v", origin, slot, err)
+		}
 		var r drainRun
 		switch k {
 		case recvlogical:
-			r = drainRecvlogical(tb, c, dsn, slots[i], target)
-		case discardKind:
-			r = drainDiscard(tb, dsn, slots[i], target, opts.Changes)
+			r = drainRecvlogical(tb, c, dsn, slot, target)
 		case walflowKind:
-			var counts map[event.Type]int
-			var missing int
-			r, counts, missing = drainWalflow(tb, dsn, slots[i], opts.Changes, opts.Verify)
-			res.MissingOlds += missing
-			if r.PeakRSS >= 0 {
-				res.PeakRSSMiB = max(res.PeakRSSMiB, float64(r.PeakRSS)/(1<<20))
-			}
-			if counts != nil {
-				res.EventCounts = counts
-			}
+			r = drainWalflow(tb, dsn, slot, opts.Changes, opts.Marks, opts.Verify)
 		}
+		dropSlot(slot)
 		res.Runs = append(res.Runs, r)
 	}
-	res.Rates = map[drainKind]float64{}
-	for _, k := range []drainKind{recvlogical, walflowKind, discardKind} {
-		var n int
-		var total time.Duration
-		for _, r := range res.Runs {
-			if r.Kind == k {
-				n++
-				total += r.Elapsed
-			}
-		}
-		res.Rates[k] = float64(n*opts.Changes) / total.Seconds()
-	}
-	res.Ratio = res.Rates[walflowKind] / res.Rates[recvlogical]
 	return res
 }
 
-// summary describes the drains in a few lines (a benchmark's log keeps only ten): one per
-// client, with each drain's time, and the CPU time the client and the whole machine used.
-func (r drainResult) summary() string {
-	var b strings.Builder
-	for _, k := range []drainKind{recvlogical, walflowKind, discardKind} {
-		var times []string
-		var n int
-		var client, all time.Duration
-		var ledger int64
-		for _, run := range r.Runs {
-			if run.Kind == k {
-				n++
-				t := fmt.Sprintf("%.2fs", run.Elapsed.Seconds())
-				if run.PeakRSS >= 0 {
-					t += fmt.Sprintf(" (RSS %.0f→%.0f MiB)", float64(run.StartRSS)/(1<<20), float64(run.PeakRSS)/(1<<20))
-				}
-				times = append(times, t)
-				client += run.ClientCPU
-				all += run.MachineCPU
-				ledger = max(ledger, run.LedgerBytes)
-			}
-		}
-		if n == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "%-14s %9s events/s  drains %s  CPU per drain: client %.2fs, machine %.2fs",
-			k, thousands(int(r.Rates[k])), strings.Join(times, " "), client.Seconds()/float64(n), all.Seconds()/float64(n))
-		if k == walflowKind {
-			fmt.Fprintf(&b, "  ledger %s", mib(ledger))
-		}
-		b.WriteByte('\n')
-	}
-	fmt.Fprintf(&b, "walflow/pg_recvlogical %.2f×, walflow/discard %.2f×", r.Ratio, r.Rates[walflowKind]/r.Rates[discardKind])
-	return b.String()
-}
-
-// generate writes the backlog: rounds rounds on each of genWorkers connections at once.
-func generate(ctx context.Context, dsn string, rounds int) error {
-	g, ctx := errgroup.WithContext(ctx)
-	for w := range genWorkers {
-		g.Go(func() error {
-			conn, err := pgx.Connect(ctx, dsn)
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(ctx))
-			// The simple protocol (no arguments) runs CALL outside any implicit transaction
-			// block, which the procedure's COMMITs need.
-			_, err = conn.Exec(ctx, fmt.Sprintf("CALL bench_generate(%d, %d)", int64(w)*ridBase*ridBase+1, rounds))
-			return err
-		})
-	}
-	return g.Wait()
-}
-
-// expectedCounts replays the generator's pattern: the event types the backlog must yield.
-func expectedCounts(rounds int) map[event.Type]int {
-	kind := map[byte]event.Type{'I': event.Insert, 'U': event.Update, 'D': event.Delete}
-	out := map[event.Type]int{}
-	for r := range rounds {
-		for t := r * genTxPerRound; t < (r+1)*genTxPerRound; t++ {
-			out[kind[genPattern[t%len(genPattern)]]] += genWorkers
-		}
-		out[kind[genPattern[r%len(genPattern)]]] += genWorkers * genBigTx
-	}
-	return out
-}
-
 // drainRecvlogical runs pg_recvlogical on slot until it has received the WAL up to
-// target, writing pgoutput's messages to /dev/null.
+// target, writing pgoutput's messages to /dev/null, with the options walflow streams with.
 func drainRecvlogical(tb testing.TB, c *pgtest.Cluster, dsn, slot, target string) drainRun {
 	tb.Helper()
 	bin, err := c.Binary("pg_recvlogical")
@@ -371,74 +424,367 @@ func drainRecvlogical(tb testing.TB, c *pgtest.Cluster, dsn, slot, target string
 	if err != nil {
 		tb.Fatalf("%s: %v\n%s", cmd, err, out.String())
 	}
-	return drainRun{Kind: recvlogical, Slot: slot, Elapsed: elapsed, PeakRSS: -1, LedgerBytes: -1,
-		ClientCPU: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), MachineCPU: busy}
+	r := drainRun{Kind: recvlogical, Elapsed: elapsed, PeakRSS: -1, LedgerBytes: -1,
+		CPU: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), MachineCPU: busy}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		r.PeakRSS = ru.Maxrss << 10 // KiB on Linux
+	}
+	return r
 }
 
-// drainDiscard receives the stream of slot up to target and discards it, as pg_recvlogical
-// does with --endpos, but in this process and without writing anything. It counts the row
-// changes (pgoutput Insert, Update and Delete messages) and fails unless there are
-// changes of them: an independent check of the backlog both compared clients read.
-func drainDiscard(tb testing.TB, dsn, slot, target string, changes int) drainRun {
+// drainWalflow runs walflow with a disk ledger in a child process (drainChildMain) on slot
+// until its ledger durably holds changes events. The drain's time runs from starting the
+// process to its report that the ledger holds them; its CPU time and peak RSS are the
+// process's own up to then (start-up included, as pg_recvlogical's are).
+func drainWalflow(tb testing.TB, dsn, slot string, changes int, marks []int, verify bool) drainRun {
 	tb.Helper()
-	ctx := tb.Context()
-	end, err := pglogrepl.ParseLSN(target)
+	dir := filepath.Join(tb.TempDir(), "ledger")
+	defer os.RemoveAll(dir) // a large backlog's ledgers would add up
+	spec, err := json.Marshal(drainChildSpec{DSN: dsn, Slot: slot, Ledger: dir, Changes: changes, Marks: marks, Verify: verify})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	busy, cpu := machineBusy(), processCPU()
+	cmd := exec.CommandContext(tb.Context(), os.Args[0])
+	cmd.Env = append(withoutPGEnv(), drainChildEnv+"="+string(spec))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 5 * time.Second
+	// Stdin stays open until the child exits; it exits by itself if this process dies.
+	if _, err := cmd.StdinPipe(); err != nil {
+		tb.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := drainRun{Kind: walflowKind, PeakRSS: -1, Marks: map[int]time.Duration{}}
+	busy := machineBusy()
 	start := time.Now()
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		tb.Fatal(err)
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start the walflow child: %v", err)
 	}
-	cfg.RuntimeParams["replication"] = "database"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
-		Mode:       pglogrepl.LogicalReplication,
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + publication + "'"},
-	})
-	if err != nil {
-		tb.Fatalf("start replication on %s: %v", slot, err)
-	}
-	// Receive without a context, as walflow does: pgconn watches a cancellable context on
-	// every call, which would cost more than the rest of this loop. A deadline stands in.
-	if err := conn.Conn().SetReadDeadline(time.Now().Add(10 * time.Minute)); err != nil {
-		tb.Fatal(err)
-	}
-	n := 0
-	for done := false; !done; {
-		msg, err := conn.ReceiveMessage(context.Background())
-		if err != nil {
-			tb.Fatalf("receive on %s: %v", slot, err)
-		}
-		cd, ok := msg.(*pgproto3.CopyData)
-		if !ok {
-			tb.Fatalf("unexpected %T on %s", msg, slot)
-		}
-		// Stop like pg_recvlogical --endpos: at a message at or past target, or a keepalive
-		// saying the server has nothing before it left.
-		switch {
-		case len(cd.Data) >= 26 && cd.Data[0] == pglogrepl.XLogDataByteID:
-			switch cd.Data[25] {
-			case 'I', 'U', 'D':
-				n++
+	var protoErr error
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		verb, rest, _ := strings.Cut(line, " ")
+		switch verb {
+		case "mark":
+			var n int
+			var ns int64
+			if _, err := fmt.Sscanf(rest, "%d %d", &n, &ns); err != nil {
+				protoErr = fmt.Errorf("line %q: %w", line, err)
 			}
-			done = pglogrepl.LSN(binary.BigEndian.Uint64(cd.Data[1:])) >= end
-		case len(cd.Data) >= 9 && cd.Data[0] == pglogrepl.PrimaryKeepaliveMessageByteID:
-			done = pglogrepl.LSN(binary.BigEndian.Uint64(cd.Data[1:])) >= end
+			r.Marks[n] = time.Duration(ns)
+		case "done":
+			r.Elapsed = time.Since(start)
+			r.MachineCPU = machineBusy() - busy
+			var utime, stime, hwm int64
+			if _, err := fmt.Sscanf(rest, "%d %d %d", &utime, &stime, &hwm); err != nil {
+				protoErr = fmt.Errorf("line %q: %w", line, err)
+			}
+			r.CPU, r.PeakRSS = time.Duration(utime+stime), hwm<<10
+		case "verify":
+			r.Verify = new(drainVerify)
+			if err := json.Unmarshal([]byte(rest), r.Verify); err != nil {
+				protoErr = fmt.Errorf("line %q: %w", line, err)
+			}
+		default:
+			protoErr = fmt.Errorf("unexpected line %q", line)
 		}
 	}
-	elapsed := time.Since(start)
-	busy, cpu = machineBusy()-busy, processCPU()-cpu
-	if n != changes {
-		tb.Errorf("slot %s streamed %d row changes up to %s, want %d", slot, n, target, changes)
+	_, _ = io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); err != nil {
+		tb.Fatalf("walflow child on slot %s: %v\n%s", slot, err, stderr.String())
 	}
-	return drainRun{Kind: discardKind, Slot: slot, Elapsed: elapsed, PeakRSS: -1, LedgerBytes: -1, ClientCPU: cpu, MachineCPU: busy}
+	if protoErr != nil || r.Elapsed == 0 {
+		tb.Fatalf("walflow child on slot %s: %v (done reported: %t)\n%s", slot, protoErr, r.Elapsed != 0, stderr.String())
+	}
+	r.LedgerBytes = dirSize(dir)
+	return r
+}
+
+// summary describes a backlog's drains in two lines (a benchmark's log keeps only ten
+// without -v): one per client with each drain's time, its CPU per change, its peak RSS and
+// the CPU the whole machine used per drain, and for walflow the ratios.
+func (r backlogResult) summary() string {
+	var b strings.Builder
+	for _, k := range []drainKind{recvlogical, walflowKind} {
+		var times []string
+		var n int
+		var all time.Duration
+		var ledger int64
+		for _, run := range r.Runs {
+			if run.Kind == k {
+				n++
+				times = append(times, fmt.Sprintf("%.2fs", run.Elapsed.Seconds()))
+				all += run.MachineCPU
+				ledger = max(ledger, run.LedgerBytes)
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "%s %-14s %9s changes/s  drains %s  CPU %.2f µs/change  peak RSS %.0f MiB  machine CPU per drain %.2fs",
+			r.Opts.Shape.Name, k, thousands(int(r.rate(k))), strings.Join(times, " "), r.cpuPerChange(k), r.peakRSSMiB(k),
+			all.Seconds()/float64(n))
+		if k == walflowKind {
+			fmt.Fprintf(&b, "  ledger %.0f bytes/change; %.2f× pg_recvlogical's rate, %.2f× its CPU per change",
+				float64(ledger)/float64(r.Opts.Changes), r.ratio(), r.cpuRatio())
+		}
+		b.WriteByte('\n')
+	}
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// ratio is walflow's rate over pg_recvlogical's.
+func (r backlogResult) ratio() float64 { return r.rate(walflowKind) / r.rate(recvlogical) }
+
+// cpuRatio is walflow's CPU per change over pg_recvlogical's.
+func (r backlogResult) cpuRatio() float64 {
+	return r.cpuPerChange(walflowKind) / r.cpuPerChange(recvlogical)
+}
+
+// readmeHeader and readmeRow give a result as a Markdown table row, for the README.
+const readmeHeader = "| backlog | pg_recvlogical | walflow | ratio | CPU per change (pg_recvlogical / walflow) | CPU ratio | walflow peak RSS |"
+
+func (r backlogResult) readmeRow() string {
+	return fmt.Sprintf("| %s changes in %d-row transactions | %s changes/s | %s changes/s | %.2f× | %.2f µs / %.2f µs | %.2f× | %.0f MiB |",
+		thousands(r.Opts.Changes), r.Opts.Shape.txChanges(), thousands(int(r.rate(recvlogical))), thousands(int(r.rate(walflowKind))),
+		r.ratio(), r.cpuPerChange(recvlogical), r.cpuPerChange(walflowKind), r.cpuRatio(), r.peakRSSMiB(walflowKind))
+}
+
+// longResult is what the long drain measured.
+type longResult struct {
+	Changes, Window      int
+	First, Last          float64 // changes/s over the first and the last Window events
+	PeakRSSMiB           float64
+	LedgerBytesPerChange float64
+	Overall              float64 // changes/s over the whole drain
+	CPUPerChange         float64 // µs
+	Setup                time.Duration
+	WALBytes             int64
+}
+
+// longMarks are the heads the long drain times: the first event, the end of the first
+// window and the start of the last.
+func longMarks(changes, window int) []int {
+	return []int{1, window, changes - window}
+}
+
+// long computes the long drain's figures from its one walflow drain.
+func long(res backlogResult, window int) (longResult, error) {
+	if len(res.Runs) != 1 {
+		return longResult{}, fmt.Errorf("the long drain ran %d times, want once", len(res.Runs))
+	}
+	run, n := res.Runs[0], res.Opts.Changes
+	first, ok1 := run.Marks[1]
+	win, ok2 := run.Marks[window]
+	last, ok3 := run.Marks[n-window]
+	end, ok4 := run.Marks[n]
+	if !ok1 || !ok2 || !ok3 || !ok4 {
+		return longResult{}, fmt.Errorf("the walflow child reported marks %v, want %v", run.Marks, longMarks(n, window))
+	}
+	return longResult{
+		Changes: n, Window: window,
+		First:                float64(window-1) / (win - first).Seconds(),
+		Last:                 float64(window) / (end - last).Seconds(),
+		PeakRSSMiB:           float64(run.PeakRSS) / (1 << 20),
+		LedgerBytesPerChange: float64(run.LedgerBytes) / float64(n),
+		Overall:              float64(n) / run.Elapsed.Seconds(),
+		CPUPerChange:         float64(run.CPU.Microseconds()) / float64(n),
+		Setup:                res.Setup,
+		WALBytes:             res.WALBytes,
+	}, nil
+}
+
+func (l longResult) String() string {
+	return fmt.Sprintf("long drain of %s changes in 100-row transactions (%.1f MiB of WAL, generated in %s): first %s %s changes/s, last %s %s changes/s, overall %s changes/s, %.2f µs CPU/change, peak RSS %.0f MiB, ledger %.0f bytes/change",
+		thousands(l.Changes), float64(l.WALBytes)/(1<<20), l.Setup.Round(time.Second), thousands(l.Window), thousands(int(l.First)),
+		thousands(l.Window), thousands(int(l.Last)), thousands(int(l.Overall)), l.CPUPerChange, l.PeakRSSMiB, l.LedgerBytesPerChange)
+}
+
+// TestDrainSmoke runs BenchmarkDrain's code on small backlogs, so the benchmark cannot
+// rot: each client must drain each backlog, and walflow's ledger must hold exactly the
+// changes generated, by table and type, with the old record of every update and delete,
+// and its channel index must return a scoped channel's events. It asserts no timing.
+func TestDrainSmoke(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	ver := drainSetup(t, dsn)
+	// One drain by each client: walflow runs under the race detector here, and slowly.
+	order := []drainKind{recvlogical, walflowKind}
+	for _, o := range []backlogOpts{
+		{Shape: bulkShape, Changes: smokeBulk, Order: order},
+		{Shape: singleShape, Changes: smokeSingle, Order: order},
+		{Shape: longShape, Changes: smokeLong, Order: []drainKind{walflowKind}, Marks: longMarks(smokeLong, smokeWindow)},
+	} {
+		o.Verify = true
+		res := drainBacklog(t, pgtest.Shared(t), dsn, o)
+		checkDrained(t, res)
+		if o.Shape == longShape {
+			l, err := long(res, smokeWindow)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !(l.First > 0 && l.Last > 0 && l.PeakRSSMiB > 0 && l.LedgerBytesPerChange > 0) {
+				t.Errorf("long drain figures are not all positive: %+v", l)
+			}
+			t.Logf("smoke run, not a measurement: %s", l)
+			continue
+		}
+		for _, k := range []drainKind{recvlogical, walflowKind} {
+			if rate, cpu := res.rate(k), res.cpuPerChange(k); !(rate > 0) || !(cpu > 0) {
+				t.Errorf("%s %s: %v changes/s, %v µs CPU per change; want both positive", o.Shape.Name, k, rate, cpu)
+			}
+		}
+		t.Logf("smoke run, not a measurement (%s):\n%s\n%s\n%s", machine(ver), res.summary(), readmeHeader, res.readmeRow())
+	}
+}
+
+// checkDrained checks what the walflow drains of res read back from their ledgers.
+func checkDrained(t *testing.T, res backlogResult) {
+	t.Helper()
+	name := res.Opts.Shape.Name
+	var n int
+	for _, run := range res.Runs {
+		if run.Kind != walflowKind {
+			continue
+		}
+		n++
+		v := run.Verify
+		if v == nil {
+			t.Errorf("%s: a walflow drain reported no verification", name)
+			continue
+		}
+		for k, want := range res.Expect {
+			if got := v.Counts[k]; got != want {
+				t.Errorf("%s: %s events: got %d, want %d", name, k, got, want)
+			}
+		}
+		for k, got := range v.Counts {
+			if _, ok := res.Expect[k]; !ok {
+				t.Errorf("%s: %d unexpected %s events", name, got, k)
+			}
+		}
+		if v.Read != res.Opts.Changes {
+			t.Errorf("%s: read %d events back, want %d", name, v.Read, res.Opts.Changes)
+		}
+		if v.MissingOlds != 0 {
+			t.Errorf("%s: %d updates or deletes lack their old record under REPLICA IDENTITY FULL", name, v.MissingOlds)
+		}
+		if v.Channel == "" || v.ChannelWant == 0 || v.ChannelGot != v.ChannelWant {
+			t.Errorf("%s: channel %q: the index returned %d events, want %d (and more than none)", name, v.Channel, v.ChannelGot, v.ChannelWant)
+		}
+	}
+	if want := countKind(res.Opts.Order, walflowKind); n != want {
+		t.Errorf("%s: %d walflow drains ran, want %d", name, n, want)
+	}
+	if got, want := len(res.Runs), len(res.Opts.Order); got != want {
+		t.Errorf("%s: %d drains ran, want %d", name, got, want)
+	}
+}
+
+func countKind(order []drainKind, k drainKind) int {
+	n := 0
+	for _, o := range order {
+		if o == k {
+			n++
+		}
+	}
+	return n
+}
+
+// BenchmarkDrain measures how fast walflow drains backlogs of row changes into its disk
+// ledger, against pg_recvlogical reading the same backlogs into /dev/null: a bulk backlog
+// (100-row transactions) and a single-row one, reported separately, and an optional long
+// drain; see the package documentation. Each call builds its own cluster and backlogs and
+// drains each once per slot copy, whatever b.N is.
+func BenchmarkDrain(b *testing.B) {
+	bulk, single, longN, window, rounds := *drainBulk, *drainSingle, *drainLong, *drainWindow, max(*drainRounds, 1)
+	if testing.Short() {
+		// A quick run of the same code, as the smoke test does.
+		bulk, single, longN, window, rounds = min(bulk, smokeBulk), min(single, smokeSingle), min(longN, smokeLong), min(window, smokeWindow), 1
+	}
+	if longN > 0 && (window <= 0 || 2*window > longN) {
+		b.Fatalf("drain: the long drain's window of %d events must be positive and at most half its %d changes; set -drain.window", window, longN)
+	}
+	ctx := b.Context()
+	c, err := pgtest.Start(ctx, &pgtest.Options{Settings: map[string]string{
+		// Keep checkpoints out of the way of the generation and the drains.
+		"max_wal_size":       "4GB",
+		"min_wal_size":       "1GB",
+		"checkpoint_timeout": "30min",
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := c.Stop(sctx); err != nil {
+			b.Error(err)
+		}
+	})
+	if err := c.CreateDatabase(ctx, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	dsn := c.DSN("bench")
+	ver := drainSetup(b, dsn)
+
+	// The time per op covers the setup and every drain: a meaningless figure. The timer
+	// still runs, so that the framework does not call the benchmark again with a larger b.N.
+	b.ReportMetric(0, "ns/op")
+	var rows []string
+	var missed []string
+	for _, o := range []backlogOpts{
+		{Shape: bulkShape, Changes: bulk, Order: drainOrder(rounds)},
+		{Shape: singleShape, Changes: single, Order: drainOrder(rounds)},
+	} {
+		if o.Changes == 0 {
+			continue
+		}
+		res := drainBacklog(b, c, dsn, o)
+		n := o.Shape.Name
+		b.ReportMetric(res.rate(walflowKind), n+"_walflow_changes/s")
+		b.ReportMetric(res.rate(recvlogical), n+"_recvlogical_changes/s")
+		b.ReportMetric(res.ratio(), n+"_ratio")
+		b.ReportMetric(res.cpuPerChange(walflowKind), n+"_walflow_cpu_us/change")
+		b.ReportMetric(res.cpuPerChange(recvlogical), n+"_recvlogical_cpu_us/change")
+		b.ReportMetric(res.cpuRatio(), n+"_cpu_ratio")
+		b.ReportMetric(res.peakRSSMiB(walflowKind), n+"_walflow_peak_rss_MiB")
+		b.Log(res.summary())
+		rows = append(rows, res.readmeRow())
+		if res.ratio() < minRatio {
+			missed = append(missed, fmt.Sprintf("%s: walflow drains at %.2f× pg_recvlogical's rate, below %.2f×", n, res.ratio(), minRatio))
+		}
+		if p := res.peakRSSMiB(walflowKind); p >= maxPeakRSSMiB {
+			missed = append(missed, fmt.Sprintf("%s: walflow's peak RSS %.0f MiB is not under %d MiB", n, p, maxPeakRSSMiB))
+		}
+	}
+	if longN > 0 {
+		res := drainBacklog(b, c, dsn, backlogOpts{Shape: longShape, Changes: longN, Order: []drainKind{walflowKind}, Marks: longMarks(longN, window)})
+		l, err := long(res, window)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(l.First, "long_first_changes/s")
+		b.ReportMetric(l.Last, "long_last_changes/s")
+		b.ReportMetric(l.PeakRSSMiB, "long_peak_rss_MiB")
+		b.ReportMetric(l.LedgerBytesPerChange, "long_ledger_bytes/change")
+		b.Log(l.String())
+		if l.PeakRSSMiB >= maxPeakRSSMiB {
+			missed = append(missed, fmt.Sprintf("long: walflow's peak RSS %.0f MiB is not under %d MiB", l.PeakRSSMiB, maxPeakRSSMiB))
+		}
+	}
+	if len(missed) > 0 {
+		// Reported, not failed: rates on a shared machine are not assertions.
+		b.Logf("bars missed (not asserted): %s", strings.Join(missed, "; "))
+	}
+	if len(rows) > 0 {
+		b.Logf("for the README (%s):\n%s\n%s", machine(ver), readmeHeader, strings.Join(rows, "\n"))
+	}
 }
 
 // withoutPGEnv is the environment without PG* variables, which could redirect a client.
@@ -450,145 +796,6 @@ func withoutPGEnv() []string {
 		}
 	}
 	return env
-}
-
-// drainWalflow runs an engine with a disk ledger on slot until the ledger durably holds
-// changes events, and measures the process's peak RSS meanwhile. With verify it then reads
-// the ledger back and counts the event types, and the updates and deletes that lack their
-// old record.
-func drainWalflow(tb testing.TB, dsn, slot string, changes int, verify bool) (drainRun, map[event.Type]int, int) {
-	tb.Helper()
-	ctx := tb.Context()
-	dir := filepath.Join(tb.TempDir(), "ledger")
-	eng, err := walflow.Open(ctx, walflow.Config{
-		DatabaseURL: dsn,
-		Slot:        slot,
-		Publication: publication,
-		Tables:      []channel.Table{{Name: table}},
-		LedgerDir:   dir,
-		Logger:      slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer eng.Close()
-
-	// Start the peak from what the process holds now, garbage returned.
-	runtime.GC()
-	debug.FreeOSMemory()
-	rssOK := true
-	if err := resetPeakRSS(); err != nil {
-		tb.Logf("cannot reset the peak RSS, so it covers the whole process's life: %v", err)
-	}
-	startRSS, err := procStatus("VmRSS")
-	if err != nil {
-		startRSS = -1
-	}
-
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ran := make(chan error, 1)
-	waited := make(chan error, 1)
-	busy, cpu := machineBusy(), processCPU()
-	start := time.Now()
-	go func() { ran <- eng.Run(runCtx) }()
-	go func() { waited <- eng.Ledger().Wait(runCtx, event.Position(changes-1)) }()
-	select {
-	case err := <-waited:
-		if err != nil {
-			tb.Fatalf("wait for %d events: %v", changes, err)
-		}
-	case err := <-ran:
-		tb.Fatalf("walflow stopped before draining the backlog: %v", err)
-	}
-	elapsed := time.Since(start)
-	busy, cpu = machineBusy()-busy, processCPU()-cpu
-	peak, err := procStatus("VmHWM")
-	if err != nil {
-		tb.Logf("cannot read the peak RSS: %v", err)
-		peak, rssOK = -1, false
-	}
-	cancel()
-	if err := <-ran; err != nil {
-		tb.Fatalf("walflow run: %v", err)
-	}
-
-	st := eng.Status(ctx)
-	if st.LedgerHead != uint64(changes) || st.EventsAppended != uint64(changes) {
-		tb.Errorf("walflow on slot %s: ledger head %d, %d events appended; want %d of each",
-			slot, st.LedgerHead, st.EventsAppended, changes)
-	}
-	var counts map[event.Type]int
-	missing := 0
-	if verify {
-		counts, missing = countEvents(tb, eng, changes)
-	}
-	if err := eng.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	r := drainRun{Kind: walflowKind, Slot: slot, Elapsed: elapsed, StartRSS: startRSS, PeakRSS: peak, LedgerBytes: dirSize(dir),
-		ClientCPU: cpu, MachineCPU: busy}
-	if !rssOK {
-		r.PeakRSS = -1
-	}
-	return r, counts, missing
-}
-
-// countEvents reads the whole ledger back.
-func countEvents(tb testing.TB, eng *walflow.Engine, changes int) (map[event.Type]int, int) {
-	tb.Helper()
-	counts := map[event.Type]int{}
-	missing := 0
-	var after event.Position
-	for {
-		evs, err := eng.Ledger().Read(tb.Context(), after, 4096)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		if len(evs) == 0 {
-			break
-		}
-		for i := range evs {
-			e := &evs[i]
-			counts[e.Type]++
-			if (e.Type == event.Update || e.Type == event.Delete) && e.OldRecord == nil {
-				missing++
-			}
-			after = e.Position
-		}
-	}
-	if int(after) != changes {
-		tb.Errorf("read %d events back from the ledger, want %d", after, changes)
-	}
-	return counts, missing
-}
-
-// resetPeakRSS resets the process's VmHWM to its current RSS (Linux 4.0+).
-func resetPeakRSS() error {
-	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-}
-
-// procStatus reads a memory figure of /proc/self/status (VmHWM, VmRSS), in bytes.
-func procStatus(name string) (int64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), name+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("parse %s %q: %w", name, v, err)
-			}
-			return kb << 10, nil
-		}
-	}
-	if err := s.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("no %s line in /proc/self/status", name)
 }
 
 // processCPU is the CPU time this process used so far, user and system.
@@ -642,13 +849,6 @@ func dirSize(dir string) int64 {
 	return n
 }
 
-func mib(n int64) string {
-	if n < 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-}
-
 // machine describes the host for the README: CPUs, CPU model and PostgreSQL version.
 func machine(pgVersion string) string {
 	model := "unknown CPU"
@@ -663,15 +863,6 @@ func machine(pgVersion string) string {
 	return fmt.Sprintf("%d CPUs (%s), PostgreSQL %s", runtime.NumCPU(), model, pgVersion)
 }
 
-// readmeHeader and readmeRow give the result as a Markdown table row, for the README.
-const readmeHeader = "| backlog | pg_recvlogical | walflow | ratio | peak RSS | machine |"
-
-func readmeRow(r drainResult) string {
-	return fmt.Sprintf("| %s changes | %s events/s | %s events/s | %.2f× | %.0f MiB | %s |",
-		thousands(r.Changes), thousands(int(r.Rates[recvlogical])), thousands(int(r.Rates[walflowKind])),
-		r.Ratio, r.PeakRSSMiB, machine(r.ServerVer))
-}
-
 // thousands writes n with commas: 1,000,000.
 func thousands(n int) string {
 	s := strconv.Itoa(n)
@@ -683,75 +874,4 @@ func thousands(n int) string {
 		b.WriteRune(c)
 	}
 	return b.String()
-}
-
-// TestDrainSmoke runs BenchmarkDrain's code on a small backlog, so the benchmark cannot
-// rot: every client must drain it, and walflow's ledger must hold exactly the changes
-// generated, with the old record of every update and delete. It asserts no timing.
-func TestDrainSmoke(t *testing.T) {
-	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
-	res := drain(t, pgtest.Shared(t), dsn, drainOpts{Changes: smokeChanges, Rounds: 1, Prefix: "smoke", Verify: true})
-	for _, k := range []event.Type{event.Insert, event.Update, event.Delete, event.Truncate} {
-		if got, want := res.EventCounts[k], res.ExpectCounts[k]; got != want {
-			t.Errorf("%s events: got %d, want %d", k, got, want)
-		}
-	}
-	if res.MissingOlds != 0 {
-		t.Errorf("%d updates or deletes lack their old record under REPLICA IDENTITY FULL", res.MissingOlds)
-	}
-	if n := len(drainOrder(1)); len(res.Runs) != n {
-		t.Errorf("%d drains ran, want %d", len(res.Runs), n)
-	}
-	for k, rate := range res.Rates {
-		if !(rate > 0) {
-			t.Errorf("%s drained at %v events/s", k, rate)
-		}
-	}
-	t.Logf("smoke run, not a measurement:\n%s\n%s\n%s", res.summary(), readmeHeader, readmeRow(res))
-}
-
-// BenchmarkDrain measures how fast walflow drains a backlog of row changes into its disk
-// ledger, against pg_recvlogical reading the same backlog into /dev/null; see the package
-// documentation. Each call builds its own cluster and backlog and drains it once per
-// slot, whatever b.N is: a slot's backlog can be drained only once.
-func BenchmarkDrain(b *testing.B) {
-	ctx := b.Context()
-	c, err := pgtest.Start(ctx, &pgtest.Options{Settings: map[string]string{
-		// Keep checkpoints out of the way of the generation and the drains.
-		"max_wal_size":       "4GB",
-		"min_wal_size":       "1GB",
-		"checkpoint_timeout": "30min",
-	}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := c.Stop(sctx); err != nil {
-			b.Error(err)
-		}
-	})
-	if err := c.CreateDatabase(ctx, "bench"); err != nil {
-		b.Fatal(err)
-	}
-
-	res := drain(b, c, c.DSN("bench"), drainOpts{Changes: *drainChanges, Rounds: *drainRounds, Prefix: "bench"})
-
-	// The time per op covers the setup and every drain: a meaningless figure. The timer
-	// still runs, so that the framework does not call the benchmark again with a larger b.N.
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(res.Rates[recvlogical], "recvlogical_events/s")
-	b.ReportMetric(res.Rates[walflowKind], "walflow_events/s")
-	b.ReportMetric(res.Ratio, "ratio")
-	b.ReportMetric(res.PeakRSSMiB, "peak_rss_MiB")
-	b.ReportMetric(res.Rates[discardKind], "discard_events/s")
-	b.Logf("%s\nfor the README:\n%s\n%s", res.summary(), readmeHeader, readmeRow(res))
-	if res.Ratio < minRatio {
-		b.Errorf("walflow drains at %.2f× pg_recvlogical's rate, below the %.2f× bar", res.Ratio, minRatio)
-	}
-	if res.PeakRSSMiB >= maxPeakRSSMiB {
-		b.Errorf("peak RSS %.0f MiB while walflow drains, at or over the %d MiB bar", res.PeakRSSMiB, maxPeakRSSMiB)
-	}
 }
