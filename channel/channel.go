@@ -299,9 +299,6 @@ func identProblem(s, what string) string {
 	return ""
 }
 
-// validIdent reports whether s is one identifier.
-func validIdent(s string) bool { return identProblem(s, "") == "" }
-
 // idProblem says what is wrong with an id (after percent-decoding), or "" when it is valid.
 func idProblem(s string) string {
 	switch {

@@ -33,7 +33,7 @@ type BackfillOpts struct {
 	// transaction. Default 1000 (BackfillBatchDefault).
 	BatchSize int
 	// Progress is called once when the backfill starts on an entity and after each committed
-	// batch. [NewProgressPrinter] makes one for a terminal or a log. Default: none.
+	// batch, with a [BackfillProgress] to show or log as the caller likes. Default: none.
 	Progress ProgressFunc
 	// Restart ignores the saved progress of an interrupted backfill and starts over.
 	// Default false: an interrupted backfill resumes after its last committed batch (a

@@ -1,7 +1,6 @@
 package operator_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -433,57 +432,6 @@ func TestBackfillKeys(t *testing.T) {
 			t.Fatal("backfill of a missing table succeeded")
 		}
 	})
-}
-
-func TestProgressPrinter(t *testing.T) {
-	t.Parallel()
-	t0 := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-	at := func(d time.Duration) time.Time { return t0.Add(d) }
-	base := operator.BackfillProgress{Operator: "post_with_comments_counts", Entity: "comments", Total: 100000, Started: t0}
-	step := func(done int64, d time.Duration, finished bool) operator.BackfillProgress {
-		p := base
-		p.Done, p.At, p.Finished = done, at(d), finished
-		return p
-	}
-	reports := []operator.BackfillProgress{
-		step(0, 0, false),
-		step(12345, 2900*time.Millisecond, false),
-		step(13000, 3*time.Second, false),
-		step(50000, 4*time.Second, false),
-		step(100000, 20*time.Second, true),
-		{Operator: "post_with_comments_counts", Entity: "posts", Done: 0, Total: 0, Started: at(20 * time.Second), At: at(20 * time.Second), Finished: true},
-	}
-	tests := []struct {
-		name     string
-		terminal bool
-		want     string
-	}{
-		{"terminal", true, "" +
-			"\rpost_with_comments_counts  comments  [........................]  0/100,000  0.0%  0/s  ETA ?\x1b[K" +
-			"\rpost_with_comments_counts  comments  [##......................]  12,345/100,000  12.3%  4,257/s  ETA 21s\x1b[K" +
-			"\rpost_with_comments_counts  comments  [###.....................]  13,000/100,000  13.0%  4,333/s  ETA 20s\x1b[K" +
-			"\rpost_with_comments_counts  comments  [############............]  50,000/100,000  50.0%  12,500/s  ETA 4s\x1b[K" +
-			"\rpost_with_comments_counts  comments  [########################]  100,000/100,000  100.0%  5,000/s  done in 20s\x1b[K\n" +
-			"\rpost_with_comments_counts  posts  [########################]  0/0  100.0%  0/s  done in 0s\x1b[K\n"},
-		{"plain", false, "" +
-			"post_with_comments_counts  comments  0/100,000  0.0%  0/s  ETA ?\n" +
-			"post_with_comments_counts  comments  12,345/100,000  12.3%  4,257/s  ETA 21s\n" +
-			"post_with_comments_counts  comments  100,000/100,000  100.0%  5,000/s  done in 20s\n" +
-			"post_with_comments_counts  posts  0/0  100.0%  0/s  done in 0s\n"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			var b bytes.Buffer
-			print := operator.NewProgressPrinter(&b, tt.terminal)
-			for _, p := range reports {
-				print(p)
-			}
-			if b.String() != tt.want {
-				t.Fatalf("got:\n%q\nwant:\n%q", b.String(), tt.want)
-			}
-		})
-	}
 }
 
 func TestProgressRateETA(t *testing.T) {

@@ -49,6 +49,7 @@ const (
 	reasonMalformed       = "malformed token"
 	reasonBadAlg          = "token algorithm not accepted"
 	reasonBadSignature    = "invalid token signature"
+	reasonUnknownKey      = "token signing key not known"
 	reasonExpired         = "token expired"
 	reasonNotYetValid     = "token not yet valid"
 	reasonBadIssuer       = "token issuer not accepted"

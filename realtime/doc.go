@@ -22,7 +22,8 @@
 // the token.
 //
 // [JWTAuthorizer] is the built-in Authorizer. It verifies HS256, RS256 or ES256 tokens with
-// keys from [JWTConfig] and reads the channel patterns a token grants from one of its claims.
+// keys from [JWTConfig] (PEM keys, or JWKS URLs whose keys it fetches again as they rotate)
+// and reads the channel patterns a token grants from one of its claims.
 //
 // # Tokens
 //

@@ -7,11 +7,8 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -19,10 +16,12 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"math/big"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/walflow/walflow/channel"
 )
@@ -40,11 +39,18 @@ const (
 	minHS256SecretBytes = 32
 	// minRSABits is the smallest RS256 key.
 	minRSABits = 2048
+	// JWKSRefreshIntervalDefault is the default [JWTConfig.JWKSRefreshInterval].
+	JWKSRefreshIntervalDefault = 15 * time.Minute
+	// JWKSMinRefreshIntervalDefault is the default [JWTConfig.JWKSMinRefreshInterval].
+	JWKSMinRefreshIntervalDefault = 30 * time.Second
+	// JWKSFetchTimeoutDefault bounds one fetch of a JWKS.
+	JWKSFetchTimeoutDefault = 10 * time.Second
 )
 
-// JWTConfig configures a [JWTAuthorizer]. At least one key must be set unless
-// AllowAnonymous is true. Each configured key enables exactly its algorithm; a token whose
-// alg header names another algorithm (including none) is denied.
+// JWTConfig configures a [JWTAuthorizer]. At least one key or JWKS URL must be set unless
+// AllowAnonymous is true. Each configured key enables exactly its algorithm, and JWKSURLs
+// enable RS256 and ES256; a token whose alg header names another algorithm (including none)
+// is denied.
 type JWTConfig struct {
 	// HS256Secret enables HS256 with this shared secret, at least 32 bytes. Default: none.
 	HS256Secret []byte
@@ -55,6 +61,26 @@ type JWTConfig struct {
 	// ES256PublicKeyPEM enables ES256 with this P-256 public key, as a PEM "PUBLIC KEY"
 	// (PKIX) or "CERTIFICATE" block. Default: none.
 	ES256PublicKeyPEM []byte
+	// JWKSURLs are JSON Web Key Set documents (RFC 7517) holding RS256 (RSA, at least
+	// 2048 bits) and ES256 (P-256) public keys, like an identity provider's
+	// /.well-known/jwks.json. A token whose header has a kid is verified with the key of
+	// that kid; one without a kid with every key of its algorithm. Keys are fetched on the
+	// first token, kept, and fetched again when older than JWKSRefreshInterval or when a
+	// token names a kid no set holds (at most once per JWKSMinRefreshInterval), so an
+	// issuer can rotate keys without a restart. A failed fetch keeps the keys already held.
+	// Each URL must be https, or http to a loopback address. Default: none.
+	JWKSURLs []string
+	// JWKSRefreshInterval is how old the keys of a JWKS may get before the next token
+	// fetches them again. Default: JWKSRefreshIntervalDefault (15m).
+	JWKSRefreshInterval time.Duration
+	// JWKSMinRefreshInterval is the least time between two fetches of one JWKS, however
+	// many tokens name unknown kids or find the keys stale; it keeps a flood of forged
+	// tokens from becoming a flood of fetches. Default: JWKSMinRefreshIntervalDefault (30s).
+	JWKSMinRefreshInterval time.Duration
+	// JWKSHTTPClient fetches the JWKS. Each fetch runs under the context of the request
+	// that needed it and at most JWKSFetchTimeoutDefault (10s). Default: an http.Client
+	// that follows no redirect to another host.
+	JWKSHTTPClient *http.Client
 	// ClaimName is the claim holding the JSON array of channel patterns a token grants.
 	// Default: ClaimNameDefault ("channels").
 	ClaimName string
@@ -93,17 +119,25 @@ func (c JWTConfig) withDefaults() JWTConfig {
 	if c.NowFunc == nil {
 		c.NowFunc = time.Now
 	}
+	c.JWKSRefreshInterval = cmp.Or(c.JWKSRefreshInterval, JWKSRefreshIntervalDefault)
+	c.JWKSMinRefreshInterval = cmp.Or(c.JWKSMinRefreshInterval, JWKSMinRefreshIntervalDefault)
+	if c.JWKSHTTPClient == nil {
+		c.JWKSHTTPClient = &http.Client{CheckRedirect: sameHostRedirect}
+	}
 	return c
 }
 
 // JWTAuthorizer is an [Authorizer] that verifies JSON Web Tokens (RFC 7519) signed with
-// HS256, RS256 or ES256 and allows the channels their patterns cover. It is safe for
-// concurrent use.
+// HS256, RS256 or ES256 and allows the channels their patterns cover. Tokens are parsed and
+// verified by github.com/golang-jwt/jwt/v5. It is safe for concurrent use and starts no
+// goroutine: JWKS fetches run in the goroutine of the request that needs them.
 type JWTAuthorizer struct {
 	cfg    JWTConfig
 	hs     []byte
 	rs     *rsa.PublicKey
 	es     *ecdsa.PublicKey
+	jwks   []*jwksCache
+	algs   []string // the algorithms some key enables
 	anon   []pattern
 	logger *slog.Logger
 }
@@ -147,8 +181,27 @@ func NewJWTAuthorizer(cfg JWTConfig) (*JWTAuthorizer, error) {
 		}
 		a.es = ek
 	}
-	if a.hs == nil && a.rs == nil && a.es == nil && !cfg.AllowAnonymous {
-		return nil, errors.New("realtime: JWTConfig has no key; set HS256Secret, RS256PublicKeyPEM or ES256PublicKeyPEM, or set AllowAnonymous")
+	for i, u := range cfg.JWKSURLs {
+		c, err := newJWKSCache(u, cfg, a.logger)
+		if err != nil {
+			return nil, fmt.Errorf("realtime: JWTConfig.JWKSURLs[%d]: %w", i, err)
+		}
+		a.jwks = append(a.jwks, c)
+	}
+	if cfg.JWKSMinRefreshInterval < 0 || cfg.JWKSRefreshInterval < 0 {
+		return nil, errors.New("realtime: JWTConfig.JWKSRefreshInterval and JWKSMinRefreshInterval must not be negative; leave them 0 for the defaults")
+	}
+	if a.hs != nil {
+		a.algs = append(a.algs, jwt.SigningMethodHS256.Alg())
+	}
+	if a.rs != nil || len(a.jwks) > 0 {
+		a.algs = append(a.algs, jwt.SigningMethodRS256.Alg())
+	}
+	if a.es != nil || len(a.jwks) > 0 {
+		a.algs = append(a.algs, jwt.SigningMethodES256.Alg())
+	}
+	if len(a.algs) == 0 && !cfg.AllowAnonymous {
+		return nil, errors.New("realtime: JWTConfig has no key; set HS256Secret, RS256PublicKeyPEM, ES256PublicKeyPEM or JWKSURLs, or set AllowAnonymous")
 	}
 	if len(cfg.AnonymousChannels) > 0 && !cfg.AllowAnonymous {
 		return nil, errors.New("realtime: JWTConfig.AnonymousChannels is set but AllowAnonymous is false; set AllowAnonymous to allow them")
@@ -219,7 +272,7 @@ func (a *JWTAuthorizer) authorize(r *http.Request, ch channel.Channel) Decision 
 		}
 		return deny(http.StatusUnauthorized, reasonAnonNotCovered)
 	}
-	claims, exp, d, ok := a.verify(tok)
+	claims, exp, d, ok := a.verify(r.Context(), tok)
 	if !ok {
 		return d
 	}
@@ -261,105 +314,142 @@ func bearerToken(r *http.Request) (string, Decision, bool) {
 	return header + query, Decision{}, true
 }
 
-// verify checks the token and returns its claims and expiry.
-func (a *JWTAuthorizer) verify(tok string) (map[string]any, time.Time, Decision, bool) {
+// verify checks the token with golang-jwt and returns its claims and expiry. Signature
+// checks, base64url decoding and the time, issuer and audience checks are the library's;
+// this function picks the keys and turns its errors into constant reasons.
+func (a *JWTAuthorizer) verify(ctx context.Context, tok string) (map[string]any, time.Time, Decision, bool) {
 	fail := func(status int, reason string) (map[string]any, time.Time, Decision, bool) {
 		return nil, time.Time{}, deny(status, reason), false
 	}
 	if len(tok) > MaxTokenBytes {
 		return fail(http.StatusUnauthorized, reasonTooLarge)
 	}
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return fail(http.StatusUnauthorized, reasonMalformed)
-	}
-	enc := base64.RawURLEncoding.Strict()
-	hb, err1 := enc.DecodeString(parts[0])
-	pb, err2 := enc.DecodeString(parts[1])
-	sig, err3 := enc.DecodeString(parts[2])
-	if err1 != nil || err2 != nil || err3 != nil {
-		return fail(http.StatusUnauthorized, reasonMalformed)
-	}
-	var header struct {
-		Alg  string          `json:"alg"`
-		Crit json.RawMessage `json:"crit"`
-	}
-	if err := json.Unmarshal(hb, &header); err != nil {
-		return fail(http.StatusUnauthorized, reasonMalformed)
-	}
-	if header.Crit != nil {
-		return fail(http.StatusUnauthorized, reasonUnsupportedCrit)
-	}
-	signed := []byte(tok[:len(parts[0])+1+len(parts[1])])
-	digest := sha256.Sum256(signed)
-	var valid bool
-	// Each algorithm is accepted only when its own key is configured, so none and
-	// HS256-signed-with-the-RSA-public-key never reach a verifier.
-	switch header.Alg {
-	case "HS256":
-		if a.hs == nil {
-			return fail(http.StatusUnauthorized, reasonBadAlg)
-		}
-		m := hmac.New(sha256.New, a.hs)
-		m.Write(signed)
-		valid = hmac.Equal(m.Sum(nil), sig)
-	case "RS256":
-		if a.rs == nil {
-			return fail(http.StatusUnauthorized, reasonBadAlg)
-		}
-		valid = rsa.VerifyPKCS1v15(a.rs, crypto.SHA256, digest[:], sig) == nil
-	case "ES256":
-		if a.es == nil {
-			return fail(http.StatusUnauthorized, reasonBadAlg)
-		}
-		if len(sig) == 64 {
-			r := new(big.Int).SetBytes(sig[:32])
-			s := new(big.Int).SetBytes(sig[32:])
-			valid = ecdsa.Verify(a.es, digest[:], r, s)
-		}
-	default:
+	if len(a.algs) == 0 {
+		// Anonymous only: no token can be verified (and an empty WithValidMethods would
+		// check nothing).
 		return fail(http.StatusUnauthorized, reasonBadAlg)
 	}
-	if !valid {
-		return fail(http.StatusUnauthorized, reasonBadSignature)
-	}
-
-	dec := json.NewDecoder(bytes.NewReader(pb))
-	dec.UseNumber()
-	var claims map[string]any
-	if err := dec.Decode(&claims); err != nil || claims == nil || dec.More() {
-		return fail(http.StatusUnauthorized, reasonBadClaims)
-	}
-	now := a.cfg.NowFunc()
-	var exp time.Time
-	if v, present := claims["exp"]; present {
-		t, ok := numericDate(v)
-		if !ok {
-			return fail(http.StatusUnauthorized, reasonBadClaims)
-		}
-		if !now.Before(t.Add(a.cfg.Leeway)) {
-			return fail(http.StatusUnauthorized, reasonExpired)
-		}
-		exp = t
-	}
-	if v, present := claims["nbf"]; present {
-		t, ok := numericDate(v)
-		if !ok {
-			return fail(http.StatusUnauthorized, reasonBadClaims)
-		}
-		if now.Add(a.cfg.Leeway).Before(t) {
-			return fail(http.StatusUnauthorized, reasonNotYetValid)
-		}
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods(a.algs),
+		jwt.WithJSONNumber(),
+		jwt.WithStrictDecoding(),
+		jwt.WithLeeway(a.cfg.Leeway),
+		jwt.WithTimeFunc(a.cfg.NowFunc),
 	}
 	if a.cfg.Issuer != "" {
-		if iss, _ := claims["iss"].(string); iss != a.cfg.Issuer {
-			return fail(http.StatusUnauthorized, reasonBadIssuer)
+		opts = append(opts, jwt.WithIssuer(a.cfg.Issuer))
+	}
+	if a.cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(a.cfg.Audience))
+	}
+	var claims jwt.MapClaims
+	token, err := jwt.NewParser(opts...).ParseWithClaims(tok, &claims, func(t *jwt.Token) (any, error) {
+		return a.keyFor(ctx, t)
+	})
+	if err != nil {
+		return fail(http.StatusUnauthorized, a.reason(token, err))
+	}
+	if claims == nil {
+		return fail(http.StatusUnauthorized, reasonBadClaims)
+	}
+	// The library has checked exp and nbf; these re-reads keep their range to sane dates
+	// (a NumericDate from 0 to year 5138) and give exp to the decision unrounded.
+	var exp time.Time
+	for _, name := range []string{"exp", "nbf"} {
+		v, present := claims[name]
+		if !present {
+			continue
+		}
+		t, ok := numericDate(v)
+		if !ok {
+			return fail(http.StatusUnauthorized, reasonBadClaims)
+		}
+		if name == "exp" {
+			exp = t
 		}
 	}
-	if a.cfg.Audience != "" && !hasAudience(claims["aud"], a.cfg.Audience) {
-		return fail(http.StatusUnauthorized, reasonBadAudience)
-	}
 	return claims, exp, Decision{}, true
+}
+
+// Errors keyFor returns, mapped to reasons by reason.
+var (
+	errCritHeader = errors.New("realtime: token has a crit header")
+	errAlgRefused = errors.New("realtime: token algorithm not accepted")
+	errUnknownKey = errors.New("realtime: no key for the token's kid")
+)
+
+// keyFor returns the keys that may have signed t: the configured key of its algorithm and
+// the JWKS keys of that algorithm with its kid (all of them when it has no kid). A kid no
+// JWKS holds makes each JWKS refresh, at most once per JWKSMinRefreshInterval.
+func (a *JWTAuthorizer) keyFor(ctx context.Context, t *jwt.Token) (any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		return nil, errCritHeader
+	}
+	alg := t.Method.Alg()
+	kid, _ := t.Header["kid"].(string)
+	var keys []jwt.VerificationKey
+	switch alg {
+	case jwt.SigningMethodHS256.Alg():
+		if a.hs != nil {
+			keys = append(keys, a.hs)
+		}
+	case jwt.SigningMethodRS256.Alg():
+		if a.rs != nil {
+			keys = append(keys, a.rs)
+		}
+	case jwt.SigningMethodES256.Alg():
+		if a.es != nil {
+			keys = append(keys, a.es)
+		}
+	default:
+		return nil, errAlgRefused
+	}
+	if alg != jwt.SigningMethodHS256.Alg() {
+		for _, set := range a.jwks {
+			keys = append(keys, set.keys(ctx, alg, kid)...)
+		}
+	}
+	if len(keys) == 0 {
+		if len(a.jwks) > 0 && alg != jwt.SigningMethodHS256.Alg() {
+			return nil, errUnknownKey
+		}
+		return nil, errAlgRefused
+	}
+	return jwt.VerificationKeySet{Keys: keys}, nil
+}
+
+// reason names why golang-jwt refused a token, as a constant reason.
+func (a *JWTAuthorizer) reason(token *jwt.Token, err error) string {
+	switch {
+	case errors.Is(err, errCritHeader):
+		return reasonUnsupportedCrit
+	case errors.Is(err, errAlgRefused):
+		return reasonBadAlg
+	case errors.Is(err, errUnknownKey):
+		return reasonUnknownKey
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return reasonMalformed
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		// The alg header names no algorithm the library knows.
+		return reasonBadAlg
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		if token == nil || token.Method == nil || !slices.Contains(a.algs, token.Method.Alg()) {
+			return reasonBadAlg
+		}
+		return reasonBadSignature
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return reasonExpired
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return reasonNotYetValid
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return reasonBadIssuer
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return reasonBadAudience
+	case errors.Is(err, jwt.ErrTokenInvalidClaims):
+		return reasonBadClaims
+	default:
+		return reasonMalformed
+	}
 }
 
 // numericDate converts a JWT NumericDate (seconds since the epoch, maybe fractional).
@@ -374,21 +464,6 @@ func numericDate(v any) (time.Time, bool) {
 	}
 	sec, frac := math.Modf(f)
 	return time.Unix(int64(sec), int64(frac*1e9)), true
-}
-
-// hasAudience reports whether aud (a string or an array of strings) holds want.
-func hasAudience(aud any, want string) bool {
-	switch v := aud.(type) {
-	case string:
-		return v == want
-	case []any:
-		for _, x := range v {
-			if s, ok := x.(string); ok && s == want {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // grant parses the token's patterns once. Invalid patterns match nothing and are logged.

@@ -33,9 +33,15 @@ type claims = map[string]any
 
 // signToken builds a compact JWT. key is []byte (HS256), *rsa.PrivateKey (RS256),
 // *ecdsa.PrivateKey (ES256) or nil (none, empty signature).
-func signToken(t *testing.T, alg string, key any, c claims) string {
+func signToken(t testing.TB, alg string, key any, c claims) string {
 	t.Helper()
-	h, err := json.Marshal(map[string]any{"alg": alg, "typ": "JWT"})
+	return signTokenHeader(t, map[string]any{"alg": alg, "typ": "JWT"}, key, c)
+}
+
+// signTokenHeader is signToken with the whole header given.
+func signTokenHeader(t testing.TB, header map[string]any, key any, c claims) string {
+	t.Helper()
+	h, err := json.Marshal(header)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +78,7 @@ func signToken(t *testing.T, alg string, key any, c claims) string {
 	return signed + "." + enc.EncodeToString(sig)
 }
 
-func publicPEM(t *testing.T, pub any) []byte {
+func publicPEM(t testing.TB, pub any) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -86,7 +92,7 @@ var (
 	rsaKey  *rsa.PrivateKey
 )
 
-func testRSAKey(t *testing.T) *rsa.PrivateKey {
+func testRSAKey(t testing.TB) *rsa.PrivateKey {
 	t.Helper()
 	rsaOnce.Do(func() {
 		k, err := rsa.GenerateKey(rand.Reader, 2048)

@@ -14,7 +14,6 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
-	"github.com/walflow/walflow/operator"
 )
 
 var indexCommand = &command{
@@ -86,7 +85,7 @@ func indexRebuildMain(ctx context.Context, e *env, path, name string) error {
 	if err := f.store.Reset(ctx, name); err != nil {
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	if err := f.catchUp(ctx, r, operator.NewProgressPrinter(e.stderr, isTerminal(e.stderr))); err != nil {
+	if err := f.catchUp(ctx, r, newProgressPrinter(e.stderr, isTerminal(e.stderr), "events")); err != nil {
 		return err
 	}
 	st, _, err := f.store.State(ctx, name)

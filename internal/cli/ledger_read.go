@@ -121,7 +121,7 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 		}
 		var progress operator.ProgressFunc
 		if isTerminal(e.stderr) {
-			progress = operator.NewProgressPrinter(e.stderr, true)
+			progress = newProgressPrinter(e.stderr, true, "events")
 		}
 		if err := f.catchUp(ctx, r, progress); err != nil {
 			return err

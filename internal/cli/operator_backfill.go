@@ -50,7 +50,7 @@ func operatorBackfillMain(ctx context.Context, e *env, path, name string, batch 
 	started := time.Now()
 	err = operator.Backfill(ctx, pool, op, &operator.BackfillOpts{
 		BatchSize: batch,
-		Progress:  operator.NewProgressPrinter(e.stderr, isTerminal(e.stderr)),
+		Progress:  newProgressPrinter(e.stderr, isTerminal(e.stderr), "ids"),
 		Restart:   restart,
 	})
 	if err != nil {

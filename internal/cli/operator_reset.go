@@ -61,7 +61,7 @@ func operatorResetMain(ctx context.Context, e *env, path, name string, batch int
 	started := time.Now()
 	err = operator.Reset(ctx, pool, oc.instance, op, &operator.BackfillOpts{
 		BatchSize: batch,
-		Progress:  operator.NewProgressPrinter(e.stderr, isTerminal(e.stderr)),
+		Progress:  newProgressPrinter(e.stderr, isTerminal(e.stderr), "ids"),
 	})
 	if err != nil {
 		if errors.Is(err, operator.ErrBackfillRunning) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -44,10 +45,13 @@ type jwtConfig struct {
 	RS256PublicKeyEnv  string `yaml:"rs256_public_key_env"`
 	ES256PublicKeyFile string `yaml:"es256_public_key_file"`
 	ES256PublicKeyEnv  string `yaml:"es256_public_key_env"`
-	Claim              string `yaml:"claim"`
-	Issuer             string `yaml:"issuer"`
-	Audience           string `yaml:"audience"`
-	Leeway             string `yaml:"leeway"`
+	// JWKS URLs are not secrets: they are read from the file.
+	JWKSURLs            []string `yaml:"jwks_urls"`
+	JWKSRefreshInterval string   `yaml:"jwks_refresh_interval"`
+	Claim               string   `yaml:"claim"`
+	Issuer              string   `yaml:"issuer"`
+	Audience            string   `yaml:"audience"`
+	Leeway              string   `yaml:"leeway"`
 }
 
 var realtimeSpec = mapSpec("the keys of realtime",
@@ -72,6 +76,8 @@ var jwtSpec = func() *spec {
 		"rs256_public_key_env", scalar("an environment variable holding the RS256 public key in PEM, like WALFLOW_JWT_RS256_KEY"),
 		"es256_public_key_file", scalar("a PEM file holding the ES256 public key, like /etc/walflow/jwt_es256.pem"),
 		"es256_public_key_env", scalar("an environment variable holding the ES256 public key in PEM, like WALFLOW_JWT_ES256_KEY"),
+		"jwks_urls", &spec{kind: kindList, want: `a list of JWKS URLs like ["https://auth.example.com/.well-known/jwks.json"]`, elem: scalar("a JWKS URL like https://auth.example.com/.well-known/jwks.json")},
+		"jwks_refresh_interval", scalar("a duration like 15m"),
 		"claim", scalar("a claim name like channels"),
 		"issuer", scalar("the iss tokens must carry, like https://auth.example.com"),
 		"audience", scalar("the aud tokens must carry, like walflow"),
@@ -218,8 +224,20 @@ func (l *loader) jwt(jc *jwtConfig, rs *realtimeSettings) error {
 		}
 		rs.keys = append(rs.keys, src)
 	}
-	if len(rs.keys) == 0 {
-		return l.errKey("realtime.jwt", "no key; set hs256_secret_file or hs256_secret_env (a shared secret of at least 32 bytes), or rs256_public_key_file/_env or es256_public_key_file/_env (a PEM public key)")
+	for i, u := range jc.JWKSURLs {
+		// Each URL alone, so a bad one is reported at its index.
+		if _, err := realtime.NewJWTAuthorizer(realtime.JWTConfig{JWKSURLs: []string{u}}); err != nil {
+			_, msg, _ := strings.Cut(err.Error(), "JWKSURLs[0]: ")
+			return l.errPath(fmt.Sprintf("realtime.jwt.jwks_urls[%d]", i), "%s", msg)
+		}
+	}
+	rs.jwt.JWKSURLs = jc.JWKSURLs
+	if len(rs.keys) == 0 && len(jc.JWKSURLs) == 0 {
+		return l.errKey("realtime.jwt", "no key; set hs256_secret_file or hs256_secret_env (a shared secret of at least 32 bytes), or rs256_public_key_file/_env or es256_public_key_file/_env (a PEM public key), or jwks_urls (your identity provider's JWKS, like [https://auth.example.com/.well-known/jwks.json])")
+	}
+	var err error
+	if rs.jwt.JWKSRefreshInterval, err = l.duration("realtime.jwt.jwks_refresh_interval", jc.JWKSRefreshInterval); err != nil {
+		return err
 	}
 	rs.jwt.ClaimName = jc.Claim
 	rs.jwt.Issuer = jc.Issuer
@@ -346,6 +364,12 @@ func (rs *realtimeSettings) summary() string {
 	var parts []string
 	for _, k := range rs.keys {
 		parts = append(parts, k.alg+" from "+k.from())
+	}
+	for _, s := range rs.jwt.JWKSURLs {
+		if u, err := url.Parse(s); err == nil {
+			s = u.Redacted()
+		}
+		parts = append(parts, "jwks from "+s)
 	}
 	if rs.jwt.AllowAnonymous {
 		parts = append(parts, "anonymous: "+strings.Join(rs.jwt.AnonymousChannels, " "))

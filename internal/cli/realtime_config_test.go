@@ -2,7 +2,10 @@ package cli
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -16,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow/channel"
@@ -177,6 +181,60 @@ realtime:
 	}
 }
 
+// TestParseConfigRealtimeJWKS checks realtime.jwt.jwks_urls: tokens signed with a key of a
+// JWKS served on loopback are verified by the kid in their header.
+func TestParseConfigRealtimeJWKS(t *testing.T) {
+	t.Parallel()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := key.PublicKey.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.RawURLEncoding.EncodeToString
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []any{map[string]any{
+			"kty": "EC", "crv": "P-256", "kid": "k1", "x": b64(pub[1:33]), "y": b64(pub[33:]),
+		}}})
+	}))
+	defer srv.Close()
+	c, err := parseRealtime(t, t.TempDir(), "realtime:\n  jwt:\n    jwks_urls: [\""+srv.URL+"/jwks.json\"]\n    jwks_refresh_interval: 5m\n", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.realtime.jwt.JWKSRefreshInterval; got != 5*time.Minute {
+		t.Errorf("JWKSRefreshInterval = %v, want 5m", got)
+	}
+	if s := c.realtime.summary(); s != "jwks from "+srv.URL+"/jwks.json" {
+		t.Errorf("summary = %q", s)
+	}
+	sign := func(kid string, k *ecdsa.PrivateKey) string {
+		tok := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims{"channels": []string{"posts"}, "exp": time.Now().Add(time.Hour).Unix()})
+		tok.Header["kid"] = kid
+		s, err := tok.SignedString(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.engine.Realtime.Gateway.Authorizer
+	if d := authorize(t, a, sign("k1", key), "posts"); !d.Allow {
+		t.Errorf("token signed with the JWKS key: %+v", d)
+	}
+	if d := authorize(t, a, sign("k1", other), "posts"); d.Allow || d.Status != http.StatusUnauthorized {
+		t.Errorf("token signed with another key: %+v, want 401", d)
+	}
+	if d := authorize(t, a, hs256Token(t, testSecret, map[string]any{"channels": []string{"posts"}}), "posts"); d.Allow {
+		t.Errorf("HS256 token with only a JWKS: %+v, want denied", d)
+	}
+}
+
 // TestRealtimeSecretNotShown checks that neither errors nor dumps of the configuration
 // show a key.
 func TestRealtimeSecretNotShown(t *testing.T) {
@@ -258,11 +316,15 @@ func TestParseConfigRealtimeErrors(t *testing.T) {
 		{"bad anonymous channel", "realtime:\n  allow_anonymous: true\n  anonymous_channels: [posts, \"post*\"]\n", []string{`walflow.yaml:4: realtime.anonymous_channels[1]: "post*" is not a channel pattern: `}},
 		{"anonymous placeholder", "realtime:\n  allow_anonymous: true\n  anonymous_channels:\n    - users/{sub}\n", []string{`walflow.yaml:5: realtime.anonymous_channels[0]: "users/{sub}" is not a channel pattern`}},
 		{"anonymous_channels not a list", "realtime:\n  allow_anonymous: true\n  anonymous_channels: posts\n", []string{`realtime.anonymous_channels: want a list of channel patterns like [posts, "posts/*"], found "posts"`}},
-		{"jwt without key", "realtime:\n  jwt: {claim: channels}\n", []string{"walflow.yaml:3: realtime.jwt: no key; set hs256_secret_file or hs256_secret_env"}},
+		{"jwt without key", "realtime:\n  jwt: {claim: channels}\n", []string{"walflow.yaml:3: realtime.jwt: no key; set hs256_secret_file or hs256_secret_env", "or jwks_urls"}},
 		{"empty jwt", "realtime:\n  jwt:\n", []string{"realtime.jwt: no key"}},
 		{"file and env", "realtime:\n  jwt:\n    hs256_secret_file: /x\n    hs256_secret_env: S\n", []string{"walflow.yaml:5: realtime.jwt.hs256_secret_env: set together with hs256_secret_file; keep one"}},
 		{"bad env name", "realtime:\n  jwt: {es256_public_key_env: my-key}\n", []string{`realtime.jwt.es256_public_key_env: "my-key" is not an environment variable name; write one like WALFLOW_JWT_ES256_KEY`}},
 		{"bad leeway", "realtime:\n  jwt: {hs256_secret_env: S, leeway: soon}\n", []string{`realtime.jwt.leeway: "soon" is not a duration from 0`}},
+		{"jwks url not https", "realtime:\n  jwt:\n    jwks_urls:\n      - https://auth.example.com/jwks\n      - http://auth.example.com/jwks\n", []string{`walflow.yaml:6: realtime.jwt.jwks_urls[1]: "http://auth.example.com/jwks": a JWKS URL must be https`}},
+		{"jwks url not a URL", "realtime:\n  jwt: {jwks_urls: [auth.example.com]}\n", []string{`walflow.yaml:3: realtime.jwt.jwks_urls[0]: "auth.example.com" is not a URL; write it like https://`}},
+		{"jwks_urls not a list", "realtime:\n  jwt: {jwks_urls: https://auth.example.com/jwks}\n", []string{`realtime.jwt.jwks_urls: want a list of JWKS URLs`}},
+		{"bad jwks_refresh_interval", "realtime:\n  jwt: {jwks_urls: [\"https://a.example/jwks\"], jwks_refresh_interval: hourly}\n", []string{`walflow.yaml:3: realtime.jwt.jwks_refresh_interval: "hourly" is not a duration`}},
 		{"jwt not a mapping", "realtime:\n  jwt: S\n", []string{`walflow.yaml:3: realtime.jwt: want a mapping of keys, found "S"`}},
 		// Resolving: the keys are read by run only.
 		{"missing file", "realtime:\n  jwt:\n    hs256_secret_file: nope/secret\n", []string{"walflow.yaml:4: realtime.jwt.hs256_secret_file: read " + filepath.Join(dir, "nope", "secret") + ": no such file or directory; write the secret to that file"}},

@@ -748,7 +748,7 @@ func testConcurrent(t *testing.T, newLedger NewFunc) {
 					}
 					head := l.State().Head
 					if head <= seen {
-						return fmt.Errorf("Wait returned with head %d <= %d", head, seen)
+						return fmt.Errorf("head %d <= %d after Wait returned", head, seen)
 					}
 					var es []event.Event
 					var err error

@@ -254,10 +254,10 @@ func testTruncateConcurrent(t *testing.T, newLedger NewFunc) {
 			for i := 0; !done.Load(); i++ {
 				st := l.State()
 				if st.Tail > st.Head {
-					return fmt.Errorf("State %+v has Tail > Head", st)
+					return fmt.Errorf("state %+v has Tail > Head", st)
 				}
 				if err := l.Truncate(ctx, st.Head-min(st.Head, event.Position(i%7))); err != nil {
-					return fmt.Errorf("Truncate: %w", err)
+					return fmt.Errorf("truncate: %w", err)
 				}
 				time.Sleep(time.Duration(i%3) * 100 * time.Microsecond)
 			}
