@@ -17,7 +17,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
-	"github.com/walflow/walflow/ledger/disk"
+	disk "github.com/walflow/walflow/ledger/pebble"
 )
 
 func TestIndexCommandLine(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
 	indexdisk "github.com/walflow/walflow/index/disk"
-	"github.com/walflow/walflow/ledger/disk"
+	disk "github.com/walflow/walflow/ledger/pebble"
 	"github.com/walflow/walflow/operator"
 )
 

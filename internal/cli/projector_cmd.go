@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/ledger/disk"
+	disk "github.com/walflow/walflow/ledger/pebble"
 	"github.com/walflow/walflow/projector"
 )
 

@@ -22,9 +22,9 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
-	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/ledger/ledgertest"
 	"github.com/walflow/walflow/ledger/memory"
+	disk "github.com/walflow/walflow/ledger/pebble"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/projector"
 )

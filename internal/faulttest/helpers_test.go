@@ -24,7 +24,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger"
-	"github.com/walflow/walflow/ledger/disk"
+	disk "github.com/walflow/walflow/ledger/pebble"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }

@@ -1,11 +1,11 @@
-package disk
+package pebble
 
 import (
 	"encoding/binary"
 	"log/slog"
 	"testing"
 
-	"github.com/cockroachdb/pebble/v2"
+	pebbledb "github.com/cockroachdb/pebble/v2"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pebblelog"
@@ -99,9 +99,9 @@ func rawScan(t testing.TB, dir string) raw {
 }
 
 // rawOpen opens the Pebble database of a closed ledger.
-func rawOpen(t testing.TB, dir string) *pebble.DB {
+func rawOpen(t testing.TB, dir string) *pebbledb.DB {
 	t.Helper()
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebblelog.Logger{Log: discard}})
+	db, err := pebbledb.Open(dir, &pebbledb.Options{Logger: pebblelog.Logger{Log: discard}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package disk
+package pebble
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
+	pebbledb "github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
@@ -75,7 +75,7 @@ type Options struct {
 // Ledger is a [ledger.Ledger] stored in a Pebble database. Create it with [Open].
 type Ledger struct {
 	dir     string
-	db      *pebble.DB
+	db      *pebbledb.DB
 	fsClose io.Closer // stops the disk health checks
 	log     *slog.Logger
 	indexer ledger.Indexer
@@ -98,7 +98,7 @@ type Ledger struct {
 	truncEvents  int   // truncateChunkEvents; tests lower it
 
 	// Writer state, used by the writer goroutine only.
-	batch   *pebble.Batch
+	batch   *pebbledb.Batch
 	next    event.Position // position of the next appended event
 	pending ledger.State   // the state once the committed transactions are synced
 	dirty   bool           // transactions were committed since the last Sync
@@ -138,14 +138,14 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 	fs, fsClose := vfs.WithDiskHealthChecks(vfs.Default, diskSlowAfter, nil, func(info vfs.DiskSlowInfo) {
 		log.Warn("ledger: slow disk", "dir", dir, "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
 	})
-	cache := pebble.NewCache(blockCacheBytes)
+	cache := pebbledb.NewCache(blockCacheBytes)
 	defer cache.Unref()
-	db, err := pebble.Open(dir, &pebble.Options{
+	db, err := pebbledb.Open(dir, &pebbledb.Options{
 		FS:                 fs,
 		Cache:              cache,
 		MemTableSize:       memTableBytes,
 		Logger:             pebblelog.Logger{Log: log},
-		FormatMajorVersion: pebble.FormatNewest,
+		FormatMajorVersion: pebbledb.FormatNewest,
 	})
 	if err != nil {
 		fsClose.Close()
@@ -178,14 +178,14 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 	return l, nil
 }
 
-func (l *Ledger) newBatch() *pebble.Batch {
-	return l.db.NewBatch(pebble.WithMaxRetainedSizeBytes(2*l.chunk + 64<<10))
+func (l *Ledger) newBatch() *pebbledb.Batch {
+	return l.db.NewBatch(pebbledb.WithMaxRetainedSizeBytes(2*l.chunk + 64<<10))
 }
 
 // readState reads the durable state; a new ledger has the zero state.
 func (l *Ledger) readState() (ledger.State, error) {
 	v, closer, err := l.db.Get(stateKey)
-	if errors.Is(err, pebble.ErrNotFound) {
+	if errors.Is(err, pebbledb.ErrNotFound) {
 		return ledger.State{}, nil
 	}
 	if err != nil {
@@ -209,7 +209,7 @@ func (l *Ledger) recover(ctx context.Context, st ledger.State) error {
 	if n == 0 {
 		return nil
 	}
-	if err := l.commit(pebble.Sync); err != nil {
+	if err := l.commit(pebbledb.Sync); err != nil {
 		return fmt.Errorf("remove interrupted transaction: %w", err)
 	}
 	l.log.Info("ledger: removed the events of an interrupted transaction",
@@ -219,7 +219,7 @@ func (l *Ledger) recover(ctx context.Context, st ledger.State) error {
 
 // storedKeys decodes the stored event at the iterator and appends its index keys (those
 // the index holds: valid ones) to keys. size is the stored event's length.
-func (l *Ledger) storedKeys(it *pebble.Iterator, keys []string) (pos event.Position, size int, _ []string, err error) {
+func (l *Ledger) storedKeys(it *pebbledb.Iterator, keys []string) (pos event.Position, size int, _ []string, err error) {
 	pos, ok := parseEventKey(it.Key())
 	if !ok {
 		return 0, 0, keys, fmt.Errorf("malformed event key %x", it.Key())
@@ -251,7 +251,7 @@ func (l *Ledger) storedKeys(it *pebble.Iterator, keys []string) (pos event.Posit
 // later, with its index entries, writing full chunks as it goes. It returns how many
 // events it deleted.
 func (l *Ledger) dropFrom(ctx context.Context, from event.Position) (int, error) {
-	it, err := l.db.NewIter(&pebble.IterOptions{
+	it, err := l.db.NewIter(&pebbledb.IterOptions{
 		LowerBound: eventKey(nil, from),
 		UpperBound: []byte{prefixEvent + 1},
 	})
@@ -301,11 +301,11 @@ func (l *Ledger) flushIfFull() error {
 	if l.batch.Len() < l.chunk {
 		return nil
 	}
-	return l.commit(pebble.NoSync)
+	return l.commit(pebbledb.NoSync)
 }
 
 // commit writes the batch and starts a new one.
-func (l *Ledger) commit(o *pebble.WriteOptions) error {
+func (l *Ledger) commit(o *pebbledb.WriteOptions) error {
 	err := l.batch.Commit(o)
 	l.batch.Reset()
 	return err
@@ -443,7 +443,7 @@ func (l *Ledger) AbortTx(ctx context.Context) error {
 	if l.next > l.txStart {
 		// Write what the batch holds, so every event of the transaction can be read back.
 		if !l.batch.Empty() {
-			if err := l.commit(pebble.NoSync); err != nil {
+			if err := l.commit(pebbledb.NoSync); err != nil {
 				return l.fail("abort transaction", err)
 			}
 		}
@@ -474,7 +474,7 @@ func (l *Ledger) Sync(ctx context.Context) error {
 	if err := l.batch.Set(stateKey, l.buf, nil); err != nil {
 		return l.fail("sync", err)
 	}
-	if err := l.commit(pebble.Sync); err != nil {
+	if err := l.commit(pebbledb.Sync); err != nil {
 		return l.fail("sync", err)
 	}
 	l.dirty = false
@@ -504,7 +504,7 @@ func (l *Ledger) setState(ctx context.Context, step string, set func(*ledger.Sta
 	st := l.pub.State()
 	set(&st)
 	set(&l.pending)
-	if err := l.db.Set(stateKey, encodeState(nil, st), pebble.Sync); err != nil {
+	if err := l.db.Set(stateKey, encodeState(nil, st), pebbledb.Sync); err != nil {
 		return l.fail(step, err)
 	}
 	l.pub.Publish(st)
@@ -534,7 +534,7 @@ func (l *Ledger) Read(ctx context.Context, after event.Position, limit int) ([]e
 	if uint64(limit) < uint64(head-after) {
 		end = after + event.Position(limit)
 	}
-	it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{
+	it, err := l.db.NewIterWithContext(ctx, &pebbledb.IterOptions{
 		LowerBound: eventKey(nil, after+1),
 		UpperBound: append(eventKey(nil, end), 0),
 	})
@@ -558,7 +558,7 @@ func (l *Ledger) Read(ctx context.Context, after event.Position, limit int) ([]e
 }
 
 // readRange decodes the events from..to of an iterator bounded to them.
-func (l *Ledger) readRange(ctx context.Context, it *pebble.Iterator, from, to event.Position) ([]event.Event, error) {
+func (l *Ledger) readRange(ctx context.Context, it *pebbledb.Iterator, from, to event.Position) ([]event.Event, error) {
 	out := make([]event.Event, 0, min(uint64(to-from+1), 4096))
 	want := from
 	for valid := it.First(); valid; valid = it.Next() {
@@ -600,7 +600,7 @@ func (l *Ledger) check(ctx context.Context, n int) error {
 }
 
 // decode decodes the event at the iterator, which is at position pos.
-func (l *Ledger) decode(it *pebble.Iterator, pos event.Position) (event.Event, error) {
+func (l *Ledger) decode(it *pebbledb.Iterator, pos event.Position) (event.Event, error) {
 	v, err := it.ValueAndErr()
 	if err == nil {
 		var e event.Event
@@ -645,7 +645,7 @@ func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Positi
 		// The index entries may be missing because Truncate removed them meanwhile.
 		return nil, l.pub.CheckTail(after)
 	}
-	it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{
+	it, err := l.db.NewIterWithContext(ctx, &pebbledb.IterOptions{
 		LowerBound: eventKey(nil, positions[0]),
 		UpperBound: append(eventKey(nil, positions[len(positions)-1]), 0),
 	})
@@ -692,7 +692,7 @@ func (l *Ledger) mergeIndex(ctx context.Context, keys []string, after, head even
 		}
 	}()
 	for _, k := range keys {
-		it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{
+		it, err := l.db.NewIterWithContext(ctx, &pebbledb.IterOptions{
 			LowerBound: indexKey(nil, k, after+1),
 			UpperBound: append(indexKey(nil, k, head), 0),
 		})
@@ -735,7 +735,7 @@ func (l *Ledger) mergeIndex(ctx context.Context, keys []string, after, head even
 
 // cursor is one key's index iterator in the merge.
 type cursor struct {
-	it   *pebble.Iterator
+	it   *pebbledb.Iterator
 	plen int // length of the key's prefix: 'k' + key + 0x00
 	pos  event.Position
 	ok   bool

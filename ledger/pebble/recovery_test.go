@@ -1,4 +1,4 @@
-package disk
+package pebble
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cockroachdb/pebble/v2"
+	pebbledb "github.com/cockroachdb/pebble/v2"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
@@ -200,12 +200,12 @@ func corrupt(t *testing.T, dir string, set map[string][]byte, del ...[]byte) {
 	t.Helper()
 	db := rawOpen(t, dir)
 	for k, v := range set {
-		if err := db.Set([]byte(k), v, pebble.Sync); err != nil {
+		if err := db.Set([]byte(k), v, pebbledb.Sync); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, k := range del {
-		if err := db.Delete(k, pebble.Sync); err != nil {
+		if err := db.Delete(k, pebbledb.Sync); err != nil {
 			t.Fatal(err)
 		}
 	}

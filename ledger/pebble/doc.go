@@ -1,4 +1,6 @@
-// Package disk is walflow's default [ledger.Ledger]: embedded, crash-safe, on Pebble.
+// Package pebble is a [ledger.Ledger] stored in a Pebble (LSM tree) database: embedded and
+// crash-safe. It was walflow's default before ledger/disk (segment files); select it with
+// ledger.backend: pebble.
 //
 // # Layout
 //
@@ -40,4 +42,4 @@
 // or fails with [ledger.ErrTruncated], never a gap. Once 64 MiB of events were removed, it
 // compacts the removed range so that the disk space returns at once; the index's deletions
 // are left to Pebble's own compactions.
-package disk
+package pebble

@@ -1,10 +1,10 @@
-package disk
+package pebble
 
 import (
 	"context"
 	"fmt"
 
-	"github.com/cockroachdb/pebble/v2"
+	pebbledb "github.com/cockroachdb/pebble/v2"
 
 	"github.com/walflow/walflow/event"
 )
@@ -33,7 +33,7 @@ func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	if through <= tail {
 		return nil
 	}
-	it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{
+	it, err := l.db.NewIterWithContext(ctx, &pebbledb.IterOptions{
 		LowerBound: eventKey(nil, tail+1),
 		UpperBound: eventKey(nil, through+1),
 	})
@@ -73,7 +73,7 @@ type truncChunk struct {
 
 // run removes the events of the iterator, bounded to (tail, through], batch by batch. It
 // returns how many bytes of events it removed.
-func (c *truncChunk) run(ctx context.Context, it *pebble.Iterator, through event.Position) (int64, error) {
+func (c *truncChunk) run(ctx context.Context, it *pebbledb.Iterator, through event.Position) (int64, error) {
 	l := c.l
 	var removed int64
 	for valid := it.First(); valid; valid = it.Next() {
@@ -130,9 +130,9 @@ func (c *truncChunk) commit(upTo event.Position, sync bool) error {
 			}
 		}
 	}
-	o := pebble.NoSync
+	o := pebbledb.NoSync
 	if sync {
-		o = pebble.Sync
+		o = pebbledb.Sync
 	}
 	l.stateMu.Lock()
 	defer l.stateMu.Unlock()
