@@ -14,7 +14,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
-	ledgerdisk "github.com/walflow/walflow/ledger/pebble"
+	ledgerdisk "github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/statestore"
 	"github.com/walflow/walflow/statestore/diskstore"

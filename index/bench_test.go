@@ -13,7 +13,7 @@ import (
 	indexdisk "github.com/walflow/walflow/index/disk"
 	indexmem "github.com/walflow/walflow/index/memory"
 	"github.com/walflow/walflow/ledger"
-	ledgerdisk "github.com/walflow/walflow/ledger/pebble"
+	ledgerdisk "github.com/walflow/walflow/ledger/disk"
 )
 
 var (

@@ -9,7 +9,7 @@ import (
 
 	"github.com/walflow/walflow/index"
 	indexdisk "github.com/walflow/walflow/index/disk"
-	ledgerdisk "github.com/walflow/walflow/ledger/pebble"
+	ledgerdisk "github.com/walflow/walflow/ledger/disk"
 )
 
 // TestDiskDeleteWhileStopped runs on the disk ledger and the disk store: a restart resumes

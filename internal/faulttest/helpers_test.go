@@ -24,7 +24,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger"
-	disk "github.com/walflow/walflow/ledger/pebble"
+	"github.com/walflow/walflow/ledger/disk"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,6 +135,9 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
 	}
+	if err := otherBackend(dir); err != nil {
+		return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
+	}
 	// Pebble wraps its file system in disk health checks itself, but does not stop them
 	// when Open fails; this wrapper is stopped by Close or a failed Open.
 	fs, fsClose := vfs.WithDiskHealthChecks(vfs.Default, diskSlowAfter, nil, func(info vfs.DiskSlowInfo) {
@@ -176,6 +181,20 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 	l.next = st.Head + 1
 	l.pub = notify.New(st)
 	return l, nil
+}
+
+// otherBackend returns an error when dir holds a ledger of the disk backend (segment files).
+func otherBackend(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // Pebble reports a directory it cannot read, or creates a missing one
+	}
+	for _, e := range ents {
+		if n := e.Name(); n == "ledger.meta" || strings.HasSuffix(n, ".seg") {
+			return errors.New("this directory holds a ledger of the disk backend (segment files); set ledger.backend: disk (the default) to use it, or point ledger.dir at a new directory for the pebble backend")
+		}
+	}
+	return nil
 }
 
 func (l *Ledger) newBatch() *pebbledb.Batch {

@@ -357,3 +357,16 @@ func TestStateEncoding(t *testing.T) {
 		t.Fatal("decodeState of a tail past the head: no error")
 	}
 }
+
+// TestOpenDiskBackend checks that a directory of the disk backend is refused with an error
+// that says what to set.
+func TestOpenDiskBackend(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ledger.meta"), []byte("WFLMETA"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(context.Background(), dir, nil)
+	if err == nil || !strings.Contains(err.Error(), "ledger.backend: disk") {
+		t.Fatalf("Open of a disk ledger = %v, want an error saying to set ledger.backend: disk", err)
+	}
+}
