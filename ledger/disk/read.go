@@ -100,6 +100,9 @@ func (c *cursor) event(l *Ledger, v *segView, p event.Position) (event.Event, er
 }
 
 func (l *Ledger) readErr(v *segView, p event.Position, err error) error {
+	if errors.As(err, new(*damageError)) {
+		return fmt.Errorf("ledger: read %s: event at position %d: %w", l.dir, p, l.damaged(v.s.path, err))
+	}
 	return fmt.Errorf("ledger: read %s: segment %s: event at position %d: %w", l.dir, v.s.path, p, err)
 }
 
