@@ -604,7 +604,7 @@ func (l *Ledger) Append(ctx context.Context, e *event.Event) error {
 			l.txSeg, l.txOff = l.active, l.end
 		}
 	}
-	l.rec = append(l.rec[:0], make([]byte, frameLen)...)
+	l.rec = append(l.rec[:0], 0, 0, 0, 0, 0, 0, 0, 0) // the frame header, filled in below
 	l.rec = append(l.rec, recEvent)
 	l.rec = event.AppendBinary(l.rec, e)
 	frameHeader(l.rec, l.rec[frameLen:])
@@ -663,7 +663,7 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 		return ledger.ErrNoTx
 	}
 	c := commitRec{head: l.next - 1, commitLSN: l.txMeta.CommitLSN, endLSN: endLSN}
-	l.rec = append(l.rec[:0], make([]byte, frameLen)...)
+	l.rec = append(l.rec[:0], 0, 0, 0, 0, 0, 0, 0, 0) // the frame header, filled in below
 	l.rec = appendCommit(l.rec, c)
 	frameHeader(l.rec, l.rec[frameLen:])
 	if err := l.write(l.rec); err != nil {
@@ -828,7 +828,8 @@ func (l *Ledger) Wait(ctx context.Context, after event.Position) error {
 }
 
 // Close closes the files and releases the lock. It does not Sync: what was committed
-// since the last Sync is cut from the active segment, as an open transaction is. Reads
+// since the last Sync is cut from the active segment, as an open transaction is (a
+// segment sealed since then was fsynced whole and keeps its transactions). Reads
 // and waits in progress end with [ledger.ErrClosed], and so do later calls.
 func (l *Ledger) Close() error {
 	if !l.pub.Close() {
