@@ -31,7 +31,7 @@ func TestIndexCommandLine(t *testing.T) {
 	}{
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  ledger    Read the ledger's events"},
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  index     Rebuild the configured indexes"},
-		{args: []string{"ledger"}, code: ExitUsage, stderr: "walflow: ledger: no command given; the ledger commands are read"},
+		{args: []string{"ledger"}, code: ExitUsage, stderr: "walflow: ledger: no command given; the ledger commands are read, migrate"},
 		{args: []string{"index"}, code: ExitUsage, stderr: "walflow: index: no command given; the index commands are rebuild, status"},
 		{args: []string{"help", "ledger", "read"}, code: ExitOK, stdout: "Usage: walflow ledger read [--index NAME --value V | --channel C] [--after P] [--limit N] [--json] [--config FILE]"},
 		{args: []string{"help", "index", "rebuild"}, code: ExitOK, stdout: "Usage: walflow index rebuild NAME [--config FILE]"},

@@ -156,7 +156,7 @@ func open(ctx context.Context, dir string, opts *Options, readOnly bool) (*Ledge
 func otherBackend(names []string) error {
 	for _, n := range names {
 		if n == "CURRENT" || strings.HasPrefix(n, "MANIFEST-") || strings.HasPrefix(n, "OPTIONS-") {
-			return errors.New("this directory holds a ledger of the pebble backend (walflow before segment files); set ledger.backend: pebble to keep using it, or point ledger.dir at a new directory for the disk backend")
+			return errors.New("this directory holds a ledger of the pebble backend (walflow before segment files); set ledger.backend: pebble to keep using it, convert it with walflow ledger migrate, or point ledger.dir at a new directory for the disk backend")
 		}
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/ledgertest"
+	"github.com/walflow/walflow/ledger/pebble"
 )
 
 func readAll(t testing.TB, l ledger.Ledger) []event.Event {
@@ -306,10 +307,14 @@ func TestOpenErrors(t *testing.T) {
 	}
 	// A directory of the pebble backend.
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "CURRENT"), []byte("MANIFEST-000001\n"), 0o600); err != nil {
+	p, err := pebble.Open(ctx, dir, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(ctx, dir, nil); err == nil || !strings.Contains(err.Error(), "ledger.backend: pebble") {
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, dir, nil); err == nil || !strings.Contains(err.Error(), "ledger.backend: pebble") || !strings.Contains(err.Error(), "walflow ledger migrate") {
 		t.Fatalf("Open of a pebble ledger = %v, want an error saying to set ledger.backend: pebble", err)
 	}
 }

@@ -183,6 +183,20 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 	return l, nil
 }
 
+// IsLedgerDir reports whether dir holds a Pebble database (a ledger of this backend).
+func IsLedgerDir(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if n := e.Name(); n == "CURRENT" || strings.HasPrefix(n, "MANIFEST-") || strings.HasPrefix(n, "OPTIONS-") {
+			return true
+		}
+	}
+	return false
+}
+
 // otherBackend returns an error when dir holds a ledger of the disk backend (segment files).
 func otherBackend(dir string) error {
 	ents, err := os.ReadDir(dir)
