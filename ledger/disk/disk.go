@@ -136,21 +136,38 @@ func open(ctx context.Context, dir string, opts *Options, readOnly bool) (*Ledge
 	if l.chunk <= 0 {
 		l.chunk = ChunkBytesDefault
 	}
-	st, err := l.openDir(ctx)
-	if err != nil {
+	var st ledger.State
+	var err error
+	for attempt := 1; ; attempt++ {
+		st, err = l.openDir(ctx)
+		if err == nil {
+			break
+		}
 		for _, s := range l.segs {
 			s.closeFiles()
 		}
+		if l.active != nil && !slices.Contains(l.segs, l.active) {
+			l.active.closeFiles()
+		}
+		l.segs, l.active = nil, nil
 		if l.lock != nil {
 			l.lock.Close()
 		}
-		return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
+		// A reader beside a writer may list a segment that Truncate removes before it
+		// opens it: it lists the directory again.
+		if !readOnly || !errors.Is(err, os.ErrNotExist) || attempt == 3 {
+			return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
+		}
 	}
 	l.pending = st
 	l.next = st.Head + 1
 	l.pub = notify.New(st)
 	return l, nil
 }
+
+// afterList is called by open after it lists the directory and reads the meta file;
+// tests set it.
+var afterList func(dir string)
 
 // otherBackend returns an error when dir holds a ledger of another backend.
 func otherBackend(names []string) error {
@@ -180,6 +197,7 @@ func (l *Ledger) openDir(ctx context.Context) (ledger.State, error) {
 	if err := otherBackend(names); err != nil {
 		return ledger.State{}, err
 	}
+
 	if !l.readOnly {
 		if err := l.takeLock(); err != nil {
 			return ledger.State{}, err
@@ -210,6 +228,9 @@ func (l *Ledger) openDir(ctx context.Context) (ledger.State, error) {
 		if st, err = decodeMeta(meta); err != nil {
 			return ledger.State{}, fmt.Errorf("%s: %w", filepath.Join(l.dir, metaName), err)
 		}
+	}
+	if afterList != nil {
+		afterList(l.dir)
 	}
 	if err := ctx.Err(); err != nil {
 		return ledger.State{}, err

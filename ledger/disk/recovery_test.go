@@ -343,3 +343,34 @@ func TestMetaEncoding(t *testing.T) {
 		}
 	}
 }
+
+// TestReadOnlyBesideTruncate runs the writer's Truncate after a reader listed the
+// directory and read the meta file, before it opens the segments: the reader lists it again
+// and opens the ledger.
+func TestReadOnlyBesideTruncate(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	l := mustOpen(t, dir, tinyOpts)
+	defer l.Close()
+	writeTxs(t, l, 100, 30, 4)
+	segs := rawScan(t, dir).segments
+	second, _ := parseSegName(segs[1])
+	calls := 0
+	afterList = func(string) {
+		calls++
+		if calls == 1 {
+			if err := l.Truncate(ctx, second-1); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer func() { afterList = nil }()
+	ro, err := OpenReadOnly(ctx, dir, tinyOpts)
+	if err != nil {
+		t.Fatalf("OpenReadOnly while a segment is removed: %v", err)
+	}
+	defer ro.Close()
+	if calls != 2 || ro.State() != l.State() {
+		t.Fatalf("the reader listed the directory %d times, state %+v, want twice and %+v", calls, ro.State(), l.State())
+	}
+}
