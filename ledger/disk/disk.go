@@ -340,9 +340,15 @@ func (l *Ledger) recover(st ledger.State, firsts []event.Position) (ledger.State
 	} else if st.Head+1 != seg.first {
 		return st, l.damaged(seg.path, fmt.Errorf("it starts at position %d, but the ledger's head is %d", seg.first, st.Head))
 	}
-	if sc.damage != nil || sc.cut < sc.end {
-		l.log.Info("ledger: recovered to the last whole transaction", "dir", l.dir, "segment", seg.path,
-			"head", uint64(st.Head), "discarded_bytes_from", sc.cut, "damage", fmt.Sprint(sc.damage))
+	switch {
+	case sc.damage != nil:
+		// A torn write, or damage to synced records after the head the meta file knows:
+		// the two cannot be told apart, so it is said loudly.
+		l.log.Warn("ledger: the newest segment ends in a damaged record; recovered to the last whole transaction before it",
+			"dir", l.dir, "segment", seg.path, "head", uint64(st.Head), "discarded_bytes_from", sc.cut, "damage", sc.damage.Error())
+	case sc.cut < sc.end:
+		l.log.Info("ledger: removed the records of an interrupted transaction", "dir", l.dir, "segment", seg.path,
+			"head", uint64(st.Head), "discarded_bytes_from", sc.cut)
 	}
 	mem := segment{count: sc.count, offsets: sc.offsets, keys: sc.keys}
 	mem.trim(sc.keep)
