@@ -189,6 +189,8 @@ func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Positi
 	keys = slices.Compact(keys)
 	var out []event.Event
 	var c cursor
+	// The events are apart: read ahead a few sparse intervals' worth, not a scan's.
+	c.rr.size = 8 << 10
 	views := l.views(after+1, head)
 	for i := range views {
 		v := &views[i]

@@ -2,6 +2,7 @@ package disk
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -80,6 +81,7 @@ func (e *damageError) Error() string {
 
 // recReader reads a segment's records from an offset.
 type recReader struct {
+	size    int // read-ahead in bytes; 0 means 64 KiB
 	r       *bufio.Reader
 	off     int64 // offset of the next record
 	hdr     [frameLen]byte
@@ -95,7 +97,7 @@ func newRecReader(f *os.File, off int64) *recReader {
 func (rr *recReader) reset(f *os.File, off int64) {
 	sr := io.NewSectionReader(f, off, 1<<62)
 	if rr.r == nil {
-		rr.r = bufio.NewReaderSize(sr, 64<<10)
+		rr.r = bufio.NewReaderSize(sr, cmp.Or(rr.size, 64<<10))
 	} else {
 		rr.r.Reset(sr)
 	}
