@@ -44,6 +44,11 @@ type Config struct {
 	Tables []channel.Table
 	// LedgerDir is the embedded ledger's directory. Default "walflow-data".
 	LedgerDir string
+	// LedgerBackend is the format of LedgerDir: "disk" (segment files, package ledger/disk)
+	// or "pebble" (a Pebble database, package ledger/pebble, the format of walflow before
+	// segment files). Default "disk". Opening a directory of the other backend fails with an
+	// error that says which it is.
+	LedgerBackend string
 	// MemoryLedger keeps the ledger in memory instead of LedgerDir: everything is lost when
 	// the process exits, so use it with a temporary slot, for tests and demos. Default false.
 	MemoryLedger bool
@@ -113,6 +118,7 @@ func (c Config) withDefaults() Config {
 	c.Slot = cmp.Or(c.Slot, pgwal.SlotDefault)
 	c.Publication = cmp.Or(c.Publication, pgwal.PublicationDefault)
 	c.LedgerDir = cmp.Or(c.LedgerDir, LedgerDirDefault)
+	c.LedgerBackend = cmp.Or(c.LedgerBackend, "disk")
 	c.IndexDir = cmp.Or(c.IndexDir, c.LedgerDir+".index")
 	c.Retention = cmp.Or(c.Retention, RetentionDefault)
 	c.StatusInterval = cmp.Or(c.StatusInterval, pgwal.StatusIntervalDefault)
@@ -139,6 +145,9 @@ func (c Config) validate() error {
 	}
 	if len(c.Indexers) > 0 && !c.MemoryLedger && filepath.Clean(c.IndexDir) == filepath.Clean(c.LedgerDir) {
 		return fmt.Errorf("walflow: IndexDir %q is the ledger's directory; give the indexes their own (default LedgerDir + \".index\")", c.IndexDir)
+	}
+	if c.LedgerBackend != "disk" && c.LedgerBackend != "pebble" {
+		return fmt.Errorf("walflow: LedgerBackend %q is not a disk ledger backend; use disk (segment files, the default) or pebble (the format of walflow before segment files)", c.LedgerBackend)
 	}
 	switch c.ProcessStatus {
 	case "postgres", "memory", "none":

@@ -24,6 +24,7 @@ import (
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/ledger/memory"
+	"github.com/walflow/walflow/ledger/pebble"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
 	"github.com/walflow/walflow/processstatus/pgstore"
@@ -95,9 +96,16 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	var led ledger.Ledger
-	if cfg.MemoryLedger {
+	switch {
+	case cfg.MemoryLedger:
 		led = memory.New(&memory.Options{Indexer: router.Channels})
-	} else {
+	case cfg.LedgerBackend == "pebble":
+		d, err := pebble.Open(ctx, cfg.LedgerDir, &pebble.Options{Indexer: router.Channels, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		led = d
+	default:
 		d, err := disk.Open(ctx, cfg.LedgerDir, &disk.Options{Indexer: router.Channels, Logger: log})
 		if err != nil {
 			return nil, err

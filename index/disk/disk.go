@@ -30,9 +30,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
@@ -51,7 +54,9 @@ const stateFormat = 1
 // Pebble tuning for a small footprint.
 const (
 	blockCacheBytes = 8 << 20
-	memTableBytes   = 8 << 20
+	// diskSlowAfter is how long a disk operation takes before it is logged as slow.
+	diskSlowAfter = 5 * time.Second
+	memTableBytes = 8 << 20
 )
 
 // Options configures a disk store.
@@ -63,8 +68,9 @@ type Options struct {
 
 // Store is an [index.Store] in a Pebble database. Create it with [Open].
 type Store struct {
-	dir string
-	db  *pebble.DB
+	dir     string
+	db      *pebble.DB
+	fsClose io.Closer // stops the disk health checks
 }
 
 var _ index.Store = (*Store)(nil)
@@ -85,23 +91,33 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// Pebble wraps its file system in disk health checks itself, but does not stop them
+	// when Open fails (a store held by a running walflow); this wrapper is stopped by Close
+	// or a failed Open.
+	fs, fsClose := vfs.WithDiskHealthChecks(vfs.Default, diskSlowAfter, nil, func(info vfs.DiskSlowInfo) {
+		log.Warn("index: slow disk", "dir", dir, "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
+	})
 	cache := pebble.NewCache(blockCacheBytes)
 	defer cache.Unref()
 	db, err := pebble.Open(dir, &pebble.Options{
+		FS:                 fs,
 		Cache:              cache,
 		MemTableSize:       memTableBytes,
 		Logger:             pebblelog.Logger{Log: log},
 		FormatMajorVersion: pebble.FormatNewest,
 	})
 	if err != nil {
+		fsClose.Close()
 		return nil, fmt.Errorf("index: open store %s: %w", dir, err)
 	}
-	return &Store{dir: dir, db: db}, nil
+	return &Store{dir: dir, db: db, fsClose: fsClose}, nil
 }
 
 // Close closes the store.
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
+	err := s.db.Close()
+	s.fsClose.Close()
+	if err != nil {
 		return fmt.Errorf("index: close store %s: %w", s.dir, err)
 	}
 	return nil

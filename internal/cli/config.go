@@ -178,7 +178,7 @@ var fileSpec = mapSpec("the top-level keys",
 	"publication", scalar("a publication name like walflow"),
 	"ledger", mapSpec("the keys of ledger",
 		"dir", scalar("a directory like walflow-data"),
-		"backend", scalar("disk or memory"),
+		"backend", scalar("disk, pebble or memory"),
 		"retention", scalar("a duration like 7d or 72h, or forever"),
 	),
 	"http", mapSpec("the keys of http",
@@ -439,7 +439,8 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 	}
 
 	switch fc.Ledger.Backend {
-	case "", "disk":
+	case "", "disk", "pebble":
+		e.LedgerBackend = fc.Ledger.Backend
 		dir := fc.Ledger.Dir
 		if dir == "" {
 			dir = walflow.LedgerDirDefault
@@ -457,7 +458,7 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 		}
 		e.MemoryLedger = true
 	default:
-		return nil, l.errPath("ledger.backend", "%q is not a ledger backend; use disk (the default, crash-safe, in ledger.dir) or memory (for throwaway runs)", fc.Ledger.Backend)
+		return nil, l.errPath("ledger.backend", "%q is not a ledger backend; use disk (the default, crash-safe, segment files in ledger.dir), pebble (the format of walflow before segment files) or memory (for throwaway runs)", fc.Ledger.Backend)
 	}
 
 	retention, rerr := l.retention(fc.Ledger.Retention)

@@ -31,7 +31,7 @@ func TestIndexCommandLine(t *testing.T) {
 	}{
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  ledger    Read the ledger's events"},
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  index     Rebuild the configured indexes"},
-		{args: []string{"ledger"}, code: ExitUsage, stderr: "walflow: ledger: no command given; the ledger commands are read"},
+		{args: []string{"ledger"}, code: ExitUsage, stderr: "walflow: ledger: no command given; the ledger commands are read, migrate"},
 		{args: []string{"index"}, code: ExitUsage, stderr: "walflow: index: no command given; the index commands are rebuild, status"},
 		{args: []string{"help", "ledger", "read"}, code: ExitOK, stdout: "Usage: walflow ledger read [--index NAME --value V | --channel C] [--after P] [--limit N] [--json] [--config FILE]"},
 		{args: []string{"help", "index", "rebuild"}, code: ExitOK, stdout: "Usage: walflow index rebuild NAME [--config FILE]"},
@@ -205,17 +205,27 @@ indexes:
 		return err == nil && eng.Ledger().State().Head >= 7
 	})
 
-	// While the engine holds the files, the commands say so.
+	// While the engine holds the files, the ledger's commands read the ledger (opened
+	// read-only) and those that need the index store say it is held.
 	data := filepath.Join(dir, "data")
 	for _, args := range [][]string{
 		{"ledger", "read", "--index", "by_post", "--value", "1"},
-		{"ledger", "read"},
 		{"index", "rebuild", "by_post"},
 	} {
 		r := runCLI(ctx, noEnv, append(args, "--config", path)...)
-		want := fmt.Sprintf("walflow: %s %s: the ledger %s is in use by process %d (%s); stop walflow run first: %s %s opens the files itself\n", args[0], args[1], data, os.Getpid(), strings.Join(os.Args, " "), args[0], args[1])
+		want := fmt.Sprintf("walflow: %s %s: the index %s is in use by process %d (%s); stop walflow run first: %s %s opens the files itself\n", args[0], args[1], data+".index", os.Getpid(), strings.Join(os.Args, " "), args[0], args[1])
 		if r.code != ExitFailure || r.stderr != want || r.stdout != "" {
 			t.Errorf("walflow %s while walflow runs: exit %d\nstdout:\n%s\nstderr:\n%s\nwant stderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr, want)
+		}
+	}
+	for _, args := range [][]string{{"ledger", "read"}, {"ledger", "read", "--channel", "posts/1/comments"}} {
+		r := runCLI(ctx, noEnv, append(args, "--config", path)...)
+		want := 7
+		if len(args) > 2 {
+			want = 4
+		}
+		if n := strings.Count(r.stdout, "\n#") + 1; r.code != ExitOK || r.stderr != "" || !strings.HasPrefix(r.stdout, "#") || n != want {
+			t.Errorf("walflow %s while walflow runs: exit %d, %d events, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, n, want, r.stdout, r.stderr)
 		}
 	}
 	// index status asks the running walflow.

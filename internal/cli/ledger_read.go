@@ -18,12 +18,13 @@ import (
 var ledgerCommand = &command{
 	name:    "ledger",
 	args:    "COMMAND [flags]",
-	summary: "Read the ledger's events: all, a channel's, or an index value's.",
+	summary: "Read the ledger's events: all, a channel's, or an index value's; migrate a pebble ledger.",
 	help: `
 The ledger commands open the ledger directory (ledger.dir) and the index directory beside
-it (ledger.dir + ".index") themselves, so they work only while walflow run is stopped: a
-running walflow holds both, and the command says so.`,
-	subs: []*command{ledgerReadCommand},
+it (ledger.dir + ".index") themselves. A ledger of the disk backend is opened read-only,
+beside a running walflow; the index directory (and a ledger of the pebble backend) only
+while walflow run is stopped: a running walflow holds it, and the command says so.`,
+	subs: []*command{ledgerReadCommand, ledgerMigrateCommand},
 }
 
 var ledgerReadCommand = &command{
@@ -42,8 +43,9 @@ table, type, what changed, channels), or one JSON object per line with --json:
 It starts after position --after (by default at the oldest event retention kept) and
 stops after --limit events (0: no limit). An index is first brought up to the ledger's
 head: read indexes the events walflow run had not indexed yet (and builds an index added
-to the configuration since), so the answer is complete. read opens the files directly:
-stop walflow run first.`,
+to the configuration since), so the answer is complete. read opens the files directly: it
+reads a disk ledger as it was when read started, beside a running walflow; with --index
+(or a pebble ledger) stop walflow run first.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		idx := fs.String("index", "", "read the events of one value of the index `NAME`")

@@ -16,18 +16,20 @@ import (
 	"github.com/walflow/walflow/internal/lockholder"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/disk"
+	"github.com/walflow/walflow/ledger/pebble"
 	"github.com/walflow/walflow/operator"
 )
 
 // localFiles are the ledger of a configuration, and its index store, opened by a command
-// (ledger read, index rebuild, index status) in its own process. Pebble locks both while
-// they are open, so this works only while no walflow runs on them.
+// (ledger read, index rebuild, index status) in its own process. A disk ledger is opened
+// read-only, which works beside a running walflow; a pebble ledger and the index store
+// are locked by the process that holds them, so those work only while no walflow runs.
 type localFiles struct {
 	cmd    string // "ledger read", for errors
 	cfg    *config
 	path   string // the configuration file
 	router *channel.Router
-	led    *disk.Ledger
+	led    ledger.Ledger
 	store  *indexdisk.Store // nil unless opened withIndexes
 }
 
@@ -38,15 +40,24 @@ type routerError struct{ err error }
 
 func (e *routerError) Error() string { return "tables: " + e.err.Error() }
 
-// openDiskLedger opens the configured disk ledger with the configured tables' router, as
-// walflow run does: the ledger recomputes the channels of an interrupted transaction with
-// it. Its logs are discarded.
-func openDiskLedger(ctx context.Context, c *config) (*channel.Router, *disk.Ledger, error) {
+// openDiskLedger opens the configured ledger files with the configured tables' router, as
+// walflow run does: the ledger indexes channels with it. A disk ledger is opened read-only
+// (as it was when opened, beside a running walflow); a pebble ledger for writing, which
+// needs its lock. Its logs are discarded.
+func openDiskLedger(ctx context.Context, c *config) (*channel.Router, ledger.Ledger, error) {
 	router, err := channel.NewRouter(c.engine.Tables)
 	if err != nil {
 		return nil, nil, &routerError{err}
 	}
-	led, err := disk.Open(ctx, c.engine.LedgerDir, &disk.Options{Indexer: router.Channels, Logger: slog.New(slog.DiscardHandler)})
+	quiet := slog.New(slog.DiscardHandler)
+	if c.engine.LedgerBackend == "pebble" {
+		led, err := pebble.Open(ctx, c.engine.LedgerDir, &pebble.Options{Indexer: router.Channels, Logger: quiet})
+		if err != nil {
+			return nil, nil, err
+		}
+		return router, led, nil
+	}
+	led, err := disk.OpenReadOnly(ctx, c.engine.LedgerDir, &disk.Options{Indexer: router.Channels, Logger: quiet})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/ledger/disk"
+	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/projector"
 )
 
@@ -358,7 +358,7 @@ func projectorHead(ctx context.Context, c *config) projectorHeadView {
 
 // openLedgerForHead opens the ledger files when no running walflow answered, for the
 // status commands' ledger head; nil and the reason when it cannot.
-func openLedgerForHead(ctx context.Context, c *config) (*disk.Ledger, string) {
+func openLedgerForHead(ctx context.Context, c *config) (ledger.Ledger, string) {
 	noEngine := "no walflow answers on " + shownAddr(c.engine.HTTPAddr)
 	if c.engine.MemoryLedger {
 		return nil, noEngine + " and the ledger is in memory"

@@ -76,3 +76,18 @@ func command(pid int) string {
 	}
 	return strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
 }
+
+// FromPIDFile returns the process whose id a lock file holds, as a writer that locks with
+// flock(2) records it after taking the lock (flock's holder cannot be asked of the kernel
+// as fcntl's can). The zero Holder when the file holds no id.
+func FromPIDFile(path string) Holder {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Holder{}
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return Holder{}
+	}
+	return Holder{PID: pid, Command: command(pid)}
+}

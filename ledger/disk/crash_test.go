@@ -33,7 +33,7 @@ func crashEvent(lsn event.LSN, ordinal int) *event.Event {
 	return ledgertest.Event(lsn, uint32(ordinal), []string{"a", "b", "c"}[ordinal%3], ordinal%50)
 }
 
-var crashOpts = &Options{Indexer: ledgertest.Indexer, ChunkBytes: 4096}
+var crashOpts = &Options{Indexer: ledgertest.Indexer, ChunkBytes: 4096, SegmentBytes: 64 << 10}
 
 // crashChild appends transactions until it is killed, printing "synced LSN" for each
 // transaction once Sync has returned.
@@ -155,7 +155,7 @@ func TestCrashKill(t *testing.T) {
 func checkCrashed(t *testing.T, dir string, synced []event.LSN) {
 	t.Helper()
 	ctx := context.Background()
-	before := rawScan(t, dir)
+	before := rawScanTolerant(t, dir, true)
 	l := mustOpen(t, dir, crashOpts)
 	st := l.State()
 	all := readAll(t, l)
@@ -218,17 +218,18 @@ func checkCrashed(t *testing.T, dir string, synced []event.LSN) {
 		t.Fatal(err)
 	}
 	r := rawScan(t, dir)
-	if r.head != st.Head || len(r.events) != len(all) || r.indexPast() != 0 {
-		t.Fatalf("on disk after recovery: head %d, %d events, %d index entries past the head", r.head, len(r.events), r.indexPast())
+	if !slices.Equal(r.events, span(1, st.Head)) || len(r.commits) == 0 || r.commits[len(r.commits)-1] != st.Head {
+		t.Fatalf("on disk after recovery: %d event records (head %d), last commit records %v", len(r.events), st.Head, r.commits[max(0, len(r.commits)-3):])
 	}
-	for k, ps := range r.index {
-		if !slices.Equal(ps, model[k]) {
-			t.Fatalf("index %s on disk holds %v, want %v", k, ps, model[k])
-		}
+	t.Logf("recovered %d transactions, %d events; %d reported synced; recovery removed %d events",
+		len(lsns), len(all), len(synced), before.eventsPast(st.Head))
+}
+
+// span returns the positions from..to.
+func span(from, to event.Position) []event.Position {
+	ps := []event.Position{}
+	for p := from; p <= to; p++ {
+		ps = append(ps, p)
 	}
-	if len(r.index) != len(model) {
-		t.Fatalf("%d keys on disk, want %d", len(r.index), len(model))
-	}
-	t.Logf("recovered %d transactions, %d events; %d reported synced; recovery removed %d events and %d index entries",
-		len(lsns), len(all), len(synced), before.eventsPast(), before.indexPast())
+	return ps
 }

@@ -20,11 +20,11 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// TestConformanceTinyChunks runs the suite with chunks of a few events, so that open
-// transactions reach the disk.
-func TestConformanceTinyChunks(t *testing.T) {
+// TestConformanceTinySegments runs the suite with segments of a few events and chunks
+// smaller than that, so that transactions span segments and reach the disk while open.
+func TestConformanceTinySegments(t *testing.T) {
 	ledgertest.Run(t, func(t *testing.T, indexer ledger.Indexer) ledger.Ledger {
-		return mustOpen(t, t.TempDir(), &Options{Indexer: indexer, ChunkBytes: 1024})
+		return mustOpen(t, t.TempDir(), &Options{Indexer: indexer, SegmentBytes: 2048, ChunkBytes: 700})
 	})
 }
 

@@ -1,43 +1,44 @@
-// Package disk is walflow's default [ledger.Ledger]: embedded, crash-safe, on Pebble.
+// Package disk is walflow's default [ledger.Ledger]: embedded, crash-safe, made for an
+// append-only log. docs/ledger.md describes the format in full.
 //
 // # Layout
 //
-// Every record is one Pebble key:
+// A ledger directory holds:
 //
-//	'e' + position (8 bytes, big-endian)                  → the event, event.AppendBinary
-//	'k' + index key + 0x00 + position (8 bytes, big-endian) → empty
-//	'm' + name                                            → metadata
+//	ledger.meta              the bookkeeping: tail, acknowledged LSN, origin, and a lower
+//	                         bound of the head (written atomically: temp file, fsync,
+//	                         rename, fsync of the directory)
+//	ledger.lock              the writer's exclusive lock (flock)
+//	<first position>.seg     a segment: a header, then records
+//	<first position>.idx     a sealed segment's index: channel key → positions, and the
+//	                         sparse position → offset index
 //
-// The metadata key "mstate" holds the durable head and tail, the last transaction's commit
-// and end LSNs, the acknowledged LSN and the origin. A ledger never truncated writes it in
-// version 1, which walflow versions without retention read; a truncated one in version 2,
-// which they refuse to open rather than misread.
+// Every record is framed with its length and the CRC32C of its payload. An event record
+// holds the event (event.AppendBinary); a commit record closes a transaction and holds its
+// last position, commit LSN and end LSN. The head of the ledger is the last commit record.
 //
 // # Writes
 //
-// A transaction is streamed: Append adds each event and its index entries to a Pebble
-// batch, and once the batch holds [Options.ChunkBytes] it is written without fsync and a
-// new one begins, so a transaction of a million rows is never held in memory. CommitTx
-// only moves the new head and LSNs to a pending state. Sync writes the metadata with the
-// last batch and fsyncs it, then publishes the new state to readers and wakes Wait.
-// Because Pebble applies batches in order, a durable head means every event up to it is
-// durable too.
+// Append frames each event into a buffer that is written (without fsync) once it holds
+// [Options.ChunkBytes], so a transaction of a million rows is never held in memory;
+// CommitTx adds the commit record; Sync writes the rest and fsyncs the active segment,
+// once for every transaction committed since the last Sync (the source calls it once per
+// sync_delay: that is the group commit), then publishes the new head. The channel keys of
+// each event are computed while it is in memory and kept in the active segment's
+// in-memory index; when the segment reaches [Options.SegmentBytes] it is fsynced and
+// sealed, its index written to its .idx file, and a new segment begins.
 //
-// Readers never look past the published head, so the events of an open or unsynced
-// transaction stay invisible although some of them are already on disk. After a crash,
-// [Open] deletes the events past the durable head, with their index entries, before it
-// returns, and the next transaction reuses their positions.
+// # Recovery
 //
-// Close does not Sync: committed transactions not yet synced are dropped, as by a crash.
+// Open scans the newest segment and stops at its last valid record: one cut short, failing
+// its checksum or out of place ends the scan. What follows the last commit record (an
+// interrupted transaction, or a torn write) is cut off, and the newest segment's index is
+// rebuilt from its events. A damaged record in a sealed segment, or one before what the
+// meta file records as synced, is an error that names the segment: it is a disk failure,
+// which walflow never skips.
 //
-// # Truncate
+// # Readers
 //
-// [Ledger.Truncate] runs beside the writer. Each of its batches deletes a stretch of events
-// with one range deletion, deletes their index entries (found by giving the events to the
-// Indexer again; a key with many entries in the stretch gets a range deletion too), and
-// records the new tail in "mstate". It publishes the tail before the batch commits, so a
-// reader, which checks the tail after opening its iterator, either sees the removed events
-// or fails with [ledger.ErrTruncated], never a gap. Once 64 MiB of events were removed, it
-// compacts the removed range so that the disk space returns at once; the index's deletions
-// are left to Pebble's own compactions.
+// Readers never look past the published head. [OpenReadOnly] opens the files of a ledger
+// another process writes, without the lock, and reads them as they were when it opened.
 package disk

@@ -1,109 +1,102 @@
 package disk
 
 import (
-	"encoding/binary"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 
-	"github.com/cockroachdb/pebble/v2"
-
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/internal/pebblelog"
 )
 
 var discard = slog.New(slog.DiscardHandler)
 
-// crash closes the ledger as a crash would leave it: the batch of the open transaction
-// is dropped unwritten and no metadata is written. Chunks already written stay on disk.
+// crash closes the ledger as a crash would leave it: the bytes gathered in memory are
+// dropped unwritten, and what was written stays as it is.
 func (l *Ledger) crash() {
 	l.pub.Close()
 	l.closeMu.Lock()
 	defer l.closeMu.Unlock()
-	l.batch.Close()
-	l.db.Close()
-	l.fsClose.Close()
+	for _, s := range l.segs {
+		s.closeFiles()
+	}
+	if l.lock != nil {
+		l.lock.Close()
+	}
 }
 
 // raw is what a closed ledger's directory holds.
 type raw struct {
-	head   event.Position
-	tail   event.Position
-	events []event.Position            // positions of the stored events
-	index  map[string][]event.Position // index entries
+	meta     []byte
+	segments []string         // segment file names
+	events   []event.Position // positions of the stored event records, in file order
+	commits  []event.Position // heads of the stored commit records
 }
 
-// eventsPast returns how many stored events are past the head.
-func (r raw) eventsPast() int {
+// eventsPast returns how many stored events are past head.
+func (r raw) eventsPast(head event.Position) int {
 	n := 0
 	for _, p := range r.events {
-		if p > r.head {
+		if p > head {
 			n++
 		}
 	}
 	return n
 }
 
-// indexPast returns how many index entries are past the head.
-func (r raw) indexPast() int {
-	n := 0
-	for _, ps := range r.index {
-		for _, p := range ps {
-			if p > r.head {
-				n++
-			}
-		}
-	}
-	return n
-}
+// rawScan reads every record of the closed ledger in dir, failing on any damage.
+func rawScan(t testing.TB, dir string) raw { return rawScanTolerant(t, dir, false) }
 
-// rawScan reads every key of the closed ledger in dir.
-func rawScan(t testing.TB, dir string) raw {
+// rawScanTolerant is rawScan, but when tolerant, damage ends a segment's scan instead of
+// failing: what a crash may leave.
+func rawScanTolerant(t testing.TB, dir string, tolerant bool) raw {
 	t.Helper()
-	db := rawOpen(t, dir)
-	defer db.Close()
-	r := raw{index: map[string][]event.Position{}}
-	if v, closer, err := db.Get(stateKey); err == nil {
-		st, err := decodeState(v)
-		closer.Close()
+	var r raw
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		first, ok := parseSegName(e.Name())
+		if !ok {
+			continue
+		}
+		r.segments = append(r.segments, e.Name())
+		f, err := os.Open(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.head, r.tail = st.Head, st.Tail
-	}
-	it, err := db.NewIter(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer it.Close()
-	for valid := it.First(); valid; valid = it.Next() {
-		k := it.Key()
-		switch k[0] {
-		case prefixEvent:
-			p, ok := parseEventKey(k)
-			if !ok {
-				t.Fatalf("malformed event key %x", k)
+		if err := readHeader(f, first); err != nil {
+			if tolerant {
+				f.Close()
+				continue
 			}
-			r.events = append(r.events, p)
-		case prefixIndex:
-			if len(k) < 10 || k[len(k)-9] != 0 {
-				t.Fatalf("malformed index key %x", k)
-			}
-			key := string(k[1 : len(k)-9])
-			r.index[key] = append(r.index[key], event.Position(binary.BigEndian.Uint64(k[len(k)-8:])))
-		case prefixMeta:
-		default:
-			t.Fatalf("unknown key %x", k)
+			t.Fatalf("%s: %v", e.Name(), err)
 		}
+		rr := newRecReader(f, segHeaderLen)
+		for {
+			p, err := rr.next()
+			if err != nil {
+				if err.Error() == "EOF" || tolerant {
+					break
+				}
+				t.Fatalf("%s: %v", e.Name(), err)
+			}
+			if p[0] == recCommit {
+				c, _ := decodeCommit(p)
+				r.commits = append(r.commits, c.head)
+				continue
+			}
+			ev, err := event.DecodeBinary(p[1:])
+			if err != nil {
+				t.Fatalf("%s: %v", e.Name(), err)
+			}
+			r.events = append(r.events, ev.Position)
+		}
+		f.Close()
 	}
+	slices.Sort(r.segments)
+	r.meta, _ = os.ReadFile(filepath.Join(dir, metaName))
 	return r
-}
-
-// rawOpen opens the Pebble database of a closed ledger.
-func rawOpen(t testing.TB, dir string) *pebble.DB {
-	t.Helper()
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebblelog.Logger{Log: discard}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return db
 }

@@ -10,11 +10,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cockroachdb/pebble/v2"
-
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/ledgertest"
+	"github.com/walflow/walflow/ledger/pebble"
 )
 
 func readAll(t testing.TB, l ledger.Ledger) []event.Event {
@@ -26,11 +25,13 @@ func readAll(t testing.TB, l ledger.Ledger) []event.Event {
 	return es
 }
 
+// tinyOpts makes segments of a few events, so that tests span many.
+var tinyOpts = &Options{Indexer: ledgertest.Indexer, SegmentBytes: 2048, ChunkBytes: 512}
+
 func TestReopen(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	opts := &Options{Indexer: ledgertest.Indexer, ChunkBytes: 2048}
-	l := mustOpen(t, dir, opts)
+	l := mustOpen(t, dir, tinyOpts)
 	for i := range 20 {
 		lsn := event.LSN(100 + i)
 		var es []*event.Event
@@ -61,8 +62,11 @@ func TestReopen(t *testing.T) {
 	if err := l.Close(); !errors.Is(err, ledger.ErrClosed) {
 		t.Fatalf("second Close = %v, want ErrClosed", err)
 	}
+	if r := rawScan(t, dir); len(r.segments) < 4 {
+		t.Fatalf("%d segments, want several", len(r.segments))
+	}
 
-	l = mustOpen(t, dir, opts)
+	l = mustOpen(t, dir, tinyOpts)
 	defer l.Close()
 	want := ledger.State{Head: 50, LastCommitLSN: 119, LastEndLSN: 120, AckedLSN: 110, Origin: o}
 	if st != want || l.State() != want {
@@ -86,8 +90,8 @@ func TestReopen(t *testing.T) {
 	}
 }
 
-// TestInterruptedTransaction leaves a transaction of many chunks unfinished, and checks
-// that Open removes its events and index entries and reuses its positions.
+// TestInterruptedTransaction leaves a transaction spanning segments unfinished, and checks
+// that Open removes its records and reuses its positions, while what was synced stays.
 func TestInterruptedTransaction(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -96,14 +100,12 @@ func TestInterruptedTransaction(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
-			opts := &Options{Indexer: ledgertest.Indexer, ChunkBytes: 512}
-			l := mustOpen(t, dir, opts)
+			l := mustOpen(t, dir, tinyOpts)
 			ledgertest.WriteTx(t, l, 10, ledgertest.Event(10, 0, "a", 1), ledgertest.Event(10, 1, "b", 2))
 			if err := l.Sync(ctx); err != nil {
 				t.Fatal(err)
 			}
 			st := l.State()
-			ledgertest.WriteTx(t, l, 15, ledgertest.Event(15, 0, "a", 3)) // committed, not synced
 			if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: 20}); err != nil {
 				t.Fatal(err)
 			}
@@ -120,12 +122,11 @@ func TestInterruptedTransaction(t *testing.T) {
 			l.crash()
 
 			before := rawScan(t, dir)
-			if before.head != 2 || before.eventsPast() < 150 || before.indexPast() < 300 {
-				t.Fatalf("after the crash: head %d, %d events and %d index entries past it; want many chunks written",
-					before.head, before.eventsPast(), before.indexPast())
+			if before.eventsPast(2) < 150 || len(before.segments) < 5 {
+				t.Fatalf("after the crash: %d events past the head in %d segments; want many segments written", before.eventsPast(2), len(before.segments))
 			}
 
-			l = mustOpen(t, dir, opts)
+			l = mustOpen(t, dir, tinyOpts)
 			if got := l.State(); got != st {
 				t.Fatalf("State after recovery = %+v, want %+v", got, st)
 			}
@@ -133,14 +134,11 @@ func TestInterruptedTransaction(t *testing.T) {
 				t.Fatal(err)
 			}
 			after := rawScan(t, dir)
-			if after.eventsPast() != 0 || after.indexPast() != 0 {
-				t.Fatalf("after recovery: %d events and %d index entries past the head", after.eventsPast(), after.indexPast())
-			}
-			if !slices.Equal(after.events, []event.Position{1, 2}) || len(after.index) != 4 {
-				t.Fatalf("after recovery: events %v, index %v", after.events, after.index)
+			if !slices.Equal(after.events, []event.Position{1, 2}) || !slices.Equal(after.commits, []event.Position{2}) {
+				t.Fatalf("after recovery: events %v, commits %v", after.events, after.commits)
 			}
 
-			l = mustOpen(t, dir, opts)
+			l = mustOpen(t, dir, tinyOpts)
 			defer l.Close()
 			ps := ledgertest.WriteTx(t, l, 15, ledgertest.Event(15, 0, "c", 3), ledgertest.Event(15, 1, "c", 4))
 			if !slices.Equal(ps, []event.Position{3, 4}) {
@@ -149,29 +147,50 @@ func TestInterruptedTransaction(t *testing.T) {
 			if err := l.Sync(ctx); err != nil {
 				t.Fatal(err)
 			}
-			for _, k := range []string{"partial", "partial/0", "partial/1", "a/3"} {
+			for _, k := range []string{"partial", "partial/0", "partial/1"} {
 				if es, err := l.ReadKeys(ctx, []string{k}, 0, 100); err != nil || len(es) != 0 {
 					t.Fatalf("ReadKeys(%s) = %d events, %v; want none", k, len(es), err)
 				}
 			}
 			es, err := l.ReadKeys(ctx, []string{"c", "a"}, 0, 100)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := len(es); got != 3 || es[0].Position != 1 || es[1].Position != 3 {
-				t.Fatalf("ReadKeys(c, a) = %d events", got)
+			if err != nil || len(es) != 3 || es[0].Position != 1 || es[1].Position != 3 {
+				t.Fatalf("ReadKeys(c, a) = %d events, %v", len(es), err)
 			}
 		})
 	}
 }
 
-// TestAbortRemovesEverything checks on disk that an aborted transaction of many chunks
-// leaves no event or index entry behind.
-func TestAbortRemovesEverything(t *testing.T) {
+// TestCloseDropsUnsynced checks that Close keeps only what was synced, as documented.
+func TestCloseDropsUnsynced(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	l := mustOpen(t, dir, &Options{Indexer: ledgertest.Indexer, ChunkBytes: 512})
+	l := mustOpen(t, dir, &Options{Indexer: ledgertest.Indexer, ChunkBytes: 64})
 	ledgertest.WriteTx(t, l, 10, ledgertest.Event(10, 0, "a", 1))
+	if err := l.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ledgertest.WriteTx(t, l, 12, ledgertest.Event(12, 0, "a", 2))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = mustOpen(t, dir, nil)
+	defer l.Close()
+	if st := l.State(); st.Head != 1 || st.LastCommitLSN != 10 {
+		t.Fatalf("State after Close without Sync = %+v, want head 1, commit LSN 10", st)
+	}
+}
+
+// TestAbortAcrossSegments aborts a transaction that started segments, and checks that
+// they are gone and the ledger goes on from the transaction's first position.
+func TestAbortAcrossSegments(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	l := mustOpen(t, dir, tinyOpts)
+	ledgertest.WriteTx(t, l, 10, ledgertest.Event(10, 0, "a", 1), ledgertest.Event(10, 1, "a", 2))
+	if err := l.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	segs := len(rawScan(t, dir).segments)
 	if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: 20}); err != nil {
 		t.Fatal(err)
 	}
@@ -180,125 +199,92 @@ func TestAbortRemovesEverything(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if n := len(rawScan(t, dir).segments); n < segs+5 {
+		t.Fatalf("%d segments during the transaction, want many more than %d", n, segs)
+	}
 	if err := l.AbortTx(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if got := readAll(t, l); len(got) != 2 {
+		t.Fatalf("read %d events after the abort, want 2", len(got))
+	}
+	ps := ledgertest.WriteTx(t, l, 30, ledgertest.Event(30, 0, "b", 3))
 	if err := l.Sync(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if ps[0] != 3 {
+		t.Fatalf("position after the abort = %d, want 3", ps[0])
+	}
+	if es, err := l.ReadKeys(ctx, []string{"gone", "b"}, 0, 100); err != nil || len(es) != 1 || es[0].Position != 3 {
+		t.Fatalf("ReadKeys(gone, b) = %d events, %v", len(es), err)
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
 	r := rawScan(t, dir)
-	if r.head != 1 || !slices.Equal(r.events, []event.Position{1}) || len(r.index) != 2 {
-		t.Fatalf("after the abort: head %d, events %v, index %v", r.head, r.events, r.index)
+	if !slices.Equal(r.events, []event.Position{1, 2, 3}) || len(r.segments) != segs {
+		t.Fatalf("after the abort: events %v in %d segments, want 1..3 in %d", r.events, len(r.segments), segs)
 	}
 }
 
-// corrupt writes raw keys into the closed ledger in dir.
-func corrupt(t *testing.T, dir string, set map[string][]byte, del ...[]byte) {
-	t.Helper()
-	db := rawOpen(t, dir)
-	for k, v := range set {
-		if err := db.Set([]byte(k), v, pebble.Sync); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, k := range del {
-		if err := db.Delete(k, pebble.Sync); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestCorruptEvents(t *testing.T) {
+// TestLockAndReadOnly checks that a second writer is refused while a read-only reader
+// works beside the writer.
+func TestLockAndReadOnly(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	opts := &Options{Indexer: ledgertest.Indexer}
-	l := mustOpen(t, dir, opts)
-	var es []*event.Event
-	for i := range 6 {
-		es = append(es, ledgertest.Event(10, uint32(i), "a", i))
-	}
-	ledgertest.WriteTx(t, l, 10, es...)
-	if err := l.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	l.Close()
-
-	other := ledgertest.Event(10, 0, "a", 9)
-	other.Position = 99
-	corrupt(t, dir, map[string][]byte{
-		string(eventKey(nil, 2)): {1, 2, 3},
-		string(eventKey(nil, 3)): event.AppendBinary(nil, other),
-	}, eventKey(nil, 5))
-
-	l = mustOpen(t, dir, opts)
+	l := mustOpen(t, dir, tinyOpts)
 	defer l.Close()
-	for _, tc := range []struct {
-		after event.Position
-		want  string
-	}{
-		{0, "position 2"},
-		{1, "position 2"},
-		{2, "event at position 3: stored event says position 99"},
-		{3, "event at position 5 is missing"},
-	} {
-		_, err := l.Read(ctx, tc.after, 10)
-		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), dir) {
-			t.Errorf("Read(%d) = %v, want an error naming %q and the directory", tc.after, err, tc.want)
-		}
+	for i := range 30 {
+		ledgertest.WriteTx(t, l, event.LSN(10+i), ledgertest.Event(event.LSN(10+i), 0, "a", i%4))
 	}
-	if _, err := l.Read(ctx, 2, 1); err == nil {
-		t.Error("Read(2, 1) of a misplaced event: no error")
-	}
-	if got, err := l.Read(ctx, 3, 1); err != nil || len(got) != 1 || got[0].Position != 4 {
-		t.Errorf("Read(3, 1) of a sound event = %v, %v", got, err)
-	}
-	_, err := l.ReadKeys(ctx, []string{"a/1"}, 0, 10)
-	if err == nil || !strings.Contains(err.Error(), "position 2") {
-		t.Errorf("ReadKeys(a/1) = %v, want an error naming position 2", err)
-	}
-	_, err = l.ReadKeys(ctx, []string{"a/4"}, 0, 10)
-	if err == nil || !strings.Contains(err.Error(), "position 5") {
-		t.Errorf("ReadKeys(a/4) = %v, want an error naming position 5", err)
-	}
-	if got, err := l.ReadKeys(ctx, []string{"a/3"}, 0, 10); err != nil || len(got) != 1 {
-		t.Errorf("ReadKeys(a/3) = %v, %v", got, err)
-	}
-}
-
-func TestCorruptMetadataAndRecovery(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	opts := &Options{Indexer: ledgertest.Indexer}
-	l := mustOpen(t, dir, opts)
-	ledgertest.WriteTx(t, l, 10, ledgertest.Event(10, 0, "a", 1))
 	if err := l.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	l.Close()
-
-	// A corrupt event past the head: recovery cannot know its index keys.
-	corrupt(t, dir, map[string][]byte{string(eventKey(nil, 2)): {1, 0xff}})
-	_, err := Open(ctx, dir, opts)
-	if err == nil || !strings.Contains(err.Error(), "ledger: open "+dir) || !strings.Contains(err.Error(), "position 2") {
-		t.Fatalf("Open with a corrupt event past the head = %v", err)
+	// An unsynced transaction, partly on disk, is not seen by the reader.
+	if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: 100}); err != nil {
+		t.Fatal(err)
 	}
-	corrupt(t, dir, nil, eventKey(nil, 2))
-
-	corrupt(t, dir, map[string][]byte{string(stateKey): {1, 0x80}})
-	_, err = Open(ctx, dir, opts)
-	if err == nil || !strings.Contains(err.Error(), "ledger: open "+dir) || !strings.Contains(err.Error(), "metadata") {
-		t.Fatalf("Open with corrupt metadata = %v", err)
+	for i := range 40 {
+		if err := l.Append(ctx, ledgertest.Event(100, uint32(i), "a", 1)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	corrupt(t, dir, map[string][]byte{string(stateKey): {9}})
-	_, err = Open(ctx, dir, opts)
-	if err == nil || !strings.Contains(err.Error(), "version 9") {
-		t.Fatalf("Open with metadata of a newer version = %v", err)
+	if _, err := Open(ctx, dir, tinyOpts); err == nil || !strings.Contains(err.Error(), "in use by another walflow") {
+		t.Fatalf("a second writer: %v, want an error saying the ledger is in use", err)
+	}
+	ro, err := OpenReadOnly(ctx, dir, tinyOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if got, want := ro.State(), l.State(); got != want {
+		t.Fatalf("read-only State %+v, writer's %+v", got, want)
+	}
+	if got, want := readAll(t, ro), readAll(t, l); !reflect.DeepEqual(got, want) {
+		t.Fatalf("read-only read %d events, writer %d", len(got), len(want))
+	}
+	got, err := ro.ReadKeys(ctx, []string{"a/1"}, 0, 100)
+	if err != nil || len(got) != 8 {
+		t.Fatalf("read-only ReadKeys = %d events, %v; want 8", len(got), err)
+	}
+	if err := ro.BeginTx(ctx, event.TxMeta{CommitLSN: 1000}); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("BeginTx on a read-only ledger = %v", err)
+	}
+	if err := ro.Truncate(ctx, 3); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("Truncate on a read-only ledger = %v", err)
+	}
+	// The reader changed nothing: the writer goes on.
+	if err := l.CommitTx(ctx, 101); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h := l.State().Head; h != 70 {
+		t.Fatalf("head %d, want 70", h)
+	}
+	if _, err := OpenReadOnly(ctx, t.TempDir(), nil); err == nil {
+		t.Fatal("OpenReadOnly of an empty directory: no error")
 	}
 }
 
@@ -314,46 +300,77 @@ func TestOpenErrors(t *testing.T) {
 	if _, err := Open(ctx, "", nil); err == nil {
 		t.Fatal("Open(\"\"): no error")
 	}
-	dir := t.TempDir()
-	l := mustOpen(t, dir, nil)
-	defer l.Close()
-	if _, err := Open(ctx, dir, nil); err == nil {
-		t.Fatal("opening a ledger twice: no error")
-	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	if _, err := Open(cctx, t.TempDir(), nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Open with a cancelled context = %v", err)
 	}
+	// A directory of the pebble backend.
+	dir := t.TempDir()
+	p, err := pebble.Open(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, dir, nil); err == nil || !strings.Contains(err.Error(), "ledger.backend: pebble") || !strings.Contains(err.Error(), "walflow ledger migrate") {
+		t.Fatalf("Open of a pebble ledger = %v, want an error saying to set ledger.backend: pebble", err)
+	}
 }
 
-func TestStateEncoding(t *testing.T) {
+func TestMetaEncoding(t *testing.T) {
 	for _, st := range []ledger.State{
 		{},
 		{Head: 1<<64 - 1, LastCommitLSN: 1<<64 - 1, LastEndLSN: 3, AckedLSN: 2,
 			Origin: ledger.Origin{SystemID: "73", Timeline: -1 << 31, Database: "d\x00b", Slot: "s"}},
 		{Head: 10, Tail: 10, LastCommitLSN: 5},
-		{Head: 1<<64 - 1, Tail: 1<<64 - 2, AckedLSN: 1, Origin: ledger.Origin{Slot: "s"}},
 	} {
-		b := encodeState(nil, st)
-		got, err := decodeState(b)
+		b := encodeMeta(st)
+		got, err := decodeMeta(b)
 		if err != nil || got != st {
-			t.Fatalf("decodeState(encodeState(%+v)) = %+v, %v", st, got, err)
+			t.Fatalf("decodeMeta(encodeMeta(%+v)) = %+v, %v", st, got, err)
 		}
 		for i := range b {
-			if _, err := decodeState(b[:i]); err == nil {
-				t.Fatalf("decodeState of %d of %d bytes: no error", i, len(b))
+			if _, err := decodeMeta(b[:i]); err == nil {
+				t.Fatalf("decodeMeta of %d of %d bytes: no error", i, len(b))
+			}
+			c := slices.Clone(b)
+			c[i] ^= 0x10
+			if _, err := decodeMeta(c); err == nil {
+				t.Fatalf("decodeMeta with byte %d flipped: no error", i)
 			}
 		}
-		if _, err := decodeState(append(b, 0)); err == nil {
-			t.Fatal("decodeState with a trailing byte: no error")
-		}
-		// A ledger never truncated keeps the version earlier walflow versions read.
-		if want := byte(stateVersion); st.Tail == 0 && b[0] != want {
-			t.Fatalf("encodeState(%+v) is version %d, want %d", st, b[0], want)
+	}
+}
+
+// TestReadOnlyBesideTruncate runs the writer's Truncate after a reader listed the
+// directory and read the meta file, before it opens the segments: the reader lists it again
+// and opens the ledger.
+func TestReadOnlyBesideTruncate(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	l := mustOpen(t, dir, tinyOpts)
+	defer l.Close()
+	writeTxs(t, l, 100, 30, 4)
+	segs := rawScan(t, dir).segments
+	second, _ := parseSegName(segs[1])
+	calls := 0
+	afterList = func(string) {
+		calls++
+		if calls == 1 {
+			if err := l.Truncate(ctx, second-1); err != nil {
+				t.Error(err)
+			}
 		}
 	}
-	if _, err := decodeState(encodeState(nil, ledger.State{Head: 4, Tail: 5})); err == nil {
-		t.Fatal("decodeState of a tail past the head: no error")
+	defer func() { afterList = nil }()
+	ro, err := OpenReadOnly(ctx, dir, tinyOpts)
+	if err != nil {
+		t.Fatalf("OpenReadOnly while a segment is removed: %v", err)
+	}
+	defer ro.Close()
+	if calls != 2 || ro.State() != l.State() {
+		t.Fatalf("the reader listed the directory %d times, state %+v, want twice and %+v", calls, ro.State(), l.State())
 	}
 }
