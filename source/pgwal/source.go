@@ -393,18 +393,19 @@ func (st *stream) sync(ctx context.Context) error {
 }
 
 // sendStatus acknowledges what is durable. When nothing is in flight, everything the server
-// sent up to its WAL end is accounted for, so that position is acknowledged too (after being
-// recorded durably), which keeps an idle slot from retaining WAL.
+// sent up to its WAL end is accounted for, so that position is acknowledged too, which keeps
+// an idle slot from retaining WAL. Every new acknowledgement is recorded in the sink first
+// (SetAcked), so the sink's durable bookkeeping covers every transaction the slot will not
+// send again: a sink that recovers to less than that can tell damage from a torn write.
+// That costs one bookkeeping write per status interval, not per transaction.
 func (st *stream) sendStatus(ctx context.Context, reply bool) error {
 	ack := st.sink.State().LastEndLSN
 	if !st.inTx && st.pending == 0 && st.walEnd > ack {
 		ack = st.walEnd
 	}
 	if ack > st.acked {
-		if ack > st.sink.State().LastEndLSN {
-			if err := st.sink.SetAcked(ctx, ack); err != nil {
-				return fmt.Errorf("pgwal: record acknowledged position: %w", err)
-			}
+		if err := st.sink.SetAcked(ctx, ack); err != nil {
+			return fmt.Errorf("pgwal: record acknowledged position: %w", err)
 		}
 		st.acked = ack
 	}

@@ -680,3 +680,61 @@ func TestTableAddedWarns(t *testing.T) {
 		t.Errorf("after the restart: %d events, the second %s; want 2, the second b {\"id\":2}", len(evs), got)
 	}
 }
+
+// TestAckRecordedBeforeSent checks that every position the slot confirms was recorded in
+// the ledger (State().AckedLSN) before it was sent, while transactions stream: a ledger
+// that recovers to less than its recorded bookkeeping must be able to tell damage from a
+// torn write, which it can only if nothing acknowledged lies beyond what it recorded.
+func TestAckRecordedBeforeSent(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, `CREATE TABLE watched (id serial PRIMARY KEY, pad text)`)
+	h.start(h.config("watched"))
+	h.waitConnected()
+	ctx := t.Context()
+	writerDone := make(chan error, 1)
+	stopWriter := make(chan struct{})
+	go func() {
+		conn, err := pgx.Connect(ctx, h.dsn)
+		if err != nil {
+			writerDone <- err
+			return
+		}
+		defer conn.Close(context.Background())
+		for {
+			select {
+			case <-stopWriter:
+				writerDone <- nil
+				return
+			default:
+			}
+			if _, err := conn.Exec(ctx, `INSERT INTO watched (pad) SELECT repeat('x', 200) FROM generate_series(1, 100)`); err != nil {
+				writerDone <- err
+				return
+			}
+		}
+	}()
+	var confirmedMoves int
+	var last event.LSN
+	for range 200 {
+		info, ok, err := pgwal.QuerySlot(ctx, h.conn, h.slot)
+		if err != nil || !ok {
+			t.Fatalf("slot: %v %v", ok, err)
+		}
+		// Read the slot first: whatever it confirmed was recorded before it was sent.
+		if acked := h.led.State().AckedLSN; info.ConfirmedFlush > acked {
+			t.Fatalf("the slot confirmed %s, but the ledger recorded only %s as acknowledged", info.ConfirmedFlush, acked)
+		}
+		if info.ConfirmedFlush > last {
+			confirmedMoves++
+			last = info.ConfirmedFlush
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	close(stopWriter)
+	if err := <-writerDone; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+	if confirmedMoves < 3 {
+		t.Fatalf("the slot's confirmed position moved %d times while the writer ran; the check saw too little", confirmedMoves)
+	}
+}
