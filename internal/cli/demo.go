@@ -27,10 +27,11 @@ var demoCommand = &command{
 	args:    "[--duration D] [--write-every D] [--keep]",
 	summary: "Start a throwaway PostgreSQL with a small blog, show it live in your browser and print walflow's events.",
 	help: `
-demo needs the PostgreSQL server binaries (apt-get install -y postgresql-15), not a running
-server. It starts a private cluster on a free port of 127.0.0.1, creates a blog (posts and
-comments, comments scoped by posts/{post_id}), follows it with walflow into a disk ledger
-in a temporary directory, and changes the blog every 0.7 s (--write-every). The operator
+demo needs the PostgreSQL server binaries, not a running server; when they are missing it
+installs them (apt-get install postgresql-15) if it runs as root with apt-get, and otherwise
+stops with the command to run. It starts a private cluster on a free port of 127.0.0.1,
+creates a blog (posts and comments, comments scoped by posts/{post_id}), follows it with
+walflow into a disk ledger in a temporary directory, and changes the blog every 0.7 s (--write-every). The operator
 post_with_comments_counts keeps a derived table of posts with their comment counts up to
 date, and that table is followed too, so its rows' changes show up as events right after
 the changes that caused them. Every event is printed as it comes back from the ledger,
@@ -121,7 +122,7 @@ func demoMain(ctx context.Context, e *env, duration, writeEvery time.Duration, k
 	}
 	out := e.stdout
 	fmt.Fprintln(out, "walflow demo: starting a throwaway PostgreSQL cluster…")
-	cluster, err := pgtest.Start(ctx, nil)
+	cluster, err := startCluster(ctx, e.stderr, systemInstaller(e.stderr), pgtest.Start, os.Getenv)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted while starting
