@@ -41,8 +41,8 @@ make changes yourself: they show up too.
 
 It also serves the blog as a small web app on the printed http://127.0.0.1 address (a free
 port, or the one of --port; --http gives the whole address, and one not on 127.0.0.1 opens
-the blog and its writes to whoever can reach it): the posts with their live comment counts, a page per post with its comments arriving live,
-and forms to write and delete, all kept up to date by walflow.js over the realtime
+the blog and its writes to whoever can reach it): the posts with their live comment
+counts, a page per post with its comments arriving live, and forms to write and delete, all kept up to date by walflow.js over the realtime
 gateway's WebSocket (mounted at /realtime/, open to anyone who can reach 127.0.0.1). The
 writer only ever changes or deletes the posts it wrote itself.
 
@@ -52,7 +52,7 @@ Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`
 		every := fs.Duration("write-every", demoWriteTick, "make a change to the blog this `often`; 0 turns the writer off")
 		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
 		httpAddr := fs.String("http", "", "serve the web page and the HTTP endpoints on this `host:port` (default: a free port of 127.0.0.1)")
-		port := fs.Int("port", 0, "serve the web page and the HTTP endpoints on this `port` of 127.0.0.1 (default: a free one)")
+		port := fs.String("port", "", "serve the web page and the HTTP endpoints on this `port` of 127.0.0.1 (default: a free one)")
 		return func(ctx context.Context, e *env, _ []string) error {
 			addr, err := demoHTTPAddr(fs, *httpAddr, *port)
 			if err != nil {
@@ -125,17 +125,17 @@ ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
 
 // demoHTTPAddr is the address the demo's web page and HTTP endpoints listen on, from the
 // --http and --port flags: 127.0.0.1:0 (a free port) when neither was given.
-func demoHTTPAddr(fs *flag.FlagSet, httpAddr string, port int) (string, error) {
+func demoHTTPAddr(fs *flag.FlagSet, httpAddr, port string) (string, error) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	switch {
 	case set["http"] && set["port"]:
 		return "", usagef("demo: --http and --port both give the web page's address; give one: --port N for 127.0.0.1:N, or --http HOST:PORT")
 	case set["port"]:
-		if port < 1 || port > 65535 {
-			return "", usagef("demo: --port %d is not a TCP port; give one from 1 to 65535, or leave --port out to get a free one", port)
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return "", usagef("demo: --port %q is not a TCP port; give a number from 1 to 65535, or leave --port out to get a free one", port)
 		}
-		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
+		return net.JoinHostPort("127.0.0.1", port), nil
 	case set["http"]:
 		_, p, err := net.SplitHostPort(httpAddr)
 		if err != nil {

@@ -17,10 +17,11 @@ func TestDemoHTTPFlagErrors(t *testing.T) {
 		args   []string
 		stderr string
 	}{
-		{[]string{"--port", "0"}, "walflow: demo: --port 0 is not a TCP port; give one from 1 to 65535"},
-		{[]string{"--port", "70000"}, "walflow: demo: --port 70000 is not a TCP port"},
-		{[]string{"--port", "-1"}, "walflow: demo: --port -1 is not a TCP port"},
-		{[]string{"--port", "http"}, `walflow: demo: invalid value "http" for flag -port`},
+		{[]string{"--port", "0"}, `walflow: demo: --port "0" is not a TCP port; give a number from 1 to 65535`},
+		{[]string{"--port", "70000"}, `walflow: demo: --port "70000" is not a TCP port`},
+		{[]string{"--port", "-1"}, `walflow: demo: --port "-1" is not a TCP port`},
+		{[]string{"--port", "http"}, `walflow: demo: --port "http" is not a TCP port`},
+		{[]string{"--port", ""}, `walflow: demo: --port "" is not a TCP port`},
 		{[]string{"--http", "8080"}, `walflow: demo: --http "8080" is not an address: address 8080: missing port in address; give HOST:PORT`},
 		{[]string{"--http", "127.0.0.1:99999"}, `walflow: demo: --http "127.0.0.1:99999" has no valid port "99999"`},
 		{[]string{"--http", "127.0.0.1:web"}, `walflow: demo: --http "127.0.0.1:web" has no valid port "web"`},
