@@ -1,5 +1,5 @@
 # walflow's developer commands. `make help` lists them. Every target needs Go and, except
-# lint, the PostgreSQL server binaries (apt-get install -y postgresql-15).
+# lint, the PostgreSQL server binaries; `make test` installs what is missing (scripts/setup).
 
 GO       ?= go
 FUZZTIME ?= 10s
@@ -14,8 +14,12 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+.PHONY: setup
+setup: ## install the PostgreSQL server binaries and Chromium when missing (scripts/setup)
+	./scripts/setup
+
 .PHONY: test
-test: ## run every test with the race detector (what .ci/run runs)
+test: setup ## install what is missing, then run every test with the race detector (what .ci/run runs)
 	$(GO) test -race -timeout 20m $(PKGS)
 
 .PHONY: lint

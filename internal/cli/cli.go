@@ -59,7 +59,7 @@ func (c *command) path() string {
 }
 
 // commands lists the subcommands in the order usage shows them.
-var commands = []*command{runCommand, demoCommand, statusCommand, operatorCommand, projectorCommand, ledgerCommand, indexCommand, versionCommand, helpCommand}
+var commands = []*command{runCommand, demoCommand, initCommand, statusCommand, operatorCommand, projectorCommand, ledgerCommand, indexCommand, versionCommand, helpCommand}
 
 func init() {
 	for _, c := range commands {
@@ -219,6 +219,7 @@ Commands:
 	fmt.Fprint(w, `
 Start with:
   walflow demo                          a throwaway PostgreSQL, a blog and its events
+  walflow init                          write a commented walflow.yaml to edit
   walflow run --config walflow.yaml     follow your database
 
 Run walflow help COMMAND for a command's flags. Exit codes: 0 ok, 1 failure, 2 usage or

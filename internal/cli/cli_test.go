@@ -391,7 +391,7 @@ func TestDemoEngineFailsWhileStarting(t *testing.T) {
 func TestDemoWithoutPostgres(t *testing.T) {
 	t.Setenv(pgtest.BinDirEnv, t.TempDir())
 	r := runCLI(t.Context(), noEnv, "demo", "--duration", "1s")
-	if r.code != ExitFailure || !strings.Contains(r.stderr, "walflow: demo: ") || !strings.Contains(r.stderr, "apt-get install -y postgresql-15") {
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "walflow: demo: ") || !strings.Contains(r.stderr, pgtest.InstallCommand()) {
 		t.Fatalf("demo without binaries: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
 }

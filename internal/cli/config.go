@@ -121,7 +121,7 @@ func loadConfig(path string, getenv func(string) string) (*config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, &usageError{&configError{file: path, msg: "no such file; write one (walflow.example.yaml shows every key) or pass --config FILE"}}
+			return nil, &usageError{&configError{file: path, msg: "no such file; write one with walflow init (it shows every key) or pass --config FILE"}}
 		}
 		return nil, &usageError{&configError{file: path, msg: err.Error()}}
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,22 +25,24 @@ import (
 
 var demoCommand = &command{
 	name:    "demo",
-	args:    "[--duration D] [--write-every D] [--keep]",
+	args:    "[--duration D] [--write-every D] [--keep] [--http ADDR | --port N]",
 	summary: "Start a throwaway PostgreSQL with a small blog, show it live in your browser and print walflow's events.",
 	help: `
-demo needs the PostgreSQL server binaries (apt-get install -y postgresql-15), not a running
-server. It starts a private cluster on a free port of 127.0.0.1, creates a blog (posts and
-comments, comments scoped by posts/{post_id}), follows it with walflow into a disk ledger
-in a temporary directory, and changes the blog every 0.7 s (--write-every). The operator
+demo needs the PostgreSQL server binaries, not a running server; when they are missing it
+installs them (apt-get install postgresql-15) if it runs as root with apt-get, and otherwise
+stops with the command to run. It starts a private cluster on a free port of 127.0.0.1,
+creates a blog (posts and comments, comments scoped by posts/{post_id}), follows it with
+walflow into a disk ledger in a temporary directory, and changes the blog every 0.7 s (--write-every). The operator
 post_with_comments_counts keeps a derived table of posts with their comment counts up to
 date, and that table is followed too, so its rows' changes show up as events right after
 the changes that caused them. Every event is printed as it comes back from the ledger,
 with the channels it was delivered on. You may connect to the printed database URL and
 make changes yourself: they show up too.
 
-It also serves the blog as a small web app on the printed http://127.0.0.1 address: the
-posts with their live comment counts, a page per post with its comments arriving live,
-and forms to write and delete, all kept up to date by walflow.js over the realtime
+It also serves the blog as a small web app on the printed http://127.0.0.1 address (a free
+port, or the one of --port; --http gives the whole address, and one not on 127.0.0.1 opens
+the blog and its writes to whoever can reach it): the posts with their live comment
+counts, a page per post with its comments arriving live, and forms to write and delete, all kept up to date by walflow.js over the realtime
 gateway's WebSocket (mounted at /realtime/, open to anyone who can reach 127.0.0.1). The
 writer only ever changes or deletes the posts it wrote itself.
 
@@ -48,7 +51,15 @@ Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`
 		d := fs.Duration("duration", 0, "stop after writing for this `long` (default: until Ctrl-C)")
 		every := fs.Duration("write-every", demoWriteTick, "make a change to the blog this `often`; 0 turns the writer off")
 		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
-		return func(ctx context.Context, e *env, _ []string) error { return demoMain(ctx, e, *d, *every, *keep) }
+		httpAddr := fs.String("http", "", "serve the web page and the HTTP endpoints on this `host:port` (default: a free port of 127.0.0.1)")
+		port := fs.String("port", "", "serve the web page and the HTTP endpoints on this `port` of 127.0.0.1 (default: a free one)")
+		return func(ctx context.Context, e *env, _ []string) error {
+			addr, err := demoHTTPAddr(fs, *httpAddr, *port)
+			if err != nil {
+				return err
+			}
+			return demoMain(ctx, e, *d, *every, *keep, addr)
+		}
 	},
 }
 
@@ -112,16 +123,68 @@ ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
 	demoDerived = "post_with_comments_counts"
 )
 
-func demoMain(ctx context.Context, e *env, duration, writeEvery time.Duration, keep bool) (err error) {
+// demoHTTPAddr is the address the demo's web page and HTTP endpoints listen on, from the
+// --http and --port flags: 127.0.0.1:0 (a free port) when neither was given.
+func demoHTTPAddr(fs *flag.FlagSet, httpAddr, port string) (string, error) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case set["http"] && set["port"]:
+		return "", usagef("demo: --http and --port both give the web page's address; give one: --port N for 127.0.0.1:N, or --http HOST:PORT")
+	case set["port"]:
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return "", usagef("demo: --port %q is not a TCP port; give a number from 1 to 65535, or leave --port out to get a free one", port)
+		}
+		return net.JoinHostPort("127.0.0.1", port), nil
+	case set["http"]:
+		_, p, err := net.SplitHostPort(httpAddr)
+		if err != nil {
+			return "", usagef("demo: --http %q is not an address: %v; give HOST:PORT, like 127.0.0.1:8080 (or :8080 for every interface)", httpAddr, err)
+		}
+		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
+			return "", usagef("demo: --http %q has no valid port %q; give a number from 1 to 65535 (0 picks a free one), like 127.0.0.1:8080", httpAddr, p)
+		}
+		return httpAddr, nil
+	}
+	return "127.0.0.1:0", nil
+}
+
+// demoListen listens on addr for the demo's web page before anything else starts, so a
+// port in use fails the demo at once.
+func demoListen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		return ln, nil
+	}
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("demo: %s is in use by another program; give another with --port N or --http HOST:PORT, or leave both out to get a free port", addr)
+	}
+	return nil, fmt.Errorf("demo: listen on %s for the web page: %w; give another address with --port N or --http HOST:PORT", addr, err)
+}
+
+func demoMain(ctx context.Context, e *env, duration, writeEvery time.Duration, keep bool, httpAddr string) (err error) {
 	if duration < 0 {
 		return usagef("demo: --duration %s is negative; give a duration like 30s, or none to run until Ctrl-C", duration)
 	}
 	if writeEvery < 0 {
 		return usagef("demo: --write-every %s is negative; give a duration like 2s, or 0 to turn the writer off", writeEvery)
 	}
+	ln, err := demoListen(httpAddr)
+	if err != nil {
+		return err
+	}
+	// The web app owns ln once run starts it; until then every failure closes it.
+	defer func() {
+		if ln != nil {
+			ln.Close()
+		}
+	}()
+	if host, _, _ := net.SplitHostPort(ln.Addr().String()); !net.ParseIP(host).IsLoopback() {
+		fmt.Fprintf(e.stderr, "walflow demo: warning: the blog on %s, with its forms that write to the database and its channels open to anonymous readers, is reachable from the network\n", ln.Addr())
+	}
 	out := e.stdout
 	fmt.Fprintln(out, "walflow demo: starting a throwaway PostgreSQL cluster…")
-	cluster, err := pgtest.Start(ctx, nil)
+	cluster, err := startCluster(ctx, e.stderr, systemInstaller(e.stderr), pgtest.Start, os.Getenv)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted while starting
@@ -148,12 +211,13 @@ func demoMain(ctx context.Context, e *env, duration, writeEvery time.Duration, k
 	}()
 
 	d := &demo{env: e, cluster: cluster, dir: dir, slot: demoSlot, writeEvery: writeEvery, color: isTerminal(out) && e.getenv("NO_COLOR") == ""}
-	if err := d.setup(ctx); err != nil {
+	if err := d.setup(ctx, ln.Addr().String()); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
+	d.ln, ln = ln, nil
 	return d.run(ctx, duration, keep)
 }
 
@@ -170,10 +234,12 @@ type demo struct {
 	dsn        string
 	configPath string
 	cfg        *config
+	// ln is where the web app listens; nil makes run listen on the configured address.
+	ln net.Listener
 }
 
-// setup creates the blog and writes the walflow.yaml the engine runs with.
-func (d *demo) setup(ctx context.Context) error {
+// setup creates the blog and writes the walflow.yaml the engine runs with, with HTTP on addr.
+func (d *demo) setup(ctx context.Context, addr string) error {
 	if err := d.cluster.CreateDatabase(ctx, demoDatabase); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -181,10 +247,6 @@ func (d *demo) setup(ctx context.Context) error {
 		return fmt.Errorf("demo: create the blog: %w", err)
 	}
 	d.dsn = d.cluster.DSN(demoDatabase)
-	addr, err := freeAddr()
-	if err != nil {
-		return fmt.Errorf("demo: find a free port for HTTP: %w", err)
-	}
 	return d.configure(addr)
 }
 
@@ -198,7 +260,7 @@ slot: %s
 ledger:
   dir: ledger
 http:
-  addr: %s
+  addr: %q
 log:
   level: warn
 status_interval: 1s
@@ -244,17 +306,21 @@ func (d *demo) openEngine(ctx context.Context) (*walflow.Engine, error) {
 
 func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error {
 	out := d.env.stdout
+	// The web app serves until the writer has stopped; it owns the HTTP address.
+	ln := d.ln
+	if ln == nil {
+		var err error
+		if ln, err = demoListen(d.cfg.engine.HTTPAddr); err != nil {
+			return err
+		}
+	}
 	eng, err := d.openEngine(ctx)
 	if err != nil {
+		ln.Close()
 		return err
 	}
 	defer eng.Close()
 
-	// The web app serves until the writer has stopped; it owns the HTTP address.
-	ln, err := net.Listen("tcp", d.cfg.engine.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("demo: listen on %s for the web app: %w; run the demo again to get another port", d.cfg.engine.HTTPAddr, err)
-	}
 	web, err := newDemoWeb(eng, d.dsn)
 	if err != nil {
 		ln.Close()

@@ -174,7 +174,7 @@ type browser struct {
 func newBrowser(t *testing.T, app *demoApp) *browser {
 	t.Helper()
 	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Fatalf("the browser tests need Chromium at %s (%v); install it with apt-get install -y chromium", chromiumPath, err)
+		t.Fatalf("the browser tests need Chromium at %s (%v); run scripts/setup, or as root: apt-get update && apt-get install -y --no-install-recommends chromium", chromiumPath, err)
 	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath),

@@ -1,11 +1,11 @@
-// Package cli is the walflow command: run, demo, status, operator (status, restart, skip,
+// Package cli is the walflow command: run, demo, init, status, operator (status, restart, skip,
 // backfill), projector (status, reset, restart), version and help. cmd/walflow only calls
 // [Main], so every command can be tested in-process.
 //
 // # Configuration
 //
 // walflow run, walflow status and the walflow operator commands read a YAML file (walflow.yaml by default; see
-// walflow.example.yaml at the repository root). Unknown keys are errors, and every error
+// walflow.example.yaml at the repository root, which walflow init writes). Unknown keys are errors, and every error
 // names the file, the line and the key path (tables.comments.scopes[0]) with the fix.
 // database_url may be left out of the file when WALFLOW_DATABASE_URL or DATABASE_URL is set:
 // the environment fills it only when the file does not set it. A relative ledger.dir is

@@ -23,9 +23,24 @@ const BinDirEnv = "WALFLOW_PG_BINDIR"
 // PostgreSQL server binaries cannot be found.
 var ErrBinariesNotFound = errors.New("PostgreSQL server binaries not found")
 
+// InstallCommand is the exact shell command that installs the PostgreSQL server binaries on
+// Debian and Ubuntu for this process: [InstallCommandAs] its effective user id.
+func InstallCommand() string { return InstallCommandAs(os.Geteuid()) }
+
+// InstallCommandAs is the exact shell command that installs the PostgreSQL server binaries
+// on Debian and Ubuntu for the user euid: with sudo unless euid is root's.
+func InstallCommandAs(euid int) string {
+	if euid != 0 {
+		return "sudo apt-get update && sudo apt-get install -y --no-install-recommends postgresql-15"
+	}
+	return "apt-get update && apt-get install -y --no-install-recommends postgresql-15"
+}
+
 // installHint tells the user how to get the server binaries.
-const installHint = "install the PostgreSQL server with `apt-get install -y postgresql-15` (Debian/Ubuntu), " +
-	"or set " + BinDirEnv + " to the directory that contains initdb, pg_ctl and postgres"
+func installHint() string {
+	return "install the PostgreSQL server with `" + InstallCommand() + "` (Debian/Ubuntu; scripts/setup in a walflow " +
+		"checkout does it), or set " + BinDirEnv + " to the directory that contains initdb, pg_ctl and postgres"
+}
 
 // serverBinaries must all be present in a usable binary directory.
 var serverBinaries = []string{"initdb", "pg_ctl", "postgres"}
@@ -51,7 +66,7 @@ func defaultBinFinder() binFinder {
 func (f binFinder) findBinDir(ctx context.Context) (string, error) {
 	if dir := f.getenv(BinDirEnv); dir != "" {
 		if err := checkBinDir(dir); err != nil {
-			return "", fmt.Errorf("pgtest: %s=%q is not usable: %w: %v; %s", BinDirEnv, dir, ErrBinariesNotFound, err, installHint)
+			return "", fmt.Errorf("pgtest: %s=%q is not usable: %w: %v; %s", BinDirEnv, dir, ErrBinariesNotFound, err, installHint())
 		}
 		return absDir(dir), nil
 	}
@@ -93,7 +108,7 @@ func (f binFinder) findBinDir(ctx context.Context) (string, error) {
 	}
 
 	return "", fmt.Errorf("pgtest: %w (looked for %s in $%s, PATH, `pg_config --bindir` and %s); %s",
-		ErrBinariesNotFound, strings.Join(serverBinaries, ", "), BinDirEnv, f.glob, installHint)
+		ErrBinariesNotFound, strings.Join(serverBinaries, ", "), BinDirEnv, f.glob, installHint())
 }
 
 // checkBinDir reports whether dir holds every server binary.

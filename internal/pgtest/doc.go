@@ -20,8 +20,8 @@
 //  4. /usr/lib/postgresql/*/bin, highest version first.
 //
 // If nothing is found, Start returns an error wrapping [ErrBinariesNotFound]
-// that explains how to install the server (`apt-get install -y
-// postgresql-15` on Debian and Ubuntu) or to set WALFLOW_PG_BINDIR.
+// that gives the exact command installing the server on Debian and Ubuntu
+// ([InstallCommand]) and says how to set WALFLOW_PG_BINDIR instead.
 //
 // # Running as root
 //

@@ -265,7 +265,7 @@ func (c *Cluster) Binary(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	return "", fmt.Errorf("pgtest: %s not found in %s or PATH; %s", name, c.binDir, installHint)
+	return "", fmt.Errorf("pgtest: %s not found in %s or PATH; %s", name, c.binDir, installHint())
 }
 
 // DSN returns a connection URL for database as the superuser, e.g.

@@ -454,7 +454,7 @@ func TestFindBinDir(t *testing.T) {
 		{"path symlink", binFinder{getenv: noEnv, path: linkDir, glob: noGlob}, good, ""},
 		{"pg_config", binFinder{getenv: noEnv, path: cfgDir, glob: noGlob}, good, ""},
 		{"glob highest version", binFinder{getenv: noEnv, path: "", glob: filepath.Join(root, "lib", "*", "bin")}, filepath.Join(root, "lib", "16", "bin"), ""},
-		{"nothing", binFinder{getenv: noEnv, path: "", glob: noGlob}, "", "apt-get install -y postgresql-15"},
+		{"nothing", binFinder{getenv: noEnv, path: "", glob: noGlob}, "", "apt-get install -y --no-install-recommends postgresql-15"},
 		{"nothing with empty dirs", binFinder{getenv: noEnv, path: empty, glob: noGlob}, "", BinDirEnv},
 	}
 	for _, tt := range tests {
@@ -467,7 +467,7 @@ func TestFindBinDir(t *testing.T) {
 				if !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrBinariesNotFound) {
 					t.Errorf("error %q does not mention %q or wrap ErrBinariesNotFound", err, tt.wantErr)
 				}
-				if !strings.Contains(err.Error(), "apt-get install -y postgresql-15") {
+				if !strings.Contains(err.Error(), "apt-get install -y --no-install-recommends postgresql-15") {
 					t.Errorf("error %q lacks the install hint", err)
 				}
 				return
