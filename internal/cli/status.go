@@ -27,7 +27,8 @@ var statusCommand = &command{
 status asks the running engine (GET http://<http.addr>/status). When none answers, it opens
 the ledger itself and measures the slot in PostgreSQL. It prints the slot (active or not),
 its confirmed LSN, the WAL it retains and how far it lags, and the ledger's head position
-and last commit LSN. The exit code is 1 when the slot could not be read.`,
+and last commit LSN, and, from a running engine, every budget of alerts that is crossed.
+The exit code is 1 when the slot could not be read.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
@@ -179,6 +180,9 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 			}
 			row("operator "+o.Name, state)
 		}
+	}
+	for _, a := range st.Alerts {
+		row("ALERT "+a.Alert, a.Reason)
 	}
 	_ = tw.Flush()
 }
