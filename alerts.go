@@ -10,6 +10,7 @@ import (
 
 	"github.com/walflow/walflow/alert"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/projector"
 )
 
 // alertState is the engine's evaluation of Config.Alerts.
@@ -57,14 +58,18 @@ func (e *Engine) alertSnapshot(ctx context.Context, s *slotSample) alert.Snapsho
 		}
 		snap.Consumers = append(snap.Consumers, c)
 	}
-	if e.ops != nil {
+	// A consumer whose position is not known yet (operators before Run read their
+	// checkpoints, projectors not started or run by another process) is left out.
+	if e.ops != nil && e.ops.Loaded() {
 		for _, o := range e.ops.Operators() {
 			add(alert.KindOperator, o.Name, o.Position)
 		}
 	}
 	if e.projs != nil {
 		for _, p := range e.projs.Status() {
-			add(alert.KindProjector, p.Name, p.Position)
+			if p.Phase != projector.Stopped && p.Phase != projector.Standby {
+				add(alert.KindProjector, p.Name, p.Position)
+			}
 		}
 	}
 	if e.idx != nil {

@@ -1,6 +1,7 @@
 package walflow_test
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -181,5 +182,79 @@ func TestAlertsConfigValidated(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Open = %v, want an error containing %q", err, c.want)
 		}
+	}
+}
+
+// TestLagBudgetNotCrossedAtRestart restarts an engine whose operator is caught up on a
+// ledger of several events: before the operator's checkpoint is read its position is
+// unknown, and must not count as a lag from 0 (which logged a crossing and a recovery at
+// every start).
+func TestLagBudgetNotCrossedAtRestart(t *testing.T) {
+	t.Parallel()
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`)
+	ctx := t.Context()
+	pc, _ := pgx.ParseConfig(dsn)
+	dir := t.TempDir()
+	counts := operator.SQL{Name: "counts", Target: "counts", Entities: []string{"comments"}, ID: map[string]string{"comments": "post_id"},
+		Query: `INSERT INTO counts SELECT $1, (SELECT count(*) FROM comments WHERE post_id = $1) ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`}
+	open := func(logs *syncbuf.Buffer) *walflow.Engine {
+		eng, err := walflow.Open(ctx, walflow.Config{DatabaseURL: dsn, Slot: pc.Database, LedgerDir: dir,
+			StatusInterval: 20 * time.Millisecond, Tables: []channel.Table{{Name: "posts"}, {Name: "comments"}},
+			Operators: []operator.Operator{counts}, Alerts: alert.Budgets{Lag: alert.Lag{Events: 2}},
+			Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return eng
+	}
+	first := open(&syncbuf.Buffer{}) // its budget may be crossed while the inserts arrive
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- first.Run(runCtx) }()
+	for !first.Status(ctx).Streaming {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := range 5 {
+		if _, err := conn.Exec(ctx, `INSERT INTO comments VALUES ($1, 1, 'x')`, i+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st := first.Status(ctx)
+		if st.LedgerHead >= 5 && len(st.Operators) == 1 && uint64(st.Operators[0].Position) == st.LedgerHead {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the operator did not catch up within 60s: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	logs := &syncbuf.Buffer{}
+	second := open(logs)
+	runEngine(t, second)
+	// Many evaluations, the first ones racing the operator's start.
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		st := second.Status(ctx)
+		if len(st.Operators) == 1 && st.Operators[0].Position >= 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the operator did not resume within 60s: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if strings.Contains(logs.String(), "over budget") {
+		t.Fatalf("the restart crossed the budget:\n%s", logs.String())
 	}
 }
