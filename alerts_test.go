@@ -139,7 +139,7 @@ func TestLagBudgetAlert(t *testing.T) {
 	if n, m := logged("over budget", "lag_events"), logged("over budget", "lag_seconds"); n != 1 || m != 1 {
 		t.Fatalf("over budget logged %d times for lag_events, %d for lag_seconds, want once each:\n%s", n, m, logs.String())
 	}
-	if !strings.Contains(logs.String(), `"level":"WARN","msg":"alert: over budget: operator counts is`) {
+	if !strings.Contains(logs.String(), `"level":"WARN","msg":"over budget","component":"alerts","alert":"lag_events","kind":"operator","name":"counts"`) {
 		t.Errorf("the crossing is not a WARN naming the operator:\n%s", logs.String())
 	}
 
@@ -154,7 +154,7 @@ func TestLagBudgetAlert(t *testing.T) {
 	if n, m := logged("back within budget", "lag_events"), logged("back within budget", "lag_seconds"); n != 1 || m != 1 {
 		t.Fatalf("recovery logged %d times for lag_events, %d for lag_seconds, want once each:\n%s", n, m, logs.String())
 	}
-	if !strings.Contains(logs.String(), `"level":"INFO","msg":"alert: back within budget: operator counts`) {
+	if !strings.Contains(logs.String(), `"level":"INFO","msg":"back within budget","component":"alerts","alert":"lag_events","kind":"operator","name":"counts"`) {
 		t.Errorf("the recovery is not an INFO naming the operator:\n%s", logs.String())
 	}
 	if n := logged("over budget", "lag_events"); n != 1 {

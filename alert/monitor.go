@@ -52,16 +52,16 @@ func (m *Monitor) Update(ctx context.Context, checks []Check) {
 	m.checks = next
 	m.mu.Unlock()
 	for _, c := range crossed {
-		m.log.WarnContext(ctx, "alert: over budget: "+c.Reason, attrs(c)...)
+		m.log.WarnContext(ctx, "over budget", attrs(c)...)
 	}
 	for _, c := range recovered {
-		m.log.InfoContext(ctx, "alert: back within budget: "+c.Reason, attrs(c)...)
+		m.log.InfoContext(ctx, "back within budget", attrs(c)...)
 	}
 }
 
 func attrs(c Check) []any {
 	return []any{slog.String("alert", c.Alert), slog.String("kind", c.Kind), slog.String("name", c.Name),
-		slog.Int64("value", c.Value), slog.Int64("budget", c.Budget), slog.String("unit", c.Unit)}
+		slog.Int64("value", c.Value), slog.Int64("budget", c.Budget), slog.String("unit", c.Unit), slog.String("reason", c.Reason)}
 }
 
 // Checks returns the latest checks, active or not.
