@@ -258,3 +258,48 @@ func TestLagBudgetNotCrossedAtRestart(t *testing.T) {
 		t.Fatalf("the restart crossed the budget:\n%s", logs.String())
 	}
 }
+
+// TestSlotRetainedWALAlert sets a budget the slot's retained WAL, as PostgreSQL measures
+// it, always crosses: /readyz and Status name the slot.
+func TestSlotRetainedWALAlert(t *testing.T) {
+	t.Parallel()
+	dsn, _ := pgtest.NewDatabaseWith(t, blogSchema)
+	pc, _ := pgx.ParseConfig(dsn)
+	eng, err := walflow.Open(t.Context(), walflow.Config{DatabaseURL: dsn, Slot: pc.Database, MemoryLedger: true, TemporarySlot: true,
+		StatusInterval: 50 * time.Millisecond, Tables: []channel.Table{{Name: "posts"}},
+		Alerts: alert.Budgets{SlotRetainedWAL: 1}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runEngine(t, eng)
+	srv := httptest.NewServer(eng.Handler())
+	t.Cleanup(srv.Close)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rd walflow.Readiness
+		err = json.NewDecoder(resp.Body).Decode(&rd)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && len(rd.Alerts) == 1 {
+			a := rd.Alerts[0]
+			if a.Alert != alert.SlotRetainedWAL || a.Kind != alert.KindSlot || a.Name != pc.Database || a.Value <= 1 || a.Budget != 1 ||
+				!strings.Contains(a.Reason, "slot "+pc.Database+" retains") {
+				t.Fatalf("alert = %+v", a)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz = %d %+v, want 503 naming the slot", resp.StatusCode, rd)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := eng.Status(t.Context()); len(st.Alerts) != 1 || st.Alerts[0].Alert != alert.SlotRetainedWAL {
+		t.Fatalf("Status.Alerts = %+v", st.Alerts)
+	}
+}

@@ -81,8 +81,8 @@ type Config struct {
 	// must reload its state and subscribe again from the head. A negative value keeps every
 	// event. Default RetentionDefault (7 days).
 	Retention time.Duration
-	// HTTPAddr is where Run serves /metrics, /healthz, /readyz and /status, e.g. 127.0.0.1:9187.
-	// Default "": no HTTP server (mount [Engine.Handler] yourself).
+	// HTTPAddr is where Run serves /metrics, /healthz, /readyz and /status, e.g.
+	// 127.0.0.1:9187. Default "": no HTTP server (mount [Engine.Handler] yourself).
 	HTTPAddr string
 	// StatusInterval is how often the slot is acknowledged and its lag measured. Default 10s.
 	StatusInterval time.Duration
