@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/walflow/walflow/alert"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
@@ -36,6 +37,12 @@ type Config struct {
 	// TemporarySlot makes the slot temporary (dropped when walflow disconnects): only for
 	// throwaway runs. Default false.
 	TemporarySlot bool
+	// SlotFailover creates the slot with failover = true (PostgreSQL 17 or newer), so that a
+	// physical standby with sync_replication_slots keeps it and walflow resumes after a
+	// promotion. On an older server Run fails at start, naming the server's version. It
+	// applies when the slot is created (see pgwal.Config.SlotFailover), and cannot be
+	// combined with TemporarySlot. Default false.
+	SlotFailover bool
 	// Publication is the publication's name. Default "walflow".
 	Publication string
 	// Tables lists the tables to follow with their channel settings (id column, scopes,
@@ -79,8 +86,8 @@ type Config struct {
 	// must reload its state and subscribe again from the head. A negative value keeps every
 	// event. Default RetentionDefault (7 days).
 	Retention time.Duration
-	// HTTPAddr is where Run serves /metrics, /healthz and /status, e.g. 127.0.0.1:9187.
-	// Default "": no HTTP server (mount [Engine.Handler] yourself).
+	// HTTPAddr is where Run serves /metrics, /healthz, /readyz and /status, e.g.
+	// 127.0.0.1:9187. Default "": no HTTP server (mount [Engine.Handler] yourself).
 	HTTPAddr string
 	// StatusInterval is how often the slot is acknowledged and its lag measured. Default 10s.
 	StatusInterval time.Duration
@@ -110,6 +117,12 @@ type Config struct {
 	// of the channels for browsers and services) at Realtime.Path, next to /metrics.
 	// Default nil: none.
 	Realtime *RealtimeConfig
+	// Alerts are the lag budgets (package alert): the WAL the slot may retain, and how many
+	// events and seconds each operator, projector and index may fall behind. A crossed
+	// budget makes /readyz answer 503 with the reasons, sets walflow_alert_active to 1,
+	// logs once at WARN (and once at INFO on recovery) and shows in Status.Alerts. They are
+	// evaluated every StatusInterval. Default: none (every alert off).
+	Alerts alert.Budgets
 	// Logger receives walflow's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 }
@@ -158,6 +171,9 @@ func (c Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			return fmt.Errorf("walflow: HTTPAddr %q is not host:port (like 127.0.0.1:9187): %w", c.HTTPAddr, err)
 		}
+	}
+	if err := c.Alerts.Validate(); err != nil {
+		return err
 	}
 	if c.Realtime != nil {
 		if err := c.Realtime.validate(); err != nil {

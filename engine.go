@@ -58,6 +58,7 @@ type Engine struct {
 
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
+	alerts  alertState
 
 	retentionEvery  time.Duration // how often Run applies Config.Retention; tests shorten it
 	retentionRounds atomic.Uint64 // rounds of retention done, for tests
@@ -88,7 +89,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	log := cfg.Logger
 	router = router.WithLogger(log.With(slog.String("component", "channel")))
 	src, err := pgwal.New(pgwal.Config{
-		ConnString: cfg.DatabaseURL, Slot: cfg.Slot, TemporarySlot: cfg.TemporarySlot,
+		ConnString: cfg.DatabaseURL, Slot: cfg.Slot, TemporarySlot: cfg.TemporarySlot, SlotFailover: cfg.SlotFailover,
 		Publication: cfg.Publication, Tables: cfg.tableNames(),
 		StatusInterval: cfg.StatusInterval, SyncDelay: cfg.SyncDelay, Logger: log,
 	})
@@ -114,6 +115,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
 		retentionEvery: retentionIntervalDefault}
+	e.alerts.init(log)
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
 		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
@@ -353,12 +355,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// pollSlot measures the slot's lag every StatusInterval for metrics and Status.
+// pollSlot measures the slot's lag every StatusInterval for metrics and Status, and
+// evaluates the alerts with it.
 func (e *Engine) pollSlot(ctx context.Context) {
 	t := time.NewTicker(e.cfg.StatusInterval)
 	defer t.Stop()
 	for {
-		e.sampleSlot(ctx)
+		e.checkAlerts(ctx, e.sampleSlot(ctx))
 		select {
 		case <-ctx.Done():
 			return

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/walflow/walflow/alert"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/operator"
 )
@@ -32,6 +33,8 @@ type Status struct {
 	EventsReceived uint64    `json:"events_received"`
 	EventsAppended uint64    `json:"events_appended"`
 	Reconnects     uint64    `json:"reconnects"`
+	// Alerts are the budgets of Config.Alerts crossed at the last evaluation.
+	Alerts []alert.Check `json:"alerts,omitempty"`
 	// Operators are the configured operators' progress in this process.
 	Operators []operator.Info `json:"operators,omitempty"`
 }
@@ -49,6 +52,7 @@ func (e *Engine) status(s *slotSample) Status {
 		Slot: e.cfg.Slot, Streaming: stats.Connected.Load(),
 		LedgerHead: uint64(st.Head), LedgerTail: uint64(st.Tail), LastCommitLSN: st.LastCommitLSN, AckedLSN: max(st.AckedLSN, st.LastEndLSN),
 		EventsReceived: stats.EventsReceived.Load(), EventsAppended: stats.EventsAppended.Load(), Reconnects: stats.Reconnects.Load(),
+		Alerts: e.alerts.monitor.Active(),
 	}
 	if e.ops != nil {
 		out.Operators = e.ops.Operators()
@@ -65,7 +69,8 @@ func (e *Engine) status(s *slotSample) Status {
 }
 
 // Handler serves /metrics (Prometheus), /healthz (200 while streaming, 503 otherwise, with
-// the reason) and /status (the [Status] as JSON, with the slot as last measured), and, with
+// the reason), /readyz (200 while streaming within every budget of Config.Alerts, 503
+// otherwise, with the reasons as JSON) and /status (the [Status] as JSON, with the slot as last measured), and, with
 // Config.Realtime, the realtime gateway under Realtime.Path (its metrics in /metrics).
 func (e *Engine) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
@@ -101,6 +106,7 @@ func (e *Engine) Handler() http.Handler {
 		gauge("slot_lag_bytes", "WAL bytes between the server's current position and the slot's confirmed position.", slot(func(s *slotSample) float64 { return float64(s.info.LagBytes) })),
 		gauge("slot_retained_wal_bytes", "WAL bytes the slot keeps on the server.", slot(func(s *slotSample) float64 { return float64(s.info.RetainedBytes) })),
 	)
+	reg.MustRegister(e.alerts.monitor.Collector())
 	if e.ops != nil {
 		reg.MustRegister(operatorCollector{e})
 	}
@@ -123,6 +129,7 @@ func (e *Engine) Handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.HandleFunc("GET /readyz", e.serveReadyz)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		s := e.slot.Load()
 		if s == nil || time.Since(s.at) > e.cfg.StatusInterval*2 || (!s.exists && stats.Connected.Load()) {

@@ -92,6 +92,7 @@ type Runner struct {
 	control chan struct{} // pokes Run's control loop after a Restart or Skip
 	changed chan struct{} // closed and replaced when a checkpoint moves
 	chMu    sync.Mutex
+	loaded  atomic.Bool // Run has read the checkpoints
 }
 
 // opState is one operator's live state.
@@ -400,6 +401,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	r.loaded.Store(true)
 	r.warnHalted(ctx)
 	t := time.NewTicker(r.cfg.ControlInterval)
 	defer t.Stop()
@@ -804,6 +806,10 @@ func (r *Runner) Operators() []Info {
 	}
 	return out
 }
+
+// Loaded reports whether Run has read the operators' checkpoints: before, the positions
+// Operators reports are 0, not the operators' own.
+func (r *Runner) Loaded() bool { return r.loaded.Load() }
 
 // lockOperator serializes the transactions that write an operator's effects: its live
 // batches, its backfill batches, and a second walflow process running the same operator.

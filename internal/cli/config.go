@@ -38,6 +38,7 @@ type fileConfig struct {
 	DatabaseURL    string                  `yaml:"database_url"`
 	Slot           string                  `yaml:"slot"`
 	TemporarySlot  bool                    `yaml:"temporary_slot"`
+	SlotFailover   bool                    `yaml:"slot_failover"`
 	Publication    string                  `yaml:"publication"`
 	Ledger         ledgerConfig            `yaml:"ledger"`
 	HTTP           httpConfig              `yaml:"http"`
@@ -52,6 +53,7 @@ type fileConfig struct {
 	Realtime         *realtimeConfig            `yaml:"realtime"`
 	// Indexes are keyed by name; indexConfig says what each holds.
 	Indexes map[string]*indexConfig `yaml:"indexes"`
+	Alerts  *alertsConfig           `yaml:"alerts"`
 }
 
 type ledgerConfig struct {
@@ -175,6 +177,7 @@ var fileSpec = mapSpec("the top-level keys",
 	"database_url", scalar("a PostgreSQL URL like postgres://user:password@host:5432/db"),
 	"slot", scalar("a replication slot name like walflow_app"),
 	"temporary_slot", &spec{kind: kindBool, want: "true or false"},
+	"slot_failover", &spec{kind: kindBool, want: "true or false"},
 	"publication", scalar("a publication name like walflow"),
 	"ledger", mapSpec("the keys of ledger",
 		"dir", scalar("a directory like walflow-data"),
@@ -202,6 +205,7 @@ var fileSpec = mapSpec("the top-level keys",
 	"operator_defaults", operatorDefaultsSpec,
 	"realtime", realtimeSpec,
 	"indexes", indexesSpec,
+	"alerts", alertsSpec,
 )
 
 // loader checks one file.
@@ -433,6 +437,10 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 		return nil, l.errPath("slot", "%q is not a replication slot name; use 1 to 63 lower-case letters, digits and underscores, like walflow_app", e.Slot)
 	}
 	e.TemporarySlot = fc.TemporarySlot
+	e.SlotFailover = fc.SlotFailover
+	if e.SlotFailover && e.TemporarySlot {
+		return nil, l.errPath("slot_failover", "true, but temporary_slot is true too, and PostgreSQL does not fail over temporary slots; remove one of them")
+	}
 	e.Publication = fc.Publication
 	if e.Publication != "" && !publication.MatchString(e.Publication) {
 		return nil, l.errPath("publication", "%q is not a publication name; use a letter or underscore, then letters, digits or underscores, like walflow", e.Publication)
@@ -527,6 +535,9 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 		return nil, err
 	}
 	if err := l.indexes(fc, e); err != nil {
+		return nil, err
+	}
+	if err := l.alerts(fc, e); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -32,9 +32,10 @@ var statusCommand = &command{
 status asks the running engine (GET http://<http.addr>/status). When none answers, it opens
 the ledger itself and measures the slot in PostgreSQL. It prints the slot (active or not),
 its confirmed LSN, the WAL it retains and how far it lags, the ledger's head position and
-last commit LSN, and the operators of this instance (the configured slot's: several
-walflows, each with its own slot and ledger, may share a database). The exit code is 1 when
-the slot could not be read, or when the walflow answering on http.addr follows another slot.`,
+last commit LSN, the operators of this instance (the configured slot's: several walflows,
+each with its own slot and ledger, may share a database) and, from a running engine, every
+budget of alerts that is crossed. The exit code is 1 when the slot could not be read, or
+when the walflow answering on http.addr follows another slot.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
@@ -223,6 +224,9 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 			state += ", HALTED: see walflow operator status"
 		}
 		row("operator "+o.Name, state)
+	}
+	for _, a := range st.Alerts {
+		row("ALERT "+a.Alert, a.Reason)
 	}
 	_ = tw.Flush()
 }

@@ -41,6 +41,14 @@ type Config struct {
 	// only for throwaway runs; a restart then loses the changes made while it was down, and
 	// the source refuses to resume a non-empty ledger. Default false (durable).
 	TemporarySlot bool
+	// SlotFailover creates the slot with failover = true, so that PostgreSQL 17's slot
+	// synchronization keeps a copy on a physical standby (with sync_replication_slots on)
+	// and walflow resumes from it after a promotion. It needs PostgreSQL 17 or newer: on an
+	// older server Run fails at start with ErrFailoverUnsupported. It applies when the slot
+	// is created; an existing slot keeps its setting (change it with ALTER_REPLICATION_SLOT
+	// name (FAILOVER true) on a replication connection). It cannot be combined with
+	// TemporarySlot. Default false.
+	SlotFailover bool
 	// Publication is the publication's name. Default "walflow".
 	Publication string
 	// Tables lists the tables to publish, as "table" (schema public) or "schema.table".
@@ -100,6 +108,9 @@ func (c Config) validate() error {
 	}
 	if !slotNameRE.MatchString(c.Slot) {
 		return fmt.Errorf("pgwal: Slot %q is not a valid replication slot name: use 1 to 63 lower-case letters, digits or underscores, like walflow_app", c.Slot)
+	}
+	if c.SlotFailover && c.TemporarySlot {
+		return errors.New("pgwal: SlotFailover and TemporarySlot are both set, but PostgreSQL does not fail over temporary slots; turn one of them off")
 	}
 	if !identRE.MatchString(c.Publication) {
 		return fmt.Errorf("pgwal: Publication %q is not a valid name: use a letter or underscore followed by letters, digits or underscores, like walflow", c.Publication)

@@ -31,6 +31,9 @@ var (
 	ErrOriginChanged = errors.New("pgwal: database or slot differs from the one the ledger follows")
 	// ErrSlotConfig: the slot exists with another plugin or in another database.
 	ErrSlotConfig = errors.New("pgwal: replication slot is set up differently")
+	// ErrFailoverUnsupported: Config.SlotFailover is set, but the server is older than
+	// PostgreSQL 17.
+	ErrFailoverUnsupported = errors.New("pgwal: replication slot failover needs PostgreSQL 17 or newer")
 )
 
 // resyncHint is how to start again when the ledger cannot continue from the slot: the
@@ -44,7 +47,7 @@ const resyncHint = "to resync: stop walflow; move the ledger directory aside, wi
 // fatal reports whether err stops Run instead of causing a reconnect.
 func fatal(err error) bool {
 	for _, e := range []error{ErrWALLevel, ErrNoReplication, ErrNoPrimaryKey, ErrNoTable, ErrSlotInvalidated,
-		ErrSlotMissing, ErrSlotRecreated, ErrOriginChanged, ErrSlotConfig, ErrProtocol} {
+		ErrSlotMissing, ErrSlotRecreated, ErrOriginChanged, ErrSlotConfig, ErrFailoverUnsupported, ErrProtocol} {
 		if errors.Is(err, e) {
 			return true
 		}

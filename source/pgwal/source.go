@@ -125,6 +125,11 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 	if err := checkServer(ctx, sqlConn); err != nil {
 		return false, err
 	}
+	if s.cfg.SlotFailover {
+		if err := checkFailover(ctx, sqlConn); err != nil {
+			return false, err
+		}
+	}
 	if err := checkTables(ctx, sqlConn, s.cfg.Tables, s.log); err != nil {
 		return false, err
 	}
@@ -171,12 +176,11 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 	}
 	slotStart := info.ConfirmedFlush
 	if create {
-		res, err := pglogrepl.CreateReplicationSlot(ctx, repl, s.cfg.Slot, "pgoutput",
-			pglogrepl.CreateReplicationSlotOptions{Temporary: s.cfg.TemporarySlot, SnapshotAction: "NOEXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication})
+		res, err := createSlot(ctx, repl, s.cfg)
 		if err != nil {
 			return false, fmt.Errorf("pgwal: create replication slot %q: %w", s.cfg.Slot, err)
 		}
-		s.log.InfoContext(ctx, "created replication slot", slog.String("slot", s.cfg.Slot), slog.Bool("temporary", s.cfg.TemporarySlot), slog.String("consistent_point", res.ConsistentPoint))
+		s.log.InfoContext(ctx, "created replication slot", slog.String("slot", s.cfg.Slot), slog.Bool("temporary", s.cfg.TemporarySlot), slog.Bool("failover", s.cfg.SlotFailover), slog.String("consistent_point", res.ConsistentPoint))
 		if slotStart, err = event.ParseLSN(res.ConsistentPoint); err != nil {
 			return false, fmt.Errorf("pgwal: create replication slot %q: consistent point: %w", s.cfg.Slot, err)
 		}
