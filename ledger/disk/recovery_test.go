@@ -249,8 +249,9 @@ func TestLockAndReadOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := Open(ctx, dir, tinyOpts); err == nil || !strings.Contains(err.Error(), "in use by another walflow") {
-		t.Fatalf("a second writer: %v, want an error saying the ledger is in use", err)
+	var iu *ledger.InUseError
+	if _, err := Open(ctx, dir, tinyOpts); !errors.As(err, &iu) || iu.Dir != dir || iu.PID != os.Getpid() {
+		t.Fatalf("a second writer: %v, want an InUseError naming %s and this process", err, dir)
 	}
 	ro, err := OpenReadOnly(ctx, dir, tinyOpts)
 	if err != nil {
