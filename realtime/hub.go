@@ -478,9 +478,9 @@ func (h *hub) catchUp(ctx context.Context, keys []string, f format, pos *event.P
 type cursor struct {
 	m    *member
 	keys []string
-	live bool           // on the hub; otherwise catching up from the ledger
-	last event.Position // the last event written to the client: it has everything up to it
-	scan event.Position // how far the ledger was read: last or later
+	live bool            // on the hub; otherwise catching up from the ledger
+	last event.Position  // the last event written to the client: it has everything up to it
+	scan event.Position  // how far the ledger was read: last or later
 	snap *snapshot.Token // the snapshot token the subscription started from, if any
 }
 
