@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow"
@@ -273,6 +274,10 @@ func TestSnapshotEndpointAuthorization(t *testing.T) {
 	if page.Channel != "posts/42/comments" || len(page.Rows) != 1 || !strings.HasPrefix(page.Token, "s1.") {
 		t.Fatalf("page %s", body)
 	}
+	// An empty channel has rows [], not null, which a browser would have to special-case.
+	if st, body := get("channel=posts/44/comments"); st != http.StatusOK || !strings.Contains(body, `"rows":[]`) {
+		t.Fatalf("empty channel: %d %s", st, body)
+	}
 	// A stream from the token is refused for a channel the token may not be used with.
 	resp, err := http.Get(srv.URL + "?channel=comments&channel=posts&snapshot=" + page.Token)
 	if err != nil {
@@ -293,5 +298,65 @@ func readBody(resp *http.Response) string {
 		if err != nil {
 			return sb.String()
 		}
+	}
+}
+
+// TestSnapshotWebSocket: a WebSocket subscription with a snapshot token receives the
+// changes after the snapshot and not the ones in its rows.
+func TestSnapshotWebSocket(t *testing.T) {
+	t.Parallel()
+	b := startBlog(t)
+	ctx := t.Context()
+	b.exec(`INSERT INTO posts VALUES (42, 'a')`)
+	b.exec(`INSERT INTO comments VALUES (1, 42, 'in the rows')`)
+	waitEvent(t, b.eng, "comments", "1")
+	page, err := b.eng.Snapshot(ctx, "posts/42/comments", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rowIDs(page) != "1" || page.Token.After >= waitEvent(t, b.eng, "comments", "1").Position {
+		t.Fatalf("rows %s, token %s: want row 1 and a token before its event", rowIDs(page), page.Token)
+	}
+	b.exec(`INSERT INTO comments VALUES (2, 42, 'after')`)
+	gw, err := b.eng.Gateway(realtime.GatewayConfig{Authorizer: realtime.AllowAll{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gw)
+	defer srv.Close()
+	defer gw.Shutdown(context.Background())
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	sub, _ := json.Marshal(map[string]string{"type": "subscribe", "channel": "posts/42/comments", "snapshot": page.Token.String(), "ref": "1"})
+	if err := c.Write(ctx, websocket.MessageText, sub); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, msg, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m struct {
+			Type  string `json:"type"`
+			Event *struct {
+				NewRecord map[string]any `json:"new_record"`
+			} `json:"event"`
+		}
+		if err := json.Unmarshal(msg, &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.Type == "error" {
+			t.Fatalf("subscribe refused: %s", msg)
+		}
+		if m.Type != "event" {
+			continue
+		}
+		if id := fmt.Sprint(m.Event.NewRecord["id"]); id != "2" {
+			t.Fatalf("first event is of comment %s, want 2 (1 is in the snapshot): %s", id, msg)
+		}
+		return
 	}
 }

@@ -529,7 +529,7 @@ func (t *table) read(ctx context.Context, tx pgx.Tx, last []string, limit int) (
 		return nil, nil, false, fmt.Errorf("snapshot: read the rows of %s: %w", t.from, err)
 	}
 	defer rows.Close()
-	var recs []event.Record
+	recs := []event.Record{} // [] in JSON, never null
 	var keyText []string
 	more := false
 	for rows.Next() {
