@@ -31,6 +31,7 @@ import (
 	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/pubsub"
 	"github.com/walflow/walflow/realtime"
+	"github.com/walflow/walflow/snapshot"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
@@ -55,6 +56,7 @@ type Engine struct {
 	idx       *index.Runner     // nil without Config.Indexers
 	projs     *projector.Runner // nil without Config.Projectors
 	idxStore  *indexdisk.Store  // the indexes' disk store, closed by Close
+	snaps     snapshots         // Engine.Snapshot's reader, opened by its first call
 
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
@@ -395,6 +397,7 @@ func (e *Engine) Close() error {
 			e.log.WarnContext(context.Background(), "realtime streams did not end within the shutdown grace; closing the ledger under them",
 				slog.Int("connections", e.gw.Stats().Connections))
 		}
+		e.snaps.close()
 		if e.pool != nil {
 			e.pool.Close()
 		}
@@ -421,6 +424,10 @@ type SubscribeOpts struct {
 	After *event.Position
 	// Buffer is the Events channel's capacity. Default 256.
 	Buffer int
+	// Snapshot is the token of a channel snapshot ([Engine.Snapshot]): the subscription
+	// delivers exactly the changes the snapshot's rows do not contain, from the later of
+	// After and the token's position. Default nil.
+	Snapshot *snapshot.Token
 }
 
 // Subscription delivers a subscription's events; see [pubsub.Subscription].
@@ -453,7 +460,15 @@ func (e *Engine) Subscribe(ctx context.Context, opts *SubscribeOpts, channels ..
 	if opts == nil {
 		opts = &SubscribeOpts{}
 	}
-	return pubsub.Subscribe(ctx, e.led, keys, &pubsub.Options{After: opts.After, Buffer: opts.Buffer}), nil
+	po := &pubsub.Options{After: opts.After, Buffer: opts.Buffer}
+	if t := opts.Snapshot; t != nil {
+		after := t.After
+		if opts.After != nil {
+			after = max(after, *opts.After)
+		}
+		po.After, po.Deliver = &after, t.Deliver
+	}
+	return pubsub.Subscribe(ctx, e.led, keys, po), nil
 }
 
 // waitDatabase waits, with backoff, until the database answers, so that starting while

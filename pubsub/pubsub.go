@@ -48,6 +48,9 @@ type Options struct {
 	Buffer int
 	// Batch is how many events are read from the ledger at a time. Default 512.
 	Batch int
+	// Deliver, when set, decides each event: one it rejects is not delivered, but counts as
+	// handled for Position. Default nil: every event.
+	Deliver func(*event.Event) bool
 }
 
 // Subscription is a running subscription. Read Events until it is closed, then check Err.
@@ -71,11 +74,11 @@ func Subscribe(ctx context.Context, r Reader, keys []string, opts *Options) *Sub
 		after = *opts.After
 	}
 	s.scanned.Store(uint64(after))
-	go s.run(ctx, r, keys, after, cmp.Or(opts.Batch, BatchDefault))
+	go s.run(ctx, r, keys, after, cmp.Or(opts.Batch, BatchDefault), opts.Deliver)
 	return s
 }
 
-func (s *Subscription) run(ctx context.Context, r Reader, keys []string, after event.Position, batch int) {
+func (s *Subscription) run(ctx context.Context, r Reader, keys []string, after event.Position, batch int, deliver func(*event.Event) bool) {
 	defer close(s.done)
 	defer close(s.ch)
 	for {
@@ -88,6 +91,11 @@ func (s *Subscription) run(ctx context.Context, r Reader, keys []string, after e
 			return
 		}
 		for i := range evs {
+			if deliver != nil && !deliver(&evs[i]) {
+				after = evs[i].Position
+				s.scanned.Store(uint64(after))
+				continue
+			}
 			select {
 			case s.ch <- evs[i]:
 				after = evs[i].Position

@@ -11,6 +11,7 @@
 // It answers, at any path under its mount:
 //
 //	GET .../walflow.js                the browser client, a dependency-free ES module
+//	GET .../snapshot?channel=C        the rows of channel C and a resume token
 //	GET with a WebSocket upgrade      the WebSocket protocol below
 //	GET (anything else)               a Server-Sent Events stream
 //
@@ -117,6 +118,27 @@
 // its own until it has caught up, then joins the shared reader again. Do not set an
 // http.Server WriteTimeout on the server that hosts the gateway: it would cut every stream.
 //
+// # Snapshots
+//
+// GET .../snapshot?channel=C[&limit=N][&cursor=X] answers a page of channel C's current
+// rows, read from PostgreSQL in one REPEATABLE READ snapshot ([GatewayConfig.Snapshots];
+// see package snapshot for the guarantee):
+//
+//	{"channel":"posts/42/comments","rows":[{...},...],"token":"s1....","next":"X"}
+//
+// Rows look like an event's new_record, in primary key order; next, when present, is the
+// cursor of the next page, read from the same snapshot (all pages carry the same token).
+// The request is authorized exactly like a subscription to C, before anything else (401 or
+// 403 with the reason); then C is checked against the router (400), as are limit (1 to
+// 10000, default 1000) and cursor (400). A cursor whose snapshot has been released answers
+// 410 (load again from the first page); too many paged loads at once answer 503 with
+// Retry-After.
+//
+// Subscribe from the token to receive exactly the changes the rows do not contain: SSE
+// with snapshot=<token> (one channel per stream) and WebSocket with "snapshot":"<token>" in
+// the subscribe message. A resume position given with it (Last-Event-ID, after) is honoured
+// when it is later than the token's; keep sending the token when resuming.
+//
 // # WebSocket protocol
 //
 // A WebSocket upgrade whose Origin header is not allowed ([GatewayConfig.AllowedOrigins];
@@ -129,6 +151,7 @@
 // Client to gateway:
 //
 //	{"type":"subscribe","channel":"posts/42/comments","after":123,"ref":"1"}
+//	{"type":"subscribe","channel":"posts/42/comments","snapshot":"s1....","ref":"4"}
 //	{"type":"unsubscribe","channel":"posts/42/comments","ref":"2"}
 //	{"type":"auth","token":"<JWT>","ref":"3"}
 //

@@ -70,6 +70,10 @@ type GatewayConfig struct {
 	// same-origin policy to WebSockets, so this is what stops another site's page from
 	// using a visitor's cookies on the gateway. Default: none.
 	AllowedOrigins []string
+	// Snapshots serves GET .../snapshot?channel=C: the channel's rows with a token to
+	// subscribe from (see package snapshot). Engine.Gateway sets it to the engine. Default
+	// nil: that path answers 404.
+	Snapshots Snapshotter
 	// Logger receives one Info record per rejected request and per ended stream (never with
 	// a token). Default: discard.
 	Logger *slog.Logger
@@ -266,6 +270,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path.Base(r.URL.Path) == "walflow.js":
 		serveClient(w, r)
+	case path.Base(r.URL.Path) == "snapshot" && !isWebSocket(r):
+		g.serveSnapshot(w, r)
 	case isWebSocket(r):
 		g.serveWebSocket(w, r)
 	case r.Method == http.MethodHead:

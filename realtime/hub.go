@@ -12,6 +12,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/snapshot"
 )
 
 // Ledger is what the gateway reads: events in order and by channel, and the head and tail.
@@ -71,6 +72,8 @@ const (
 // message is one rendered event.
 type message struct {
 	pos event.Position
+	lsn event.LSN // the commit LSN and transaction id, for a subscription from a snapshot token
+	xid uint32
 	at  int64  // the commit time in Unix nanoseconds (0: unknown), for the latency histogram
 	b   []byte // shared between members: never modified
 }
@@ -292,7 +295,7 @@ func (h *hub) run(ctx context.Context, gen uint64, pos event.Position) {
 					if len(m.keys) > 1 {
 						named = firstOf(m.keys, keys)
 					}
-					if m.offer(message{pos: e.Position, at: at, b: r.render(e, named, m.format)}) {
+					if m.offer(message{pos: e.Position, lsn: e.LSN, xid: e.XID, at: at, b: r.render(e, named, m.format)}) {
 						if !m.pending {
 							m.pending = true
 							touched = append(touched, m)
@@ -460,7 +463,7 @@ func (h *hub) catchUp(ctx context.Context, keys []string, f format, pos *event.P
 			key = firstOf(keys, matched)
 		}
 		js = eventJSON(js[:0], e)
-		dst = append(dst, message{pos: e.Position, at: commitNanos(e), b: appendMessage(nil, f, e, key, js)})
+		dst = append(dst, message{pos: e.Position, lsn: e.LSN, xid: e.XID, at: commitNanos(e), b: appendMessage(nil, f, e, key, js)})
 		*pos = e.Position
 	}
 	if len(evs) < hubBatch {
@@ -475,9 +478,22 @@ func (h *hub) catchUp(ctx context.Context, keys []string, f format, pos *event.P
 type cursor struct {
 	m    *member
 	keys []string
-	live bool           // on the hub; otherwise catching up from the ledger
-	last event.Position // the last event written to the client: it has everything up to it
-	scan event.Position // how far the ledger was read: last or later
+	live bool            // on the hub; otherwise catching up from the ledger
+	last event.Position  // the last event written to the client: it has everything up to it
+	scan event.Position  // how far the ledger was read: last or later
+	snap *snapshot.Token // the snapshot token the subscription started from, if any
+}
+
+// keep removes, in place, the messages a subscription from a snapshot token must not
+// deliver: those of transactions the snapshot saw (see snapshot.Token.Deliver).
+func (c *cursor) keep(msgs []message) []message {
+	if c.snap == nil {
+		return msgs
+	}
+	return slices.DeleteFunc(msgs, func(m message) bool {
+		e := event.Event{Position: m.pos, LSN: m.lsn, XID: m.xid}
+		return !c.snap.Deliver(&e)
+	})
 }
 
 // drain writes, with write, what the hub queued for c. When the hub had dropped the member

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/snapshot"
 )
 
 // serveSSE serves one SSE stream: GET ?channel=a&channel=b[&after=N], with the
@@ -44,6 +45,15 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 		g.reject(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
+	snap, err := snapshotToken(r.URL.Query().Get("snapshot"), len(chans))
+	if err != nil {
+		g.reject(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if snap != nil {
+		// The later of the two: a stream resumed after events it received from the token.
+		after, resumed = max(after, snap.After), true
+	}
 	start, resync, err := g.resumeFrom(after, resumed)
 	if err != nil {
 		g.reject(w, r, http.StatusBadRequest, err.Error())
@@ -53,9 +63,25 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 		g.reject(w, r, status, reason)
 		return
 	}
-	s := &stream{g: g, w: w, rc: http.NewResponseController(w), cursor: cursor{keys: keys, last: start, scan: start}}
+	s := &stream{g: g, w: w, rc: http.NewResponseController(w), cursor: cursor{keys: keys, last: start, scan: start, snap: snap}}
 	ended := s.run(r, expires, resync)
 	g.release(r, ended, s.last, len(keys))
+}
+
+// snapshotToken parses a snapshot token parameter, if one is given (nil otherwise), for a
+// subscription to n channels.
+func snapshotToken(s string, n int) (*snapshot.Token, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("a snapshot token is for the one channel its snapshot was read from, but %d channels were given; open one stream per snapshot", n)
+	}
+	t, err := snapshot.ParseToken(s)
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
 }
 
 // resumePosition reads Last-Event-ID, else after. ok is false when neither is given.
@@ -181,6 +207,7 @@ const writeChunk = 16 << 10
 
 // writeMessages writes messages and flushes them once.
 func (s *stream) writeMessages(msgs []message) error {
+	msgs = s.keep(msgs)
 	if len(msgs) == 0 {
 		return nil
 	}

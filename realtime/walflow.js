@@ -82,6 +82,28 @@
  * subscription.unsubscribe() removes the handlers; client.unsubscribe(channel) removes
  * every subscription of the channel. The gateway subscription ends with the last one.
  *
+ * # Loading, then following: client.load
+ *
+ * client.load(channel, handlers, {limit, signal}) loads the channel's current rows from the
+ * gateway's snapshot endpoint (<mount>/snapshot, a page of limit rows at a time, all pages
+ * from one database snapshot), calls handlers.snapshot(rows), then subscribes from the
+ * snapshot's token: the handlers receive exactly the changes the rows do not contain, with
+ * no gap and no duplicate, however busy the table. It returns a Promise of
+ * {rows, subscription} once subscribed. Call it for a channel this client has not
+ * subscribed yet. On resync (events lost to retention) unsubscribe and load again.
+ *
+ *     const { subscription } = await client.load("posts/42/comments", {
+ *       snapshot(rows) { for (const r of rows) addComment(r); },
+ *       insert(ev) { addComment(ev.new_record); },
+ *       delete(ev) { removeComment(ev.old_record); },
+ *     });
+ *
+ * Rows are objects like an event's new_record. A load refused by the gateway rejects with a
+ * WalflowError carrying status (401, 403, 400); one that finds too many loads in progress
+ * (503) or its snapshot expired between pages (410) starts over after a short delay.
+ * subscribe(channel, handlers, {snapshot: token}) subscribes from a token you fetched
+ * yourself.
+ *
  * # Waiting for a row: create, then redirect
  *
  * client.waitFor(channel, type, {timeout, after, exists, signal}) returns a Promise of the
@@ -196,8 +218,57 @@ export class Walflow extends EventTarget {
     this._connect();
   }
 
+  /** Loads channel's rows, then follows it; see the module documentation. */
+  async load(channel, handlers = {}, { limit, signal } = {}) {
+    if (typeof handlers === "function") handlers = { event: handlers };
+    const busy = () => {
+      if (this._channels.has(channel)) {
+        throw new TypeError(`walflow: load ${channel}: the channel is subscribed already on this client; load it before subscribing to it, or unsubscribe first`);
+      }
+    };
+    busy();
+    const rows = [];
+    let cursor = null;
+    let token = null;
+    for (let retries = 0; ; ) {
+      const u = new URL(this.url);
+      u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+      if (!u.pathname.endsWith("/")) u.pathname += "/";
+      u.pathname += "snapshot";
+      u.search = "";
+      u.searchParams.set("channel", channel);
+      if (limit != null) u.searchParams.set("limit", String(limit));
+      if (cursor) u.searchParams.set("cursor", cursor);
+      if (this._provider && !this._token) this._token = await this._provider();
+      const headers = this._token ? { Authorization: `Bearer ${this._token}` } : {};
+      const res = await fetch(u, { headers, signal, cache: "no-store" });
+      if ((res.status === 503 || res.status === 410) && retries < 20) {
+        // Too many loads in progress, or the snapshot expired between pages: start over.
+        retries++;
+        await new Promise((r) => setTimeout(r, 100 * Math.min(retries, 10) * (0.5 + Math.random())));
+        rows.length = 0;
+        cursor = token = null;
+        continue;
+      }
+      if (!res.ok) {
+        const reason = (await res.text()).trim();
+        throw new WalflowError(`walflow: load ${channel}: ${reason || `HTTP ${res.status}`}`, { channel, status: res.status, reason });
+      }
+      const page = await res.json();
+      for (const r of page.rows ?? []) rows.push(r);
+      token = page.token;
+      if (!page.next) break;
+      cursor = page.next;
+    }
+    busy();
+    if (typeof handlers.snapshot === "function") handlers.snapshot(rows);
+    const subscription = this.subscribe(channel, handlers, { snapshot: token });
+    await subscription.ready;
+    return { rows, subscription };
+  }
+
   /** Subscribes to channel; see the module documentation. */
-  subscribe(channel, handlers = {}, { after } = {}) {
+  subscribe(channel, handlers = {}, { after, snapshot } = {}) {
     if (typeof channel !== "string" || channel === "") {
       throw new TypeError(`walflow: subscribe: channel ${JSON.stringify(channel)} is not a channel name like comments, comments/7 or posts/42/comments`);
     }
@@ -211,9 +282,12 @@ export class Walflow extends EventTarget {
       return sub;
     }
     let ch = this._channels.get(channel);
+    if (ch && snapshot != null) {
+      throw new TypeError(`walflow: subscribe ${channel}: a snapshot token needs a channel not subscribed yet on this client`);
+    }
     if (!ch) {
       ch = {
-        name: channel, canonical: null, state: "pending", position: null, after,
+        name: channel, canonical: null, state: "pending", position: null, after, snapshot,
         subs: new Set(), recent: [], coveredFrom: 0, retried: false,
       };
       this._channels.set(channel, ch);
@@ -508,6 +582,8 @@ export class Walflow extends EventTarget {
     const after = ch.position ?? ch.after;
     const msg = { type: "subscribe", channel: ch.name, ref: this._ref({ kind: "subscribe", ch }) };
     if (after != null) msg.after = after;
+    // Kept on every resubscription: the gateway still filters by the snapshot's visibility.
+    if (ch.snapshot != null) msg.snapshot = ch.snapshot;
     if (!this._send(msg)) this._refs.delete(msg.ref); // sent again on open
   }
 

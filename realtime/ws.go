@@ -109,6 +109,8 @@ type wsRequest struct {
 	Channel string          `json:"channel,omitempty"`
 	After   *event.Position `json:"after,omitempty"`
 	Token   string          `json:"token,omitempty"`
+	// Snapshot is a snapshot token to subscribe from.
+	Snapshot string `json:"snapshot,omitempty"`
 	// bad is why the message could not be read, for an error reply.
 	bad string
 }
@@ -291,6 +293,7 @@ func (ws *wsConn) catchUp() error {
 
 // send writes the messages of subscription s, one WebSocket message each.
 func (ws *wsConn) send(s *wsSub, msgs []message) error {
+	msgs = s.keep(msgs)
 	n := 0
 	defer func() { ws.g.delivered(msgs[:n]) }()
 	for ; n < len(msgs); n++ {
@@ -391,7 +394,15 @@ func (ws *wsConn) subscribe(m wsRequest) error {
 	if m.After != nil {
 		after = *m.After
 	}
-	start, resync, err := g.resumeFrom(after, m.After != nil)
+	snap, err := snapshotToken(m.Snapshot, 1)
+	if err != nil {
+		return ws.refuse(m, http.StatusBadRequest, err.Error())
+	}
+	resumed := m.After != nil
+	if snap != nil {
+		after, resumed = max(after, snap.After), true
+	}
+	start, resync, err := g.resumeFrom(after, resumed)
 	if err != nil {
 		return ws.refuse(m, http.StatusBadRequest, err.Error())
 	}
@@ -402,6 +413,7 @@ func (ws *wsConn) subscribe(m wsRequest) error {
 		return ws.refuse(m, http.StatusBadRequest, fmt.Sprintf("at most %d channels per connection; unsubscribe from one first", g.cfg.MaxChannels))
 	}
 	s := ws.start(key, start, d.Expires)
+	s.snap = snap
 	g.subscribed(1)
 	return ws.ack(s, m.Ref, resync)
 }

@@ -1,6 +1,6 @@
 // The list of posts, live from the derived table post_with_comments_counts, and the form
 // that creates a post and opens it once the operator has derived it.
-import { client, api, showState, live, flash, plural } from "/static/common.js";
+import { client, api, showState, flash, plural } from "/static/common.js";
 
 showState();
 const list = document.getElementById("posts");
@@ -34,23 +34,29 @@ function remove(id) {
   empty.hidden = posts.size > 0;
 }
 
-const view = live(async () => {
-  const rows = await api("GET", "/api/posts");
+// The rows and the changes after them, with no gap and no duplicate: load reads the
+// derived table in one database snapshot and subscribes from that snapshot's token.
+function showRows(rows) {
   const ids = new Set(rows.map((r) => r.id));
   for (const id of [...posts.keys()]) if (!ids.has(id)) remove(id);
   for (const row of rows) upsert(row, false);
-}, (ev) => {
+}
+function apply(ev) {
   if (ev.type === "delete") remove(ev.old_record.id);
-  else if (ev.type === "truncate") view.load();
+  else if (ev.type === "truncate") reload();
   else upsert(ev.new_record, true);
-});
-
-const sub = client.subscribe("post_with_comments_counts", { event: view.apply, resync: () => view.load() });
-// Load once subscribed: whatever changes after the snapshot arrives as an event.
-sub.ready.then(() => view.load()).catch((err) => {
-  empty.hidden = false;
-  empty.textContent = err.message;
-});
+}
+function load() {
+  return client.load("post_with_comments_counts", { snapshot: showRows, event: apply, resync: reload }).catch((err) => {
+    empty.hidden = false;
+    empty.textContent = err.message;
+  });
+}
+// Events were lost for good (retention), or the table was truncated: load it again.
+function reload() {
+  client.unsubscribe("post_with_comments_counts").then(load);
+}
+load();
 
 const form = document.getElementById("new-post");
 const status = document.getElementById("form-status");

@@ -78,22 +78,29 @@ function removeComment(cid) {
   $("comments-empty").hidden = comments.size > 0;
 }
 
-const commentsView = live(async () => {
-  const rows = await api("GET", `/api/posts/${id}/comments`);
+// The comments and their changes, with no gap and no duplicate: load reads them in one
+// database snapshot and subscribes from that snapshot's token.
+function showComments(rows) {
   const ids = new Set(rows.map((r) => r.id));
   for (const cid of [...comments.keys()]) if (!ids.has(cid)) removeComment(cid);
   for (const row of rows) upsertComment(row, false);
-}, (ev) => {
+}
+function applyComment(ev) {
   if (ev.type === "delete") removeComment(ev.old_record.id);
-  else if (ev.type === "truncate") commentsView.load();
+  else if (ev.type === "truncate") reloadComments();
   else upsertComment(ev.new_record, true);
-});
+}
+function loadComments() {
+  return client.load(`posts/${id}/comments`, { snapshot: showComments, event: applyComment, resync: reloadComments });
+}
+// Events were lost for good (retention), or the table was truncated: load them again.
+function reloadComments() {
+  client.unsubscribe(`posts/${id}/comments`).then(loadComments).catch((err) => waiting(err.message));
+}
 
 const postSub = client.subscribe(`post_with_comments_counts/${id}`, { event: post.apply, resync: () => post.load() });
-const commentsSub = client.subscribe(`posts/${id}/comments`, { event: commentsView.apply, resync: () => commentsView.load() });
-Promise.all([postSub.ready, commentsSub.ready])
-  .then(() => Promise.all([post.load(), commentsView.load()]))
-  .catch((err) => waiting(err.message));
+postSub.ready.then(() => post.load()).catch((err) => waiting(err.message));
+loadComments().catch((err) => waiting(err.message));
 
 $("delete").addEventListener("click", async () => {
   $("delete").disabled = true;
