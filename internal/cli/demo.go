@@ -45,8 +45,8 @@ writer only ever changes or deletes the posts it wrote itself.
 
 Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`,
 	flags: func(fs *flag.FlagSet) execFunc {
-		d := fs.Duration("duration", 0, "stop after writing for this `long` (default: until Ctrl-C)")
-		every := fs.Duration("write-every", demoWriteTick, "make a change to the blog this `often`; 0 turns the writer off")
+		d := fs.Duration("duration", 0, "stop after writing for `D`, a duration like 30s (default: until Ctrl-C)")
+		every := fs.Duration("write-every", demoWriteTick, "make a change to the blog every `D`; 0 turns the writer off")
 		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
 		return func(ctx context.Context, e *env, _ []string) error { return demoMain(ctx, e, *d, *every, *keep) }
 	},

@@ -35,7 +35,7 @@ the derived table), then restart it to retry that event, or skip the event and b
 
 // configFlag declares --config on fs.
 func configFlag(fs *flag.FlagSet) *string {
-	return fs.String("config", ConfigFileDefault, "the configuration `file`")
+	return fs.String("config", ConfigFileDefault, "the configuration `FILE`")
 }
 
 // nameFlags are the flags of a command on one NAME with --config: run gets the

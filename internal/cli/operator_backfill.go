@@ -30,7 +30,7 @@ last committed batch (--restart starts over). Progress goes to stderr: a bar on 
 terminal, a line every 2 seconds otherwise.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
-		batch := fs.Int("batch", operator.BackfillBatchDefault, "how many `ids` to recompute per transaction")
+		batch := fs.Int("batch", operator.BackfillBatchDefault, "recompute `N` ids per transaction")
 		restart := fs.Bool("restart", false, "start over instead of resuming an interrupted backfill")
 		return func(ctx context.Context, e *env, args []string) error {
 			return operatorBackfillMain(ctx, e, *path, args[0], *batch, *restart)

@@ -29,7 +29,7 @@ the ledger itself and measures the slot in PostgreSQL. It prints the slot (activ
 its confirmed LSN, the WAL it retains and how far it lags, and the ledger's head position
 and last commit LSN. The exit code is 1 when the slot could not be read.`,
 	flags: func(fs *flag.FlagSet) execFunc {
-		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
+		path := fs.String("config", ConfigFileDefault, "the configuration `FILE`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
 		return func(ctx context.Context, e *env, _ []string) error { return statusMain(ctx, e, *path, *asJSON) }
 	},
