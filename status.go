@@ -11,7 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/projector"
 )
 
 // Status is a snapshot of the engine and its slot.
@@ -34,15 +36,24 @@ type Status struct {
 	Reconnects     uint64    `json:"reconnects"`
 	// Operators are the configured operators' progress in this process.
 	Operators []operator.Info `json:"operators,omitempty"`
+	// Indexes are the configured indexes' progress (Config.Indexers), in configuration
+	// order: each one's phase, checkpoint (the last position indexed) and lag.
+	Indexes []index.Status `json:"indexes,omitempty"`
+	// IndexError says why Indexes could not be read; "" when they were.
+	IndexError string `json:"index_error,omitempty"`
+	// Projectors are the configured projectors' progress in this process
+	// (Config.Projectors), in configuration order: each one's phase (live, rehydrating,
+	// standby, halted), stored position, lag and the error that halted it.
+	Projectors []projector.Status `json:"projectors,omitempty"`
 }
 
 // Status reports the slot (measured now) and the ledger.
 func (e *Engine) Status(ctx context.Context) Status {
 	s := e.sampleSlot(ctx)
-	return e.status(s)
+	return e.status(ctx, s)
 }
 
-func (e *Engine) status(s *slotSample) Status {
+func (e *Engine) status(ctx context.Context, s *slotSample) Status {
 	st := e.led.State()
 	stats := e.src.Stats()
 	out := Status{
@@ -52,6 +63,16 @@ func (e *Engine) status(s *slotSample) Status {
 	}
 	if e.ops != nil {
 		out.Operators = e.ops.Operators()
+	}
+	if e.idx != nil {
+		sts, err := e.idx.Status(ctx)
+		if err != nil {
+			out.IndexError = err.Error()
+		}
+		out.Indexes = sts
+	}
+	if e.projs != nil {
+		out.Projectors = e.projs.Status()
 	}
 	if s != nil {
 		out.SlotExists, out.SlotActive = s.exists, s.info.Active
@@ -131,7 +152,7 @@ func (e *Engine) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(e.status(s))
+		_ = enc.Encode(e.status(r.Context(), s))
 	})
 	return mux
 }

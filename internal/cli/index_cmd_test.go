@@ -220,7 +220,7 @@ indexes:
 	}
 	// index status asks the running walflow.
 	doc := indexStatusJSON(t, path)
-	if doc.From != "the running walflow at http://"+addr+"/metrics" || doc.LedgerHead != 7 || len(doc.Indexes) != 2 {
+	if doc.From != "the running walflow at http://"+addr+"/status" || doc.LedgerHead != 7 || len(doc.Indexes) != 2 {
 		t.Errorf("index status while walflow runs: %+v", doc)
 	}
 	for _, s := range doc.Indexes {
@@ -230,7 +230,7 @@ indexes:
 	}
 	r := runCLI(ctx, noEnv, "index", "status", "--config", path)
 	for _, want := range []string{
-		"ledger head: position 7 (from the running walflow at http://" + addr + "/metrics)\n",
+		"ledger head: position 7 (from the running walflow at http://" + addr + "/status)\n",
 		"INDEX     CHECKPOINT   LAG   PHASE   SINCE\n",
 		"by_post   7            0     live    -\n",
 	} {
