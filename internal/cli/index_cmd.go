@@ -51,7 +51,11 @@ status shows each configured index's checkpoint (the last ledger position it has
 and its lag behind the ledger head. While walflow runs, they come from its /status at
 http.addr, and the phase is live (the head is indexed) or catching_up. Otherwise status
 reads the index store (phase stopped); an index never built shows no checkpoint: walflow
-run, ledger read --index or index rebuild builds it.`,
+run, ledger read --index or index rebuild builds it.
+
+The --json document has the keys ledger_head, ledger_tail, ledger_head_from (where the
+figures come from; operator status and projector status use the same key) and indexes, a
+list of objects with the keys name, phase, checkpoint, lag_events, since and built.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		asJSON := fs.Bool("json", false, "print the indexes as JSON")
@@ -116,10 +120,10 @@ func indexRebuildMain(ctx context.Context, e *env, path, name string) error {
 type indexStatusDoc struct {
 	LedgerHead event.Position `json:"ledger_head"`
 	LedgerTail event.Position `json:"ledger_tail"`
-	// From says where the figures come from: the running walflow's /status, or the
-	// index store.
-	From    string        `json:"from"`
-	Indexes []indexStatus `json:"indexes"`
+	// LedgerHeadFrom says where the head and the figures come from: the running walflow's
+	// /status, or the index store (the key every status command uses).
+	LedgerHeadFrom string        `json:"ledger_head_from"`
+	Indexes        []indexStatus `json:"indexes"`
 }
 
 // indexStatus is one index's line of walflow index status.
@@ -178,7 +182,7 @@ func storedIndexes(ctx context.Context, cmd string, c *config, path string) (ind
 		return indexStatusDoc{}, fmt.Errorf("%s: %w", cmd, err)
 	}
 	st := f.led.State()
-	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, From: "the index store " + indexDir(c), Indexes: []indexStatus{}}
+	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, LedgerHeadFrom: "the index store " + indexDir(c), Indexes: []indexStatus{}}
 	for _, s := range sts {
 		doc.Indexes = append(doc.Indexes, indexStatus{Name: s.Indexer, Phase: s.Phase.String(), Checkpoint: s.Checkpoint,
 			LagEvents: s.Lag, Since: s.Since, Built: s.Stored})
@@ -198,7 +202,7 @@ func runningIndexes(ctx context.Context, c *config) (doc indexStatusDoc, ok bool
 		return doc, false
 	}
 	doc = indexStatusDoc{LedgerHead: event.Position(st.LedgerHead), LedgerTail: event.Position(st.LedgerTail),
-		From: "the running walflow at " + url, Indexes: []indexStatus{}}
+		LedgerHeadFrom: "the running walflow at " + url, Indexes: []indexStatus{}}
 	byName := map[string]index.Status{}
 	names := indexNames(c)
 	for _, s := range st.Indexes {
@@ -223,7 +227,7 @@ func runningIndexes(ctx context.Context, c *config) (doc indexStatusDoc, ok bool
 
 // writeIndexStatus prints the indexes for people.
 func writeIndexStatus(w io.Writer, doc *indexStatusDoc) {
-	fmt.Fprintf(w, "ledger head: position %d (from %s)\n\n", doc.LedgerHead, doc.From)
+	fmt.Fprintf(w, "ledger head: position %d (from %s)\n\n", doc.LedgerHead, doc.LedgerHeadFrom)
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "INDEX\tCHECKPOINT\tLAG\tPHASE\tSINCE")
 	unbuilt := false

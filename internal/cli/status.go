@@ -15,8 +15,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/operator"
 )
 
 var statusCommand = &command{
@@ -27,7 +31,12 @@ var statusCommand = &command{
 status asks the running engine (GET http://<http.addr>/status). When none answers, it opens
 the ledger itself and measures the slot in PostgreSQL. It prints the slot (active or not),
 its confirmed LSN, the WAL it retains and how far it lags, and the ledger's head position
-and last commit LSN. The exit code is 1 when the slot could not be read.`,
+and last commit LSN, and each configured operator's position: from the running engine, or
+else as stored in walflow.operators (as walflow operator status shows it). An operator's
+position is the ledger position through which it has applied every event of its entities;
+its checkpoint (walflow operator status --json) is what walflow.operators stores, which
+moves only with its own events, so the position may be ahead of it. The exit code is 1
+when the slot could not be read.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := fs.String("config", ConfigFileDefault, "the configuration `FILE`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
@@ -95,10 +104,53 @@ func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, 
 		return walflow.Status{}, statusSource{}, fmt.Errorf("status: no engine answers on %s, and opening its ledger failed (an engine running without http.addr holds it): %w", shownAddr(c.engine.HTTPAddr), err)
 	}
 	st := eng.Status(ctx)
+	storedOperators(ctx, c, eng.Ledger(), &st)
 	if err := eng.Close(); err != nil {
 		return walflow.Status{}, statusSource{}, fmt.Errorf("status: close the ledger: %w", err)
 	}
 	return st, statusSource{where: where}, nil
+}
+
+// storedOperators sets the operators of a status read while walflow is not running to
+// their stored state in walflow.operators, as walflow operator status shows it: the
+// position is the checkpoint, or later when the ledger's events after it are all of other
+// tables. It leaves them at position 0 when no walflow has run in the database (or it
+// cannot be read: the slot's error then says why).
+func storedOperators(ctx context.Context, c *config, led ledger.Ledger, st *walflow.Status) {
+	if len(st.Operators) == 0 {
+		return
+	}
+	pool, err := pgxpool.New(ctx, c.engine.DatabaseURL)
+	if err != nil {
+		return
+	}
+	defer pool.Close()
+	stored, err := operator.Statuses(ctx, pool)
+	if err != nil {
+		return
+	}
+	for i := range st.Operators {
+		o := &st.Operators[i]
+		for _, s := range stored {
+			if s.Name != o.Name {
+				continue
+			}
+			o.Position, o.Halted = s.Position, s.Halted
+			keys := make([]string, len(o.Entities))
+			for j, ent := range o.Entities {
+				keys[j] = bareName(ent)
+			}
+			// The operator has applied everything before the next event of its entities.
+			evs, err := led.ReadKeys(ctx, keys, s.Position, 1)
+			switch {
+			case err != nil:
+			case len(evs) == 0:
+				o.Position = max(o.Position, event.Position(st.LedgerHead))
+			default:
+				o.Position = max(o.Position, evs[0].Position-1)
+			}
+		}
+	}
 }
 
 // shownAddr names the HTTP address in errors.
@@ -172,13 +224,13 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 		row("streaming", streaming)
 		row("events", fmt.Sprintf("%d received, %d appended since start", st.EventsReceived, st.EventsAppended))
 		row("reconnects", strconv.FormatUint(st.Reconnects, 10))
-		for _, o := range st.Operators {
-			state := fmt.Sprintf("position %d, %d behind the head", o.Position, st.LedgerHead-min(st.LedgerHead, uint64(o.Position)))
-			if o.Halted {
-				state += ", HALTED: see walflow operator status"
-			}
-			row("operator "+o.Name, state)
+	}
+	for _, o := range st.Operators {
+		state := fmt.Sprintf("position %d, %d behind the head", o.Position, st.LedgerHead-min(st.LedgerHead, uint64(o.Position)))
+		if o.Halted {
+			state += ", HALTED: see walflow operator status"
 		}
+		row("operator "+o.Name, state)
 	}
 	_ = tw.Flush()
 }
