@@ -2,6 +2,7 @@ package cli
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -69,9 +70,6 @@ var (
 // tableRE is a table name, optionally schema-qualified, as operator.SQL accepts it.
 var tableRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
 
-// operatorNameRE finds the operator an operator.Validate error is about.
-var operatorNameRE = regexp.MustCompile(`^operator (\S+?):? `)
-
 // operators validates operators and operator_defaults into e, after e.Tables.
 func (l *loader) operators(fc *fileConfig, e *walflow.Config) error {
 	for _, name := range l.order["operators"] {
@@ -84,11 +82,12 @@ func (l *loader) operators(fc *fileConfig, e *walflow.Config) error {
 	if len(e.Operators) > 1 {
 		// Each operator passed alone; together they may feed one another.
 		if err := operator.Validate(e.Operators); err != nil {
-			path, name := "operators", ""
-			if m := operatorNameRE.FindStringSubmatch(err.Error()); m != nil && fc.Operators[m[1]] != nil {
-				path, name = joinPath("operators", m[1]), m[1]
+			path := "operators"
+			var ce *operator.ConfigError
+			if errors.As(err, &ce) && fc.Operators[ce.Operator] != nil {
+				path = joinPath("operators", ce.Operator)
 			}
-			return l.errKey(path, "%s", operatorProblem(err, name))
+			return l.errKey(path, "%s", operatorProblem(err))
 		}
 	}
 	return l.operatorDefaults(&fc.OperatorDefaults, e)
@@ -186,7 +185,7 @@ func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (o
 
 	// Whatever else operator.Validate (and so operator.New) refuses, it refuses here, at the operator's key.
 	if err := operator.Validate([]operator.Operator{op}); err != nil {
-		return op, l.errKey(path, "%s", operatorProblem(err, name))
+		return op, l.errKey(path, "%s", operatorProblem(err))
 	}
 	return op, nil
 }
@@ -238,16 +237,14 @@ func (l *loader) operatorDefaults(dc *operatorDefaultsConfig, e *walflow.Config)
 	return nil
 }
 
-// operatorProblem strips the "operator NAME: ", "operator NAME " or "operator: " that
-// starts operator.Validate's errors: the key path already names the operator.
-func operatorProblem(err error, name string) string {
-	msg := err.Error()
-	for _, prefix := range []string{"operator " + name + ": ", "operator " + name + " ", "operator: "} {
-		if strings.HasPrefix(msg, prefix) {
-			return strings.TrimPrefix(msg, prefix)
-		}
+// operatorProblem is an operator.Validate error without the operator's name, which the key
+// path already says.
+func operatorProblem(err error) string {
+	var ce *operator.ConfigError
+	if errors.As(err, &ce) {
+		return ce.Err.Error()
 	}
-	return msg
+	return err.Error()
 }
 
 // bareName returns a table name without its schema, as events name tables.
