@@ -18,13 +18,15 @@ import (
 
 // Status is a snapshot of the engine and its slot.
 type Status struct {
-	Slot           string    `json:"slot"`
-	SlotExists     bool      `json:"slot_exists"`
-	SlotActive     bool      `json:"slot_active"`
-	SlotWALStatus  string    `json:"slot_wal_status,omitempty"`
-	ConfirmedLSN   event.LSN `json:"confirmed_lsn"`
-	RetainedWAL    int64     `json:"retained_wal_bytes"`
-	SlotLagBytes   int64     `json:"slot_lag_bytes"`
+	Slot          string    `json:"slot"`
+	SlotExists    bool      `json:"slot_exists"`
+	SlotActive    bool      `json:"slot_active"`
+	SlotWALStatus string    `json:"slot_wal_status,omitempty"`
+	ConfirmedLSN  event.LSN `json:"confirmed_lsn"`
+	RetainedWAL   int64     `json:"retained_wal_bytes"`
+	SlotLagBytes  int64     `json:"slot_lag_bytes"`
+	// SlotError says why the slot could not be read (without a package prefix, ready to
+	// show after the slot's name); "" when it was.
 	SlotError      string    `json:"slot_error,omitempty"`
 	Streaming      bool      `json:"streaming"`
 	LedgerHead     uint64    `json:"ledger_head"`

@@ -411,4 +411,11 @@ func TestStatusUnreachable(t *testing.T) {
 	if strings.Contains(r.stdout+r.stderr, "s3cret") {
 		t.Error("status shows the password")
 	}
+	// The JSON carries the same error, ready to show: the CLI edits no error text.
+	r = runCLI(t.Context(), noEnv, "status", "--json", "--config", path)
+	var st walflow.Status
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || r.code != ExitFailure ||
+		!strings.HasPrefix(st.SlotError, "connect to read the slot: ") || !strings.Contains(r.stderr, "slot walflow: "+st.SlotError) {
+		t.Errorf("status --json of an unreachable database: exit %d, %v\nstdout:\n%s\nstderr:\n%s", r.code, err, r.stdout, r.stderr)
+	}
 }

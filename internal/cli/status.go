@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -67,7 +66,7 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 		writeStatus(e.stdout, st, src)
 	}
 	if st.SlotError != "" {
-		return fmt.Errorf("status: slot %s: %s", st.Slot, strings.TrimPrefix(st.SlotError, "walflow: "))
+		return fmt.Errorf("status: slot %s: %s", st.Slot, st.SlotError)
 	}
 	return nil
 }
