@@ -114,11 +114,31 @@ func TestEngineProjectors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st walflow.Status
-	err = json.NewDecoder(resp.Body).Decode(&st)
+	raw, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
+		t.Fatal(err)
+	}
+	var st walflow.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
 		t.Fatalf("/status: %v", err)
+	}
+	// The keys of walflow index status --json and walflow projector status --json.
+	var keys struct {
+		Indexes, Projectors []map[string]json.RawMessage
+	}
+	if err := json.Unmarshal(raw, &keys); err != nil || len(keys.Indexes) != 1 || len(keys.Projectors) != 3 {
+		t.Fatalf("/status: %v\n%s", err, raw)
+	}
+	for _, k := range []string{"name", "phase", "checkpoint", "lag_events", "since", "built"} {
+		if keys.Indexes[0][k] == nil {
+			t.Errorf("/status indexes lack the key %s:\n%s", k, raw)
+		}
+	}
+	for _, k := range []string{"name", "phase", "position", "lag_events", "seen"} {
+		if keys.Projectors[0][k] == nil {
+			t.Errorf("/status projectors lack the key %s:\n%s", k, raw)
+		}
 	}
 	srv.Close()
 	if len(st.Projectors) != 3 || st.Projectors[2].Name != "counts" || st.Projectors[2].Phase != projector.Live || st.Projectors[2].Position < 3 {

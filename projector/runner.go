@@ -145,7 +145,7 @@ type Status struct {
 	Seen event.Position `json:"seen"`
 	// Head is the ledger's head, and Lag is Head - Position.
 	Head event.Position `json:"head"`
-	Lag  uint64         `json:"lag"`
+	Lag  uint64         `json:"lag_events"`
 	// Buffered is the number of events in the reorder buffer (sequence mode).
 	Buffered int `json:"buffered"`
 	// Error is the failure that halted the projector.

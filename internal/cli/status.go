@@ -35,7 +35,12 @@ else as stored in walflow.operators (as walflow operator status shows it). An op
 position is the ledger position through which it has applied every event of its entities;
 its checkpoint (walflow operator status --json) is what walflow.operators stores, which
 moves only with its own events, so the position may be ahead of it. The exit code is 1
-when the slot could not be read.`,
+when the slot could not be read.
+
+The --json document is the engine's /status (walflow.Status): the slot, the ledger and the
+operators, and from a running engine its indexes and projectors, under the keys that
+walflow index status --json and walflow projector status --json use (name, phase,
+checkpoint or position, lag_events).`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := fs.String("config", ConfigFileDefault, "the configuration `FILE`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
