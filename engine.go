@@ -378,7 +378,7 @@ func (e *Engine) sampleSlot(ctx context.Context) *slotSample {
 	s := &slotSample{at: time.Now()}
 	conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
 	if err != nil {
-		s.err = fmt.Errorf("walflow: connect to read the slot: %w", err)
+		s.err = fmt.Errorf("connect to read the slot: %w", err)
 	} else {
 		s.info, s.exists, s.err = pgwal.QuerySlot(ctx, conn, e.cfg.Slot)
 		conn.Close(context.WithoutCancel(ctx))

@@ -2,6 +2,7 @@ package walflow_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http/httptest"
 	"path/filepath"
@@ -108,7 +109,44 @@ func TestEngineProjectors(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	// /status carries the same, typed: each projector's phase and position, each index's.
+	resp, err = srv.Client().Get(srv.URL + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st walflow.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
+		t.Fatalf("/status: %v", err)
+	}
+	// The keys of walflow index status --json and walflow projector status --json.
+	var keys struct {
+		Indexes, Projectors []map[string]json.RawMessage
+	}
+	if err := json.Unmarshal(raw, &keys); err != nil || len(keys.Indexes) != 1 || len(keys.Projectors) != 3 {
+		t.Fatalf("/status: %v\n%s", err, raw)
+	}
+	for _, k := range []string{"name", "phase", "checkpoint", "lag_events", "since", "built"} {
+		if keys.Indexes[0][k] == nil {
+			t.Errorf("/status indexes lack the key %s:\n%s", k, raw)
+		}
+	}
+	for _, k := range []string{"name", "phase", "position", "lag_events", "seen"} {
+		if keys.Projectors[0][k] == nil {
+			t.Errorf("/status projectors lack the key %s:\n%s", k, raw)
+		}
+	}
 	srv.Close()
+	if len(st.Projectors) != 3 || st.Projectors[2].Name != "counts" || st.Projectors[2].Phase != projector.Live || st.Projectors[2].Position < 3 {
+		t.Errorf("/status projectors: %+v", st.Projectors)
+	}
+	if len(st.Indexes) != 1 || st.Indexes[0].Indexer != "by_post" || st.Indexes[0].Phase != index.Live || st.Indexes[0].Checkpoint < 3 || !st.Indexes[0].Stored || st.IndexError != "" {
+		t.Errorf("/status indexes: %+v (%s)", st.Indexes, st.IndexError)
+	}
 	if !strings.Contains(string(body), `walflow_projector_standby{projector="counts"} 0`) {
 		t.Errorf("/metrics has no projector standby gauge:\n%s", body)
 	}

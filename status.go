@@ -12,18 +12,22 @@ import (
 
 	"github.com/walflow/walflow/alert"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/projector"
 )
 
 // Status is a snapshot of the engine and its slot.
 type Status struct {
-	Slot           string    `json:"slot"`
-	SlotExists     bool      `json:"slot_exists"`
-	SlotActive     bool      `json:"slot_active"`
-	SlotWALStatus  string    `json:"slot_wal_status,omitempty"`
-	ConfirmedLSN   event.LSN `json:"confirmed_lsn"`
-	RetainedWAL    int64     `json:"retained_wal_bytes"`
-	SlotLagBytes   int64     `json:"slot_lag_bytes"`
+	Slot          string    `json:"slot"`
+	SlotExists    bool      `json:"slot_exists"`
+	SlotActive    bool      `json:"slot_active"`
+	SlotWALStatus string    `json:"slot_wal_status,omitempty"`
+	ConfirmedLSN  event.LSN `json:"confirmed_lsn"`
+	RetainedWAL   int64     `json:"retained_wal_bytes"`
+	SlotLagBytes  int64     `json:"slot_lag_bytes"`
+	// SlotError says why the slot could not be read (without a package prefix, ready to
+	// show after the slot's name); "" when it was.
 	SlotError      string    `json:"slot_error,omitempty"`
 	Streaming      bool      `json:"streaming"`
 	LedgerHead     uint64    `json:"ledger_head"`
@@ -37,15 +41,24 @@ type Status struct {
 	Alerts []alert.Check `json:"alerts,omitempty"`
 	// Operators are the configured operators' progress in this process.
 	Operators []operator.Info `json:"operators,omitempty"`
+	// Indexes are the configured indexes' progress (Config.Indexers), in configuration
+	// order: each one's phase, checkpoint (the last position indexed) and lag.
+	Indexes []index.Status `json:"indexes,omitempty"`
+	// IndexError says why Indexes could not be read; "" when they were.
+	IndexError string `json:"index_error,omitempty"`
+	// Projectors are the configured projectors' progress in this process
+	// (Config.Projectors), in configuration order: each one's phase (live, rehydrating,
+	// standby, halted), stored position, lag and the error that halted it.
+	Projectors []projector.Status `json:"projectors,omitempty"`
 }
 
 // Status reports the slot (measured now) and the ledger.
 func (e *Engine) Status(ctx context.Context) Status {
 	s := e.sampleSlot(ctx)
-	return e.status(s)
+	return e.status(ctx, s)
 }
 
-func (e *Engine) status(s *slotSample) Status {
+func (e *Engine) status(ctx context.Context, s *slotSample) Status {
 	st := e.led.State()
 	stats := e.src.Stats()
 	out := Status{
@@ -56,6 +69,16 @@ func (e *Engine) status(s *slotSample) Status {
 	}
 	if e.ops != nil {
 		out.Operators = e.ops.Operators()
+	}
+	if e.idx != nil {
+		sts, err := e.idx.Status(ctx)
+		if err != nil {
+			out.IndexError = err.Error()
+		}
+		out.Indexes = sts
+	}
+	if e.projs != nil {
+		out.Projectors = e.projs.Status()
 	}
 	if s != nil {
 		out.SlotExists, out.SlotActive = s.exists, s.info.Active
@@ -138,7 +161,7 @@ func (e *Engine) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(e.status(s))
+		_ = enc.Encode(e.status(r.Context(), s))
 	})
 	return mux
 }

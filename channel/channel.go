@@ -20,14 +20,36 @@ const maxNameLen = 63
 // [Table.Validate], [NewRouter] and [Router.Check].
 var ErrInvalid = errors.New("channel: invalid")
 
-// invalidError is an error message that matches [ErrInvalid].
-type invalidError struct{ msg string }
+// Error is every error of [Parse], [ParseScope], [Table.Validate], [NewRouter] and
+// [Router.Check]; it matches [ErrInvalid]. A caller that reports it against its own
+// configuration (a YAML key naming the table) matches it with errors.As and uses Problem.
+type Error struct {
+	// Table is the configured table at fault; "" for a channel or a scope alone (or a
+	// table without a name).
+	Table string
+	// Problem says what is wrong and the fix, without naming the table.
+	Problem string
+	// inTable is set for an error about a configured table, even one without a name.
+	inTable bool
+}
 
-func (e *invalidError) Error() string        { return e.msg }
-func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
+func (e *Error) Error() string {
+	if e.Table != "" || e.inTable {
+		return "channel: table " + quote(e.Table) + ": " + e.Problem
+	}
+	return "channel: " + e.Problem
+}
+
+// Is reports whether target is [ErrInvalid].
+func (e *Error) Is(target error) bool { return target == ErrInvalid }
 
 func errorf(format string, args ...any) error {
-	return &invalidError{msg: fmt.Sprintf(format, args...)}
+	return &Error{Problem: fmt.Sprintf(format, args...)}
+}
+
+// tableErrorf is an error about the configured table called table.
+func tableErrorf(table, format string, args ...any) error {
+	return &Error{Table: table, Problem: fmt.Sprintf(format, args...), inTable: true}
 }
 
 // channelHint ends every error about the form of a channel.
@@ -159,12 +181,12 @@ func MustParse(s string) Channel {
 // documentation for what segments may hold.
 func Parse(s string) (Channel, error) {
 	if s == "" {
-		return Channel{}, errorf("channel: the channel is empty; %s", channelHint)
+		return Channel{}, errorf("the channel is empty; %s", channelHint)
 	}
 	// Count before splitting, so a huge input of slashes costs no allocation.
 	n := strings.Count(s, "/") + 1
 	if n > 2*MaxScopes+1 {
-		return Channel{}, errorf("channel: invalid channel %s: it has %d segments, but a scoped channel may have at most %d parents (%d segments); %s",
+		return Channel{}, errorf("invalid channel %s: it has %d segments, but a scoped channel may have at most %d parents (%d segments); %s",
 			quote(s), n, MaxScopes, 2*MaxScopes+1, channelHint)
 	}
 	segs := strings.Split(s, "/")
@@ -181,16 +203,16 @@ func Parse(s string) (Channel, error) {
 		case i == n-1:
 			what = "ends with a slash"
 		}
-		return Channel{}, errorf("channel: invalid channel %s: it %s; %s", quote(s), what, channelHint)
+		return Channel{}, errorf("invalid channel %s: it %s; %s", quote(s), what, channelHint)
 	}
 	if n >= 4 && n%2 == 0 {
-		return Channel{}, errorf("channel: invalid channel %s: it has %d segments, but a channel has 1 (table), 2 (table/id) or an odd number (parent/id/.../table); to follow one row use %s/%s; %s",
+		return Channel{}, errorf("invalid channel %s: it has %d segments, but a channel has 1 (table), 2 (table/id) or an odd number (parent/id/.../table); to follow one row use %s/%s; %s",
 			quote(s), n, segs[n-2], segs[n-1], channelHint)
 	}
 	for i, seg := range segs {
 		dec, err := url.PathUnescape(seg)
 		if err != nil {
-			return Channel{}, errorf("channel: invalid channel %s: segment %d %s has an invalid percent escape (write %% as %%25); %s",
+			return Channel{}, errorf("invalid channel %s: segment %d %s has an invalid percent escape (write %% as %%25); %s",
 				quote(s), i+1, quote(seg), channelHint)
 		}
 		var problem string
@@ -208,7 +230,7 @@ func Parse(s string) (Channel, error) {
 			if dec != seg {
 				shown += " (decoded " + quote(dec) + ")"
 			}
-			return Channel{}, errorf("channel: invalid channel %s: %s segment %d %s %s; %s",
+			return Channel{}, errorf("invalid channel %s: %s segment %d %s %s; %s",
 				quote(s), role, i+1, shown, problem, channelHint)
 		}
 		segs[i] = dec
@@ -230,27 +252,27 @@ func Parse(s string) (Channel, error) {
 func (c Channel) validate() error {
 	s := c.String()
 	if c.ID != "" && len(c.Scopes) > 0 {
-		return errorf("channel: invalid channel %s: it has both an id and scopes, but a channel is either table/id or parent/id/table; %s",
+		return errorf("invalid channel %s: it has both an id and scopes, but a channel is either table/id or parent/id/table; %s",
 			quote(s), channelHint)
 	}
 	if len(c.Scopes) > MaxScopes {
-		return errorf("channel: invalid channel %s: it has %d parents, but at most %d are allowed; %s",
+		return errorf("invalid channel %s: it has %d parents, but at most %d are allowed; %s",
 			quote(s), len(c.Scopes), MaxScopes, channelHint)
 	}
 	if p := nameProblem(c.Table); p != "" {
-		return errorf("channel: invalid channel %s: table %s %s; %s", quote(s), quote(c.Table), p, channelHint)
+		return errorf("invalid channel %s: table %s %s; %s", quote(s), quote(c.Table), p, channelHint)
 	}
 	if c.ID != "" {
 		if p := idProblem(c.ID); p != "" {
-			return errorf("channel: invalid channel %s: id %s %s; %s", quote(s), quote(c.ID), p, channelHint)
+			return errorf("invalid channel %s: id %s %s; %s", quote(s), quote(c.ID), p, channelHint)
 		}
 	}
 	for i, sv := range c.Scopes {
 		if p := nameProblem(sv.Table); p != "" {
-			return errorf("channel: invalid channel %s: parent %d table %s %s; %s", quote(s), i+1, quote(sv.Table), p, channelHint)
+			return errorf("invalid channel %s: parent %d table %s %s; %s", quote(s), i+1, quote(sv.Table), p, channelHint)
 		}
 		if p := idProblem(sv.ID); p != "" {
-			return errorf("channel: invalid channel %s: parent %d id %s %s; %s", quote(s), i+1, quote(sv.ID), p, channelHint)
+			return errorf("invalid channel %s: parent %d id %s %s; %s", quote(s), i+1, quote(sv.ID), p, channelHint)
 		}
 	}
 	return nil

@@ -30,7 +30,7 @@ func NewRouter(tables []Table) (*Router, error) {
 			return nil, err
 		}
 		if _, dup := r.tables[t.Name]; dup {
-			return nil, errorf("channel: table %s is configured twice (entry %d); merge its scopes into one entry", quote(t.Name), i+1)
+			return nil, tableErrorf(t.Name, "is configured twice (entry %d); merge its scopes into one entry", i+1)
 		}
 		r.tables[t.Name] = t.WithDefaults().clone()
 	}
@@ -233,7 +233,7 @@ func (r *Router) Check(c Channel) error {
 		want.WriteString("/{…}")
 	}
 	if len(t.Scopes) == 0 {
-		return errorf("channel: channel %s: table %s has no scopes, so it has no scoped channels; subscribe to %s or %s/{%s}, or configure a scope %s for the table",
+		return errorf("channel %s: table %s has no scopes, so it has no scoped channels; subscribe to %s or %s/{%s}, or configure a scope %s for the table",
 			quote(c.String()), quote(c.Table), url.PathEscape(c.Table), url.PathEscape(c.Table), t.IDColumn, want.String())
 	}
 	var have, examples []string
@@ -241,6 +241,6 @@ func (r *Router) Check(c Channel) error {
 		have = append(have, s.String())
 		examples = append(examples, exampleChannel(c.Table, s))
 	}
-	return errorf("channel: channel %s: table %s has no scope %s; its scopes are %s, so use a channel like %s, or configure the scope for the table",
+	return errorf("channel %s: table %s has no scope %s; its scopes are %s, so use a channel like %s, or configure the scope for the table",
 		quote(c.String()), quote(c.Table), want.String(), strings.Join(have, ", "), strings.Join(examples, " or "))
 }

@@ -261,7 +261,7 @@ func TestNewRouter(t *testing.T) {
 		t.Fatalf("NewRouter(nil): %v", err)
 	}
 	_, err := NewRouter([]Table{{Name: "comments"}, {Name: "posts"}, {Name: "comments", IDColumn: "uuid"}})
-	if err == nil || !strings.Contains(err.Error(), `table "comments" is configured twice (entry 3)`) {
+	if err == nil || !strings.Contains(err.Error(), `table "comments": is configured twice (entry 3)`) {
 		t.Errorf("duplicate table: %v", err)
 	}
 	if !errors.Is(err, ErrInvalid) {

@@ -1,6 +1,7 @@
 package channel
 
 import (
+	"errors"
 	"strings"
 )
 
@@ -27,16 +28,16 @@ type Scope []ScopeField
 // column may appear only once.
 func ParseScope(template string) (Scope, error) {
 	if template == "" {
-		return nil, errorf("channel: the scope is empty; %s", scopeHint)
+		return nil, errorf("the scope is empty; %s", scopeHint)
 	}
 	n := strings.Count(template, "/") + 1
 	if n > 2*MaxScopes {
-		return nil, errorf("channel: invalid scope %s: it has %d segments, but a scope may have at most %d fields (%d segments); %s",
+		return nil, errorf("invalid scope %s: it has %d segments, but a scope may have at most %d fields (%d segments); %s",
 			quote(template), n, MaxScopes, 2*MaxScopes, scopeHint)
 	}
 	segs := strings.Split(template, "/")
 	if n%2 != 0 {
-		return nil, errorf("channel: invalid scope %s: it has %d segments, but a scope is made of parent/{column} pairs; %s",
+		return nil, errorf("invalid scope %s: it has %d segments, but a scope is made of parent/{column} pairs; %s",
 			quote(template), n, scopeHint)
 	}
 	s := make(Scope, 0, n/2)
@@ -44,7 +45,7 @@ func ParseScope(template string) (Scope, error) {
 		f := ScopeField{Table: segs[i]}
 		col := segs[i+1]
 		if len(col) < 2 || col[0] != '{' || col[len(col)-1] != '}' {
-			return nil, errorf("channel: invalid scope %s: segment %d %s must be a column in braces, like {%s}; %s",
+			return nil, errorf("invalid scope %s: segment %d %s must be a column in braces, like {%s}; %s",
 				quote(template), i+2, quote(col), strings.Trim(col, "{}"), scopeHint)
 		}
 		f.Column = col[1 : len(col)-1]
@@ -59,24 +60,24 @@ func ParseScope(template string) (Scope, error) {
 // validate checks the fields; shown is how the scope is named in errors.
 func (s Scope) validate(shown string) error {
 	if len(s) == 0 {
-		return errorf("channel: the scope is empty; %s", scopeHint)
+		return errorf("the scope is empty; %s", scopeHint)
 	}
 	if len(s) > MaxScopes {
-		return errorf("channel: invalid scope %s: it has %d fields, but at most %d are allowed; %s",
+		return errorf("invalid scope %s: it has %d fields, but at most %d are allowed; %s",
 			quote(shown), len(s), MaxScopes, scopeHint)
 	}
 	for i, f := range s {
 		if p := nameProblem(f.Table); p != "" {
-			return errorf("channel: invalid scope %s: parent table %d %s %s; %s",
+			return errorf("invalid scope %s: parent table %d %s %s; %s",
 				quote(shown), i+1, quote(f.Table), p, scopeHint)
 		}
 		if p := identProblem(f.Column, "a column name"); p != "" {
-			return errorf("channel: invalid scope %s: column %d %s %s; %s",
+			return errorf("invalid scope %s: column %d %s %s; %s",
 				quote(shown), i+1, quote(f.Column), p, scopeHint)
 		}
 		for j := range i {
 			if s[j].Column == f.Column {
-				return errorf("channel: invalid scope %s: column %s appears twice; give each parent its own column, e.g. organizations/{org_id}/posts/{post_id}",
+				return errorf("invalid scope %s: column %s appears twice; give each parent its own column, e.g. organizations/{org_id}/posts/{post_id}",
 					quote(shown), quote(f.Column))
 			}
 		}
@@ -184,25 +185,29 @@ func (t Table) WithDefaults() Table {
 // their defaults.
 func (t Table) Validate() error {
 	if p := nameProblem(t.Name); p != "" {
-		return errorf("channel: table %s: the name %s; use a name like comments or public.comments", quote(t.Name), p)
+		return tableErrorf(t.Name, "the name %s; use a name like comments or public.comments", p)
 	}
 	t = t.WithDefaults()
 	if p := identProblem(t.IDColumn, "a column name"); p != "" {
-		return errorf("channel: table %s: id column %s %s; name the column holding the row id, like %s",
-			quote(t.Name), quote(t.IDColumn), p, IDColumnDefault)
+		return tableErrorf(t.Name, "id column %s %s; name the column holding the row id, like %s",
+			quote(t.IDColumn), p, IDColumnDefault)
 	}
 	if p := identProblem(t.TimestampColumn, "a column name"); p != "" {
-		return errorf("channel: table %s: timestamp column %s %s; name the column holding the last change time, like %s",
-			quote(t.Name), quote(t.TimestampColumn), p, TimestampColumnDefault)
+		return tableErrorf(t.Name, "timestamp column %s %s; name the column holding the last change time, like %s",
+			quote(t.TimestampColumn), p, TimestampColumnDefault)
 	}
 	for i, s := range t.Scopes {
 		if err := s.validate(s.String()); err != nil {
-			return errorf("channel: table %s: scope %d: %s", quote(t.Name), i+1, strings.TrimPrefix(err.Error(), "channel: "))
+			problem := err.Error()
+			if ce := (*Error)(nil); errors.As(err, &ce) {
+				problem = ce.Problem
+			}
+			return tableErrorf(t.Name, "scope %d: %s", i+1, problem)
 		}
 		for j := range i {
 			if sameParents(t.Scopes[j], s) {
-				return errorf("channel: table %s: scopes %d %s and %d %s have the same parents, so a channel like %s could mean either; remove one or rename a parent",
-					quote(t.Name), j+1, quote(t.Scopes[j].String()), i+1, quote(s.String()), quote(exampleChannel(t.Name, s)))
+				return tableErrorf(t.Name, "scopes %d %s and %d %s have the same parents, so a channel like %s could mean either; remove one or rename a parent",
+					j+1, quote(t.Scopes[j].String()), i+1, quote(s.String()), quote(exampleChannel(t.Name, s)))
 			}
 		}
 	}

@@ -75,7 +75,7 @@ func (r *Runner) Read(ctx context.Context, indexer, value string, after event.Po
 // Status is an indexer's progress.
 type Status struct {
 	// Indexer is the indexer's name.
-	Indexer string `json:"indexer"`
+	Indexer string `json:"name"`
 	// Phase is stopped, catching_up or live.
 	Phase Phase `json:"phase"`
 	// Checkpoint is the last position indexed; it is stored with the entries.
@@ -85,10 +85,10 @@ type Status struct {
 	// Head is the ledger's head.
 	Head event.Position `json:"head"`
 	// Lag is how many events the indexer has still to index: Head - Checkpoint.
-	Lag uint64 `json:"lag"`
+	Lag uint64 `json:"lag_events"`
 	// Stored reports whether the store holds the indexer's state; false before its first
 	// run, or once its data was deleted.
-	Stored bool `json:"stored"`
+	Stored bool `json:"built"`
 }
 
 // Status returns every indexer's progress, in Config.Indexers order. While Run is not

@@ -110,6 +110,18 @@ func (p Phase) String() string {
 // MarshalText writes the phase's name.
 func (p Phase) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
+// UnmarshalText reads a phase's name, as MarshalText writes it, so that a status decoded
+// from JSON (a running walflow's /status) keeps its phases.
+func (p *Phase) UnmarshalText(b []byte) error {
+	for _, q := range []Phase{Stopped, CatchingUp, Live} {
+		if q.String() == string(b) {
+			*p = q
+			return nil
+		}
+	}
+	return fmt.Errorf("index: unknown phase %q; want one of stopped, catching_up, live", b)
+}
+
 // Runner keeps a set of indexers up to date with a ledger, and answers reads and
 // subscriptions. Create it with [New] and run it with [Runner.Run]. Its methods are safe
 // for concurrent use.

@@ -178,10 +178,25 @@ func migrateBackfills(ctx context.Context, db *pgxpool.Pool) error {
 
 func (b *backfill) fail(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("operator: backfill of %s interrupted; run it again to resume after the last committed batch: %w", b.name, ctx.Err())
+		return &BackfillError{Operator: b.name, Err: fmt.Errorf("interrupted; run it again to resume after the last committed batch: %w", ctx.Err())}
 	}
-	return fmt.Errorf("operator: backfill of %s: %w", b.name, err)
+	return &BackfillError{Operator: b.name, Err: err}
 }
+
+// BackfillError is a failed or interrupted [Backfill] of an operator. A caller that names
+// the operator itself (a command line) matches it with errors.As and reports Err.
+type BackfillError struct {
+	// Operator is the operator's name.
+	Operator string
+	// Err is what failed, and the fix when there is one.
+	Err error
+}
+
+func (e *BackfillError) Error() string {
+	return "operator: backfill of " + e.Operator + ": " + e.Err.Error()
+}
+
+func (e *BackfillError) Unwrap() error { return e.Err }
 
 // lockRun holds a session advisory lock, on a connection of its own, for the whole run, so
 // that two backfills of one operator never interleave their progress.

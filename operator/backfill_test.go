@@ -161,6 +161,9 @@ func TestBackfillInterruptedResumedWhileLive(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("interrupted backfill returned %v, want context.Canceled", err)
 	}
+	if be := (*operator.BackfillError)(nil); !errors.As(err, &be) || be.Operator != name || !strings.HasPrefix(be.Err.Error(), "interrupted; run it again") {
+		t.Errorf("interrupted backfill returned %v, want a BackfillError of %s", err, name)
+	}
 	if len(first) < 2 || first[0].Done != 0 || first[0].Total < 1990 || first[0].Entity != "comments" {
 		t.Fatalf("first run reports %+v", first)
 	}
@@ -428,8 +431,9 @@ func TestBackfillKeys(t *testing.T) {
 		if err := r.Backfill(ctx, "nope", nil); !errors.Is(err, operator.ErrUnknown) {
 			t.Fatalf("unknown operator: %v", err)
 		}
-		if err := operator.Backfill(ctx, db, operator.SQL{Target: "seen", Entities: []string{"missing"}, Query: seenQuery("x")}, nil); err == nil {
-			t.Fatal("backfill of a missing table succeeded")
+		err = operator.Backfill(ctx, db, operator.SQL{Target: "seen", Entities: []string{"missing"}, Query: seenQuery("x")}, nil)
+		if be := (*operator.BackfillError)(nil); !errors.As(err, &be) || be.Operator != "seen" || strings.Contains(be.Err.Error(), "backfill of") {
+			t.Fatalf("backfill of a missing table: %v, want a BackfillError of seen", err)
 		}
 	})
 }

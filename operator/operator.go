@@ -151,24 +151,24 @@ func (o SQL) spec() (spec, error) {
 	}
 	switch {
 	case o.Target == "":
-		return spec{}, errors.New("operator: SQL operator has no Target; set it to the derived table the query writes, e.g. post_with_comments_counts")
+		return spec{}, configErrorf("", "Target", "SQL operator has no Target; set it to the derived table the query writes, e.g. post_with_comments_counts")
 	case !identRE.MatchString(o.Target):
-		return spec{}, fmt.Errorf("operator %s: Target %q is not a table name like post_with_comments_counts or schema.table", name, o.Target)
+		return spec{}, configErrorf(name, "Target", "Target %q is not a table name like post_with_comments_counts or schema.table", o.Target)
 	case len(o.Entities) == 0:
-		return spec{}, fmt.Errorf("operator %s: no Entities; list the tables it listens to, e.g. comments and posts", name)
+		return spec{}, configErrorf(name, "Entities", "no Entities; list the tables it listens to, e.g. comments and posts")
 	case strings.TrimSpace(o.Query) == "":
-		return spec{}, fmt.Errorf("operator %s: empty Query; write the statement that updates %s for the id $1", name, o.Target)
+		return spec{}, configErrorf(name, "Query", "empty Query; write the statement that updates %s for the id $1", o.Target)
 	case !strings.Contains(o.Query, "$1"):
-		return spec{}, fmt.Errorf("operator %s: Query does not use $1, the derived row's id; without it every event would recompute the same thing", name)
+		return spec{}, configErrorf(name, "Query", "Query does not use $1, the derived row's id; without it every event would recompute the same thing")
 	}
 	for ent := range o.ID {
 		if !slices.Contains(o.Entities, ent) {
-			return spec{}, fmt.Errorf("operator %s: ID maps entity %q, which is not in Entities %v; add it to Entities or remove it from ID", name, ent, o.Entities)
+			return spec{}, configErrorf(name, "ID", "ID maps entity %q, which is not in Entities %v; add it to Entities or remove it from ID", ent, o.Entities)
 		}
 	}
 	for _, ent := range o.DeleteWith {
 		if !slices.Contains(o.Entities, ent) {
-			return spec{}, fmt.Errorf("operator %s: DeleteWith names %q, which is not in Entities %v", name, ent, o.Entities)
+			return spec{}, configErrorf(name, "DeleteWith", "DeleteWith names %q, which is not in Entities %v", ent, o.Entities)
 		}
 	}
 	idCol := o.TargetIDColumn
@@ -176,7 +176,7 @@ func (o SQL) spec() (spec, error) {
 		idCol = TargetIDColumnDefault
 	}
 	if !identRE.MatchString(idCol) || strings.Contains(idCol, ".") {
-		return spec{}, fmt.Errorf("operator %s: TargetIDColumn %q is not a column name", name, idCol)
+		return spec{}, configErrorf(name, "TargetIDColumn", "TargetIDColumn %q is not a column name", idCol)
 	}
 	deleteSQL := "DELETE FROM " + quoteTable(o.Target) + " WHERE " + pgx.Identifier{idCol}.Sanitize() + " = $1"
 	ids := o.ID
@@ -331,11 +331,11 @@ func quoteTable(t string) string {
 func (o Func) spec() (spec, error) {
 	switch {
 	case o.Name == "":
-		return spec{}, errors.New("operator: Func operator has no Name; give it one, it keys its checkpoint")
+		return spec{}, configErrorf("", "Name", "Func operator has no Name; give it one, it keys its checkpoint")
 	case len(o.Entities) == 0:
-		return spec{}, fmt.Errorf("operator %s: no Entities; list the tables it listens to", o.Name)
+		return spec{}, configErrorf(o.Name, "Entities", "no Entities; list the tables it listens to")
 	case o.Handle == nil:
-		return spec{}, fmt.Errorf("operator %s: Handle is nil", o.Name)
+		return spec{}, configErrorf(o.Name, "Handle", "Handle is nil")
 	}
 	return spec{name: o.Name, targets: o.Targets, entities: o.Entities, types: defaultTypes(o.Events),
 		apply: func(ctx context.Context, tx pgx.Tx, e *event.Event) error { return o.Handle(ctx, tx, e) }}, nil
@@ -368,8 +368,8 @@ func checkGraph(specs []spec) error {
 				for _, k := range byEntity[bare(t)] {
 					step := append(path, fmt.Sprintf("%s writes %s", specs[j].name, bare(t)))
 					if k == i {
-						return fmt.Errorf("operator %s would feed itself (%s, which %s listens to); an operator may not listen, directly or through other operators, to what it writes",
-							s.name, strings.Join(step, ", "), s.name)
+						return configErrorf(s.name, "Entities", "would feed itself (%s, which %s listens to); an operator may not listen, directly or through other operators, to what it writes",
+							strings.Join(step, ", "), s.name)
 					}
 					if !seen[k] {
 						seen[k] = true

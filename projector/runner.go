@@ -119,6 +119,18 @@ func (p Phase) String() string {
 // MarshalText writes the phase's name.
 func (p Phase) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
+// UnmarshalText reads a phase's name, as MarshalText writes it, so that a status decoded
+// from JSON (a running walflow's /status) keeps its phases.
+func (p *Phase) UnmarshalText(b []byte) error {
+	for _, q := range []Phase{Stopped, Rehydrating, Live, Halted, Standby} {
+		if q.String() == string(b) {
+			*p = q
+			return nil
+		}
+	}
+	return fmt.Errorf("projector: unknown phase %q; want one of stopped, rehydrating, live, halted, standby", b)
+}
+
 // Status is a projector's state in its Runner.
 type Status struct {
 	Name  string `json:"name"`
@@ -133,7 +145,7 @@ type Status struct {
 	Seen event.Position `json:"seen"`
 	// Head is the ledger's head, and Lag is Head - Position.
 	Head event.Position `json:"head"`
-	Lag  uint64         `json:"lag"`
+	Lag  uint64         `json:"lag_events"`
 	// Buffered is the number of events in the reorder buffer (sequence mode).
 	Buffered int `json:"buffered"`
 	// Error is the failure that halted the projector.

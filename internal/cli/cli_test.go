@@ -52,9 +52,9 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"--help"}, code: ExitOK, stdout: "walflow help COMMAND"},
 		{args: []string{"help", "run"}, code: ExitOK, stdout: "Usage: walflow run [--config FILE]"},
 		{args: []string{"help", "nope"}, code: ExitUsage, stderr: `walflow: help: unknown command "nope"`},
-		{args: []string{"run", "-h"}, code: ExitOK, stdout: "--config file"},
+		{args: []string{"run", "-h"}, code: ExitOK, stdout: "--config FILE\n"},
 		{args: []string{"status", "--help"}, code: ExitOK, stdout: "--json"},
-		{args: []string{"demo", "-h"}, code: ExitOK, stdout: "--duration long"},
+		{args: []string{"demo", "-h"}, code: ExitOK, stdout: "--duration D\n"},
 		{args: []string{"version"}, code: ExitOK, stdout: "walflow "},
 		{args: []string{"--version"}, code: ExitOK, stdout: "walflow "},
 		{args: []string{"rnu"}, code: ExitUsage, stderr: `walflow: unknown command "rnu"; did you mean run?`},
@@ -410,5 +410,12 @@ func TestStatusUnreachable(t *testing.T) {
 	}
 	if strings.Contains(r.stdout+r.stderr, "s3cret") {
 		t.Error("status shows the password")
+	}
+	// The JSON carries the same error, ready to show: the CLI edits no error text.
+	r = runCLI(t.Context(), noEnv, "status", "--json", "--config", path)
+	var st walflow.Status
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || r.code != ExitFailure ||
+		!strings.HasPrefix(st.SlotError, "connect to read the slot: ") || !strings.Contains(r.stderr, "slot walflow: "+st.SlotError) {
+		t.Errorf("status --json of an unreachable database: exit %d, %v\nstdout:\n%s\nstderr:\n%s", r.code, err, r.stdout, r.stderr)
 	}
 }

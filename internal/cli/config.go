@@ -583,34 +583,37 @@ func (l *loader) table(name string, tc *tableConfig) (channel.Table, error) {
 	path := joinPath("tables", name)
 	t := channel.Table{Name: name}
 	if err := t.Validate(); err != nil {
-		return t, l.errPath(path, "%s", tableProblem(name, err))
+		return t, l.errPath(path, "%s", channelProblem(err))
 	}
 	if tc == nil {
 		return t, nil
 	}
 	t.IDColumn = tc.ID
 	if err := t.Validate(); err != nil {
-		return t, l.errPath(path+".id", "%s", tableProblem(name, err))
+		return t, l.errPath(path+".id", "%s", channelProblem(err))
 	}
 	t.TimestampColumn = tc.Timestamp
 	if err := t.Validate(); err != nil {
-		return t, l.errPath(path+".timestamp", "%s", tableProblem(name, err))
+		return t, l.errPath(path+".timestamp", "%s", channelProblem(err))
 	}
 	for i, s := range tc.Scopes {
 		sc, err := channel.ParseScope(s)
 		if err != nil {
-			return t, l.errPath(fmt.Sprintf("%s.scopes[%d]", path, i), "%s", strings.TrimPrefix(err.Error(), "channel: "))
+			return t, l.errPath(fmt.Sprintf("%s.scopes[%d]", path, i), "%s", channelProblem(err))
 		}
 		t.Scopes = append(t.Scopes, sc)
 	}
 	if err := t.Validate(); err != nil {
-		return t, l.errPath(path+".scopes", "%s", tableProblem(name, err))
+		return t, l.errPath(path+".scopes", "%s", channelProblem(err))
 	}
 	return t, nil
 }
 
-// tableProblem strips the "channel: table "x": " prefix the path already says.
-func tableProblem(name string, err error) string {
-	msg := strings.TrimPrefix(err.Error(), "channel: ")
-	return strings.TrimPrefix(msg, "table "+strconv.Quote(name)+": ")
+// channelProblem is a channel error's problem, without the package and the table's name,
+// which the key path already says.
+func channelProblem(err error) string {
+	if ce := (*channel.Error)(nil); errors.As(err, &ce) {
+		return ce.Problem
+	}
+	return err.Error()
 }

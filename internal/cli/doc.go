@@ -11,7 +11,7 @@
 // the environment fills it only when the file does not set it. A relative ledger.dir is
 // relative to the configuration file's directory, so run and status find the same ledger
 // from anywhere. The operators block is checked as a whole at load time, with
-// operator.New's own validation reported at the operator's key path, so walflow run never
+// operator.Validate's checks (New's, without a database) reported at the operator's key path, so walflow run never
 // starts with an operator it would refuse.
 //
 // # Exit codes

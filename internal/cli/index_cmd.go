@@ -5,10 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -25,7 +23,7 @@ Indexes (indexes: in the configuration file) are kept beside the ledger, in ledg
 ".index", and walflow run keeps them up to date. Their data can always be rebuilt from the
 ledger. These commands open the ledger and index directories themselves, so they work
 only while walflow run is stopped: a running walflow holds both, and the command says so.
-index status asks a running walflow's /metrics instead.`,
+index status asks a running walflow's /status instead.`,
 	subs: []*command{indexRebuildCommand, indexStatusCommand},
 }
 
@@ -49,10 +47,14 @@ var indexStatusCommand = &command{
 	summary: "Show each index's checkpoint and lag behind the ledger head.",
 	help: `
 status shows each configured index's checkpoint (the last ledger position it has indexed)
-and its lag behind the ledger head. While walflow runs, they come from its /metrics at
+and its lag behind the ledger head. While walflow runs, they come from its /status at
 http.addr, and the phase is live (the head is indexed) or catching_up. Otherwise status
 reads the index store (phase stopped); an index never built shows no checkpoint: walflow
-run, ledger read --index or index rebuild builds it.`,
+run, ledger read --index or index rebuild builds it.
+
+The --json document has the keys ledger_head, ledger_tail, ledger_head_from (where the
+figures come from; operator status and projector status use the same key) and indexes, a
+list of objects with the keys name, phase, checkpoint, lag_events, since and built.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		asJSON := fs.Bool("json", false, "print the indexes as JSON")
@@ -117,10 +119,10 @@ func indexRebuildMain(ctx context.Context, e *env, path, name string) error {
 type indexStatusDoc struct {
 	LedgerHead event.Position `json:"ledger_head"`
 	LedgerTail event.Position `json:"ledger_tail"`
-	// From says where the figures come from: the running walflow's /metrics, or the
-	// index store.
-	From    string        `json:"from"`
-	Indexes []indexStatus `json:"indexes"`
+	// LedgerHeadFrom says where the head and the figures come from: the running walflow's
+	// /status, or the index store (the key every status command uses).
+	LedgerHeadFrom string        `json:"ledger_head_from"`
+	Indexes        []indexStatus `json:"indexes"`
 }
 
 // indexStatus is one index's line of walflow index status.
@@ -179,7 +181,7 @@ func storedIndexes(ctx context.Context, cmd string, c *config, path string) (ind
 		return indexStatusDoc{}, fmt.Errorf("%s: %w", cmd, err)
 	}
 	st := f.led.State()
-	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, From: "the index store " + indexDir(c), Indexes: []indexStatus{}}
+	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, LedgerHeadFrom: "the index store " + indexDir(c), Indexes: []indexStatus{}}
 	for _, s := range sts {
 		doc.Indexes = append(doc.Indexes, indexStatus{Name: s.Indexer, Phase: s.Phase.String(), Checkpoint: s.Checkpoint,
 			LagEvents: s.Lag, Since: s.Since, Built: s.Stored})
@@ -187,103 +189,44 @@ func storedIndexes(ctx context.Context, cmd string, c *config, path string) (ind
 	return doc, nil
 }
 
-var (
-	indexMetricRE  = regexp.MustCompile(`^walflow_index_(checkpoint_position|lag_events)\{index="([a-z0-9_]+)"\} (\S+)$`)
-	ledgerMetricRE = regexp.MustCompile(`^walflow_ledger_(head|tail)_position (\S+)$`)
-)
-
-// runningIndexes reads the indexes' progress from the /metrics of the walflow running at
-// http.addr; ok is false when none answers. Phase is live when an index has indexed the
-// head, catching_up otherwise; Since is unknown (0).
+// runningIndexes reads the indexes' progress from the /status of the walflow running at
+// http.addr; ok is false when none answers.
 func runningIndexes(ctx context.Context, c *config) (doc indexStatusDoc, ok bool) {
 	if c.engine.HTTPAddr == "" {
 		return doc, false
 	}
-	url := "http://" + c.engine.HTTPAddr + "/metrics"
-	body, err := getMetrics(ctx, url)
+	url := "http://" + c.engine.HTTPAddr + "/status"
+	st, err := getStatus(ctx, url)
 	if err != nil {
 		return doc, false
 	}
-	byName := map[string]*indexStatus{}
-	var order []string
-	var head, tail bool
-	for line := range strings.Lines(body) {
-		line = strings.TrimSpace(line)
-		if m := ledgerMetricRE.FindStringSubmatch(line); m != nil {
-			v, err := strconv.ParseFloat(m[2], 64)
-			if err != nil {
-				return doc, false
-			}
-			if m[1] == "head" {
-				doc.LedgerHead, head = event.Position(v), true
-			} else {
-				doc.LedgerTail, tail = event.Position(v), true
-			}
-			continue
-		}
-		m := indexMetricRE.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		v, err := strconv.ParseFloat(m[3], 64)
-		if err != nil {
-			return doc, false
-		}
-		s := byName[m[2]]
-		if s == nil {
-			s = &indexStatus{Name: m[2], Built: true}
-			byName[m[2]] = s
-			order = append(order, m[2])
-		}
-		if m[1] == "checkpoint_position" {
-			s.Checkpoint = event.Position(v)
-		} else {
-			s.LagEvents = uint64(v)
-		}
-	}
-	if !head || !tail {
-		return doc, false // not a walflow
-	}
-	doc.From = "the running walflow at " + url
-	doc.Indexes = []indexStatus{}
-	// The configured indexes first, in order, then those only the running walflow has.
+	doc = indexStatusDoc{LedgerHead: event.Position(st.LedgerHead), LedgerTail: event.Position(st.LedgerTail),
+		LedgerHeadFrom: "the running walflow at " + url, Indexes: []indexStatus{}}
+	byName := map[string]index.Status{}
 	names := indexNames(c)
-	for _, n := range order {
-		if !slices.Contains(names, n) {
-			names = append(names, n)
+	for _, s := range st.Indexes {
+		byName[s.Indexer] = s
+		// The configured indexes first, in order, then those only the running walflow has.
+		if !slices.Contains(names, s.Indexer) {
+			names = append(names, s.Indexer)
 		}
 	}
 	for _, n := range names {
-		s := byName[n]
-		if s == nil {
+		s, ok := byName[n]
+		if !ok {
 			// Configured, but not in the running walflow: its configuration differs.
 			doc.Indexes = append(doc.Indexes, indexStatus{Name: n, Phase: "not_running"})
 			continue
 		}
-		s.Phase = index.CatchingUp.String()
-		if s.LagEvents == 0 {
-			s.Phase = index.Live.String()
-		}
-		doc.Indexes = append(doc.Indexes, *s)
+		doc.Indexes = append(doc.Indexes, indexStatus{Name: n, Phase: s.Phase.String(), Checkpoint: s.Checkpoint,
+			LagEvents: s.Lag, Since: s.Since, Built: s.Stored})
 	}
 	return doc, true
 }
 
-// getMetrics fetches a running walflow's /metrics.
-func getMetrics(ctx context.Context, url string) (string, error) {
-	body, status, err := fetch(ctx, url, 16<<20)
-	if err != nil {
-		return "", err
-	}
-	if status != "" {
-		return "", fmt.Errorf("%s answered %s", url, status)
-	}
-	return string(body), nil
-}
-
 // writeIndexStatus prints the indexes for people.
 func writeIndexStatus(w io.Writer, doc *indexStatusDoc) {
-	fmt.Fprintf(w, "ledger head: position %d (from %s)\n\n", doc.LedgerHead, doc.From)
+	fmt.Fprintf(w, "ledger head: position %d (from %s)\n\n", doc.LedgerHead, doc.LedgerHeadFrom)
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "INDEX\tCHECKPOINT\tLAG\tPHASE\tSINCE")
 	unbuilt := false

@@ -230,7 +230,7 @@ indexes:
 	}
 	// index status asks the running walflow.
 	doc := indexStatusJSON(t, path)
-	if doc.From != "the running walflow at http://"+addr+"/metrics" || doc.LedgerHead != 7 || len(doc.Indexes) != 2 {
+	if doc.LedgerHeadFrom != "the running walflow at http://"+addr+"/status" || doc.LedgerHead != 7 || len(doc.Indexes) != 2 {
 		t.Errorf("index status while walflow runs: %+v", doc)
 	}
 	for _, s := range doc.Indexes {
@@ -240,7 +240,7 @@ indexes:
 	}
 	r := runCLI(ctx, noEnv, "index", "status", "--config", path)
 	for _, want := range []string{
-		"ledger head: position 7 (from the running walflow at http://" + addr + "/metrics)\n",
+		"ledger head: position 7 (from the running walflow at http://" + addr + "/status)\n",
 		"INDEX     CHECKPOINT   LAG   PHASE   SINCE\n",
 		"by_post   7            0     live    -\n",
 	} {
@@ -338,7 +338,7 @@ indexes:
 		t.Fatal(err)
 	}
 	doc = indexStatusJSON(t, path)
-	if doc.From != "the index store "+data+".index" || doc.LedgerHead != 7 || len(doc.Indexes) != 3 || !doc.Indexes[0].Built || doc.Indexes[0].Checkpoint != 7 || doc.Indexes[0].LagEvents != 0 ||
+	if doc.LedgerHeadFrom != "the index store "+data+".index" || doc.LedgerHead != 7 || len(doc.Indexes) != 3 || !doc.Indexes[0].Built || doc.Indexes[0].Checkpoint != 7 || doc.Indexes[0].LagEvents != 0 ||
 		doc.Indexes[2].Name != "by_table" || doc.Indexes[2].Built || doc.Indexes[2].LagEvents != 7 || doc.Indexes[2].Phase != "stopped" {
 		t.Errorf("index status with a new index: %+v", doc)
 	}
@@ -414,6 +414,11 @@ func indexStatusJSON(t *testing.T, path string) indexStatusDoc {
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
 		t.Fatalf("index status --json printed %q: %v", r.stdout, err)
+	}
+	// The source of the head has the key every status command gives it.
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(r.stdout), &keys); err != nil || keys["ledger_head_from"] == nil || keys["from"] != nil {
+		t.Errorf("index status --json has no ledger_head_from key (or a from key):\n%s", r.stdout)
 	}
 	return doc
 }

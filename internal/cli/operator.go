@@ -43,7 +43,7 @@ slot; status, restart and skip take --instance SLOT to act on another one.`,
 
 // configFlag declares --config on fs.
 func configFlag(fs *flag.FlagSet) *string {
-	return fs.String("config", ConfigFileDefault, "the configuration `file`")
+	return fs.String("config", ConfigFileDefault, "the configuration `FILE`")
 }
 
 // nameFlags are the flags of a command on one NAME with --config: run gets the

@@ -30,7 +30,7 @@ last committed batch (--restart starts over). Progress goes to stderr: a bar on 
 terminal, a line every 2 seconds otherwise.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
-		batch := fs.Int("batch", operator.BackfillBatchDefault, "how many `ids` to recompute per transaction")
+		batch := fs.Int("batch", operator.BackfillBatchDefault, "recompute `N` ids per transaction")
 		restart := fs.Bool("restart", false, "start over instead of resuming an interrupted backfill")
 		return func(ctx context.Context, e *env, args []string) error {
 			return operatorBackfillMain(ctx, e, *path, args[0], *batch, *restart)
@@ -57,11 +57,12 @@ func operatorBackfillMain(ctx context.Context, e *env, path, name string, batch 
 		if errors.Is(err, operator.ErrBackfillRunning) {
 			return fmt.Errorf("%s: another backfill of %s is running (in this or another process); wait for it or stop it, then run this again", oc.name, name)
 		}
-		// Backfill's errors say "operator: backfill of NAME: ...", which the command's name
-		// already says.
-		msg := strings.TrimPrefix(err.Error(), "operator: ")
-		msg = strings.TrimPrefix(msg, "backfill of "+name+": ")
-		return fmt.Errorf("%s: %s", oc.name, msg)
+		// The command's name already says which backfill failed.
+		var be *operator.BackfillError
+		if errors.As(err, &be) {
+			err = be.Err
+		}
+		return fmt.Errorf("%s: %w", oc.name, err)
 	}
 	fmt.Fprintf(e.stdout, "Backfilled %s in %s: every %s row was recomputed from %s.\n",
 		name, roundElapsed(time.Since(started)), op.Target, strings.Join(op.Entities, " and "))

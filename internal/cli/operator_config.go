@@ -2,14 +2,13 @@ package cli
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
@@ -71,9 +70,6 @@ var (
 // tableRE is a table name, optionally schema-qualified, as operator.SQL accepts it.
 var tableRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
 
-// operatorNameRE finds the operator an operator.New error is about.
-var operatorNameRE = regexp.MustCompile(`^operator (\S+?):? `)
-
 // operators validates operators and operator_defaults into e, after e.Tables.
 func (l *loader) operators(fc *fileConfig, e *walflow.Config) error {
 	for _, name := range l.order["operators"] {
@@ -85,20 +81,17 @@ func (l *loader) operators(fc *fileConfig, e *walflow.Config) error {
 	}
 	if len(e.Operators) > 1 {
 		// Each operator passed alone; together they may feed one another.
-		if _, err := operator.New(operator.Config{DB: validationPool, Operators: e.Operators}); err != nil {
-			path, name := "operators", ""
-			if m := operatorNameRE.FindStringSubmatch(err.Error()); m != nil && fc.Operators[m[1]] != nil {
-				path, name = joinPath("operators", m[1]), m[1]
+		if err := operator.Validate(e.Operators); err != nil {
+			path := "operators"
+			var ce *operator.ConfigError
+			if errors.As(err, &ce) && fc.Operators[ce.Operator] != nil {
+				path = joinPath("operators", ce.Operator)
 			}
-			return l.errKey(path, "%s", operatorProblem(err, name))
+			return l.errKey(path, "%s", operatorProblem(err))
 		}
 	}
 	return l.operatorDefaults(&fc.OperatorDefaults, e)
 }
-
-// validationPool is the DB operator.New is given to validate operators: New only checks
-// that it is set, and neither connects nor starts anything.
-var validationPool = new(pgxpool.Pool)
 
 // operator validates one entry of operators, naming the key of each mistake.
 func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (operator.SQL, error) {
@@ -190,9 +183,9 @@ func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (o
 	}
 	op.Query = oc.Query
 
-	// Whatever else operator.New refuses, it refuses here, at the operator's key.
-	if _, err := operator.New(operator.Config{DB: validationPool, Operators: []operator.Operator{op}}); err != nil {
-		return op, l.errKey(path, "%s", operatorProblem(err, name))
+	// Whatever else operator.Validate (and so operator.New) refuses, it refuses here, at the operator's key.
+	if err := operator.Validate([]operator.Operator{op}); err != nil {
+		return op, l.errKey(path, "%s", operatorProblem(err))
 	}
 	return op, nil
 }
@@ -244,16 +237,14 @@ func (l *loader) operatorDefaults(dc *operatorDefaultsConfig, e *walflow.Config)
 	return nil
 }
 
-// operatorProblem strips the "operator NAME: ", "operator NAME " or "operator: " that
-// starts operator.New's errors: the key path already names the operator.
-func operatorProblem(err error, name string) string {
-	msg := err.Error()
-	for _, prefix := range []string{"operator " + name + ": ", "operator " + name + " ", "operator: "} {
-		if strings.HasPrefix(msg, prefix) {
-			return strings.TrimPrefix(msg, prefix)
-		}
+// operatorProblem is an operator.Validate error without the operator's name, which the key
+// path already says.
+func operatorProblem(err error) string {
+	var ce *operator.ConfigError
+	if errors.As(err, &ce) {
+		return ce.Err.Error()
 	}
-	return msg
+	return err.Error()
 }
 
 // bareName returns a table name without its schema, as events name tables.

@@ -450,6 +450,20 @@ operator_defaults:
 			t.Errorf("operator status after run: %s at %d of %d: %+v", o.Name, o.Position, *doc.LedgerHead, o)
 		}
 	}
+	// status, stopped, reads the same stored positions (not the 0 of a runner not started).
+	st, sr := statusJSON(t, path)
+	if len(st.Operators) != 2 {
+		t.Fatalf("status --json after run: exit %d, %+v\n%s", sr.code, st, sr.stderr)
+	}
+	for _, o := range st.Operators {
+		if want := doc.operator(o.Name); o.Position == 0 || o.Position != want.Position || o.Halted != want.Halted {
+			t.Errorf("status --json after run: %s at %d, halted %v; operator status says %d, halted %v", o.Name, o.Position, o.Halted, want.Position, want.Halted)
+		}
+	}
+	sr = runCLI(ctx, noEnv, "status", "--config", path)
+	if re := fmt.Sprintf(`(?m)^operator comment_audit +position %d, 0 behind the head$`, doc.operator("comment_audit").Position); !regexp.MustCompile(re).MatchString(sr.stdout) {
+		t.Errorf("status after run does not match %s:\n%s", re, sr.stdout)
+	}
 
 	if err := pool.QueryRow(ctx, derivedMismatches).Scan(&n); err != nil || n == 0 {
 		t.Fatalf("before the backfill, %d derived rows differ from a recomputation (%v); want some", n, err)

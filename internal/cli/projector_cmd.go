@@ -8,7 +8,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -45,7 +44,7 @@ before it is applied), its lag behind the ledger head, where it runs (the databa
 of the process holding its lock: pid and client address), whether it is halted, the error that
 halted it and the position of the event it failed on; for a projector in sequence mode,
 how far it has read (seen) and the next number each sequence expects. The ledger head comes
-from the running walflow at http.addr (its /metrics, which also gives the live position of
+from the running walflow at http.addr (its /status, which also gives the live position of
 the projectors it runs), or from the ledger directory when no walflow answers and none holds
 it, and is unknown otherwise. When walflow.projectors does not exist, no projector has run
 against this database yet: status says so and exits 0.
@@ -182,7 +181,7 @@ type projectorStatus struct {
 	Name string `json:"name"`
 	// Position is the stored resume position: every event at or before it is applied.
 	Position event.Position `json:"position"`
-	// RunningPosition is the projector's position in the running walflow's /metrics; null
+	// RunningPosition is the projector's position in the running walflow's /status; null
 	// when no running walflow reports it. It may be ahead of Position: a projector saves
 	// after each batch it applies, not after events it filters out.
 	RunningPosition *event.Position `json:"running_position"`
@@ -330,21 +329,19 @@ type projectorHeadView struct {
 	running map[string]event.Position
 }
 
-// projectorMetricRE matches a projector's position in /metrics; the label value is quoted
-// with Prometheus' escapes (\\, \" and \n).
-var projectorMetricRE = regexp.MustCompile(`^walflow_projector_position\{projector="((?:[^"\\]|\\.)*)"\} (\S+)$`)
-
 // projectorHead reads the ledger head, and the live projector positions: from the running
-// walflow's /metrics, else from the ledger directory when no process holds it.
+// walflow's /status, else from the ledger directory when no process holds it.
 func projectorHead(ctx context.Context, c *config) projectorHeadView {
 	v := projectorHeadView{running: map[string]event.Position{}}
 	if c.engine.HTTPAddr != "" {
-		url := "http://" + c.engine.HTTPAddr + "/metrics"
-		if body, err := getMetrics(ctx, url); err == nil && parseProjectorMetrics(body, &v) {
-			v.from = "the running walflow at " + url
+		url := "http://" + c.engine.HTTPAddr + "/status"
+		if st, err := getStatus(ctx, url); err == nil {
+			v.head, v.known, v.from = event.Position(st.LedgerHead), true, "the running walflow at "+url
+			for _, p := range st.Projectors {
+				v.running[p.Name] = p.Position
+			}
 			return v
 		}
-		clear(v.running)
 	}
 	led, why := openLedgerForHead(ctx, c)
 	if led == nil {
@@ -379,38 +376,6 @@ func openLedgerForHead(ctx context.Context, c *config) (ledger.Ledger, string) {
 		return nil, noEngine + " and the ledger " + dir + " could not be opened: " + err.Error()
 	}
 	return led, ""
-}
-
-// parseProjectorMetrics reads the ledger head and the projectors' positions from a
-// /metrics body into v; it reports false when the body has no ledger head (not a walflow).
-func parseProjectorMetrics(body string, v *projectorHeadView) bool {
-	for line := range strings.Lines(body) {
-		line = strings.TrimSpace(line)
-		if m := ledgerMetricRE.FindStringSubmatch(line); m != nil && m[1] == "head" {
-			f, err := strconv.ParseFloat(m[2], 64)
-			if err != nil {
-				return false
-			}
-			v.head, v.known = event.Position(f), true
-			continue
-		}
-		if m := projectorMetricRE.FindStringSubmatch(line); m != nil {
-			f, err := strconv.ParseFloat(m[2], 64)
-			if err != nil {
-				continue
-			}
-			v.running[unescapeLabel(m[1])] = event.Position(f)
-		}
-	}
-	return v.known
-}
-
-// unescapeLabel undoes the Prometheus text format's escaping of a label value.
-func unescapeLabel(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	return strings.NewReplacer(`\\`, `\`, `\"`, `"`, `\n`, "\n").Replace(s)
 }
 
 func projectorResetMain(ctx context.Context, e *env, path, name string) error {

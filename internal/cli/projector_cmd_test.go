@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger/disk"
@@ -238,7 +239,7 @@ func TestProjectorWithoutTable(t *testing.T) {
 	}
 }
 
-// TestProjectorStatusHead: the lag comes from a running walflow's /metrics (with the
+// TestProjectorStatusHead: the lag comes from a running walflow's /status (with the
 // projectors' live positions), else from the ledger directory unless it is held.
 func TestProjectorStatusHead(t *testing.T) {
 	t.Parallel()
@@ -279,29 +280,32 @@ func TestProjectorStatusHead(t *testing.T) {
 		t.Errorf("projector status from the ledger:\n%s", r.stdout)
 	}
 
-	// A running walflow's /metrics: its head and its live positions.
+	// A running walflow's /status: its head and its live positions. The /metrics beside it
+	// disagree, so that reading them shows.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/metrics" {
+		switch r.URL.Path {
+		case "/status":
+			_ = json.NewEncoder(w).Encode(walflow.Status{Slot: "walflow", LedgerHead: 50, Projectors: []projector.Status{
+				{Name: "balances", Phase: projector.Live, Position: 45, Head: 50, Lag: 5},
+				{Name: `odd "name"`, Phase: projector.Standby, Position: 1, Head: 50, Lag: 49},
+			}})
+		case "/metrics":
+			fmt.Fprint(w, "walflow_ledger_head_position 999\nwalflow_projector_position{projector=\"balances\"} 998\n")
+		default:
 			http.NotFound(w, r)
-			return
 		}
-		fmt.Fprint(w, "# HELP walflow_ledger_head_position last durable ledger position\n# TYPE walflow_ledger_head_position gauge\n"+
-			"walflow_ledger_head_position 50\nwalflow_ledger_tail_position 0\n"+
-			"walflow_projector_position{projector=\"balances\"} 45\n"+
-			"walflow_projector_position{projector=\"odd \\\"name\\\"\"} 1\n"+
-			"walflow_projector_lag_events{projector=\"balances\"} 5\n")
 	}))
 	defer srv.Close()
 	path = projectorConfigFile(t, dsn, strings.TrimPrefix(srv.URL, "http://"))
 	doc, _ = projectorStatusJSON(t, path)
-	if doc.LedgerHead == nil || *doc.LedgerHead != 50 || doc.LedgerHeadFrom != "the running walflow at "+srv.URL+"/metrics" {
-		t.Fatalf("projector status from /metrics: %+v", doc)
+	if doc.LedgerHead == nil || *doc.LedgerHead != 50 || doc.LedgerHeadFrom != "the running walflow at "+srv.URL+"/status" {
+		t.Fatalf("projector status from /status: %+v", doc)
 	}
 	want := map[string]struct{ running, lag uint64 }{"balances": {45, 5}, `odd "name"`: {1, 49}}
 	for _, p := range doc.Projectors {
 		w := want[p.Name]
 		if p.RunningPosition == nil || *p.RunningPosition != event.Position(w.running) || p.LagEvents == nil || *p.LagEvents != w.lag {
-			t.Errorf("projector status from /metrics: %+v, want running position %d, lag %d", p, w.running, w.lag)
+			t.Errorf("projector status from /status: %+v, want running position %d, lag %d", p, w.running, w.lag)
 		}
 	}
 	r = runCLI(ctx, noEnv, "projector", "status", "--config", path)
@@ -311,7 +315,7 @@ func TestProjectorStatusHead(t *testing.T) {
 		`(?m)^running: the position in the running walflow, not saved yet`,
 	} {
 		if !regexp.MustCompile(re).MatchString(r.stdout) {
-			t.Errorf("projector status from /metrics does not match %s:\n%s", re, r.stdout)
+			t.Errorf("projector status from /status does not match %s:\n%s", re, r.stdout)
 		}
 	}
 }

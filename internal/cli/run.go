@@ -26,7 +26,7 @@ default) on the same address. Ctrl-C or SIGTERM stops it cleanly: open realtime 
 end with their resume position, what was appended is synced and acknowledged to the slot,
 and the exit code is 0.`,
 	flags: func(fs *flag.FlagSet) execFunc {
-		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
+		path := fs.String("config", ConfigFileDefault, "the configuration `FILE`")
 		return func(ctx context.Context, e *env, _ []string) error { return runMain(ctx, e, *path) }
 	},
 }

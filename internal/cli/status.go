@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/source/pgwal"
 )
@@ -32,12 +32,22 @@ var statusCommand = &command{
 status asks the running engine (GET http://<http.addr>/status). When none answers, it opens
 the ledger itself and measures the slot in PostgreSQL. It prints the slot (active or not),
 its confirmed LSN, the WAL it retains and how far it lags, the ledger's head position and
-last commit LSN, the operators of this instance (the configured slot's: several walflows,
-each with its own slot and ledger, may share a database) and, from a running engine, every
-budget of alerts that is crossed. The exit code is 1 when the slot could not be read, or
-when the walflow answering on http.addr follows another slot.`,
+last commit LSN, each operator of this instance (the configured slot's: several walflows,
+each with its own slot and ledger, may share a database) with its position, from the
+running engine or else as stored in walflow.operators (as walflow operator status shows
+it), and, from a running engine, every budget of alerts that is crossed. An operator's
+position is the ledger position through which it has applied every event of its entities;
+its checkpoint (walflow operator status --json) is what walflow.operators stores, which
+moves only with its own events, so the position may be ahead of it. The exit code is 1
+when the slot could not be read, or when the walflow answering on http.addr follows
+another slot.
+
+The --json document is the engine's /status (walflow.Status): the slot, the ledger and the
+operators, and from a running engine its indexes and projectors, under the keys that
+walflow index status --json and walflow projector status --json use (name, phase,
+checkpoint or position, lag_events).`,
 	flags: func(fs *flag.FlagSet) execFunc {
-		path := fs.String("config", ConfigFileDefault, "the configuration `file`")
+		path := fs.String("config", ConfigFileDefault, "the configuration `FILE`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
 		return func(ctx context.Context, e *env, _ []string) error { return statusMain(ctx, e, *path, *asJSON) }
 	},
@@ -67,7 +77,7 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 		writeStatus(e.stdout, st, src)
 	}
 	if st.SlotError != "" {
-		return fmt.Errorf("status: slot %s: %s", st.Slot, strings.TrimPrefix(st.SlotError, "walflow: "))
+		return fmt.Errorf("status: slot %s: %s", st.Slot, st.SlotError)
 	}
 	return nil
 }
@@ -107,37 +117,58 @@ func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, 
 		return walflow.Status{}, statusSource{}, fmt.Errorf("status: no engine answers on %s, and opening its ledger failed (an engine running without http.addr holds it): %w", shownAddr(c.engine.HTTPAddr), err)
 	}
 	st := eng.Status(ctx)
+	src := statusSource{where: where}
+	src.opsErr = storedOperators(ctx, c, eng.Ledger(), &st)
 	if err := eng.Close(); err != nil {
 		return walflow.Status{}, statusSource{}, fmt.Errorf("status: close the ledger: %w", err)
 	}
-	src := statusSource{where: where}
-	st.Operators, src.opsErr = storedOperators(ctx, c, st.Slot)
 	return st, src, nil
 }
 
-// storedOperators reads the checkpoints of instance's operators, for a status without a
-// running walflow: nil when none is configured or walflow never ran them.
-func storedOperators(ctx context.Context, c *config, instance string) ([]operator.Info, error) {
-	if len(c.engine.Operators) == 0 {
-		return nil, nil
+// storedOperators sets the operators of a status read while walflow is not running to
+// their stored state in walflow.operators for this instance (st.Slot), as walflow operator
+// status shows it: the position is the checkpoint, or later when the ledger's events after
+// it are all of other tables. It leaves them at position 0 when no walflow has run in the
+// database, and returns why they could not be read otherwise.
+func storedOperators(ctx context.Context, c *config, led ledger.Ledger, st *walflow.Status) error {
+	if len(st.Operators) == 0 {
+		return nil
 	}
 	pool, err := pgxpool.New(ctx, c.engine.DatabaseURL)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer pool.Close()
-	stored, err := operator.Statuses(ctx, pool, instance)
+	stored, err := operator.Statuses(ctx, pool, st.Slot)
 	if isUndefinedTable(err) {
-		return nil, nil
+		return nil
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out := make([]operator.Info, len(stored))
-	for i, s := range stored {
-		out[i] = operator.Info{Name: s.Name, Position: s.Position, Halted: s.Halted}
+	for i := range st.Operators {
+		o := &st.Operators[i]
+		for _, s := range stored {
+			if s.Name != o.Name {
+				continue
+			}
+			o.Position, o.Halted = s.Position, s.Halted
+			keys := make([]string, len(o.Entities))
+			for j, ent := range o.Entities {
+				keys[j] = bareName(ent)
+			}
+			// The operator has applied everything before the next event of its entities.
+			evs, err := led.ReadKeys(ctx, keys, s.Position, 1)
+			switch {
+			case err != nil:
+			case len(evs) == 0:
+				o.Position = max(o.Position, event.Position(st.LedgerHead))
+			default:
+				o.Position = max(o.Position, evs[0].Position-1)
+			}
+		}
 	}
-	return out, nil
+	return nil
 }
 
 // shownAddr names the HTTP address in errors.
@@ -217,9 +248,6 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 	}
 	for _, o := range st.Operators {
 		state := fmt.Sprintf("position %d, %d behind the head", o.Position, st.LedgerHead-min(st.LedgerHead, uint64(o.Position)))
-		if !src.running {
-			state = fmt.Sprintf("stored position %d", o.Position)
-		}
 		if o.Halted {
 			state += ", HALTED: see walflow operator status"
 		}

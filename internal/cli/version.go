@@ -15,18 +15,44 @@ var Version = ""
 
 var versionCommand = &command{
 	name:    "version",
-	args:    "",
+	args:    "[--json]",
 	summary: "Print walflow's version.",
+	help: `
+The --json document has the keys version ("devel" for a build without one), revision (the
+commit, "" when unknown, ending in +dirty for modified sources), go, os and arch.`,
 	flags: func(fs *flag.FlagSet) execFunc {
+		asJSON := fs.Bool("json", false, "print the version as JSON")
 		return func(_ context.Context, e *env, _ []string) error {
-			fmt.Fprintln(e.stdout, versionString())
+			b := buildVersion()
+			if *asJSON {
+				return printJSON(e.stdout, b)
+			}
+			fmt.Fprintln(e.stdout, b.String())
 			return nil
 		}
 	},
 }
 
-// versionString is "walflow VERSION (REVISION, GOVERSION, OS/ARCH)".
-func versionString() string {
+// versionDoc is walflow version --json.
+type versionDoc struct {
+	Version  string `json:"version"`
+	Revision string `json:"revision"`
+	Go       string `json:"go"`
+	OS       string `json:"os"`
+	Arch     string `json:"arch"`
+}
+
+// String is "walflow VERSION (REVISION, GOVERSION, OS/ARCH)".
+func (b versionDoc) String() string {
+	details := b.Go + ", " + b.OS + "/" + b.Arch
+	if b.Revision != "" {
+		details = b.Revision + ", " + details
+	}
+	return "walflow " + b.Version + " (" + details + ")"
+}
+
+// buildVersion reads the version from Version and the build information.
+func buildVersion() versionDoc {
 	v, rev := Version, ""
 	if info, ok := debug.ReadBuildInfo(); ok {
 		if v == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
@@ -49,9 +75,5 @@ func versionString() string {
 	if v == "" {
 		v = "devel"
 	}
-	details := runtime.Version() + ", " + runtime.GOOS + "/" + runtime.GOARCH
-	if rev != "" {
-		details = rev + ", " + details
-	}
-	return "walflow " + v + " (" + details + ")"
+	return versionDoc{Version: v, Revision: rev, Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
 }
