@@ -51,8 +51,8 @@ Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`
 		d := fs.Duration("duration", 0, "stop after writing for `D`, a duration like 30s (default: until Ctrl-C)")
 		every := fs.Duration("write-every", demoWriteTick, "make a change to the blog every `D`; 0 turns the writer off")
 		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
-		httpAddr := fs.String("http", "", "serve the web page and the HTTP endpoints on this `host:port` (default: a free port of 127.0.0.1)")
-		port := fs.String("port", "", "serve the web page and the HTTP endpoints on this `port` of 127.0.0.1 (default: a free one)")
+		httpAddr := fs.String("http", "", "serve the web page and the HTTP endpoints on this `ADDR` (host:port; default: a free port of 127.0.0.1)")
+		port := fs.String("port", "", "serve the web page and the HTTP endpoints on this port `N` of 127.0.0.1 (default: a free one)")
 		return func(ctx context.Context, e *env, _ []string) error {
 			addr, err := demoHTTPAddr(fs, *httpAddr, *port)
 			if err != nil {

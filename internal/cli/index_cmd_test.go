@@ -73,7 +73,9 @@ func TestIndexCommandsWithoutFiles(t *testing.T) {
 		}
 		return path
 	}
-	disk := write("disk.yaml", "database_url: postgres://app@127.0.0.1:1/app\nindexes:\n  by_post: {field: post_id}\n")
+	// No HTTP address: a walflow another test (or a developer) runs on the default one is not
+	// this configuration's.
+	disk := write("disk.yaml", "database_url: postgres://app@127.0.0.1:1/app\nhttp: {addr: \"\"}\nindexes:\n  by_post: {field: post_id}\n")
 	memory := write("memory.yaml", "database_url: postgres://app@127.0.0.1:1/app\ntemporary_slot: true\nledger: {backend: memory}\nindexes:\n  by_post: {field: post_id}\n")
 	none := write("none.yaml", "database_url: postgres://app@127.0.0.1:1/app\n")
 	tests := []struct {

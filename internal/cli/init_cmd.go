@@ -21,7 +21,7 @@ every key commented: the example of a blog with posts, comments and an operator 
 their counts. Edit database_url and tables (and remove what you do not use), then start
 walflow run. It does not overwrite an existing file unless given --force.`,
 	flags: func(fs *flag.FlagSet) execFunc {
-		path := fs.String("config", ConfigFileDefault, "the configuration `file` to write")
+		path := fs.String("config", ConfigFileDefault, "the configuration `FILE` to write")
 		force := fs.Bool("force", false, "overwrite the file if it exists")
 		return func(_ context.Context, e *env, _ []string) error { return initMain(e, *path, *force) }
 	},

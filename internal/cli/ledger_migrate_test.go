@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -55,7 +56,7 @@ func TestLedgerMigrate(t *testing.T) {
 	}
 	// While the pebble ledger is held, migrate says so.
 	r = runCLI(ctx, noEnv, "ledger", "migrate", "--config", path)
-	if r.code != ExitFailure || !strings.Contains(r.stderr, "is in use by a running walflow") {
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "is in use by process "+strconv.Itoa(os.Getpid())) {
 		t.Fatalf("ledger migrate of a held ledger: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	if err := src.Close(); err != nil {

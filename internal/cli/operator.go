@@ -72,7 +72,7 @@ func instanceFlags(run func(ctx context.Context, e *env, path, instance, name st
 
 // instanceFlag declares --instance on fs.
 func instanceFlag(fs *flag.FlagSet) *string {
-	return fs.String("instance", "", "the walflow instance (its slot `name`) whose operators to act on; default: the configured slot's")
+	return fs.String("instance", "", "the walflow instance (its `SLOT` name) whose operators to act on; default: the configured slot's")
 }
 
 var operatorStatusCommand = &command{

@@ -34,7 +34,7 @@ change the backfill does not see reaches the ledger. If it is interrupted, the c
 is reset already: finish with walflow operator backfill NAME, which resumes.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
-		batch := fs.Int("batch", operator.BackfillBatchDefault, "how many `ids` to recompute per transaction")
+		batch := fs.Int("batch", operator.BackfillBatchDefault, "recompute `N` ids per transaction")
 		return func(ctx context.Context, e *env, args []string) error {
 			return operatorResetMain(ctx, e, *path, args[0], *batch)
 		}
