@@ -463,14 +463,21 @@ func (st *stream) handleMessage(ctx context.Context, data []byte) error {
 		if st.inTx {
 			return fmt.Errorf("%w: Begin inside a transaction", ErrProtocol)
 		}
-		st.inTx, st.ordinal = true, 0
+		st.ordinal = 0
 		st.tx = event.TxMeta{CommitLSN: m.FinalLSN, XID: m.XID, CommitTime: m.CommitTime}
 		st.skipTx = m.FinalLSN <= st.lastCommit
 		if st.skipTx {
+			st.inTx = true
 			st.src.stats.TxSkipped.Add(1)
 			return nil
 		}
-		return st.sink.BeginTx(ctx, st.tx)
+		// inTx only once the sink holds the transaction: a Begin the sink refused (the stop
+		// cancelled it) leaves nothing to abort at stop.
+		if err := st.sink.BeginTx(ctx, st.tx); err != nil {
+			return err
+		}
+		st.inTx = true
+		return nil
 	case commitMsg:
 		if !st.inTx {
 			return fmt.Errorf("%w: Commit outside a transaction", ErrProtocol)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -736,5 +737,60 @@ func TestAckRecordedBeforeSent(t *testing.T) {
 	}
 	if confirmedMoves < 3 {
 		t.Fatalf("the slot's confirmed position moved %d times while the writer ran; the check saw too little", confirmedMoves)
+	}
+}
+
+// beginFailer refuses every BeginTx once failing is set, as a ledger does when the stop
+// cancelled the call.
+type beginFailer struct {
+	*memory.Ledger
+	failing *atomic.Bool
+	refused chan struct{}
+	once    *sync.Once
+}
+
+var errBeginRefused = errors.New("begin refused")
+
+func (s beginFailer) BeginTx(ctx context.Context, meta event.TxMeta) error {
+	if s.failing.Load() {
+		s.once.Do(func() { close(s.refused) })
+		return errBeginRefused
+	}
+	return s.Ledger.BeginTx(ctx, meta)
+}
+
+// TestBeginRefusedLeavesNothingToAbort: a transaction the ledger refused to begin is not
+// open, so the session ends with the refusal alone, not also a failed abort of a
+// transaction the ledger never had (seen when a stop cancelled BeginTx).
+func TestBeginRefusedLeavesNothingToAbort(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, `CREATE TABLE t (id serial PRIMARY KEY)`)
+	var logs syncbuf.Buffer
+	cfg := h.config("t")
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	src, err := pgwal.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	failing.Store(true)
+	sink := beginFailer{h.led, &failing, make(chan struct{}), new(sync.Once)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, sink) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(logs.String(), "replication session ended") {
+		h.exec(`INSERT INTO t DEFAULT VALUES`)
+		if time.Now().After(deadline) {
+			t.Fatalf("no session ended on the refused BeginTx within 60s:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil && !errors.Is(err, errBeginRefused) {
+		t.Fatalf("Run returned %v", err)
+	}
+	if out := logs.String(); !strings.Contains(out, errBeginRefused.Error()) || strings.Contains(out, "abort the open transaction") {
+		t.Fatalf("the session ended with more than the refused BeginTx:\n%s", out)
 	}
 }
