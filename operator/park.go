@@ -90,7 +90,7 @@ func (r *Runner) applyPark(ctx context.Context, o *opState, evs []event.Event, t
 	for _, id := range list {
 		parked[id] = true
 	}
-	newly := 0
+	var newly []event.Position
 	for i := range evs {
 		e := &evs[i]
 		ids, err := o.ids(e)
@@ -114,7 +114,7 @@ func (r *Runner) applyPark(ctx context.Context, o *opState, evs []event.Event, t
 				r.cfg.Instance, o.name, id, int64(e.Position), e.Name, int64(e.LSN), errText); err != nil {
 				return i, fmt.Errorf("park the event at position %d for %s row %s: %w", e.Position, o.name, id, err)
 			}
-			newly++
+			newly = append(newly, e.Position)
 		}
 	}
 	if _, err := tx.Exec(ctx, saveCheckpointSQL, r.checkpointArgs(o, through)...); err != nil {
@@ -123,8 +123,11 @@ func (r *Runner) applyPark(ctx context.Context, o *opState, evs []event.Event, t
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
 	}
-	if newly > 0 {
-		r.refreshParked(ctx)
+	if len(newly) > 0 {
+		// Known before the checkpoint is published (process status), even if the
+		// refresh below fails.
+		o.addParked(newly)
+		_ = r.refreshParked(ctx)
 	}
 	return 0, nil
 }
@@ -267,7 +270,7 @@ func (r *Runner) Discard(ctx context.Context, name, id string) ([]event.Position
 	}
 	r.log.WarnContext(ctx, "discarded parked operator events; their effect was not applied (a backfill of the operator makes the row exact again)",
 		slog.String("operator", name), slog.String("id", id), slog.Any("positions", pos))
-	r.refreshParked(ctx)
+	_ = r.refreshParked(ctx)
 	return pos, nil
 }
 
@@ -302,7 +305,7 @@ func (r *Runner) retryRow(ctx context.Context, o *opState, id string) error {
 			r.cfg.Instance, o.name, id, positions)
 		return err
 	})
-	defer r.refreshParked(ctx)
+	defer func() { _ = r.refreshParked(ctx) }()
 	if err == nil {
 		r.log.InfoContext(ctx, "applied parked operator events", slog.String("operator", o.name), slog.String("id", id), slog.Any("positions", positions))
 		return nil
@@ -343,12 +346,19 @@ func (r *Runner) retryRequested(ctx context.Context) {
 // each change it makes and each control round.
 type parkedState struct {
 	events, ids int
-	// first is the lowest parked position per entity.
-	first map[string]event.Position
+	positions   []event.Position
 }
 
-// refreshParked reads the parked events' counts and first positions.
-func (r *Runner) refreshParked(ctx context.Context) {
+// addParked adds positions to o's parked events.
+func (o *opState) addParked(positions []event.Position) {
+	old := o.parkedOf()
+	n := &parkedState{events: old.events + len(positions), ids: old.ids, positions: slices.Concat(old.positions, positions)}
+	o.parked.Store(n)
+}
+
+// refreshParked reads the parked events of the runner's parking operators, and wakes
+// process status when they changed.
+func (r *Runner) refreshParked(ctx context.Context) error {
 	var names []string
 	for _, o := range r.ops {
 		if o.park {
@@ -356,43 +366,51 @@ func (r *Runner) refreshParked(ctx context.Context) {
 		}
 	}
 	if len(names) == 0 {
-		return
+		return nil
 	}
-	rows, err := r.cfg.DB.Query(context.WithoutCancel(ctx), `SELECT operator, entity, count(*),
-			(SELECT count(DISTINCT derived_id) FROM walflow.operator_parked i WHERE i.instance = p.instance AND i.operator = p.operator), min(position)
-		FROM walflow.operator_parked p WHERE instance = $1 AND operator = ANY($2) GROUP BY instance, operator, entity`, r.cfg.Instance, names)
+	rows, err := r.cfg.DB.Query(context.WithoutCancel(ctx), `SELECT operator, derived_id, position FROM walflow.operator_parked
+		WHERE instance = $1 AND operator = ANY($2) ORDER BY operator, position`, r.cfg.Instance, names)
 	if err != nil {
-		return
+		return fmt.Errorf("operator: read the parked events: %w", err)
 	}
-	defer rows.Close()
 	got := map[string]*parkedState{}
-	for rows.Next() {
-		var op, ent string
-		var n, ids, first int64
-		if err := rows.Scan(&op, &ent, &n, &ids, &first); err != nil {
-			return
-		}
+	ids := map[string]map[string]bool{}
+	var op, id string
+	var pos int64
+	_, err = pgx.ForEachRow(rows, []any{&op, &id, &pos}, func() error {
 		st := got[op]
 		if st == nil {
-			st = &parkedState{first: map[string]event.Position{}}
+			st = &parkedState{}
 			got[op] = st
+			ids[op] = map[string]bool{}
 		}
-		st.events += int(n)
-		st.ids = int(ids)
-		st.first[ent] = event.Position(first)
+		st.events++
+		st.positions = append(st.positions, event.Position(pos))
+		ids[op][id] = true
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("operator: read the parked events: %w", err)
 	}
-	if rows.Err() != nil {
-		return
-	}
+	changed := false
 	for _, o := range r.ops {
-		if o.park {
-			st := got[o.name]
-			if st == nil {
-				st = &parkedState{}
-			}
-			o.parked.Store(st)
+		if !o.park {
+			continue
 		}
+		st := got[o.name]
+		if st == nil {
+			st = &parkedState{}
+		}
+		st.ids = len(ids[o.name])
+		if !slices.Equal(st.positions, o.parkedOf().positions) {
+			changed = true
+		}
+		o.parked.Store(st)
 	}
+	if changed {
+		r.notify()
+	}
+	return nil
 }
 
 // parkedOf returns o's parked state (never nil).
@@ -403,18 +421,15 @@ func (o *opState) parkedOf() *parkedState {
 	return &parkedState{}
 }
 
-// firstParked returns the lowest parked position of o's events of entity, 0 when none.
-func (o *opState) firstParked(entity string) event.Position {
-	return o.parkedOf().first[entity]
-}
-
-// lowestParked returns the lowest parked position of o, 0 when none.
-func (o *opState) lowestParked() event.Position {
-	var low event.Position
-	for _, p := range o.parkedOf().first {
-		if low == 0 || p < low {
-			low = p
+// ParkedPositions returns the ledger positions of the events the runner's operators have
+// parked, as last read; an event is in it before the checkpoint that passes it is
+// published. Process status counts them as not processed (processstatus.Parker).
+func (r *Runner) ParkedPositions() []event.Position {
+	var out []event.Position
+	for _, o := range r.ops {
+		if o.park {
+			out = append(out, o.parkedOf().positions...)
 		}
 	}
-	return low
+	return out
 }

@@ -398,7 +398,12 @@ func (r *Runner) Run(ctx context.Context) error {
 		return err
 	}
 	// Known before an operator runs, so that process status never counts a parked event.
-	r.refreshParked(ctx)
+	if err := r.refreshParked(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	if err := sync(); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -419,7 +424,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.log.WarnContext(ctx, "read operator checkpoints", slog.Any("error", err))
 		}
 		r.retryRequested(ctx)
-		r.refreshParked(ctx)
+		_ = r.refreshParked(ctx) // a failure keeps what is known; the next round reads again
 	}
 }
 
@@ -576,6 +581,11 @@ func (r *Runner) Checkpoint(ctx context.Context) (event.Position, error) {
 // advance publishes an operator's new committed position.
 func (r *Runner) advance(o *opState, pos event.Position) {
 	o.through.Store(uint64(pos))
+	r.notify()
+}
+
+// notify closes the Changed channel.
+func (r *Runner) notify() {
 	r.chMu.Lock()
 	close(r.changed)
 	r.changed = make(chan struct{})
@@ -802,10 +812,6 @@ func (r *Runner) CommittedThrough(entity string) event.Position {
 	for _, o := range r.ops {
 		if slices.Contains(o.keys, entity) {
 			p := event.Position(o.through.Load())
-			if f := o.firstParked(entity); f > 0 && f <= p {
-				// A parked event is not processed: neither is any later one of its entity.
-				p = f - 1
-			}
 			if !found || p < through {
 				through = p
 			}
