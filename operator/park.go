@@ -241,6 +241,9 @@ func (r *Runner) Retry(ctx context.Context, name, id string) error {
 	if r.cfg.Ledger == nil {
 		return errors.New("operator: Config.Ledger is nil; a retry reads the parked events from the ledger")
 	}
+	if o.applyID == nil {
+		return fmt.Errorf("operator %s: a Func operator without ID cannot apply parked events; set its ID and OnFailure Park, or discard them", name)
+	}
 	rows, err := r.cfg.DB.Query(ctx, `SELECT DISTINCT derived_id FROM walflow.operator_parked WHERE instance = $1 AND operator = $2 AND ($3 = '' OR derived_id = $3)`,
 		r.cfg.Instance, name, id)
 	if err != nil {

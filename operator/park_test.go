@@ -176,3 +176,47 @@ func dummyPool(t *testing.T) *pgxpool.Pool {
 	t.Cleanup(db.Close)
 	return db
 }
+
+func TestParkFuncAndReset(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(poisonSchema)
+	e.exec(`INSERT INTO poison VALUES (2)`)
+	fx := operator.Func{Name: "tally", Targets: []string{"tally"}, Entities: []string{"comments"}, Events: []event.Type{event.Insert}, OnFailure: operator.Park,
+		ID: func(ev *event.Event) (string, error) {
+			v, ok := ev.NewRecord.Get("post_id")
+			if !ok {
+				return "", errors.New("no post_id")
+			}
+			s, _ := v.Text()
+			return s, nil
+		},
+		Handle: func(ctx context.Context, tx pgx.Tx, ev *event.Event) error {
+			v, _ := ev.NewRecord.Get("post_id")
+			s, _ := v.Text()
+			_, err := tx.Exec(ctx, `INSERT INTO tally VALUES ($1::int, 1) ON CONFLICT (post_id) DO UPDATE SET n = tally.n + 1`, s)
+			return err
+		}}
+	r := e.run(operator.Config{Operators: []operator.Operator{fx}, SleepFunc: (&fakeSleep{}).sleep, Retry: operator.RetryPolicy{MaxRetries: 1}})
+	e.exec(`INSERT INTO comments (post_id) VALUES (1), (2), (1), (2), (3)`)
+	waitFor(t, func() bool { return e.query(`SELECT post_id, n FROM tally ORDER BY 1`) == "1 2\n3 1" })
+	waitParked(t, r, func(p []operator.ParkedRow) bool { return len(p) == 1 && p[0].ID == "2" && p[0].Count == 2 })
+	e.exec(`DELETE FROM poison`)
+	if err := r.Retry(t.Context(), "tally", "2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.query(`SELECT post_id, n FROM tally ORDER BY 1`); got != "1 2\n2 2\n3 1" {
+		t.Fatalf("tally after the retry:\n%s", got)
+	}
+
+	// A reset drops parked events: their positions count the ledger it leaves.
+	e.exec(`INSERT INTO poison VALUES (3)`)
+	e.exec(`INSERT INTO comments (post_id) VALUES (3)`)
+	waitParked(t, r, func(p []operator.ParkedRow) bool { return len(p) == 1 && p[0].ID == "3" })
+	e.exec(`DELETE FROM poison`)
+	e.exec(`DELETE FROM tally`)
+	if err := r.Reset(t.Context(), "tally", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitParked(t, r, func(p []operator.ParkedRow) bool { return len(p) == 0 })
+}
