@@ -436,3 +436,40 @@ func (r *Runner) ParkedPositions() []event.Position {
 	}
 	return out
 }
+
+// keepParking makes an operator configured to halt that still has parked events (it was
+// configured to park before) park behind them, so that its rows keep their order until the
+// events are retried or discarded, and warns about it. Called before the operators start.
+func (r *Runner) keepParking(ctx context.Context) error {
+	names := make([]string, 0, len(r.ops))
+	for _, o := range r.ops {
+		if !o.park {
+			names = append(names, o.name)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	rows, err := r.cfg.DB.Query(ctx, `SELECT operator, count(*) FROM walflow.operator_parked WHERE instance = $1 AND operator = ANY($2) GROUP BY operator`, r.cfg.Instance, names)
+	if err != nil {
+		return fmt.Errorf("operator: read the parked events: %w", err)
+	}
+	var name string
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&name, &n}, func() error {
+		o := r.byKey[name]
+		if o.ids == nil {
+			r.log.WarnContext(ctx, "operator has parked events but no ID function to keep its rows in order behind them; discard them (walflow operator discard) and backfill",
+				slog.String("operator", name), slog.Int64("parked_events", n))
+			return nil
+		}
+		o.park = true
+		r.log.WarnContext(ctx, "operator is configured to halt but has parked events: it parks its rows' later events behind them until they are retried or discarded (walflow operator parked)",
+			slog.String("operator", name), slog.Int64("parked_events", n))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("operator: read the parked events: %w", err)
+	}
+	return nil
+}

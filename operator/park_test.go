@@ -220,3 +220,48 @@ func TestParkFuncAndReset(t *testing.T) {
 	}
 	waitParked(t, r, func(p []operator.ParkedRow) bool { return len(p) == 0 })
 }
+
+// TestParkedKeptAfterSwitchToHalt: an operator switched back to halt that still has parked
+// events keeps its rows' later events behind them.
+func TestParkedKeptAfterSwitchToHalt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(poisonSchema)
+	e.exec(`INSERT INTO poison VALUES (2)`)
+	start := func(op operator.SQL) (*operator.Runner, func()) {
+		r, err := operator.New(operator.Config{DB: e.db, Ledger: e.eng.Ledger(), Operators: []operator.Operator{op}, SleepFunc: (&fakeSleep{}).sleep,
+			Retry: operator.RetryPolicy{MaxRetries: 1}, ControlInterval: 50 * time.Millisecond, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		return r, func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("runner: %v", err)
+			}
+		}
+	}
+	r, stop := start(tallyOperator)
+	e.exec(`INSERT INTO comments (post_id) VALUES (1), (2)`)
+	waitParked(t, r, func(p []operator.ParkedRow) bool { return len(p) == 1 })
+	waitFor(t, func() bool { return e.query(`SELECT post_id, n FROM tally ORDER BY 1`) == "1 1" })
+	stop()
+
+	e.exec(`DELETE FROM poison`)
+	halting := tallyOperator
+	halting.OnFailure = operator.Halt
+	r, stop = start(halting)
+	defer stop()
+	e.exec(`INSERT INTO comments (post_id) VALUES (2), (1)`)
+	waitFor(t, func() bool { return e.query(`SELECT post_id, n FROM tally ORDER BY 1`) == "1 2" })
+	waitParked(t, r, func(p []operator.ParkedRow) bool { return len(p) == 1 && p[0].Count == 2 })
+	if err := r.Retry(t.Context(), "tally", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.query(`SELECT post_id, n FROM tally ORDER BY 1`); got != "1 2\n2 2" {
+		t.Fatalf("tally after the retry:\n%s", got)
+	}
+}

@@ -397,6 +397,12 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	if err := r.keepParking(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	// Known before an operator runs, so that process status never counts a parked event.
 	if err := r.refreshParked(ctx); err != nil {
 		if ctx.Err() != nil {
