@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/operator"
 )
@@ -45,4 +47,20 @@ func (m *operatorMetrics) counts(op string) (retries, halts uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.retries[op], m.halts[op]
+}
+
+var (
+	opParkedEventsDesc = prometheus.NewDesc("walflow_operator_parked_events", "Events the operator parked (on_failure: park) that are not retried or discarded yet.", []string{"operator"}, nil)
+	opParkedIDsDesc    = prometheus.NewDesc("walflow_operator_parked_ids", "Derived rows whose events the operator parked.", []string{"operator"}, nil)
+)
+
+// describeParked and collectParked add the parked-event gauges to the operator collector.
+func describeParked(ch chan<- *prometheus.Desc) {
+	ch <- opParkedEventsDesc
+	ch <- opParkedIDsDesc
+}
+
+func collectParked(ch chan<- prometheus.Metric, o operator.Info) {
+	ch <- prometheus.MustNewConstMetric(opParkedEventsDesc, prometheus.GaugeValue, float64(o.ParkedEvents), o.Name)
+	ch <- prometheus.MustNewConstMetric(opParkedIDsDesc, prometheus.GaugeValue, float64(o.ParkedIDs), o.Name)
 }

@@ -181,6 +181,7 @@ func (c operatorCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{opPositionDesc, opLagDesc, opHaltedDesc, opRetriesDesc, opHaltsDesc} {
 		ch <- d
 	}
+	describeParked(ch)
 }
 
 func (c operatorCollector) Collect(ch chan<- prometheus.Metric) {
@@ -196,5 +197,6 @@ func (c operatorCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(opHaltedDesc, prometheus.GaugeValue, halted, o.Name)
 		ch <- prometheus.MustNewConstMetric(opRetriesDesc, prometheus.CounterValue, float64(retries), o.Name)
 		ch <- prometheus.MustNewConstMetric(opHaltsDesc, prometheus.CounterValue, float64(halts), o.Name)
+		collectParked(ch, o)
 	}
 }

@@ -84,6 +84,31 @@
 // or after a skip. Its batches take the same lock as the live operator's, so running it while
 // events flow still leaves the derived rows exact.
 //
+// # Parking
+//
+// An operator with OnFailure [Park] does not halt on an event that fails past its retries
+// (or at once, for a failure retries cannot heal): it parks the event for the derived row it
+// failed on (the id its ID mapping gives; for a [Func], its ID function) and goes on. Later
+// events of that row are parked behind it, in position order, without being applied; the
+// events of every other row, and the event's effect on its other rows (a comment moved
+// between posts recomputes both), go on. A parked event is a row of walflow.operator_parked,
+// keyed by (instance, operator, derived id, position), with its error; it is written in the
+// transaction that moves the checkpoint past the event, so a crash never loses nor repeats
+// one. An event whose row cannot be told (an [IDColumnError]) still halts the operator.
+//
+// [Parked] lists a row's parked events. [Runner.Retry] (or [RequestRetry], carried out by
+// the running runner within its ControlInterval: walflow operator retry) applies a row's
+// parked events in position order, in one transaction that also deletes them, so each is
+// applied exactly once; when one fails again, they all stay parked, the first with the new
+// error. Retries read the events from the ledger, whose retention keeps them. [Discard]
+// drops a row's parked events unapplied (walflow operator discard NAME --id ID), after which
+// a backfill makes the row exact.
+//
+// Process status ([Runner.ParkedPositions], processstatus.Parker) counts a parked event as
+// not processed, by its entity's timestamp; the events of other rows are processed as the
+// operator passes them. An LSN after the first parked event is not processed: LSNs promise
+// that every earlier transaction is.
+//
 // # Truncate
 //
 // A TRUNCATE of a listened table carries no ids, so operators ignore it by default; run a
@@ -92,8 +117,8 @@
 // # Retention
 //
 // The ledger's retention removes old events, but never past [Runner.Checkpoint]: the lowest
-// stored checkpoint of the runner's operators, halted ones included, so none of them ever
-// misses an event. An operator that was not running while the ledger was truncated may find
+// stored checkpoint of the runner's operators, halted ones included, and never past a
+// parked event, so none of them ever misses an event. An operator that was not running while the ledger was truncated may find
 // its checkpoint before the ledger's tail. If it never committed an event it starts at the
 // tail (backfill it for the rows older events changed); otherwise it halts with an error
 // wrapping ledger.ErrTruncated, since it missed events: backfill it, then skip, which

@@ -50,6 +50,9 @@ type SQL struct {
 	DeleteWith []string
 	// TargetIDColumn is the derived table's id column. Default "id".
 	TargetIDColumn string
+	// OnFailure is what happens when an event fails past its retries: [Halt] (the
+	// default) or [Park] (see the package documentation, Parking).
+	OnFailure FailureMode
 }
 
 // HandlerFunc applies one event. Writes made through tx are committed together with the
@@ -70,6 +73,12 @@ type Func struct {
 	Entities []string
 	// Handle applies one event. Required.
 	Handle HandlerFunc
+	// OnFailure is what happens when an event fails past its retries: [Halt] (the
+	// default) or [Park], which needs ID.
+	OnFailure FailureMode
+	// ID returns the derived row an event affects, which keys parking: the later events
+	// of a parked row are parked behind it, in order. Required with OnFailure Park.
+	ID func(e *event.Event) (string, error)
 }
 
 // spec is what the runner needs of any operator.
@@ -82,6 +91,11 @@ type spec struct {
 	// queue a whole batch in one round trip.
 	apply      func(ctx context.Context, tx pgx.Tx, e *event.Event) error
 	statements func(e *event.Event, q []stmt) ([]stmt, error)
+	// park is set for OnFailure Park; ids lists the derived rows an event affects and
+	// applyID applies its effect on one of them (parking works per derived row).
+	park    bool
+	ids     func(e *event.Event) ([]string, error)
+	applyID func(ctx context.Context, tx pgx.Tx, e *event.Event, id string) error
 	// checks are prepared when the runner starts, so that a query PostgreSQL cannot
 	// parse or plan, or a missing id column, fails the start instead of the first event.
 	checks []stmt
@@ -179,7 +193,7 @@ func (o SQL) spec() (spec, error) {
 		return spec{}, configErrorf(name, "TargetIDColumn", "TargetIDColumn %q is not a column name", idCol)
 	}
 	deleteSQL := "DELETE FROM " + quoteTable(o.Target) + " WHERE " + pgx.Identifier{idCol}.Sanitize() + " = $1"
-	ids := o.ID
+	idCols := o.ID
 	deleteWith := o.DeleteWith
 	query := o.Query
 	// statements lists what an event runs: the delete for a DeleteWith entity's delete,
@@ -188,7 +202,7 @@ func (o SQL) spec() (spec, error) {
 	// batch travels to the server in one round trip. An event that lacks its id column is an
 	// error (see idOf); a NULL id runs nothing.
 	statements := func(e *event.Event, q []stmt) ([]stmt, error) {
-		col := ids[e.Name]
+		col := idCols[e.Name]
 		if col == "" {
 			col = "id"
 		}
@@ -230,7 +244,7 @@ func (o SQL) spec() (spec, error) {
 	// Checked when the runner starts: each entity's id column, then the statements.
 	var checks []stmt
 	for _, ent := range o.Entities {
-		col := cmp.Or(ids[bare(ent)], "id") // as statements looks it up: by the event's name
+		col := cmp.Or(idCols[bare(ent)], "id") // as statements looks it up: by the event's name
 		checks = append(checks, stmt{sql: "SELECT " + pgx.Identifier{col}.Sanitize() + " FROM " + quoteTable(ent) + " LIMIT 0",
 			what: fmt.Sprintf("id column %s of %s", col, ent), idColumn: true})
 	}
@@ -238,7 +252,37 @@ func (o SQL) spec() (spec, error) {
 	if len(deleteWith) > 0 {
 		checks = append(checks, stmt{sql: deleteSQL, what: "delete statement for delete_with"})
 	}
-	return spec{name: name, targets: []string{o.Target}, entities: o.Entities, types: defaultTypes(o.Events), apply: apply, statements: statements, checks: checks}, nil
+	park, err := o.OnFailure.park(name)
+	if err != nil {
+		return spec{}, err
+	}
+	ids := func(e *event.Event) ([]string, error) {
+		q, err := statements(e, nil)
+		out := make([]string, 0, len(q))
+		for _, st := range q {
+			if !slices.Contains(out, st.arg) {
+				out = append(out, st.arg)
+			}
+		}
+		return out, err
+	}
+	applyID := func(ctx context.Context, tx pgx.Tx, e *event.Event, id string) error {
+		q, err := statements(e, nil)
+		if err != nil {
+			return err
+		}
+		for _, st := range q {
+			if st.arg != id {
+				continue
+			}
+			if _, err := tx.Exec(ctx, st.sql, st.arg); err != nil {
+				return st.err(err)
+			}
+		}
+		return nil
+	}
+	return spec{name: name, targets: []string{o.Target}, entities: o.Entities, types: defaultTypes(o.Events), apply: apply, statements: statements, checks: checks,
+		park: park, ids: ids, applyID: applyID}, nil
 }
 
 // idOf returns the text of the id column col in the event's new record (old: its old
@@ -337,8 +381,26 @@ func (o Func) spec() (spec, error) {
 	case o.Handle == nil:
 		return spec{}, configErrorf(o.Name, "Handle", "Handle is nil")
 	}
-	return spec{name: o.Name, targets: o.Targets, entities: o.Entities, types: defaultTypes(o.Events),
-		apply: func(ctx context.Context, tx pgx.Tx, e *event.Event) error { return o.Handle(ctx, tx, e) }}, nil
+	park, err := o.OnFailure.park(o.Name)
+	if err != nil {
+		return spec{}, err
+	}
+	if park && o.ID == nil {
+		return spec{}, fmt.Errorf("operator %s: OnFailure is %q but ID is nil; set ID to the function that names the derived row an event affects, which keys parked events", o.Name, Park)
+	}
+	s := spec{name: o.Name, targets: o.Targets, entities: o.Entities, types: defaultTypes(o.Events),
+		apply: func(ctx context.Context, tx pgx.Tx, e *event.Event) error { return o.Handle(ctx, tx, e) }, park: park}
+	if park {
+		s.ids = func(e *event.Event) ([]string, error) {
+			id, err := o.ID(e)
+			if err != nil {
+				return nil, fmt.Errorf("operator %s: the id of the event at position %d: %w", o.Name, e.Position, err)
+			}
+			return []string{id}, nil
+		}
+		s.applyID = func(ctx context.Context, tx pgx.Tx, e *event.Event, _ string) error { return o.Handle(ctx, tx, e) }
+	}
+	return s, nil
 }
 
 // bare returns the table name without its schema, as events name entities.

@@ -35,6 +35,9 @@ import (
 // On an operator that is running on its ledger, Reset amounts to a backfill: the running
 // runner keeps its place and overwrites the reset checkpoint with its next one.
 //
+// Reset also drops the operator's parked events (see Parking in the package documentation):
+// their positions count the old ledger, and the backfill recomputes their rows.
+//
 // When the backfill fails or ctx ends, the checkpoint is reset already: the error says so,
 // and running [Backfill] (walflow operator backfill) finishes the work from where it stopped.
 func Reset(ctx context.Context, db *pgxpool.Pool, instance string, op Operator, opts *BackfillOpts) error {
@@ -58,6 +61,11 @@ func reset(ctx context.Context, db *pgxpool.Pool, instance string, op Operator, 
 			ledger = NULL, mark_position = NULL, mark_lsn = NULL, updated_at = now()`, instance, s.name)
 	if err != nil {
 		return fmt.Errorf("operator: reset %s: store its checkpoint: %w", s.name, err)
+	}
+	// Parked events count the positions of the ledger the checkpoint counted; the backfill
+	// recomputes their rows.
+	if _, err := db.Exec(ctx, `DELETE FROM walflow.operator_parked WHERE instance = $1 AND operator = $2`, instance, s.name); err != nil {
+		return fmt.Errorf("operator: reset %s: drop its parked events: %w", s.name, err)
 	}
 	stored()
 	bo := BackfillOpts{Restart: true, Derived: true}

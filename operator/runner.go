@@ -110,6 +110,8 @@ type opState struct {
 	// tell whether the checkpoint counts the events of the ledger it reads.
 	markPos atomic.Uint64
 	markLSN atomic.Uint64
+	// parked is what the runner knows of a parking operator's parked events.
+	parked atomic.Pointer[parkedState]
 }
 
 // New validates the operators and returns a Runner. It refuses duplicate names and an
@@ -185,7 +187,8 @@ func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 				END IF;
 				ALTER TABLE walflow.operators ADD PRIMARY KEY (instance, name);
 			END IF;
-		END $$`)
+		END $$;
+		`+parkedTableSQL)
 	if err != nil {
 		return fmt.Errorf("operator: create the walflow.operators table: %w (the role needs CREATE on the database, or create the schema yourself)", err)
 	}
@@ -395,6 +398,19 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	if err := r.keepParking(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	// Known before an operator runs, so that process status never counts a parked event.
+	if err := r.refreshParked(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	if err := sync(); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -415,6 +431,8 @@ func (r *Runner) Run(ctx context.Context) error {
 		if err := sync(); err != nil && ctx.Err() == nil {
 			r.log.WarnContext(ctx, "read operator checkpoints", slog.Any("error", err))
 		}
+		r.retryRequested(ctx)
+		_ = r.refreshParked(ctx) // a failure keeps what is known; the next round reads again
 	}
 }
 
@@ -547,6 +565,15 @@ func (r *Runner) Checkpoint(ctx context.Context) (event.Position, error) {
 		return 0, err
 	}
 	through := event.Position(low)
+	// Parked events are read again from the ledger when retried: keep them.
+	var firstParked int64
+	if err := r.cfg.DB.QueryRow(ctx, `SELECT coalesce(min(position), 0) FROM walflow.operator_parked WHERE instance = $1 AND operator = ANY($2)`,
+		r.cfg.Instance, names).Scan(&firstParked); err != nil {
+		return 0, fmt.Errorf("operator: read the parked events' positions: %w", err)
+	}
+	if firstParked > 0 {
+		through = min(through, event.Position(firstParked-1))
+	}
 	for _, o := range r.ops {
 		rw, ok := rows[o.name]
 		if !ok {
@@ -562,6 +589,11 @@ func (r *Runner) Checkpoint(ctx context.Context) (event.Position, error) {
 // advance publishes an operator's new committed position.
 func (r *Runner) advance(o *opState, pos event.Position) {
 	o.through.Store(uint64(pos))
+	r.notify()
+}
+
+// notify closes the Changed channel.
+func (r *Runner) notify() {
 	r.chMu.Lock()
 	close(r.changed)
 	r.changed = make(chan struct{})
@@ -586,6 +618,7 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 	}
 	bad := &evs[i]
 	policy := r.cfg.Retry
+	var parks map[string]string // rows the bad event is parked for, with their errors
 	for attempt, transient := 1, 0; ; attempt++ {
 		if ctx.Err() != nil {
 			return done, false
@@ -600,17 +633,34 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 				return done, false
 			}
 		} else {
-			if attempt > policy.MaxRetries || IsPermanent(err) {
+			var re *rowError
+			switch {
+			case (attempt > policy.MaxRetries || IsPermanent(err)) && o.park && errors.As(err, &re) && parks[re.id] == "":
+				// Park the event for the row it failed on; its other rows go on.
+				if parks == nil {
+					parks = map[string]string{}
+				}
+				parks[re.id] = err.Error()
+				r.log.WarnContext(ctx, "operator parks an event for the derived row it failed on; the row's later events wait behind it (walflow operator parked, retry, discard)",
+					slog.String("operator", o.name), slog.String("id", re.id), slog.Uint64("position", uint64(bad.Position)), slog.Any("error", err))
+				attempt, transient = 0, 0
+			case attempt > policy.MaxRetries || IsPermanent(err):
 				r.halt(ctx, o, bad, err)
 				return done, false
-			}
-			d := policy.Delay(attempt)
-			r.cfg.Reporter.Retry(ctx, o.name, bad, attempt, d, err)
-			if r.cfg.SleepFunc(ctx, d) != nil {
-				return done, false
+			default:
+				d := policy.Delay(attempt)
+				r.cfg.Reporter.Retry(ctx, o.name, bad, attempt, d, err)
+				if r.cfg.SleepFunc(ctx, d) != nil {
+					return done, false
+				}
 			}
 		}
-		if _, err = r.apply(ctx, o, evs[i:i+1], bad.Position); err == nil {
+		if o.park {
+			_, err = r.applyPark(ctx, o, evs[i:i+1], bad.Position, parks)
+		} else {
+			_, err = r.apply(ctx, o, evs[i:i+1], bad.Position)
+		}
+		if err == nil {
 			return bad.Position, true
 		}
 	}
@@ -627,6 +677,9 @@ func (r *Runner) checkpointOf(ctx context.Context, o *opState) (event.Position, 
 // apply runs evs in one transaction that also moves the checkpoint to through. On error it
 // returns the index of the failing event (0 when the transaction itself failed).
 func (r *Runner) apply(ctx context.Context, o *opState, evs []event.Event, through event.Position) (int, error) {
+	if o.park {
+		return r.applyPark(ctx, o, evs, through, nil)
+	}
 	if o.statements != nil {
 		i, err, whole := r.applyTx(ctx, o, evs, through, true)
 		if !whole {
@@ -795,6 +848,11 @@ type Info struct {
 	Position event.Position `json:"position"`
 	// Halted reports whether the operator is halted in this process.
 	Halted bool `json:"halted"`
+	// ParkedEvents and ParkedIDs count the parked events of a parking operator and the
+	// derived rows they wait for, as last read (the runner reads them after each change it
+	// makes and every ControlInterval).
+	ParkedEvents int `json:"parked_events"`
+	ParkedIDs    int `json:"parked_ids"`
 }
 
 // Operators describes the runner's operators, in configuration order.
@@ -803,6 +861,8 @@ func (r *Runner) Operators() []Info {
 	for i, o := range r.ops {
 		out[i] = Info{Name: o.name, Entities: slices.Clone(o.entities), Targets: slices.Clone(o.targets),
 			Position: event.Position(o.through.Load()), Halted: o.halted.Load()}
+		p := o.parkedOf()
+		out[i].ParkedEvents, out[i].ParkedIDs = p.events, p.ids
 	}
 	return out
 }

@@ -42,6 +42,15 @@
 // listening operator has committed (Processed within the limits of timestamps above). Watermarks are assumed to move forward only: an
 // operator added or rewound later does not make processed events unprocessed again.
 //
+// # Parked events
+//
+// An operator that parks an event it keeps failing on (operator OnFailure Park) passes it,
+// and goes on with the events of other derived rows. A [Watermark] that implements [Parker]
+// (the operator runner does) lists the parked events: [Tracker.Processed] is false for the
+// timestamp of a parked event of its entity, and true for the others the watermark passed;
+// [Tracker.ProcessedLSN] stays before the first parked event, since an LSN promises that
+// every transaction before it is processed. A retry that applies them makes them processed.
+//
 // # Memory
 //
 // Entities progress independently: an operator that lags or is halted holds back only its

@@ -134,6 +134,8 @@ type Tracker struct {
 	through   event.Position   // every event up to here is processed
 	lsn       event.LSN        // every transaction committed at or before it is processed
 	changed   chan struct{}    // closed and replaced when the published status moves
+	// parkedView excludes the events operators parked (see Parker).
+	parkedView parkedView
 
 	// The rest is owned by Run's loop goroutine.
 	entities map[string]*entityState
@@ -141,6 +143,7 @@ type Tracker struct {
 	scanned  event.Position          // every event up to here has been scanned
 	lsnFrom  event.Position          // the event whose LSN last gave lsn; 0 for none
 	saved    event.Position          // the position last saved to the store
+	parked   map[event.Position]parkedEvent
 }
 
 // New validates cfg and returns a tracker. It starts no goroutine and does no I/O.
@@ -156,6 +159,7 @@ func New(cfg Config) (*Tracker, error) {
 		changed:   make(chan struct{}),
 		entities:  map[string]*entityState{},
 		pending:   map[string]*entityState{},
+		parked:    map[event.Position]parkedEvent{},
 	}, nil
 }
 
@@ -316,6 +320,9 @@ func (t *Tracker) round(ctx context.Context) (more bool, err error) {
 		}
 		through = min(through, s.first-1)
 	}
+	if _, err := t.refreshParked(ctx); err != nil {
+		return false, fmt.Errorf("processstatus: read the parked events: %w", err)
+	}
 
 	// The LSN watermark: every transaction committed at or before it is processed.
 	t.mu.RLock()
@@ -418,9 +425,17 @@ func coverLSN(st ledger.State) event.LSN {
 // Processed reports whether entity is processed through micros: an event of entity whose
 // timestamp column held micros or later is processed, and so is every event of entity before
 // it in the ledger. See the package documentation for why [Tracker.ProcessedLSN] is stronger.
+//
+// An event an operator parked (see [Parker]) is not processed, although later events of
+// its entity are: Processed is false for its timestamp while it is parked.
 func (t *Tracker) Processed(entity string, micros int64) bool {
 	v, ok := t.Watermark(entity)
-	return ok && v >= micros
+	if !ok || v < micros {
+		return false
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return !t.parkedView.micros[entity][micros]
 }
 
 // ProcessedLSN reports whether every transaction that committed at or before lsn is
@@ -438,8 +453,20 @@ func (t *Tracker) Watermark(entity string) (micros int64, ok bool) {
 }
 
 // WatermarkLSN returns the highest LSN through which every committed transaction is
-// processed; [Tracker.ProcessedLSN] is true for it and every LSN before it.
+// processed; [Tracker.ProcessedLSN] is true for it and every LSN before it. While an
+// operator has parked events (see [Parker]), it stays before the first of them.
 func (t *Tracker) WatermarkLSN() event.LSN {
+	lsn := t.watermarkLSN()
+	t.mu.RLock()
+	first := t.parkedView.firstLSN
+	t.mu.RUnlock()
+	if first > 0 {
+		lsn = min(lsn, first-1)
+	}
+	return lsn
+}
+
+func (t *Tracker) watermarkLSN() event.LSN {
 	t.mu.RLock()
 	lsn, through := t.lsn, t.through
 	t.mu.RUnlock()

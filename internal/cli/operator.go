@@ -33,12 +33,14 @@ running or not; a running walflow picks up a restart or a skip within a second.
 An operator whose event keeps failing is halted: fix the cause (the query, a constraint,
 the derived table), then restart it to retry that event, or skip the event and backfill.
 An operator whose checkpoint belongs to another ledger (after a resync) is halted too:
-reset it.
+reset it. An operator with on_failure: park parks such an event for its derived row
+instead, and goes on with the other rows: list, retry or discard the parked events.
 
 Checkpoints are kept per instance, the slot's name, so several walflows (each with its own
 slot and ledger) share a database. These commands act on the instance of the configured
 slot; status, restart and skip take --instance SLOT to act on another one.`,
-	subs: []*command{operatorStatusCommand, operatorRestartCommand, operatorSkipCommand, operatorBackfillCommand, operatorResetCommand},
+	subs: []*command{operatorStatusCommand, operatorRestartCommand, operatorSkipCommand, operatorBackfillCommand, operatorResetCommand,
+		operatorParkedCommand, operatorRetryCommand, operatorDiscardCommand},
 }
 
 // configFlag declares --config on fs.

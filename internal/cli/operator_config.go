@@ -25,6 +25,7 @@ type operatorConfig struct {
 	DeleteWith []string          `yaml:"delete_with"`
 	TargetID   string            `yaml:"target_id"`
 	Query      string            `yaml:"query"`
+	OnFailure  string            `yaml:"on_failure"`
 }
 
 // operatorDefaultsConfig is operator_defaults: how every operator runs.
@@ -53,6 +54,7 @@ var (
 			"delete_with", &spec{kind: kindList, want: "a list of entities like [posts]", elem: scalar("an entity like posts")},
 			"target_id", scalar("the derived table's id column, like id"),
 			"query", scalar("a SQL statement that recomputes the derived row whose id is $1"),
+			"on_failure", scalar("halt or park"),
 		),
 	}
 	operatorDefaultsSpec = mapSpec("the keys of operator_defaults",
@@ -182,6 +184,13 @@ func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (o
 		return op, l.errPath(path+".query", "does not use $1, the derived row's id, so every event would recompute the same thing; filter on it, like WHERE p.id = $1")
 	}
 	op.Query = oc.Query
+
+	switch oc.OnFailure {
+	case "", string(operator.Halt), string(operator.Park):
+		op.OnFailure = operator.FailureMode(oc.OnFailure)
+	default:
+		return op, l.errPath(path+".on_failure", "%q is not halt or park; halt (the default) stops the operator at an event that keeps failing, park sets it aside with the later events of its derived row and goes on with the other rows", oc.OnFailure)
+	}
 
 	// Whatever else operator.Validate (and so operator.New) refuses, it refuses here, at the operator's key.
 	if err := operator.Validate([]operator.Operator{op}); err != nil {

@@ -53,6 +53,7 @@ func TestParseConfigOperators(t *testing.T) {
     entities: [comments]
     id: {comments: post_id}
     query: UPDATE post_with_comments_counts SET comments_count = comments_count WHERE id = $1
+    on_failure: park
 operator_defaults:
   batch_size: 250
   batch_delay: 0s
@@ -80,7 +81,7 @@ operator_defaults:
 	}
 	second := e.Operators[1].(operator.SQL)
 	if second.Name != "comment_totals" || second.Target != "public.post_with_comments_counts" ||
-		!slices.Equal(second.Events, []event.Type{event.Insert, event.Delete}) || second.DeleteWith != nil {
+		!slices.Equal(second.Events, []event.Type{event.Insert, event.Delete}) || second.DeleteWith != nil || second.OnFailure != operator.Park {
 		t.Errorf("comment_totals = %+v", second)
 	}
 	want := operator.RetryPolicy{Min: 100 * time.Millisecond, Multiplier: 1.5, Max: 3 * time.Second, MaxRetries: 7}
@@ -104,7 +105,7 @@ operator_defaults:
 		t.Fatal(err)
 	}
 	op := c.engine.Operators[0].(operator.SQL)
-	if op.Name != "post_with_comments_counts" || op.Target != "post_with_comments_counts" || op.Events != nil || op.TargetIDColumn != "" {
+	if op.Name != "post_with_comments_counts" || op.Target != "post_with_comments_counts" || op.Events != nil || op.TargetIDColumn != "" || op.OnFailure != "" {
 		t.Errorf("defaults: %+v", op)
 	}
 	if c.engine.OperatorRetry.MaxRetries != -1 || c.engine.OperatorBatchDelay != 50*time.Millisecond || c.engine.OperatorBatchSize != 0 {
@@ -129,7 +130,8 @@ func TestParseConfigOperatorErrors(t *testing.T) {
 		want []string // substrings of the error, in order
 	}{
 		{"unknown key", op("    entities: [comments]\n    querry: SELECT $1\n"),
-			[]string{"walflow.yaml:11: operators.counts.querry: unknown key (did you mean query?); the keys of an operator are target, events, entities, id, delete_with, target_id, query"}},
+			[]string{"walflow.yaml:11: operators.counts.querry: unknown key (did you mean query?); the keys of an operator are target, events, entities, id, delete_with, target_id, query, on_failure"}},
+		{"bad on_failure", op("    on_failure: skip\n" + ok), []string{`walflow.yaml:10: operators.counts.on_failure: "skip" is not halt or park; halt (the default)`}},
 		{"operators a list", operatorTables + "operators:\n  - counts\n", []string{"walflow.yaml:8: operators: want a mapping of operator names to their settings"}},
 		{"operator not a mapping", operatorTables + "operators:\n  counts: SELECT 1\n", []string{`walflow.yaml:8: operators.counts: want a mapping of keys, found "SELECT 1"`}},
 		{"empty operator", operatorTables + "operators:\n  counts:\n", []string{"walflow.yaml:8: operators.counts: empty; an operator needs at least entities and query"}},

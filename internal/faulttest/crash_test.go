@@ -321,6 +321,10 @@ func TestPipelineProcess(t *testing.T) {
 		t.Parallel()
 		testOperatorCrashConsistency(t, bin)
 	})
+	t.Run("ParkingUnderKills", func(t *testing.T) {
+		t.Parallel()
+		testParkingUnderKills(t, bin)
+	})
 	t.Run("MillionRowTransaction", func(t *testing.T) {
 		t.Parallel()
 		testMillionRowTransaction(t, bin)

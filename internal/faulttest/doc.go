@@ -14,6 +14,12 @@
 //     effect counter) while a writer commits 50,000 random changes, SIGKILLs it at 30 random
 //     moments, and checks that every derived table equals its recomputation from the source
 //     tables, that each event was applied exactly once and that no operator halted.
+//   - ParkingUnderKills (in TestPipelineProcess) runs two parking operators (on_failure
+//     park: a recomputed comments count and a one-by-one tally of inserts) while one derived
+//     row fails for 15 s, a writer commits 10,000 comment changes and the child is SIGKILLed
+//     twice. Every other row equals its recomputation at each check, no operator halts, and
+//     after the cause is fixed and a retry requested every row does: no parked event was
+//     lost or applied twice.
 //   - TestProjectorCrashConsistency runs an event-sourced application: writers commit
 //     deposits into their own events table from concurrent transactions whose ids commit out
 //     of order and some of which roll back, while the child (internal/testcmd/projector)

@@ -48,6 +48,7 @@ func run() int {
 	exitOnEOF := flag.Bool("exit-on-eof", false, "exit with status 3 when stdin reaches end of file")
 	opSet := flag.String("operators", "", "operator set to run: "+operatorSetNames()+" (default none)")
 	opBatch := flag.Int("operator-batch-size", 0, "most events an operator applies in one transaction (default walflow's)")
+	opRetryMin := flag.Duration("operator-retry-min", 0, "the first delay before an operator retries a failing event, and a tenth of the longest (default walflow's)")
 	flag.Parse()
 	if *dsn == "" || *dir == "" || *slot == "" || *tables == "" {
 		fmt.Fprintln(os.Stderr, "pipeline: -dsn, -ledger, -slot and -tables are required")
@@ -83,6 +84,7 @@ func run() int {
 	eng, err := walflow.Open(ctx, walflow.Config{
 		DatabaseURL: *dsn, Slot: *slot, Tables: tabs, LedgerDir: *dir,
 		StatusInterval: *status, Logger: log, Operators: ops, OperatorBatchSize: *opBatch,
+		OperatorRetry: operator.RetryPolicy{Min: *opRetryMin, Max: 10 * *opRetryMin},
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pipeline: open: %v\n", err)

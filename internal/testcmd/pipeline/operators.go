@@ -15,7 +15,8 @@ import (
 // operatorSets are the operator sets the -operators flag selects. The schema they write is
 // the test's (internal/faulttest), which creates it before the first run.
 var operatorSets = map[string]func() []operator.Operator{
-	"blog": blogOperators,
+	"blog":    blogOperators,
+	"parking": parkingOperators,
 }
 
 func operatorSetNames() string {
@@ -125,4 +126,31 @@ func blogOperators() []operator.Operator {
 		},
 	}
 	return []operator.Operator{counts, ratings, stats, applied}
+}
+
+// parkingOperators park the events they fail on (on_failure: park), on this schema:
+//
+//	comments(id, post_id, body)
+//	post_counts(id, n): the comments of each post, recomputed
+//	tally(id, n): the comment inserts of each post, counted one by one (not idempotent)
+func parkingOperators() []operator.Operator {
+	counts := operator.SQL{
+		Name:     "post_counts",
+		Target:   "post_counts",
+		Entities: []string{"comments"},
+		ID:       map[string]string{"comments": "post_id"},
+		Query: `INSERT INTO post_counts (id, n) SELECT $1::bigint, count(*) FROM comments WHERE post_id = $1::bigint
+      ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
+		OnFailure: operator.Park,
+	}
+	tally := operator.SQL{
+		Name:      "tally",
+		Target:    "tally",
+		Entities:  []string{"comments"},
+		Events:    []event.Type{event.Insert},
+		ID:        map[string]string{"comments": "post_id"},
+		Query:     `INSERT INTO tally (id, n) VALUES ($1::bigint, 1) ON CONFLICT (id) DO UPDATE SET n = tally.n + 1`,
+		OnFailure: operator.Park,
+	}
+	return []operator.Operator{counts, tally}
 }
