@@ -36,7 +36,7 @@ walflow operator discard NAME --id ID and backfill.`,
 
 var operatorRetryCommand = &command{
 	name:    "retry",
-	args:    "NAME [--id ID] [--config FILE] [--instance SLOT] [--wait DURATION]",
+	args:    "NAME [--id ID] [--config FILE] [--instance SLOT] [--wait D]",
 	params:  []string{"NAME"},
 	summary: "Apply an operator's parked events again (every parked row, or --id ID).",
 	help: `
@@ -50,7 +50,7 @@ is not running, the request stays and walflow run carries it out when it starts.
 		path := configFlag(fs)
 		instance := instanceFlag(fs)
 		id := fs.String("id", "", "the derived row `ID` whose events to retry; default: every parked row")
-		wait := fs.Duration("wait", 30*time.Second, "how long to wait for the running walflow to apply them")
+		wait := fs.Duration("wait", 30*time.Second, "how long (`D`) to wait for the running walflow to apply them")
 		return func(ctx context.Context, e *env, args []string) error {
 			return operatorRetryMain(ctx, e, *path, *instance, args[0], *id, *wait)
 		}
