@@ -8,7 +8,8 @@
 // would report success if it did. So Fatalf never returns here either:
 //
 //   - on a goroutine inside [Fatal.Do] (a store's write), it panics with a private value
-//     that Do recovers and returns as the store's error;
+//     that Do recovers and returns as the store's error (Do does the same with Pebble's
+//     own panics with an error value, raised when a commit's log write fails);
 //   - on any other goroutine (Pebble's own flushes and compactions), which no caller can
 //     be told about, it writes "walflow: <error>" to stderr and exits the process with
 //     status 1 (or calls [Fatal.Exit] if set).
@@ -119,8 +120,9 @@ func (f *Fatal) Err() error {
 }
 
 // Do runs fn, a call into Pebble that may fail fatally, unless a fatal error was recorded
-// before, which it returns without running fn. A fatal error while fn runs ends fn and is
-// returned.
+// before, which it returns without running fn. A fatal error while fn runs (Fatalf, or a
+// panic with an error value, which Pebble raises when its log write fails) ends fn and is
+// recorded and returned. Other panics pass through.
 //
 //go:noinline
 func (f *Fatal) Do(fn func() error) (err error) {
@@ -129,11 +131,16 @@ func (f *Fatal) Do(fn func() error) (err error) {
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			fp, ok := r.(fatalPanic)
-			if !ok {
+			switch v := r.(type) {
+			case fatalPanic:
+				err = v.err
+			case error:
+				// Pebble also panics with the error itself when its log write fails in a
+				// commit (DB.commitWrite): it cannot continue either.
+				err = f.record(v.Error())
+			default:
 				panic(r)
 			}
-			err = fp.err
 		}
 	}()
 	return fn()

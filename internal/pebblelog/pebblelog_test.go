@@ -33,6 +33,18 @@ func TestFatalfInDoBecomesError(t *testing.T) {
 	}
 }
 
+// Pebble panics with the error itself when a commit's log write fails.
+func TestDoRecoversErrorPanic(t *testing.T) {
+	f := &Fatal{Store: "index: store", Dir: "/d"}
+	err := f.Do(func() error { panic(errors.New("write /d/000007.log: no space left on device")) })
+	if !IsFatal(err) || !strings.HasPrefix(err.Error(), "index: store /d: write /d/000007.log: no space left on device") {
+		t.Fatalf("Do returned %v, want the recorded fatal error", err)
+	}
+	if f.Do(func() error { return nil }) != err {
+		t.Fatal("Do after the panic did not return the recorded error")
+	}
+}
+
 func TestDoPassesOtherPanicsAndErrors(t *testing.T) {
 	f := &Fatal{Store: "s", Dir: "d"}
 	plain := errors.New("plain")
