@@ -56,7 +56,21 @@ var (
 	// ErrTruncated is wrapped by the error of a read from a position Truncate has removed
 	// (after < State().Tail); the error is a [*TruncatedError], which names the positions.
 	ErrTruncated = errors.New("ledger: events removed by retention")
+	// ErrWriteFailed is matched (errors.Is) by the errors of a writer that a failed write or
+	// fsync stopped (a full disk, an I/O error): it accepts no further writes, so retrying
+	// cannot help until the process restarts. Wrap such errors with [WriteFailed].
+	ErrWriteFailed = errors.New("ledger: write failed")
 )
+
+// WriteFailed returns err, with its text unchanged, marked so that errors.Is(err,
+// ErrWriteFailed) holds.
+func WriteFailed(err error) error { return writeFailedError{err} }
+
+type writeFailedError struct{ err error }
+
+func (e writeFailedError) Error() string        { return e.err.Error() }
+func (e writeFailedError) Unwrap() error        { return e.err }
+func (e writeFailedError) Is(target error) bool { return target == ErrWriteFailed }
 
 // TruncatedError is the error of a read from a position the ledger no longer holds. It
 // wraps [ErrTruncated].

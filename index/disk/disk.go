@@ -71,6 +71,7 @@ type Store struct {
 	dir     string
 	db      *pebble.DB
 	fsClose io.Closer // stops the disk health checks
+	fatal   *pebblelog.Fatal
 }
 
 var _ index.Store = (*Store)(nil)
@@ -99,22 +100,28 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 	})
 	cache := pebble.NewCache(blockCacheBytes)
 	defer cache.Unref()
+	fatal := &pebblelog.Fatal{Store: "index: store", Dir: dir}
 	db, err := pebble.Open(dir, &pebble.Options{
 		FS:                 fs,
 		Cache:              cache,
 		MemTableSize:       memTableBytes,
-		Logger:             pebblelog.Logger{Log: log},
+		Logger:             pebblelog.Logger{Log: log, Fatal: fatal},
 		FormatMajorVersion: pebble.FormatNewest,
 	})
 	if err != nil {
 		fsClose.Close()
 		return nil, fmt.Errorf("index: open store %s: %w", dir, err)
 	}
-	return &Store{dir: dir, db: db, fsClose: fsClose}, nil
+	return &Store{dir: dir, db: db, fsClose: fsClose, fatal: fatal}, nil
 }
 
-// Close closes the store.
+// Close closes the store. After a fatal Pebble error (see Write) it only releases what it
+// can: Pebble cannot be closed cleanly then, and the error was returned by the write.
 func (s *Store) Close() error {
+	if s.fatal.Err() != nil {
+		s.fsClose.Close()
+		return nil
+	}
 	err := s.db.Close()
 	s.fsClose.Close()
 	if err != nil {
@@ -143,7 +150,9 @@ func (s *Store) State(ctx context.Context, indexer string) (index.State, bool, e
 	return st, true, nil
 }
 
-// Write applies the batches in one Pebble batch, without fsync.
+// Write applies the batches in one Pebble batch, without fsync. If Pebble cannot write its
+// log (a full disk, an I/O error), Write returns a *pebblelog.Error naming the directory,
+// and every later write returns it too.
 func (s *Store) Write(ctx context.Context, batches ...index.Batch) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -165,7 +174,10 @@ func (s *Store) Write(ctx context.Context, batches ...index.Batch) error {
 			return fmt.Errorf("index: write %q in %s: %w", ib.Indexer, s.dir, err)
 		}
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := s.fatal.Do(func() error { return b.Commit(pebble.NoSync) }); err != nil {
+		if pebblelog.IsFatal(err) {
+			return err
+		}
 		return fmt.Errorf("index: write in %s: %w", s.dir, err)
 	}
 	return nil
@@ -246,7 +258,7 @@ func (s *Store) Reset(ctx context.Context, indexer string) error {
 		err = b.Delete(stateKey(indexer), nil)
 	}
 	if err == nil {
-		err = b.Commit(pebble.Sync)
+		err = s.fatal.Do(func() error { return b.Commit(pebble.Sync) })
 	}
 	if err != nil {
 		return fmt.Errorf("index: reset %q in %s: %w", indexer, s.dir, err)

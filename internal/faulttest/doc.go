@@ -33,6 +33,11 @@
 //     other tables take heavy writes lets PostgreSQL recycle the WAL (restart_lsn moves).
 //   - TestPostgresRestarts restarts a dedicated PostgreSQL cluster five times, fast and
 //     immediate, under a writer, and compares the ledger with the table.
+//   - TestDiskFull runs walflow run (cmd/walflow) with each ledger backend on a 64 MiB tmpfs
+//     that a writer fills, checks that it exits with status 1 and an error naming the
+//     directory and "no space left on device" (no panic), that the slot is not confirmed
+//     past what the ledger holds, and that after space returns a second run brings the
+//     ledger to every committed row once, in commit order. It needs root, to mount.
 //   - TestSlotInvalidated makes PostgreSQL invalidate the slot (max_slot_wal_keep_size)
 //     while walflow is stopped, and checks that Run refuses to resume, saying how to resync.
 //

@@ -212,6 +212,12 @@ func intValue(t *testing.T, e *event.Event, v event.Value) int64 {
 // so that it starts fast and its memory use is what users get.
 func buildPipeline(t *testing.T) string {
 	t.Helper()
+	return buildCommand(t, "github.com/walflow/walflow/internal/testcmd/pipeline", "pipeline")
+}
+
+// buildCommand builds the package into a temporary directory as name, without -race.
+func buildCommand(t *testing.T, pkg, name string) string {
+	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		if root := os.Getenv("GOROOT"); root != "" {
@@ -219,14 +225,14 @@ func buildPipeline(t *testing.T) string {
 		}
 	}
 	if err != nil {
-		t.Fatalf("the go command is needed to build the pipeline child process: %v; put it in PATH", err)
+		t.Fatalf("the go command is needed to build the %s child process: %v; put it in PATH", name, err)
 	}
-	bin := filepath.Join(t.TempDir(), "pipeline")
+	bin := filepath.Join(t.TempDir(), name)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/walflow/walflow/internal/testcmd/pipeline")
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, pkg)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build the pipeline: %v\n%s", err, out)
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }

@@ -557,7 +557,7 @@ func (l *Ledger) leave() { l.closeMu.RUnlock() }
 // fail records a write error: what was written since the last Sync is in doubt, so the
 // writer stops, and nothing after the last Sync is ever published.
 func (l *Ledger) fail(step string, err error) error {
-	l.werr = fmt.Errorf("ledger: %s %s: %w", step, l.dir, err)
+	l.werr = ledger.WriteFailed(fmt.Errorf("ledger: %s %s: %w", step, l.dir, err))
 	l.log.Error("ledger: write failed; the ledger accepts no more writes until walflow restarts", "dir", l.dir, "error", err)
 	return l.werr
 }

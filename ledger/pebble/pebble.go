@@ -79,7 +79,8 @@ type Options struct {
 type Ledger struct {
 	dir     string
 	db      *pebbledb.DB
-	fsClose io.Closer // stops the disk health checks
+	fsClose io.Closer        // stops the disk health checks
+	fatal   *pebblelog.Fatal // Pebble's fatal error, after which no write calls Pebble
 	log     *slog.Logger
 	indexer ledger.Indexer
 	chunk   int
@@ -146,11 +147,12 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 	})
 	cache := pebbledb.NewCache(blockCacheBytes)
 	defer cache.Unref()
+	fatal := &pebblelog.Fatal{Store: "ledger: store", Dir: dir}
 	db, err := pebbledb.Open(dir, &pebbledb.Options{
 		FS:                 fs,
 		Cache:              cache,
 		MemTableSize:       memTableBytes,
-		Logger:             pebblelog.Logger{Log: log},
+		Logger:             pebblelog.Logger{Log: log, Fatal: fatal},
 		FormatMajorVersion: pebbledb.FormatNewest,
 	})
 	if err != nil {
@@ -164,6 +166,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 		dir:          dir,
 		db:           db,
 		fsClose:      fsClose,
+		fatal:        fatal,
 		log:          log,
 		indexer:      opts.Indexer,
 		chunk:        chunk,
@@ -176,9 +179,14 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 		err = l.recover(ctx, st)
 	}
 	if err != nil {
-		l.batch.Close()
-		db.Close()
+		if fatal.Err() == nil {
+			l.batch.Close()
+			db.Close()
+		}
 		fsClose.Close()
+		if pebblelog.IsFatal(err) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
 	}
 	l.pending = st
@@ -341,9 +349,13 @@ func (l *Ledger) flushIfFull() error {
 	return l.commit(pebbledb.NoSync)
 }
 
-// commit writes the batch and starts a new one.
+// commit writes the batch and starts a new one. After a fatal Pebble error the batch is
+// left alone (Pebble's commit pipeline may still hold it) and the error is returned.
 func (l *Ledger) commit(o *pebbledb.WriteOptions) error {
-	err := l.batch.Commit(o)
+	err := l.fatal.Do(func() error { return l.batch.Commit(o) })
+	if pebblelog.IsFatal(err) {
+		return err
+	}
 	l.batch.Reset()
 	return err
 }
@@ -378,7 +390,11 @@ func (l *Ledger) leave() { l.closeMu.RUnlock() }
 
 // fail records a write error: the batch may have lost writes, so the writer stops.
 func (l *Ledger) fail(step string, err error) error {
-	l.werr = fmt.Errorf("ledger: %s %s: %w", step, l.dir, err)
+	if pebblelog.IsFatal(err) {
+		l.werr = ledger.WriteFailed(err) // it names the ledger and its directory
+		return l.werr
+	}
+	l.werr = ledger.WriteFailed(fmt.Errorf("ledger: %s %s: %w", step, l.dir, err))
 	return l.werr
 }
 
@@ -541,7 +557,7 @@ func (l *Ledger) setState(ctx context.Context, step string, set func(*ledger.Sta
 	st := l.pub.State()
 	set(&st)
 	set(&l.pending)
-	if err := l.db.Set(stateKey, encodeState(nil, st), pebbledb.Sync); err != nil {
+	if err := l.fatal.Do(func() error { return l.db.Set(stateKey, encodeState(nil, st), pebbledb.Sync) }); err != nil {
 		return l.fail(step, err)
 	}
 	l.pub.Publish(st)
@@ -821,6 +837,12 @@ func (l *Ledger) Close() error {
 	}
 	l.closeMu.Lock()
 	defer l.closeMu.Unlock()
+	if l.fatal.Err() != nil {
+		// Pebble cannot be closed cleanly after a fatal error; the write that met it
+		// returned the error.
+		l.fsClose.Close()
+		return nil
+	}
 	l.batch.Close()
 	err := l.db.Close()
 	l.fsClose.Close()

@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walflow/walflow/ledger"
 )
 
 // Conditions a caller may branch on. Each error returned for them wraps one of these and
@@ -47,7 +49,8 @@ const resyncHint = "to resync: stop walflow; move the ledger directory aside, wi
 // fatal reports whether err stops Run instead of causing a reconnect.
 func fatal(err error) bool {
 	for _, e := range []error{ErrWALLevel, ErrNoReplication, ErrNoPrimaryKey, ErrNoTable, ErrSlotInvalidated,
-		ErrSlotMissing, ErrSlotRecreated, ErrOriginChanged, ErrSlotConfig, ErrFailoverUnsupported, ErrProtocol} {
+		ErrSlotMissing, ErrSlotRecreated, ErrOriginChanged, ErrSlotConfig, ErrFailoverUnsupported, ErrProtocol,
+		ledger.ErrWriteFailed} {
 		if errors.Is(err, e) {
 			return true
 		}

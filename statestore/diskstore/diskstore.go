@@ -60,6 +60,8 @@ type Store struct {
 	dir     string
 	db      *pebble.DB
 	fsClose io.Closer // stops the disk health checks
+	// fatal holds Pebble's fatal error: after a failed log write every write returns it.
+	fatal *pebblelog.Fatal
 
 	// closeMu is held shared by every call that uses db, and exclusively by Close, so that
 	// the database is never closed under a call.
@@ -102,22 +104,25 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 	})
 	cache := pebble.NewCache(blockCacheBytes)
 	defer cache.Unref()
+	fatal := &pebblelog.Fatal{Store: "diskstore: store", Dir: dir}
 	db, err := pebble.Open(dir, &pebble.Options{
 		FS:                 fs,
 		Cache:              cache,
 		MemTableSize:       memTableBytes,
-		Logger:             pebblelog.Logger{Log: log},
+		Logger:             pebblelog.Logger{Log: log, Fatal: fatal},
 		FormatMajorVersion: pebble.FormatNewest,
 	})
 	if err != nil {
 		fsClose.Close()
 		return nil, fmt.Errorf("diskstore: open %s: %w", dir, err)
 	}
-	return &Store{dir: dir, db: db, fsClose: fsClose, seed: maphash.MakeSeed()}, nil
+	return &Store{dir: dir, db: db, fsClose: fsClose, fatal: fatal, seed: maphash.MakeSeed()}, nil
 }
 
 // Close closes the database. Savepoints are synced as they are saved, so Close loses
-// nothing. Calls after Close, and a second Close, return [ErrClosed].
+// nothing. Calls after Close, and a second Close, return [ErrClosed]. After a fatal Pebble
+// error (a write returned a *pebblelog.Error) Close only releases what it can: Pebble
+// cannot be closed cleanly then.
 func (s *Store) Close() error {
 	s.closeMu.Lock()
 	defer s.closeMu.Unlock()
@@ -125,6 +130,10 @@ func (s *Store) Close() error {
 		return ErrClosed
 	}
 	s.closed = true
+	if s.fatal.Err() != nil {
+		s.fsClose.Close()
+		return nil
+	}
 	err := s.db.Close()
 	s.fsClose.Close()
 	if err != nil {
@@ -167,7 +176,9 @@ func (s *Store) InitRun(ctx context.Context, runID string) error {
 	defer s.lock(runID)()
 	_, ok, err := nextNumber(s.db, runID)
 	if err == nil && !ok {
-		err = s.db.Set(runKey(runID), binary.BigEndian.AppendUint64(nil, 1), pebble.Sync)
+		err = s.fatal.Do(func() error {
+			return s.db.Set(runKey(runID), binary.BigEndian.AppendUint64(nil, 1), pebble.Sync)
+		})
 	}
 	if err != nil {
 		return fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
@@ -261,7 +272,7 @@ func (s *Store) save(ctx context.Context, runID string, sp statestore.Savepoint)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.Commit(pebble.Sync)
+	return s.fatal.Do(func() error { return b.Commit(pebble.Sync) })
 }
 
 // LatestSavepoint reads the latest savepoint from one snapshot; see
@@ -462,7 +473,7 @@ func (s *Store) deleteOld(runID string, keep int) error {
 	if err := b.DeleteRange(elo, entityPrefix(runID, cut.number+1), nil); err != nil {
 		return err
 	}
-	return b.Commit(pebble.Sync)
+	return s.fatal.Do(func() error { return b.Commit(pebble.Sync) })
 }
 
 // DeleteRun deletes the run and its savepoints in one synced batch; see
@@ -492,7 +503,7 @@ func (s *Store) DeleteRun(ctx context.Context, runID string) error {
 		if err := b.DeleteRange(elo, ehi, nil); err != nil {
 			return err
 		}
-		return b.Commit(pebble.Sync)
+		return s.fatal.Do(func() error { return b.Commit(pebble.Sync) })
 	}()
 	if err != nil {
 		return fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
