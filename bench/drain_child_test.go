@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"syscall"
 	"time"
@@ -97,6 +98,18 @@ func drainChildMain(specJSON string) int {
 	}
 	defer eng.Close()
 
+	// WALFLOW_BENCH_DRAIN_CPUPROFILE=FILE profiles the child's drain into FILE (the last
+	// drain's profile wins), for looking at where walflow's CPU per change goes.
+	if path := os.Getenv("WALFLOW_BENCH_DRAIN_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return fail("cpu profile: %v", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fail("cpu profile: %v", err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	ran := make(chan error, 1)
 	go func() { ran <- eng.Run(ctx) }()
 	// The marks, then the whole backlog, in order; the goroutine stops with ctx.
