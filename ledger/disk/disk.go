@@ -501,7 +501,7 @@ func (l *Ledger) createSeg(first event.Position) (*segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create segment: %w", err)
 	}
-	if _, err := f.Write(segHeader(first)); err == nil {
+	if _, err = f.Write(segHeader(first)); err == nil {
 		err = f.Sync()
 	}
 	if err == nil {

@@ -1,7 +1,6 @@
 package disk
 
 import (
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,8 +8,6 @@ import (
 
 	"github.com/walflow/walflow/event"
 )
-
-var discard = slog.New(slog.DiscardHandler)
 
 // crash closes the ledger as a crash would leave it: the bytes gathered in memory are
 // dropped unwritten, and what was written stays as it is.

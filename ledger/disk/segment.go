@@ -38,9 +38,6 @@ type segment struct {
 	commits bool
 }
 
-// last is the segment's last position; first-1 when it holds no event.
-func (s *segment) last() event.Position { return s.first + event.Position(s.count) - 1 }
-
 // closeFiles closes the segment's files.
 func (s *segment) closeFiles() {
 	if s.f != nil {
