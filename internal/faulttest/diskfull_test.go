@@ -196,18 +196,31 @@ indexes:
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM items`).Scan(&rows); err != nil {
 		t.Fatal(err)
 	}
+	end := currentLSN(t, conn)
 	run2 := startWalflow(ctx, t, bin, config)
-	poll(t, time.Minute, "the ledger holds every row", func() (bool, string, error) {
+	// Caught up when the slot is confirmed past the last commit: walflow acknowledges only
+	// what its ledger holds durably. (Read from PostgreSQL, not from walflow's /status, so
+	// that nothing else listening on the address can answer for it; the ledger itself is
+	// compared with the table below.)
+	poll(t, 2*time.Minute, "walflow acknowledges every commit", func() (bool, string, error) {
 		select {
 		case <-run2.exited:
 			return false, "", fmt.Errorf("walflow exited with %d before catching up:\n%s", run2.code, run2.stderr.String())
 		default:
 		}
-		head, err := statusHead(ctx, httpAddr)
-		if err != nil {
-			return false, err.Error(), nil // not serving yet
+		var confirmed string
+		if err := conn.QueryRow(ctx, `SELECT coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&confirmed); err != nil {
+			return false, "", fmt.Errorf("read the slot: %w", err)
 		}
-		return int(head) >= rows, fmt.Sprintf("ledger head %d of %d rows", head, rows), nil
+		cl, err := event.ParseLSN(confirmed)
+		if err != nil {
+			return false, "", err
+		}
+		seen := fmt.Sprintf("slot confirmed at %s, last commit before %s", cl, end)
+		if head, err := statusHead(ctx, httpAddr); err == nil {
+			seen += fmt.Sprintf("; /status ledger head %d of %d rows", head, rows)
+		}
+		return cl >= end, seen, nil
 	})
 	if err := run2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
