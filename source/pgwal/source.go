@@ -291,6 +291,14 @@ func (st *stream) run(ctx context.Context) (err error) {
 		close(done)
 		wg.Wait()
 		var failed []error // settling the sink, reported even after a clean stop
+		if errors.Is(err, ledger.ErrWriteFailed) {
+			// The sink refuses every write after a failed one: aborting or syncing again
+			// would only report the same failure twice.
+			if st.pending > 0 || st.inTx {
+				err = fmt.Errorf("%w; the transactions since the last sync are not durable, and are streamed again at the next start", err)
+			}
+			return
+		}
 		if st.inTx && !st.skipTx {
 			if aerr := st.sink.AbortTx(context.WithoutCancel(ctx)); aerr != nil {
 				failed = append(failed, fmt.Errorf("pgwal: abort the open transaction at stop: %w", aerr))

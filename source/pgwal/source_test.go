@@ -794,3 +794,77 @@ func TestBeginRefusedLeavesNothingToAbort(t *testing.T) {
 		t.Fatalf("the session ended with more than the refused BeginTx:\n%s", out)
 	}
 }
+
+// writeFailer fails every Sync once failing is set, with a write failure after which the
+// ledger takes no more writes, as a full disk does.
+type writeFailer struct {
+	*memory.Ledger
+	failing *atomic.Bool
+	commits *atomic.Int64
+}
+
+var errNoSpace = errors.New("write seg: no space left on device")
+
+func (s writeFailer) CommitTx(ctx context.Context, endLSN event.LSN) error {
+	err := s.Ledger.CommitTx(ctx, endLSN)
+	if err == nil {
+		s.commits.Add(1)
+	}
+	return err
+}
+
+func (s writeFailer) Sync(ctx context.Context) error {
+	if s.failing.Load() {
+		return ledger.WriteFailed(errNoSpace)
+	}
+	return s.Ledger.Sync(ctx)
+}
+
+func (s writeFailer) AbortTx(ctx context.Context) error {
+	if s.failing.Load() {
+		return ledger.WriteFailed(errNoSpace)
+	}
+	return s.Ledger.AbortTx(ctx)
+}
+
+// TestWriteFailureReportedOnce: a sink whose write failed refuses every later write, so Run
+// ends with that failure once, saying that what was not synced is streamed again, instead
+// of also reporting the stop's abort and sync failing the same way.
+func TestWriteFailureReportedOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, `CREATE TABLE t (id serial PRIMARY KEY)`)
+	cfg := h.config("t")
+	cfg.SyncDelay = 50 * time.Millisecond
+	src, err := pgwal.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	var commits atomic.Int64
+	done := make(chan error, 1)
+	go func() { done <- src.Run(t.Context(), writeFailer{h.led, &failing, &commits}) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for commits.Load() == 0 {
+		h.exec(`INSERT INTO t DEFAULT VALUES`)
+		if time.Now().After(deadline) {
+			t.Fatal("no transaction reached the ledger within 60s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	failing.Store(true)
+	for {
+		h.exec(`INSERT INTO t DEFAULT VALUES`)
+		select {
+		case err = <-done:
+		case <-time.After(50 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("Run did not end on the write failure within 60s")
+			}
+			continue
+		}
+		break
+	}
+	if !errors.Is(err, ledger.ErrWriteFailed) || strings.Count(err.Error(), errNoSpace.Error()) != 1 || !strings.Contains(err.Error(), "streamed again") {
+		t.Fatalf("Run returned %q, want the write failure once, saying the unsynced transactions are streamed again", err)
+	}
+}
