@@ -13,6 +13,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/ledger/internal/varint"
 )
 
 // File names in a ledger directory.
@@ -135,59 +136,22 @@ func decodeMeta(b []byte) (ledger.State, error) {
 	if crc(body) != sum {
 		return ledger.State{}, errors.New("meta file checksum mismatch")
 	}
-	d := decoder{b: body[n:]}
+	d := varint.Decoder{B: body[n:]}
 	var st ledger.State
-	st.Head = event.Position(d.uvarint())
-	st.Tail = event.Position(d.uvarint())
-	st.LastCommitLSN = event.LSN(d.uvarint())
-	st.LastEndLSN = event.LSN(d.uvarint())
-	st.AckedLSN = event.LSN(d.uvarint())
-	st.Origin.SystemID = d.string()
-	tl := d.varint()
+	st.Head = event.Position(d.Uvarint())
+	st.Tail = event.Position(d.Uvarint())
+	st.LastCommitLSN = event.LSN(d.Uvarint())
+	st.LastEndLSN = event.LSN(d.Uvarint())
+	st.AckedLSN = event.LSN(d.Uvarint())
+	st.Origin.SystemID = d.String()
+	tl := d.Varint()
 	st.Origin.Timeline = int32(tl)
-	st.Origin.Database = d.string()
-	st.Origin.Slot = d.string()
-	if d.bad || len(d.b) != 0 || int64(st.Origin.Timeline) != tl || st.Tail > st.Head {
+	st.Origin.Database = d.String()
+	st.Origin.Slot = d.String()
+	if d.Bad || len(d.B) != 0 || int64(st.Origin.Timeline) != tl || st.Tail > st.Head {
 		return ledger.State{}, errors.New("malformed meta file")
 	}
 	return st, nil
-}
-
-// decoder reads varints and strings, remembering the first failure.
-type decoder struct {
-	b   []byte
-	bad bool
-}
-
-func (d *decoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.bad = true
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) varint() int64 {
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.bad = true
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) string() string {
-	n := d.uvarint()
-	if d.bad || n > uint64(len(d.b)) {
-		d.bad = true
-		return ""
-	}
-	s := string(d.b[:n])
-	d.b = d.b[n:]
-	return s
 }
 
 // writeFileAtomic writes data to dir/name through a temporary file, fsynced, renamed over
@@ -349,56 +313,56 @@ func decodeIndexFooter(f *os.File, size int64, first event.Position) ([]idxBlock
 	if crc(b) != sum {
 		return nil, segInfo{}, errors.New("index file footer checksum mismatch")
 	}
-	d := decoder{b: b}
-	if event.Position(d.uvarint()) != first {
+	d := varint.Decoder{B: b}
+	if event.Position(d.Uvarint()) != first {
 		return nil, segInfo{}, errors.New("index file belongs to another segment")
 	}
-	nd := d.uvarint()
+	nd := d.Uvarint()
 	if nd > uint64(len(b)) {
 		return nil, segInfo{}, errors.New("malformed index file footer")
 	}
 	dir := make([]idxBlock, 0, nd)
 	for range nd {
 		var blk idxBlock
-		blk.first = d.string()
-		blk.off = int64(d.uvarint())
-		blk.n = int(d.uvarint())
-		if len(d.b) < 4 {
-			d.bad = true
+		blk.first = d.String()
+		blk.off = int64(d.Uvarint())
+		blk.n = int(d.Uvarint())
+		if len(d.B) < 4 {
+			d.Bad = true
 			break
 		}
-		blk.sum = binary.LittleEndian.Uint32(d.b)
-		d.b = d.b[4:]
+		blk.sum = binary.LittleEndian.Uint32(d.B)
+		d.B = d.B[4:]
 		if blk.off < 0 || blk.n < 0 || blk.off+int64(blk.n) > off {
-			d.bad = true
+			d.Bad = true
 		}
 		dir = append(dir, blk)
 	}
 	var info segInfo
-	info.count = int(d.uvarint())
-	info.size = int64(d.uvarint())
-	no := d.uvarint()
+	info.count = int(d.Uvarint())
+	info.size = int64(d.Uvarint())
+	no := d.Uvarint()
 	if no > uint64(len(b)) {
 		return nil, segInfo{}, errors.New("malformed index file footer")
 	}
 	info.offsets = make([]int64, 0, no)
 	prev := int64(0)
 	for range no {
-		prev += int64(d.uvarint())
+		prev += int64(d.Uvarint())
 		info.offsets = append(info.offsets, prev)
 	}
-	if len(d.b) < 1 {
-		d.bad = true
+	if len(d.B) < 1 {
+		d.Bad = true
 	} else {
-		info.commits = d.b[0] == 1
-		d.b = d.b[1:]
+		info.commits = d.B[0] == 1
+		d.B = d.B[1:]
 		if info.commits {
-			info.commit.head = event.Position(d.uvarint())
-			info.commit.commitLSN = event.LSN(d.uvarint())
-			info.commit.endLSN = event.LSN(d.uvarint())
+			info.commit.head = event.Position(d.Uvarint())
+			info.commit.commitLSN = event.LSN(d.Uvarint())
+			info.commit.endLSN = event.LSN(d.Uvarint())
 		}
 	}
-	if d.bad || len(d.b) != 0 || len(info.offsets) != (info.count+sparseEvery-1)/sparseEvery {
+	if d.Bad || len(d.B) != 0 || len(info.offsets) != (info.count+sparseEvery-1)/sparseEvery {
 		return nil, segInfo{}, errors.New("malformed index file footer")
 	}
 	return dir, info, nil
@@ -407,11 +371,11 @@ func decodeIndexFooter(f *os.File, size int64, first event.Position) ([]idxBlock
 // findInBlock returns the positions (relative to the segment's first position) of key in
 // an index block, or nil.
 func findInBlock(b []byte, key string) ([]uint32, error) {
-	d := decoder{b: b}
-	for len(d.b) > 0 {
-		k := d.string()
-		n := d.uvarint()
-		if d.bad || n > uint64(len(d.b)) {
+	d := varint.Decoder{B: b}
+	for len(d.B) > 0 {
+		k := d.String()
+		n := d.Uvarint()
+		if d.Bad || n > uint64(len(d.B)) {
 			return nil, errors.New("malformed index block")
 		}
 		if k > key {
@@ -419,14 +383,14 @@ func findInBlock(b []byte, key string) ([]uint32, error) {
 		}
 		if k != key {
 			for range n {
-				d.uvarint()
+				d.Uvarint()
 			}
 			continue
 		}
 		ps := make([]uint32, 0, n)
 		var p uint32
 		for i := range n {
-			v := uint32(d.uvarint())
+			v := uint32(d.Uvarint())
 			if i == 0 {
 				p = v
 			} else {
@@ -434,7 +398,7 @@ func findInBlock(b []byte, key string) ([]uint32, error) {
 			}
 			ps = append(ps, p)
 		}
-		if d.bad {
+		if d.Bad {
 			return nil, errors.New("malformed index block")
 		}
 		return ps, nil

@@ -23,6 +23,7 @@ import (
 	"github.com/walflow/walflow/internal/pebblelog"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/internal/notify"
+	"github.com/walflow/walflow/ledger/internal/varint"
 )
 
 // ChunkBytesDefault is the default [Options.ChunkBytes]: 4 MiB.
@@ -912,58 +913,22 @@ func decodeState(b []byte) (ledger.State, error) {
 	if b[0] != stateVersion && b[0] != stateVersionTail {
 		return ledger.State{}, fmt.Errorf("unknown metadata version %d (this walflow reads versions %d and %d; upgrade walflow)", b[0], stateVersion, stateVersionTail)
 	}
-	d := stateDecoder{b: b[1:]}
+	d := varint.Decoder{B: b[1:]}
 	var st ledger.State
 	if b[0] == stateVersionTail {
-		st.Tail = event.Position(d.uvarint())
+		st.Tail = event.Position(d.Uvarint())
 	}
-	st.Head = event.Position(d.uvarint())
-	st.LastCommitLSN = event.LSN(d.uvarint())
-	st.LastEndLSN = event.LSN(d.uvarint())
-	st.AckedLSN = event.LSN(d.uvarint())
-	st.Origin.SystemID = d.string()
-	tl := d.varint()
+	st.Head = event.Position(d.Uvarint())
+	st.LastCommitLSN = event.LSN(d.Uvarint())
+	st.LastEndLSN = event.LSN(d.Uvarint())
+	st.AckedLSN = event.LSN(d.Uvarint())
+	st.Origin.SystemID = d.String()
+	tl := d.Varint()
 	st.Origin.Timeline = int32(tl)
-	st.Origin.Database = d.string()
-	st.Origin.Slot = d.string()
-	if d.bad || len(d.b) != 0 || int64(st.Origin.Timeline) != tl || st.Tail > st.Head {
+	st.Origin.Database = d.String()
+	st.Origin.Slot = d.String()
+	if d.Bad || len(d.B) != 0 || int64(st.Origin.Timeline) != tl || st.Tail > st.Head {
 		return ledger.State{}, fmt.Errorf("malformed metadata %x", b)
 	}
 	return st, nil
-}
-
-type stateDecoder struct {
-	b   []byte
-	bad bool
-}
-
-func (d *stateDecoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.bad = true
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *stateDecoder) varint() int64 {
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.bad = true
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *stateDecoder) string() string {
-	n := d.uvarint()
-	if d.bad || n > uint64(len(d.b)) {
-		d.bad = true
-		return ""
-	}
-	s := string(d.b[:n])
-	d.b = d.b[n:]
-	return s
 }
