@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/source/pgwal"
 )
@@ -465,17 +466,26 @@ func readLedger(ctx context.Context, c *config, ops []operatorStatus) ledgerView
 		if !o.Started || keys == nil {
 			continue
 		}
-		// The operator has applied everything before the next event of its entities.
-		evs, err := led.ReadKeys(ctx, keys, o.Checkpoint, 1)
-		switch {
-		case err != nil:
-		case len(evs) == 0:
-			v.through[o.Name] = v.head
-		default:
-			v.through[o.Name] = evs[0].Position - 1
+		if p, ok := appliedThrough(ctx, led, keys, o.Checkpoint); ok {
+			v.through[o.Name] = p
 		}
 	}
 	return v
+}
+
+// appliedThrough is the position through which an operator of the entities keys, whose
+// checkpoint is checkpoint, has applied every event: just before the next event of its
+// entities, or the head when there is none. ok is false when the ledger cannot say.
+func appliedThrough(ctx context.Context, led ledger.Ledger, keys []string, checkpoint event.Position) (event.Position, bool) {
+	evs, err := led.ReadKeys(ctx, keys, checkpoint, 1)
+	switch {
+	case err != nil:
+		return 0, false
+	case len(evs) == 0:
+		return led.State().Head, true
+	default:
+		return evs[0].Position - 1, true
+	}
 }
 
 func operatorRestartMain(ctx context.Context, e *env, path, instance, name string) error {

@@ -157,14 +157,8 @@ func storedOperators(ctx context.Context, c *config, led ledger.Ledger, st *walf
 			for j, ent := range o.Entities {
 				keys[j] = bareName(ent)
 			}
-			// The operator has applied everything before the next event of its entities.
-			evs, err := led.ReadKeys(ctx, keys, s.Position, 1)
-			switch {
-			case err != nil:
-			case len(evs) == 0:
-				o.Position = max(o.Position, event.Position(st.LedgerHead))
-			default:
-				o.Position = max(o.Position, evs[0].Position-1)
+			if p, ok := appliedThrough(ctx, led, keys, s.Position); ok {
+				o.Position = max(o.Position, p)
 			}
 		}
 	}
