@@ -27,7 +27,8 @@ import (
 	"github.com/walflow/walflow/ledger/pebble"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
-	"github.com/walflow/walflow/processstatus/pgstore"
+	psmemory "github.com/walflow/walflow/processstatus/memory"
+	"github.com/walflow/walflow/processstatus/pg"
 	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/pubsub"
 	"github.com/walflow/walflow/realtime"
@@ -51,7 +52,7 @@ type Engine struct {
 	ops       *operator.Runner
 	opMetrics *operatorMetrics
 	tracker   *processstatus.Tracker
-	psStore   *pgstore.Store    // nil unless process status is kept in PostgreSQL
+	psStore   *pg.Store         // nil unless process status is kept in PostgreSQL
 	gw        *realtime.Gateway // nil unless Config.Realtime is set
 	idx       *index.Runner     // nil without Config.Indexers
 	projs     *projector.Runner // nil without Config.Projectors
@@ -158,11 +159,11 @@ func (e *Engine) openProcessStatus() error {
 	if store == nil {
 		switch e.cfg.ProcessStatus {
 		case "memory":
-			store = processstatus.NewMemoryStore()
+			store = psmemory.New()
 		case "none":
 			store = processstatus.NoStore{}
 		default:
-			ps, err := pgstore.New(pgstore.Config{DB: e.pool, Instance: e.cfg.Slot, Logger: e.cfg.Logger})
+			ps, err := pg.New(pg.Config{DB: e.pool, Instance: e.cfg.Slot, Logger: e.cfg.Logger})
 			if err != nil {
 				return err
 			}

@@ -17,8 +17,8 @@ import (
 	ledgerdisk "github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/statestore"
-	"github.com/walflow/walflow/statestore/diskstore"
-	"github.com/walflow/walflow/statestore/storetest"
+	"github.com/walflow/walflow/statestore/disk"
+	"github.com/walflow/walflow/statestore/statestoretest"
 )
 
 var (
@@ -110,7 +110,7 @@ func runProjectorBench(tb testing.TB, n, every int) projectorBenchResult {
 	// A stateful projector: run part of the way, crash (its storage takes no more writes, so
 	// the clean stop's flush saves nothing), restart from the latest savepoint and count
 	// what it replays.
-	states, err := diskstore.Open(ctx, filepath.Join(dir, "states"), nil)
+	states, err := disk.Open(ctx, filepath.Join(dir, "states"), nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func runProjectorBench(tb testing.TB, n, every int) projectorBenchResult {
 	// The first run crashes while handling the event at crashAt: half a savepoint interval
 	// (and a little) past a savepoint, well before the head.
 	crashAt := int64(head*3/4) + int64(every/2) + 37
-	crashable := storetest.NewCrashable(states)
+	crashable := statestoretest.NewCrashable(states)
 	balance := func(ctx context.Context, st *projector.State, e event.Event) error {
 		handled.Add(1)
 		if e.Position == event.Position(crashAt) {

@@ -62,11 +62,11 @@
 //
 // A [Store] keeps the status across restarts: the per-entity timestamps and the position a
 // restarted tracker resumes reading from, so a restart does not rescan the whole ledger.
-// [NewMemoryStore] keeps it in memory, [NoStore] keeps nothing (the tracker then reads the
+// processstatus/memory keeps it in memory, [NoStore] keeps nothing (the tracker then reads the
 // whole ledger at each start, from its tail when retention truncated it), and
-// processstatus/pgstore keeps it in PostgreSQL, in
+// processstatus/pg keeps it in PostgreSQL, in
 // walflow.process_status, writing each entity at most once per flush interval.
-// processstatus/storetest is the conformance suite for stores.
+// processstatus/processstatustest is the conformance suite for stores.
 //
 // # Shutdown
 //

@@ -12,8 +12,8 @@ import (
 
 	"github.com/walflow/walflow/ledger/memory"
 	"github.com/walflow/walflow/processstatus"
-	"github.com/walflow/walflow/processstatus/pgstore"
-	"github.com/walflow/walflow/processstatus/storetest"
+	"github.com/walflow/walflow/processstatus/pg"
+	"github.com/walflow/walflow/processstatus/processstatustest"
 )
 
 func ExampleHeaderValue() {
@@ -45,8 +45,8 @@ func ExampleMiddleware() {
 		log.Fatal(err)
 	}
 	led := memory.New(nil)
-	operators := storetest.NewWatermarks() // stands in for the operator runner
-	store, err := pgstore.New(pgstore.Config{DB: conn})
+	operators := processstatustest.NewWatermarks() // stands in for the operator runner
+	store, err := pg.New(pg.Config{DB: conn})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger/memory"
 	"github.com/walflow/walflow/processstatus"
-	"github.com/walflow/walflow/processstatus/storetest"
+	"github.com/walflow/walflow/processstatus/processstatustest"
 )
 
 // middlewareSetup returns a running tracker where posts is processed through t0 (its
@@ -330,5 +330,5 @@ func FuzzMiddlewareHeaders(f *testing.F) {
 func idleTracker(tb testing.TB) *processstatus.Tracker {
 	l := memory.New(nil)
 	tb.Cleanup(func() { l.Close() })
-	return storetest.NewTracker(tb, processstatus.Config{Ledger: l, Watermark: storetest.NewWatermarks()})
+	return processstatustest.NewTracker(tb, processstatus.Config{Ledger: l, Watermark: processstatustest.NewWatermarks()})
 }

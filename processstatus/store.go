@@ -2,16 +2,14 @@ package processstatus
 
 import (
 	"context"
-	"maps"
-	"sync"
 
 	"github.com/walflow/walflow/event"
 )
 
 // Store keeps the process status across restarts: per entity, the processed timestamp, and
 // the ledger position through which every event is processed, where a restarted [Tracker]
-// resumes reading. Backends: [MemoryStore], [NoStore] and processstatus/pgstore
-// (PostgreSQL); processstatus/storetest is the conformance suite.
+// resumes reading. Backends: [NoStore], processstatus/memory and processstatus/pg
+// (PostgreSQL); processstatus/processstatustest is the conformance suite.
 //
 // The tracker calls Save and SavePosition from its Run goroutine only, and always saves an
 // entity's timestamp before a position that covers the event it came from. A store must
@@ -31,7 +29,7 @@ type Store interface {
 	Reset(ctx context.Context) error
 }
 
-// Flusher is implemented by stores that buffer saves, such as pgstore's. [Tracker.Run] calls
+// Flusher is implemented by stores that buffer saves, such as pg's. [Tracker.Run] calls
 // Flush before it returns, so a graceful stop persists the latest status.
 type Flusher interface {
 	// Flush writes the buffered saves.
@@ -46,52 +44,6 @@ type Snapshot struct {
 	// Position is the ledger position through which every event is processed; 0 when none
 	// was saved.
 	Position event.Position
-}
-
-// MemoryStore is a [Store] that keeps the status in memory. It survives a tracker restart
-// within one process (tests, or a tracker restarted with the same store), not a process
-// restart. Create it with [NewMemoryStore]; it is safe for concurrent use.
-type MemoryStore struct {
-	mu       sync.Mutex
-	entities map[string]int64
-	pos      event.Position
-}
-
-var _ Store = (*MemoryStore)(nil)
-
-// NewMemoryStore returns an empty memory store.
-func NewMemoryStore() *MemoryStore { return &MemoryStore{entities: map[string]int64{}} }
-
-// Save records entity's processed timestamp.
-func (s *MemoryStore) Save(ctx context.Context, entity string, micros int64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.entities[entity] = micros
-	return nil
-}
-
-// SavePosition records the processed position.
-func (s *MemoryStore) SavePosition(ctx context.Context, pos event.Position) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.pos = pos
-	return nil
-}
-
-// Load returns a copy of what was saved.
-func (s *MemoryStore) Load(ctx context.Context) (Snapshot, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return Snapshot{Entities: maps.Clone(s.entities), Position: s.pos}, nil
-}
-
-// Reset forgets everything.
-func (s *MemoryStore) Reset(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	clear(s.entities)
-	s.pos = 0
-	return nil
 }
 
 // NoStore is a [Store] that keeps nothing: every Load returns an empty [Snapshot]. A tracker

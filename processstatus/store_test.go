@@ -4,20 +4,12 @@ import (
 	"testing"
 
 	"github.com/walflow/walflow/processstatus"
-	"github.com/walflow/walflow/processstatus/storetest"
+	"github.com/walflow/walflow/processstatus/processstatustest"
 )
-
-func TestMemoryStore(t *testing.T) {
-	t.Parallel()
-	storetest.Run(t, storetest.Features{Durable: true}, func(t *testing.T) func() processstatus.Store {
-		s := processstatus.NewMemoryStore()
-		return func() processstatus.Store { return s }
-	})
-}
 
 func TestNoStore(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, storetest.Features{Durable: false}, func(t *testing.T) func() processstatus.Store {
+	processstatustest.Run(t, processstatustest.Features{Durable: false}, func(t *testing.T) func() processstatus.Store {
 		return func() processstatus.Store { return processstatus.NoStore{} }
 	})
 }

@@ -15,7 +15,8 @@ import (
 	"github.com/walflow/walflow/ledger/ledgertest"
 	"github.com/walflow/walflow/ledger/memory"
 	"github.com/walflow/walflow/processstatus"
-	"github.com/walflow/walflow/processstatus/storetest"
+	psmemory "github.com/walflow/walflow/processstatus/memory"
+	"github.com/walflow/walflow/processstatus/processstatustest"
 )
 
 // testTimeout bounds every wait of these tests.
@@ -26,7 +27,7 @@ const t0 = int64(1_721_736_000_000_000) // 2024-07-23 12:00:00 UTC
 // bundle is a tracker over a memory ledger, with watermarks the test moves.
 type bundle struct {
 	l    *memory.Ledger
-	wm   *storetest.Watermarks
+	wm   *processstatustest.Watermarks
 	tr   *processstatus.Tracker
 	cfg  processstatus.Config
 	next event.LSN
@@ -38,7 +39,7 @@ func setup(t *testing.T, mod func(*processstatus.Config)) *bundle {
 	t.Helper()
 	l := memory.New(&memory.Options{Indexer: ledgertest.Indexer})
 	t.Cleanup(func() { l.Close() })
-	wm := storetest.NewWatermarks()
+	wm := processstatustest.NewWatermarks()
 	cfg := processstatus.Config{
 		Ledger: l, Watermark: wm, ChangedFunc: wm.Changed,
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
@@ -46,7 +47,7 @@ func setup(t *testing.T, mod func(*processstatus.Config)) *bundle {
 	if mod != nil {
 		mod(&cfg)
 	}
-	return &bundle{l: l, wm: wm, tr: storetest.NewTracker(t, cfg), cfg: cfg, next: 0x100}
+	return &bundle{l: l, wm: wm, tr: processstatustest.NewTracker(t, cfg), cfg: cfg, next: 0x100}
 }
 
 // write commits events in one transaction at the next LSN (0x100, 0x200, ...), syncs, and
@@ -81,7 +82,7 @@ func (b *bundle) start(t *testing.T) {
 
 // ev returns an insert into table whose updated_at holds micros.
 func ev(table string, id int, micros int64) *event.Event {
-	return storetest.Event(0, 0, table, id, micros)
+	return processstatustest.Event(0, 0, table, id, micros)
 }
 
 // withColumn returns an insert into table whose column holds the value v.
@@ -194,7 +195,7 @@ func TestTimestampColumns(t *testing.T) {
 			}
 			return processstatus.TimestampColumnDefault
 		}
-		c.Watermark = storetest.HeadWatermark{Ledger: c.Ledger}
+		c.Watermark = processstatustest.HeadWatermark{Ledger: c.Ledger}
 		c.ChangedFunc = nil
 	})
 	b.write(t,
@@ -418,7 +419,7 @@ func TestSmallBatches(t *testing.T) {
 // TestSavedPositionAheadOfLedger: a status saved against another ledger is reset.
 func TestSavedPositionAheadOfLedger(t *testing.T) {
 	t.Parallel()
-	store := processstatus.NewMemoryStore()
+	store := psmemory.New()
 	_ = store.Save(t.Context(), "posts", t0+99)
 	_ = store.SavePosition(t.Context(), 50)
 	b := setup(t, func(c *processstatus.Config) { c.Store = store })
@@ -442,7 +443,7 @@ func TestSavedPositionBeforeTail(t *testing.T) {
 	for _, saved := range []event.Position{0, 2} {
 		t.Run(fmt.Sprintf("saved at %d", saved), func(t *testing.T) {
 			t.Parallel()
-			store := processstatus.NewMemoryStore()
+			store := psmemory.New()
 			_ = store.Save(t.Context(), "posts", t0)
 			_ = store.SavePosition(t.Context(), saved)
 			b := setup(t, func(c *processstatus.Config) { c.Store = store })
@@ -500,7 +501,7 @@ func TestRunErrors(t *testing.T) {
 	for _, failing := range []string{"load", "save", "position"} {
 		t.Run("store "+failing, func(t *testing.T) {
 			t.Parallel()
-			store := &failingStore{Store: processstatus.NewMemoryStore(), fail: failing, err: errStore}
+			store := &failingStore{Store: psmemory.New(), fail: failing, err: errStore}
 			b := setup(t, func(c *processstatus.Config) { c.Store = store })
 			b.wm.SetDefault(1)
 			b.write(t, ev("posts", 1, t0))
@@ -518,7 +519,7 @@ func TestRunErrors(t *testing.T) {
 // TestFlushOnReturn: Run flushes a buffering store when it returns.
 func TestFlushOnReturn(t *testing.T) {
 	t.Parallel()
-	store := &flushingStore{Store: processstatus.NewMemoryStore()}
+	store := &flushingStore{Store: psmemory.New()}
 	b := setup(t, func(c *processstatus.Config) { c.Store = store })
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -534,7 +535,7 @@ func TestConfigErrors(t *testing.T) {
 	t.Parallel()
 	l := memory.New(nil)
 	defer l.Close()
-	wm := storetest.NewWatermarks()
+	wm := processstatustest.NewWatermarks()
 	tests := []struct {
 		name string
 		cfg  processstatus.Config

@@ -74,7 +74,7 @@ func (c SavepointConfig) withDefaults() SavepointConfig {
 func (c SavepointConfig) validate() error {
 	switch {
 	case c.Storage == nil:
-		return errors.New("projector: SavepointConfig.Storage is nil; pass a statestore.Storage (statestore.NewMemory, diskstore.Open or pgstore.New)")
+		return errors.New("projector: SavepointConfig.Storage is nil; pass a statestore.Storage (statestore/memory.New, statestore/disk.Open or statestore/pg.New)")
 	case c.Keep < 0:
 		return fmt.Errorf("projector: SavepointConfig.Keep is %d; keep at least 1 savepoint (0 means the default, %d)", c.Keep, SavepointKeepDefault)
 	}

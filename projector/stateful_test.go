@@ -21,9 +21,10 @@ import (
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/statestore"
-	"github.com/walflow/walflow/statestore/diskstore"
-	"github.com/walflow/walflow/statestore/pgstore"
-	"github.com/walflow/walflow/statestore/storetest"
+	"github.com/walflow/walflow/statestore/disk"
+	statememory "github.com/walflow/walflow/statestore/memory"
+	"github.com/walflow/walflow/statestore/pg"
+	"github.com/walflow/walflow/statestore/statestoretest"
 )
 
 // sfAccounts is how many accounts the events of the stateful tests spread over.
@@ -231,7 +232,7 @@ func stopAtRandom(t *testing.T, led *memory.Ledger, storage statestore.Storage, 
 			once.Do(func() { close(stopped) })
 		}
 	}
-	crashable := storetest.NewCrashable(storage)
+	crashable := statestoretest.NewCrashable(storage)
 	p := startProcess(t, led, crashable, o)
 	select {
 	case <-stopped:
@@ -247,7 +248,7 @@ func TestStatefulCrashReplaysOnlyTheTail(t *testing.T) {
 	t.Parallel()
 	const total, every, batch = 10000, 1000, 100
 	led := sfLedger(t, total)
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	o := sfOpts{cfg: projector.SavepointConfig{Every: every, Interval: -1}, batch: batch}
 	calls1, _ := stopAtRandom(t, led, storage, o, total)
 	// A crash: the next process starts from the latest savepoint.
@@ -278,7 +279,7 @@ func TestStatefulCleanStopReplaysNothing(t *testing.T) {
 	t.Parallel()
 	const total = 10000
 	led := sfLedger(t, total)
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	o := sfOpts{cfg: projector.SavepointConfig{Every: 1000, Interval: -1}, batch: 100}
 	var once sync.Once
 	stopped := make(chan struct{})
@@ -322,7 +323,7 @@ func TestStatefulFailingSavesThenCrash(t *testing.T) {
 	t.Parallel()
 	const total, every, batch = 5000, 500, 50
 	led := sfLedger(t, total)
-	mem := statestore.NewMemory()
+	mem := statememory.New()
 	fs := &failingStorage{Storage: mem}
 	o := sfOpts{cfg: projector.SavepointConfig{Every: every, Interval: -1}, batch: batch}
 	var once sync.Once
@@ -359,8 +360,8 @@ func TestStatefulDiskstore(t *testing.T) {
 	const total, every, batch = 3000, 300, 64
 	led := sfLedger(t, total)
 	dir := t.TempDir()
-	open := func() *diskstore.Store {
-		s, err := diskstore.Open(t.Context(), dir, nil)
+	open := func() *disk.Store {
+		s, err := disk.Open(t.Context(), dir, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -399,7 +400,7 @@ func TestStatefulDiskstore(t *testing.T) {
 func TestStatefulKeep(t *testing.T) {
 	t.Parallel()
 	led := sfLedger(t, 1000)
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	p := startProcess(t, led, storage, sfOpts{cfg: projector.SavepointConfig{Every: 100, Interval: -1, Keep: 3}, batch: 50})
 	p.waitLive()
 	infos, err := storage.ListSavepoints(t.Context(), "counts")
@@ -419,7 +420,7 @@ func TestStatefulKeep(t *testing.T) {
 func TestStatefulInterval(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		storage := statestore.NewMemory()
+		storage := statememory.New()
 		store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: -1, Interval: 10 * time.Second, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
@@ -493,7 +494,7 @@ func TestStatefulReset(t *testing.T) {
 	t.Parallel()
 	const total = 2000
 	led := sfLedger(t, total)
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	p := startProcess(t, led, storage, sfOpts{cfg: projector.SavepointConfig{Every: 500, Interval: -1}, batch: 100})
 	p.waitLive()
 	checkState(t, p.store.State("counts"), total)
@@ -533,7 +534,7 @@ func TestStatefulHaltSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	const total, bad = 1000, 777
 	led := sfLedger(t, total)
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	var broken atomic.Bool
 	broken.Store(true)
 	var fails atomic.Int64
@@ -605,7 +606,7 @@ func TestStatefulRetryUndoesTheFailedAttempt(t *testing.T) {
 		}
 		return nil
 	}
-	p := startProcess(t, led, statestore.NewMemory(), sfOpts{cfg: projector.SavepointConfig{Every: 100, Interval: -1}, batch: 32, handle: handle})
+	p := startProcess(t, led, statememory.New(), sfOpts{cfg: projector.SavepointConfig{Every: 100, Interval: -1}, batch: 32, handle: handle})
 	p.waitLive()
 	checkState(t, p.store.State("counts"), total)
 }
@@ -615,7 +616,7 @@ func TestStatefulFallback(t *testing.T) {
 	led := sfLedger(t, 300)
 	fallback := projector.NewMemoryStore()
 	rc := &recorder{}
-	p := startProcess(t, led, statestore.NewMemory(), sfOpts{cfg: projector.SavepointConfig{Fallback: fallback}, batch: 100,
+	p := startProcess(t, led, statememory.New(), sfOpts{cfg: projector.SavepointConfig{Fallback: fallback}, batch: 100,
 		fallback: []projector.Projector{{Name: "plain", Handle: rc.handle}}})
 	p.waitLive()
 	if err := p.r.WaitLive(t.Context(), "plain"); err != nil {
@@ -632,7 +633,7 @@ func TestStatefulRefused(t *testing.T) {
 	if _, err := projector.NewSavepointStore(projector.SavepointConfig{}); err == nil {
 		t.Fatal("NewSavepointStore without Storage succeeded")
 	}
-	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory()})
+	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statememory.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -660,7 +661,7 @@ func TestStatefulRefused(t *testing.T) {
 
 func TestStatefulConflict(t *testing.T) {
 	t.Parallel()
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	ctx := t.Context()
 	newStore := func() *projector.SavepointStore {
 		s, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: 1, Logger: testLogger(t)})
@@ -706,7 +707,7 @@ func TestStatefulConflict(t *testing.T) {
 
 func TestStateSetChecksIDs(t *testing.T) {
 	t.Parallel()
-	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Logger: testLogger(t)})
+	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statememory.New(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -741,7 +742,7 @@ func TestStatefulStopMidBatch(t *testing.T) {
 	t.Parallel()
 	const total, batch = 3000, 100
 	led := sfLedger(t, total)
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	parent, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := &counter{}
@@ -797,7 +798,7 @@ func mustStateful(t *testing.T, s *projector.SavepointStore, name string) projec
 
 func TestStatefulHaltWithStateAhead(t *testing.T) {
 	t.Parallel()
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	ctx := t.Context()
 	newStore := func() (*projector.SavepointStore, projector.Projector) {
 		s, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: storage, Every: 2, Logger: testLogger(t)})
@@ -889,7 +890,7 @@ func TestStatefulSequence(t *testing.T) {
 	t.Parallel()
 	const total, every, batch = 4000, 400, 33
 	led := seqLedger(t, total)
-	storage := statestore.NewMemory()
+	storage := statememory.New()
 	var calls atomic.Int64
 	// The state is, per table, the last id applied: each must be the one before plus 1.
 	handle := func(_ context.Context, st *projector.State, e event.Event) error {
@@ -962,7 +963,7 @@ func ExampleSavepointStore() {
 	_ = led.CommitTx(ctx, 101)
 	_ = led.Sync(ctx)
 
-	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Every: 1000})
+	store, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statememory.New(), Every: 1000})
 	if err != nil {
 		panic(err)
 	}
@@ -1013,7 +1014,7 @@ func TestStatefulBesideHandleTx(t *testing.T) {
 	if err := pg.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	base, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statestore.NewMemory(), Fallback: pg, Every: 100, Logger: testLogger(t)})
+	base, err := projector.NewSavepointStore(projector.SavepointConfig{Storage: statememory.New(), Fallback: pg, Every: 100, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1058,7 +1059,7 @@ func TestStatefulPgstore(t *testing.T) {
 	const total, every, batch = 2000, 200, 50
 	b := setup(t)
 	sfAppend(t, b.led, 0, total)
-	storage, err := pgstore.New(pgstore.Config{DB: b.db})
+	storage, err := pg.New(pg.Config{DB: b.db})
 	if err != nil {
 		t.Fatal(err)
 	}

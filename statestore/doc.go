@@ -36,7 +36,7 @@
 // # Guarantees
 //
 // Every backend gives the same guarantees, checked by the conformance suite in
-// statestore/storetest:
+// statestore/statestoretest:
 //
 //   - A savepoint is saved atomically: a reader sees either the whole savepoint or none of it,
 //     never some of its entities.
@@ -49,8 +49,8 @@
 //
 // # Backends
 //
-//   - [Memory] ([NewMemory]): in the process, for tests and for runs that need no restart.
-//   - statestore/diskstore: embedded, in a Pebble directory, like the disk ledger.
-//   - statestore/pgstore: PostgreSQL tables in the walflow schema, with Tx variants of the
+//   - statestore/memory: in the process, for tests and for runs that need no restart.
+//   - statestore/disk: embedded, in a Pebble directory, like the disk ledger.
+//   - statestore/pg: PostgreSQL tables in the walflow schema, with Tx variants of the
 //     writes so a savepoint commits in the caller's transaction.
 package statestore

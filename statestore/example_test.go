@@ -7,13 +7,14 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/statestore"
+	"github.com/walflow/walflow/statestore/memory"
 )
 
 // A stateful consumer saves its state with the ledger position it reflects, and on restart
 // resumes from the latest savepoint.
 func Example() {
 	ctx := context.Background()
-	store := statestore.NewMemory()
+	store := memory.New()
 
 	// On start: initialize the run (nothing happens if it exists), then look for a
 	// savepoint.

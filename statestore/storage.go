@@ -95,7 +95,7 @@ type Savepoint struct {
 	//
 	// The savepoint carries this typed position rather than an opaque metadata field
 	// because it is the one thing every consumer needs to restart, it must commit with the
-	// state it describes, and as a column it can be read by tools (pgstore stores it as
+	// state it describes, and as a column it can be read by tools (pg stores it as
 	// bigint). Anything else a consumer needs beside its state, such as the version of its
 	// state encoding, goes in an entity with an id of its own.
 	Position event.Position

@@ -1,4 +1,4 @@
-package storetest
+package statestoretest
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 )
 
 // ErrCrashed is returned by the writes of a [Crashable] after Crash.
-var ErrCrashed = errors.New("storetest: the process crashed; this write never happened")
+var ErrCrashed = errors.New("statestoretest: the process crashed; this write never happened")
 
 // Crashable is a Storage whose writes stop at Crash, as a killed process's would: tests of
 // code that saves on a clean stop use it to stop "by crashing" instead, keeping what was

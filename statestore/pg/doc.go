@@ -1,4 +1,4 @@
-// Package pgstore is a [statestore.Storage] that keeps savepoints in PostgreSQL.
+// Package pg is a [statestore.Storage] that keeps savepoints in PostgreSQL.
 //
 // # Tables
 //
@@ -29,4 +29,4 @@
 // The writes come in pairs: SaveSavepoint and SaveSavepointTx, and so on. The Tx variant
 // runs in the caller's transaction, so that a projector commits its savepoint together
 // with its own writes; it holds the run's row lock until that transaction ends.
-package pgstore
+package pg

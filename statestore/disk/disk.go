@@ -1,4 +1,4 @@
-package diskstore
+package disk
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 )
 
 // ErrClosed is returned by every method of a closed [Store].
-var ErrClosed = errors.New("diskstore: closed")
+var ErrClosed = errors.New("statestore/disk: closed")
 
 // Pebble tuning for a small footprint.
 const (
@@ -86,16 +86,16 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 		opts = &Options{}
 	}
 	if dir == "" {
-		return nil, errors.New("diskstore: open: no directory given; pass the directory to keep the savepoints in")
+		return nil, errors.New("statestore/disk: open: no directory given; pass the directory to keep the savepoints in")
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("diskstore: open %s: %w", dir, err)
+		return nil, fmt.Errorf("statestore/disk: open %s: %w", dir, err)
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With(slog.String("component", "statestore.diskstore"))
+	log = log.With(slog.String("component", "statestore.disk"))
 	// Pebble wraps its file system in disk health checks itself, but does not stop them
 	// when Open fails; this wrapper is stopped by Close or a failed Open.
 	fs, fsClose := vfs.WithDiskHealthChecks(vfs.Default, diskSlowAfter, nil, func(info vfs.DiskSlowInfo) {
@@ -104,7 +104,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 	})
 	cache := pebble.NewCache(blockCacheBytes)
 	defer cache.Unref()
-	fatal := &pebblelog.Fatal{Store: "diskstore: store", Dir: dir}
+	fatal := &pebblelog.Fatal{Store: "statestore/disk: store", Dir: dir}
 	db, err := pebble.Open(dir, &pebble.Options{
 		FS:                 fs,
 		Cache:              cache,
@@ -114,7 +114,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 	})
 	if err != nil {
 		fsClose.Close()
-		return nil, fmt.Errorf("diskstore: open %s: %w", dir, err)
+		return nil, fmt.Errorf("statestore/disk: open %s: %w", dir, err)
 	}
 	return &Store{dir: dir, db: db, fsClose: fsClose, fatal: fatal, seed: maphash.MakeSeed()}, nil
 }
@@ -137,7 +137,7 @@ func (s *Store) Close() error {
 	err := s.db.Close()
 	s.fsClose.Close()
 	if err != nil {
-		return fmt.Errorf("diskstore: close %s: %w", s.dir, err)
+		return fmt.Errorf("statestore/disk: close %s: %w", s.dir, err)
 	}
 	return nil
 }
@@ -149,12 +149,12 @@ func (s *Store) begin(ctx context.Context, op, runID string) error {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	s.closeMu.RLock()
 	if s.closed {
 		s.closeMu.RUnlock()
-		return fmt.Errorf("diskstore: %s of run %q: %w", op, runID, ErrClosed)
+		return fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, ErrClosed)
 	}
 	return nil
 }
@@ -181,7 +181,7 @@ func (s *Store) InitRun(ctx context.Context, runID string) error {
 		})
 	}
 	if err != nil {
-		return fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	return nil
 }
@@ -196,7 +196,7 @@ func (s *Store) IsInitialized(ctx context.Context, runID string) (bool, error) {
 	defer s.closeMu.RUnlock()
 	_, ok, err := nextNumber(s.db, runID)
 	if err != nil {
-		return false, fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return false, fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	return ok, nil
 }
@@ -213,7 +213,7 @@ func (s *Store) SaveSavepoint(ctx context.Context, runID string, sp statestore.S
 	}
 	defer s.lock(runID)()
 	if err := s.save(ctx, runID, sp); err != nil {
-		return fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	return nil
 }
@@ -287,7 +287,7 @@ func (s *Store) LatestSavepoint(ctx context.Context, runID string) (statestore.S
 	defer snap.Close()
 	sp, err := latest(ctx, snap, runID)
 	if err != nil {
-		return statestore.Savepoint{}, fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return statestore.Savepoint{}, fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	return sp, nil
 }
@@ -351,7 +351,7 @@ func (s *Store) LatestTimestamp(ctx context.Context, runID string) (int64, error
 	defer snap.Close()
 	h, err := latestHeader(snap, runID)
 	if err != nil {
-		return 0, fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return 0, fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	return h.Timestamp, nil
 }
@@ -386,7 +386,7 @@ func (s *Store) ListSavepoints(ctx context.Context, runID string) ([]statestore.
 	defer snap.Close()
 	infos, err := list(snap, runID)
 	if err != nil {
-		return nil, fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return nil, fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	return infos, nil
 }
@@ -425,11 +425,11 @@ func (s *Store) DeleteOldSavepoints(ctx context.Context, runID string, keep int)
 	}
 	defer s.closeMu.RUnlock()
 	if keep < 0 {
-		return fmt.Errorf("diskstore: %s of run %q: keep is %d; use 0 to delete every savepoint, or more to keep that many", op, runID, keep)
+		return fmt.Errorf("statestore/disk: %s of run %q: keep is %d; use 0 to delete every savepoint, or more to keep that many", op, runID, keep)
 	}
 	defer s.lock(runID)()
 	if err := s.deleteOld(runID, keep); err != nil {
-		return fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	return nil
 }
@@ -506,7 +506,7 @@ func (s *Store) DeleteRun(ctx context.Context, runID string) error {
 		return s.fatal.Do(func() error { return b.Commit(pebble.Sync) })
 	}()
 	if err != nil {
-		return fmt.Errorf("diskstore: %s of run %q: %w", op, runID, err)
+		return fmt.Errorf("statestore/disk: %s of run %q: %w", op, runID, err)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-// Package diskstore is an embedded [statestore.Storage]: the savepoints live in a Pebble
+// Package disk is an embedded [statestore.Storage]: the savepoints live in a Pebble
 // database in a directory, as the disk ledger's events do.
 //
 // # Layout
@@ -22,4 +22,4 @@
 // crash leaves either all of a batch or none of it. Writes to one run are serialized by a
 // lock, so that the timestamp check and the numbering see the previous write; writes to
 // different runs go in parallel. Reads use a Pebble snapshot, so they see whole batches.
-package diskstore
+package disk

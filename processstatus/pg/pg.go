@@ -1,4 +1,4 @@
-package pgstore
+package pg
 
 import (
 	"cmp"
@@ -64,13 +64,13 @@ func (c Config) withDefaults() Config {
 
 func (c Config) validate() error {
 	if c.DB == nil {
-		return errors.New("pgstore: Config.DB is nil; pass a *pgxpool.Pool or a *pgx.Conn")
+		return errors.New("processstatus/pg: Config.DB is nil; pass a *pgxpool.Pool or a *pgx.Conn")
 	}
 	if c.FlushInterval < 0 {
-		return fmt.Errorf("pgstore: Config.FlushInterval is %s; use a positive duration, or 0 for the default %s", c.FlushInterval, FlushIntervalDefault)
+		return fmt.Errorf("processstatus/pg: Config.FlushInterval is %s; use a positive duration, or 0 for the default %s", c.FlushInterval, FlushIntervalDefault)
 	}
 	if !pgschema.ValidIdent(c.Schema) {
-		return fmt.Errorf("pgstore: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
+		return fmt.Errorf("processstatus/pg: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
 	}
 	return nil
 }
@@ -109,7 +109,7 @@ func New(cfg Config) (*Store, error) {
 	}
 	return &Store{
 		cfg:         cfg,
-		log:         cfg.Logger.With(slog.String("component", "processstatus.pgstore")),
+		log:         cfg.Logger.With(slog.String("component", "processstatus.pg")),
 		statusTable: pgx.Identifier{cfg.Schema, "process_status"}.Sanitize(),
 		posTable:    pgx.Identifier{cfg.Schema, "process_status_position"}.Sanitize(),
 		dirty:       map[string]int64{},
@@ -163,7 +163,7 @@ BEGIN
 	END IF;
 END $$`)
 	if err != nil {
-		return fmt.Errorf("pgstore: create %s: %w", s.statusTable, err)
+		return fmt.Errorf("processstatus/pg: create %s: %w", s.statusTable, err)
 	}
 	if inst := s.cfg.Instance; inst != "" {
 		err := pgx.BeginFunc(ctx, s.cfg.DB, func(tx pgx.Tx) error {
@@ -177,7 +177,7 @@ END $$`)
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("pgstore: adopt the status kept before instances in %s: %w", s.statusTable, err)
+			return fmt.Errorf("processstatus/pg: adopt the status kept before instances in %s: %w", s.statusTable, err)
 		}
 	}
 	s.migrated = true
@@ -195,7 +195,7 @@ func (s *Store) Save(ctx context.Context, entity string, micros int64) error {
 // SavePosition records the processed position; the next flush writes it.
 func (s *Store) SavePosition(ctx context.Context, pos event.Position) error {
 	if pos > math.MaxInt64 {
-		return fmt.Errorf("pgstore: position %d does not fit a bigint", pos)
+		return fmt.Errorf("processstatus/pg: position %d does not fit a bigint", pos)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -267,7 +267,7 @@ ON CONFLICT (instance) DO UPDATE SET position = excluded.position, updated_at = 
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("pgstore: write the process status to %s: %w", s.statusTable, err)
+		return fmt.Errorf("processstatus/pg: write the process status to %s: %w", s.statusTable, err)
 	}
 	return nil
 }
@@ -314,7 +314,7 @@ func (s *Store) Load(ctx context.Context) (processstatus.Snapshot, error) {
 		return nil
 	})
 	if err != nil {
-		return processstatus.Snapshot{}, fmt.Errorf("pgstore: load the process status from %s: %w", s.statusTable, err)
+		return processstatus.Snapshot{}, fmt.Errorf("processstatus/pg: load the process status from %s: %w", s.statusTable, err)
 	}
 	s.mu.Lock()
 	maps.Copy(snap.Entities, s.dirty)
@@ -345,7 +345,7 @@ func (s *Store) Reset(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("pgstore: reset %s: %w", s.statusTable, err)
+		return fmt.Errorf("processstatus/pg: reset %s: %w", s.statusTable, err)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package pgstore_test
+package pg_test
 
 import (
 	"errors"
@@ -10,8 +10,8 @@ import (
 
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/statestore"
-	"github.com/walflow/walflow/statestore/pgstore"
-	"github.com/walflow/walflow/statestore/storetest"
+	"github.com/walflow/walflow/statestore/pg"
+	"github.com/walflow/walflow/statestore/statestoretest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -27,26 +27,26 @@ func pool(t *testing.T, dsn string) *pgxpool.Pool {
 	return p
 }
 
-func newStore(t *testing.T, cfg pgstore.Config) *pgstore.Store {
+func newStore(t *testing.T, cfg pg.Config) *pg.Store {
 	t.Helper()
-	s, err := pgstore.New(cfg)
+	s, err := pg.New(cfg)
 	if err != nil {
-		t.Fatalf("pgstore.New: %v", err)
+		t.Fatalf("pg.New: %v", err)
 	}
 	return s
 }
 
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, func(t *testing.T) statestore.Storage {
-		return newStore(t, pgstore.Config{DB: pool(t, pgtest.NewDatabase(t))})
+	statestoretest.Run(t, func(t *testing.T) statestore.Storage {
+		return newStore(t, pg.Config{DB: pool(t, pgtest.NewDatabase(t))})
 	})
 }
 
 // TestReopen reopens with a new pool each time, as a restarted process would.
 func TestReopen(t *testing.T) {
 	t.Parallel()
-	storetest.RunReopen(t, func(t *testing.T) func() statestore.Storage {
+	statestoretest.RunReopen(t, func(t *testing.T) func() statestore.Storage {
 		dsn := pgtest.NewDatabase(t)
 		var cur *pgxpool.Pool
 		return func() statestore.Storage {
@@ -54,7 +54,7 @@ func TestReopen(t *testing.T) {
 				cur.Close()
 			}
 			cur = pool(t, dsn)
-			return newStore(t, pgstore.Config{DB: cur})
+			return newStore(t, pg.Config{DB: cur})
 		}
 	})
 }
@@ -65,13 +65,13 @@ func TestTables(t *testing.T) {
 		t.Run("schema="+schema, func(t *testing.T) {
 			t.Parallel()
 			db := pool(t, pgtest.NewDatabase(t))
-			s := newStore(t, pgstore.Config{DB: db, Schema: schema})
+			s := newStore(t, pg.Config{DB: db, Schema: schema})
 			if err := s.InitRun(t.Context(), "r"); err != nil {
 				t.Fatalf("InitRun: %v", err)
 			}
 			want := schema
 			if want == "" {
-				want = pgstore.SchemaDefault
+				want = pg.SchemaDefault
 			}
 			got := pgtest.Columns(t, db, want)
 			const wantCols = "statestore_entities.run_id text; statestore_entities.seq bigint; statestore_entities.ord integer; " +
@@ -83,7 +83,7 @@ func TestTables(t *testing.T) {
 				t.Errorf("columns in schema %s:\n got %s\nwant %s", want, got, wantCols)
 			}
 			// A second store on the same tables finds them.
-			s2 := newStore(t, pgstore.Config{DB: db, Schema: schema})
+			s2 := newStore(t, pg.Config{DB: db, Schema: schema})
 			if err := s2.Migrate(t.Context()); err != nil {
 				t.Errorf("Migrate on existing tables: %v", err)
 			}
@@ -102,7 +102,7 @@ func TestConcurrentMigrate(t *testing.T) {
 	errs := make(chan error, 8)
 	for i := range cap(errs) {
 		go func() {
-			s, err := pgstore.New(pgstore.Config{DB: db})
+			s, err := pg.New(pg.Config{DB: db})
 			if err == nil {
 				err = s.InitRun(t.Context(), "run-"+string(rune('a'+i)))
 			}
@@ -120,14 +120,14 @@ func TestConfigErrors(t *testing.T) {
 	t.Parallel()
 	db := &pgxpool.Pool{} // never used: New does no I/O
 	for _, tc := range []struct {
-		cfg  pgstore.Config
+		cfg  pg.Config
 		want string
 	}{
-		{pgstore.Config{}, "Config.DB is nil"},
-		{pgstore.Config{DB: db, Schema: "Bad-Name"}, `Config.Schema "Bad-Name"`},
-		{pgstore.Config{DB: db, Schema: "1x"}, `Config.Schema "1x"`},
+		{pg.Config{}, "Config.DB is nil"},
+		{pg.Config{DB: db, Schema: "Bad-Name"}, `Config.Schema "Bad-Name"`},
+		{pg.Config{DB: db, Schema: "1x"}, `Config.Schema "1x"`},
 	} {
-		_, err := pgstore.New(tc.cfg)
+		_, err := pg.New(tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v): %v, want an error containing %q", tc.cfg, err, tc.want)
 		}
@@ -139,11 +139,11 @@ func TestTx(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	db := pool(t, pgtest.NewDatabase(t))
-	s := newStore(t, pgstore.Config{DB: db})
+	s := newStore(t, pg.Config{DB: db})
 	if _, err := db.Exec(ctx, "CREATE TABLE read_model (id int PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
-	sp := storetest.Savepoint(10, 5, "a", "b")
+	sp := statestoretest.Savepoint(10, 5, "a", "b")
 
 	// Rolled back: neither the run, the savepoint nor the application's row are there.
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
@@ -170,7 +170,7 @@ func TestTx(t *testing.T) {
 		if err := s.InitRunTx(ctx, tx, "r"); err != nil {
 			return err
 		}
-		if err := s.SaveSavepointTx(ctx, tx, "r", storetest.Savepoint(5, 1, "old")); err != nil {
+		if err := s.SaveSavepointTx(ctx, tx, "r", statestoretest.Savepoint(5, 1, "old")); err != nil {
 			return err
 		}
 		if err := s.SaveSavepointTx(ctx, tx, "r", sp); err != nil {
@@ -186,7 +186,7 @@ func TestTx(t *testing.T) {
 		t.Fatalf("committed transaction: %v", err)
 	}
 	got, err := s.LatestSavepoint(ctx, "r")
-	if err != nil || !storetest.Equal(got, sp) {
+	if err != nil || !statestoretest.Equal(got, sp) {
 		t.Errorf("LatestSavepoint after commit: %+v, %v; want %+v", got, err, sp)
 	}
 	infos, err := s.ListSavepoints(ctx, "r")
@@ -196,7 +196,7 @@ func TestTx(t *testing.T) {
 
 	// An error of the store leaves the caller's transaction usable.
 	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		if err := s.SaveSavepointTx(ctx, tx, "r", storetest.Savepoint(1, 1)); !errors.Is(err, statestore.ErrOutOfOrder) {
+		if err := s.SaveSavepointTx(ctx, tx, "r", statestoretest.Savepoint(1, 1)); !errors.Is(err, statestore.ErrOutOfOrder) {
 			t.Errorf("SaveSavepointTx before the latest: %v, want ErrOutOfOrder", err)
 		}
 		if err := s.SaveSavepointTx(ctx, tx, "missing", sp); !errors.Is(err, statestore.ErrNotInitialized) {

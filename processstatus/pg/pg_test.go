@@ -1,4 +1,4 @@
-package pgstore_test
+package pg_test
 
 import (
 	"context"
@@ -13,8 +13,8 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/processstatus"
-	"github.com/walflow/walflow/processstatus/pgstore"
-	"github.com/walflow/walflow/processstatus/storetest"
+	"github.com/walflow/walflow/processstatus/pg"
+	"github.com/walflow/walflow/processstatus/processstatustest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -30,21 +30,21 @@ func connect(t *testing.T, dsn string) *pgx.Conn {
 	return conn
 }
 
-func newStore(t *testing.T, cfg pgstore.Config) *pgstore.Store {
+func newStore(t *testing.T, cfg pg.Config) *pg.Store {
 	t.Helper()
-	s, err := pgstore.New(cfg)
+	s, err := pg.New(cfg)
 	if err != nil {
-		t.Fatalf("pgstore.New: %v", err)
+		t.Fatalf("pg.New: %v", err)
 	}
 	return s
 }
 
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, storetest.Features{Durable: true}, func(t *testing.T) func() processstatus.Store {
+	processstatustest.Run(t, processstatustest.Features{Durable: true}, func(t *testing.T) func() processstatus.Store {
 		dsn := pgtest.NewDatabase(t)
 		return func() processstatus.Store {
-			return newStore(t, pgstore.Config{DB: connect(t, dsn)})
+			return newStore(t, pg.Config{DB: connect(t, dsn)})
 		}
 	})
 }
@@ -73,13 +73,13 @@ func TestTables(t *testing.T) {
 		t.Run("schema="+schema, func(t *testing.T) {
 			t.Parallel()
 			conn := connect(t, pgtest.NewDatabase(t))
-			s := newStore(t, pgstore.Config{DB: conn, Schema: schema})
+			s := newStore(t, pg.Config{DB: conn, Schema: schema})
 			if _, err := s.Load(t.Context()); err != nil {
 				t.Fatalf("Load: %v", err)
 			}
 			want := schema
 			if want == "" {
-				want = pgstore.SchemaDefault
+				want = pg.SchemaDefault
 			}
 			got := pgtest.Columns(t, conn, want)
 			const wantCols = "process_status.instance text; process_status.entity text; process_status.processed_micros bigint; process_status.updated_at timestamp with time zone; " +
@@ -88,7 +88,7 @@ func TestTables(t *testing.T) {
 				t.Errorf("columns in schema %s:\n got %s\nwant %s", want, got, wantCols)
 			}
 			// A second store on the same tables finds them.
-			if err := newStore(t, pgstore.Config{DB: conn, Schema: schema}).Migrate(t.Context()); err != nil {
+			if err := newStore(t, pg.Config{DB: conn, Schema: schema}).Migrate(t.Context()); err != nil {
 				t.Errorf("Migrate on existing tables: %v", err)
 			}
 		})
@@ -100,18 +100,18 @@ func TestConfigErrors(t *testing.T) {
 	var conn *pgx.Conn // never used: New does no I/O
 	tests := []struct {
 		name string
-		cfg  pgstore.Config
+		cfg  pg.Config
 		want string
 	}{
-		{"no DB", pgstore.Config{}, "Config.DB is nil"},
-		{"bad schema", pgstore.Config{DB: conn, Schema: "Bad-Schema"}, `Config.Schema "Bad-Schema"`},
-		{"negative interval", pgstore.Config{DB: conn, FlushInterval: -time.Second}, "Config.FlushInterval is -1s"},
+		{"no DB", pg.Config{}, "Config.DB is nil"},
+		{"bad schema", pg.Config{DB: conn, Schema: "Bad-Schema"}, `Config.Schema "Bad-Schema"`},
+		{"negative interval", pg.Config{DB: conn, FlushInterval: -time.Second}, "Config.FlushInterval is -1s"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := pgstore.New(tc.cfg)
-			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "pgstore: ") {
+			_, err := pg.New(tc.cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "processstatus/pg: ") {
 				t.Errorf("New: %v, want an error containing %q", err, tc.want)
 			}
 		})
@@ -123,7 +123,7 @@ func TestBatching(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	conn := connect(t, pgtest.NewDatabase(t))
-	s := newStore(t, pgstore.Config{DB: conn})
+	s := newStore(t, pg.Config{DB: conn})
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestBatching(t *testing.T) {
 
 // failingDB fails Begin while fail is set.
 type failingDB struct {
-	pgstore.DB
+	pg.DB
 	fail atomic.Bool
 }
 
@@ -168,7 +168,7 @@ func TestFlushFailureKeepsValues(t *testing.T) {
 	ctx := t.Context()
 	conn := connect(t, pgtest.NewDatabase(t))
 	db := &failingDB{DB: conn}
-	s := newStore(t, pgstore.Config{DB: db})
+	s := newStore(t, pg.Config{DB: db})
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -176,15 +176,15 @@ func TestFlushFailureKeepsValues(t *testing.T) {
 	_ = s.Save(ctx, "tags", 5)
 	_ = s.SavePosition(ctx, 3)
 	db.fail.Store(true)
-	if err := s.Flush(ctx); !errors.Is(err, errDown) || !strings.HasPrefix(err.Error(), "pgstore: ") {
-		t.Fatalf("Flush on a failing database: %v, want a pgstore error wrapping %v", err, errDown)
+	if err := s.Flush(ctx); !errors.Is(err, errDown) || !strings.HasPrefix(err.Error(), "processstatus/pg: ") {
+		t.Fatalf("Flush on a failing database: %v, want a pg error wrapping %v", err, errDown)
 	}
 	_ = s.Save(ctx, "posts", 20) // newer than the failed flush's value
 	db.fail.Store(false)
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := newStore(t, pgstore.Config{DB: conn}).Load(ctx)
+	snap, err := newStore(t, pg.Config{DB: conn}).Load(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestRun(t *testing.T) {
 	t.Run("interval", func(t *testing.T) {
 		t.Parallel()
 		conn := connect(t, pgtest.NewDatabase(t))
-		s := newStore(t, pgstore.Config{DB: connect(t, conn.Config().ConnString()), FlushInterval: 5 * time.Millisecond})
+		s := newStore(t, pg.Config{DB: connect(t, conn.Config().ConnString()), FlushInterval: 5 * time.Millisecond})
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- s.Run(ctx) }()
@@ -222,7 +222,7 @@ func TestRun(t *testing.T) {
 	t.Run("final flush", func(t *testing.T) {
 		t.Parallel()
 		conn := connect(t, pgtest.NewDatabase(t))
-		s := newStore(t, pgstore.Config{DB: connect(t, conn.Config().ConnString()), FlushInterval: time.Hour})
+		s := newStore(t, pg.Config{DB: connect(t, conn.Config().ConnString()), FlushInterval: time.Hour})
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- s.Run(ctx) }()
@@ -283,9 +283,9 @@ func TestInstances(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn := pgtest.NewDatabase(t)
-	a := newStore(t, pgstore.Config{DB: connect(t, dsn), Instance: "slot_a"})
-	b := newStore(t, pgstore.Config{DB: connect(t, dsn), Instance: "slot_b"})
-	save := func(s *pgstore.Store, micros int64, pos event.Position) {
+	a := newStore(t, pg.Config{DB: connect(t, dsn), Instance: "slot_a"})
+	b := newStore(t, pg.Config{DB: connect(t, dsn), Instance: "slot_b"})
+	save := func(s *pg.Store, micros int64, pos event.Position) {
 		t.Helper()
 		if err := s.Save(ctx, "posts", micros); err != nil {
 			t.Fatal(err)
@@ -297,7 +297,7 @@ func TestInstances(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	load := func(s *pgstore.Store) processstatus.Snapshot {
+	load := func(s *pg.Store) processstatus.Snapshot {
 		t.Helper()
 		snap, err := s.Load(ctx)
 		if err != nil {
@@ -339,7 +339,7 @@ func TestUpgradeAdoptsStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := newStore(t, pgstore.Config{DB: connect(t, dsn), Instance: "first"})
+	first := newStore(t, pg.Config{DB: connect(t, dsn), Instance: "first"})
 	snap, err := first.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -347,7 +347,7 @@ func TestUpgradeAdoptsStatus(t *testing.T) {
 	if snap.Position != 12 || snap.Entities["posts"] != 42 || snap.Entities["comments"] != 43 {
 		t.Errorf("the first instance after the upgrade loads %+v, want the status kept before", snap)
 	}
-	second := newStore(t, pgstore.Config{DB: connect(t, dsn), Instance: "second"})
+	second := newStore(t, pg.Config{DB: connect(t, dsn), Instance: "second"})
 	if snap, err := second.Load(ctx); err != nil || snap.Position != 0 || len(snap.Entities) != 0 {
 		t.Errorf("a second instance loads %+v (%v), want nothing: the status is the first one's", snap, err)
 	}

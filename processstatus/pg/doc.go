@@ -1,4 +1,4 @@
-// Package pgstore is a [processstatus.Store] that keeps the process status in PostgreSQL.
+// Package pg is a [processstatus.Store] that keeps the process status in PostgreSQL.
 //
 // # Tables
 //
@@ -28,4 +28,4 @@
 // FlushInterval and once more when its context ends; [processstatus.Tracker.Run] also
 // flushes when it stops. A crash loses at most the last interval, which the tracker derives
 // again from the ledger after the restart, since the lost position goes with it.
-package pgstore
+package pg

@@ -1,4 +1,4 @@
-package pgstore
+package pg
 
 import (
 	"cmp"
@@ -38,10 +38,10 @@ func (c Config) withDefaults() Config {
 
 func (c Config) validate() error {
 	if c.DB == nil {
-		return errors.New("pgstore: Config.DB is nil; pass a *pgxpool.Pool")
+		return errors.New("statestore/pg: Config.DB is nil; pass a *pgxpool.Pool")
 	}
 	if !pgschema.ValidIdent(c.Schema) {
-		return fmt.Errorf("pgstore: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
+		return fmt.Errorf("statestore/pg: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
 	}
 	return nil
 }
@@ -110,7 +110,7 @@ CREATE TABLE IF NOT EXISTS `+s.entities.Sanitize()+` (
 	PRIMARY KEY (run_id, seq, ord)
 )`)
 	if err != nil {
-		return fmt.Errorf("pgstore: create the state store tables in schema %s: %w", schema, err)
+		return fmt.Errorf("statestore/pg: create the state store tables in schema %s: %w", schema, err)
 	}
 	s.migrated = true
 	return nil
@@ -122,7 +122,7 @@ func (s *Store) begin(ctx context.Context, op, runID string) error {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("pgstore: %s of run %q: %w", op, runID, err)
+		return fmt.Errorf("statestore/pg: %s of run %q: %w", op, runID, err)
 	}
 	return s.Migrate(ctx)
 }
@@ -136,7 +136,7 @@ func (s *Store) write(ctx context.Context, tx pgx.Tx, op, runID string, fn func(
 		err = pgx.BeginFunc(ctx, s.cfg.DB, fn)
 	}
 	if err != nil {
-		return fmt.Errorf("pgstore: %s of run %q: %w", op, runID, err)
+		return fmt.Errorf("statestore/pg: %s of run %q: %w", op, runID, err)
 	}
 	return nil
 }
@@ -151,7 +151,7 @@ func (s *Store) read(ctx context.Context, op, runID string, fn func(pgx.Tx) erro
 		return fn(tx)
 	})
 	if err != nil {
-		return fmt.Errorf("pgstore: %s of run %q: %w", op, runID, err)
+		return fmt.Errorf("statestore/pg: %s of run %q: %w", op, runID, err)
 	}
 	return nil
 }
@@ -396,7 +396,7 @@ func (s *Store) deleteOldSavepoints(ctx context.Context, tx pgx.Tx, runID string
 		return err
 	}
 	if keep < 0 {
-		return fmt.Errorf("pgstore: %s of run %q: keep is %d; use 0 to delete every savepoint, or more to keep that many", op, runID, keep)
+		return fmt.Errorf("statestore/pg: %s of run %q: keep is %d; use 0 to delete every savepoint, or more to keep that many", op, runID, keep)
 	}
 	return s.write(ctx, tx, op, runID, func(tx pgx.Tx) error {
 		if _, err := s.lockRun(ctx, tx, runID); err != nil {

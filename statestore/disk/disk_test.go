@@ -1,4 +1,4 @@
-package diskstore_test
+package disk_test
 
 import (
 	"errors"
@@ -9,21 +9,21 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/walflow/walflow/statestore"
-	"github.com/walflow/walflow/statestore/diskstore"
-	"github.com/walflow/walflow/statestore/storetest"
+	"github.com/walflow/walflow/statestore/disk"
+	"github.com/walflow/walflow/statestore/statestoretest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // open opens a store in dir, closed when the test ends unless closed before.
-func open(t *testing.T, dir string) *diskstore.Store {
+func open(t *testing.T, dir string) *disk.Store {
 	t.Helper()
-	s, err := diskstore.Open(t.Context(), dir, nil)
+	s, err := disk.Open(t.Context(), dir, nil)
 	if err != nil {
-		t.Fatalf("diskstore.Open: %v", err)
+		t.Fatalf("disk.Open: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := s.Close(); err != nil && !errors.Is(err, diskstore.ErrClosed) {
+		if err := s.Close(); err != nil && !errors.Is(err, disk.ErrClosed) {
 			t.Errorf("Close: %v", err)
 		}
 	})
@@ -32,14 +32,14 @@ func open(t *testing.T, dir string) *diskstore.Store {
 
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, func(t *testing.T) statestore.Storage { return open(t, t.TempDir()) })
+	statestoretest.Run(t, func(t *testing.T) statestore.Storage { return open(t, t.TempDir()) })
 }
 
 func TestReopen(t *testing.T) {
 	t.Parallel()
-	storetest.RunReopen(t, func(t *testing.T) func() statestore.Storage {
+	statestoretest.RunReopen(t, func(t *testing.T) func() statestore.Storage {
 		dir := t.TempDir()
-		var cur *diskstore.Store
+		var cur *disk.Store
 		return func() statestore.Storage {
 			if cur != nil {
 				if err := cur.Close(); err != nil {
@@ -62,33 +62,33 @@ func TestClosed(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if err := s.Close(); !errors.Is(err, diskstore.ErrClosed) {
+	if err := s.Close(); !errors.Is(err, disk.ErrClosed) {
 		t.Errorf("second Close: %v, want ErrClosed", err)
 	}
-	if _, err := s.IsInitialized(ctx, "r"); !errors.Is(err, diskstore.ErrClosed) {
+	if _, err := s.IsInitialized(ctx, "r"); !errors.Is(err, disk.ErrClosed) {
 		t.Errorf("IsInitialized after Close: %v, want ErrClosed", err)
 	}
-	if err := s.SaveSavepoint(ctx, "r", storetest.Savepoint(1, 1, "a")); !errors.Is(err, diskstore.ErrClosed) {
+	if err := s.SaveSavepoint(ctx, "r", statestoretest.Savepoint(1, 1, "a")); !errors.Is(err, disk.ErrClosed) {
 		t.Errorf("SaveSavepoint after Close: %v, want ErrClosed", err)
 	}
 }
 
 func TestOpenErrors(t *testing.T) {
 	t.Parallel()
-	if _, err := diskstore.Open(t.Context(), "", nil); err == nil {
+	if _, err := disk.Open(t.Context(), "", nil); err == nil {
 		t.Errorf("Open with no directory: no error")
 	}
 	file := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := diskstore.Open(t.Context(), file, nil); err == nil {
+	if _, err := disk.Open(t.Context(), file, nil); err == nil {
 		t.Errorf("Open on a file: no error")
 	}
 	// One store at a time per directory.
 	dir := t.TempDir()
 	open(t, dir)
-	if s, err := diskstore.Open(t.Context(), dir, nil); err == nil {
+	if s, err := disk.Open(t.Context(), dir, nil); err == nil {
 		s.Close()
 		t.Errorf("second Open of %s while the first is open: no error", dir)
 	}
