@@ -259,7 +259,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer cancel(ErrStopping)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		err := e.src.Run(gctx, e.led)
+		err := e.src.Run(gctx, e.sink())
 		cancel(ErrStopping)
 		return err
 	})
@@ -388,6 +388,15 @@ func (e *Engine) sampleSlot(ctx context.Context) *slotSample {
 		e.slot.Store(s)
 	}
 	return s
+}
+
+// sink is the ledger the source appends to: the ledger, through the index runner's feed
+// when indexes are configured, so that they are computed while each event is in memory.
+func (e *Engine) sink() pgwal.Sink {
+	if e.idx != nil {
+		return e.idx.Feed(e.led)
+	}
+	return e.led
 }
 
 // Close releases the ledger. Call it after Run has returned. With Config.Realtime, it first

@@ -98,6 +98,16 @@ func TestEngineIndexes(t *testing.T) {
 	if want1 == "" || strings.Count(want1, ",") != 3 {
 		t.Fatalf("by_post 1: %q, want the insert of 10 and 12, the move of 12 and the delete of 10", want1)
 	}
+	// Every event was indexed from values computed while it was appended, none read back.
+	sts, err := eng.Indexes().Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sts {
+		if s.Fed != events || s.ReadBack != 0 {
+			t.Errorf("%s: %d events fed and %d read back; want all %d fed", s.Indexer, s.Fed, s.ReadBack, events)
+		}
+	}
 	srv := httptest.NewServer(eng.Handler())
 	resp, err := srv.Client().Get(srv.URL + "/metrics")
 	if err != nil {
@@ -125,6 +135,9 @@ func TestEngineIndexes(t *testing.T) {
 		}
 		if got := read(eng, "by_type", "delete"); got != wantType {
 			t.Errorf("after a restart (index deleted: %v): by_type delete = %q, want %q", del, got, wantType)
+		}
+		if sts, err := eng.Indexes().Status(ctx); err != nil || (del && sts[0].ReadBack != events) {
+			t.Errorf("after deleting the index: %+v, %v; want the %d events read back to rebuild it", sts, err, events)
 		}
 		stop()
 	}

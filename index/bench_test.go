@@ -5,6 +5,7 @@ import (
 	"flag"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -108,6 +109,11 @@ func scanUser(b *testing.B, led ledger.Ledger, user string) int {
 
 // writeBenchUsers appends n inserts, the i-th with user_id i%users, 1000 per transaction.
 func writeBenchUsers(b *testing.B, l ledger.Ledger, n, users int) {
+	writeBenchTx(b, l, n, users, 1000)
+}
+
+// writeBenchTx appends n inserts, the i-th with user_id i%users, txSize per transaction.
+func writeBenchTx(b *testing.B, l ledger.Ledger, n, users, txSize int) {
 	ctx := context.Background()
 	cols := []event.Column{{Name: "id", OID: 23}, {Name: "user_id", OID: 23}, {Name: "title", OID: 25}}
 	for i := 0; i < n; {
@@ -115,7 +121,7 @@ func writeBenchUsers(b *testing.B, l ledger.Ledger, n, users int) {
 		if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: lsn}); err != nil {
 			b.Fatal(err)
 		}
-		for j := 0; j < 1000 && i < n; j, i = j+1, i+1 {
+		for j := 0; j < txSize && i < n; j, i = j+1, i+1 {
 			e := &event.Event{LSN: lsn, Ordinal: uint32(j), Name: "posts", Type: event.Insert,
 				Source: event.Source{Schema: "public", Table: "posts", Columns: cols},
 				NewRecord: event.Record{
@@ -134,4 +140,76 @@ func writeBenchUsers(b *testing.B, l ledger.Ledger, n, users int) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkLiveIndexing indexes events as they are written to a disk ledger (100-event
+// transactions, three indexers running live), once with the indexers fed by the writer
+// (Runner.Feed: values computed at Append) and once reading every event back. Each
+// reports events/s and the process's CPU per event (user + sys, writer and indexers
+// together), and the fed run also its CPU as a ratio to the read-back one's.
+func BenchmarkLiveIndexing(b *testing.B) {
+	const events = 200_000
+	cpu := map[bool]float64{}
+	for _, fed := range []bool{false, true} {
+		name := map[bool]string{false: "read_back", true: "fed"}[fed]
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				cpu[fed] = liveIndexing(b, fed, events)
+			}
+			b.ReportMetric(float64(events*b.N)/b.Elapsed().Seconds(), "events/s")
+			b.ReportMetric(cpu[fed]*1e6, "cpu_µs/event")
+			if fed && cpu[false] > 0 {
+				b.ReportMetric(cpu[true]/cpu[false], "cpu_vs_read_back")
+			}
+		})
+	}
+}
+
+// liveIndexing writes n events through a live runner and returns the CPU seconds per event
+// spent until every indexer has indexed them.
+func liveIndexing(b *testing.B, fed bool, n int) float64 {
+	ctx := context.Background()
+	led, err := ledgerdisk.Open(ctx, filepath.Join(b.TempDir(), "ledger"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer led.Close()
+	store, err := indexdisk.Open(ctx, filepath.Join(b.TempDir(), "index"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	ixs := []index.Indexer{index.Field("user_id", "user_id"), index.Type("type"), index.Table("table")}
+	r, err := index.New(index.Config{Ledger: led, Store: store, Indexers: ixs})
+	if err != nil {
+		b.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	var sink ledger.Ledger = led
+	if fed {
+		sink = r.Feed(led)
+	}
+	before := cpuSeconds(b)
+	writeBenchTx(b, sink, n, 10_000, 100)
+	for _, ix := range ixs {
+		if err := r.Wait(ctx, ix.Name, led.State().Head); err != nil {
+			b.Fatal(err)
+		}
+	}
+	used := cpuSeconds(b) - before
+	stop()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	return used / float64(n)
+}
+
+func cpuSeconds(b *testing.B) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }

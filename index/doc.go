@@ -8,8 +8,15 @@
 // without scanning the ledger. Built-in indexers: [Field] (the value of a column, like
 // Fact's EventDataIndexer), [Type] (insert, update, delete, truncate) and [Table]. The
 // ledger's own channel index (table, table/id, scopes) is separate and built at append
-// time; the indexes of this package are built beside the ledger, after the fact, so that
-// they can be added, changed and deleted without touching it.
+// time; the indexes of this package are stored beside the ledger, so that they can be
+// added, changed and deleted without touching it.
+//
+// A live indexer computes its values from each event while the writer has it in memory,
+// when the writer appends through [Runner.Feed] (walflow's engine does): the values of
+// durable events wait in a bounded feed, and the indexer stores them without reading the
+// events back or decoding them again. Whatever the feed does not hold (history at start, a
+// rebuild, an indexer that fell behind, a transaction too large to feed) is read back from
+// the ledger; the stored entries are the same either way. [Status] counts both.
 //
 // A [Runner] runs a set of indexers over a ledger, storing their entries in a [Store]
 // (index/disk, embedded, or index/memory), and answers [Runner.Read] (the events of a

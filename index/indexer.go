@@ -20,8 +20,9 @@ type Indexer struct {
 	// Func appends the values of an event to dst and returns the extended slice; it may
 	// append none, one or many. Values must contain no NUL byte; duplicates are kept once.
 	// Func must be deterministic (a rebuild must give the same entries), must not block,
-	// and must treat the event as read-only. It is called from the indexer's goroutine
-	// only.
+	// and must treat the event as read-only. It must be safe for concurrent use: it is
+	// called from the indexer's goroutine and, when the runner is fed ([Runner.Feed]), from
+	// the ledger writer's.
 	Func func(e *event.Event, dst []string) []string
 }
 

@@ -89,6 +89,11 @@ type Status struct {
 	// Stored reports whether the store holds the indexer's state; false before its first
 	// run, or once its data was deleted.
 	Stored bool `json:"built"`
+	// Fed counts the events this process indexed from values computed while the event was
+	// appended (see [Runner.Feed]); ReadBack those it read back from the ledger and decoded
+	// (catching up, rebuilding, or when not fed). Both count from the runner's creation.
+	Fed      uint64 `json:"fed_events"`
+	ReadBack uint64 `json:"read_back_events"`
 }
 
 // Status returns every indexer's progress, in Config.Indexers order. While Run is not
@@ -98,7 +103,8 @@ func (r *Runner) Status(ctx context.Context) ([]Status, error) {
 	out := make([]Status, 0, len(r.workers))
 	for _, w := range r.workers {
 		w.mu.Lock()
-		s := Status{Indexer: w.ix.Name, Phase: w.phase, Checkpoint: w.st.Checkpoint, Since: w.st.Since, Stored: w.loaded}
+		s := Status{Indexer: w.ix.Name, Phase: w.phase, Checkpoint: w.st.Checkpoint, Since: w.st.Since, Stored: w.loaded,
+			Fed: w.fed.Load(), ReadBack: w.readBack.Load()}
 		w.mu.Unlock()
 		if s.Phase == Stopped {
 			// Not running: the store is the truth (its data may have been deleted).

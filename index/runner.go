@@ -135,11 +135,16 @@ type Runner struct {
 	subsMu sync.RWMutex
 	subs   map[*Subscription]struct{}
 	nsubs  atomic.Int32
+
+	feed feed // values computed at append; see Feed
 }
 
 // worker is one indexer's progress, shared by its goroutine and the runner's readers.
 type worker struct {
 	ix Indexer
+	i  int // place in Runner.workers, and in a feedEntry's slices
+
+	fed, readBack atomic.Uint64 // events indexed from the feed, and read back from the ledger
 
 	mu      sync.Mutex
 	st      State
@@ -161,8 +166,8 @@ func New(cfg Config) (*Runner, error) {
 		byName: map[string]*worker{},
 		subs:   map[*Subscription]struct{}{},
 	}
-	for _, ix := range cfg.Indexers {
-		w := &worker{ix: ix, changed: make(chan struct{})}
+	for i, ix := range cfg.Indexers {
+		w := &worker{ix: ix, i: i, changed: make(chan struct{})}
 		r.workers = append(r.workers, w)
 		r.byName[ix.Name] = w
 	}
@@ -210,7 +215,24 @@ func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 		notes   []Notification
 		values  []string
 	)
+	var fed []feedEntry
 	for {
+		head := r.cfg.Ledger.State().Head
+		if st.Checkpoint >= head {
+			w.set(func(w *worker) { w.phase = Live })
+			if err := r.cfg.Ledger.Wait(ctx, st.Checkpoint); err != nil {
+				return fmt.Errorf("index: %s: wait for the ledger: %w", name, err)
+			}
+			continue
+		}
+		var ok bool
+		if fed, ok = r.feed.take(w.i, st.Checkpoint, head, r.cfg.Batch, fed[:0]); ok {
+			if st, err = r.storeFed(ctx, w, st, fed, head); err != nil {
+				return err
+			}
+			clear(fed)
+			continue
+		}
 		evs, err := r.cfg.Ledger.Read(ctx, st.Checkpoint, r.cfg.Batch)
 		if te := (*ledger.TruncatedError)(nil); errors.As(err, &te) {
 			// Retention removed events this indexer had not read: they are gone for good,
@@ -234,6 +256,7 @@ func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 			}
 			continue
 		}
+		w.readBack.Add(uint64(len(evs)))
 		notify := r.nsubs.Load() > 0
 		entries, notes = entries[:0], notes[:0]
 		for i := range evs {
