@@ -1,5 +1,5 @@
 //go:build race
 
-package disk
+package ledgertest
 
 const raceEnabled = true

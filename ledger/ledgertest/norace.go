@@ -1,5 +1,5 @@
 //go:build !race
 
-package pebble
+package ledgertest
 
 const raceEnabled = false
