@@ -454,3 +454,70 @@ func declares(t *testing.T, dir, prefix string) bool {
 	}
 	return false
 }
+
+// TestDocsMetrics checks that the metrics table of docs/operations.md lists exactly the
+// metrics walflow's code registers, with their labels: the NewDesc and histogram names of
+// every package, and the engine's counters and gauges (status.go, namespace walflow).
+func TestDocsMetrics(t *testing.T) {
+	t.Parallel()
+	page, err := os.ReadFile(filepath.Join("docs", "operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]string{} // name → labels, comma-separated
+	for _, m := range regexp.MustCompile("(?m)^\\| `(walflow_\\w+)(?:\\{([\\w,]*)\\})?` \\|").FindAllSubmatch(page, -1) {
+		documented[string(m[1])] = string(m[2])
+	}
+	if len(documented) == 0 {
+		t.Fatal("docs/operations.md has no metrics table rows (| `walflow_...` |)")
+	}
+	descRE := regexp.MustCompile(`NewDesc\(\s*"(walflow_\w+)",\s*"(?:[^"\\]|\\.)*",\s*(?:nil|\[\]string\{([^}]*)\})`)
+	nameRE := regexp.MustCompile(`Name:\s*"(walflow_\w+)"`)
+	engineRE := regexp.MustCompile(`(?:counter|gauge)\("(\w+)",`)
+	registered := map[string]string{}
+	err = filepath.WalkDir(".", func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") && p != "." || p == filepath.Join("internal", "testcmd") || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range descRE.FindAllSubmatch(b, -1) {
+			labels := strings.NewReplacer(`"`, "", " ", "").Replace(string(m[2]))
+			registered[string(m[1])] = labels
+		}
+		for _, m := range nameRE.FindAllSubmatch(b, -1) {
+			registered[string(m[1])] = ""
+		}
+		if p == "status.go" {
+			for _, m := range engineRE.FindAllSubmatch(b, -1) {
+				registered["walflow_"+string(m[1])] = ""
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, labels := range registered {
+		doc, ok := documented[name]
+		switch {
+		case !ok:
+			t.Errorf("walflow registers %s{%s}, which docs/operations.md does not list", name, labels)
+		case doc != labels:
+			t.Errorf("docs/operations.md lists %s{%s}, but its labels are {%s}", name, doc, labels)
+		}
+	}
+	for name := range documented {
+		if _, ok := registered[name]; !ok {
+			t.Errorf("docs/operations.md lists %s, which walflow does not register", name)
+		}
+	}
+}
