@@ -58,8 +58,9 @@ func leafCommands() []*command {
 
 // TestDocsSynopsis checks that the synopsis block of docs/command-line.md lists every command
 // of the binary, each once on a line of its own (its description on the next lines,
-// indented), with exactly the synopsis its help prints (which
-// TestHelpPlaceholdersMatchSynopsis checks against its flags), and nothing else.
+// indented), with exactly the synopsis its help prints, and nothing else. With
+// TestHelpPlaceholdersMatchSynopsis (every flag is in the synopsis) and the check here that
+// every flag of a synopsis is the command's, the page lists exactly the binary's flags.
 func TestDocsSynopsis(t *testing.T) {
 	t.Parallel()
 	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "command-line.md"))
@@ -89,6 +90,9 @@ func TestDocsSynopsis(t *testing.T) {
 		listed[found]++
 	}
 	for _, c := range leaves {
+		if err := checkCommandLine("walflow " + c.path() + " " + c.args); err != "" {
+			t.Errorf("the synopsis of walflow %s shows a flag it lacks: %s", c.path(), err)
+		}
 		switch listed[c] {
 		case 0:
 			t.Errorf("docs/command-line.md does not list walflow %s %s", c.path(), c.args)
