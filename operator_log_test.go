@@ -16,8 +16,7 @@ import (
 )
 
 // TestOperatorHaltLogged checks the engine's log of an operator halt: it carries the
-// component key once (the reporter's logger used to be derived from the engine's, which
-// gave it component=engine and component=operator).
+// component key once (component=operator, never beside component=engine).
 func TestOperatorHaltLogged(t *testing.T) {
 	t.Parallel()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)

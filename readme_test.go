@@ -4,16 +4,22 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
-	"strings"
-	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/processstatus"
+	"github.com/walflow/walflow/projector"
 )
 
-// followComments is the README's example, compiled here so it cannot rot; TestReadme checks
-// that README.md shows exactly this code, from the func line to the closing brace.
+// followComments is the README's example, compiled here so it cannot rot; TestDocsGoExamples
+// checks that README.md shows exactly this code.
 func followComments(ctx context.Context) error {
 	eng, err := walflow.Open(ctx, walflow.Config{
 		DatabaseURL: os.Getenv("DATABASE_URL"), // a role with REPLICATION; wal_level=logical
@@ -43,26 +49,36 @@ func followComments(ctx context.Context) error {
 	return <-done
 }
 
-// TestReadme checks that README.md's Go example is followComments, which this file
-// compiles. It does not run it: that needs a server (see the engine tests).
-func TestReadme(t *testing.T) {
-	t.Parallel()
-	_ = followComments
-	src, err := os.ReadFile("readme_test.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := strings.Index(string(src), "func followComments(")
-	end := strings.Index(string(src[start:]), "\n}\n")
-	if start < 0 || end < 0 {
-		t.Fatal("readme_test.go: followComments not found")
-	}
-	code := string(src[start : start+end+3])
-	if !strings.Contains(string(readme), "```go\n"+code+"```\n") {
-		t.Errorf("README.md does not show followComments as readme_test.go has it; paste this into its go block:\n%s", code)
-	}
+// The functions below are the Go examples of docs/*.md, compiled here so they cannot rot;
+// TestDocsGoExamples checks that every go block of README.md and docs/*.md is code of this
+// package's tests.
+
+// processStatusExample is docs/process-status.md's example.
+func processStatusExample(ctx context.Context, eng *walflow.Engine, pool *pgxpool.Pool, mux *http.ServeMux,
+	postsHandler http.Handler, w http.ResponseWriter, c struct{ UpdatedAt time.Time }) {
+	mux.Handle("/posts/", eng.Middleware(&processstatus.MiddlewareOpts{Wait: 2 * time.Second})(postsHandler))
+	// After a write: either the row's timestamp column...
+	w.Header().Set("X-Walflow-Entity-Timestamp", processstatus.HeaderValue("comments", c.UpdatedAt))
+	// ...or, stronger (a total order), the database position of the commit.
+	lsn, _ := processstatus.CurrentLSN(ctx, pool)
+	w.Header().Set("X-Walflow-LSN", lsn.String())
+}
+
+// indexReadExample is docs/read-models.md's index example.
+func indexReadExample(ctx context.Context, eng *walflow.Engine, after event.Position) ([]event.Event, error) {
+	evs, err := eng.Indexes().Read(ctx, "by_user", "7", after, 100) // user 7's next 100 events
+	return evs, err
+}
+
+// balances is docs/read-models.md's projector example.
+var balances = projector.Projector{
+	Name: "balances", Entities: []string{"events"},
+	HandleTx: func(ctx context.Context, tx pgx.Tx, e event.Event) error {
+		amount, _ := e.NewRecord.Get("amount") // values in PostgreSQL's text form
+		account, _ := e.NewRecord.Get("account")
+		a, _ := amount.Text()
+		id, _ := account.Text()
+		_, err := tx.Exec(ctx, `UPDATE balances SET amount = amount + $1::numeric WHERE account = $2`, a, id)
+		return err
+	},
 }

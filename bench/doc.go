@@ -26,7 +26,7 @@
 // recvlogical_changes/s, their ratio (walflow over pg_recvlogical), walflow_cpu_us/change
 // and recvlogical_cpu_us/change (the client process's user and system CPU time over its
 // drains, per change), cpu_ratio (walflow's over pg_recvlogical's) and walflow_peak_rss_MiB,
-// and logs each drain and a Markdown table row for the README. The bars (walflow at 0.75×
+// and logs each drain and a Markdown table row for docs/performance.md. The bars (walflow at 0.75×
 // pg_recvlogical's rate or more, peak RSS under 256 MiB) are logged when missed, not
 // asserted. Run it with
 //
@@ -71,7 +71,7 @@
 // the first commit to the last delivery), lost, gateway-rss-MiB (the gateway process's
 // VmHWM), baseline-p50-ms, baseline-p99-ms and p99-ratio (the clients' p99 over the
 // baseline's), and logs the CPU time each process used, the gateway process's GC and
-// scheduling delays, and a Markdown table row for the README. It fails when a delivery is
+// scheduling delays, and a Markdown table row for docs/performance.md. It fails when a delivery is
 // lost (a stream the gateway ends, as overflow for instance, counts: the client does not
 // resume), duplicated, out of order or on the wrong channel, or when a client's sequence
 // of positions differs from the baseline's. The bars (p99 under 100 ms, RSS under 1 GiB)

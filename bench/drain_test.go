@@ -546,7 +546,7 @@ func (r backlogResult) cpuRatio() float64 {
 	return r.cpuPerChange(walflowKind) / r.cpuPerChange(recvlogical)
 }
 
-// readmeHeader and readmeRow give a result as a Markdown table row, for the README.
+// readmeHeader and readmeRow give a result as a Markdown table row, for docs/performance.md.
 const readmeHeader = "| backlog | pg_recvlogical | walflow | ratio | CPU per change (pg_recvlogical / walflow) | CPU ratio | walflow peak RSS |"
 
 func (r backlogResult) readmeRow() string {
@@ -783,7 +783,7 @@ func BenchmarkDrain(b *testing.B) {
 		b.Logf("bars missed (not asserted): %s", strings.Join(missed, "; "))
 	}
 	if len(rows) > 0 {
-		b.Logf("for the README (%s):\n%s\n%s", machine(ver), readmeHeader, strings.Join(rows, "\n"))
+		b.Logf("for docs/performance.md (%s):\n%s\n%s", machine(ver), readmeHeader, strings.Join(rows, "\n"))
 	}
 }
 
@@ -849,7 +849,7 @@ func dirSize(dir string) int64 {
 	return n
 }
 
-// machine describes the host for the README: CPUs, CPU model and PostgreSQL version.
+// machine describes the host for docs/performance.md: CPUs, CPU model and PostgreSQL version.
 func machine(pgVersion string) string {
 	model := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {

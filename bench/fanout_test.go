@@ -223,7 +223,7 @@ func (r fanoutResult) summary() string {
 	return b.String()
 }
 
-// fanoutReadmeHeader and readmeRow give the result as a Markdown table row, for the README.
+// fanoutReadmeHeader and readmeRow give the result as a Markdown table row, for docs/performance.md.
 const fanoutReadmeHeader = "| clients | events/s | p50 | p99 | in-process p50 / p99 | msgs/s | lost | gateway peak RSS |"
 
 func (r fanoutResult) readmeRow() string {
@@ -397,5 +397,5 @@ func BenchmarkFanout(b *testing.B) {
 		// Reported, not failed: wall-clock figures on a shared machine are not assertions.
 		b.Logf("bars missed (not asserted): %s", strings.Join(missed, "; "))
 	}
-	b.Logf("for the README (%s):\n%s\n%s", machine(res.ServerVer), fanoutReadmeHeader, res.readmeRow())
+	b.Logf("for docs/performance.md (%s):\n%s\n%s", machine(res.ServerVer), fanoutReadmeHeader, res.readmeRow())
 }

@@ -19,7 +19,7 @@ import (
 
 // The operator benchmark compares walflow's batched operator execution with a baseline
 // that applies each event in its own transaction with its own checkpoint update, the way a
-// one-event-at-a-time queue works. Both run the seed's post_with_comments_counts MERGE on
+// one-event-at-a-time queue works. Both run the post_with_comments_counts MERGE on
 // the same ledger backlog of comment events, each into its own derived table.
 
 const opSchema = `

@@ -29,8 +29,8 @@
 //
 // # Backends
 //
-// ledger/disk is the default, embedded and crash-safe (segment files); ledger/pebble keeps
-// the Pebble format of earlier walflow versions; ledger/memory is for tests and
+// ledger/disk is the default, embedded and crash-safe (segment files); ledger/pebble reads
+// and writes the Pebble format of earlier walflow versions; ledger/memory is for tests and
 // throwaway runs. ledger/ledgertest is the conformance suite every backend passes.
 package ledger
 

@@ -1,5 +1,5 @@
-// Package operator keeps derived tables up to date from the ledger: the EventStreamex
-// operators, with exactly-once effects.
+// Package operator keeps derived tables up to date from the ledger, with exactly-once
+// effects.
 //
 // # Concepts
 //

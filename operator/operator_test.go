@@ -36,8 +36,8 @@ const blogSchema = `
 	ALTER TABLE comments REPLICA IDENTITY FULL;
 	ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
 
-// seedOperator is post_with_comments_counts exactly as the EventStreamex documentation
-// writes it.
+// seedOperator is post_with_comments_counts with an unguarded MERGE: every event rewrites
+// its derived row, changed or not.
 var seedOperator = operator.SQL{
 	Target:   "post_with_comments_counts",
 	Entities: []string{"comments", "posts"},

@@ -12,7 +12,8 @@ import (
 	"github.com/walflow/walflow/event"
 )
 
-// Defaults of [RetryPolicy], the seed's.
+// Defaults of [RetryPolicy]: a first retry after 500ms, each wait doubling up to 10s, and
+// five retries before the operator halts.
 const (
 	RetryMinDefault        = 500 * time.Millisecond
 	RetryMultiplierDefault = 2.0

@@ -82,7 +82,7 @@ func parentOperator() operator.SQL {
 
 // TestIDColumnRenamed renames the column an operator maps comments to while the operator
 // runs: the next comment halts it at once with an error naming the table, the column and
-// the fix (it used to be skipped silently, leaving the count wrong), the channel router
+// the fix (never skips it, which would leave the count wrong), the channel router
 // warns once that the comments' scope cannot be computed, and walflow refuses to start
 // again until the configuration follows the rename. Then the fix the error gives works.
 func TestIDColumnRenamed(t *testing.T) {
@@ -161,8 +161,8 @@ func TestIDColumnRenamed(t *testing.T) {
 
 // TestDeleteOutsideReplicaIdentity deletes a comment of a table whose replica identity is
 // the primary key: the delete's old record has no post_id, so the operator cannot know
-// which post to recompute. It halts at once saying so and how to fix it (it used to skip
-// the delete, leaving the count one too high). Updates, whose new record has post_id,
+// which post to recompute. It halts at once saying so and how to fix it (skipping the
+// delete would leave the count one too high). Updates, whose new record has post_id,
 // go on without their old one.
 func TestDeleteOutsideReplicaIdentity(t *testing.T) {
 	t.Parallel()

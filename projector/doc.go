@@ -54,14 +54,12 @@
 // or one past its ledger's head (a ledger deleted and started again); a reset replays the
 // runner's ledger.
 //
-// # Why there is no MissedEventError
+// # No missed or out-of-order events
 //
-// The seed's projector received each event as the application published it, and compared
-// the event's id with the last one it processed: an id other than last+1 raised
-// MissedEventError, because it meant an event was lost or arrived out of order, which
-// happens when concurrent transactions commit in another order than they took their ids.
-// walflow's projectors do not read ids: they read the ledger, whose positions are
-// gap-free and in commit order. An event at position p is committed and durable before any
+// A projector never misses an event nor sees one out of order, so there is no error for
+// either (no MissedEventError) and nothing compares an event's id with the last one
+// processed. Projectors do not read ids: they read the ledger, whose positions are gap-free
+// and in commit order. An event at position p is committed and durable before any
 // event at p+1, a projector always resumes from its stored position, and nothing reaches
 // the ledger until its transaction commits, so a projector can neither miss an event nor
 // see one out of order. A rolled-back transaction never reaches the ledger at all. For

@@ -360,8 +360,8 @@ func TestDemo(t *testing.T) {
 }
 
 // TestDemoEngineFailsWhileStarting: an engine that fails before it streams (here: the
-// blog's tables are missing) ends the demo with its error; it used to wait forever for a
-// second result from the engine.
+// blog's tables are missing) ends the demo with its error, without waiting for a second
+// result from the engine.
 func TestDemoEngineFailsWhileStarting(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.NewDatabase(t) // no blog in it

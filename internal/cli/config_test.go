@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -245,24 +244,23 @@ func TestLoadConfigMissingFile(t *testing.T) {
 	}
 }
 
-// TestExampleConfigs loads walflow.example.yaml and the README's YAML blocks, so the
-// documentation cannot drift from what run accepts.
+// TestExampleConfigs loads walflow.example.yaml and the YAML blocks of README.md and
+// docs/*.md, so the documentation cannot drift from what run accepts.
 func TestExampleConfigs(t *testing.T) {
 	t.Parallel()
 	if _, err := loadConfig(filepath.Join("..", "..", "walflow.example.yaml"), noEnv); err != nil {
 		t.Errorf("walflow.example.yaml: %v", err)
 	}
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllSubmatch(readme, -1)
-	if len(blocks) == 0 {
-		t.Fatal("README.md has no yaml block")
-	}
-	for i, b := range blocks {
-		if _, err := parseConfig("README.md", b[1], envOf("DATABASE_URL", "postgres://app@localhost/app")); err != nil {
-			t.Errorf("README.md yaml block %d: %v", i+1, err)
+	blocks := 0
+	for _, f := range docPages(t) {
+		for i, b := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllSubmatch(f.text, -1) {
+			blocks++
+			if _, err := parseConfig(f.path, b[1], envOf("DATABASE_URL", "postgres://app@localhost/app")); err != nil {
+				t.Errorf("%s yaml block %d: %v", f.path, i+1, err)
+			}
 		}
+	}
+	if blocks == 0 {
+		t.Fatal("README.md and docs/*.md have no yaml block")
 	}
 }

@@ -95,7 +95,7 @@ CREATE TABLE post_with_comments_counts (
 ALTER TABLE posts REPLICA IDENTITY FULL;
 ALTER TABLE comments REPLICA IDENTITY FULL;
 ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
-	// demoOperator is the operators block of the demo's configuration: the seed's
+	// demoOperator is the operators block of the demo's configuration:
 	// post_with_comments_counts, whose MERGE updates a row only when it changes, so a
 	// recomputation that changes nothing makes no event.
 	demoOperator = `operators:

@@ -47,7 +47,7 @@ operators:
 	return path, dir, addr
 }
 
-// seedOperators are the seed operator and comment_totals, which write the same derived
+// seedOperators are post_with_comments_counts and comment_totals, which write the same derived
 // table, as an operators: block.
 const seedOperators = `  post_with_comments_counts:
     entities: [comments, posts]

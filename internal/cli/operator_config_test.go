@@ -10,7 +10,7 @@ import (
 	"github.com/walflow/walflow/operator"
 )
 
-// seedQuery is the seed's post_with_comments_counts MERGE, indented for a YAML block.
+// seedQuery is post_with_comments_counts's MERGE, indented for a YAML block.
 const seedQuery = `
     query: |
       MERGE INTO post_with_comments_counts dest

@@ -16,7 +16,7 @@ import (
 	"github.com/walflow/walflow/operator"
 )
 
-// derivedSchema is the seed's derived table, for blogSchema's posts (which lack body and
+// derivedSchema is post_with_comments_counts's derived table, for blogSchema's posts (which lack body and
 // inserted_at: the operator tests add them).
 const derivedSchema = `
 ALTER TABLE posts ADD COLUMN body text NOT NULL DEFAULT '', ADD COLUMN inserted_at timestamptz NOT NULL DEFAULT now();
@@ -24,7 +24,7 @@ CREATE TABLE post_with_comments_counts (id int PRIMARY KEY, title text, body tex
 	inserted_at timestamptz, updated_at timestamptz, comments_count int);
 ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
 
-// operatorConfigFile writes a configuration with the seed operator and comment_totals on
+// operatorConfigFile writes a configuration with post_with_comments_counts and comment_totals on
 // dsn, and returns its path. extra is appended (top-level keys).
 func operatorConfigFile(t *testing.T, dsn, extra string) string {
 	t.Helper()
@@ -300,7 +300,7 @@ func (d *operatorStatusDoc) operator(name string) operatorStatus {
 	return operatorStatus{}
 }
 
-// TestOperatorRunAndBackfill runs walflow with the seed operator and one whose query fails:
+// TestOperatorRunAndBackfill runs walflow with post_with_comments_counts and one whose query fails:
 // on a missing table walflow refuses to start; with the table there but refusing the rows,
 // the failing operator halts, and is restarted from the command line while walflow runs.
 // Then it backfills the rows that existed before walflow started.
@@ -385,8 +385,8 @@ operator_defaults:
 		DELETE FROM posts WHERE id = 60;`); err != nil {
 		t.Fatal(err)
 	}
-	// comment_audit refuses the rows: its operator halts on its first event, while the seed
-	// operator catches up with the head.
+	// comment_audit refuses the rows: its operator halts on its first event, while
+	// post_with_comments_counts catches up with the head.
 	var doc operatorStatusDoc
 	waitFor(t, "comment_audit halts and post_with_comments_counts catches up", runDone, func() bool {
 		var r result
@@ -401,7 +401,7 @@ operator_defaults:
 		!strings.HasPrefix(doc.LedgerHeadFrom, "the running walflow at http://"+addr) {
 		t.Errorf("operator status while walflow runs: %+v", doc)
 	}
-	// The seed operator's own writes to post_with_comments_counts reach the ledger after it
+	// post_with_comments_counts's own writes to its table reach the ledger after it
 	// caught up, moving the head on; it is at the head again once it has passed them.
 	waitForOutput(t, runDone, []string{
 		`(?m)^ledger head: position \d+ \(from the running walflow at http://` + regexp.QuoteMeta(addr) + `/status\)$`,

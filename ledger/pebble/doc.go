@@ -1,6 +1,7 @@
 // Package pebble is a [ledger.Ledger] stored in a Pebble (LSM tree) database: embedded and
-// crash-safe. It was walflow's default before ledger/disk (segment files); select it with
-// ledger.backend: pebble.
+// crash-safe. It reads and writes the ledgers of walflow versions whose default backend it
+// was; ledger/disk (segment files) is the default. Select it with ledger.backend: pebble,
+// or convert it with walflow ledger migrate (disk.Migrate).
 //
 // # Layout
 //

@@ -44,7 +44,7 @@ const resyncHint = "to resync: stop walflow; move the ledger directory aside, wi
 	"start walflow again, which starts a new ledger at position 1 and follows the slot from then on (creating it if missing); " +
 	"then, while it runs, rebuild what counted the old ledger's positions, since changes made in between are in neither ledger: " +
 	"walflow operator reset NAME for each operator (each one halts until then; walflow operator status lists them) " +
-	"and walflow projector reset NAME for each projector (README.md, Resync)"
+	"and walflow projector reset NAME for each projector (docs/operations.md, Resync)"
 
 // fatal reports whether err stops Run instead of causing a reconnect.
 func fatal(err error) bool {

@@ -38,7 +38,8 @@ func operatorSetNames() string {
 //	post_stats(id, comments_count, ratings_count, stars_avg, is_popular)
 //	applied(position, lsn, ordinal, entity, type, row_id, times)
 //
-// post_with_comments_counts is the EventStreamex seed's operator, word for word;
+// post_with_comments_counts recomputes a post's row with an unguarded MERGE (every event
+// rewrites the row);
 // post_ratings aggregates ratings per post (a row exists while the post has ratings);
 // post_stats is derived from the two derived tables, whose events come back through the
 // WAL; applied counts each comments and ratings event's applications, one row per ledger
