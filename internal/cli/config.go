@@ -19,6 +19,7 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/internal/suggest"
 )
 
 // Defaults of the configuration file that differ from walflow.Config's.
@@ -323,7 +324,7 @@ func (l *loader) walk(n *yaml.Node, s *spec, path string) error {
 			}
 			if vs == nil {
 				msg := "unknown key"
-				if sug := suggest(name, s.keys); sug != "" {
+				if sug := suggest.Closest(name, s.keys); sug != "" {
 					msg += " (did you mean " + sug + "?)"
 				}
 				return l.errAt(k, kp, "%s; %s are %s", msg, s.what, strings.Join(s.keys, ", "))
