@@ -37,6 +37,9 @@ func runCLI(ctx context.Context, getenv func(string) string, args ...string) res
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
 
+// noEnv is a getenv with nothing set.
+func noEnv(string) string { return "" }
+
 func TestCommandLine(t *testing.T) {
 	t.Parallel()
 	missing := filepath.Join(t.TempDir(), "walflow.yaml")

@@ -20,6 +20,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/configfile"
 	"github.com/walflow/walflow/internal/pgtest"
 )
 
@@ -233,7 +234,7 @@ type demo struct {
 
 	dsn        string
 	configPath string
-	cfg        *config
+	cfg        *configfile.Config
 	// ln is where the web app listens; nil makes run listen on the configured address.
 	ln net.Listener
 }
@@ -289,10 +290,10 @@ realtime:
 // openEngine opens the engine of the configuration, with the realtime gateway and without
 // its own HTTP server: the web app serves the engine's handler next to the blog.
 func (d *demo) openEngine(ctx context.Context) (*walflow.Engine, error) {
-	cfg := d.cfg.engine
-	cfg.Logger = d.cfg.logger(d.env.stderr)
+	cfg := d.cfg.Engine
+	cfg.Logger = d.cfg.Logger(d.env.stderr)
 	cfg.HTTPAddr = ""
-	rt, err := d.cfg.realtime.resolve(d.env.getenv, cfg.Logger)
+	rt, err := d.cfg.Realtime.Resolve(d.env.getenv, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("demo: its own realtime configuration is invalid: %w", err)
 	}
@@ -310,7 +311,7 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	ln := d.ln
 	if ln == nil {
 		var err error
-		if ln, err = demoListen(d.cfg.engine.HTTPAddr); err != nil {
+		if ln, err = demoListen(d.cfg.Engine.HTTPAddr); err != nil {
 			return err
 		}
 	}
@@ -497,7 +498,7 @@ func waitStreaming(ctx context.Context, eng *walflow.Engine, runDone <-chan stru
 }
 
 func (d *demo) banner(ctx context.Context, duration time.Duration) {
-	c := d.cfg.engine
+	c := d.cfg.Engine
 	version := "PostgreSQL"
 	if conn, err := pgx.Connect(ctx, d.dsn); err == nil {
 		var v string

@@ -117,7 +117,7 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 	what := "events"
 	switch {
 	case q.index != "":
-		r, err := f.runner(c.engine.Indexers)
+		r, err := f.runner(c.Engine.Indexers)
 		if err != nil {
 			return err
 		}
@@ -147,7 +147,7 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 	w := bufio.NewWriter(e.stdout)
 	p := eventPrinter{w: w, f: f, json: q.json, color: !q.json && isTerminal(e.stdout) && e.getenv("NO_COLOR") == ""}
 	p.tableWidth = lineTableWidth
-	for _, t := range c.engine.Tables {
+	for _, t := range c.Engine.Tables {
 		p.tableWidth = max(p.tableWidth, utf8.RuneCountInString(t.Name))
 	}
 	from := f.led.State().Tail
