@@ -21,6 +21,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/configfile"
+	"github.com/walflow/walflow/internal/eventline"
 	"github.com/walflow/walflow/internal/pgtest"
 )
 
@@ -568,7 +569,7 @@ func (p *printer) run(sub *walflow.Subscription) {
 	var channels []string
 	for ev := range sub.Events() {
 		channels = p.router.Channels(&ev, channels[:0])
-		fmt.Fprintln(p.w, eventLineWidth(&ev, p.router.Table(ev.Name), channels, p.color, p.tableWidth))
+		fmt.Fprintln(p.w, eventline.LineWidth(&ev, p.router.Table(ev.Name), channels, p.color, p.tableWidth))
 		p.mu.Lock()
 		p.seen[ev.XID] = true
 		p.count++

@@ -20,3 +20,24 @@ func TestWriteStatusAlerts(t *testing.T) {
 		t.Fatalf("status does not show the alert:\n%s", b.String())
 	}
 }
+
+func TestHumanBytes(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		n    int64
+		want string
+	}{
+		{0, "0 bytes"},
+		{1023, "1023 bytes"},
+		{1024, "1.0 KiB (1024 bytes)"},
+		{1536, "1.5 KiB (1536 bytes)"},
+		{16 << 20, "16.0 MiB (16777216 bytes)"},
+		{5 << 30, "5.0 GiB (5368709120 bytes)"},
+		{-2048, "-2.0 KiB (-2048 bytes)"},
+	}
+	for _, tt := range tests {
+		if got := bytesWithUnit(tt.n); got != tt.want {
+			t.Errorf("bytesWithUnit(%d) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+}
