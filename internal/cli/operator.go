@@ -458,7 +458,7 @@ func readLedger(ctx context.Context, c *configfile.Config, ops []operatorStatus)
 	for _, o := range c.Engine.Operators {
 		if s, ok := o.(operator.SQL); ok {
 			for _, ent := range s.Entities {
-				entities[s.Name] = append(entities[s.Name], bareName(ent))
+				entities[s.Name] = append(entities[s.Name], event.TableName(ent))
 			}
 		}
 	}
@@ -548,12 +548,4 @@ func operatorSkipMain(ctx context.Context, e *env, path, instance, name string) 
 	fmt.Fprintf(e.stderr, "walflow: warning: the effect of the event at position %d was NOT applied, so rows of %s it would have changed may be wrong; recompute them with walflow operator backfill %s --config %s\n",
 		pos, target, name, path)
 	return nil
-}
-
-// bareName returns a table name without its schema, as events name tables.
-func bareName(t string) string {
-	if _, n, ok := strings.Cut(t, "."); ok {
-		return n
-	}
-	return t
 }

@@ -156,7 +156,7 @@ func storedOperators(ctx context.Context, c *configfile.Config, led ledger.Ledge
 			o.Position, o.Halted = s.Position, s.Halted
 			keys := make([]string, len(o.Entities))
 			for j, ent := range o.Entities {
-				keys[j] = bareName(ent)
+				keys[j] = event.TableName(ent)
 			}
 			if p, ok := appliedThrough(ctx, led, keys, s.Position); ok {
 				o.Position = max(o.Position, p)

@@ -142,7 +142,7 @@ func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (o
 		if j := slices.Index(oc.Entities[:i], ent); j >= 0 {
 			return op, l.errPath(p, "%s is listed twice (also %s.entities[%d]); keep one", ent, path, j)
 		}
-		if len(e.Tables) > 0 && !slices.ContainsFunc(e.Tables, func(t channel.Table) bool { return bareName(t.Name) == bareName(ent) }) {
+		if len(e.Tables) > 0 && !channel.HasTable(e.Tables, ent) {
 			return op, l.errPath(p, "%s is not in tables, so its events never reach the ledger the operator reads; add it there (%s:), or remove it from %s.entities",
 				ent, joinPath("tables", ent), path)
 		}
@@ -254,12 +254,4 @@ func operatorProblem(err error) string {
 		return ce.Err.Error()
 	}
 	return err.Error()
-}
-
-// bareName returns a table name without its schema, as events name tables.
-func bareName(t string) string {
-	if _, n, ok := strings.Cut(t, "."); ok {
-		return n
-	}
-	return t
 }
