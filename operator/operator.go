@@ -151,6 +151,14 @@ func describeQuery(sql string, pos int) string {
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
 
+// ValidTable reports whether name is a table name SQL takes as Target or an entity: an
+// identifier (a letter or _, then letters, digits, _ or $), optionally schema-qualified.
+func ValidTable(name string) bool { return identRE.MatchString(name) }
+
+// ValidColumn reports whether name is a column name SQL takes in ID and TargetIDColumn:
+// an identifier, not qualified.
+func ValidColumn(name string) bool { return identRE.MatchString(name) && !strings.Contains(name, ".") }
+
 func defaultTypes(t []event.Type) []event.Type {
 	if len(t) == 0 {
 		return []event.Type{event.Insert, event.Update, event.Delete}
@@ -166,7 +174,7 @@ func (o SQL) spec() (spec, error) {
 	switch {
 	case o.Target == "":
 		return spec{}, configErrorf("", "Target", "SQL operator has no Target; set it to the derived table the query writes, e.g. post_with_comments_counts")
-	case !identRE.MatchString(o.Target):
+	case !ValidTable(o.Target):
 		return spec{}, configErrorf(name, "Target", "Target %q is not a table name like post_with_comments_counts or schema.table", o.Target)
 	case len(o.Entities) == 0:
 		return spec{}, configErrorf(name, "Entities", "no Entities; list the tables it listens to, e.g. comments and posts")
@@ -189,7 +197,7 @@ func (o SQL) spec() (spec, error) {
 	if idCol == "" {
 		idCol = TargetIDColumnDefault
 	}
-	if !identRE.MatchString(idCol) || strings.Contains(idCol, ".") {
+	if !ValidColumn(idCol) {
 		return spec{}, configErrorf(name, "TargetIDColumn", "TargetIDColumn %q is not a column name", idCol)
 	}
 	deleteSQL := "DELETE FROM " + quoteTable(o.Target) + " WHERE " + pgx.Identifier{idCol}.Sanitize() + " = $1"

@@ -21,6 +21,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/internal/suggest"
+	"github.com/walflow/walflow/source/pgwal"
 )
 
 // Defaults of the configuration file that differ from walflow.Config's.
@@ -399,11 +400,6 @@ func (l *loader) decodeError(err error) error {
 	return &configError{file: l.file, msg: strings.TrimPrefix(err.Error(), "yaml: ")}
 }
 
-var (
-	slotName    = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-	publication = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
-)
-
 // build validates the decoded file and turns it into a Config.
 func (l *loader) build(fc *fileConfig, getenv func(string) string) (*Config, error) {
 	c := &Config{DSNFrom: "database_url", LogLevel: slog.LevelInfo}
@@ -431,7 +427,7 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*Config, err
 	}
 
 	e.Slot = fc.Slot
-	if e.Slot != "" && !slotName.MatchString(e.Slot) {
+	if e.Slot != "" && !pgwal.ValidSlot(e.Slot) {
 		return nil, l.errPath("slot", "%q is not a replication slot name; use 1 to 63 lower-case letters, digits and underscores, like walflow_app", e.Slot)
 	}
 	e.TemporarySlot = fc.TemporarySlot
@@ -440,7 +436,7 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*Config, err
 		return nil, l.errPath("slot_failover", "true, but temporary_slot is true too, and PostgreSQL does not fail over temporary slots; remove one of them")
 	}
 	e.Publication = fc.Publication
-	if e.Publication != "" && !publication.MatchString(e.Publication) {
+	if e.Publication != "" && !pgwal.ValidPublication(e.Publication) {
 		return nil, l.errPath("publication", "%q is not a publication name; use a letter or underscore, then letters, digits or underscores, like walflow", e.Publication)
 	}
 
@@ -512,12 +508,10 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*Config, err
 		return nil, err
 	}
 
-	switch fc.ProcessStatus {
-	case "", "postgres", "memory", "none":
-		e.ProcessStatus = fc.ProcessStatus
-	default:
+	if fc.ProcessStatus != "" && !walflow.ValidProcessStatus(fc.ProcessStatus) {
 		return nil, l.errPath("process_status", "%q is not a process-status store; use postgres (the default: the walflow schema of the followed database), memory or none", fc.ProcessStatus)
 	}
+	e.ProcessStatus = fc.ProcessStatus
 
 	for _, name := range l.order["tables"] {
 		t, err := l.table(name, fc.Tables[name])
