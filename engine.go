@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -57,23 +56,16 @@ type Engine struct {
 	idxStore  *indexdisk.Store  // the indexes' disk store, closed by Close
 	snaps     snapshots         // Engine.Snapshot's reader, opened by its first call
 
-	running atomic.Bool
-	slot    atomic.Pointer[slotSample]
-	alerts  alertState
+	running    atomic.Bool
+	slotReader *slotReader // reads the slot for slot, over its kept connection
+	slot       atomic.Pointer[slotSample]
+	alerts     alertState
 
 	retentionEvery  time.Duration // how often Run applies Config.Retention; tests shorten it
 	retentionRounds atomic.Uint64 // rounds of retention done, for tests
 
 	closeOnce sync.Once
 	closeErr  error
-}
-
-// slotSample is the slot's state as last measured.
-type slotSample struct {
-	info   pgwal.SlotInfo
-	exists bool
-	at     time.Time
-	err    error
 }
 
 // Open validates cfg and opens the ledger. It does not connect to PostgreSQL and starts no
@@ -115,7 +107,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		led = d
 	}
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
-		retentionEvery: retentionIntervalDefault}
+		slotReader: &slotReader{dsn: cfg.DatabaseURL, slot: cfg.Slot}, retentionEvery: retentionIntervalDefault}
 	e.alerts.init(log)
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
 		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
@@ -349,38 +341,6 @@ func (e *Engine) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// pollSlot measures the slot's lag every StatusInterval for metrics and Status, and
-// evaluates the alerts with it.
-func (e *Engine) pollSlot(ctx context.Context) {
-	t := time.NewTicker(e.cfg.StatusInterval)
-	defer t.Stop()
-	for {
-		e.checkAlerts(ctx, e.sampleSlot(ctx))
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (e *Engine) sampleSlot(ctx context.Context) *slotSample {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	s := &slotSample{at: time.Now()}
-	conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
-	if err != nil {
-		s.err = fmt.Errorf("connect to read the slot: %w", err)
-	} else {
-		s.info, s.exists, s.err = pgwal.QuerySlot(ctx, conn, e.cfg.Slot)
-		conn.Close(context.WithoutCancel(ctx))
-	}
-	if ctx.Err() == nil || s.err == nil {
-		e.slot.Store(s)
-	}
-	return s
-}
-
 // Close releases the ledger. Call it after Run has returned. With Config.Realtime, it first
 // ends the gateway's open streams, waiting at most Realtime.ShutdownGrace.
 func (e *Engine) Close() error {
@@ -390,6 +350,7 @@ func (e *Engine) Close() error {
 				slog.Int("connections", e.gw.Stats().Connections))
 		}
 		e.snaps.close()
+		e.slotReader.close(context.Background())
 		if e.pool != nil {
 			e.pool.Close()
 		}
