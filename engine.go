@@ -289,7 +289,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.log.InfoContext(ctx, "serving metrics", slog.String("addr", ln.Addr().String()))
 		}
 	}
-	if e.pool != nil && !e.waitDatabase(ctx) {
+	if e.pool != nil && !waitDatabase(ctx, e.pool, e.log) {
 		cancel(ErrStopping)
 		return g.Wait()
 	}
@@ -422,31 +422,4 @@ func (e *Engine) Subscribe(ctx context.Context, opts *SubscribeOpts, channels ..
 		po.After, po.Deliver = &after, t.Deliver
 	}
 	return pubsub.Subscribe(ctx, e.led, keys, po), nil
-}
-
-// waitDatabase waits, with backoff, until the database answers, so that starting while
-// PostgreSQL is down or restarting waits for it as the WAL source does, instead of failing
-// the operators' and process status's start-up. It reports false when ctx ended first.
-func (e *Engine) waitDatabase(ctx context.Context) bool {
-	backoff := 100 * time.Millisecond
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := e.pool.Ping(pctx)
-		cancel()
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		e.log.WarnContext(ctx, "database not reachable; waiting to start operators and process status", slog.Any("error", err), slog.Duration("backoff", backoff))
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return false
-		case <-t.C:
-		}
-		backoff = min(backoff*2, 10*time.Second)
-	}
 }
