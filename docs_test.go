@@ -3,6 +3,7 @@ package walflow_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/walflow/walflow/internal/docpages"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -26,28 +27,16 @@ import (
 // internal/cli.
 
 // docFile is one Markdown page of the documentation.
-type docFile struct {
-	path string // relative to the repository root, like docs/operators.md
-	text string
-}
+type docFile = docpages.Page
 
 // docFiles returns README.md and every docs/*.md page.
 func docFiles(t *testing.T) []docFile {
 	t.Helper()
-	paths, err := filepath.Glob(filepath.Join("docs", "*.md"))
+	pages, err := docpages.Read(".")
 	if err != nil {
 		t.Fatal(err)
 	}
-	paths = append([]string{"README.md"}, paths...)
-	files := make([]docFile, 0, len(paths))
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, docFile{path: filepath.ToSlash(p), text: string(b)})
-	}
-	return files
+	return pages
 }
 
 // codeBlock is a fenced code block of a page.
@@ -71,11 +60,11 @@ func codeBlocks(f docFile) []codeBlock {
 		indent int
 		body   strings.Builder
 	)
-	for i, line := range strings.Split(f.text, "\n") {
+	for i, line := range strings.Split(f.Text, "\n") {
 		m := fenceRE.FindStringSubmatch(line)
 		switch {
 		case cur == nil && m != nil:
-			cur = &codeBlock{file: f.path, line: i + 1, lang: m[2]}
+			cur = &codeBlock{file: f.Path, line: i + 1, lang: m[2]}
 			indent = len(m[1])
 			body.Reset()
 		case cur != nil && m != nil && m[2] == "":
@@ -114,13 +103,13 @@ func TestDocsCodeBlocksClosed(t *testing.T) {
 	t.Parallel()
 	for _, f := range docFiles(t) {
 		fences := 0
-		for _, line := range strings.Split(f.text, "\n") {
+		for _, line := range strings.Split(f.Text, "\n") {
 			if fenceRE.MatchString(line) {
 				fences++
 			}
 		}
 		if got := len(codeBlocks(f)); fences != 2*got {
-			t.Errorf("%s: %d fence lines but %d closed blocks: a block is not closed with ```", f.path, fences, got)
+			t.Errorf("%s: %d fence lines but %d closed blocks: a block is not closed with ```", f.Path, fences, got)
 		}
 	}
 }
@@ -315,7 +304,7 @@ func TestDocsLinks(t *testing.T) {
 	files := docFiles(t)
 	anchors := map[string]map[string]bool{}
 	for _, f := range files {
-		anchors[f.path] = headingAnchors(f)
+		anchors[f.Path] = headingAnchors(f)
 	}
 	linkRE := regexp.MustCompile(`\]\(([^)\s]+)\)`)
 	for _, f := range files {
@@ -326,13 +315,13 @@ func TestDocsLinks(t *testing.T) {
 			}
 			path, frag, _ := strings.Cut(target, "#")
 			if path == "" {
-				path = f.path
+				path = f.Path
 			} else {
-				path = filepath.ToSlash(filepath.Clean(filepath.Join(filepath.Dir(f.path), path)))
+				path = filepath.ToSlash(filepath.Clean(filepath.Join(filepath.Dir(f.Path), path)))
 			}
 			if _, err := os.Stat(path); err != nil {
 				if !slices.Contains(docsWrittenElsewhere, path) {
-					t.Errorf("%s links to %s: %v", f.path, target, err)
+					t.Errorf("%s links to %s: %v", f.Path, target, err)
 				}
 				continue
 			}
@@ -341,9 +330,9 @@ func TestDocsLinks(t *testing.T) {
 			}
 			a, ok := anchors[path]
 			if !ok {
-				t.Errorf("%s links to %s: an anchor in a file that is no page of the documentation", f.path, target)
+				t.Errorf("%s links to %s: an anchor in a file that is no page of the documentation", f.Path, target)
 			} else if !a[frag] {
-				t.Errorf("%s links to %s: %s has no heading with anchor #%s", f.path, target, path, frag)
+				t.Errorf("%s links to %s: %s has no heading with anchor #%s", f.Path, target, path, frag)
 			}
 		}
 	}
@@ -353,7 +342,7 @@ func TestDocsLinks(t *testing.T) {
 func outsideCode(f docFile) string {
 	var out strings.Builder
 	in := false
-	for line := range strings.SplitSeq(f.text, "\n") {
+	for line := range strings.SplitSeq(f.Text, "\n") {
 		m := fenceRE.FindStringSubmatch(line)
 		switch {
 		case !in && m != nil:

@@ -7,13 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -59,23 +56,16 @@ type Engine struct {
 	idxStore  *indexdisk.Store  // the indexes' disk store, closed by Close
 	snaps     snapshots         // Engine.Snapshot's reader, opened by its first call
 
-	running atomic.Bool
-	slot    atomic.Pointer[slotSample]
-	alerts  alertState
+	running    atomic.Bool
+	slotReader *slotReader // reads the slot for slot, over its kept connection
+	slot       atomic.Pointer[slotSample]
+	alerts     alertState
 
 	retentionEvery  time.Duration // how often Run applies Config.Retention; tests shorten it
 	retentionRounds atomic.Uint64 // rounds of retention done, for tests
 
 	closeOnce sync.Once
 	closeErr  error
-}
-
-// slotSample is the slot's state as last measured.
-type slotSample struct {
-	info   pgwal.SlotInfo
-	exists bool
-	at     time.Time
-	err    error
 }
 
 // Open validates cfg and opens the ledger. It does not connect to PostgreSQL and starts no
@@ -117,7 +107,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		led = d
 	}
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
-		retentionEvery: retentionIntervalDefault}
+		slotReader: &slotReader{dsn: cfg.DatabaseURL, slot: cfg.Slot}, retentionEvery: retentionIntervalDefault}
 	e.alerts.init(log)
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
 		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
@@ -228,7 +218,7 @@ func (e *Engine) openOperators() error {
 	if len(e.cfg.Tables) > 0 {
 		for _, o := range r.Operators() {
 			for _, ent := range o.Entities {
-				if !slices.ContainsFunc(e.cfg.Tables, func(t channel.Table) bool { return bareTable(t.Name) == bareTable(ent) }) {
+				if !channel.HasTable(e.cfg.Tables, ent) {
 					return fmt.Errorf("walflow: operator %s listens to %s, which is not among the followed tables; add %s to tables", o.Name, ent, ent)
 				}
 			}
@@ -238,83 +228,151 @@ func (e *Engine) openOperators() error {
 	return nil
 }
 
-func bareTable(t string) string {
-	if _, n, ok := strings.Cut(t, "."); ok {
-		return n
-	}
-	return t
-}
-
 // Operators returns the operator runner, or nil when no operator is configured.
 func (e *Engine) Operators() *operator.Runner { return e.ops }
 
 // Run follows the database until ctx ends, serving HTTP on Config.HTTPAddr when set. It
+// starts the WAL source, the slot monitor, retention and the HTTP server, then, once the
+// database answers, process status and the consumers (projectors, indexes, operators). It
 // returns nil after a clean stop, or the error that stopped it (see pgwal's Err variables
 // for the conditions that need a person).
 func (e *Engine) Run(ctx context.Context) error {
 	if !e.running.CompareAndSwap(false, true) {
 		return errors.New("walflow: Run called twice; one Engine runs once")
 	}
+	r := newRunGroup(ctx)
+	defer r.stop()
+	r.goStopping(func(ctx context.Context) error { return e.src.Run(ctx, e.sink()) })
+	r.goLoop(e.pollSlot)
+	r.goLoop(e.retain)
+	if err := e.serveHTTP(r); err != nil {
+		return r.abort(err)
+	}
+	if e.pool != nil && !waitDatabase(r.ctx, e.pool, e.log) {
+		return r.abort(nil)
+	}
+	if err := e.startProcessStatus(r); err != nil {
+		return err
+	}
+	e.startConsumers(r)
+	return r.g.Wait()
+}
+
+// runGroup is one Run's components: they run in g and stop together.
+type runGroup struct {
+	// ctx is Run's context; stop cancels it.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	g      *errgroup.Group
+	// gctx ends when ctx does or a component of g fails: the components run with it.
+	gctx context.Context
+}
+
+func newRunGroup(ctx context.Context) *runGroup {
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(ErrStopping)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		err := e.src.Run(gctx, e.sink())
-		cancel(ErrStopping)
+	return &runGroup{ctx: ctx, cancel: cancel, g: g, gctx: gctx}
+}
+
+// stop tells every component to stop.
+func (r *runGroup) stop() { r.cancel(ErrStopping) }
+
+// abort stops every component and waits for them. It returns err, or with a nil err what
+// the components returned.
+func (r *runGroup) abort(err error) error {
+	r.stop()
+	werr := r.g.Wait()
+	if err != nil {
+		return err
+	}
+	return werr
+}
+
+// goLoop runs a component that ends only with its context.
+func (r *runGroup) goLoop(run func(context.Context)) {
+	r.g.Go(func() error { run(r.gctx); return nil })
+}
+
+// goStopping runs a component whose end, with or without an error, stops the engine.
+func (r *runGroup) goStopping(run func(context.Context) error) {
+	r.g.Go(func() error {
+		err := run(r.gctx)
+		r.stop()
 		return err
 	})
-	g.Go(func() error { e.pollSlot(gctx); return nil })
-	g.Go(func() error { e.retain(gctx); return nil })
-	if e.cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
-		if err != nil {
-			cancel(ErrStopping)
-			_ = g.Wait()
-			return fmt.Errorf("walflow: listen on %s for metrics and status: %w; choose a free host:port for the HTTP address (http.addr in walflow.yaml)", e.cfg.HTTPAddr, err)
-		}
-		// No WriteTimeout: it would cut every realtime stream, which bounds each of its
-		// writes itself.
-		srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("walflow: serve HTTP: %w", err)
-			}
+}
+
+// goConsumer runs a consumer of the ledger; one that fails stops the engine, and prefix
+// ("" for none) names it in the error.
+func (r *runGroup) goConsumer(run func(context.Context) error, prefix string) {
+	r.g.Go(func() error {
+		err := run(r.gctx)
+		if err == nil {
 			return nil
-		})
-		g.Go(func() error {
-			<-gctx.Done()
-			// Streams never go idle, so Shutdown would wait for them: end them first, and
-			// cut the connections of those that do not end in time (Close waits for their
-			// handlers before closing the ledger).
-			if !e.shutdownRealtime(ctx) {
-				e.log.WarnContext(ctx, "realtime streams did not end within the shutdown grace; closing their connections",
-					slog.Int("connections", e.gw.Stats().Connections))
-				return srv.Close()
-			}
-			sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer c()
-			if err := srv.Shutdown(sctx); err != nil {
-				// A request still running is no reason to fail the stop: cut it.
-				e.log.WarnContext(ctx, "HTTP requests did not end within 5s of the stop; closing their connections", slog.Any("error", err))
-				return srv.Close()
-			}
-			return nil
-		})
-		if e.gw != nil {
-			e.log.InfoContext(ctx, "serving metrics and realtime", slog.String("addr", ln.Addr().String()), slog.String("realtime_path", e.cfg.Realtime.Path))
-		} else {
-			e.log.InfoContext(ctx, "serving metrics", slog.String("addr", ln.Addr().String()))
 		}
+		r.stop()
+		if prefix == "" {
+			return err
+		}
+		return fmt.Errorf("%s: %w", prefix, err)
+	})
+}
+
+// serveHTTP serves Handler on Config.HTTPAddr until the engine stops: then it ends the
+// realtime streams and shuts the server down. It fails when the address cannot be listened
+// on; without an address it does nothing.
+func (e *Engine) serveHTTP(r *runGroup) error {
+	if e.cfg.HTTPAddr == "" {
+		return nil
 	}
-	if e.pool != nil && !e.waitDatabase(ctx) {
-		cancel(ErrStopping)
-		return g.Wait()
+	ctx := r.ctx
+	ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("walflow: listen on %s for metrics and status: %w; choose a free host:port for the HTTP address (http.addr in walflow.yaml)", e.cfg.HTTPAddr, err)
 	}
+	// No WriteTimeout: it would cut every realtime stream, which bounds each of its
+	// writes itself.
+	srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	r.g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("walflow: serve HTTP: %w", err)
+		}
+		return nil
+	})
+	r.g.Go(func() error {
+		<-r.gctx.Done()
+		// Streams never go idle, so Shutdown would wait for them: end them first, and
+		// cut the connections of those that do not end in time (Close waits for their
+		// handlers before closing the ledger).
+		if !e.shutdownRealtime(ctx) {
+			e.log.WarnContext(ctx, "realtime streams did not end within the shutdown grace; closing their connections",
+				slog.Int("connections", e.gw.Stats().Connections))
+			return srv.Close()
+		}
+		sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer c()
+		if err := srv.Shutdown(sctx); err != nil {
+			// A request still running is no reason to fail the stop: cut it.
+			e.log.WarnContext(ctx, "HTTP requests did not end within 5s of the stop; closing their connections", slog.Any("error", err))
+			return srv.Close()
+		}
+		return nil
+	})
+	if e.gw != nil {
+		e.log.InfoContext(ctx, "serving metrics and realtime", slog.String("addr", ln.Addr().String()), slog.String("realtime_path", e.cfg.Realtime.Path))
+	} else {
+		e.log.InfoContext(ctx, "serving metrics", slog.String("addr", ln.Addr().String()))
+	}
+	return nil
+}
+
+// startProcessStatus migrates the process-status store kept in PostgreSQL and starts it and
+// the tracker. When the migration fails, it stops the engine and returns Run's error.
+func (e *Engine) startProcessStatus(r *runGroup) error {
 	if e.psStore != nil {
-		if err := e.psStore.Migrate(ctx); err != nil {
-			stopped := ctx.Err() != nil
-			cancel(ErrStopping)
-			werr := g.Wait()
+		if err := e.psStore.Migrate(r.ctx); err != nil {
+			stopped := r.ctx.Err() != nil
+			werr := r.abort(nil)
 			if stopped {
 				// Stopped while starting: by the caller (werr is nil), or by the source
 				// failing, whose error is the one to report, not the interrupted migration's.
@@ -322,72 +380,31 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("walflow: process status: %w", err)
 		}
-		g.Go(func() error {
+		ctx := r.ctx
+		r.g.Go(func() error {
 			// Process status is recomputed from the ledger after a restart, so a failed last
 			// flush costs a rescan, not correctness: report it without failing Run.
-			if err := e.psStore.Run(gctx); err != nil {
+			if err := e.psStore.Run(r.gctx); err != nil {
 				e.log.WarnContext(ctx, "process status not saved at stop; it is rebuilt from the ledger at the next start", slog.Any("error", err))
 			}
 			return nil
 		})
 	}
-	g.Go(func() error { return e.tracker.Run(gctx) })
-	// A consumer that fails stops the engine; prefix names it in the error.
-	stopOnError := func(run func(context.Context) error, prefix string) {
-		g.Go(func() error {
-			err := run(gctx)
-			if err == nil {
-				return nil
-			}
-			cancel(ErrStopping)
-			if prefix == "" {
-				return err
-			}
-			return fmt.Errorf("%s: %w", prefix, err)
-		})
-	}
+	r.g.Go(func() error { return e.tracker.Run(r.gctx) })
+	return nil
+}
+
+// startConsumers starts the projectors, the indexes and the operators.
+func (e *Engine) startConsumers(r *runGroup) {
 	if e.projs != nil {
-		stopOnError(e.projs.Run, "walflow: projectors")
+		r.goConsumer(e.projs.Run, "walflow: projectors")
 	}
 	if e.idx != nil {
-		stopOnError(e.idx.Run, "walflow: indexes")
+		r.goConsumer(e.idx.Run, "walflow: indexes")
 	}
 	if e.ops != nil {
-		stopOnError(e.ops.Run, "") // its errors name the operator
+		r.goConsumer(e.ops.Run, "") // its errors name the operator
 	}
-	return g.Wait()
-}
-
-// pollSlot measures the slot's lag every StatusInterval for metrics and Status, and
-// evaluates the alerts with it.
-func (e *Engine) pollSlot(ctx context.Context) {
-	t := time.NewTicker(e.cfg.StatusInterval)
-	defer t.Stop()
-	for {
-		e.checkAlerts(ctx, e.sampleSlot(ctx))
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (e *Engine) sampleSlot(ctx context.Context) *slotSample {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	s := &slotSample{at: time.Now()}
-	conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
-	if err != nil {
-		s.err = fmt.Errorf("connect to read the slot: %w", err)
-	} else {
-		s.info, s.exists, s.err = pgwal.QuerySlot(ctx, conn, e.cfg.Slot)
-		conn.Close(context.WithoutCancel(ctx))
-	}
-	if ctx.Err() == nil || s.err == nil {
-		e.slot.Store(s)
-	}
-	return s
 }
 
 // sink is the ledger the source appends to: the ledger, through the index runner's feed
@@ -408,6 +425,7 @@ func (e *Engine) Close() error {
 				slog.Int("connections", e.gw.Stats().Connections))
 		}
 		e.snaps.close()
+		e.slotReader.close(context.Background())
 		if e.pool != nil {
 			e.pool.Close()
 		}
@@ -479,31 +497,4 @@ func (e *Engine) Subscribe(ctx context.Context, opts *SubscribeOpts, channels ..
 		po.After, po.Deliver = &after, t.Deliver
 	}
 	return pubsub.Subscribe(ctx, e.led, keys, po), nil
-}
-
-// waitDatabase waits, with backoff, until the database answers, so that starting while
-// PostgreSQL is down or restarting waits for it as the WAL source does, instead of failing
-// the operators' and process status's start-up. It reports false when ctx ended first.
-func (e *Engine) waitDatabase(ctx context.Context) bool {
-	backoff := 100 * time.Millisecond
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := e.pool.Ping(pctx)
-		cancel()
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		e.log.WarnContext(ctx, "database not reachable; waiting to start operators and process status", slog.Any("error", err), slog.Duration("backoff", backoff))
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return false
-		case <-t.C:
-		}
-		backoff = min(backoff*2, 10*time.Second)
-	}
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"flag"
+	"github.com/walflow/walflow/internal/docpages"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,31 +12,14 @@ import (
 )
 
 // docPage is one Markdown page of the documentation.
-type docPage struct {
-	path string // like docs/command-line.md
-	text []byte
-}
+type docPage = docpages.Page
 
 // docPages returns README.md and every docs/*.md page of the repository.
 func docPages(t *testing.T) []docPage {
 	t.Helper()
-	root := filepath.Join("..", "..")
-	paths, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	pages, err := docpages.Read(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
-	}
-	paths = append([]string{filepath.Join(root, "README.md")}, paths...)
-	pages := make([]docPage, 0, len(paths))
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pages = append(pages, docPage{path: filepath.ToSlash(rel), text: b})
 	}
 	return pages
 }
@@ -112,11 +96,11 @@ func TestDocsCommands(t *testing.T) {
 	checked := 0
 	for _, p := range docPages(t) {
 		var uses []string
-		for _, m := range spanRE.FindAllSubmatch(p.text, -1) {
-			uses = append(uses, string(m[1]))
+		for _, m := range spanRE.FindAllStringSubmatch(p.Text, -1) {
+			uses = append(uses, m[1])
 		}
-		for _, m := range shRE.FindAllSubmatch(p.text, -1) {
-			for line := range strings.SplitSeq(string(m[1]), "\n") {
+		for _, m := range shRE.FindAllStringSubmatch(p.Text, -1) {
+			for line := range strings.SplitSeq(m[1], "\n") {
 				line, _, _ = strings.Cut(line, "#")
 				if strings.HasPrefix(line, "walflow ") {
 					uses = append(uses, line)
@@ -126,7 +110,7 @@ func TestDocsCommands(t *testing.T) {
 		for _, use := range uses {
 			checked++
 			if err := checkCommandLine(use); err != "" {
-				t.Errorf("%s shows `%s`: %s", p.path, use, err)
+				t.Errorf("%s shows `%s`: %s", p.Path, use, err)
 			}
 		}
 	}
