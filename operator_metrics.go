@@ -13,8 +13,8 @@ import (
 	"github.com/walflow/walflow/retry"
 )
 
-// operatorMetrics counts operator retries and halts for /metrics and passes them on to the
-// configured reporter.
+// operatorMetrics counts operator retries and halts for /metrics and passes the reports
+// of operators and projectors on to the configured reporter.
 type operatorMetrics struct {
 	next retry.Reporter
 	mu   sync.Mutex
