@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -229,7 +230,7 @@ func (r *Runner) load(ctx context.Context, register bool) (map[string]row, error
 				return fmt.Sprintf("%s@%d", name, pos), err
 			})
 			var pe *pgconn.PgError
-			if errors.As(err, &pe) && pe.Code == "23505" {
+			if errors.As(err, &pe) && pe.Code == pgerrcode.UniqueViolation {
 				// Another process of this instance registered the name meanwhile: its row
 				// is the instance's, and the old one stays for whoever has that name.
 				err, adopted = nil, nil
