@@ -16,6 +16,7 @@ import (
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
 	"github.com/walflow/walflow/projector"
+	"github.com/walflow/walflow/retry"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
@@ -104,9 +105,12 @@ type Config struct {
 	OperatorBatchDelay time.Duration
 	// OperatorRetry is the retry policy of a failing operator event. The zero value is the
 	// default: 500ms, ×2, at most 10s, 5 retries, then the operator halts.
-	OperatorRetry operator.RetryPolicy
-	// ErrorReporter receives operator retries and halts, besides the metrics. Default: logs.
-	ErrorReporter operator.ErrorReporter
+	OperatorRetry retry.Policy
+	// ErrorReporter receives the retries and halts of operators and projectors (besides the
+	// metrics), and the failure of an indexer that stops Run, each named by its kind and
+	// name. Default: a retry.LogReporter on Logger (an indexer's failure is then told by
+	// Run's error alone).
+	ErrorReporter retry.Reporter
 	// ProcessStatus is where the last processed timestamp of each entity is kept:
 	// "postgres" (the walflow schema of the followed database), "memory" or "none".
 	// Default "postgres". ProcessStatusStore, when set, takes precedence.

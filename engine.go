@@ -118,6 +118,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 		e.pool = pool
 	}
+	e.opMetrics = newOperatorMetrics(cfg.ErrorReporter, cfg.Logger)
 	if len(cfg.Operators) > 0 {
 		if err := e.openOperators(); err != nil {
 			_ = e.Close()
@@ -206,7 +207,6 @@ func (e *Engine) Middleware(opts *processstatus.MiddlewareOpts) func(http.Handle
 // connects lazily, so Open still does not touch the database.
 func (e *Engine) openOperators() error {
 	pool := e.pool
-	e.opMetrics = newOperatorMetrics(e.cfg.ErrorReporter, e.cfg.Logger)
 	r, err := operator.New(operator.Config{
 		DB: pool, Instance: e.cfg.Slot, Ledger: e.led, Operators: e.cfg.Operators,
 		BatchSize: e.cfg.OperatorBatchSize, BatchDelay: e.cfg.OperatorBatchDelay, Retry: e.cfg.OperatorRetry,

@@ -13,6 +13,7 @@ import (
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
+	"github.com/walflow/walflow/retry"
 )
 
 // TestEngineParked: a parking operator's parked events and rows show in /metrics, and
@@ -34,7 +35,7 @@ func TestEngineParked(t *testing.T) {
 	}
 	eng, err := walflow.Open(ctx, walflow.Config{DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true, StatusInterval: 100 * time.Millisecond,
 		Tables: []channel.Table{{Name: "posts"}, {Name: "comments"}}, Operators: []operator.Operator{counts},
-		OperatorRetry: operator.RetryPolicy{Min: time.Millisecond, Max: time.Millisecond, MaxRetries: -1},
+		OperatorRetry: retry.Policy{Min: time.Millisecond, Max: time.Millisecond, MaxRetries: -1},
 		Logger:        testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

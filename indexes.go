@@ -30,7 +30,9 @@ func (e *Engine) openIndexes(ctx context.Context) error {
 		e.idxStore = d
 		store = d
 	}
-	r, err := index.New(index.Config{Ledger: e.led, Store: store, Indexers: e.cfg.Indexers, Logger: e.cfg.Logger})
+	// An index's failure stops Run, whose error says it: only a reporter of the user's
+	// hears of it too, not the default one that would log it a second time.
+	r, err := index.New(index.Config{Ledger: e.led, Store: store, Indexers: e.cfg.Indexers, Logger: e.cfg.Logger, Reporter: e.cfg.ErrorReporter})
 	if err != nil {
 		return fmt.Errorf("walflow: indexes: %w", err)
 	}

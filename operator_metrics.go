@@ -10,43 +10,46 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
-// operatorMetrics counts operator retries and halts for /metrics and passes them on to the
-// configured reporter.
+// operatorMetrics counts operator retries and halts for /metrics and passes the reports
+// of operators and projectors on to the configured reporter.
 type operatorMetrics struct {
-	next operator.ErrorReporter
+	next retry.Reporter
 	mu   sync.Mutex
-	// retries and halts per operator name.
-	retries map[string]uint64
-	halts   map[string]uint64
+	// retries and halts per consumer.
+	retries map[retry.Consumer]uint64
+	halts   map[retry.Consumer]uint64
 }
 
-func newOperatorMetrics(next operator.ErrorReporter, log *slog.Logger) *operatorMetrics {
+func newOperatorMetrics(next retry.Reporter, log *slog.Logger) *operatorMetrics {
 	if next == nil {
-		next = operator.LogReporter{Logger: log.With(slog.String("component", "operator"))}
+		next = retry.LogReporter{Logger: log}
 	}
-	return &operatorMetrics{next: next, retries: map[string]uint64{}, halts: map[string]uint64{}}
+	return &operatorMetrics{next: next, retries: map[retry.Consumer]uint64{}, halts: map[retry.Consumer]uint64{}}
 }
 
-func (m *operatorMetrics) Retry(ctx context.Context, op string, e *event.Event, attempt int, delay time.Duration, err error) {
+func (m *operatorMetrics) Retry(ctx context.Context, c retry.Consumer, e *event.Event, attempt int, delay time.Duration, err error) {
 	m.mu.Lock()
-	m.retries[op]++
+	m.retries[c]++
 	m.mu.Unlock()
-	m.next.Retry(ctx, op, e, attempt, delay, err)
+	m.next.Retry(ctx, c, e, attempt, delay, err)
 }
 
-func (m *operatorMetrics) Halted(ctx context.Context, op string, e *event.Event, err error) {
+func (m *operatorMetrics) Halted(ctx context.Context, c retry.Consumer, e *event.Event, err error) {
 	m.mu.Lock()
-	m.halts[op]++
+	m.halts[c]++
 	m.mu.Unlock()
-	m.next.Halted(ctx, op, e, err)
+	m.next.Halted(ctx, c, e, err)
 }
 
+// counts returns the retries and halts of the operator called op.
 func (m *operatorMetrics) counts(op string) (retries, halts uint64) {
+	c := retry.Consumer{Kind: retry.Operator, Name: op}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.retries[op], m.halts[op]
+	return m.retries[c], m.halts[c]
 }
 
 var (

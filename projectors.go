@@ -16,7 +16,7 @@ func (e *Engine) openProjectors() error {
 	}
 	cfg := projector.Config{
 		Ledger: e.led, DB: e.pool, Store: e.cfg.ProjectorStore, Projectors: e.cfg.Projectors,
-		Retry: e.cfg.OperatorRetry, Logger: e.cfg.Logger,
+		Retry: e.cfg.OperatorRetry, Reporter: e.opMetrics, Logger: e.cfg.Logger,
 	}
 	if e.idx != nil {
 		cfg.Indexes = e.idx

@@ -17,6 +17,7 @@ import (
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 // startRetained runs an engine on a fresh blog database that keeps events for a nanosecond,
@@ -31,7 +32,7 @@ func startRetained(t *testing.T, ops ...operator.Operator) *blog {
 		Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
 		Retention:      time.Nanosecond,
 		Operators:      ops,
-		OperatorRetry:  operator.RetryPolicy{MaxRetries: -1, Min: time.Millisecond},
+		OperatorRetry:  retry.Policy{MaxRetries: -1, Min: time.Millisecond},
 		StatusInterval: 200 * time.Millisecond,
 		Logger:         testLogger(t),
 	})

@@ -48,6 +48,12 @@
 // and live indexing alike. Subscriptions are bounded: a subscriber whose buffer is full is
 // ended with [ErrSlowSubscriber] rather than slowing indexing down.
 //
+// # Failures
+//
+// An indexer whose Func panics or gives a value with a NUL byte, like a failing ledger or
+// store, stops [Runner.Run] with an error naming the indexer. [Config].Reporter, when set,
+// is told of it too, as the halt of a [retry.Index] consumer at the event it failed on.
+//
 // # Shutdown
 //
 // [Runner.Run] blocks until its context ends; it then stops every indexer between batches

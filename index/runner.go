@@ -15,6 +15,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/retry"
 )
 
 // BatchDefault is the default [Config.Batch].
@@ -44,6 +45,10 @@ type Config struct {
 	// Batch is how many events are read from the ledger, and indexed in one atomic store
 	// write, at a time. Default BatchDefault (1024).
 	Batch int
+	// Reporter, when set, receives the failure of an indexer that stops Run, as the halt of
+	// a [retry.Index] consumer at the event it failed on (an empty event when the failure
+	// is the ledger's or the store's). Default nil: Run's error alone tells it.
+	Reporter retry.Reporter
 }
 
 func (c Config) withDefaults() Config {
@@ -192,6 +197,14 @@ func (r *Runner) Run(ctx context.Context) error {
 			if gctx.Err() != nil && errors.Is(err, gctx.Err()) {
 				return nil
 			}
+			if err != nil && gctx.Err() == nil && r.cfg.Reporter != nil {
+				// The first failure, not one that follows the end of Run.
+				var at event.Event
+				if fe := (*funcError)(nil); errors.As(err, &fe) {
+					at = *fe.e
+				}
+				r.cfg.Reporter.Halted(gctx, retry.Consumer{Kind: retry.Index, Name: w.ix.Name}, &at, err)
+			}
 			return err
 		})
 	}
@@ -263,7 +276,7 @@ func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 			e := &evs[i]
 			values, err = w.values(e, values[:0])
 			if err != nil {
-				return err
+				return &funcError{e: e, err: err}
 			}
 			for _, v := range values {
 				entries = append(entries, Entry{Value: v, Position: e.Position})
@@ -357,6 +370,15 @@ func (w *worker) values(e *event.Event, dst []string) (out []string, err error) 
 	clear(out[n:])
 	return out[:n], nil
 }
+
+// funcError is the failure of an indexer's Func on the event e.
+type funcError struct {
+	e   *event.Event
+	err error
+}
+
+func (f *funcError) Error() string { return f.err.Error() }
+func (f *funcError) Unwrap() error { return f.err }
 
 // manyValues is how many values an event may have before duplicates are found with a map.
 const manyValues = 16

@@ -7,13 +7,16 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
 	indexmem "github.com/walflow/walflow/index/memory"
 	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/retry"
 )
 
 // tags is a custom indexer with zero, one or many values: the words of a post's tags
@@ -438,8 +441,10 @@ func TestFuncPanicStopsRun(t *testing.T) {
 	for _, c := range []struct {
 		ix   index.Indexer
 		want string
-	}{{bad, "Func panicked on the event at position 4: boom"}, {nul, "contains a NUL byte"}} {
-		r, err := index.New(index.Config{Ledger: led, Store: indexmem.New(), Indexers: []index.Indexer{c.ix, index.Type("types")}})
+		at   event.Position
+	}{{bad, "Func panicked on the event at position 4: boom", 4}, {nul, "contains a NUL byte", 1}} {
+		rep := &haltReporter{}
+		r, err := index.New(index.Config{Ledger: led, Store: indexmem.New(), Indexers: []index.Indexer{c.ix, index.Type("types")}, Reporter: rep})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -447,7 +452,29 @@ func TestFuncPanicStopsRun(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Fatalf("Run = %v; want an error containing %q", err, c.want)
 		}
+		// The reporter heard of the failing indexer, at its event, and of no other: the
+		// indexer stopped with it is not failing.
+		want := fmt.Sprintf("index %s@%d: %v", c.ix.Name, c.at, err)
+		if len(rep.halts) != 1 || rep.halts[0] != want {
+			t.Fatalf("reported halts = %q; want [%q]", rep.halts, want)
+		}
 	}
+}
+
+// haltReporter is a retry.Reporter that keeps the halts it is told.
+type haltReporter struct {
+	mu    sync.Mutex
+	halts []string
+}
+
+func (r *haltReporter) Retry(context.Context, retry.Consumer, *event.Event, int, time.Duration, error) {
+	panic("an index never retries")
+}
+
+func (r *haltReporter) Halted(_ context.Context, c retry.Consumer, e *event.Event, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.halts = append(r.halts, fmt.Sprintf("%s@%d: %v", c, e.Position, err))
 }
 
 func TestRunTwice(t *testing.T) {

@@ -12,12 +12,13 @@
 //
 // Events are applied in batches, one transaction per batch. When an event of a batch fails,
 // the events before it are committed, and the failing event is retried alone with
-// exponential backoff ([RetryPolicy]: 500 ms, ×2, at most 10 s, 5 retries by default). After
-// the last retry the operator is halted: it stops, its error is reported and recorded, and
-// the other operators go on. An error that retrying cannot heal ([IsPermanent]: a statement
-// PostgreSQL rejects with SQLSTATE class 42, such as a syntax error or a missing table or
-// column, or class 22, a data exception; an event without its id column) halts the operator
-// at once, and the error shows the statement and where in it PostgreSQL found the fault.
+// exponential backoff ([retry.Policy]: 500 ms, ×2, at most 10 s, 5 retries by default). After
+// the last retry the operator is halted: it stops, its error is recorded and reported (to
+// [Config.Reporter]), and the other operators go on. An error that retrying cannot heal
+// ([retry.IsPermanent]: a statement PostgreSQL rejects with SQLSTATE class 42, such as a
+// syntax error or a missing table or column, or class 22, a data exception; an event
+// without its id column) halts the operator at once, and the error shows the statement and
+// where in it PostgreSQL found the fault.
 // A halted operator stays halted across restarts of the process, which logs it as it
 // starts. Nothing is skipped unless someone asks ([Runner.Skip]).
 //

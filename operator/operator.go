@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/retry"
 )
 
 // TargetIDColumnDefault is the derived table's id column when SQL.TargetIDColumn is empty.
@@ -110,11 +111,11 @@ type stmt struct {
 	idColumn bool
 }
 
-// err wraps a failure of the statement. A failure that cannot heal (IsPermanent) also
+// err wraps a failure of the statement. A failure that cannot heal (retry.IsPermanent) also
 // shows the statement, and where in it PostgreSQL found the error, since the fix is there.
 func (s stmt) err(err error) error {
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) || !IsPermanent(err) {
+	if !errors.As(err, &pe) || !retry.IsPermanent(err) {
 		return fmt.Errorf("%s: %w", s.what, err)
 	}
 	return fmt.Errorf("%s: %w%s", s.what, err, describeQuery(s.sql, int(pe.Position)))
@@ -342,8 +343,8 @@ func tableOf(e *event.Event) string {
 
 // IDColumnError is the failure of an event that lacks the column an [SQL] operator's ID
 // mapping names for its table, so the derived row the event affects is unknown. Retrying
-// the event cannot help ([IsPermanent]): the operator halts at once, and the error says
-// what to change.
+// the event cannot help ([IDColumnError.Permanent], which [retry.IsPermanent] reads): the
+// operator halts at once, and the error says what to change.
 type IDColumnError struct {
 	// Operator is the operator's name; Target is its derived table.
 	Operator, Target string
@@ -359,6 +360,10 @@ type IDColumnError struct {
 	// not send. When both are false, the table itself lacks Column: renamed or dropped.
 	NotInReplicaIdentity, Unchanged bool
 }
+
+// Permanent returns true: the event lacks the column whatever the retries, so
+// [retry.IsPermanent] halts its operator at once.
+func (e *IDColumnError) Permanent() bool { return true }
 
 func (e *IDColumnError) Error() string {
 	if e.NotInReplicaIdentity || e.Unchanged {

@@ -20,6 +20,7 @@ import (
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -311,17 +312,23 @@ func (f *fakeSleep) got() []time.Duration {
 	return append([]time.Duration(nil), f.delays...)
 }
 
-// recorder is an ErrorReporter that counts.
+// recorder is a retry.Reporter that counts.
 type recorder struct {
 	retries, halts atomic.Int32
 	halted         chan event.Position
 }
 
-func (r *recorder) Retry(context.Context, string, *event.Event, int, time.Duration, error) {
+func (r *recorder) Retry(_ context.Context, c retry.Consumer, _ *event.Event, _ int, _ time.Duration, _ error) {
+	if c.Kind != retry.Operator {
+		panic("an operator reported a retry as a " + c.Kind.String())
+	}
 	r.retries.Add(1)
 }
 
-func (r *recorder) Halted(_ context.Context, _ string, e *event.Event, _ error) {
+func (r *recorder) Halted(_ context.Context, c retry.Consumer, e *event.Event, _ error) {
+	if c.Kind != retry.Operator {
+		panic("an operator reported a halt as a " + c.Kind.String())
+	}
 	r.halts.Add(1)
 	r.halted <- e.Position
 }
@@ -429,7 +436,7 @@ func TestSkip(t *testing.T) {
 	logs := &syncbuf.Buffer{}
 	r := e.run(operator.Config{Operators: []operator.Operator{picky}, SleepFunc: (&fakeSleep{}).sleep, Reporter: rep,
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
-		Retry:  operator.RetryPolicy{MaxRetries: 1}})
+		Retry:  retry.Policy{MaxRetries: 1}})
 	if _, err := r.Skip(t.Context(), "picky"); !errors.Is(err, operator.ErrNotHalted) {
 		t.Fatalf("skip of a running operator: got %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 // poisonSchema makes writes of tally's row post_id = poison.id fail while poison has a row.
@@ -50,7 +51,7 @@ func TestParkKeepsOtherRowsGoing(t *testing.T) {
 	e.exec(`INSERT INTO poison VALUES (2)`)
 	rep := &recorder{halted: make(chan event.Position, 1)}
 	r := e.run(operator.Config{Operators: []operator.Operator{tallyOperator}, SleepFunc: (&fakeSleep{}).sleep, Reporter: rep,
-		Retry: operator.RetryPolicy{MaxRetries: 2}, BatchSize: 7})
+		Retry: retry.Policy{MaxRetries: 2}, BatchSize: 7})
 	// Posts 1..3, four comments each, interleaved, in several transactions.
 	for range 4 {
 		e.exec(`INSERT INTO comments (post_id) SELECT g FROM generate_series(1, 3) g`)
@@ -109,7 +110,7 @@ func TestParkMovedRowAndDiscard(t *testing.T) {
 	e.exec(poisonSchema)
 	e.exec(`INSERT INTO poison VALUES (2)`)
 	r := e.run(operator.Config{Operators: []operator.Operator{tallyOperator}, SleepFunc: (&fakeSleep{}).sleep,
-		Retry: operator.RetryPolicy{MaxRetries: 1}})
+		Retry: retry.Policy{MaxRetries: 1}})
 	e.exec(`INSERT INTO comments (id, post_id) VALUES (10, 1), (11, 2)`)
 	// Moving comment 10 from post 1 to post 2 recomputes both: post 1 goes on, post 2 waits.
 	e.exec(`UPDATE comments SET post_id = 2 WHERE id = 10`)
@@ -197,7 +198,7 @@ func TestParkFuncAndReset(t *testing.T) {
 			_, err := tx.Exec(ctx, `INSERT INTO tally VALUES ($1::int, 1) ON CONFLICT (post_id) DO UPDATE SET n = tally.n + 1`, s)
 			return err
 		}}
-	r := e.run(operator.Config{Operators: []operator.Operator{fx}, SleepFunc: (&fakeSleep{}).sleep, Retry: operator.RetryPolicy{MaxRetries: 1}})
+	r := e.run(operator.Config{Operators: []operator.Operator{fx}, SleepFunc: (&fakeSleep{}).sleep, Retry: retry.Policy{MaxRetries: 1}})
 	e.exec(`INSERT INTO comments (post_id) VALUES (1), (2), (1), (2), (3)`)
 	waitFor(t, func() bool { return e.query(`SELECT post_id, n FROM tally ORDER BY 1`) == "1 2\n3 1" })
 	waitParked(t, r, func(p []operator.ParkedRow) bool { return len(p) == 1 && p[0].ID == "2" && p[0].Count == 2 })
@@ -230,7 +231,7 @@ func TestParkedKeptAfterSwitchToHalt(t *testing.T) {
 	e.exec(`INSERT INTO poison VALUES (2)`)
 	start := func(op operator.SQL) (*operator.Runner, func()) {
 		r, err := operator.New(operator.Config{DB: e.db, Ledger: e.eng.Ledger(), Operators: []operator.Operator{op}, SleepFunc: (&fakeSleep{}).sleep,
-			Retry: operator.RetryPolicy{MaxRetries: 1}, ControlInterval: 50 * time.Millisecond, Logger: testLogger(t)})
+			Retry: retry.Policy{MaxRetries: 1}, ControlInterval: 50 * time.Millisecond, Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/walflow/walflow/ledger/ledgertest"
 	"github.com/walflow/walflow/ledger/memory"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 // ledgerEnv is a runner's database with a memory ledger the test writes itself.
@@ -59,10 +60,10 @@ func (e *ledgerEnv) write(table string, ids ...int) {
 }
 
 // run starts a runner of ops on the ledger until the test ends.
-func (e *ledgerEnv) run(rep operator.ErrorReporter, ops ...operator.Operator) *operator.Runner {
+func (e *ledgerEnv) run(rep retry.Reporter, ops ...operator.Operator) *operator.Runner {
 	e.t.Helper()
 	r, err := operator.New(operator.Config{DB: e.db, Ledger: e.led, Operators: ops, Reporter: rep,
-		SleepFunc: (&fakeSleep{}).sleep, Retry: operator.RetryPolicy{MaxRetries: 1},
+		SleepFunc: (&fakeSleep{}).sleep, Retry: retry.Policy{MaxRetries: 1},
 		ControlInterval: 50 * time.Millisecond, Logger: testLogger(e.t)})
 	if err != nil {
 		e.t.Fatal(err)

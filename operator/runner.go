@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"slices"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgschema"
 	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/retry"
 )
 
 // Defaults for [Config].
@@ -69,12 +69,13 @@ type Config struct {
 	// BatchDelay is how long an operator waits for more events to fill a batch once it has
 	// some. Default 0: it applies what is there.
 	BatchDelay time.Duration
-	// Retry is the policy for a failing event. The zero value is the default policy.
-	Retry RetryPolicy
-	// Reporter receives retries and halts. Default: a [LogReporter] on Logger.
-	Reporter ErrorReporter
-	// SleepFunc waits between retries. Default: a timer.
-	SleepFunc SleepFunc
+	// Retry is the policy for a failing event. The zero value is the default policy:
+	// 500ms, ×2, at most 10s, 5 retries, then the operator halts.
+	Retry retry.Policy
+	// Reporter receives retries and halts. Default: a [retry.LogReporter] on Logger.
+	Reporter retry.Reporter
+	// SleepFunc waits between retries. Default: [retry.Sleep], a timer.
+	SleepFunc retry.SleepFunc
 	// ControlInterval is how often Run looks for operators restarted or skipped from another
 	// process (the CLI). Default 1s.
 	ControlInterval time.Duration
@@ -128,10 +129,10 @@ func New(cfg Config) (*Runner, error) {
 	}
 	log := cfg.Logger.With(slog.String("component", "operator"))
 	if cfg.Reporter == nil {
-		cfg.Reporter = LogReporter{Logger: log}
+		cfg.Reporter = retry.LogReporter{Logger: cfg.Logger}
 	}
 	if cfg.SleepFunc == nil {
-		cfg.SleepFunc = Sleep
+		cfg.SleepFunc = retry.Sleep
 	}
 	r := &Runner{cfg: cfg, log: log, byKey: map[string]*opState{}, control: make(chan struct{}, 1), changed: make(chan struct{})}
 	var specs []spec
@@ -229,7 +230,7 @@ func (r *Runner) load(ctx context.Context, register bool) (map[string]row, error
 				return fmt.Sprintf("%s@%d", name, pos), err
 			})
 			var pe *pgconn.PgError
-			if errors.As(err, &pe) && pe.Code == "23505" {
+			if errors.As(err, &pe) && pe.Code == pgerrcode.UniqueViolation {
 				// Another process of this instance registered the name meanwhile: its row
 				// is the instance's, and the old one stays for whoever has that name.
 				err, adopted = nil, nil
@@ -318,7 +319,7 @@ func (r *Runner) haltForeign(ctx context.Context, o *opState, cause error) {
 	}
 	o.haltedAt.Store(time.Now().UnixNano())
 	o.halted.Store(true)
-	r.cfg.Reporter.Halted(ctx, o.name, &event.Event{}, cause)
+	r.cfg.Reporter.Halted(ctx, o.consumer(), &event.Event{}, cause)
 }
 
 // Run runs every operator until ctx ends. Halted operators stay halted until restarted;
@@ -617,53 +618,39 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 		done = evs[i-1].Position
 	}
 	bad := &evs[i]
-	policy := r.cfg.Retry
 	var parks map[string]string // rows the bad event is parked for, with their errors
-	for attempt, transient := 1, 0; ; attempt++ {
-		if ctx.Err() != nil {
-			return done, false
-		}
-		if IsTransient(err) {
-			// The database is unreachable: wait without spending the event's retries.
-			transient++
-			attempt--
-			d := policy.Delay(transient)
-			r.log.WarnContext(ctx, "operator cannot reach the database; waiting", slog.String("operator", o.name), slog.Duration("delay", d), slog.Any("error", err))
-			if r.cfg.SleepFunc(ctx, d) != nil {
-				return done, false
-			}
-		} else {
+	loop := retry.Loop{
+		Consumer: o.consumer(), Policy: r.cfg.Retry, Reporter: r.cfg.Reporter, SleepFunc: r.cfg.SleepFunc, Logger: r.log,
+		HaltFunc: func(ctx context.Context, cause error) { r.recordHalt(ctx, o, bad, cause) },
+	}
+	if o.park {
+		loop.ParkFunc = func(ctx context.Context, err error) bool {
 			var re *rowError
-			switch {
-			case (attempt > policy.MaxRetries || IsPermanent(err)) && o.park && errors.As(err, &re) && parks[re.id] == "":
-				// Park the event for the row it failed on; its other rows go on.
-				if parks == nil {
-					parks = map[string]string{}
-				}
-				parks[re.id] = err.Error()
-				r.log.WarnContext(ctx, "operator parks an event for the derived row it failed on; the row's later events wait behind it (walflow operator parked, retry, discard)",
-					slog.String("operator", o.name), slog.String("id", re.id), slog.Uint64("position", uint64(bad.Position)), slog.Any("error", err))
-				attempt, transient = 0, 0
-			case attempt > policy.MaxRetries || IsPermanent(err):
-				r.halt(ctx, o, bad, err)
-				return done, false
-			default:
-				d := policy.Delay(attempt)
-				r.cfg.Reporter.Retry(ctx, o.name, bad, attempt, d, err)
-				if r.cfg.SleepFunc(ctx, d) != nil {
-					return done, false
-				}
+			if !errors.As(err, &re) || parks[re.id] != "" {
+				return false
 			}
-		}
-		if o.park {
-			_, err = r.applyPark(ctx, o, evs[i:i+1], bad.Position, parks)
-		} else {
-			_, err = r.apply(ctx, o, evs[i:i+1], bad.Position)
-		}
-		if err == nil {
-			return bad.Position, true
+			// Park the event for the row it failed on; its other rows go on.
+			if parks == nil {
+				parks = map[string]string{}
+			}
+			parks[re.id] = err.Error()
+			r.log.WarnContext(ctx, "operator parks an event for the derived row it failed on; the row's later events wait behind it (walflow operator parked, retry, discard)",
+				slog.String("operator", o.name), slog.String("id", re.id), slog.Uint64("position", uint64(bad.Position)), slog.Any("error", err))
+			return true
 		}
 	}
+	err = loop.Run(ctx, bad, err, func(ctx context.Context) error {
+		if o.park {
+			_, err := r.applyPark(ctx, o, evs[i:i+1], bad.Position, parks)
+			return err
+		}
+		_, err := r.apply(ctx, o, evs[i:i+1], bad.Position)
+		return err
+	})
+	if err != nil {
+		return done, false
+	}
+	return bad.Position, true
 }
 
 func (r *Runner) checkpointOf(ctx context.Context, o *opState) (event.Position, bool) {
@@ -784,7 +771,14 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 	return 0, nil, false
 }
 
+// halt records that o halted on e with cause, then reports it.
 func (r *Runner) halt(ctx context.Context, o *opState, e *event.Event, cause error) {
+	r.recordHalt(ctx, o, e, cause)
+	r.cfg.Reporter.Halted(ctx, o.consumer(), e, cause)
+}
+
+// recordHalt records that o halted on e with cause.
+func (r *Runner) recordHalt(ctx context.Context, o *opState, e *event.Event, cause error) {
 	// Record the halt before showing it: the control loop must never see the operator
 	// stopped while the database still says it runs, or it would restart it at once.
 	_, err := r.cfg.DB.Exec(context.WithoutCancel(ctx), `UPDATE walflow.operators SET halted = true, error = $3, failed_position = $4, updated_at = now()
@@ -794,22 +788,11 @@ func (r *Runner) halt(ctx context.Context, o *opState, e *event.Event, cause err
 	}
 	o.haltedAt.Store(time.Now().UnixNano())
 	o.halted.Store(true)
-	r.cfg.Reporter.Halted(ctx, o.name, e, cause)
 }
 
-// IsTransient reports whether err means the database could not be reached, rather than
-// that the event's effect failed: such a failure is waited out without using up retries.
-func IsTransient(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pgerrcode.IsConnectionException(pe.Code) || pe.Code == pgerrcode.AdminShutdown ||
-			pe.Code == pgerrcode.CrashShutdown || pe.Code == pgerrcode.CannotConnectNow
-	}
-	return pgconn.SafeToRetry(err)
+// consumer names o for the reporter.
+func (o *opState) consumer() retry.Consumer {
+	return retry.Consumer{Kind: retry.Operator, Name: o.name}
 }
 
 // CommittedThrough returns the position up to which every operator listening to entity has

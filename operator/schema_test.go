@@ -2,7 +2,6 @@ package operator_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,14 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgerrcode"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 // start runs a runner until the returned stop is called (or the test ends); stop returns
@@ -279,30 +276,12 @@ func TestPermanentErrorHaltsAtOnce(t *testing.T) {
 		"the statement: UPDATE post_stats SET comments_count = 1 / (length($1::text) - length($1::text))")
 }
 
-func TestIsPermanent(t *testing.T) {
+// An event without its id column halts its operator at once: retry.IsPermanent knows it
+// from IDColumnError's Permanent method. (The SQLSTATE classes are tested in package retry.)
+func TestIDColumnErrorIsPermanent(t *testing.T) {
 	t.Parallel()
-	pg := func(code string) error { return fmt.Errorf("query: %w", &pgconn.PgError{Code: code}) }
-	for _, tt := range []struct {
-		err                  error
-		permanent, transient bool
-	}{
-		{pg(pgerrcode.SyntaxError), true, false},
-		{pg(pgerrcode.UndefinedColumn), true, false},
-		{pg(pgerrcode.UndefinedTable), true, false},
-		{pg(pgerrcode.InvalidTextRepresentation), true, false},
-		{pg(pgerrcode.DivisionByZero), true, false},
-		{pg(pgerrcode.UniqueViolation), false, false},
-		{pg(pgerrcode.DeadlockDetected), false, false},
-		{pg(pgerrcode.AdminShutdown), false, true},
-		{pg(pgerrcode.ConnectionFailure), false, true},
-		{fmt.Errorf("event: %w", &operator.IDColumnError{}), true, false},
-		{errors.New("handler failed"), false, false},
-	} {
-		if got := operator.IsPermanent(tt.err); got != tt.permanent {
-			t.Errorf("IsPermanent(%v) = %v", tt.err, got)
-		}
-		if got := operator.IsTransient(tt.err); got != tt.transient {
-			t.Errorf("IsTransient(%v) = %v", tt.err, got)
-		}
+	err := fmt.Errorf("event: %w", &operator.IDColumnError{})
+	if !retry.IsPermanent(err) || retry.IsTransient(err) {
+		t.Fatalf("IsPermanent(%v) = %v, IsTransient = %v; want permanent, not transient", err, retry.IsPermanent(err), retry.IsTransient(err))
 	}
 }

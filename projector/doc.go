@@ -21,12 +21,12 @@
 // batch (Config.BatchSize events), so after a crash the events of the last unsaved batch
 // are handed over again: at-least-once; make such a handler idempotent.
 //
-// A failing event is retried alone with the operators' policy ([operator.RetryPolicy]:
-// 500ms, ×2, at most 10s, 5 retries by default); the events before it are committed. When the
-// retries run out the projector halts: its error is stored and shown by Status, the other
-// projectors go on, and it stays halted, across restarts too, until [Runner.Restart]
-// (resume at the failed event) or [Runner.Reset] (replay everything, for a rebuilt read
-// model).
+// A failing event is retried alone with a [retry.Policy] (500ms, ×2, at most 10s, 5
+// retries by default); the events before it are committed. When the retries run out the
+// projector halts: its error is stored and shown by Status, then reported to
+// Config.Reporter (the engine's ErrorReporter); the other projectors go on, and it stays
+// halted, across restarts too, until [Runner.Restart] (resume at the failed event) or
+// [Runner.Reset] (replay everything, for a rebuilt read model).
 //
 // # Dependencies
 //

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow/event"
-	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 // Defaults of [SequenceConfig].
@@ -63,7 +63,7 @@ type Projector struct {
 	// once. It needs Config.DB and a [TxPositionStore] (the default store is one).
 	HandleTx TxHandlerFunc
 	// Retry is the policy for a failing event. Default nil: Config.Retry.
-	Retry *operator.RetryPolicy
+	Retry *retry.Policy
 	// DependsOn names projectors of the same Runner that must have applied an event before
 	// this one receives it, so that its handler may read their read models. It goes live
 	// only after they have. Cycles are refused. Default none.
@@ -143,11 +143,16 @@ type spec struct {
 	Projector
 	keys  []string // nil: every event
 	types []event.Type
-	retry operator.RetryPolicy
+	retry retry.Policy
 	seq   *SequenceConfig
 }
 
-func (p Projector) spec(defaultRetry operator.RetryPolicy) (spec, error) {
+// consumer names the projector for the reporter.
+func (s *spec) consumer() retry.Consumer {
+	return retry.Consumer{Kind: retry.Projector, Name: s.Name}
+}
+
+func (p Projector) spec(defaultRetry retry.Policy) (spec, error) {
 	switch {
 	case p.Name == "":
 		return spec{}, errors.New("projector: a projector has no Name; give it one, it keys its stored position")

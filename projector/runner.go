@@ -18,7 +18,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
-	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 // BatchSizeDefault is the default Config.BatchSize.
@@ -64,11 +64,12 @@ type Config struct {
 	BatchSize int
 	// Retry is the retry policy of projectors whose Retry is nil. The zero value is the
 	// operators' default: 500ms, ×2, at most 10s, 5 retries, then the projector halts.
-	Retry operator.RetryPolicy
-	// Reporter receives retries and halts. Default: logs on Logger.
-	Reporter operator.ErrorReporter
-	// SleepFunc waits between retries. Default: a timer.
-	SleepFunc operator.SleepFunc
+	Retry retry.Policy
+	// Reporter receives retries and halts, named as [retry.Projector] consumers. Default: a
+	// [retry.LogReporter] on Logger.
+	Reporter retry.Reporter
+	// SleepFunc waits between retries. Default: [retry.Sleep], a timer.
+	SleepFunc retry.SleepFunc
 	// Logger receives the runner's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 	// Locker keeps two processes from running the same projector (see [Locker]). Default:
@@ -218,10 +219,10 @@ func New(cfg Config) (*Runner, error) {
 	}
 	log := cfg.Logger.With(slog.String("component", "projector"))
 	if cfg.Reporter == nil {
-		cfg.Reporter = logReporter{log}
+		cfg.Reporter = retry.LogReporter{Logger: cfg.Logger}
 	}
 	if cfg.SleepFunc == nil {
-		cfg.SleepFunc = operator.Sleep
+		cfg.SleepFunc = retry.Sleep
 	}
 	r := &Runner{cfg: cfg, log: log, store: cfg.Store, byName: map[string]*proj{}, changed: make(chan struct{}), reqs: make(chan request)}
 	if r.store == nil {
@@ -595,7 +596,7 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 	// backoff spaces the attempts after a failure to load or to follow; progress resets it.
 	backoff := 100 * time.Millisecond
 	pause := func() bool {
-		if operator.Sleep(ctx, backoff) != nil {
+		if retry.Sleep(ctx, backoff) != nil {
 			return false
 		}
 		backoff = min(2*backoff, 10*time.Second)
@@ -973,39 +974,35 @@ func (f *follower) drain(ctx context.Context) error {
 func (f *follower) retry(ctx context.Context, err error) error {
 	r, p := f.r, f.p
 	bad := f.q.ready[0].ev
-	for attempt, transient := 1, 0; ; attempt++ {
+	loop := retry.Loop{
+		Consumer: p.consumer(), Policy: p.retry, Reporter: r.cfg.Reporter, SleepFunc: r.cfg.SleepFunc, Logger: r.log,
+		// A handler's error is retried by the policy whatever it wraps: none halts at once.
+		PermanentFunc: func(error) bool { return false },
+		HaltFunc:      func(ctx context.Context, cause error) { f.recordHalt(ctx, &bad, cause) },
+	}
+	if p.HandleTx == nil {
 		// Only a transaction's failure can be told apart as the database being away; a
 		// Handle error is the handler's, whatever it wraps.
-		if p.HandleTx != nil && operator.IsTransient(err) {
-			transient++
-			attempt--
-			d := p.retry.Delay(transient)
-			r.log.WarnContext(ctx, "projector cannot reach the database; waiting", slog.String("projector", p.Name), slog.Duration("delay", d), slog.Any("error", err))
-			if r.cfg.SleepFunc(ctx, d) != nil {
-				return nil
-			}
-		} else {
-			if attempt > p.retry.MaxRetries {
-				f.halt(ctx, &bad, err)
-				return errHalted
-			}
-			d := p.retry.Delay(attempt)
-			r.cfg.Reporter.Retry(ctx, p.Name, &bad, attempt, d, err)
-			if r.cfg.SleepFunc(ctx, d) != nil {
-				return nil
-			}
-		}
-		if _, err = f.apply(ctx, 1); err == nil {
-			f.q.applied(1)
-			f.publish()
-			return nil
-		}
+		loop.TransientFunc = func(error) bool { return false }
+	}
+	err = loop.Run(ctx, &bad, err, func(ctx context.Context) error {
+		_, err := f.apply(ctx, 1)
 		if isConflict(err) {
-			return errReload
+			return retry.Stop(errReload)
 		}
-		if ctx.Err() != nil {
-			return nil
-		}
+		return err
+	})
+	switch {
+	case err == nil:
+		f.q.applied(1)
+		f.publish()
+		return nil
+	case errors.Is(err, retry.ErrHalted):
+		return errHalted
+	case errors.Is(err, errReload):
+		return errReload
+	default: // ctx ended
+		return nil
 	}
 }
 
@@ -1117,8 +1114,14 @@ func (f *follower) saveOnExit(ctx context.Context) {
 	}
 }
 
-// halt records the projector's failure on e and stops it.
+// halt records the projector's failure on e and stops it, then reports it.
 func (f *follower) halt(ctx context.Context, e *event.Event, cause error) {
+	f.recordHalt(ctx, e, cause)
+	f.r.cfg.Reporter.Halted(ctx, f.p.consumer(), e, cause)
+}
+
+// recordHalt records the projector's failure on e and stops it.
+func (f *follower) recordHalt(ctx context.Context, e *event.Event, cause error) {
 	cp := f.q.checkpoint(0)
 	cp.Halted, cp.Error, cp.FailedPosition = true, cause.Error(), e.Position
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -1128,20 +1131,4 @@ func (f *follower) halt(ctx context.Context, e *event.Event, cause error) {
 	}
 	f.publish()
 	f.r.markHalted(f.p, cause.Error(), e.Position)
-	f.r.cfg.Reporter.Halted(ctx, f.p.Name, e, cause)
-}
-
-// logReporter reports failures to the runner's logger.
-type logReporter struct{ log *slog.Logger }
-
-func (r logReporter) Retry(ctx context.Context, name string, e *event.Event, attempt int, delay time.Duration, err error) {
-	r.log.WarnContext(ctx, "projector failed; retrying", slog.String("projector", name), slog.Uint64("position", uint64(e.Position)),
-		slog.String("entity", e.Name), slog.String("type", e.Type.String()), slog.Int("attempt", attempt),
-		slog.Duration("delay", delay), slog.Any("error", err))
-}
-
-func (r logReporter) Halted(ctx context.Context, name string, e *event.Event, err error) {
-	r.log.ErrorContext(ctx, "projector halted; fix the cause, then restart it (Runner.Restart) or reset it (Runner.Reset)",
-		slog.String("projector", name), slog.Uint64("position", uint64(e.Position)), slog.String("entity", e.Name),
-		slog.String("type", e.Type.String()), slog.Any("error", err))
 }

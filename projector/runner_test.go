@@ -18,8 +18,8 @@ import (
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/ledger/memory"
-	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/projector"
+	"github.com/walflow/walflow/retry"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -339,7 +339,7 @@ func TestRetryThenHalt(t *testing.T) {
 	cfg := projector.Config{
 		SleepFunc: sleep,
 		Projectors: []projector.Projector{
-			{Name: "failing", HandleTx: failing, Retry: &operator.RetryPolicy{Min: time.Millisecond, MaxRetries: 3}},
+			{Name: "failing", HandleTx: failing, Retry: &retry.Policy{Min: time.Millisecond, MaxRetries: 3}},
 			{Name: "other", Handle: other.handle},
 		},
 	}

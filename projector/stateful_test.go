@@ -18,8 +18,8 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger/memory"
-	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/projector"
+	"github.com/walflow/walflow/retry"
 	"github.com/walflow/walflow/statestore"
 	"github.com/walflow/walflow/statestore/disk"
 	statememory "github.com/walflow/walflow/statestore/memory"
@@ -149,7 +149,7 @@ type sfOpts struct {
 	onCall   func(n int64)
 	handle   projector.StateHandlerFunc // default the counter's
 	fallback []projector.Projector
-	retry    operator.RetryPolicy
+	retry    retry.Policy
 	proj     *projector.Projector // default counts, on accounts
 	parent   context.Context      // of Run's context; default Background
 }
@@ -550,7 +550,7 @@ func TestStatefulHaltSurvivesRestart(t *testing.T) {
 		st.Delete("scratch")
 		return c.handle(ctx, st, e)
 	}
-	o := sfOpts{cfg: projector.SavepointConfig{Every: 100, Interval: -1}, batch: 50, handle: handle, retry: operator.RetryPolicy{MaxRetries: 2}}
+	o := sfOpts{cfg: projector.SavepointConfig{Every: 100, Interval: -1}, batch: 50, handle: handle, retry: retry.Policy{MaxRetries: 2}}
 	p := startProcess(t, led, storage, o)
 	until(t, p.r, "the halt", func() bool { return p.r.Status()[0].Phase == projector.Halted })
 	if f := fails.Load(); f != 3 {

@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -104,15 +103,15 @@ func (c GatewayConfig) withDefaults() GatewayConfig {
 func (c GatewayConfig) validate() error {
 	switch {
 	case c.Ledger == nil:
-		return errors.New("realtime: GatewayConfig.Ledger is nil; pass engine.Ledger()")
+		return configErrorf("GatewayConfig", "Ledger", "nil; pass engine.Ledger()")
 	case c.Router == nil:
-		return errors.New("realtime: GatewayConfig.Router is nil; pass engine.Router()")
+		return configErrorf("GatewayConfig", "Router", "nil; pass engine.Router()")
 	case c.Authorizer == nil:
-		return errors.New("realtime: GatewayConfig.Authorizer is nil; pass a JWTAuthorizer, or realtime.AllowAll{} for tests and trusted networks")
+		return configErrorf("GatewayConfig", "Authorizer", "nil; pass a JWTAuthorizer, or realtime.AllowAll{} for tests and trusted networks")
 	}
-	for _, o := range c.AllowedOrigins {
+	for i, o := range c.AllowedOrigins {
 		if err := checkOriginPattern(o); err != nil {
-			return err
+			return entryError("GatewayConfig", "AllowedOrigins", i, err)
 		}
 	}
 	return nil

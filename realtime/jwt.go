@@ -150,7 +150,7 @@ func NewJWTAuthorizer(cfg JWTConfig) (*JWTAuthorizer, error) {
 	a := &JWTAuthorizer{cfg: cfg, logger: cfg.Logger.With("component", "realtime_auth")}
 	if len(cfg.HS256Secret) > 0 {
 		if len(cfg.HS256Secret) < minHS256SecretBytes {
-			return nil, fmt.Errorf("realtime: JWTConfig.HS256Secret has %d bytes; use at least %d random bytes",
+			return nil, configErrorf("JWTConfig", "HS256Secret", "%d bytes are too few; use at least %d random bytes",
 				len(cfg.HS256Secret), minHS256SecretBytes)
 		}
 		a.hs = bytes.Clone(cfg.HS256Secret)
@@ -158,14 +158,14 @@ func NewJWTAuthorizer(cfg JWTConfig) (*JWTAuthorizer, error) {
 	if len(cfg.RS256PublicKeyPEM) > 0 {
 		k, err := parsePublicKeyPEM(cfg.RS256PublicKeyPEM)
 		if err != nil {
-			return nil, fmt.Errorf("realtime: JWTConfig.RS256PublicKeyPEM: %w", err)
+			return nil, configErrorf("JWTConfig", "RS256PublicKeyPEM", "%w", err)
 		}
 		rk, ok := k.(*rsa.PublicKey)
 		if !ok {
-			return nil, fmt.Errorf("realtime: JWTConfig.RS256PublicKeyPEM holds a %T, not an RSA public key", k)
+			return nil, configErrorf("JWTConfig", "RS256PublicKeyPEM", "a %T, not an RSA public key; RS256 needs an RSA key", k)
 		}
 		if rk.N.BitLen() < minRSABits {
-			return nil, fmt.Errorf("realtime: JWTConfig.RS256PublicKeyPEM is a %d-bit RSA key; use at least %d bits",
+			return nil, configErrorf("JWTConfig", "RS256PublicKeyPEM", "a %d-bit RSA key is too weak; use at least %d bits",
 				rk.N.BitLen(), minRSABits)
 		}
 		a.rs = rk
@@ -173,23 +173,26 @@ func NewJWTAuthorizer(cfg JWTConfig) (*JWTAuthorizer, error) {
 	if len(cfg.ES256PublicKeyPEM) > 0 {
 		k, err := parsePublicKeyPEM(cfg.ES256PublicKeyPEM)
 		if err != nil {
-			return nil, fmt.Errorf("realtime: JWTConfig.ES256PublicKeyPEM: %w", err)
+			return nil, configErrorf("JWTConfig", "ES256PublicKeyPEM", "%w", err)
 		}
 		ek, ok := k.(*ecdsa.PublicKey)
 		if !ok || ek.Curve != elliptic.P256() {
-			return nil, errors.New("realtime: JWTConfig.ES256PublicKeyPEM is not a P-256 ECDSA public key; ES256 needs a P-256 key")
+			return nil, configErrorf("JWTConfig", "ES256PublicKeyPEM", "not a P-256 ECDSA public key; ES256 needs a P-256 key")
 		}
 		a.es = ek
 	}
 	for i, u := range cfg.JWKSURLs {
 		c, err := newJWKSCache(u, cfg, a.logger)
 		if err != nil {
-			return nil, fmt.Errorf("realtime: JWTConfig.JWKSURLs[%d]: %w", i, err)
+			return nil, entryError("JWTConfig", "JWKSURLs", i, err)
 		}
 		a.jwks = append(a.jwks, c)
 	}
-	if cfg.JWKSMinRefreshInterval < 0 || cfg.JWKSRefreshInterval < 0 {
-		return nil, errors.New("realtime: JWTConfig.JWKSRefreshInterval and JWKSMinRefreshInterval must not be negative; leave them 0 for the defaults")
+	if cfg.JWKSRefreshInterval < 0 {
+		return nil, configErrorf("JWTConfig", "JWKSRefreshInterval", "%s is negative; give a positive interval, or 0 for the default %s", cfg.JWKSRefreshInterval, JWKSRefreshIntervalDefault)
+	}
+	if cfg.JWKSMinRefreshInterval < 0 {
+		return nil, configErrorf("JWTConfig", "JWKSMinRefreshInterval", "%s is negative; give a positive interval, or 0 for the default %s", cfg.JWKSMinRefreshInterval, JWKSMinRefreshIntervalDefault)
 	}
 	if a.hs != nil {
 		a.algs = append(a.algs, jwt.SigningMethodHS256.Alg())
@@ -201,15 +204,15 @@ func NewJWTAuthorizer(cfg JWTConfig) (*JWTAuthorizer, error) {
 		a.algs = append(a.algs, jwt.SigningMethodES256.Alg())
 	}
 	if len(a.algs) == 0 && !cfg.AllowAnonymous {
-		return nil, errors.New("realtime: JWTConfig has no key; set HS256Secret, RS256PublicKeyPEM, ES256PublicKeyPEM or JWKSURLs, or set AllowAnonymous")
+		return nil, configErrorf("JWTConfig", "", "no key; set HS256Secret, RS256PublicKeyPEM, ES256PublicKeyPEM or JWKSURLs, or set AllowAnonymous")
 	}
 	if len(cfg.AnonymousChannels) > 0 && !cfg.AllowAnonymous {
-		return nil, errors.New("realtime: JWTConfig.AnonymousChannels is set but AllowAnonymous is false; set AllowAnonymous to allow them")
+		return nil, configErrorf("JWTConfig", "AnonymousChannels", "set, but AllowAnonymous is false; set AllowAnonymous to allow them")
 	}
 	for i, s := range cfg.AnonymousChannels {
 		p, err := parsePattern(s, nil)
 		if err != nil {
-			return nil, fmt.Errorf("realtime: JWTConfig.AnonymousChannels[%d] %q: %w", i, s, err)
+			return nil, entryError("JWTConfig", "AnonymousChannels", i, fmt.Errorf("%q is not a channel pattern: %w", s, err))
 		}
 		a.anon = append(a.anon, p)
 	}

@@ -39,10 +39,10 @@ func checkOriginPattern(p string) error {
 		host = p[i+3:]
 	}
 	if host == "" || strings.Contains(host, "/") {
-		return fmt.Errorf("realtime: AllowedOrigins entry %q is not an origin pattern; write host[:port] or scheme://host[:port], e.g. \"app.example.com\" or \"http://localhost:*\"", p)
+		return fmt.Errorf("%q is not an origin pattern; write host[:port] or scheme://host[:port], e.g. \"app.example.com\" or \"http://localhost:*\"", p)
 	}
 	if _, err := path.Match(host, ""); err != nil {
-		return fmt.Errorf("realtime: AllowedOrigins entry %q: %w", p, err)
+		return fmt.Errorf("%q: %w", p, err)
 	}
 	return nil
 }

@@ -67,7 +67,7 @@ func operatorResetMain(ctx context.Context, e *env, path, name string, batch int
 		if errors.Is(err, operator.ErrBackfillRunning) {
 			return fmt.Errorf("%s: a backfill of %s is running (in this or another process); wait for it or stop it, then run this again", oc.name, name)
 		}
-		return fmt.Errorf("%s: %s", oc.name, strings.TrimPrefix(err.Error(), "operator: "))
+		return err // it names the operator and what to do
 	}
 	fmt.Fprintf(e.stdout, "Reset %s in %s: it starts over on the ledger walflow reads now, and every %s row was recomputed from %s and from the rows already in %s.\n",
 		name, roundElapsed(time.Since(started)), op.Target, strings.Join(op.Entities, " and "), op.Target)

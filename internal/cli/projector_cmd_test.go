@@ -26,8 +26,8 @@ import (
 	"github.com/walflow/walflow/ledger/disk"
 	"github.com/walflow/walflow/ledger/ledgertest"
 	"github.com/walflow/walflow/ledger/memory"
-	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/projector"
+	"github.com/walflow/walflow/retry"
 )
 
 // projectorConfigFile writes a configuration on dsn with the given http.addr and ledger
@@ -412,7 +412,7 @@ func TestProjectorCommandsUnderRunner(t *testing.T) {
 				mu.Unlock()
 				return nil
 			}},
-			{Name: "failing", Retry: &operator.RetryPolicy{MaxRetries: -1}, Handle: func(_ context.Context, e event.Event) error {
+			{Name: "failing", Retry: &retry.Policy{MaxRetries: -1}, Handle: func(_ context.Context, e event.Event) error {
 				if e.Position == 2 && broken.Load() {
 					return errors.New("account 2 is frozen")
 				}

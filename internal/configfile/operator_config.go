@@ -13,6 +13,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 // operatorConfig is one entry of operators: a SQL operator. Its key is the operator's name.
@@ -232,11 +233,11 @@ func (l *loader) operatorDefaults(dc *operatorDefaultsConfig, e *walflow.Config)
 	if s := dc.Retry.MaxRetries; s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 {
-			return l.errPath("operator_defaults.retry.max_retries", "%q is not a number of retries; write a whole number like %d, or 0 to halt at the first failure", s, operator.MaxRetriesDefault)
+			return l.errPath("operator_defaults.retry.max_retries", "%q is not a number of retries; write a whole number like %d, or 0 to halt at the first failure", s, retry.MaxRetriesDefault)
 		}
 		r.MaxRetries = n
 		if n == 0 {
-			r.MaxRetries = -1 // RetryPolicy's zero means the default; negative means none
+			r.MaxRetries = -1 // retry.Policy's zero means the default; negative means none
 		}
 	}
 	return nil

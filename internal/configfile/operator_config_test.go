@@ -8,6 +8,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 const operatorTables = `database_url: postgres://app@localhost/app
@@ -69,13 +70,13 @@ operator_defaults:
 		!slices.Equal(second.Events, []event.Type{event.Insert, event.Delete}) || second.DeleteWith != nil || second.OnFailure != operator.Park {
 		t.Errorf("comment_totals = %+v", second)
 	}
-	want := operator.RetryPolicy{Min: 100 * time.Millisecond, Multiplier: 1.5, Max: 3 * time.Second, MaxRetries: 7}
+	want := retry.Policy{Min: 100 * time.Millisecond, Multiplier: 1.5, Max: 3 * time.Second, MaxRetries: 7}
 	if e.OperatorBatchSize != 250 || e.OperatorBatchDelay != 0 || e.OperatorRetry != want {
 		t.Errorf("operator defaults: batch %d, delay %s, retry %+v", e.OperatorBatchSize, e.OperatorBatchDelay, e.OperatorRetry)
 	}
 
 	// The name is the target by default, events default to all three (nil), and
-	// max_retries: 0 means none (RetryPolicy's zero would mean the default).
+	// max_retries: 0 means none (retry.Policy's zero would mean the default).
 	c, err = parseConfig("walflow.yaml", []byte(operatorTables+`operators:
   post_with_comments_counts:
     entities: [comments]

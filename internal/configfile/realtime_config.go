@@ -173,14 +173,9 @@ func (l *loader) realtime(fc *fileConfig, c *Config) error {
 		return l.errPath("realtime.allow_anonymous", `true, but with no anonymous_channels and no jwt no one could subscribe; list the channel patterns anyone may read, like anonymous_channels: [posts, "posts/*"]`)
 	}
 	rs.jwt.AllowAnonymous = rc.AllowAnonymous
-	for i, s := range rc.AnonymousChannels {
-		// Each pattern alone, so a bad one is reported at its index.
-		if _, err := realtime.NewJWTAuthorizer(realtime.JWTConfig{AllowAnonymous: true, AnonymousChannels: []string{s}}); err != nil {
-			msg := err.Error()
-			if _, rest, ok := strings.Cut(msg, strconv.Quote(s)+": "); ok {
-				msg = rest
-			}
-			return l.errPath(fmt.Sprintf("realtime.anonymous_channels[%d]", i), "%q is not a channel pattern: %s", s, msg)
+	if len(rc.AnonymousChannels) > 0 {
+		if _, err := realtime.NewJWTAuthorizer(realtime.JWTConfig{AllowAnonymous: true, AnonymousChannels: rc.AnonymousChannels}); err != nil {
+			return l.realtimeError(err)
 		}
 	}
 	rs.jwt.AnonymousChannels = rc.AnonymousChannels
@@ -224,11 +219,9 @@ func (l *loader) jwt(jc *jwtConfig, rs *RealtimeSettings) error {
 		}
 		rs.keys = append(rs.keys, src)
 	}
-	for i, u := range jc.JWKSURLs {
-		// Each URL alone, so a bad one is reported at its index.
-		if _, err := realtime.NewJWTAuthorizer(realtime.JWTConfig{JWKSURLs: []string{u}}); err != nil {
-			_, msg, _ := strings.Cut(err.Error(), "JWKSURLs[0]: ")
-			return l.errPath(fmt.Sprintf("realtime.jwt.jwks_urls[%d]", i), "%s", msg)
+	if len(jc.JWKSURLs) > 0 {
+		if _, err := realtime.NewJWTAuthorizer(realtime.JWTConfig{JWKSURLs: jc.JWKSURLs}); err != nil {
+			return l.realtimeError(err)
 		}
 	}
 	rs.jwt.JWKSURLs = jc.JWKSURLs
@@ -261,15 +254,12 @@ func (l *loader) allowedOrigins(origins []string, g *realtime.GatewayConfig) err
 	if err != nil {
 		return err
 	}
-	for i, o := range origins {
-		// Whatever NewGateway refuses, it refuses here, at the entry's index. It only checks
-		// that the ledger and router are set, and starts nothing.
-		_, err := realtime.NewGateway(realtime.GatewayConfig{
-			Ledger: validationLedger, Router: router, Authorizer: realtime.AllowAll{}, AllowedOrigins: []string{o},
-		})
-		if err != nil {
-			return l.errPath(fmt.Sprintf("realtime.allowed_origins[%d]", i), "%s", strings.TrimPrefix(err.Error(), "realtime: AllowedOrigins entry "))
-		}
+	// Whatever NewGateway refuses, it refuses here, at the entry's index. It starts nothing.
+	_, err = realtime.NewGateway(realtime.GatewayConfig{
+		Ledger: validationLedger, Router: router, Authorizer: realtime.AllowAll{}, AllowedOrigins: origins,
+	})
+	if err != nil {
+		return l.realtimeError(err)
 	}
 	g.AllowedOrigins = origins
 	return nil
@@ -313,17 +303,46 @@ func (rs *RealtimeSettings) Resolve(getenv func(string) string, log *slog.Logger
 	}
 	auth, err := realtime.NewJWTAuthorizer(jc)
 	if err != nil {
-		msg := err.Error()
-		for _, k := range rs.keys {
-			if rest, ok := strings.CutPrefix(msg, "realtime: JWTConfig."+k.field); ok {
-				return nil, l.errKey(k.key, "the %s from %s%s", k.what, k.from(), rest)
+		if ce := (*realtime.ConfigError)(nil); errors.As(err, &ce) && ce.Config == "JWTConfig" {
+			for _, k := range rs.keys {
+				if ce.Field == k.field {
+					return nil, l.errKey(k.key, "the %s from %s: %v", k.what, k.from(), ce.Err)
+				}
 			}
 		}
-		return nil, l.errKey("realtime", "%s", strings.TrimPrefix(msg, "realtime: "))
+		return nil, l.realtimeError(err)
 	}
 	gc := rs.gateway
 	gc.Authorizer = auth
 	return &walflow.RealtimeConfig{Path: rs.path, Gateway: gc}, nil
+}
+
+// realtimeKeys are the keys of walflow.yaml that set the realtime settings, by
+// realtime.ConfigError Config and Field. The JWT keys read from files or variables are
+// mapped by resolve, which knows where each came from.
+var realtimeKeys = map[[2]string]string{
+	{"GatewayConfig", "AllowedOrigins"}:  "realtime.allowed_origins",
+	{"JWTConfig", ""}:                    "realtime.jwt",
+	{"JWTConfig", "JWKSURLs"}:            "realtime.jwt.jwks_urls",
+	{"JWTConfig", "JWKSRefreshInterval"}: "realtime.jwt.jwks_refresh_interval",
+	{"JWTConfig", "AnonymousChannels"}:   "realtime.anonymous_channels",
+}
+
+// realtimeError reports a realtime.ConfigError at the key that set the setting (its
+// entry, for a list), with the problem alone; any other error at the realtime key.
+func (l *loader) realtimeError(err error) error {
+	ce := (*realtime.ConfigError)(nil)
+	if !errors.As(err, &ce) {
+		return l.errKey("realtime", "%v", err)
+	}
+	key, ok := realtimeKeys[[2]string{ce.Config, ce.Field}]
+	if !ok {
+		return l.errKey("realtime", "%v", err)
+	}
+	if ce.Index >= 0 {
+		return l.errPath(fmt.Sprintf("%s[%d]", key, ce.Index), "%v", ce.Err)
+	}
+	return l.errPath(key, "%v", ce.Err)
 }
 
 // from names where the key is read from, for errors and logs.

@@ -253,7 +253,7 @@ func TestRealtimeSecretNotShown(t *testing.T) {
 
 	// A secret too short is reported by length.
 	_, err := parseRealtime(t, dir, "realtime:\n  jwt: {hs256_secret_env: S}\n", envOf("S", "short-s3cret"))
-	if err == nil || !strings.Contains(err.Error(), "realtime.jwt.hs256_secret_env: the secret from $S has 12 bytes; use at least 32 random bytes") ||
+	if err == nil || !strings.Contains(err.Error(), "realtime.jwt.hs256_secret_env: the secret from $S: 12 bytes are too few; use at least 32 random bytes") ||
 		strings.Contains(err.Error(), "short-s3cret") {
 		t.Errorf("short secret: %v", err)
 	}
@@ -325,7 +325,7 @@ func TestParseConfigRealtimeErrors(t *testing.T) {
 		// Resolving: the keys are read by run only.
 		{"missing file", "realtime:\n  jwt:\n    hs256_secret_file: nope/secret\n", []string{"walflow.yaml:4: realtime.jwt.hs256_secret_file: read " + filepath.Join(dir, "nope", "secret") + ": no such file or directory; write the secret to that file"}},
 		{"empty file", "realtime:\n  jwt: {hs256_secret_file: " + empty + "}\n", []string{"realtime.jwt.hs256_secret_file: " + empty + " is empty; write the secret to it"}},
-		{"short secret file", "realtime:\n  jwt: {hs256_secret_file: " + short + "}\n", []string{"realtime.jwt.hs256_secret_file: the secret from " + short + " has 9 bytes; use at least 32 random bytes"}},
+		{"short secret file", "realtime:\n  jwt: {hs256_secret_file: " + short + "}\n", []string{"realtime.jwt.hs256_secret_file: the secret from " + short + ": 9 bytes are too few; use at least 32 random bytes"}},
 		{"unset env", "realtime:\n  jwt: {hs256_secret_env: WALFLOW_JWT_SECRET}\n", []string{"walflow.yaml:3: realtime.jwt.hs256_secret_env: the environment variable WALFLOW_JWT_SECRET is not set or empty; export the secret in it, or use realtime.jwt.hs256_secret_file"}},
 		{"empty env", "realtime:\n  jwt: {hs256_secret_env: EMPTY}\n", []string{"the environment variable EMPTY is not set or empty"}},
 		{"bad public key", "realtime:\n  jwt: {rs256_public_key_file: " + pem + "}\n", []string{"realtime.jwt.rs256_public_key_file: the public key from " + pem + ": no PEM block found"}},

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -248,7 +249,7 @@ func (w *demoWeb) createComment(rw http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	var cid int64
 	err := w.pool.QueryRow(ctx, `INSERT INTO comments (post_id, body) VALUES ($1, $2) RETURNING id`, id, in.Body).Scan(&cid)
-	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "23503" { // foreign_key_violation
+	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == pgerrcode.ForeignKeyViolation {
 		writeError(rw, http.StatusNotFound, "there is no post %d (it may have been deleted)", id)
 		return
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -356,7 +357,7 @@ func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
 			return nil
 		}
 		var pgErr *pgconn.PgError
-		retryable := errors.As(err, &pgErr) && pgErr.Code == "55006" // object_in_use
+		retryable := errors.As(err, &pgErr) && pgErr.Code == pgerrcode.ObjectInUse
 		if !retryable || ctx.Err() != nil {
 			return fmt.Errorf("pgtest: drop database %q: %w", name, err)
 		}
@@ -391,7 +392,7 @@ func dropOnce(ctx context.Context, conn *pgx.Conn, name, drop string) error {
 		return err
 	}
 	if left > 0 {
-		return &pgconn.PgError{Code: "55006", Message: fmt.Sprintf("%d replication slot(s) still in use", left)}
+		return &pgconn.PgError{Code: pgerrcode.ObjectInUse, Message: fmt.Sprintf("%d replication slot(s) still in use", left)}
 	}
 	_, err := conn.Exec(ctx, drop)
 	return err

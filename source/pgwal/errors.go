@@ -3,6 +3,7 @@ package pgwal
 import (
 	"errors"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walflow/walflow/ledger"
@@ -62,10 +63,10 @@ func fatal(err error) bool {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch {
-		case pe.Code[:2] == "28", // invalid authorization
-			pe.Code == "3D000", // database does not exist
-			pe.Code == "42501", // insufficient privilege
-			pe.Code == "42704": // undefined object (e.g. publication)
+		case pgerrcode.IsInvalidAuthorizationSpecification(pe.Code),
+			pe.Code == pgerrcode.InvalidCatalogName, // the database does not exist
+			pe.Code == pgerrcode.InsufficientPrivilege,
+			pe.Code == pgerrcode.UndefinedObject: // e.g. the publication
 			return true
 		}
 	}

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/walflow/walflow/ledger"
 )
 
@@ -17,5 +20,25 @@ func TestFatalLedgerWriteFailed(t *testing.T) {
 	}
 	if fatal(errors.New("pgwal: connect: connection refused")) {
 		t.Fatal("a connection error is fatal")
+	}
+}
+
+// A PostgreSQL error that reconnecting cannot heal (refused login, missing database, missing
+// privilege or publication) stops Run; a server going away does not.
+func TestFatalPgErrors(t *testing.T) {
+	for code, want := range map[string]bool{
+		pgerrcode.InvalidPassword:                   true,
+		pgerrcode.InvalidAuthorizationSpecification: true,
+		pgerrcode.InvalidCatalogName:                true,
+		pgerrcode.InsufficientPrivilege:             true,
+		pgerrcode.UndefinedObject:                   true,
+		pgerrcode.AdminShutdown:                     false,
+		pgerrcode.ConnectionFailure:                 false,
+		pgerrcode.UndefinedTable:                    false,
+	} {
+		err := fmt.Errorf("pgwal: connect: %w", &pgconn.PgError{Code: code})
+		if got := fatal(err); got != want {
+			t.Errorf("fatal(SQLSTATE %s) = %v, want %v", code, got, want)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -210,10 +211,10 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 	})
 	if err != nil {
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "55000" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectNotInPrerequisiteState {
 			return false, fmt.Errorf("%w: start replication on slot %q: %s; drop the slot and %s", ErrSlotInvalidated, s.cfg.Slot, pe.Message, resyncHint)
 		}
-		if errors.As(err, &pe) && pe.Code == "55006" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectInUse {
 			return false, fmt.Errorf("%w: start replication on slot %q: %s", ErrSlotInUse, s.cfg.Slot, pe.Message)
 		}
 		return false, fmt.Errorf("pgwal: start replication on slot %q: %w", s.cfg.Slot, err)

@@ -33,6 +33,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/internal/testcmd/child"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/retry"
 )
 
 func main() { os.Exit(run()) }
@@ -84,7 +85,7 @@ func run() int {
 	eng, err := walflow.Open(ctx, walflow.Config{
 		DatabaseURL: *dsn, Slot: *slot, Tables: tabs, LedgerDir: *dir,
 		StatusInterval: *status, Logger: log, Operators: ops, OperatorBatchSize: *opBatch,
-		OperatorRetry: operator.RetryPolicy{Min: *opRetryMin, Max: 10 * *opRetryMin},
+		OperatorRetry: retry.Policy{Min: *opRetryMin, Max: 10 * *opRetryMin},
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pipeline: open: %v\n", err)
