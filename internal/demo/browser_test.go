@@ -248,8 +248,12 @@ func (b *browser) do(what string, actions ...chromedp.Action[chromedp.Void]) {
 }
 
 // waitJS waits until the JavaScript expression is truthy on the current page.
+//
+// An expression that throws counts as false, so that it may read elements the page has not
+// rendered yet: a slow page is waited for rather than failed.
 func (b *browser) waitJS(what, expr string) {
 	b.t.Helper()
+	expr = "(() => { try { return (" + expr + "); } catch { return false; } })()"
 	b.do("wait until "+what, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(25*time.Millisecond), chromedp.WithPollingTimeout(browserWait)))
 }
 
