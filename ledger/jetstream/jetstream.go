@@ -171,6 +171,10 @@ type Ledger struct {
 	w   *writer // nil until Lead
 
 	truncMu sync.Mutex
+
+	// crashAfter, when positive, makes CommitTx stop after publishing that many events
+	// of a transaction, as a writer that dies midway would (tests only).
+	crashAfter int
 }
 
 var _ ledger.Ledger = (*Ledger)(nil)
@@ -418,9 +422,11 @@ func (l *Ledger) Wait(ctx context.Context, after event.Position) error {
 	return l.pub.Wait(ctx, after)
 }
 
-// Truncate purges every message at or before through (clamped to this ledger's head) from
-// the stream, keeping later sequences, and drops the index entries. It may be called on
-// any node; concurrent calls are serialized.
+// Truncate purges every message at or before through (clamped to the head) from the
+// stream, keeping later sequences, and drops the index entries. Only the leader truncates
+// (others get [ErrReadOnly]): the writer's fence expects the id of the stream's last
+// message, which a purge of every message resets. Other nodes see the new tail within
+// seconds, or at once when a read needs a purged message.
 func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	if l.pub.Closed() {
 		return ledger.ErrClosed
@@ -430,6 +436,11 @@ func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	}
 	l.truncMu.Lock()
 	defer l.truncMu.Unlock()
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if l.w == nil {
+		return ErrReadOnly
+	}
 	through = min(through, l.pub.Head())
 	if through <= l.pub.Tail() {
 		return nil
@@ -438,6 +449,10 @@ func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	defer cancel()
 	if err := l.stream.Purge(octx, jetstream.WithPurgeSequence(uint64(through)+1)); err != nil {
 		return l.closedErr(fmt.Errorf("ledger/jetstream: purge stream %s through sequence %d: %w", l.opts.Stream, through, err))
+	}
+	if through >= l.w.lastSeq {
+		// The stream is empty: JetStream no longer knows a last message id.
+		l.w.lastID = ""
 	}
 	l.setTail(through)
 	return nil

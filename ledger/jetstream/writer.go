@@ -17,6 +17,9 @@ import (
 	"github.com/walflow/walflow/ledger/internal/notify"
 )
 
+// errCrash is the error of a CommitTx that a test stopped midway (crashAfter).
+var errCrash = errors.New("ledger/jetstream: CommitTx stopped midway by a test")
+
 // maxInFlight bounds the published messages awaiting JetStream's acknowledgement.
 const maxInFlight = 2048
 
@@ -39,6 +42,12 @@ type writer struct {
 	// the transaction committed at orphanLSN, whose writer died before its end.
 	orphanFirst, orphanLast event.Position
 	orphanLSN               event.LSN
+
+	// lastSeq is the last sequence the writer published (or found in the stream), and
+	// lastID its message id: every publish expects both, so that once one message of a
+	// deposed writer is refused, every later one is too (the id chain breaks).
+	lastSeq event.Position
+	lastID  string
 
 	keys []string
 	buf  []byte
@@ -117,6 +126,14 @@ func (l *Ledger) recover(ctx context.Context) (*writer, event.Position, error) {
 	if w.spool.dir == "" {
 		w.spool.dir = os.TempDir()
 	}
+	w.lastSeq = last
+	if last > tail {
+		m, err := l.stream.GetMsg(ctx, uint64(last))
+		if err != nil {
+			return nil, 0, fmt.Errorf("ledger/jetstream: read the last message (sequence %d) of stream %s: %w", last, l.opts.Stream, err)
+		}
+		w.lastID = m.Header.Get(jetstream.MsgIDHeader)
+	}
 	// Transactions synced after the bucket was last written, and an unfinished one.
 	if from := max(st.Head, tail) + 1; from <= last {
 		if err := l.scanHeaders(ctx, from, last, func(seq event.Position, h nats.Header) error {
@@ -156,7 +173,7 @@ func (l *Ledger) recover(ctx context.Context) (*writer, event.Position, error) {
 		rev, err = l.kv.Update(ctx, stateKey, b, rev)
 	}
 	if err != nil {
-		if isWrongLastSeq(err) {
+		if isFenceErr(err) {
 			return nil, 0, fmt.Errorf("%w: another writer took over bucket %s during Lead: %v", ErrFenced, l.opts.StateBucket, err)
 		}
 		return nil, 0, fmt.Errorf("ledger/jetstream: record the writer's state in %s/%s: %w", l.opts.StateBucket, stateKey, err)
@@ -210,10 +227,18 @@ func (l *Ledger) scanHeaders(ctx context.Context, from, to event.Position, fn fu
 	return nil
 }
 
-func isWrongLastSeq(err error) bool {
+// jsErrWrongLastMsgID is JetStream's error code for a failed Nats-Expected-Last-Msg-Id.
+const jsErrWrongLastMsgID = 10070
+
+// isFenceErr reports whether err is JetStream's refusal of an expected last sequence,
+// message id or revision.
+func isFenceErr(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+		switch apiErr.ErrorCode {
+		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, jsErrWrongLastMsgID:
+			return true
+		}
 	}
 	return false
 }
@@ -325,6 +350,12 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 	err = w.spool.each(func(i int, rec []byte) error {
 		pos := w.txFirst + event.Position(i)
 		id := msgID(lsn, i)
+		if l.crashAfter > 0 && i == l.crashAfter {
+			if err := l.awaitAcks(ctx, w, 0); err != nil {
+				return err
+			}
+			return errCrash
+		}
 		if pos <= w.orphanLast {
 			// Already in the stream from the writer that died: check it is this event.
 			m, err := l.stream.GetMsg(ctx, uint64(pos))
@@ -334,6 +365,7 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 			if got := m.Header.Get(jetstream.MsgIDHeader); got != id {
 				return fmt.Errorf("ledger/jetstream: stream %s holds message %q at sequence %d where the replay puts %q: the replay differs from what the previous writer published; restore the publication and configuration it ran with", l.opts.Stream, got, pos, id)
 			}
+			w.lastSeq, w.lastID = pos, id
 			return nil
 		}
 		msg := nats.NewMsg(l.opts.Subject)
@@ -342,10 +374,18 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 		if i == n-1 {
 			msg.Header.Set(hdrEnd, strconv.FormatUint(uint64(w.txFirst), 10)+" "+strconv.FormatUint(uint64(endLSN), 10))
 		}
-		f, err := l.js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(uint64(pos)-1))
+		if pos != w.lastSeq+1 {
+			return fmt.Errorf("ledger/jetstream: the event at position %d would follow sequence %d of stream %s: the writer lost track of the stream; call Lead again", pos, w.lastSeq, l.opts.Stream)
+		}
+		opts := []jetstream.PublishOpt{jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(uint64(w.lastSeq))}
+		if w.lastID != "" {
+			opts = append(opts, jetstream.WithExpectLastMsgID(w.lastID))
+		}
+		f, err := l.js.PublishMsgAsync(msg, opts...)
 		if err != nil {
 			return fmt.Errorf("ledger/jetstream: publish the event at position %d to stream %s: %w", pos, l.opts.Stream, err)
 		}
+		w.lastSeq, w.lastID = pos, id
 		w.inflight = append(w.inflight, inflight{f, pos})
 		if len(w.inflight) >= maxInFlight {
 			return l.awaitAcks(ctx, w, maxInFlight/2)
@@ -382,7 +422,7 @@ func (l *Ledger) awaitAcks(ctx context.Context, w *writer, keep int) error {
 				return fmt.Errorf("ledger/jetstream: stream %s stored the event of position %d at sequence %d (duplicate %t): another writer appends to the stream", l.opts.Stream, p.pos, ack.Sequence, ack.Duplicate)
 			}
 		case err := <-p.f.Err():
-			if isWrongLastSeq(err) {
+			if isFenceErr(err) {
 				return ledger.WriteFailed(fmt.Errorf("%w: stream %s refused the event of position %d because another writer appended there first: %v", ErrFenced, l.opts.Stream, p.pos, err))
 			}
 			return fmt.Errorf("ledger/jetstream: publish the event at position %d to stream %s: %w", p.pos, l.opts.Stream, err)
@@ -452,7 +492,7 @@ func (l *Ledger) putState(ctx context.Context, w *writer, st ledger.State) error
 	}
 	rev, err := l.kv.Update(ctx, stateKey, b, w.kvRev)
 	if err != nil {
-		if isWrongLastSeq(err) {
+		if isFenceErr(err) {
 			return w.fail(fmt.Errorf("%w: the state in %s/%s was rewritten by another writer (Lead on another node): %v", ErrFenced, l.opts.StateBucket, stateKey, err))
 		}
 		return w.fail(fmt.Errorf("ledger/jetstream: record the state in %s/%s: %w", l.opts.StateBucket, stateKey, err))
