@@ -15,7 +15,8 @@ import (
 // BenchmarkAppend appends b.N events in transactions of 100 events, syncing every 10
 // transactions (as the source's group commit does under load), to ledger/disk and to a
 // JetStream ledger on an embedded R1 server with sync always and with a one-minute sync
-// interval, in the same run. It reports events/s, and for JetStream the ratio to
+// interval, and on an R3 stream of three embedded servers (same machine) with both
+// settings, in the same run. It reports events/s, and for JetStream the ratio to
 // ledger/disk's events/s (x_disk).
 func BenchmarkAppend(b *testing.B) {
 	var diskRate float64
@@ -69,6 +70,31 @@ func BenchmarkAppend(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			defer l.Close()
+			if err := l.Lead(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			rate := run(b, l)
+			if diskRate > 0 {
+				b.ReportMetric(rate/diskRate, "x_disk")
+			}
+		})
+	}
+	for _, c := range []struct {
+		name string
+		sync time.Duration
+	}{{"always", 0}, {"1m", time.Minute}} {
+		b.Run("backend=jetstream-r3/sync="+c.name, func(b *testing.B) {
+			servers := startCluster(b, c.sync)
+			var l *jetstream.Ledger
+			stream := newStream()
+			eventually(b, "the R3 stream to open", func() bool {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				var err error
+				l, err = jetstream.Open(ctx, jetstream.Options{Conn: connect(b, servers[0]), Stream: stream, Replicas: 3, Indexer: ledgertest.Indexer})
+				return err == nil
+			})
 			defer l.Close()
 			if err := l.Lead(context.Background()); err != nil {
 				b.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/ledger/jetstream"
 	"github.com/walflow/walflow/ledger/ledgertest"
 )
 
@@ -41,55 +42,7 @@ func TestServerRestart(t *testing.T) {
 		startServer(t, dir, port)
 	}()
 
-	failures := 0
-	write := func(lsn event.LSN) error {
-		if err := w.BeginTx(ctx, event.TxMeta{CommitLSN: lsn}); err != nil {
-			return err
-		}
-		for _, e := range txEvents(lsn, size(lsn)) {
-			if err := w.Append(ctx, e); err != nil {
-				return err
-			}
-		}
-		if err := w.CommitTx(ctx, lsn+1); err != nil {
-			return err
-		}
-		if lsn%3 == 0 {
-			return w.Sync(ctx)
-		}
-		return nil
-	}
-	for i := 0; i < txs; {
-		lsn := event.LSN(1000 + i)
-		err := write(lsn)
-		if err == nil {
-			i++
-			reached.Store(int64(i))
-			continue
-		}
-		if !errors.Is(err, ledger.ErrWriteFailed) {
-			t.Fatalf("a write failed with %v, which does not match ErrWriteFailed (the source would not restart)", err)
-		}
-		failures++
-		t.Logf("write of %s failed: %v", lsn, err)
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := w.Lead(lctx)
-			cancel()
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("Lead after the restart: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		i = int(w.State().LastCommitLSN) - 1000 + 1
-		if w.State().LastCommitLSN == 0 {
-			i = 0
-		}
-	}
+	failures := writeRecovering(t, w, 1000, txs, size, func(i int) { reached.Store(int64(i)) })
 	<-restarted
 	if err := w.Sync(ctx); err != nil {
 		t.Fatal(err)
@@ -108,4 +61,64 @@ func TestServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkLedger(t, es, 1, lsns, size)
+}
+
+// writeRecovering writes the transactions first..first+n-1 (size(lsn) events each) to w,
+// syncing every third, as the source does: on a write error, which must match
+// ErrWriteFailed, it calls Lead again (for up to a minute) and goes on with the
+// transaction after State().LastCommitLSN. progress is called with the number of
+// transactions written so far. It syncs at the end and returns the number of failures.
+func writeRecovering(t *testing.T, w *jetstream.Ledger, first event.LSN, n int, size func(event.LSN) int, progress func(int)) int {
+	t.Helper()
+	ctx := context.Background()
+	write := func(lsn event.LSN) error {
+		if err := w.BeginTx(ctx, event.TxMeta{CommitLSN: lsn}); err != nil {
+			return err
+		}
+		for _, e := range txEvents(lsn, size(lsn)) {
+			if err := w.Append(ctx, e); err != nil {
+				return err
+			}
+		}
+		if err := w.CommitTx(ctx, lsn+1); err != nil {
+			return err
+		}
+		if lsn%3 == 0 || int(lsn-first) == n-1 {
+			return w.Sync(ctx)
+		}
+		return nil
+	}
+	failures := 0
+	for i := 0; i < n; {
+		lsn := first + event.LSN(i)
+		err := write(lsn)
+		if err == nil {
+			i++
+			progress(i)
+			continue
+		}
+		if !errors.Is(err, ledger.ErrWriteFailed) {
+			t.Fatalf("a write failed with %v, which does not match ErrWriteFailed (the source would not restart)", err)
+		}
+		failures++
+		t.Logf("write of %s failed: %v", lsn, err)
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := w.Lead(lctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Lead after a write failure: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		i = 0
+		if last := w.State().LastCommitLSN; last >= first {
+			i = int(last-first) + 1
+		}
+	}
+	return failures
 }
