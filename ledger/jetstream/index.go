@@ -23,8 +23,7 @@ type index struct {
 	maxCache int
 
 	mu        sync.RWMutex
-	keys      map[string][]event.Position // key → ascending positions
-	pending   []pendingEntry              // messages after the last transaction end
+	keys      map[string][]event.Position // key → ascending positions, past the head too
 	cacheBase event.Position              // cache[i] holds the message at cacheBase+i+1
 	cache     [][]byte
 	head      event.Position // the last message ending a transaction
@@ -33,11 +32,6 @@ type index struct {
 	processed event.Position // the last sequence applied (or the tail)
 	changed   chan struct{}  // closed and replaced when processed moves
 	scratch   []string
-}
-
-type pendingEntry struct {
-	pos  event.Position
-	keys []string
 }
 
 func newIndex(indexer ledger.Indexer, maxCache int) *index {
@@ -52,6 +46,12 @@ func (x *index) reset(tail event.Position) {
 }
 
 // apply adds the message at seq. It reports whether it ended a transaction.
+//
+// An event's keys enter the index at once, before its transaction ends: lookups stop at
+// the head, so they stay invisible until then, and the index holds no other copy of a
+// transaction in progress, however large. The messages of an unterminated tail are at the
+// positions the next writer's replay completes (it publishes only the rest), so their
+// entries are the ones the finished transaction needs.
 func (x *index) apply(log *slog.Logger, seq event.Position, hdr nats.Header, data []byte) bool {
 	var keys []string
 	if x.indexer != nil {
@@ -59,31 +59,23 @@ func (x *index) apply(log *slog.Logger, seq event.Position, hdr nats.Header, dat
 		if err != nil {
 			log.Warn("ledger/jetstream: a stream message is not an event; it is indexed under no key", "position", seq, "err", err)
 		} else {
-			x.scratch = x.indexer(&e, x.scratch[:0])
-			if len(x.scratch) > 0 {
-				keys = make([]string, 0, len(x.scratch))
-				for _, k := range x.scratch {
-					if !slicesContains(keys, k) {
-						keys = append(keys, strings.Clone(k))
-					}
-				}
-				clear(x.scratch)
-			}
+			keys = x.indexer(&e, x.scratch[:0])
+			x.scratch = keys
 		}
 	}
 	endHdr := hdr.Get(hdrEnd)
-	var first event.Position
 	var commit, end event.LSN
 	ended := false
 	if endHdr != "" {
 		var err error
-		first, commit, end, err = parseEnd(hdr.Get(hdrTx), endHdr)
+		_, commit, end, err = parseEnd(hdr.Get(hdrTx), endHdr)
 		if err != nil {
 			log.Warn("ledger/jetstream: a transaction end marker is malformed; the transaction stays invisible", "position", seq, "err", err)
 		} else {
 			ended = true
 		}
 	}
+	defer clear(keys)
 
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -102,32 +94,22 @@ func (x *index) apply(log *slog.Logger, seq event.Position, hdr nats.Header, dat
 		x.cache = x.cache[drop:]
 		x.cacheBase += event.Position(drop)
 	}
-	x.pending = append(x.pending, pendingEntry{seq, keys})
-	if ended {
-		for _, p := range x.pending {
-			if p.pos < first {
-				continue // the unterminated tail of a writer that died; replaced by this transaction
-			}
-			for _, k := range p.keys {
-				x.keys[k] = append(x.keys[k], p.pos)
-			}
+	for _, k := range keys {
+		ps := x.keys[k]
+		if n := len(ps); n > 0 && ps[n-1] == seq {
+			continue // the indexer gave this key twice
 		}
-		clear(x.pending)
-		x.pending = x.pending[:0]
+		if ps == nil {
+			k = strings.Clone(k)
+		}
+		x.keys[k] = append(ps, seq)
+	}
+	if ended {
 		x.head, x.commit, x.end = seq, commit, end
 	}
 	close(x.changed)
 	x.changed = make(chan struct{})
 	return ended
-}
-
-func slicesContains(s []string, k string) bool {
-	for _, v := range s {
-		if v == k {
-			return true
-		}
-	}
-	return false
 }
 
 // parseEnd parses a transaction end marker.

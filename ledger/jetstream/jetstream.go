@@ -437,22 +437,41 @@ func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	l.truncMu.Lock()
 	defer l.truncMu.Unlock()
 	l.wmu.Lock()
-	defer l.wmu.Unlock()
-	if l.w == nil {
+	locked := true
+	defer func() {
+		if locked {
+			l.wmu.Unlock()
+		}
+	}()
+	w := l.w
+	if w == nil {
 		return ErrReadOnly
 	}
-	through = min(through, l.pub.Head())
+	head := l.pub.Head()
+	through = min(through, head)
 	if through <= l.pub.Tail() {
 		return nil
 	}
 	octx, cancel := l.opCtx(ctx)
 	defer cancel()
+	if through < head {
+		// The message at the head stays, and with it JetStream's last message id: the
+		// writer may go on meanwhile.
+		l.wmu.Unlock()
+		locked = false
+	} else if w.failed == nil {
+		// Everything published must be stored before the purge, so that JetStream's last
+		// message id is the one the writer's next publish expects.
+		if err := l.awaitAcks(octx, w, 0); err != nil {
+			return l.closedErr(w.fail(err))
+		}
+	}
 	if err := l.stream.Purge(octx, jetstream.WithPurgeSequence(uint64(through)+1)); err != nil {
 		return l.closedErr(fmt.Errorf("ledger/jetstream: purge stream %s through sequence %d: %w", l.opts.Stream, through, err))
 	}
-	if through >= l.w.lastSeq {
+	if locked && through >= w.lastSeq {
 		// The stream is empty: JetStream no longer knows a last message id.
-		l.w.lastID = ""
+		w.lastID = ""
 	}
 	l.setTail(through)
 	return nil

@@ -74,6 +74,7 @@ func TestReadOnly(t *testing.T) {
 		"Sync":      l.Sync(ctx),
 		"SetAcked":  l.SetAcked(ctx, 1),
 		"SetOrigin": l.SetOrigin(ctx, ledger.Origin{Slot: "s"}),
+		"Truncate":  l.Truncate(ctx, 1),
 	} {
 		if !errors.Is(err, jetstream.ErrReadOnly) {
 			t.Errorf("%s on a read-only ledger = %v, want ErrReadOnly", what, err)
