@@ -424,7 +424,7 @@ func (l *Ledger) Wait(ctx context.Context, after event.Position) error {
 
 // Truncate purges every message at or before through (clamped to the head) from the
 // stream, keeping later sequences, and drops the index entries. Only the leader truncates
-// (others get [ErrReadOnly]): the writer's fence expects the id of the stream's last
+// (others get [ErrReadOnly], a failed writer its error): the writer's fence expects the id of the stream's last
 // message, which a purge of every message resets. Other nodes see the new tail within
 // seconds, or at once when a read needs a purged message.
 func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
@@ -447,6 +447,9 @@ func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	if w == nil {
 		return ErrReadOnly
 	}
+	if w.failed != nil {
+		return w.failed
+	}
 	head := l.pub.Head()
 	through = min(through, head)
 	if through <= l.pub.Tail() {
@@ -459,11 +462,11 @@ func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 		// writer may go on meanwhile.
 		l.wmu.Unlock()
 		locked = false
-	} else if w.failed == nil {
+	} else {
 		// Everything published must be stored before the purge, so that JetStream's last
 		// message id is the one the writer's next publish expects.
 		if err := l.awaitAcks(octx, w, 0); err != nil {
-			return l.closedErr(w.fail(err))
+			return l.closedErr(l.fail(w, err))
 		}
 	}
 	if err := l.stream.Purge(octx, jetstream.WithPurgeSequence(uint64(through)+1)); err != nil {

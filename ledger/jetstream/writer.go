@@ -260,12 +260,18 @@ func (l *Ledger) writer(ctx context.Context) (*writer, error) {
 	return l.w, nil
 }
 
-// fail marks the writer failed with err, which it returns.
-func (w *writer) fail(err error) error {
+// fail marks the writer failed with err, which it returns, and hands the published
+// state back to the follower: this node's readers go on seeing what any writer appends
+// to the stream, as on a node that never led.
+func (l *Ledger) fail(w *writer, err error) error {
 	if !errors.Is(err, ledger.ErrWriteFailed) {
 		err = ledger.WriteFailed(err)
 	}
 	w.failed = err
+	l.mu.Lock()
+	l.leading = false
+	l.mu.Unlock()
+	l.publishView()
 	return err
 }
 
@@ -285,10 +291,10 @@ func (l *Ledger) BeginTx(ctx context.Context, meta event.TxMeta) error {
 		return fmt.Errorf("%w (commit LSN %s, last %s)", ledger.ErrOutOfOrder, meta.CommitLSN, w.pending.LastCommitLSN)
 	}
 	if w.orphanLast > 0 && meta.CommitLSN != w.orphanLSN {
-		return w.fail(fmt.Errorf("ledger/jetstream: stream %s ends with the first events (sequences %d to %d) of the transaction committed at %s, which a writer died publishing, but the next transaction replayed is the one committed at %s: the source must replay the unfinished transaction first; restore the publication and configuration the previous writer ran with", l.opts.Stream, w.orphanFirst, w.orphanLast, w.orphanLSN, meta.CommitLSN))
+		return l.fail(w, fmt.Errorf("ledger/jetstream: stream %s ends with the first events (sequences %d to %d) of the transaction committed at %s, which a writer died publishing, but the next transaction replayed is the one committed at %s: the source must replay the unfinished transaction first; restore the publication and configuration the previous writer ran with", l.opts.Stream, w.orphanFirst, w.orphanLast, w.orphanLSN, meta.CommitLSN))
 	}
 	if err := w.spool.reset(); err != nil {
-		return w.fail(err)
+		return l.fail(w, err)
 	}
 	w.inTx = true
 	w.txMeta = meta
@@ -323,7 +329,7 @@ func (l *Ledger) Append(ctx context.Context, e *event.Event) error {
 	w.buf = event.AppendBinary(w.buf[:0], e)
 	if err := w.spool.add(w.buf); err != nil {
 		e.Position = old
-		return w.fail(err)
+		return l.fail(w, err)
 	}
 	return nil
 }
@@ -345,7 +351,7 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 	n := w.spool.n
 	lsn := w.txMeta.CommitLSN
 	if w.orphanLast > 0 && w.txFirst+event.Position(n)-1 <= w.orphanLast {
-		return w.fail(fmt.Errorf("ledger/jetstream: the replay of the transaction committed at %s has %d events, but stream %s already holds %d of its events without an end (sequences %d to %d): the replay differs from what the previous writer published; restore the publication and configuration it ran with", lsn, n, l.opts.Stream, w.orphanLast-w.orphanFirst+1, w.orphanFirst, w.orphanLast))
+		return l.fail(w, fmt.Errorf("ledger/jetstream: the replay of the transaction committed at %s has %d events, but stream %s already holds %d of its events without an end (sequences %d to %d): the replay differs from what the previous writer published; restore the publication and configuration it ran with", lsn, n, l.opts.Stream, w.orphanLast-w.orphanFirst+1, w.orphanFirst, w.orphanLast))
 	}
 	err = w.spool.each(func(i int, rec []byte) error {
 		pos := w.txFirst + event.Position(i)
@@ -393,7 +399,7 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 		return nil
 	})
 	if err != nil {
-		return w.fail(err)
+		return l.fail(w, err)
 	}
 	w.orphanFirst, w.orphanLast, w.orphanLSN = 0, 0, 0
 	if n > 0 {
@@ -447,7 +453,7 @@ func (l *Ledger) AbortTx(ctx context.Context) error {
 	}
 	w.inTx = false
 	if err := w.spool.reset(); err != nil {
-		return w.fail(err)
+		return l.fail(w, err)
 	}
 	return nil
 }
@@ -465,7 +471,7 @@ func (l *Ledger) Sync(ctx context.Context) error {
 	ctx, cancel := l.opCtx(ctx)
 	defer cancel()
 	if err := l.awaitAcks(ctx, w, 0); err != nil {
-		return l.closedErr(w.fail(err))
+		return l.closedErr(l.fail(w, err))
 	}
 	if !w.dirty {
 		return nil
@@ -475,7 +481,7 @@ func (l *Ledger) Sync(ctx context.Context) error {
 		return l.closedErr(err)
 	}
 	if err := l.idx.waitProcessed(ctx, l.ctx, st.Head); err != nil {
-		return l.closedErr(w.fail(fmt.Errorf("ledger/jetstream: wait for this node's index to reach position %d: %w", st.Head, err)))
+		return l.closedErr(l.fail(w, fmt.Errorf("ledger/jetstream: wait for this node's index to reach position %d: %w", st.Head, err)))
 	}
 	w.durable, w.dirty = st, false
 	l.mu.Lock()
@@ -488,14 +494,14 @@ func (l *Ledger) Sync(ctx context.Context) error {
 func (l *Ledger) putState(ctx context.Context, w *writer, st ledger.State) error {
 	b, err := json.Marshal(recordOf(st))
 	if err != nil {
-		return w.fail(err)
+		return l.fail(w, err)
 	}
 	rev, err := l.kv.Update(ctx, stateKey, b, w.kvRev)
 	if err != nil {
 		if isFenceErr(err) {
-			return w.fail(fmt.Errorf("%w: the state in %s/%s was rewritten by another writer (Lead on another node): %v", ErrFenced, l.opts.StateBucket, stateKey, err))
+			return l.fail(w, fmt.Errorf("%w: the state in %s/%s was rewritten by another writer (Lead on another node): %v", ErrFenced, l.opts.StateBucket, stateKey, err))
 		}
-		return w.fail(fmt.Errorf("ledger/jetstream: record the state in %s/%s: %w", l.opts.StateBucket, stateKey, err))
+		return l.fail(w, fmt.Errorf("ledger/jetstream: record the state in %s/%s: %w", l.opts.StateBucket, stateKey, err))
 	}
 	w.kvRev = rev
 	l.mu.Lock()

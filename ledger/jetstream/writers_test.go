@@ -47,6 +47,12 @@ func TestFence(t *testing.T) {
 	if err := a.BeginTx(ctx, event.TxMeta{CommitLSN: 40}); !errors.Is(err, ledger.ErrWriteFailed) {
 		t.Fatalf("BeginTx after a fenced Sync = %v, want ErrWriteFailed", err)
 	}
+	if err := a.Truncate(ctx, 1); !errors.Is(err, jetstream.ErrFenced) {
+		t.Fatalf("Truncate after a fenced Sync = %v, want ErrFenced", err)
+	}
+	// The deposed node's readers follow the new writer.
+	eventually(t, "the deposed node to see the new writer's head", func() bool { return a.State().Head == 5 })
+	checkLedger(t, readAll(t, a), 1, []event.LSN{10, 20}, func(lsn event.LSN) int { return map[event.LSN]int{10: 3, 20: 2}[lsn] })
 	// Its bookkeeping is fenced too, even without an append.
 	c := open(t, connect(t, s), stream, ledgertest.Indexer)
 	if err := c.Lead(ctx); err != nil {
