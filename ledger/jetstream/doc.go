@@ -43,8 +43,9 @@
 //
 // Head, LastCommitLSN and LastEndLSN follow from the stream (the last Walflow-End
 // message); the writer also records them, with AckedLSN and Origin, in a key-value bucket
-// (Options.StateBucket) at every Sync, SetAcked and SetOrigin, so a new leader recovers
-// them from NATS alone. Tail is the stream's first sequence minus one: [Ledger.Truncate]
+// (Options.StateBucket) at every SetAcked and SetOrigin, and at a Sync when an empty
+// transaction came last or the last record is five seconds old, so a new leader recovers
+// them from NATS alone (the bucket, then the end markers after its head). Tail is the stream's first sequence minus one: [Ledger.Truncate]
 // purges the stream up to a sequence, which keeps later sequences.
 //
 // # Index

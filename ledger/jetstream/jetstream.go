@@ -434,6 +434,12 @@ func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	l.mu.Lock()
+	leading := l.leading
+	l.mu.Unlock()
+	if leading && min(through, l.pub.Head()) <= l.pub.Tail() {
+		return nil // nothing to remove: no need to hold up the writer
+	}
 	l.truncMu.Lock()
 	defer l.truncMu.Unlock()
 	l.wmu.Lock()

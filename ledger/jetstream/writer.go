@@ -20,6 +20,10 @@ import (
 // errCrash is the error of a CommitTx that a test stopped midway (crashAfter).
 var errCrash = errors.New("ledger/jetstream: CommitTx stopped midway by a test")
 
+// bucketInterval is how often Sync records the bookkeeping in the state bucket when the
+// stream's end markers already carry it.
+const bucketInterval = 5 * time.Second
+
 // maxInFlight bounds the published messages awaiting JetStream's acknowledgement.
 const maxInFlight = 2048
 
@@ -29,7 +33,11 @@ type writer struct {
 	durable ledger.State // as of the last Sync: what the state bucket holds
 	pending ledger.State // durable plus the committed transactions not yet synced
 	dirty   bool         // pending differs from durable
-	failed  error        // set by a failed write; every later write returns it
+	// bucketStale is set when the pending LSNs are not those of the stream's last end
+	// marker (an empty transaction came last): Sync must record them in the bucket.
+	bucketStale bool
+	bucketAt    time.Time // the last write of the bucket
+	failed      error     // set by a failed write; every later write returns it
 
 	inTx    bool
 	txMeta  event.TxMeta
@@ -178,7 +186,7 @@ func (l *Ledger) recover(ctx context.Context) (*writer, event.Position, error) {
 		}
 		return nil, 0, fmt.Errorf("ledger/jetstream: record the writer's state in %s/%s: %w", l.opts.StateBucket, stateKey, err)
 	}
-	w.kvRev = rev
+	w.kvRev, w.bucketAt = rev, time.Now()
 	w.durable, w.pending = st, st
 	return w, tail, nil
 }
@@ -407,6 +415,7 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 	}
 	w.pending.LastCommitLSN = lsn
 	w.pending.LastEndLSN = endLSN
+	w.bucketStale = n == 0
 	w.inTx = false
 	w.dirty = true
 	return w.spool.reset()
@@ -459,8 +468,9 @@ func (l *Ledger) AbortTx(ctx context.Context) error {
 }
 
 // Sync waits until JetStream acknowledged every published event (at the stream's
-// replication), records the bookkeeping in the state bucket, waits for this node's index
-// to cover the events, and makes them visible.
+// replication), records the bookkeeping in the state bucket when the end markers do not
+// carry it or the last record is old, waits for this node's index to cover the events,
+// and makes them visible.
 func (l *Ledger) Sync(ctx context.Context) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
@@ -477,8 +487,14 @@ func (l *Ledger) Sync(ctx context.Context) error {
 		return nil
 	}
 	st := w.pending
-	if err := l.putState(ctx, w, st); err != nil {
-		return l.closedErr(err)
+	// The stream's end markers carry the head and LSNs, and Lead scans the messages after
+	// the bucket's head: the bucket is written when an empty transaction came last, and
+	// every few seconds to keep that scan short.
+	if w.bucketStale || time.Since(w.bucketAt) > bucketInterval {
+		if err := l.putState(ctx, w, st); err != nil {
+			return l.closedErr(err)
+		}
+		w.bucketStale = false
 	}
 	if err := l.idx.waitProcessed(ctx, l.ctx, st.Head); err != nil {
 		return l.closedErr(l.fail(w, fmt.Errorf("ledger/jetstream: wait for this node's index to reach position %d: %w", st.Head, err)))
@@ -503,7 +519,7 @@ func (l *Ledger) putState(ctx context.Context, w *writer, st ledger.State) error
 		}
 		return l.fail(w, fmt.Errorf("ledger/jetstream: record the state in %s/%s: %w", l.opts.StateBucket, stateKey, err))
 	}
-	w.kvRev = rev
+	w.kvRev, w.bucketAt = rev, time.Now()
 	l.mu.Lock()
 	l.kvRec, l.kvRev = recordOf(st), rev
 	l.mu.Unlock()
