@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -207,7 +208,7 @@ func TestDuplicatePublish(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	subj := "walflow." + stringsToLower(stream) + ".events"
+	subj := "walflow." + strings.ToLower(stream) + ".events"
 	ack, err := js.Publish(ctx, subj, []byte("x"), natsjs.WithMsgID("7/0"))
 	if err != nil || ack.Sequence != 1 || ack.Duplicate {
 		t.Fatalf("first publish = %+v, %v", ack, err)
@@ -221,16 +222,6 @@ func TestDuplicatePublish(t *testing.T) {
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode != natsjs.JSErrCodeStreamWrongLastSequence {
 		t.Fatalf("duplicate publish expecting last sequence 0 = %v, want wrong last sequence", err)
 	}
-}
-
-func stringsToLower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }
 
 // TestSecondNode writes from one node and reads from another (its own connection and
@@ -422,4 +413,31 @@ func TestLeadRecoversState(t *testing.T) {
 	}
 	r := open(t, connect(t, s), stream, nil)
 	eventually(t, "a reader's state to match", func() bool { return r.State() == want })
+}
+
+// TestOptionsErrors checks that bad options are refused with errors naming the option.
+func TestOptionsErrors(t *testing.T) {
+	s := startServer(t, "", 0)
+	nc := connect(t, s)
+	ctx := context.Background()
+	for _, c := range []struct {
+		opts jetstream.Options
+		want string
+	}{
+		{jetstream.Options{}, "Options.Conn is nil"},
+		{jetstream.Options{Conn: nc, Stream: "a.b"}, `stream name "a.b" is invalid`},
+		{jetstream.Options{Conn: nc, Subject: "walflow.>"}, `subject "walflow.>" is invalid`},
+		{jetstream.Options{Conn: nc, StateBucket: "x y"}, `state bucket name "x y" is invalid`},
+		{jetstream.Options{Conn: nc, Replicas: 7}, "replicas 7 is invalid"},
+		{jetstream.Options{Conn: nc, Stream: newStream(), Replicas: 3}, "with 3 replicas"},
+	} {
+		l, err := jetstream.Open(ctx, c.opts)
+		if err == nil {
+			l.Close()
+			t.Fatalf("Open(%+v) succeeded, want an error saying %q", c.opts, c.want)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("Open(%+v) = %v, want an error saying %q", c.opts, err, c.want)
+		}
+	}
 }
