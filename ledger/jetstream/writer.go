@@ -74,9 +74,9 @@ func msgID(lsn event.LSN, i int) string {
 // Lead makes this ledger the stream's writer: it recovers the bookkeeping from the state
 // bucket and the stream's tail, and takes over the bucket's entry, so that a previous
 // writer's later writes fail with [ErrFenced]. It may be called again after a write
-// failed, to start over from what the stream holds; an open transaction and committed,
-// unsynced ones of this ledger are then dropped, as after a crash (the source replays
-// them from the slot).
+// failed, to start over from what the stream holds, as after a crash: an open
+// transaction is dropped, a committed but unsynced one is kept if the stream holds all
+// of it, and the source replays from the slot whatever is missing.
 func (l *Ledger) Lead(ctx context.Context) error {
 	if l.pub.Closed() {
 		return ledger.ErrClosed
