@@ -441,3 +441,44 @@ func TestOptionsErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestFenceRace has the deposed writer append between the new writer's Lead and its
+// first append: the deposed writer's transaction stands (it is whole and in commit
+// order), the new writer's first append fails with ErrFenced, and after leading again it
+// holds that transaction, so the source's replay skips it: each transaction once.
+func TestFenceRace(t *testing.T) {
+	s := startServer(t, "", 0)
+	ctx := context.Background()
+	stream := newStream()
+	a := lead(t, connect(t, s), stream)
+	ledgertest.WriteTx(t, a, 10, txEvents(10, 2)...)
+	sync(t, a)
+	b := lead(t, connect(t, s), stream)
+	ledgertest.WriteTx(t, a, 20, txEvents(20, 3)...)
+	sync(t, a) // lands: b has appended nothing yet
+
+	ledgertest.WriteTx(t, b, 20, txEvents(20, 3)...) // the source replays 20 to the new writer
+	if err := b.Sync(ctx); !errors.Is(err, jetstream.ErrFenced) || !errors.Is(err, ledger.ErrWriteFailed) {
+		t.Fatalf("the new writer's first Sync = %v, want ErrFenced and ErrWriteFailed", err)
+	}
+	if err := b.Lead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.State(); st.Head != 5 || st.LastCommitLSN != 20 {
+		t.Fatalf("State after leading again = %+v, want head 5 at LSN 20", st)
+	}
+	if err := b.BeginTx(ctx, event.TxMeta{CommitLSN: 20}); !errors.Is(err, ledger.ErrOutOfOrder) {
+		t.Fatalf("BeginTx(20) after leading again = %v, want ErrOutOfOrder", err)
+	}
+	ledgertest.WriteTx(t, b, 30, txEvents(30, 1)...)
+	sync(t, b)
+	// The deposed writer is fenced now.
+	ledgertest.WriteTx(t, a, 40, txEvents(40, 1)...)
+	if err := a.Sync(ctx); !errors.Is(err, jetstream.ErrFenced) {
+		t.Fatalf("the deposed writer's Sync after the new writer appended = %v, want ErrFenced", err)
+	}
+	size := func(lsn event.LSN) int { return map[event.LSN]int{10: 2, 20: 3, 30: 1}[lsn] }
+	checkLedger(t, readAll(t, b), 1, []event.LSN{10, 20, 30}, size)
+	eventually(t, "the deposed node to follow", func() bool { return a.State().Head == 6 })
+	checkLedger(t, readAll(t, a), 1, []event.LSN{10, 20, 30}, size)
+}
