@@ -15,8 +15,8 @@
 // is never held in it. [Ledger.CommitTx] publishes the transaction's events asynchronously,
 // the last one with the header Walflow-End carrying the transaction's first sequence and
 // its end LSN; [Ledger.Sync] waits until JetStream acknowledged every message (at the
-// stream's replication: a quorum of an R3 stream), records the bookkeeping in the state
-// bucket, and only then makes the transactions visible to the writer's own readers.
+// stream's replication: a quorum of an R3 stream), records the bookkeeping when needed
+// (see State), and only then makes the transactions visible to the writer's own readers.
 //
 // Readers on every node expose only events through the last message carrying Walflow-End,
 // so no reader sees part of a transaction. A writer that dies while publishing a
