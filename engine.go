@@ -62,6 +62,7 @@ type Engine struct {
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
 	alerts  alertState
+	console *consoleHistory
 
 	retentionEvery  time.Duration // how often Run applies Config.Retention; tests shorten it
 	retentionRounds atomic.Uint64 // rounds of retention done, for tests
@@ -119,6 +120,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
 		retentionEvery: retentionIntervalDefault}
 	e.alerts.init(log)
+	e.console = newConsoleHistory(cfg.ConsoleInterval)
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
 		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
@@ -265,6 +267,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { e.pollSlot(gctx); return nil })
 	g.Go(func() error { e.retain(gctx); return nil })
+	g.Go(func() error { e.sampleConsole(gctx); return nil })
 	if e.cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", e.cfg.HTTPAddr)
 		if err != nil {

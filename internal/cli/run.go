@@ -45,6 +45,11 @@ func runMain(ctx context.Context, e *env, path string) error {
 			return &usageError{err}
 		}
 	}
+	if c.adminToken != nil {
+		if cfg.AdminToken, err = c.adminToken.resolve(e.getenv); err != nil {
+			return &usageError{err}
+		}
+	}
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("open the engine: %w", err)
