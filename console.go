@@ -64,18 +64,25 @@ type ConsoleActionResult struct {
 }
 
 // mountConsole serves the console on mux: the page at / (unless the realtime gateway is
-// mounted there), its assets under ConsolePath and its API under ConsolePath + "api/".
+// mounted there) and at ConsolePath, its assets under ConsolePath and its API under
+// ConsolePath + "api/".
 func (e *Engine) mountConsole(mux *http.ServeMux) {
 	web, err := fs.Sub(consoleui.Files, "web")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
 	}
-	if e.cfg.Realtime == nil || e.cfg.Realtime.Path != "/" {
-		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Cache-Control", "no-cache")
-			http.ServeFileFS(w, r, web, "index.html")
-		})
+	page := func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Referrer-Policy", "no-referrer")
+		http.ServeFileFS(w, r, web, "index.html")
 	}
+	if e.cfg.Realtime == nil || e.cfg.Realtime.Path != "/" {
+		mux.HandleFunc("GET /{$}", page)
+	}
+	// Also under ConsolePath, for servers that mount Handler below their own page at /.
+	mux.HandleFunc("GET "+ConsolePath+"{$}", page)
 	mux.HandleFunc("GET "+ConsolePath+"{file}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-cache")
 		http.ServeFileFS(w, r, web, r.PathValue("file"))

@@ -180,9 +180,12 @@ func (e *Engine) sampleConsole(ctx context.Context) {
 
 // consoleSample measures the engine into a sample and adds it to the history.
 func (e *Engine) consoleSample(ctx context.Context) ConsoleSample {
+	// The time is taken before the reads, so that a slow read does not shorten the next
+	// interval and inflate its rates.
+	now := time.Now()
 	st := e.status(ctx, e.slot.Load())
 	s := ConsoleSample{
-		Time: time.Now(), Streaming: st.Streaming, EventsAppended: st.EventsAppended,
+		Time: now, Streaming: st.Streaming, EventsAppended: st.EventsAppended,
 		SlotMeasured: st.SlotExists && st.SlotError == "", SlotLagBytes: st.SlotLagBytes, RetainedWAL: st.RetainedWAL,
 		LedgerHead: st.LedgerHead, LedgerTail: st.LedgerTail, Consumers: []ConsoleConsumer{},
 	}

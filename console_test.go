@@ -162,7 +162,7 @@ func TestConsoleActionsNeedAdminToken(t *testing.T) {
 		!strings.Contains(err.Error(), "AdminToken") {
 		t.Errorf("a 5-character admin token: %v, want an error naming AdminToken", err)
 	}
-	for _, path := range []string{"/", "/console/console.js", "/console/chart.js", "/console/console.css"} {
+	for _, path := range []string{"/", "/console/", "/console/console.js", "/console/chart.js", "/console/console.css"} {
 		if rec := serve(on, "GET", path, "", ""); rec.Code != 200 || rec.Body.Len() == 0 {
 			t.Errorf("GET %s: %d", path, rec.Code)
 		}

@@ -221,7 +221,8 @@ async function showParked(name) {
     body.replaceChildren();
     for (const r of rows) {
       const tr = document.createElement("tr");
-      for (const text of [r.id, String(r.count), r.positions.join(", "), r.first_error, new Date(r.parked_at).toLocaleString()]) {
+      const shown = r.positions.slice(0, 12).join(", ") + (r.positions.length > 12 ? ` … (${r.positions.length - 12} more)` : "");
+      for (const text of [r.id, String(r.count), shown, r.first_error, new Date(r.parked_at).toLocaleString()]) {
         const td = document.createElement("td");
         td.textContent = text;
         tr.appendChild(td);
