@@ -171,8 +171,8 @@ func TestConsoleActionsNeedAdminToken(t *testing.T) {
 
 // TestConsoleHistoryAndActions: while rows are written, the history gains samples whose
 // numbers are those of /status once the writes stop; an operator halted on a failing row
-// shows as halted, a skip without the token is refused and one with it moves the operator
-// on.
+// shows as halted, a skip without the token is refused, a restart with it retries the
+// event (and halts again) and a skip with it moves the operator on.
 func TestConsoleHistoryAndActions(t *testing.T) {
 	t.Parallel()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);
@@ -254,6 +254,14 @@ func TestConsoleHistoryAndActions(t *testing.T) {
 	if eng.Operators().Operators()[0].Halted != true {
 		t.Fatal("a refused skip moved the operator")
 	}
+	// A restart retries the failing event, which halts the operator a second time.
+	if rec := serve(h, "POST", "/console/api/operators/counts/restart", testAdminToken, ""); rec.Code != 200 {
+		t.Fatalf("restart with the token: %d %s", rec.Code, rec.Body.String())
+	}
+	waitTrue(t, "the restarted operator halts again", func() bool {
+		return strings.Contains(serve(h, "GET", "/metrics", "", "").Body.String(), `walflow_operator_halts_total{operator="counts"} 2`) &&
+			eng.Operators().Operators()[0].Halted
+	})
 	rec := serve(h, "POST", "/console/api/operators/counts/skip", testAdminToken, "")
 	var res walflow.ConsoleActionResult
 	if rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &res) != nil || res.Skipped == 0 {

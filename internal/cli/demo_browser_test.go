@@ -275,19 +275,29 @@ func (b *browser) fail(what string, err error) {
 	b.t.Fatalf("%s: %v\nthe page:\n%s", what, err, text)
 }
 
-// screenshot saves the page as a PNG in $WALFLOW_ARTIFACTS, or in a temporary directory.
-func (b *browser) screenshot(name string) {
+// png returns a screenshot of the whole page.
+func (b *browser) png() []byte {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
-		b.t.Errorf("screenshot %s: %v", name, err)
+		b.t.Errorf("screenshot: %v", err)
+	}
+	return png
+}
+
+// screenshot saves the page as a PNG in $WALFLOW_ARTIFACTS, or in the test's artifact
+// directory (kept with go test -artifacts, temporary otherwise).
+func (b *browser) screenshot(name string) {
+	b.t.Helper()
+	png := b.png()
+	if png == nil {
 		return
 	}
 	dir := os.Getenv("WALFLOW_ARTIFACTS")
 	if dir == "" {
-		dir = b.t.TempDir()
+		dir = b.t.ArtifactDir()
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.t.Errorf("screenshot %s: %v", name, err)
 		return

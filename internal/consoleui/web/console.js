@@ -157,7 +157,13 @@ function button(label, onClick) {
   return b;
 }
 
+// drawConsumers rebuilds the table only when it changed, so that its buttons stay put
+// under the pointer between samples.
+let consumersKey = "";
 function drawConsumers(x) {
+  const key = JSON.stringify([x.consumers, state.admin]);
+  if (key === consumersKey) return;
+  consumersKey = key;
   const body = $("#consumers tbody");
   body.replaceChildren();
   $("#no-consumers").hidden = x.consumers.length > 0;
@@ -167,7 +173,7 @@ function drawConsumers(x) {
     tr.dataset.kind = c.kind;
     tr.dataset.name = c.name;
     const cells = [c.kind, c.name, c.state, int(c.position), int(c.lag_events),
-      c.kind === "operator" ? `${c.parked_events || 0} events, ${c.parked_ids || 0} rows` : "–"];
+      c.kind === "operator" ? `${c.parked_events || 0} events, ${c.parked_ids || 0} ${c.parked_ids === 1 ? "row" : "rows"}` : "–"];
     cells.forEach((text, i) => {
       const td = document.createElement("td");
       td.textContent = text;
