@@ -71,7 +71,8 @@ type ConsoleConsumer struct {
 	Position uint64 `json:"position"`
 	// LagEvents is the ledger head minus Position.
 	LagEvents uint64 `json:"lag_events"`
-	// State is an operator's halted, parked (it has parked events) or running; a
+	// State is an operator's halted, parked (it has parked events), running, or starting
+	// (its checkpoint is not read yet, so Position is 0); a
 	// projector's or index's phase (live, rehydrating, standby, halted, catching_up,
 	// stopped).
 	State string `json:"state"`
@@ -192,7 +193,7 @@ func (e *Engine) consoleSample(ctx context.Context) ConsoleSample {
 	for _, a := range st.Alerts {
 		s.Alerts = append(s.Alerts, a.Reason)
 	}
-	s.Consumers = append(s.Consumers, consoleConsumers(st)...)
+	s.Consumers = append(s.Consumers, consoleConsumers(st, e.ops == nil || e.ops.Loaded())...)
 	var lat realtime.LatencyHistogram
 	if e.gw != nil {
 		gs := e.gw.Stats()
@@ -202,14 +203,17 @@ func (e *Engine) consoleSample(ctx context.Context) ConsoleSample {
 	return e.console.add(s, lat)
 }
 
-// consoleConsumers lists the consumers of st.
-func consoleConsumers(st Status) []ConsoleConsumer {
+// consoleConsumers lists the consumers of st; opsLoaded says whether the operators'
+// positions are their checkpoints yet (before, they are starting).
+func consoleConsumers(st Status, opsLoaded bool) []ConsoleConsumer {
 	var out []ConsoleConsumer
 	lag := func(pos uint64) uint64 { return st.LedgerHead - min(st.LedgerHead, pos) }
 	for _, o := range st.Operators {
 		c := ConsoleConsumer{Kind: ConsumerOperator, Name: o.Name, Position: uint64(o.Position), LagEvents: lag(uint64(o.Position)),
 			State: "running", ParkedEvents: o.ParkedEvents, ParkedIDs: o.ParkedIDs}
 		switch {
+		case !opsLoaded:
+			c.State = "starting"
 		case o.Halted:
 			c.State = "halted"
 		case o.ParkedEvents > 0:

@@ -162,6 +162,11 @@ func TestConsoleActionsNeedAdminToken(t *testing.T) {
 		!strings.Contains(err.Error(), "AdminToken") {
 		t.Errorf("a 5-character admin token: %v, want an error naming AdminToken", err)
 	}
+	if _, err := walflow.Open(t.Context(), walflow.Config{DatabaseURL: "postgres://app@127.0.0.1:1/app", MemoryLedger: true,
+		Realtime: &walflow.RealtimeConfig{Path: "/console/stream", Gateway: realtime.GatewayConfig{Authorizer: realtime.AllowAll{}}}}); err == nil ||
+		!strings.Contains(err.Error(), "under the console's /console/") {
+		t.Errorf("a realtime path under /console/: %v, want an error", err)
+	}
 	for _, path := range []string{"/", "/console/", "/console/console.js", "/console/chart.js", "/console/console.css"} {
 		if rec := serve(on, "GET", path, "", ""); rec.Code != 200 || rec.Body.Len() == 0 {
 			t.Errorf("GET %s: %d", path, rec.Code)

@@ -105,6 +105,8 @@ function drawCharts() {
     }),
   })));
   const rt = (f) => col((x) => (x.realtime ? f(x.realtime) : null));
+  const hasRealtime = s.some((x) => x.realtime);
+  for (const c of [charts.connections, charts.messages, charts.latency]) c.root.hidden = !hasRealtime;
   charts.connections.update(times, [{ name: "connections", values: rt((r) => r.connections) }]);
   charts.messages.update(times, [{ name: "messages/s", values: rt((r) => r.messages_per_second) }]);
   charts.latency.update(times, [
