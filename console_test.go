@@ -1,6 +1,7 @@
 package walflow_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -14,8 +15,10 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/alert"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/projector"
 	"github.com/walflow/walflow/realtime"
 )
 
@@ -176,7 +179,7 @@ func TestConsoleActionsNeedAdminToken(t *testing.T) {
 
 // TestConsoleHistoryAndActions: while rows are written, the history gains samples whose
 // numbers are those of /status once the writes stop; an operator halted on a failing row
-// shows as halted, a skip without the token is refused, a restart with it retries the
+// shows as halted and a projector as live, a skip without the token is refused, a restart with it retries the
 // event (and halts again) and a skip with it moves the operator on.
 func TestConsoleHistoryAndActions(t *testing.T) {
 	t.Parallel()
@@ -192,7 +195,9 @@ func TestConsoleHistoryAndActions(t *testing.T) {
 		Operators: []operator.Operator{operator.SQL{Name: consoleOperator, Target: "counts", Entities: []string{"comments"}, ID: map[string]string{"comments": "post_id"},
 			Query: `INSERT INTO counts SELECT $1::int, (SELECT count(*) FROM comments c WHERE c.post_id = $1::int) ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`}},
 		OperatorRetry: operator.RetryPolicy{Min: time.Millisecond, Max: time.Millisecond, MaxRetries: 1},
-		Logger:        testLogger(t)})
+		Projectors: []projector.Projector{{Name: "seen", Entities: []string{"comments"},
+			Handle: func(context.Context, event.Event) error { return nil }}},
+		Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,9 +248,11 @@ func TestConsoleHistoryAndActions(t *testing.T) {
 			moved = moved || s.EventsPerSecond > 0
 		}
 		st := status()
-		return len(latest.Consumers) == 1 && latest.Consumers[0].State == "halted" &&
+		return len(latest.Consumers) == 2 && latest.Consumers[0].State == "halted" &&
 			latest.LedgerHead == st.LedgerHead && latest.EventsAppended == st.EventsAppended &&
-			latest.Consumers[0].Position == uint64(st.Operators[0].Position) && latest.Streaming == st.Streaming
+			latest.Consumers[0].Position == uint64(st.Operators[0].Position) && latest.Streaming == st.Streaming &&
+			len(st.Projectors) == 1 && latest.Consumers[1] == walflow.ConsoleConsumer{Kind: walflow.ConsumerProjector, Name: "seen",
+			Position: uint64(st.Projectors[0].Position), LagEvents: st.Projectors[0].Lag, State: "live"}
 	})
 	if !moved {
 		t.Error("no sample had events/s > 0 while 21 rows were written")
