@@ -186,8 +186,8 @@ func TestResyncProcedure(t *testing.T) {
 	}
 	runDone, stop = startRun(t, path, addr)
 	waitForOutput(t, runDone, []string{
-		`(?m)^post_with_comments_counts +\d+ +\d+ +yes +- +.*the checkpoint belongs to another ledger.*walflow operator reset post_with_comments_counts`,
-		`(?m)^comment_totals +\d+ +\d+ +yes +- +.*the checkpoint belongs to another ledger.*walflow operator reset comment_totals`,
+		`(?m)^post_with_comments_counts +\d+ +\d+ +yes +0 +- +.*the checkpoint belongs to another ledger.*walflow operator reset post_with_comments_counts`,
+		`(?m)^comment_totals +\d+ +\d+ +yes +0 +- +.*the checkpoint belongs to another ledger.*walflow operator reset comment_totals`,
 		`walflow operator reset NAME`,
 	}, "operator", "status", "--config", path)
 	var after int
