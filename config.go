@@ -26,6 +26,8 @@ const (
 	ProcessStatusDefault = "postgres"
 	// RetentionDefault is the default Config.Retention: a week.
 	RetentionDefault = 7 * 24 * time.Hour
+	// ConsoleIntervalDefault is the default Config.ConsoleInterval.
+	ConsoleIntervalDefault = 2 * time.Second
 )
 
 // Config configures an [Engine]. The zero value of every field but DatabaseURL is usable.
@@ -87,9 +89,17 @@ type Config struct {
 	// must reload its state and subscribe again from the head. A negative value keeps every
 	// event. Default RetentionDefault (7 days).
 	Retention time.Duration
-	// HTTPAddr is where Run serves /metrics, /healthz, /readyz and /status, e.g.
+	// HTTPAddr is where Run serves the console (/), /metrics, /healthz, /readyz and /status, e.g.
 	// 127.0.0.1:9187. Default "": no HTTP server (mount [Engine.Handler] yourself).
 	HTTPAddr string
+	// AdminToken enables the console's actions (restart or skip a halted operator, retry or
+	// discard its parked events) for requests that send it as Authorization: Bearer TOKEN.
+	// It must be at least 16 characters; use a long random string. Default "": the actions
+	// are refused with 403 and the console does not show them.
+	AdminToken string
+	// ConsoleInterval is how often Run samples the engine for the console's charts, which
+	// keep the last hour of samples. Default ConsoleIntervalDefault (2s).
+	ConsoleInterval time.Duration
 	// StatusInterval is how often the slot is acknowledged and its lag measured. Default 10s.
 	StatusInterval time.Duration
 	// SyncDelay is how long appended transactions may wait to share one ledger fsync.
@@ -140,6 +150,7 @@ func (c Config) withDefaults() Config {
 	c.Retention = cmp.Or(c.Retention, RetentionDefault)
 	c.StatusInterval = cmp.Or(c.StatusInterval, pgwal.StatusIntervalDefault)
 	c.SyncDelay = cmp.Or(c.SyncDelay, pgwal.SyncDelayDefault)
+	c.ConsoleInterval = cmp.Or(c.ConsoleInterval, ConsoleIntervalDefault)
 	c.ProcessStatus = cmp.Or(c.ProcessStatus, ProcessStatusDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -173,6 +184,9 @@ func (c Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			return fmt.Errorf("walflow: HTTPAddr %q is not host:port (like 127.0.0.1:9187): %w", c.HTTPAddr, err)
 		}
+	}
+	if err := c.validateConsole(); err != nil {
+		return err
 	}
 	if err := c.Alerts.Validate(); err != nil {
 		return err

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -294,9 +293,6 @@ func TestDocsJS(t *testing.T) {
 	}
 }
 
-// docsWrittenElsewhere are pages the README's map links to that other branches add.
-var docsWrittenElsewhere = []string{"docs/cluster.md", "docs/console.md"}
-
 // TestDocsLinks checks every relative link of the pages: the file exists and, for a link to
 // a heading (#anchor), the page has that heading.
 func TestDocsLinks(t *testing.T) {
@@ -320,9 +316,7 @@ func TestDocsLinks(t *testing.T) {
 				path = filepath.ToSlash(filepath.Clean(filepath.Join(filepath.Dir(f.Path), path)))
 			}
 			if _, err := os.Stat(path); err != nil {
-				if !slices.Contains(docsWrittenElsewhere, path) {
-					t.Errorf("%s links to %s: %v", f.Path, target, err)
-				}
+				t.Errorf("%s links to %s: %v", f.Path, target, err)
 				continue
 			}
 			if frag == "" {

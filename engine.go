@@ -60,6 +60,7 @@ type Engine struct {
 	slotReader *slotReader // reads the slot for slot, over its kept connection
 	slot       atomic.Pointer[slotSample]
 	alerts     alertState
+	console    *consoleHistory
 
 	retentionEvery  time.Duration // how often Run applies Config.Retention; tests shorten it
 	retentionRounds atomic.Uint64 // rounds of retention done, for tests
@@ -109,6 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
 		slotReader: &slotReader{dsn: cfg.DatabaseURL, slot: cfg.Slot}, retentionEvery: retentionIntervalDefault}
 	e.alerts.init(log)
+	e.console = newConsoleHistory(cfg.ConsoleInterval)
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
 		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
@@ -245,6 +247,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	r.goStopping(func(ctx context.Context) error { return e.src.Run(ctx, e.sink()) })
 	r.goLoop(e.pollSlot)
 	r.goLoop(e.retain)
+	r.goLoop(e.sampleConsole)
 	if err := e.serveHTTP(r); err != nil {
 		return r.abort(err)
 	}

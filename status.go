@@ -91,7 +91,8 @@ func (e *Engine) status(ctx context.Context, s *slotSample) Status {
 	return out
 }
 
-// Handler serves /metrics (Prometheus), /healthz (200 while streaming, 503 otherwise, with
+// Handler serves the console (an HTML page at /, its assets and API under /console/; see
+// docs/console.md), /metrics (Prometheus), /healthz (200 while streaming, 503 otherwise, with
 // the reason), /readyz (200 while streaming within every budget of Config.Alerts, 503
 // otherwise, with the reasons as JSON) and /status (the [Status] as JSON, with the slot as last measured), and, with
 // Config.Realtime, the realtime gateway under Realtime.Path (its metrics in /metrics).
@@ -144,6 +145,7 @@ func (e *Engine) Handler() http.Handler {
 	}
 	mux := http.NewServeMux()
 	e.mountRealtime(mux)
+	e.mountConsole(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !stats.Connected.Load() {

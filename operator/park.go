@@ -8,7 +8,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
@@ -472,4 +474,40 @@ func (r *Runner) keepParking(ctx context.Context) error {
 		return fmt.Errorf("operator: read the parked events: %w", err)
 	}
 	return nil
+}
+
+// ParkedCount is how many events an operator has parked, and for how many derived rows.
+type ParkedCount struct {
+	Operator string `json:"operator"`
+	Events   int    `json:"events"`
+	IDs      int    `json:"ids"`
+}
+
+// ParkedCounts counts the parked events of instance's operators, by operator name; an
+// operator without parked events is left out. It works from any process, and creates
+// nothing: before walflow first parked an event (the table does not exist yet) it returns
+// none.
+func ParkedCounts(ctx context.Context, db *pgxpool.Pool, instance string) ([]ParkedCount, error) {
+	rows, err := db.Query(ctx, `SELECT operator, count(*), count(DISTINCT derived_id) FROM walflow.operator_parked
+		WHERE instance = $1 GROUP BY operator ORDER BY operator`, instance)
+	if err != nil {
+		return nil, parkedCountsError(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ParkedCount, error) {
+		var c ParkedCount
+		err := r.Scan(&c.Operator, &c.Events, &c.IDs)
+		return c, err
+	})
+	if err != nil {
+		return nil, parkedCountsError(err)
+	}
+	return out, nil
+}
+
+func parkedCountsError(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == pgerrcode.UndefinedTable || pe.Code == pgerrcode.InvalidSchemaName) {
+		return nil
+	}
+	return fmt.Errorf("operator: count the parked events: %w", err)
 }

@@ -266,3 +266,26 @@ func TestParkedKeptAfterSwitchToHalt(t *testing.T) {
 		t.Fatalf("tally after the retry:\n%s", got)
 	}
 }
+
+// TestParkedCounts: ParkedCounts reads nothing and creates nothing before any operator
+// parked, then counts the parked events and rows of each operator.
+func TestParkedCounts(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if got, err := operator.ParkedCounts(t.Context(), e.db, ""); err != nil || len(got) != 0 {
+		t.Fatalf("ParkedCounts before walflow ran = %+v, %v; want none", got, err)
+	}
+	e.exec(poisonSchema)
+	e.exec(`INSERT INTO poison VALUES (2), (3)`)
+	r := e.run(operator.Config{Operators: []operator.Operator{tallyOperator}, SleepFunc: (&fakeSleep{}).sleep,
+		Retry: retry.Policy{MaxRetries: 1}})
+	e.exec(`INSERT INTO comments (id, post_id) VALUES (10, 1), (11, 2), (12, 2), (13, 3)`)
+	waitParked(t, r, func(p []operator.ParkedRow) bool { return len(p) == 2 && p[0].Count+p[1].Count == 3 })
+	got, err := operator.ParkedCounts(t.Context(), e.db, "")
+	if err != nil || len(got) != 1 || got[0] != (operator.ParkedCount{Operator: "tally", Events: 3, IDs: 2}) {
+		t.Fatalf("ParkedCounts = %+v, %v; want tally with 3 events in 2 rows", got, err)
+	}
+	if got, err := operator.ParkedCounts(t.Context(), e.db, "other"); err != nil || len(got) != 0 {
+		t.Errorf("ParkedCounts of another instance = %+v, %v; want none", got, err)
+	}
+}

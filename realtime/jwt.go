@@ -24,6 +24,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/internal/redact"
 )
 
 const (
@@ -494,4 +495,37 @@ func (a *JWTAuthorizer) grant(ctx context.Context, claims map[string]any) []patt
 		ps = append(ps, p)
 	}
 	return ps
+}
+
+// JWTSummary describes a [JWTAuthorizer]'s settings without its secret: what a person
+// checks to understand who may subscribe. It holds no key, and JWKS URLs come with their
+// query and password hidden.
+type JWTSummary struct {
+	// Algorithms are the algorithms some key enables (HS256, RS256, ES256).
+	Algorithms []string `json:"algorithms"`
+	// HS256Secret, RS256PublicKey and ES256PublicKey report which keys are configured.
+	HS256Secret    bool `json:"hs256_secret"`
+	RS256PublicKey bool `json:"rs256_public_key"`
+	ES256PublicKey bool `json:"es256_public_key"`
+	// JWKSURLs are the key sets' URLs.
+	JWKSURLs          []string `json:"jwks_urls,omitempty"`
+	ClaimName         string   `json:"claim_name"`
+	Issuer            string   `json:"issuer,omitempty"`
+	Audience          string   `json:"audience,omitempty"`
+	LeewaySeconds     float64  `json:"leeway_seconds"`
+	AllowAnonymous    bool     `json:"allow_anonymous"`
+	AnonymousChannels []string `json:"anonymous_channels,omitempty"`
+}
+
+// Summary returns the authorizer's settings without its secret.
+func (a *JWTAuthorizer) Summary() JWTSummary {
+	s := JWTSummary{
+		Algorithms: slices.Clone(a.algs), HS256Secret: a.hs != nil, RS256PublicKey: a.rs != nil, ES256PublicKey: a.es != nil,
+		ClaimName: a.cfg.ClaimName, Issuer: a.cfg.Issuer, Audience: a.cfg.Audience, LeewaySeconds: a.cfg.Leeway.Seconds(),
+		AllowAnonymous: a.cfg.AllowAnonymous, AnonymousChannels: slices.Clone(a.cfg.AnonymousChannels),
+	}
+	for _, u := range a.cfg.JWKSURLs {
+		s.JWKSURLs = append(s.JWKSURLs, redact.URL(u))
+	}
+	return s
 }

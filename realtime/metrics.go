@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 var (
@@ -53,4 +54,64 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		// Label values are snake_case like every other key: "client gone" → client_gone.
 		ch <- prometheus.MustNewConstMetric(disconnectsDesc, prometheus.CounterValue, float64(n), strings.ReplaceAll(reason.String(), " ", "_"))
 	}
+}
+
+// LatencyHistogram is the delivery latency's distribution since the gateway started:
+// Counts[i] messages took at most Bounds[i] seconds from their commit to their write
+// (cumulative, as in Prometheus), and Count took any time. Subtract two of them to get an
+// interval's distribution ([LatencyHistogram.Sub]).
+type LatencyHistogram struct {
+	Bounds []float64
+	Counts []uint64
+	Count  uint64
+}
+
+// DeliveryLatency returns the histogram of walflow_realtime_delivery_latency_seconds.
+func (g *Gateway) DeliveryLatency() LatencyHistogram {
+	var m dto.Metric
+	if err := g.latency.Write(&m); err != nil || m.Histogram == nil {
+		return LatencyHistogram{}
+	}
+	h := LatencyHistogram{Count: m.Histogram.GetSampleCount()}
+	for _, b := range m.Histogram.GetBucket() {
+		h.Bounds = append(h.Bounds, b.GetUpperBound())
+		h.Counts = append(h.Counts, b.GetCumulativeCount())
+	}
+	return h
+}
+
+// Sub returns the messages counted by h and not by the earlier old: an interval's
+// distribution. old must be an earlier histogram of the same gateway (or the zero value).
+func (h LatencyHistogram) Sub(old LatencyHistogram) LatencyHistogram {
+	out := LatencyHistogram{Bounds: h.Bounds, Counts: make([]uint64, len(h.Counts)), Count: h.Count - min(h.Count, old.Count)}
+	for i, c := range h.Counts {
+		if i < len(old.Counts) {
+			c -= min(c, old.Counts[i])
+		}
+		out.Counts[i] = c
+	}
+	return out
+}
+
+// Quantile estimates the q-quantile (0 < q < 1) of the latencies in seconds, by linear
+// interpolation within the bucket that holds it, as Prometheus's histogram_quantile does.
+// A quantile beyond the last bound is reported as that bound. ok is false when h counts no
+// message.
+func (h LatencyHistogram) Quantile(q float64) (seconds float64, ok bool) {
+	if h.Count == 0 || len(h.Bounds) == 0 {
+		return 0, false
+	}
+	rank := q * float64(h.Count)
+	lower, below := 0.0, uint64(0)
+	for i, c := range h.Counts {
+		if float64(c) >= rank {
+			in := c - below
+			if in == 0 {
+				return h.Bounds[i], true
+			}
+			return lower + (h.Bounds[i]-lower)*(rank-float64(below))/float64(in), true
+		}
+		lower, below = h.Bounds[i], c
+	}
+	return h.Bounds[len(h.Bounds)-1], true
 }

@@ -84,11 +84,11 @@ func TestDemoListensWhereTold(t *testing.T) {
 				done <- result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 			}()
 
-			// The page and the endpoints answer on addr once the demo has started.
+			// The page, the endpoints and the console answer on addr once the demo has started.
 			client := &http.Client{Timeout: 5 * time.Second}
 			deadline := time.Now().Add(2 * time.Minute)
 			var got []string
-			for _, path := range []string{"/", "/healthz"} {
+			for _, path := range []string{"/", "/healthz", "/console/"} {
 				for {
 					resp, err := client.Get("http://" + addr + path)
 					if err == nil {
@@ -118,7 +118,7 @@ func TestDemoListensWhereTold(t *testing.T) {
 			}
 			stop()
 			r := <-done
-			if r.code != ExitOK || !strings.Contains(r.stdout, banner) {
+			if r.code != ExitOK || !strings.Contains(r.stdout, banner) || !strings.Contains(r.stdout, "console     http://"+addr+"/console/ ") {
 				t.Errorf("demo %s %s served %v, then exit %d; want 0 and the address in the banner\nstdout:\n%s\nstderr:\n%s", flagName, value, got, r.code, r.stdout, r.stderr)
 			}
 		})

@@ -186,8 +186,8 @@ func TestResyncProcedure(t *testing.T) {
 	}
 	runDone, stop = startRun(t, path, addr)
 	waitForOutput(t, runDone, []string{
-		`(?m)^post_with_comments_counts +\d+ +\d+ +yes +- +.*the checkpoint belongs to another ledger.*walflow operator reset post_with_comments_counts`,
-		`(?m)^comment_totals +\d+ +\d+ +yes +- +.*the checkpoint belongs to another ledger.*walflow operator reset comment_totals`,
+		`(?m)^post_with_comments_counts +\d+ +\d+ +yes +0 +- +.*the checkpoint belongs to another ledger.*walflow operator reset post_with_comments_counts`,
+		`(?m)^comment_totals +\d+ +\d+ +yes +0 +- +.*the checkpoint belongs to another ledger.*walflow operator reset comment_totals`,
 		`walflow operator reset NAME`,
 	}, "operator", "status", "--config", path)
 	var after int
@@ -303,7 +303,7 @@ func TestTwoInstancesShareDatabase(t *testing.T) {
 		{pathB, slotB, "post_comment_totals", "post_with_comments_counts", slotA},
 	} {
 		r := runCLI(ctx, noEnv, "operator", "status", "--config", c.path)
-		if r.code != ExitOK || !regexp.MustCompile(`(?m)^`+c.own+` +\d+ +0 +no +- +$`).MatchString(r.stdout) ||
+		if r.code != ExitOK || !regexp.MustCompile(`(?m)^`+c.own+` +\d+ +0 +no +0 +- +$`).MatchString(r.stdout) ||
 			strings.Contains(r.stdout, c.other) || strings.Contains(r.stdout, "removed or renamed") ||
 			!strings.Contains(r.stdout, "instance: "+c.slot+" (the slot of ") ||
 			!regexp.MustCompile(`(?m)^  `+c.otherSlot+`: 1 operators$`).MatchString(r.stdout) {

@@ -262,6 +262,10 @@ type operatorStatus struct {
 	Configured bool `json:"configured"`
 	// Started says whether walflow.operators has its row (walflow run started it).
 	Started bool `json:"started"`
+	// ParkedEvents and ParkedIDs count the events the operator has parked (on_failure:
+	// park) and the derived rows they wait for, from walflow.operator_parked.
+	ParkedEvents int `json:"parked_events"`
+	ParkedIDs    int `json:"parked_ids"`
 }
 
 // operatorStatusDoc is walflow operator status --json.
@@ -294,6 +298,14 @@ func operatorStatusMain(ctx context.Context, e *env, path, instance string, asJS
 	instances, err := operator.Instances(ctx, pool)
 	if err != nil {
 		return oc.dbError(err)
+	}
+	parked, err := operator.ParkedCounts(ctx, pool, oc.instance)
+	if err != nil {
+		return oc.dbError(err)
+	}
+	parkedOf := map[string]operator.ParkedCount{}
+	for _, p := range parked {
+		parkedOf[p.Operator] = p
 	}
 	byName := map[string]operator.Status{}
 	for _, s := range stored {
@@ -338,6 +350,7 @@ func operatorStatusMain(ctx context.Context, e *env, path, instance string, asJS
 			lag := uint64(view.head - min(view.head, st.Position))
 			st.LagEvents = &lag
 		}
+		st.ParkedEvents, st.ParkedIDs = parkedOf[st.Name].Events, parkedOf[st.Name].IDs
 		doc.Operators = append(doc.Operators, st)
 	}
 	if asJSON {
@@ -366,10 +379,14 @@ func writeOperatorStatus(w io.Writer, doc *operatorStatusDoc, oc *operatorCmd) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
-	fmt.Fprintln(tw, "OPERATOR\tPOSITION\tLAG\tHALTED\tFAILED AT\tERROR")
-	var halted, unstarted, unconfigured bool
+	fmt.Fprintln(tw, "OPERATOR\tPOSITION\tLAG\tHALTED\tPARKED\tFAILED AT\tERROR")
+	var halted, unstarted, unconfigured, parked bool
 	for _, s := range doc.Operators {
-		name, pos, lag, h, failed := s.Name, "-", "-", "-", "-"
+		name, pos, lag, h, failed, park := s.Name, "-", "-", "-", "-", "-"
+		if s.Started || s.ParkedEvents > 0 {
+			park = parkedCell(s.ParkedEvents, s.ParkedIDs)
+			parked = parked || s.ParkedEvents > 0
+		}
 		if !s.Configured {
 			name += "*"
 			unconfigured = true
@@ -390,7 +407,7 @@ func writeOperatorStatus(w io.Writer, doc *operatorStatusDoc, oc *operatorCmd) {
 			failed = s.FailedPosition.String()
 		}
 		msg := strings.Join(strings.Fields(s.Error), " ")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", name, pos, lag, h, failed, msg)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, pos, lag, h, park, failed, msg)
 	}
 	_ = tw.Flush()
 	if unstarted {
@@ -399,6 +416,10 @@ func writeOperatorStatus(w io.Writer, doc *operatorStatusDoc, oc *operatorCmd) {
 	if unconfigured && oc.own {
 		fmt.Fprintf(w, "\n* not in %s: its checkpoint is left from an operator that was removed or renamed.\n", path)
 	}
+	if parked {
+		fmt.Fprintln(w, "\nParked events wait for their derived rows; the other rows go on. List them with")
+		fmt.Fprintln(w, "  walflow operator parked NAME, then retry (once the cause is fixed) or discard them.")
+	}
 	if halted {
 		fmt.Fprintln(w, "\nA halted operator waits. Fix the cause of its error, then run")
 		fmt.Fprintln(w, "  walflow operator restart NAME   to retry the event it failed on, or")
@@ -406,6 +427,17 @@ func writeOperatorStatus(w io.Writer, doc *operatorStatusDoc, oc *operatorCmd) {
 		fmt.Fprintln(w, "One halted on no event (its checkpoint belongs to another ledger) needs")
 		fmt.Fprintln(w, "  walflow operator reset NAME     to rebuild its rows and start it on this ledger.")
 	}
+}
+
+// parkedCell shows an operator's parked events: "0", or "5 (2 rows)".
+func parkedCell(events, ids int) string {
+	switch {
+	case events == 0:
+		return "0"
+	case ids == 1:
+		return fmt.Sprintf("%d (1 row)", events)
+	}
+	return fmt.Sprintf("%d (%d rows)", events, ids)
 }
 
 // writeOtherInstances lists the other instances that keep operators in the database.

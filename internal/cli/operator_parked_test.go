@@ -37,6 +37,19 @@ func TestOperatorParkedRetryDiscard(t *testing.T) {
 	other := "query for post_with_comments_counts id 7: ERROR: boom"
 	parkEvent(t, pool, name, "7", 20, &other)
 
+	// operator status counts them per operator.
+	r = runCLI(ctx, noEnv, "operator", "status", "--config", path)
+	for _, re := range []string{`(?m)^OPERATOR +POSITION +LAG +HALTED +PARKED +FAILED AT +ERROR$`, `(?m)^post_with_comments_counts +- +- +- +4 \(2 rows\) +- +$`,
+		`(?m)^comment_totals +- +- +- +- +- +$`, `walflow operator parked NAME, then retry`} {
+		if r.code != ExitOK || !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("operator status with parked events: exit %d, does not match %s:\n%s%s", r.code, re, r.stdout, r.stderr)
+		}
+	}
+	st, _ := operatorStatusJSON(t, path)
+	if o := st.operator(name); o.ParkedEvents != 4 || o.ParkedIDs != 2 || st.operator("comment_totals").ParkedEvents != 0 {
+		t.Errorf("operator status --json with parked events: %+v", st.Operators)
+	}
+
 	r = runCLI(ctx, noEnv, "operator", "parked", name, "--config", path)
 	if r.code != ExitOK {
 		t.Fatalf("operator parked: exit %d\n%s%s", r.code, r.stdout, r.stderr)

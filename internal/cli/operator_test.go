@@ -146,10 +146,10 @@ func TestOperatorStatusRestartSkip(t *testing.T) {
 	}
 	for _, re := range []string{
 		`(?m)^ledger head: unknown \(no walflow answers on http \(http.addr is off\) and the ledger \S+data does not exist yet\), so the lag is too$`,
-		`(?m)^OPERATOR +POSITION +LAG +HALTED +FAILED AT +ERROR$`,
-		`(?m)^post_with_comments_counts +40 +- +yes +41 +` + regexp.QuoteMeta(failure) + `$`,
-		`(?m)^comment_totals +- +- +- +- +$`,
-		`(?m)^old_counts\* +7 +- +no +- +$`,
+		`(?m)^OPERATOR +POSITION +LAG +HALTED +PARKED +FAILED AT +ERROR$`,
+		`(?m)^post_with_comments_counts +40 +- +yes +0 +41 +` + regexp.QuoteMeta(failure) + `$`,
+		`(?m)^comment_totals +- +- +- +- +- +$`,
+		`(?m)^old_counts\* +7 +- +no +0 +- +$`,
 		`has not been started yet: walflow run starts it`,
 		`\* not in \S+walflow.yaml: its checkpoint is left from an operator that was removed or renamed`,
 		`walflow operator restart NAME +to retry the event it failed on`,
@@ -425,8 +425,8 @@ operator_defaults:
 	// caught up, moving the head on; it is at the head again once it has passed them.
 	waitForOutput(t, runDone, []string{
 		`(?m)^ledger head: position \d+ \(from the running walflow at http://` + regexp.QuoteMeta(addr) + `/status\)$`,
-		`(?m)^post_with_comments_counts +\d+ +0 +no +- +$`,
-		`(?m)^comment_audit +\d+ +\d+ +yes +\d+ +.*violates check constraint "audit_check"`,
+		`(?m)^post_with_comments_counts +\d+ +0 +no +0 +- +$`,
+		`(?m)^comment_audit +\d+ +\d+ +yes +0 +\d+ +.*violates check constraint "audit_check"`,
 	}, "operator", "status", "--config", path)
 	waitForOutput(t, runDone, []string{
 		`(?m)^operator post_with_comments_counts +position \d+, 0 behind the head$`,

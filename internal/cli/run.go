@@ -45,6 +45,11 @@ func runMain(ctx context.Context, e *env, path string) error {
 			return &usageError{err}
 		}
 	}
+	if c.AdminToken != nil {
+		if cfg.AdminToken, err = c.AdminToken.Resolve(e.getenv); err != nil {
+			return &usageError{err}
+		}
+	}
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("open the engine: %w", err)

@@ -68,6 +68,9 @@ type ledgerConfig struct {
 type httpConfig struct {
 	// Addr is nil when the file leaves it out (default), "" when it turns HTTP off.
 	Addr *string `yaml:"addr"`
+	// AdminTokenFile and AdminTokenEnv say where the console's admin token is read from.
+	AdminTokenFile string `yaml:"admin_token_file"`
+	AdminTokenEnv  string `yaml:"admin_token_env"`
 }
 
 type logConfig struct {
@@ -92,6 +95,9 @@ type Config struct {
 	// Realtime is the realtime section, nil without one; run reads its keys into
 	// Engine.Realtime (see RealtimeSettings.Resolve).
 	Realtime *RealtimeSettings
+	// AdminToken is where run reads the console's admin token (http.admin_token_file or
+	// _env); nil without one.
+	AdminToken *AdminTokenSource
 }
 
 // configError is a mistake in the configuration file: the file, the line (0 when unknown),
@@ -183,9 +189,15 @@ var fileSpec = mapSpec("the top-level keys",
 		"backend", scalar("disk, pebble or memory"),
 		"retention", scalar("a duration like 7d or 72h, or forever"),
 	),
-	"http", mapSpec("the keys of http",
-		"addr", scalar(`host:port like 127.0.0.1:9187, or "" for no HTTP server`),
-	),
+	"http", func() *spec {
+		s := mapSpec("the keys of http",
+			"addr", scalar(`host:port like 127.0.0.1:9187, or "" for no HTTP server`),
+			"admin_token_file", scalar("a file holding the console's admin token, like /run/secrets/walflow_admin"),
+			"admin_token_env", scalar("an environment variable holding the console's admin token, like WALFLOW_ADMIN_TOKEN"),
+		)
+		s.refuse = map[string]string{"admin_token": "a secret is never written in the configuration file; put the token in a file and set admin_token_file: /run/secrets/walflow_admin, or in an environment variable and set admin_token_env: WALFLOW_ADMIN_TOKEN"}
+		return s
+	}(),
 	"log", mapSpec("the keys of log",
 		"level", scalar("debug, info, warn or error"),
 		"format", scalar("text or json"),
@@ -478,6 +490,10 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*Config, err
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
 			return nil, l.errPath("http.addr", `%q is not host:port; write it like 127.0.0.1:9187 (or "" for no HTTP server)`, e.HTTPAddr)
 		}
+	}
+
+	if err := l.adminToken(fc.HTTP, c); err != nil {
+		return nil, err
 	}
 
 	switch fc.Log.Level {

@@ -11,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -22,20 +20,16 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/page"
-	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/internal/browsertest"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/realtime"
 )
 
-// chromiumPath is the browser the tests drive: the distribution's Chromium.
-const chromiumPath = "/usr/bin/chromium"
-
-// browserWait bounds each wait for the page.
-const browserWait = 20 * time.Second
+const browserWait = browsertest.Wait
 
 // demoApp is the demo's engine and web app, run in-process on a database of the package's
 // cluster, without the writer: the test makes every change itself.
@@ -162,147 +156,22 @@ func (a *demoApp) exec(t *testing.T, sql string, args ...any) int {
 
 // browser is a headless Chromium tab on the demo app.
 type browser struct {
-	t   *testing.T
-	ctx context.Context
+	*browsertest.Browser
 	app *demoApp
-
-	mu       sync.Mutex
-	problems []string // uncaught exceptions and console errors of the pages
 }
 
-// newBrowser starts Chromium with a fresh profile; it stops when the test ends.
 func newBrowser(t *testing.T, app *demoApp) *browser {
 	t.Helper()
-	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Fatalf("the browser tests need Chromium at %s (%v); run scripts/setup, or as root: apt-get update && apt-get install -y --no-install-recommends chromium", chromiumPath, err)
-	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Headless,
-		chromedp.NoSandbox, // the tests run as root, where Chromium's sandbox cannot start
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1000, 900),
-	)
-	actx, stopAlloc := chromedp.NewExecAllocator(context.WithoutCancel(t.Context()), opts...)
-	ctx, stopTab := chromedp.NewContext(actx)
-	t.Cleanup(func() {
-		stopTab()
-		stopAlloc() // waits for the browser to exit, before its profile directory is removed
-	})
-	b := &browser{t: t, ctx: ctx, app: app}
-	// The first action starts the browser; it must have no timeout, which would end it.
-	if err := chromedp.Listen(ctx, b.listen); err != nil {
-		t.Fatalf("start Chromium (%s): %v", chromiumPath, err)
-	}
-	return b
+	return &browser{Browser: browsertest.New(t), app: app}
 }
 
-// listen records the pages' uncaught exceptions and console errors.
-func (b *browser) listen(ev any) {
-	var p string
-	switch ev := ev.(type) {
-	case *runtime.EventExceptionThrown:
-		p = (&chromedp.ExceptionError{ExceptionDetails: ev.ExceptionDetails}).Error()
-	case *runtime.EventConsoleAPICalled:
-		if ev.Type != runtime.ConsoleAPICalledTypeError {
-			return
-		}
-		var args []string
-		for _, a := range ev.Args {
-			args = append(args, string(a.Value)+a.Description)
-		}
-		p = "console.error: " + strings.Join(args, " ")
-	default:
-		return
-	}
-	b.mu.Lock()
-	b.problems = append(b.problems, p)
-	b.mu.Unlock()
-}
+func (b *browser) do(what string, actions ...chromedp.Action[chromedp.Void]) { b.Do(what, actions...) }
+func (b *browser) waitJS(what, expr string)                                  { b.WaitJS(what, expr) }
+func (b *browser) fail(what string, err error)                               { b.Fail(what, err) }
+func (b *browser) screenshot(name string)                                    { b.Screenshot(name) }
+func (b *browser) checkProblems()                                            { b.CheckProblems() }
 
-// checkProblems fails the test when a page threw or logged an error.
-func (b *browser) checkProblems() {
-	b.t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, p := range b.problems {
-		b.t.Errorf("the page reported: %s", p)
-	}
-	b.problems = nil
-}
-
-// do runs actions, failing the test with the page's text when they fail.
-func (b *browser) do(what string, actions ...chromedp.Action[chromedp.Void]) {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
-	defer cancel()
-	if err := chromedp.Do(ctx, actions...); err != nil {
-		b.fail(what, err)
-	}
-}
-
-// waitJS waits until the JavaScript expression is truthy on the current page.
-//
-// An expression that throws counts as false, so that it may read elements the page has not
-// rendered yet: a slow page is waited for rather than failed.
-func (b *browser) waitJS(what, expr string) {
-	b.t.Helper()
-	expr = "(() => { try { return (" + expr + "); } catch { return false; } })()"
-	b.do("wait until "+what, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(25*time.Millisecond), chromedp.WithPollingTimeout(browserWait)))
-}
-
-// eval evaluates a JavaScript expression on the current page.
-func eval[T any](b *browser, expr string) T {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
-	defer cancel()
-	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
-	if err != nil {
-		b.fail("evaluate "+expr, err)
-	}
-	return v
-}
-
-func (b *browser) fail(what string, err error) {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
-	defer cancel()
-	text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + "\n" + document.body.innerText`))
-	b.screenshot("failure")
-	b.checkProblems()
-	b.t.Fatalf("%s: %v\nthe page:\n%s", what, err, text)
-}
-
-// screenshot saves the page as a PNG in $WALFLOW_ARTIFACTS, or in a temporary directory.
-func (b *browser) screenshot(name string) {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
-	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	if err != nil {
-		b.t.Errorf("screenshot %s: %v", name, err)
-		return
-	}
-	dir := os.Getenv("WALFLOW_ARTIFACTS")
-	if dir == "" {
-		dir = b.t.TempDir()
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		b.t.Errorf("screenshot %s: %v", name, err)
-		return
-	}
-	path := filepath.Join(dir, fmt.Sprintf("%s_%s.png", b.t.Name(), name))
-	if err := os.WriteFile(path, png, 0o644); err != nil {
-		b.t.Errorf("screenshot %s: %v", name, err)
-		return
-	}
-	b.t.Logf("screenshot: %s", path)
-}
+func eval[T any](b *browser, expr string) T { return browsertest.Eval[T](b.Browser, expr) }
 
 // TestDemoInBrowser drives the demo's pages in Chromium while the test changes the blog in
 // PostgreSQL: live counts, create-then-redirect once the derived row exists, live comments,
@@ -327,7 +196,7 @@ func TestDemoInBrowser(t *testing.T) {
 	b.do("fill the form",
 		chromedp.SendKeys(chromedp.ID("title"), "From the browser"),
 		chromedp.SendKeys(chromedp.ID("body"), "Typed by chromedp."))
-	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
+	ctx, cancel := context.WithTimeout(b.Context(), browserWait)
 	nav, err := chromedp.Run(ctx, chromedp.WaitEvent(page.FrameNavigated,
 		func(e page.EventFrameNavigated) bool { return e.Frame != nil && e.Frame.ParentID == "" },
 		chromedp.Click(chromedp.ID("publish"))))

@@ -485,6 +485,7 @@ func (d *demo) banner(ctx context.Context, duration time.Duration) {
   database    %s   (%s)
               connect with psql and change posts or comments yourself: it shows up below
   realtime    ws://%s/realtime/   (walflow.js at /realtime/walflow.js; anyone on 127.0.0.1 may read)
+  console     http://%s/console/   live charts of the engine (docs/console.md)
   metrics     http://%s/metrics   (and /status, /healthz)
   ledger      %s   (slot %s)
   subscribed  posts, comments, %s   (comments are scoped by posts/{post_id})
@@ -497,7 +498,7 @@ changed, and the channels it was delivered on.
 The %s lines are the operator's work, right after the changes that caused them.
 %s
 
-`, c.HTTPAddr, d.dsn, version, c.HTTPAddr, c.HTTPAddr, c.LedgerDir, c.Slot, demoDerived, demoDerived, d.configPath, writes, demoDerived, stop)
+`, c.HTTPAddr, d.dsn, version, c.HTTPAddr, c.HTTPAddr, c.HTTPAddr, c.LedgerDir, c.Slot, demoDerived, demoDerived, d.configPath, writes, demoDerived, stop)
 }
 
 func (d *demo) keptNote() {
