@@ -106,13 +106,13 @@ func (r *Registry) Put(ctx context.Context, info NodeInfo) error {
 }
 
 // Beat writes this node's entry now, filled by the function [Registry.Run] runs with. It
-// does nothing before Run has started.
+// fails before Run has started.
 func (r *Registry) Beat(ctx context.Context) error {
 	r.mu.Lock()
 	fill := r.fill
 	r.mu.Unlock()
 	if fill == nil {
-		return nil
+		return fmt.Errorf("cluster: heartbeat of node %q is not running; start Registry.Run before the replication source", r.name)
 	}
 	return r.Put(ctx, fill())
 }
