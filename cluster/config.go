@@ -22,7 +22,7 @@ const (
 	// HeartbeatDefault is how often a node refreshes its entry in the registry.
 	HeartbeatDefault = time.Second
 	// NodeTTLDefault is how long a node's entry outlives its last heartbeat.
-	NodeTTLDefault = 5 * time.Second
+	NodeTTLDefault = 4 * time.Second
 	// ListenDefault is the embedded server's client address.
 	ListenDefault = "127.0.0.1:4222"
 	// ClusterNameDefault is the embedded servers' cluster name.
@@ -61,7 +61,7 @@ type Config struct {
 	Heartbeat time.Duration
 	// NodeTTL is how long a node's entry outlives its last heartbeat: a node silent for
 	// longer is gone from the registry, and a standby then ends its replication session
-	// (see Elector). It must be at least twice Heartbeat. Default 5s.
+	// (see Elector). It must be at least twice Heartbeat. Default 4s.
 	NodeTTL time.Duration
 	// Logger receives the cluster's logs (and the embedded server's warnings and errors).
 	// Default: warnings and errors as text on stderr.
