@@ -160,8 +160,8 @@ func slotHolder(t *testing.T, ctx context.Context, conn *pgx.Conn, slot string) 
 // TestElectorTakeover runs contender processes for one slot: SIGKILL of the leader (its
 // kernel closes the connection, PostgreSQL frees the slot at once) and SIGSTOP of the next
 // (a frozen process or dead machine: PostgreSQL keeps its walsender for wal_sender_timeout,
-// 60s here, so the standby must end it once the leader's registry entry expires). Each
-// time a standby takes over; the measured takeover times are logged.
+// here the server's 60s, so the standby must end it once the leader's registry entry
+// expires). Each time a standby takes over; the measured takeover times are logged.
 func TestElectorTakeover(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 4*time.Minute)
@@ -181,7 +181,7 @@ func TestElectorTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	slot := conn.Config().Database // slots are cluster-wide: one per test database
-	args := []string{"-dsn", dsn, "-slot", slot, "-nats", strings.Join(lc.URLs(), ",")}
+	args := []string{"-dsn", dsn, "-slot", slot, "-nats", strings.Join(lc.URLs(), ","), "-sender-timeout", "-1s"}
 	insert := func(id int) {
 		t.Helper()
 		if _, err := conn.Exec(ctx, "INSERT INTO t VALUES ($1)", id); err != nil {
@@ -249,4 +249,52 @@ func TestElectorTakeover(t *testing.T) {
 	if frozen.count("event 3") != 0 {
 		t.Fatal("the deposed leader appended row 3, committed after it lost the slot")
 	}
+}
+
+// TestTakeoverBySenderTimeout freezes the leader while the standby never ends walsenders
+// itself (as when the leader still heartbeats but its network to PostgreSQL is cut): the
+// per-connection wal_sender_timeout (pgwal.Standby.SenderTimeout, 5s) frees the slot. With
+// the server's 60s, the wait below would time out.
+func TestTakeoverBySenderTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, 4*time.Minute)
+	bin := buildContender(t)
+	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	dsn := pgtest.NewDatabase(t)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	if _, err := conn.Exec(ctx, "CREATE TABLE t (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	slot := conn.Config().Database
+	args := []string{"-dsn", dsn, "-slot", slot, "-nats", strings.Join(lc.URLs(), ","), "-no-holder-check"}
+	a, b := startContender(t, bin, "a", args...), startContender(t, bin, "b", args...)
+	leader := waitAny(t, ctx, "leading", 1, a, b)
+	standby := a
+	if leader == a {
+		standby = b
+	}
+	waitAny(t, ctx, "claim", 1, standby)
+	stopped := time.Now()
+	if err := leader.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+	defer cancel()
+	waitAny(t, wctx, "leading", 1, standby)
+	t.Logf("takeover after SIGSTOP of the leader, freed by wal_sender_timeout: %s", time.Since(stopped).Round(time.Millisecond))
+	if log, _ := os.ReadFile(standby.log); strings.Contains(string(log), "ending the slot's walsender") {
+		t.Fatal("the standby ended the walsender itself; this test is about wal_sender_timeout")
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	waitAny(t, ctx, "event 1", 1, standby)
 }

@@ -156,6 +156,9 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 	rcfg.RuntimeParams["TimeZone"] = "UTC"
 	rcfg.RuntimeParams["IntervalStyle"] = "postgres"
 	rcfg.RuntimeParams["extra_float_digits"] = "3"
+	if sb := s.cfg.Standby; sb != nil && sb.SenderTimeout > 0 {
+		rcfg.RuntimeParams["wal_sender_timeout"] = fmt.Sprintf("%dms", sb.SenderTimeout.Milliseconds())
+	}
 	repl, err := pgconn.ConnectConfig(ctx, rcfg)
 	if err != nil {
 		return false, fmt.Errorf("pgwal: open replication connection: %w", err)

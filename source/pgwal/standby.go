@@ -12,8 +12,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// StandbyIntervalDefault is the default Standby.Interval.
-const StandbyIntervalDefault = time.Second
+// Defaults for [Standby].
+const (
+	StandbyIntervalDefault      = time.Second
+	StandbySenderTimeoutDefault = 5 * time.Second
+)
 
 // Standby makes a [Source] one of several contenders for the slot, of which PostgreSQL
 // lets exactly one stream: a logical slot has at most one active walsender, and
@@ -40,6 +43,14 @@ type Standby struct {
 	// it publishes that the walsender with this pid belongs to a live node, so other
 	// contenders' HolderAliveFunc can tell. An error ends the session. Default nil.
 	ClaimFunc func(ctx context.Context, pid int32) error
+	// SenderTimeout is the wal_sender_timeout of the source's replication connections
+	// (PostgreSQL 12 and newer take it per connection): the walsender of a leader that
+	// stopped answering (its machine is gone, or the network between it and PostgreSQL is
+	// cut) exits after this long, freeing the slot for a standby. The source answers the
+	// walsender's keepalives at once, but a leader whose sink blocks for longer than this
+	// (a stalled ledger) loses the slot too, to a standby whose LeadFunc fences it. A
+	// negative value keeps the server's setting (60s by default). Default 5s.
+	SenderTimeout time.Duration
 	// HolderAliveFunc, when set, is asked while the slot is active elsewhere whether the
 	// walsender holding it (pid) serves a live contender. When it answers false twice in a
 	// row, Interval apart, for the same pid, the standby ends that walsender with
@@ -59,6 +70,9 @@ func (sb *Standby) withDefaults() *Standby {
 	if c.Interval == 0 {
 		c.Interval = StandbyIntervalDefault
 	}
+	if c.SenderTimeout == 0 {
+		c.SenderTimeout = StandbySenderTimeoutDefault
+	}
 	return &c
 }
 
@@ -68,6 +82,9 @@ func (sb *Standby) validate() error {
 	}
 	if sb.LeadFunc == nil {
 		return errors.New("pgwal: Standby.LeadFunc is nil; set it to make the shared sink writable by the leader (for a ledger/jetstream ledger, its Lead method)")
+	}
+	if sb.SenderTimeout > 0 && sb.SenderTimeout < 100*time.Millisecond {
+		return fmt.Errorf("pgwal: Standby.SenderTimeout %s is too short for a walsender to wait for its client; use a few seconds (default 5s), or a negative value to keep the server's wal_sender_timeout", sb.SenderTimeout)
 	}
 	if sb.Interval < 0 {
 		return fmt.Errorf("pgwal: Standby.Interval %s is negative; use a short interval such as 1s", sb.Interval)

@@ -227,6 +227,7 @@ func TestStandbyConfig(t *testing.T) {
 		{pgwal.Config{ConnString: "postgres://x@127.0.0.1/db", Standby: &pgwal.Standby{}}, "LeadFunc is nil"},
 		{pgwal.Config{ConnString: "postgres://x@127.0.0.1/db", TemporarySlot: true, Standby: &pgwal.Standby{LeadFunc: func(context.Context) error { return nil }}}, "TemporarySlot"},
 		{pgwal.Config{ConnString: "postgres://x@127.0.0.1/db", Standby: &pgwal.Standby{Interval: -1, LeadFunc: func(context.Context) error { return nil }}}, "negative"},
+		{pgwal.Config{ConnString: "postgres://x@127.0.0.1/db", Standby: &pgwal.Standby{SenderTimeout: time.Millisecond, LeadFunc: func(context.Context) error { return nil }}}, "SenderTimeout 1ms is too short"},
 	} {
 		if _, err := pgwal.New(tt.cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("New(%+v) = %v, want an error with %q", tt.cfg, err, tt.want)

@@ -47,6 +47,8 @@ func run() error {
 	name := flag.String("name", "", "node name")
 	heartbeat := flag.Duration("heartbeat", cluster.HeartbeatDefault, "registry heartbeat")
 	ttl := flag.Duration("ttl", cluster.NodeTTLDefault, "registry entry TTL")
+	noHolderCheck := flag.Bool("no-holder-check", false, "never end the slot's walsender (as when the leader still heartbeats but cannot reach PostgreSQL)")
+	senderTimeout := flag.Duration("sender-timeout", 0, "pgwal.Standby.SenderTimeout (0: its default; negative: the server's wal_sender_timeout)")
 	flag.Parse()
 	child.ExitOnEOF("contender")
 
@@ -80,6 +82,10 @@ func run() error {
 		say("leading %d", src.Stats().ReplicationPID.Load())
 		return nil
 	})
+	standby.SenderTimeout = *senderTimeout
+	if *noHolderCheck {
+		standby.HolderAliveFunc = nil
+	}
 	claim := standby.ClaimFunc
 	standby.ClaimFunc = func(ctx context.Context, pid int32) error {
 		if err := claim(ctx, pid); err != nil {
