@@ -250,7 +250,10 @@ func (s *Source) standbySession(ctx context.Context, sink Sink, sqlConn *pgx.Con
 	if err != nil {
 		return false, err
 	}
-	if err := s.cfg.Standby.LeadFunc(ctx); err != nil {
+	stopKeepalive := keepSlot(repl)
+	err = s.cfg.Standby.LeadFunc(ctx)
+	stopKeepalive()
+	if err != nil {
 		return false, fmt.Errorf("pgwal: take the lead of the ledger after getting slot %q: %w", s.cfg.Slot, err)
 	}
 	st := sink.State()

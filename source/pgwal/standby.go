@@ -204,6 +204,37 @@ func (s *Source) waitReleased(ctx context.Context, sqlConn *pgx.Conn, pid int32,
 	return nil
 }
 
+// keepSlot keeps a just started replication session alive while the caller does not read
+// it (LeadFunc may take longer than wal_sender_timeout): it sends a standby status update
+// every second, which the walsender counts as a reply, and returns a function that stops
+// and waits for it. The updates carry no position (InvalidXLogRecPtr), so the slot's
+// confirmed position stays where it is. What the walsender sends meanwhile waits in the
+// connection, unread.
+func keepSlot(repl *pgconn.PgConn) (stop func()) {
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			// Write-only: the caller's goroutine does not touch the connection until stop.
+			if err := pglogrepl.SendStandbyStatusUpdate(context.Background(), repl, pglogrepl.StandbyStatusUpdate{}); err != nil {
+				return // the session is broken; the stream that follows reports it
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
+}
+
 func pluginArgs(publication string) []string {
 	return []string{"proto_version '1'", "publication_names '" + publication + "'"}
 }

@@ -2,6 +2,7 @@ package pgwal_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -232,5 +233,40 @@ func TestStandbyConfig(t *testing.T) {
 		if _, err := pgwal.New(tt.cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("New(%+v) = %v, want an error with %q", tt.cfg, err, tt.want)
 		}
+	}
+}
+
+// TestStandbySlowLead: a LeadFunc that takes longer than the walsender's timeout must not
+// cost the slot: the session stays alive meanwhile, and streams after.
+func TestStandbySlowLead(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	var leads atomic.Int32
+	cfg := h.config("t")
+	cfg.Standby = &pgwal.Standby{Interval: 100 * time.Millisecond, SenderTimeout: time.Second,
+		LeadFunc: func(ctx context.Context) error {
+			if leads.Add(1) > 1 {
+				return errors.New("led twice") // the test fails below
+			}
+			// Sent to us while we do not read. (Not h.exec: its t.Fatal would stop Run's
+			// goroutine, not the test's.)
+			if _, err := h.conn.Exec(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(4 * time.Second): // four walsender timeouts
+			}
+			return nil
+		}}
+	h.start(cfg)
+	waitFor(t, "the source to stream or lead twice", func() bool { return h.src.Stats().Connected.Load() || leads.Load() > 1 })
+	if n := leads.Load(); n != 1 {
+		t.Fatalf("LeadFunc called %d times, want once: the session was lost while leading", n)
+	}
+	h.exec(`INSERT INTO t VALUES (2)`)
+	checkIDs(t, h, 2)
+	if n := leads.Load(); n != 1 {
+		t.Fatalf("LeadFunc called %d times, want once: the session was lost while leading", n)
 	}
 }
