@@ -95,8 +95,8 @@ func (sb *Standby) validate() error {
 // acquire contends for the slot on repl until it gets it (nil), ctx ends, or the session
 // fails. It creates the slot when missing. start is where streaming starts as the sink's
 // State knew before leading; the server starts from the slot's confirmed position when that
-// is later, and the stream skips what the sink already holds. created reports whether this
-// call created the slot.
+// is later, and the stream skips what the sink already holds. created reports whether the
+// slot was created on the try that got it.
 func (s *Source) acquire(ctx context.Context, sqlConn *pgx.Conn, repl *pgconn.PgConn, start pglogrepl.LSN) (created bool, err error) {
 	sb := s.cfg.Standby
 	pid := int32(repl.PID())
@@ -111,6 +111,9 @@ func (s *Source) acquire(ctx context.Context, sqlConn *pgx.Conn, repl *pgconn.Pg
 		terminated int32
 	)
 	for {
+		// Only a slot created on the try that gets it is new: one created on an earlier try
+		// may since have been streamed into the sink by another contender.
+		created = false
 		info, exists, err := QuerySlot(ctx, sqlConn, s.cfg.Slot)
 		if err != nil {
 			return false, err
