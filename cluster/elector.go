@@ -34,7 +34,8 @@ func NewElector(reg *Registry) *Elector {
 // Standby returns the pgwal.Config.Standby of this node: lead is called when the node gets
 // the slot (for a JetStream ledger, its Lead method); the claim and the holder check use
 // the registry. The node's heartbeat must run ([Registry.Run]) with a fill that reports
-// the source's Stats.ReplicationPID (see [SourceRole]).
+// the source's Stats.ReplicationPID (see [SourceRole]); the source waits for it to start
+// before it contends.
 func (e *Elector) Standby(lead func(ctx context.Context) error) *pgwal.Standby {
 	return &pgwal.Standby{
 		LeadFunc:        lead,

@@ -1,10 +1,15 @@
 package cluster_test
 
 import (
+	"context"
 	"fmt"
+	"log"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/walflow/walflow/cluster"
+	"github.com/walflow/walflow/source/pgwal"
 )
 
 // A node's view of a three-node cluster: the leader, each node's lag, and where the
@@ -43,4 +48,46 @@ func ExampleConfig() {
 	}.WithDefaults()
 	fmt.Println(cfg.Validate(), cfg.Replicas, cfg.Server.Sync, cfg.Stream)
 	// Output: <nil> 3 always walflow
+}
+
+// One node of a cluster: the registry heartbeat, and a replication source that contends for
+// the slot through the Elector. lead stands for the shared ledger's Lead method, and sink
+// for that ledger.
+func ExampleElector() {
+	ctx := context.Background()
+	cfg := cluster.Config{URLs: []string{"nats://10.0.0.1:4222"}, NodeName: "node-1"}.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		log.Fatal(err)
+	}
+	conn, err := cluster.Connect(ctx, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	reg, err := cluster.OpenRegistry(ctx, conn.NC, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	lead := func(context.Context) error { return nil }
+	src, err := pgwal.New(pgwal.Config{
+		ConnString: "postgres://walflow@db:5432/app",
+		Standby:    cluster.NewElector(reg).Standby(lead),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		// The heartbeat publishes the source's replication connection; the source waits
+		// for it before it contends.
+		return reg.Run(ctx, func() cluster.NodeInfo {
+			role, since, pid := cluster.SourceRole(src.Stats())
+			return cluster.NodeInfo{Role: role, LeaderSince: since, ReplicationPID: pid, HTTPAddr: "10.0.0.1:9187"}
+		})
+	})
+	var sink pgwal.Sink // the shared ledger
+	g.Go(func() error { return src.Run(ctx, sink) })
+	if err := g.Wait(); err != nil {
+		log.Fatal(err)
+	}
 }

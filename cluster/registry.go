@@ -64,8 +64,9 @@ type Registry struct {
 	cfg  Config
 	log  *slog.Logger
 
-	mu   sync.Mutex
-	fill func() NodeInfo
+	started chan struct{} // closed when Run sets fill
+	mu      sync.Mutex
+	fill    func() NodeInfo
 }
 
 // OpenRegistry creates the registry's bucket when missing (Config.Bucket, kept in memory
@@ -88,7 +89,7 @@ func OpenRegistry(ctx context.Context, nc *nats.Conn, cfg Config) (*Registry, er
 	if err != nil {
 		return nil, fmt.Errorf("cluster: open the node registry (bucket %q, %d replicas): %w", cfg.Bucket, cfg.Replicas, err)
 	}
-	return &Registry{kv: kv, name: cfg.NodeName, cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster"))}, nil
+	return &Registry{kv: kv, name: cfg.NodeName, cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster")), started: make(chan struct{})}, nil
 }
 
 // Put writes this node's entry now. info.Name is set to this node's name.
@@ -105,15 +106,17 @@ func (r *Registry) Put(ctx context.Context, info NodeInfo) error {
 	return nil
 }
 
-// Beat writes this node's entry now, filled by the function [Registry.Run] runs with. It
-// fails before Run has started.
+// Beat writes this node's entry now, filled by the function [Registry.Run] runs with.
+// Before Run has started it waits for it, until ctx ends.
 func (r *Registry) Beat(ctx context.Context) error {
+	select {
+	case <-r.started:
+	case <-ctx.Done():
+		return fmt.Errorf("cluster: heartbeat of node %q is not running (start Registry.Run with the replication source): %w", r.name, ctx.Err())
+	}
 	r.mu.Lock()
 	fill := r.fill
 	r.mu.Unlock()
-	if fill == nil {
-		return fmt.Errorf("cluster: heartbeat of node %q is not running; start Registry.Run before the replication source", r.name)
-	}
 	return r.Put(ctx, fill())
 }
 
@@ -124,8 +127,12 @@ func (r *Registry) Beat(ctx context.Context) error {
 // when ctx ends.
 func (r *Registry) Run(ctx context.Context, fill func() NodeInfo) error {
 	r.mu.Lock()
+	first := r.fill == nil
 	r.fill = fill
 	r.mu.Unlock()
+	if first {
+		close(r.started)
+	}
 	t := time.NewTicker(r.cfg.Heartbeat)
 	defer t.Stop()
 	failing := false

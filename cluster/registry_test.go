@@ -97,8 +97,10 @@ func TestRegistryEntryExpires(t *testing.T) {
 	t.Parallel()
 	regs := newRegistries(t, 500*time.Millisecond, "frozen", "watcher")
 	ctx := testContext(t, time.Minute)
-	if err := regs[0].Beat(ctx); err == nil || !strings.Contains(err.Error(), "not running") {
-		t.Fatalf("Beat before Run = %v, want an error", err)
+	bctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := regs[0].Beat(bctx); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Fatalf("Beat before Run = %v, want an error once its context ends", err)
 	}
 	if err := regs[0].Put(ctx, NodeInfo{Role: RoleLeader}); err != nil {
 		t.Fatal(err)
