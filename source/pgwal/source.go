@@ -250,7 +250,7 @@ func (s *Source) standbySession(ctx context.Context, sink Sink, sqlConn *pgx.Con
 	if err != nil {
 		return false, err
 	}
-	stopKeepalive := keepSlot(repl)
+	stopKeepalive := keepSlot(repl, keepaliveEvery(s.cfg.Standby))
 	err = s.cfg.Standby.LeadFunc(ctx)
 	stopKeepalive()
 	if err != nil {
@@ -292,6 +292,14 @@ func (s *Source) streamSlot(ctx context.Context, sink Sink, repl *pgconn.PgConn,
 	s.stats.StreamingSince.Store(time.Now().UnixNano())
 	defer s.stats.StreamingSince.Store(0)
 
+	if s.cfg.Standby != nil {
+		// A leader's shared sink may stall (its servers elect a new leader) for longer
+		// than the short wal_sender_timeout of a standby session: answer for it meanwhile.
+		g := &sinkGuard{Sink: sink, conn: repl, every: keepaliveEvery(s.cfg.Standby)}
+		stop := g.run()
+		defer stop()
+		sink = g
+	}
 	st2 := &stream{
 		src: s, sink: sink, conn: repl, sql: sqlConn, types: newTypeResolver(),
 		rels:       map[uint32]*relation{},

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walflow/walflow/event"
 )
 
 // Defaults for [Standby].
@@ -209,16 +212,16 @@ func (s *Source) waitReleased(ctx context.Context, sqlConn *pgx.Conn, pid int32,
 
 // keepSlot keeps a just started replication session alive while the caller does not read
 // it (LeadFunc may take longer than wal_sender_timeout): it sends a standby status update
-// every second, which the walsender counts as a reply, and returns a function that stops
+// at each tick of every, which the walsender counts as a reply, and returns a function that stops
 // and waits for it. The updates carry no position (InvalidXLogRecPtr), so the slot's
 // confirmed position stays where it is. What the walsender sends meanwhile waits in the
 // connection, unread.
-func keepSlot(repl *pgconn.PgConn) (stop func()) {
+func keepSlot(repl *pgconn.PgConn, every time.Duration) (stop func()) {
 	done := make(chan struct{})
 	exited := make(chan struct{})
 	go func() {
 		defer close(exited)
-		t := time.NewTicker(time.Second)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			// Write-only: the caller's goroutine does not touch the connection until stop.
@@ -236,6 +239,108 @@ func keepSlot(repl *pgconn.PgConn) (stop func()) {
 		close(done)
 		<-exited
 	}
+}
+
+// keepaliveEvery is how often a session not read for a while is answered for: a fifth of
+// its wal_sender_timeout, at most a second. The walsender asks for a reply after half its
+// timeout without one, so this answers in time even when the last reply is that old.
+func keepaliveEvery(sb *Standby) time.Duration {
+	if sb.SenderTimeout <= 0 {
+		return time.Second
+	}
+	return min(time.Second, sb.SenderTimeout/5)
+}
+
+// sinkGuard keeps a replication session alive while a call to its sink blocks: at each
+// tick of keepaliveEvery that finds a sink call running, it sends a position-less standby
+// status update (as keepSlot does). It writes to the connection only
+// while the stream's goroutine is inside a sink call, so never concurrently with it.
+type sinkGuard struct {
+	Sink
+	conn *pgconn.PgConn
+
+	every time.Duration // see keepaliveEvery
+
+	mu     sync.Mutex
+	inSink bool
+	broken bool // a write failed; the stream reports the broken session itself
+}
+
+func (g *sinkGuard) enter() {
+	g.mu.Lock()
+	g.inSink = true
+	g.mu.Unlock()
+}
+
+func (g *sinkGuard) leave() {
+	g.mu.Lock()
+	g.inSink = false
+	g.mu.Unlock()
+}
+
+// run starts the guard's goroutine and returns a function that stops it and waits for it.
+func (g *sinkGuard) run() (stop func()) {
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(g.every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			g.mu.Lock()
+			if g.inSink && !g.broken {
+				if err := pglogrepl.SendStandbyStatusUpdate(context.Background(), g.conn, pglogrepl.StandbyStatusUpdate{}); err != nil {
+					g.broken = true
+				}
+			}
+			g.mu.Unlock()
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
+}
+
+func (g *sinkGuard) BeginTx(ctx context.Context, meta event.TxMeta) error {
+	g.enter()
+	defer g.leave()
+	return g.Sink.BeginTx(ctx, meta)
+}
+
+func (g *sinkGuard) Append(ctx context.Context, e *event.Event) error {
+	g.enter()
+	defer g.leave()
+	return g.Sink.Append(ctx, e)
+}
+
+func (g *sinkGuard) CommitTx(ctx context.Context, endLSN event.LSN) error {
+	g.enter()
+	defer g.leave()
+	return g.Sink.CommitTx(ctx, endLSN)
+}
+
+func (g *sinkGuard) AbortTx(ctx context.Context) error {
+	g.enter()
+	defer g.leave()
+	return g.Sink.AbortTx(ctx)
+}
+
+func (g *sinkGuard) Sync(ctx context.Context) error {
+	g.enter()
+	defer g.leave()
+	return g.Sink.Sync(ctx)
+}
+
+func (g *sinkGuard) SetAcked(ctx context.Context, lsn event.LSN) error {
+	g.enter()
+	defer g.leave()
+	return g.Sink.SetAcked(ctx, lsn)
 }
 
 func pluginArgs(publication string) []string {

@@ -270,3 +270,61 @@ func TestStandbySlowLead(t *testing.T) {
 		t.Fatalf("LeadFunc called %d times, want once: the session was lost while leading", n)
 	}
 }
+
+// stallSink is a ledger whose first Sync blocks for a while, as a replicated ledger does
+// while its servers elect a new leader.
+type stallSink struct {
+	pgwal.Sink
+	stall    time.Duration
+	stalled  atomic.Bool
+	released atomic.Bool
+}
+
+func (s *stallSink) Sync(ctx context.Context) error {
+	if !s.stalled.Swap(true) {
+		select {
+		case <-ctx.Done():
+		case <-time.After(s.stall):
+		}
+		s.released.Store(true)
+	}
+	return s.Sink.Sync(ctx)
+}
+
+// TestStandbyLeaderStalledSink: a leader whose sink blocks for longer than the session's
+// wal_sender_timeout keeps the slot, and goes on streaming after.
+func TestStandbyLeaderStalledSink(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	var leads atomic.Int32
+	cfg := h.config("t")
+	cfg.Standby = &pgwal.Standby{Interval: 100 * time.Millisecond, SenderTimeout: time.Second,
+		LeadFunc: func(context.Context) error {
+			leads.Add(1)
+			return nil
+		}}
+	src, err := pgwal.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &stallSink{Sink: h.led, stall: 4 * time.Second} // four walsender timeouts
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, sink) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	waitFor(t, "the source to stream", src.Stats().Connected.Load)
+	h.exec(`INSERT INTO t VALUES (1)`)
+	waitFor(t, "the stall", sink.stalled.Load)
+	h.exec(`INSERT INTO t VALUES (2)`)
+	waitFor(t, "the end of the stall", sink.released.Load)
+	h.exec(`INSERT INTO t VALUES (3)`)
+	checkIDs(t, h, 3)
+	if n := leads.Load(); n != 1 || src.Stats().Reconnects.Load() != 0 {
+		t.Fatalf("LeadFunc called %d times, %d reconnects: the session was lost while the sink stalled", n, src.Stats().Reconnects.Load())
+	}
+}
