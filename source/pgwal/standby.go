@@ -49,10 +49,10 @@ type Standby struct {
 	// SenderTimeout is the wal_sender_timeout of the source's replication connections
 	// (PostgreSQL 12 and newer take it per connection): the walsender of a leader that
 	// stopped answering (its machine is gone, or the network between it and PostgreSQL is
-	// cut) exits after this long, freeing the slot for a standby. The source answers the
-	// walsender's keepalives at once, but a leader whose sink blocks for longer than this
-	// (a stalled ledger) loses the slot too, to a standby whose LeadFunc fences it. A
-	// negative value keeps the server's setting (60s by default). Default 5s.
+	// cut) exits after this long, freeing the slot for a standby. A live source answers
+	// in time: it replies to the walsender's keepalives, and keeps replying while LeadFunc
+	// or a sink call blocks. A negative value keeps the server's setting (60s by default).
+	// Default 5s.
 	SenderTimeout time.Duration
 	// HolderAliveFunc, when set, is asked while the slot is active elsewhere whether the
 	// walsender holding it (pid) serves a live contender. When it answers false twice in a
