@@ -12,6 +12,7 @@ import (
 
 	"github.com/walflow/walflow/alert"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
@@ -137,6 +138,13 @@ type Config struct {
 	// logs once at WARN (and once at INFO on recovery) and shows in Status.Alerts. They are
 	// evaluated every StatusInterval. Default: none (every alert off).
 	Alerts alert.Budgets
+	// Cluster, when set, runs this engine as one node of a cluster (package cluster): the
+	// ledger lives on a NATS JetStream stream shared by every node, exactly one node (the
+	// one holding the replication slot) streams from PostgreSQL, and the others stand by to
+	// take over. It cannot be combined with MemoryLedger nor TemporarySlot; LedgerDir and
+	// LedgerBackend do not apply. See docs/cluster.md. Default nil: one process with its
+	// own ledger, no NATS.
+	Cluster *cluster.Config
 	// Logger receives walflow's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 }
@@ -163,6 +171,12 @@ func (c Config) withDefaults() Config {
 	if c.Realtime != nil {
 		rc := c.Realtime.withDefaults()
 		c.Realtime = &rc
+	}
+	if c.Cluster != nil {
+		cc := *c.Cluster
+		cc.Logger = cmp.Or(cc.Logger, c.Logger)
+		cc = cc.WithDefaults()
+		c.Cluster = &cc
 	}
 	return c
 }
@@ -193,6 +207,17 @@ func (c Config) validate() error {
 	}
 	if c.Realtime != nil {
 		if err := c.Realtime.validate(); err != nil {
+			return err
+		}
+	}
+	if c.Cluster != nil {
+		switch {
+		case c.MemoryLedger:
+			return errors.New("walflow: MemoryLedger and Cluster are both set, but a cluster keeps its ledger on NATS JetStream; turn MemoryLedger off")
+		case c.TemporarySlot:
+			return errors.New("walflow: TemporarySlot and Cluster are both set, but a temporary slot is dropped with its leader's connection, so no standby could take it over; turn TemporarySlot off")
+		}
+		if err := c.Cluster.Validate(); err != nil {
 			return err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/walflow/walflow/cluster"
 	"net/http"
 	"os"
 	"time"
@@ -62,6 +63,23 @@ func processStatusExample(ctx context.Context, eng *walflow.Engine, pool *pgxpoo
 	// ...or, stronger (a total order), the database position of the commit.
 	lsn, _ := processstatus.CurrentLSN(ctx, pool)
 	w.Header().Set("X-Walflow-LSN", lsn.String())
+}
+
+// clusterConfigExample is docs/cluster.md's configuration of one node of three.
+func clusterConfigExample() walflow.Config {
+	cfg := walflow.Config{
+		DatabaseURL: "postgres://walflow@db:5432/app",
+		Cluster: &cluster.Config{
+			NodeName: "node-1", // node-2, node-3 on the others
+			Server: &cluster.ServerConfig{
+				Listen:        "0.0.0.0:4222",
+				ClusterListen: "0.0.0.0:6222",
+				Routes:        []string{"10.0.0.1:6222", "10.0.0.2:6222", "10.0.0.3:6222"},
+				StoreDir:      "/var/lib/walflow/nats",
+			},
+		},
+	}
+	return cfg
 }
 
 // indexReadExample is docs/read-models.md's index example.

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/walflow/walflow/alert"
+	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
@@ -50,6 +51,10 @@ type Status struct {
 	// (Config.Projectors), in configuration order: each one's phase (live, rehydrating,
 	// standby, halted), stored position, lag and the error that halted it.
 	Projectors []projector.Status `json:"projectors,omitempty"`
+	// Cluster is the cluster as this node sees it (Config.Cluster): the nodes, the leader
+	// and since when, each node's position and lag, and which node runs each operator and
+	// projector. Nil when the engine does not run in a cluster.
+	Cluster *cluster.Status `json:"cluster,omitempty"`
 }
 
 // Status reports the slot (measured now) and the ledger.

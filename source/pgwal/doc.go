@@ -22,4 +22,8 @@
 // role's REPLICATION attribute, primary keys, replica identity, the slot), creates the
 // publication and slot when missing, streams until its context ends, and reconnects with
 // backoff when PostgreSQL restarts.
+//
+// With [Config].Standby, several sources (one per node of a cluster) contend for one slot
+// over a shared sink: PostgreSQL lets one of them stream, the others retry every second and
+// take over when it dies (see [Standby]).
 package pgwal
