@@ -93,8 +93,9 @@ func (e *Engine) mountConsole(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+api+"session", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, ConsoleSession{AdminTokenSet: e.cfg.AdminToken != "", Admin: e.cfg.AdminToken != "" && e.adminToken(r)})
 	})
-	mux.HandleFunc("GET "+api+"operators/{name}/parked", e.admin(e.serveParked))
-	mux.HandleFunc("POST "+api+"operators/{name}/{action}", e.admin(e.serveAction))
+	mux.HandleFunc("GET "+api+"operators/{name}/parked", e.admin(e.withOperators(e.serveParked)))
+	mux.HandleFunc("POST "+api+"operators/{name}/{action}", e.admin(e.withOperators(e.serveAction)))
+	mux.HandleFunc("GET "+ConsolePath+IndexEventsPath, e.admin(e.serveIndexEvents))
 	// Anything else under the API is a JSON 404, not the file server's page.
 	mux.HandleFunc(api, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, ConsoleError{Error: fmt.Sprintf("no console API at %s %s", r.Method, r.URL.Path)})
@@ -134,14 +135,21 @@ func (e *Engine) adminToken(r *http.Request) bool {
 func (e *Engine) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if e.cfg.AdminToken == "" {
-			writeJSON(w, http.StatusForbidden, ConsoleError{Error: "the console's actions are off: no admin token is configured; set http.admin_token in walflow.yaml (Config.AdminToken) and restart walflow"})
+			writeJSON(w, http.StatusForbidden, ConsoleError{Error: "the console's actions are off: no admin token is configured; set http.admin_token_env or http.admin_token_file in walflow.yaml (Config.AdminToken) and restart walflow"})
 			return
 		}
 		if !e.adminToken(r) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="walflow console"`)
-			writeJSON(w, http.StatusUnauthorized, ConsoleError{Error: "this action needs the admin token: send Authorization: Bearer TOKEN with the token of http.admin_token (Config.AdminToken)"})
+			writeJSON(w, http.StatusUnauthorized, ConsoleError{Error: "this action needs the admin token: send Authorization: Bearer TOKEN with the token of http.admin_token_env or http.admin_token_file (Config.AdminToken)"})
 			return
 		}
+		h(w, r)
+	}
+}
+
+// withOperators answers 404 when no operator is configured, else runs h.
+func (e *Engine) withOperators(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		if e.ops == nil {
 			writeJSON(w, http.StatusNotFound, ConsoleError{Error: "no operators are configured"})
 			return

@@ -161,6 +161,8 @@ indexes:
 	}
 	cfg := c.Engine
 	cfg.Logger = slog.New(slog.DiscardHandler)
+	const adminToken = "index-admin-token-index-admin-token"
+	cfg.AdminToken = adminToken // path's configuration does not give it to the commands
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +217,11 @@ indexes:
 		{"index", "rebuild", "by_post"},
 	} {
 		r := runCLI(ctx, noEnv, append(args, "--config", path)...)
-		want := fmt.Sprintf("walflow: %s %s: the index %s is in use by process %d (%s); stop walflow run first: %s %s opens the files itself\n", args[0], args[1], data+".index", os.Getpid(), strings.Join(os.Args, " "), args[0], args[1])
+		want := fmt.Sprintf("walflow: %s %s: the index %s is in use by process %d (%s); stop walflow run first: %s %s opens the files itself", args[0], args[1], data+".index", os.Getpid(), strings.Join(os.Args, " "), args[0], args[1])
+		if args[0] == "ledger" {
+			want += "; or, to read an index beside it, set http.admin_token_env or http.admin_token_file (and http.addr) for walflow run and this command: ledger read --index then asks the running walflow"
+		}
+		want += "\n"
 		if r.code != ExitFailure || r.stderr != want || r.stdout != "" {
 			t.Errorf("walflow %s while walflow runs: exit %d\nstdout:\n%s\nstderr:\n%s\nwant stderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr, want)
 		}
@@ -230,6 +236,39 @@ indexes:
 			t.Errorf("walflow %s while walflow runs: exit %d, %d events, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, n, want, r.stdout, r.stderr)
 		}
 	}
+	// With the admin token, ledger read --index asks the running walflow, which answers
+	// what its index holds (compared below with the answer once it stopped); a wrong token
+	// is refused by it.
+	pathToken := filepath.Join(dir, "token.yaml")
+	withToken := strings.Replace(config, "  addr: "+addr+"\n", "  addr: "+addr+"\n  admin_token_env: WALFLOW_ADMIN_TOKEN\n", 1)
+	if err := os.WriteFile(pathToken, []byte(withToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokenEnv := func(token string) func(string) string {
+		return func(k string) string {
+			if k == "WALFLOW_ADMIN_TOKEN" {
+				return token
+			}
+			return ""
+		}
+	}
+	live := map[string]string{}
+	for _, args := range [][]string{
+		{"--index", "by_post", "--value", "1"},
+		{"--index", "by_post", "--value", "1", "--after", "3", "--limit", "2"},
+		{"--index", "by_type", "--value", "update", "--json"},
+	} {
+		r := runCLI(ctx, tokenEnv(adminToken), append([]string{"ledger", "read"}, append(args, "--config", pathToken)...)...)
+		if r.code != ExitOK || r.stderr != "" || r.stdout == "" {
+			t.Errorf("ledger read %s with the admin token while walflow runs: exit %d\n%s%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+		live[strings.Join(args, " ")] = r.stdout
+	}
+	r := runCLI(ctx, tokenEnv("wrong-token-wrong-token-wrong"), "ledger", "read", "--index", "by_post", "--value", "1", "--config", pathToken)
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "401 Unauthorized") || !strings.Contains(r.stderr, "needs the admin token") {
+		t.Errorf("ledger read --index with a wrong admin token: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
 	// index status asks the running walflow.
 	doc := indexStatusJSON(t, path)
 	if doc.LedgerHeadFrom != "the running walflow at http://"+addr+"/status" || doc.LedgerHead != 7 || len(doc.Indexes) != 2 {
@@ -240,7 +279,7 @@ indexes:
 			t.Errorf("index status while walflow runs: %+v", s)
 		}
 	}
-	r := runCLI(ctx, noEnv, "index", "status", "--config", path)
+	r = runCLI(ctx, noEnv, "index", "status", "--config", path)
 	for _, want := range []string{
 		"ledger head: position 7 (from the running walflow at http://" + addr + "/status)\n",
 		"INDEX     CHECKPOINT   LAG   PHASE   SINCE\n",
@@ -265,6 +304,12 @@ indexes:
 		t.Fatalf("ledger read --index by_post --value 1: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	byIndex := r.stdout
+	for args, got := range live {
+		r := runCLI(ctx, noEnv, append([]string{"ledger", "read"}, append(strings.Fields(args), "--config", path)...)...)
+		if r.code != ExitOK || got != r.stdout {
+			t.Errorf("ledger read %s from the running walflow:\n%s\nwant what it reads from the files once stopped:\n%s%s", args, got, r.stdout, r.stderr)
+		}
+	}
 	lines := strings.Split(strings.TrimSuffix(byIndex, "\n"), "\n")
 	wantLines := []string{
 		`^#3 +\S+ +comments +insert +id=1  post_id=1  body="x" +channels: comments, comments/1, posts/1/comments$`,

@@ -24,7 +24,8 @@ var ledgerCommand = &command{
 The ledger commands open the ledger directory (ledger.dir) and the index directory beside
 it (ledger.dir + ".index") themselves. A ledger of the disk backend is opened read-only,
 beside a running walflow; the index directory (and a ledger of the pebble backend) only
-while walflow run is stopped: a running walflow holds it, and the command says so.`,
+while walflow run is stopped: a running walflow holds it, and the command says so
+(ledger read --index then asks the running walflow, given the admin token).`,
 	subs: []*command{ledgerReadCommand, ledgerMigrateCommand},
 }
 
@@ -45,8 +46,11 @@ It starts after position --after (by default at the oldest event retention kept)
 stops after --limit events (0: no limit). An index is first brought up to the ledger's
 head: read indexes the events walflow run had not indexed yet (and builds an index added
 to the configuration since), so the answer is complete. read opens the files directly: it
-reads a disk ledger as it was when read started, beside a running walflow; with --index
-(or a pebble ledger) stop walflow run first.`,
+reads a disk ledger as it was when read started, beside a running walflow. With --index
+beside a running walflow, whose index store only it may open, read asks it over HTTP
+(http.addr) with the admin token (http.admin_token_env or _file, the same for both), and
+prints what the running walflow has indexed so far; without an admin token, stop walflow
+run first (as for a pebble ledger).`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		idx := fs.String("index", "", "read the events of one value of the index `NAME`")
@@ -109,6 +113,14 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 		}
 	}
 	f, err := openLocal(ctx, cmd, c, path, q.index != "")
+	var remote *indexClient
+	if iu := (*inUseError)(nil); q.index != "" && errors.As(err, &iu) && iu.what == "index" {
+		// A running walflow holds the index store: ask it, with the admin token.
+		if remote, err = newIndexClient(cmd, c, e.getenv, iu); err != nil {
+			return err
+		}
+		f, err = openLocal(ctx, cmd, c, path, false)
+	}
 	if err != nil {
 		return err
 	}
@@ -117,6 +129,11 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 	var read func(after event.Position, n int) ([]event.Event, error)
 	what := "events"
 	switch {
+	case remote != nil:
+		read = func(after event.Position, n int) ([]event.Event, error) {
+			return remote.read(ctx, q.index, q.value, after, n)
+		}
+		what = fmt.Sprintf("events of %s %s", q.index, strconv.Quote(q.value))
 	case q.index != "":
 		r, err := f.runner(c.Engine.Indexers)
 		if err != nil {

@@ -104,9 +104,18 @@ func indexDir(c *configfile.Config) string {
 // process (or this one) holds them, that is a running walflow, and the error names it.
 func lockedError(cmd, what, dir string, err error) error {
 	if holder, ok := lockHolder(dir, err); ok {
-		return fmt.Errorf("%s: the %s %s is in use by %s; stop walflow run first: %s opens the files itself", cmd, what, dir, holder, cmd)
+		return &inUseError{cmd: cmd, what: what, dir: dir, holder: holder}
 	}
 	return fmt.Errorf("%s: %w", cmd, err)
+}
+
+// inUseError is the failure to open files a running walflow holds.
+type inUseError struct {
+	cmd, what, dir, holder string
+}
+
+func (e *inUseError) Error() string {
+	return fmt.Sprintf("%s: the %s %s is in use by %s; stop walflow run first: %s opens the files itself", e.cmd, e.what, e.dir, e.holder, e.cmd)
 }
 
 // lockHolder reports whether err, from opening the ledger or the index store at dir, is a
