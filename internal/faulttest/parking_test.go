@@ -22,8 +22,8 @@ const (
 	parkPosts   = 20
 	// parkPoisoned is the derived row that fails until the poison table is emptied.
 	parkPoisoned = 7
-	// parkPoisonFor is the least time the row fails (30 s in the issue, scaled for CI).
-	parkPoisonFor = 15 * time.Second
+	// parkPoisonFor is the least time the row fails.
+	parkPoisonFor = 30 * time.Second
 )
 
 // parkSchema is the schema of the child's "parking" operator set; the trigger refuses
