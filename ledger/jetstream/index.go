@@ -1,0 +1,248 @@
+package jetstream
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+)
+
+// index is a ledger's local view of the stream, kept by its follower: the channel index,
+// the latest events, and the last transaction end seen. Its methods are safe for
+// concurrent use.
+type index struct {
+	indexer  ledger.Indexer
+	maxCache int
+
+	mu        sync.RWMutex
+	keys      map[string][]event.Position // key → ascending positions
+	pending   []pendingEntry              // messages after the last transaction end
+	cacheBase event.Position              // cache[i] holds the message at cacheBase+i+1
+	cache     [][]byte
+	head      event.Position // the last message ending a transaction
+	commit    event.LSN      // its transaction's commit LSN
+	end       event.LSN      // and end LSN
+	processed event.Position // the last sequence applied (or the tail)
+	changed   chan struct{}  // closed and replaced when processed moves
+	scratch   []string
+}
+
+type pendingEntry struct {
+	pos  event.Position
+	keys []string
+}
+
+func newIndex(indexer ledger.Indexer, maxCache int) *index {
+	return &index{indexer: indexer, maxCache: maxCache, keys: map[string][]event.Position{}, changed: make(chan struct{})}
+}
+
+// reset starts the index at a stream whose messages through tail were removed.
+func (x *index) reset(tail event.Position) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.processed, x.head, x.cacheBase = tail, tail, tail
+}
+
+// apply adds the message at seq. It reports whether it ended a transaction.
+func (x *index) apply(log *slog.Logger, seq event.Position, hdr nats.Header, data []byte) bool {
+	var keys []string
+	if x.indexer != nil {
+		e, err := event.DecodeBinary(data)
+		if err != nil {
+			log.Warn("ledger/jetstream: a stream message is not an event; it is indexed under no key", "position", seq, "err", err)
+		} else {
+			x.scratch = x.indexer(&e, x.scratch[:0])
+			if len(x.scratch) > 0 {
+				keys = make([]string, 0, len(x.scratch))
+				for _, k := range x.scratch {
+					if !slicesContains(keys, k) {
+						keys = append(keys, strings.Clone(k))
+					}
+				}
+				clear(x.scratch)
+			}
+		}
+	}
+	endHdr := hdr.Get(hdrEnd)
+	var first event.Position
+	var commit, end event.LSN
+	ended := false
+	if endHdr != "" {
+		var err error
+		first, commit, end, err = parseEnd(hdr.Get(hdrTx), endHdr)
+		if err != nil {
+			log.Warn("ledger/jetstream: a transaction end marker is malformed; the transaction stays invisible", "position", seq, "err", err)
+		} else {
+			ended = true
+		}
+	}
+
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if seq <= x.processed {
+		return false // a redelivery
+	}
+	x.processed = seq
+	if seq != x.cacheBase+event.Position(len(x.cache))+1 {
+		clear(x.cache)
+		x.cache, x.cacheBase = x.cache[:0], seq-1
+	}
+	x.cache = append(x.cache, data)
+	if n := len(x.cache); n > x.maxCache {
+		drop := n - x.maxCache
+		clear(x.cache[:drop])
+		x.cache = x.cache[drop:]
+		x.cacheBase += event.Position(drop)
+	}
+	x.pending = append(x.pending, pendingEntry{seq, keys})
+	if ended {
+		for _, p := range x.pending {
+			if p.pos < first {
+				continue // the unterminated tail of a writer that died; replaced by this transaction
+			}
+			for _, k := range p.keys {
+				x.keys[k] = append(x.keys[k], p.pos)
+			}
+		}
+		clear(x.pending)
+		x.pending = x.pending[:0]
+		x.head, x.commit, x.end = seq, commit, end
+	}
+	close(x.changed)
+	x.changed = make(chan struct{})
+	return ended
+}
+
+func slicesContains(s []string, k string) bool {
+	for _, v := range s {
+		if v == k {
+			return true
+		}
+	}
+	return false
+}
+
+// parseEnd parses a transaction end marker.
+func parseEnd(tx, end string) (first event.Position, commit, endLSN event.LSN, err error) {
+	c, err := strconv.ParseUint(tx, 10, 64)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("header %s %q: %w", hdrTx, tx, err)
+	}
+	f, e, ok := strings.Cut(end, " ")
+	if !ok {
+		return 0, 0, 0, fmt.Errorf("header %s %q: want \"<first sequence> <end LSN>\"", hdrEnd, end)
+	}
+	fv, err := strconv.ParseUint(f, 10, 64)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("header %s %q: %w", hdrEnd, end, err)
+	}
+	ev, err := strconv.ParseUint(e, 10, 64)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("header %s %q: %w", hdrEnd, end, err)
+	}
+	return event.Position(fv), event.LSN(c), event.LSN(ev), nil
+}
+
+// headState returns the last transaction end seen.
+func (x *index) headState() (event.Position, event.LSN, event.LSN) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.head, x.commit, x.end
+}
+
+// waitProcessed blocks until the follower applied sequence seq (or more), ctx or the
+// ledger's lctx ends.
+func (x *index) waitProcessed(ctx, lctx context.Context, seq event.Position) error {
+	for {
+		x.mu.RLock()
+		done, ch := x.processed >= seq, x.changed
+		x.mu.RUnlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-lctx.Done():
+			return ledger.ErrClosed
+		}
+	}
+}
+
+// prune drops the index entries and cached events at or before tail.
+func (x *index) prune(tail event.Position) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for k, ps := range x.keys {
+		i := sort.Search(len(ps), func(i int) bool { return ps[i] > tail })
+		if i == len(ps) {
+			delete(x.keys, k)
+		} else if i > 0 {
+			x.keys[k] = ps[i:]
+		}
+	}
+	if tail > x.cacheBase {
+		drop := min(int(tail-x.cacheBase), len(x.cache))
+		clear(x.cache[:drop])
+		x.cache = x.cache[drop:]
+		x.cacheBase += event.Position(drop)
+	}
+}
+
+// lookup returns up to limit positions in (after, head] carrying any of keys, ascending.
+func (x *index) lookup(keys []string, after, head event.Position, limit int) []event.Position {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	lists := make([][]event.Position, 0, len(keys))
+	for _, k := range keys {
+		ps := x.keys[k]
+		i := sort.Search(len(ps), func(i int) bool { return ps[i] > after })
+		if i < len(ps) && ps[i] <= head {
+			lists = append(lists, ps[i:])
+		}
+	}
+	var out []event.Position
+	for len(out) < limit && len(lists) > 0 {
+		next := lists[0][0]
+		for _, ps := range lists[1:] {
+			next = min(next, ps[0])
+		}
+		if next > head {
+			break
+		}
+		out = append(out, next)
+		kept := lists[:0]
+		for _, ps := range lists {
+			if ps[0] == next {
+				ps = ps[1:]
+			}
+			if len(ps) > 0 {
+				kept = append(kept, ps)
+			}
+		}
+		lists = kept
+	}
+	return out
+}
+
+// cached returns the cached messages at ps, nil where not cached.
+func (x *index) cached(ps []event.Position) [][]byte {
+	out := make([][]byte, len(ps))
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for i, p := range ps {
+		if p > x.cacheBase && p <= x.cacheBase+event.Position(len(x.cache)) {
+			out[i] = x.cache[p-x.cacheBase-1]
+		}
+	}
+	return out
+}

@@ -1,0 +1,478 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/ledger/internal/notify"
+)
+
+// Sentinel errors.
+var (
+	// ErrFenced is matched (errors.Is) by the error of a write that another writer's
+	// [Ledger.Lead] fenced off: the stream or the state bucket moved on without this
+	// writer. The error also matches [ledger.ErrWriteFailed]: the writer accepts no
+	// further writes until Lead is called again.
+	ErrFenced = errors.New("ledger/jetstream: another writer leads the stream")
+	// ErrReadOnly is returned by the write methods of a ledger that does not lead: call
+	// [Ledger.Lead] first.
+	ErrReadOnly = errors.New("ledger/jetstream: this ledger is read-only; call Lead before writing")
+)
+
+// Message headers walflow sets on the stream's messages.
+const (
+	// hdrTx carries the commit LSN of the message's transaction, in decimal.
+	hdrTx = "Walflow-Tx"
+	// hdrEnd marks the last message of a transaction: "<first sequence> <end LSN>".
+	hdrEnd = "Walflow-End"
+	// stateKey is the state bucket's key of the writer's bookkeeping.
+	stateKey = "state"
+)
+
+// Options configures a JetStream ledger.
+type Options struct {
+	// Conn is the NATS connection; required. The ledger does not close it.
+	Conn *nats.Conn
+	// Stream is the JetStream stream's name; "WALFLOW" by default. Open creates it when
+	// missing.
+	Stream string
+	// Subject is the subject the events are published on; "walflow.<stream>.events" (the
+	// stream name in lower case) by default. It must be the stream's only subject.
+	Subject string
+	// StateBucket is the key-value bucket holding the writer's bookkeeping;
+	// "<stream>_STATE" by default.
+	StateBucket string
+	// Replicas is the stream's and the bucket's replication; 1 by default. Use 3 in a
+	// three-server cluster: a write is then acknowledged once two servers stored it.
+	Replicas int
+	// DuplicateWindow is how long JetStream remembers message ids; 2 minutes by default.
+	DuplicateWindow time.Duration
+	// Indexer gives each event its index keys; nil indexes nothing.
+	Indexer ledger.Indexer
+	// Logger receives the ledger's warnings; slog.Default() by default.
+	Logger *slog.Logger
+	// SpoolDir is where a transaction larger than SpoolMemory is spooled until CommitTx;
+	// os.TempDir() by default.
+	SpoolDir string
+	// SpoolMemory is how many bytes of an open transaction are held in memory before it
+	// spills to a file in SpoolDir; 8 MiB by default.
+	SpoolMemory int
+	// CacheEvents is how many of the latest events each ledger keeps in memory for
+	// readers; 16384 by default. Reads of older events fetch them from the stream.
+	CacheEvents int
+	// AckTimeout bounds the wait for JetStream's acknowledgement of a published message;
+	// 30 s by default.
+	AckTimeout time.Duration
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+func (o *Options) setDefaults() error {
+	if o.Conn == nil {
+		return errors.New("ledger/jetstream: Options.Conn is nil; pass a connected *nats.Conn")
+	}
+	if o.Stream == "" {
+		o.Stream = "WALFLOW"
+	}
+	if !nameRE.MatchString(o.Stream) {
+		return fmt.Errorf("ledger/jetstream: stream name %q is invalid; use letters, digits, '-' and '_'", o.Stream)
+	}
+	if o.Subject == "" {
+		o.Subject = "walflow." + strings.ToLower(o.Stream) + ".events"
+	}
+	if strings.ContainsAny(o.Subject, "*> \t") {
+		return fmt.Errorf("ledger/jetstream: subject %q is invalid; use a literal subject without wildcards or spaces", o.Subject)
+	}
+	if o.StateBucket == "" {
+		o.StateBucket = o.Stream + "_STATE"
+	}
+	if !nameRE.MatchString(o.StateBucket) {
+		return fmt.Errorf("ledger/jetstream: state bucket name %q is invalid; use letters, digits, '-' and '_'", o.StateBucket)
+	}
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	if o.Replicas < 1 || o.Replicas > 5 {
+		return fmt.Errorf("ledger/jetstream: replicas %d is invalid; use 1 to 5 (3 in a three-server cluster)", o.Replicas)
+	}
+	if o.DuplicateWindow == 0 {
+		o.DuplicateWindow = 2 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.SpoolMemory <= 0 {
+		o.SpoolMemory = 8 << 20
+	}
+	if o.CacheEvents <= 0 {
+		o.CacheEvents = 16384
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 30 * time.Second
+	}
+	return nil
+}
+
+// record is the state bucket's value: the bookkeeping as of the writer's last Sync,
+// SetAcked or SetOrigin.
+type record struct {
+	Head          uint64        `json:"head"`
+	LastCommitLSN uint64        `json:"last_commit_lsn"`
+	LastEndLSN    uint64        `json:"last_end_lsn"`
+	AckedLSN      uint64        `json:"acked_lsn"`
+	Origin        ledger.Origin `json:"origin"`
+}
+
+func recordOf(st ledger.State) record {
+	return record{Head: uint64(st.Head), LastCommitLSN: uint64(st.LastCommitLSN), LastEndLSN: uint64(st.LastEndLSN), AckedLSN: uint64(st.AckedLSN), Origin: st.Origin}
+}
+
+func (r record) state() ledger.State {
+	return ledger.State{Head: event.Position(r.Head), LastCommitLSN: event.LSN(r.LastCommitLSN), LastEndLSN: event.LSN(r.LastEndLSN), AckedLSN: event.LSN(r.AckedLSN), Origin: r.Origin}
+}
+
+// Ledger is a [ledger.Ledger] on a JetStream stream. Open it with [Open]; it is read-only
+// until [Ledger.Lead].
+type Ledger struct {
+	opts   Options
+	log    *slog.Logger
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	kv     jetstream.KeyValue
+	pub    *notify.Publisher
+	idx    *index
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	iter   jetstream.MessagesContext // the follower's
+
+	// mu guards leading, kvRec and kvRev, and orders the publications of a read-only
+	// ledger's state.
+	mu      sync.Mutex
+	leading bool
+	kvRec   record
+	kvRev   uint64
+
+	// wmu serializes the write methods (called from one goroutine) with Lead and Close.
+	wmu sync.Mutex
+	w   *writer // nil until Lead
+
+	truncMu sync.Mutex
+
+	// crashAfter, when positive, makes CommitTx stop after publishing that many events
+	// of a transaction, as a writer that dies midway would (tests only).
+	crashAfter int
+}
+
+var _ ledger.Ledger = (*Ledger)(nil)
+
+// Open opens the ledger on opts.Stream, creating the stream and the state bucket when
+// missing, and returns once its index has caught up with the stream. The ledger is
+// read-only: reads, Wait and State work, writes fail with [ErrReadOnly] until
+// [Ledger.Lead].
+func Open(ctx context.Context, opts Options) (*Ledger, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(opts.Conn,
+		jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncTimeout(opts.AckTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("ledger/jetstream: open JetStream on the NATS connection: %w", err)
+	}
+	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        opts.Stream,
+		Description: "walflow ledger: one message per event, positions are sequences",
+		Subjects:    []string{opts.Subject},
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		Duplicates:  opts.DuplicateWindow,
+		DenyDelete:  true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ledger/jetstream: create or update stream %s on subject %s with %d replicas (is JetStream enabled on the server, and does another stream use the subject?): %w", opts.Stream, opts.Subject, opts.Replicas, err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      opts.StateBucket,
+		Description: "walflow ledger bookkeeping of stream " + opts.Stream,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ledger/jetstream: create or update key-value bucket %s: %w", opts.StateBucket, err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	l := &Ledger{
+		opts:   opts,
+		log:    opts.Logger.With("stream", opts.Stream),
+		js:     js,
+		stream: stream,
+		kv:     kv,
+		pub:    notify.New(ledger.State{}),
+		idx:    newIndex(opts.Indexer, opts.CacheEvents),
+		ctx:    lctx,
+		cancel: cancel,
+	}
+	if err := l.start(ctx); err != nil {
+		cancel()
+		l.wg.Wait()
+		return nil, err
+	}
+	return l, nil
+}
+
+// start loads the state, starts the follower and the state watcher, and waits for the
+// follower to catch up with the stream's last sequence.
+func (l *Ledger) start(ctx context.Context) error {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("ledger/jetstream: read stream %s info: %w", l.opts.Stream, err)
+	}
+	tail, last := tailOf(info.State)
+	if e, err := l.kv.Get(ctx, stateKey); err == nil {
+		var rec record
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			return fmt.Errorf("ledger/jetstream: decode %s/%s: %w", l.opts.StateBucket, stateKey, err)
+		}
+		l.kvRec, l.kvRev = rec, e.Revision()
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("ledger/jetstream: read %s/%s: %w", l.opts.StateBucket, stateKey, err)
+	}
+	l.idx.reset(tail)
+	l.pub.SetTail(tail)
+	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{l.opts.Subject},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    uint64(tail) + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("ledger/jetstream: create the ordered consumer that follows stream %s: %w", l.opts.Stream, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("ledger/jetstream: follow stream %s: %w", l.opts.Stream, err)
+	}
+	l.iter = it
+	l.wg.Add(1)
+	go l.follow(it)
+	w, err := l.kv.Watch(l.ctx, stateKey, jetstream.UpdatesOnly())
+	if err != nil {
+		it.Stop()
+		return fmt.Errorf("ledger/jetstream: watch %s/%s: %w", l.opts.StateBucket, stateKey, err)
+	}
+	l.wg.Add(1)
+	go l.watch(w)
+	if err := l.idx.waitProcessed(ctx, l.ctx, last); err != nil {
+		it.Stop()
+		return fmt.Errorf("ledger/jetstream: catch up with stream %s to sequence %d: %w", l.opts.Stream, last, err)
+	}
+	l.publishView()
+	return nil
+}
+
+// tailOf returns a stream's tail (the last removed sequence) and last sequence.
+func tailOf(s jetstream.StreamState) (tail, last event.Position) {
+	if s.Msgs == 0 {
+		return event.Position(s.LastSeq), event.Position(s.LastSeq)
+	}
+	return event.Position(s.FirstSeq - 1), event.Position(s.LastSeq)
+}
+
+// follow applies every message of the stream to the index, until Close stops it.
+func (l *Ledger) follow(it jetstream.MessagesContext) {
+	defer l.wg.Done()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if l.ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			l.log.Warn("ledger/jetstream: following the stream failed; retrying", "err", err)
+			select {
+			case <-l.ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			l.log.Warn("ledger/jetstream: a stream message has no metadata; skipped", "err", err)
+			continue
+		}
+		if l.idx.apply(l.log, event.Position(md.Sequence.Stream), msg.Headers(), msg.Data()) {
+			l.publishView()
+		}
+	}
+}
+
+// watch follows the state bucket, so that a read-only ledger's State has the leader's
+// acknowledged LSN and origin.
+func (l *Ledger) watch(w jetstream.KeyWatcher) {
+	defer l.wg.Done()
+	defer w.Stop()
+	poll := time.NewTicker(2 * time.Second)
+	defer poll.Stop()
+	for {
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-poll.C:
+			// Truncate on another node moves the tail; keep the index small.
+			ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+			_, _ = l.refreshTail(ctx)
+			cancel()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var rec record
+			if err := json.Unmarshal(e.Value(), &rec); err != nil {
+				l.log.Warn("ledger/jetstream: undecodable state record; ignored", "bucket", l.opts.StateBucket, "err", err)
+				continue
+			}
+			l.mu.Lock()
+			if e.Revision() > l.kvRev {
+				l.kvRec, l.kvRev = rec, e.Revision()
+			}
+			l.mu.Unlock()
+			l.publishView()
+		}
+	}
+}
+
+// publishView publishes a read-only ledger's state: the head and LSNs of the last
+// transaction the follower saw end, and the bookkeeping of the state bucket.
+func (l *Ledger) publishView() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.leading || l.pub.Closed() {
+		return
+	}
+	head, commit, end := l.idx.headState()
+	st := ledger.State{Head: head, LastCommitLSN: commit, LastEndLSN: end, AckedLSN: event.LSN(l.kvRec.AckedLSN), Origin: l.kvRec.Origin}
+	// Empty transactions after the last event are only in the bucket.
+	if event.Position(l.kvRec.Head) <= head && event.LSN(l.kvRec.LastCommitLSN) > commit {
+		st.LastCommitLSN, st.LastEndLSN = event.LSN(l.kvRec.LastCommitLSN), event.LSN(l.kvRec.LastEndLSN)
+	}
+	l.pub.Publish(st)
+}
+
+// refreshTail reads the stream's first sequence and publishes the tail it implies
+// (clamped to the head), pruning the index. It returns the published tail.
+func (l *Ledger) refreshTail(ctx context.Context) (event.Position, error) {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return l.pub.Tail(), fmt.Errorf("ledger/jetstream: read stream %s info: %w", l.opts.Stream, err)
+	}
+	tail, _ := tailOf(info.State)
+	l.setTail(min(tail, l.pub.Head()))
+	return l.pub.Tail(), nil
+}
+
+func (l *Ledger) setTail(tail event.Position) {
+	if tail > l.pub.Tail() {
+		l.pub.SetTail(tail)
+		l.idx.prune(tail)
+	}
+}
+
+// opCtx returns ctx, also cancelled by Close.
+func (l *Ledger) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(l.ctx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// closedErr returns ErrClosed in place of err once the ledger is closed (Close cancels
+// the calls in progress).
+func (l *Ledger) closedErr(err error) error {
+	if err != nil && l.pub.Closed() {
+		return ledger.ErrClosed
+	}
+	return err
+}
+
+// State returns the durable bookkeeping: on the leader as of its last Sync, on other
+// nodes as of the last transaction end this node's follower saw.
+func (l *Ledger) State() ledger.State { return l.pub.State() }
+
+// Wait blocks until the head is past after, ctx ends or the ledger is closed. It wakes on
+// transactions any node's writer appended.
+func (l *Ledger) Wait(ctx context.Context, after event.Position) error {
+	return l.pub.Wait(ctx, after)
+}
+
+// Truncate purges every message at or before through (clamped to the head) from the
+// stream, keeping later sequences, and drops the index entries. Only the leader truncates
+// (others get [ErrReadOnly]): the writer's fence expects the id of the stream's last
+// message, which a purge of every message resets. Other nodes see the new tail within
+// seconds, or at once when a read needs a purged message.
+func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
+	if l.pub.Closed() {
+		return ledger.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l.truncMu.Lock()
+	defer l.truncMu.Unlock()
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if l.w == nil {
+		return ErrReadOnly
+	}
+	through = min(through, l.pub.Head())
+	if through <= l.pub.Tail() {
+		return nil
+	}
+	octx, cancel := l.opCtx(ctx)
+	defer cancel()
+	if err := l.stream.Purge(octx, jetstream.WithPurgeSequence(uint64(through)+1)); err != nil {
+		return l.closedErr(fmt.Errorf("ledger/jetstream: purge stream %s through sequence %d: %w", l.opts.Stream, through, err))
+	}
+	if through >= l.w.lastSeq {
+		// The stream is empty: JetStream no longer knows a last message id.
+		l.w.lastID = ""
+	}
+	l.setTail(through)
+	return nil
+}
+
+// Close stops the follower and the writer. Later calls return [ledger.ErrClosed], and so
+// do reads and waits in progress. The NATS connection stays open.
+func (l *Ledger) Close() error {
+	if !l.pub.Close() {
+		return ledger.ErrClosed
+	}
+	l.cancel()
+	if l.iter != nil {
+		l.iter.Stop()
+	}
+	l.wg.Wait()
+	l.wmu.Lock()
+	if l.w != nil {
+		l.w.spool.close()
+	}
+	l.wmu.Unlock()
+	return nil
+}
