@@ -72,6 +72,11 @@ type Config struct {
 	// before it returns ErrSlotInUse: after a crash the server takes a moment to notice the
 	// old connection is gone. Default 5s.
 	SlotBusyWait time.Duration
+	// Standby, when set, makes the source one of several contenders for the slot that
+	// share one sink: it streams only while it holds the slot, and otherwise waits for it
+	// (see [Standby]). SlotBusyWait does not apply. Default nil: the source expects the slot
+	// to itself.
+	Standby *Standby
 	// Logger receives the source's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
 }
@@ -92,6 +97,7 @@ func (c Config) withDefaults() Config {
 	c.ReconnectMin = cmp.Or(c.ReconnectMin, ReconnectMinDefault)
 	c.ReconnectMax = cmp.Or(c.ReconnectMax, ReconnectMaxDefault)
 	c.SlotBusyWait = cmp.Or(c.SlotBusyWait, SlotBusyWaitDefault)
+	c.Standby = c.Standby.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
@@ -119,6 +125,12 @@ func (c Config) validate() error {
 		if _, _, err := splitTable(t); err != nil {
 			return err
 		}
+	}
+	if c.Standby != nil && c.TemporarySlot {
+		return errors.New("pgwal: Standby and TemporarySlot are both set, but a temporary slot is dropped with its leader's connection, so no standby could resume it; turn TemporarySlot off")
+	}
+	if err := c.Standby.validate(); err != nil {
+		return err
 	}
 	if c.StatusInterval < 0 || c.SyncDelay < 0 || c.SyncBytes < 0 || c.ReconnectMin < 0 || c.ReconnectMax < c.ReconnectMin {
 		return fmt.Errorf("pgwal: durations must be positive and ReconnectMax (%s) at least ReconnectMin (%s)", c.ReconnectMax, c.ReconnectMin)

@@ -46,6 +46,13 @@ type Stats struct {
 	AckedLSN atomic.Uint64
 	// Connected is 1 while streaming.
 	Connected atomic.Bool
+	// StreamingSince is when the current replication session started streaming, in Unix
+	// nanoseconds; 0 while not streaming. With Config.Standby, it is when this source
+	// became leader.
+	StreamingSince atomic.Int64
+	// ReplicationPID is the PostgreSQL process id of the replication connection while one
+	// is open with Config.Standby (its walsender while leading), else 0.
+	ReplicationPID atomic.Int32
 }
 
 // Source streams one database's changes into a Sink. Create it with [New].
@@ -95,7 +102,7 @@ func (s *Source) Run(ctx context.Context, sink Sink) error {
 		// before calling it another consumer. Later sessions always retry, since after a
 		// reconnect the busy walsender is usually our own old one.
 		streamedOnce = streamedOnce || streamed
-		if errors.Is(err, ErrSlotInUse) && !streamedOnce && time.Since(started) >= s.cfg.SlotBusyWait {
+		if errors.Is(err, ErrSlotInUse) && !streamedOnce && s.cfg.Standby == nil && time.Since(started) >= s.cfg.SlotBusyWait {
 			return err
 		}
 		if streamed {
@@ -161,6 +168,9 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 	}
 	origin := ledger.Origin{SystemID: sys.SystemID, Timeline: sys.Timeline, Database: sys.DBName, Slot: s.cfg.Slot}
 	st := sink.State()
+	if s.cfg.Standby != nil {
+		return s.standbySession(ctx, sink, sqlConn, repl, origin)
+	}
 	if err := checkOrigin(st.Origin, origin); err != nil {
 		return false, err
 	}
@@ -185,28 +195,14 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 			return false, fmt.Errorf("pgwal: create replication slot %q: consistent point: %w", s.cfg.Slot, err)
 		}
 	}
-	if st.Origin.IsZero() {
-		// The slot is confirmed up to where this ledger starts following it. Record that as
-		// acknowledged before the origin, or a crash before the first acknowledgement would
-		// make the slot look consumed by another client on the next start (ErrSlotRecreated).
-		if st.Head == 0 && slotStart > st.AckedLSN {
-			if err := sink.SetAcked(ctx, slotStart); err != nil {
-				return false, fmt.Errorf("pgwal: record the slot's start position: %w", err)
-			}
-		}
-		if err := sink.SetOrigin(ctx, origin); err != nil {
-			return false, fmt.Errorf("pgwal: record origin: %w", err)
-		}
-		st = sink.State()
+	if st, err = recordOrigin(ctx, sink, st, origin, slotStart); err != nil {
+		return false, err
 	}
 
 	start := pglogrepl.LSN(st.LastEndLSN)
 	err = pglogrepl.StartReplication(ctx, repl, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{
-		Mode: pglogrepl.LogicalReplication,
-		PluginArgs: []string{
-			"proto_version '1'",
-			"publication_names '" + s.cfg.Publication + "'",
-		},
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: pluginArgs(s.cfg.Publication),
 	})
 	if err != nil {
 		var pe *pgconn.PgError
@@ -218,19 +214,86 @@ func (s *Source) session(ctx context.Context, sink Sink) (streamed bool, err err
 		}
 		return false, fmt.Errorf("pgwal: start replication on slot %q: %w", s.cfg.Slot, err)
 	}
+	return true, s.streamSlot(ctx, sink, repl, sqlConn, sys.DBName, st, start)
+}
+
+// recordOrigin records, in a ledger that follows no slot yet, the origin and the slot's
+// start position, and returns the sink's new state.
+func recordOrigin(ctx context.Context, sink Sink, st ledger.State, origin ledger.Origin, slotStart event.LSN) (ledger.State, error) {
+	if !st.Origin.IsZero() {
+		return st, nil
+	}
+	// The slot is confirmed up to where this ledger starts following it. Record that as
+	// acknowledged before the origin, or a crash before the first acknowledgement would
+	// make the slot look consumed by another client on the next start (ErrSlotRecreated).
+	if st.Head == 0 && slotStart > st.AckedLSN {
+		if err := sink.SetAcked(ctx, slotStart); err != nil {
+			return st, fmt.Errorf("pgwal: record the slot's start position: %w", err)
+		}
+	}
+	if err := sink.SetOrigin(ctx, origin); err != nil {
+		return st, fmt.Errorf("pgwal: record origin: %w", err)
+	}
+	return sink.State(), nil
+}
+
+// standbySession contends for the slot (see [Standby]); once it has it, it leads the sink,
+// checks the slot against the sink's state as the previous leader left it, and streams.
+func (s *Source) standbySession(ctx context.Context, sink Sink, sqlConn *pgx.Conn, repl *pgconn.PgConn, origin ledger.Origin) (streamed bool, err error) {
+	s.stats.ReplicationPID.Store(int32(repl.PID()))
+	defer s.stats.ReplicationPID.Store(0)
+	start := pglogrepl.LSN(sink.State().LastEndLSN)
+	created, err := s.acquire(ctx, sqlConn, repl, start)
+	if err != nil {
+		return false, err
+	}
+	if err := s.cfg.Standby.LeadFunc(ctx); err != nil {
+		return false, fmt.Errorf("pgwal: take the lead of the ledger after getting slot %q: %w", s.cfg.Slot, err)
+	}
+	st := sink.State()
+	if err := checkOrigin(st.Origin, origin); err != nil {
+		return false, err
+	}
+	info, exists, err := QuerySlot(ctx, sqlConn, s.cfg.Slot)
+	if err != nil {
+		return false, err
+	}
+	if !exists {
+		return false, fmt.Errorf("pgwal: replication slot %q was dropped while this node took it; it is created again at the next try", s.cfg.Slot)
+	}
+	info.Name = s.cfg.Slot
+	if info.ActivePID == int32(repl.PID()) {
+		info.Active = false // held by this session
+	}
+	// A slot this session created is as new as a missing one: refused when the ledger
+	// followed another.
+	if _, err := checkSlot(info, exists && !created, origin.Database, st); err != nil {
+		return false, err
+	}
+	if st, err = recordOrigin(ctx, sink, st, origin, info.ConfirmedFlush); err != nil {
+		return false, err
+	}
+	s.log.InfoContext(ctx, "leading: this node streams the slot", slog.String("slot", s.cfg.Slot), slog.Int("replication_pid", int(repl.PID())))
+	return true, s.streamSlot(ctx, sink, repl, sqlConn, origin.Database, st, pglogrepl.LSN(st.LastEndLSN))
+}
+
+// streamSlot runs the receive loop of a started replication session.
+func (s *Source) streamSlot(ctx context.Context, sink Sink, repl *pgconn.PgConn, sqlConn *pgx.Conn, db string, st ledger.State, start pglogrepl.LSN) error {
 	s.log.InfoContext(ctx, "streaming", slog.String("slot", s.cfg.Slot), slog.String("start_lsn", start.String()),
 		slog.Uint64("head", uint64(st.Head)))
 	s.stats.Connected.Store(true)
 	defer s.stats.Connected.Store(false)
+	s.stats.StreamingSince.Store(time.Now().UnixNano())
+	defer s.stats.StreamingSince.Store(0)
 
 	st2 := &stream{
 		src: s, sink: sink, conn: repl, sql: sqlConn, types: newTypeResolver(),
 		rels:       map[uint32]*relation{},
-		db:         sys.DBName,
+		db:         db,
 		lastCommit: st.LastCommitLSN,
 		acked:      maxLSN(st.AckedLSN, st.LastEndLSN),
 	}
-	return true, st2.run(ctx)
+	return st2.run(ctx)
 }
 
 // stopError is a failure to leave the sink consistent while stopping. Run returns it even

@@ -1,0 +1,110 @@
+package cluster
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// newRegistries starts one embedded server and opens the registry as each named node.
+func newRegistries(t *testing.T, ttl time.Duration, names ...string) []*Registry {
+	t.Helper()
+	ctx := testContext(t, time.Minute)
+	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	var regs []*Registry
+	for _, name := range names {
+		cfg := Config{URLs: lc.URLs(), NodeName: name, Replicas: 1, Heartbeat: 100 * time.Millisecond, NodeTTL: ttl}.WithDefaults()
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := Connect(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(conn.Close)
+		reg, err := OpenRegistry(ctx, conn.NC, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs = append(regs, reg)
+	}
+	return regs
+}
+
+// waitNodes polls reg until the names of the live nodes are want.
+func waitNodes(t *testing.T, ctx context.Context, reg *Registry, want ...string) []NodeInfo {
+	t.Helper()
+	var names []string
+	for {
+		nodes, err := reg.Nodes(ctx)
+		names = names[:0]
+		for _, n := range nodes {
+			names = append(names, n.Name)
+		}
+		if err == nil && slices.Equal(names, want) {
+			return nodes
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("nodes %v (err %v), want %v", names, err, want)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func TestRegistryHeartbeats(t *testing.T) {
+	t.Parallel()
+	regs := newRegistries(t, time.Second, "b", "a")
+	ctx := testContext(t, time.Minute)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 2)
+	go func() {
+		done <- regs[0].Run(runCtx, func() NodeInfo {
+			return NodeInfo{Role: RoleLeader, LeaderSince: time.Unix(100, 0).UTC(), Position: 42, ReplicationPID: 7, Operators: []string{"op"}}
+		})
+	}()
+	go func() {
+		done <- regs[1].Run(runCtx, func() NodeInfo { return NodeInfo{Role: RoleStandby, Position: 40, HTTPAddr: "127.0.0.1:1"} })
+	}()
+	nodes := waitNodes(t, ctx, regs[1], "a", "b")
+	b := nodes[1]
+	if b.Role != RoleLeader || b.Position != 42 || b.ReplicationPID != 7 || !b.LeaderSince.Equal(time.Unix(100, 0)) || b.UpdatedAt.IsZero() || !slices.Equal(b.Operators, []string{"op"}) {
+		t.Fatalf("node b: %+v", b)
+	}
+	st := NewStatus("a", nodes, 0)
+	if st.Leader != "b" || st.Head != 42 || st.Nodes[0].Lag != 2 || st.Nodes[1].Lag != 0 || len(st.Operators) != 1 || st.Operators[0] != (Assignment{Name: "op", Node: "b"}) {
+		t.Fatalf("status: %+v", st)
+	}
+	// A node that stops leaves at once.
+	stop()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitNodes(t, ctx, regs[0])
+}
+
+// TestRegistryEntryExpires writes one heartbeat and no more, as a frozen or cut-off node
+// would, and waits for its entry to expire.
+func TestRegistryEntryExpires(t *testing.T) {
+	t.Parallel()
+	regs := newRegistries(t, 500*time.Millisecond, "frozen", "watcher")
+	ctx := testContext(t, time.Minute)
+	if err := regs[0].Beat(ctx); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Fatalf("Beat before Run = %v, want an error", err)
+	}
+	if err := regs[0].Put(ctx, NodeInfo{Role: RoleLeader}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitNodes(t, ctx, regs[1], "frozen")
+	waitNodes(t, ctx, regs[1])
+	t.Logf("entry expired %s after its heartbeat (NodeTTL 500ms)", time.Since(start).Round(time.Millisecond))
+}
