@@ -162,9 +162,7 @@ func (c Config) validate() error {
 	if c.LedgerBackend != "disk" && c.LedgerBackend != "pebble" {
 		return fmt.Errorf("walflow: LedgerBackend %q is not a disk ledger backend; use disk (segment files, the default) or pebble (the format of walflow before segment files)", c.LedgerBackend)
 	}
-	switch c.ProcessStatus {
-	case "postgres", "memory", "none":
-	default:
+	if !ValidProcessStatus(c.ProcessStatus) {
 		return fmt.Errorf("walflow: ProcessStatus %q is not a store: use postgres, memory or none", c.ProcessStatus)
 	}
 	if c.HTTPAddr != "" {
@@ -181,6 +179,16 @@ func (c Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// ValidProcessStatus reports whether s names a process-status store Config.ProcessStatus
+// takes: postgres, memory or none.
+func ValidProcessStatus(s string) bool {
+	switch s {
+	case "postgres", "memory", "none":
+		return true
+	}
+	return false
 }
 
 func (c Config) tableNames() []string {

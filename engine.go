@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,7 +226,7 @@ func (e *Engine) openOperators() error {
 	if len(e.cfg.Tables) > 0 {
 		for _, o := range r.Operators() {
 			for _, ent := range o.Entities {
-				if !slices.ContainsFunc(e.cfg.Tables, func(t channel.Table) bool { return bareTable(t.Name) == bareTable(ent) }) {
+				if !channel.HasTable(e.cfg.Tables, ent) {
 					return fmt.Errorf("walflow: operator %s listens to %s, which is not among the followed tables; add %s to tables", o.Name, ent, ent)
 				}
 			}
@@ -236,13 +234,6 @@ func (e *Engine) openOperators() error {
 	}
 	e.ops = r
 	return nil
-}
-
-func bareTable(t string) string {
-	if _, n, ok := strings.Cut(t, "."); ok {
-		return n
-	}
-	return t
 }
 
 // Operators returns the operator runner, or nil when no operator is configured.

@@ -421,3 +421,18 @@ func TestScopeColumnLost(t *testing.T) {
 		t.Fatalf("%d warnings, want still 4", n)
 	}
 }
+
+func TestHasTable(t *testing.T) {
+	tables := []Table{{Name: "comments"}, {Name: "app.users"}}
+	for name, want := range map[string]bool{
+		"comments": true, "public.comments": true, "users": true, "app.users": true, "other.users": true,
+		"posts": false, "": false,
+	} {
+		if got := HasTable(tables, name); got != want {
+			t.Errorf("HasTable(%q) = %v, want %v", name, got, want)
+		}
+	}
+	if HasTable(nil, "comments") {
+		t.Error("HasTable(nil) = true")
+	}
+}

@@ -2,7 +2,10 @@ package channel
 
 import (
 	"errors"
+	"slices"
 	"strings"
+
+	"github.com/walflow/walflow/event"
 )
 
 // scopeHint ends every error about the form of a scope template.
@@ -168,6 +171,13 @@ type Table struct {
 	// TimestampColumn is the column holding the row's last change time; empty means
 	// [TimestampColumnDefault]. The channel package does not use it.
 	TimestampColumn string
+}
+
+// HasTable reports whether tables configure the table name, schema-qualified or not: names
+// are compared without their schemas, as events carry them ([event.TableName]).
+func HasTable(tables []Table, name string) bool {
+	n := event.TableName(name)
+	return slices.ContainsFunc(tables, func(t Table) bool { return event.TableName(t.Name) == n })
 }
 
 // WithDefaults returns t with an empty IDColumn or TimestampColumn set to its default.

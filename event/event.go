@@ -3,6 +3,7 @@ package event
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -145,7 +146,8 @@ type Event struct {
 	Ordinal uint32
 	// XID is the transaction id.
 	XID uint32
-	// Name is the entity name, which is the table name.
+	// Name is the entity name, which is the table name without its schema (see
+	// [TableName]).
 	Name string
 	// Type is insert, update, delete or truncate.
 	Type Type
@@ -193,4 +195,13 @@ type TxMeta struct {
 	XID uint32
 	// CommitTime is when the transaction committed.
 	CommitTime time.Time
+}
+
+// TableName returns the name events carry (Event.Name) for table, a table name that may
+// be schema-qualified: the name without its schema.
+func TableName(table string) string {
+	if _, n, ok := strings.Cut(table, "."); ok {
+		return n
+	}
+	return table
 }

@@ -214,3 +214,11 @@ func TestLSN(t *testing.T) {
 		}
 	}
 }
+
+func TestTableName(t *testing.T) {
+	for in, want := range map[string]string{"comments": "comments", "public.comments": "comments", "app.users": "users", "": ""} {
+		if got := event.TableName(in); got != want {
+			t.Errorf("TableName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

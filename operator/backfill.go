@@ -385,7 +385,7 @@ func (b *backfill) planSQL(o SQL, derived bool) error {
 	targetCol := cmp.Or(o.TargetIDColumn, TargetIDColumnDefault)
 	targetID := pgx.Identifier{targetCol}.Sanitize()
 	for _, ent := range o.Entities {
-		col := cmp.Or(o.ID[ent], o.ID[bare(ent)], "id")
+		col := cmp.Or(o.ID[ent], o.ID[event.TableName(ent)], "id")
 		qcol := pgx.Identifier{col}.Sanitize()
 		table := quoteTable(ent)
 		if slices.Contains(o.DeleteWith, ent) {

@@ -151,6 +151,14 @@ func describeQuery(sql string, pos int) string {
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
 
+// ValidTable reports whether name is a table name SQL takes as Target or an entity: an
+// identifier (a letter or _, then letters, digits, _ or $), optionally schema-qualified.
+func ValidTable(name string) bool { return identRE.MatchString(name) }
+
+// ValidColumn reports whether name is a column name SQL takes in ID and TargetIDColumn:
+// an identifier, not qualified.
+func ValidColumn(name string) bool { return identRE.MatchString(name) && !strings.Contains(name, ".") }
+
 func defaultTypes(t []event.Type) []event.Type {
 	if len(t) == 0 {
 		return []event.Type{event.Insert, event.Update, event.Delete}
@@ -166,7 +174,7 @@ func (o SQL) spec() (spec, error) {
 	switch {
 	case o.Target == "":
 		return spec{}, configErrorf("", "Target", "SQL operator has no Target; set it to the derived table the query writes, e.g. post_with_comments_counts")
-	case !identRE.MatchString(o.Target):
+	case !ValidTable(o.Target):
 		return spec{}, configErrorf(name, "Target", "Target %q is not a table name like post_with_comments_counts or schema.table", o.Target)
 	case len(o.Entities) == 0:
 		return spec{}, configErrorf(name, "Entities", "no Entities; list the tables it listens to, e.g. comments and posts")
@@ -189,7 +197,7 @@ func (o SQL) spec() (spec, error) {
 	if idCol == "" {
 		idCol = TargetIDColumnDefault
 	}
-	if !identRE.MatchString(idCol) || strings.Contains(idCol, ".") {
+	if !ValidColumn(idCol) {
 		return spec{}, configErrorf(name, "TargetIDColumn", "TargetIDColumn %q is not a column name", idCol)
 	}
 	deleteSQL := "DELETE FROM " + quoteTable(o.Target) + " WHERE " + pgx.Identifier{idCol}.Sanitize() + " = $1"
@@ -244,7 +252,7 @@ func (o SQL) spec() (spec, error) {
 	// Checked when the runner starts: each entity's id column, then the statements.
 	var checks []stmt
 	for _, ent := range o.Entities {
-		col := cmp.Or(idCols[bare(ent)], "id") // as statements looks it up: by the event's name
+		col := cmp.Or(idCols[event.TableName(ent)], "id") // as statements looks it up: by the event's name
 		checks = append(checks, stmt{sql: "SELECT " + pgx.Identifier{col}.Sanitize() + " FROM " + quoteTable(ent) + " LIMIT 0",
 			what: fmt.Sprintf("id column %s of %s", col, ent), idColumn: true})
 	}
@@ -362,7 +370,7 @@ func (e *IDColumnError) Error() string {
 			e.Operator, e.Type, e.Table, cause, e.Target, quoteTable(e.Table), e.Operator, e.Operator)
 	}
 	return fmt.Sprintf("operator %s: %s of %s has no column %s, which the operator's id mapping names for %s (the event's columns: %s): the column was renamed or dropped, so the %s row the event affects is unknown; map %s to its new id column (id: {%s: NEW_COLUMN} under operators.%s in walflow.yaml, or SQL.ID in Go), fix the query if it names the column, restart walflow with that configuration, then run walflow operator restart %s",
-		e.Operator, e.Type, e.Table, e.Column, e.Table, strings.Join(e.Columns, ", "), e.Target, e.Table, bare(e.Table), e.Operator, e.Operator)
+		e.Operator, e.Type, e.Table, e.Column, e.Table, strings.Join(e.Columns, ", "), e.Target, e.Table, event.TableName(e.Table), e.Operator, e.Operator)
 }
 
 func quoteTable(t string) string {
@@ -403,21 +411,13 @@ func (o Func) spec() (spec, error) {
 	return s, nil
 }
 
-// bare returns the table name without its schema, as events name entities.
-func bare(t string) string {
-	if _, n, ok := strings.Cut(t, "."); ok {
-		return n
-	}
-	return t
-}
-
 // checkGraph refuses an operator set where some operator's writes reach, through the
 // operators listening to them, one of its own entities: that would loop forever.
 func checkGraph(specs []spec) error {
 	byEntity := map[string][]int{}
 	for i, s := range specs {
 		for _, e := range s.entities {
-			byEntity[bare(e)] = append(byEntity[bare(e)], i)
+			byEntity[event.TableName(e)] = append(byEntity[event.TableName(e)], i)
 		}
 	}
 	for i, s := range specs {
@@ -427,8 +427,8 @@ func checkGraph(specs []spec) error {
 		var walk func(j int) error
 		walk = func(j int) error {
 			for _, t := range specs[j].targets {
-				for _, k := range byEntity[bare(t)] {
-					step := append(path, fmt.Sprintf("%s writes %s", specs[j].name, bare(t)))
+				for _, k := range byEntity[event.TableName(t)] {
+					step := append(path, fmt.Sprintf("%s writes %s", specs[j].name, event.TableName(t)))
 					if k == i {
 						return configErrorf(s.name, "Entities", "would feed itself (%s, which %s listens to); an operator may not listen, directly or through other operators, to what it writes",
 							strings.Join(step, ", "), s.name)

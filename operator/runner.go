@@ -145,7 +145,7 @@ func New(cfg Config) (*Runner, error) {
 		}
 		st := &opState{spec: s}
 		for _, e := range s.entities {
-			st.keys = append(st.keys, bare(e))
+			st.keys = append(st.keys, event.TableName(e))
 		}
 		r.byKey[s.name] = st
 		r.ops = append(r.ops, st)

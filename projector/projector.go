@@ -174,7 +174,7 @@ func (p Projector) spec(defaultRetry operator.RetryPolicy) (spec, error) {
 		if e == "" {
 			return spec{}, fmt.Errorf("projector %s: an entity name is empty", p.Name)
 		}
-		s.keys = append(s.keys, bare(e))
+		s.keys = append(s.keys, event.TableName(e))
 	}
 	for _, k := range p.Keys {
 		if k == "" {
@@ -197,14 +197,6 @@ func (p Projector) spec(defaultRetry operator.RetryPolicy) (spec, error) {
 		s.types = []event.Type{event.Insert, event.Update, event.Delete}
 	}
 	return s, nil
-}
-
-// bare returns the table name without its schema, as events name entities.
-func bare(t string) string {
-	if _, n, ok := strings.Cut(t, "."); ok {
-		return n
-	}
-	return t
 }
 
 // order checks the dependencies of specs (unknown names, cycles) and returns them in an

@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/walflow/walflow/internal/suggest"
 )
 
 // Exit codes of [Main].
@@ -119,7 +121,7 @@ func dispatch(ctx context.Context, e *env, args []string) error {
 			return usagef("flag %s comes before a command; write walflow COMMAND %s (commands: %s)", name, name, commandNames(commands))
 		}
 		msg := fmt.Sprintf("unknown command %q", name)
-		if s := suggest(name, commandNamesList(commands)); s != "" {
+		if s := suggest.Closest(name, commandNamesList(commands)); s != "" {
 			msg += fmt.Sprintf("; did you mean %s?", s)
 		}
 		return usagef("%s; the commands are %s (walflow help lists them)", msg, commandNames(commands))
@@ -144,7 +146,7 @@ func execCommand(ctx context.Context, e *env, c *command, args []string) error {
 			msg := fmt.Sprintf("unknown command %q", args[0])
 			if strings.HasPrefix(args[0], "-") {
 				msg = fmt.Sprintf("flag %s comes before a command", args[0])
-			} else if s := suggest(args[0], commandNamesList(c.subs)); s != "" {
+			} else if s := suggest.Closest(args[0], commandNamesList(c.subs)); s != "" {
 				msg += fmt.Sprintf("; did you mean %s?", s)
 			}
 			return usagef("%s: %s; the %s commands are %s (walflow help %s lists them)", c.path(), msg, c.path(), commandNames(c.subs), c.path())
@@ -306,40 +308,8 @@ func helpMain(e *env, args []string) error {
 // all, found where.
 func unknownName(cmd, kind, kinds, name, where string, names []string) error {
 	msg := fmt.Sprintf("%s: unknown %s %q", cmd, kind, name)
-	if s := suggest(name, names); s != "" {
+	if s := suggest.Closest(name, names); s != "" {
 		msg += fmt.Sprintf(" (did you mean %s?)", s)
 	}
 	return usagef("%s; the %s %s are %s", msg, kinds, where, strings.Join(names, ", "))
-}
-
-// suggest returns the candidate closest to s when it is a plausible typo, or "".
-func suggest(s string, candidates []string) string {
-	best, bestDist := "", 3
-	for _, c := range candidates {
-		if d := editDistance(strings.ToLower(s), c); d < bestDist {
-			best, bestDist = c, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b, counting bytes.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

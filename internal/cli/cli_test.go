@@ -3,9 +3,9 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,7 +19,6 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/internal/syncbuf"
-	"github.com/walflow/walflow/source/pgwal"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
@@ -36,6 +35,19 @@ func runCLI(ctx context.Context, getenv func(string) string, args ...string) res
 	code := run(ctx, &env{stdout: &stdout, stderr: &stderr, getenv: getenv}, args)
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
+
+// freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := l.Addr().String()
+	return addr, l.Close()
+}
+
+// noEnv is a getenv with nothing set.
+func noEnv(string) string { return "" }
 
 func TestCommandLine(t *testing.T) {
 	t.Parallel()
@@ -356,33 +368,6 @@ func TestDemo(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
-	}
-}
-
-// TestDemoEngineFailsWhileStarting: an engine that fails before it streams (here: the
-// blog's tables are missing) ends the demo with its error; it used to wait forever for a
-// second result from the engine.
-func TestDemoEngineFailsWhileStarting(t *testing.T) {
-	t.Parallel()
-	dsn := pgtest.NewDatabase(t) // no blog in it
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr syncbuf.Buffer
-	d := &demo{env: &env{stdout: io.Discard, stderr: &stderr, getenv: noEnv}, dir: t.TempDir(), slot: "demo_fails", dsn: dsn}
-	if err := d.configure(addr); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- d.run(t.Context(), time.Minute, false) }()
-	select {
-	case err = <-done:
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("the demo did not end after its engine failed\nstderr:\n%s", stderr.String())
-	}
-	if !errors.Is(err, pgwal.ErrNoTable) || !strings.Contains(err.Error(), "demo: the engine stopped: ") {
-		t.Fatalf("demo ended with %v, want the engine's error wrapping pgwal.ErrNoTable", err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walflow/walflow/internal/syncbuf"
 )
 
 // TestDemoHTTPFlagErrors: a bad --http or --port is a usage error, found before any cluster
@@ -73,8 +75,14 @@ func TestDemoListensWhereTold(t *testing.T) {
 			}
 			ctx, stop := context.WithCancel(t.Context())
 			defer stop()
+			// The output is read while the demo runs: it prints its banner once the engine
+			// streams, which may be after the page first answers.
+			var stdout, stderr syncbuf.Buffer
 			done := make(chan result, 1)
-			go func() { done <- runCLI(ctx, noEnv, "demo", "--write-every", "0", flagName, value) }()
+			go func() {
+				code := run(ctx, &env{stdout: &stdout, stderr: &stderr, getenv: noEnv}, []string{"demo", "--write-every", "0", flagName, value})
+				done <- result{code: code, stdout: stdout.String(), stderr: stderr.String()}
+			}()
 
 			// The page and the endpoints answer on addr once the demo has started.
 			client := &http.Client{Timeout: 5 * time.Second}
@@ -100,9 +108,17 @@ func TestDemoListensWhereTold(t *testing.T) {
 					}
 				}
 			}
+			banner := "open        http://" + addr + "/ "
+			for !strings.Contains(stdout.String(), banner) && time.Now().Before(deadline) {
+				select {
+				case r := <-done:
+					t.Fatalf("demo %s %s ended before its banner: exit %d\nstdout:\n%s\nstderr:\n%s", flagName, value, r.code, r.stdout, r.stderr)
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
 			stop()
 			r := <-done
-			if r.code != ExitOK || !strings.Contains(r.stdout, "open        http://"+addr+"/ ") {
+			if r.code != ExitOK || !strings.Contains(r.stdout, banner) {
 				t.Errorf("demo %s %s served %v, then exit %d; want 0 and the address in the banner\nstdout:\n%s\nstderr:\n%s", flagName, value, got, r.code, r.stdout, r.stderr)
 			}
 		})

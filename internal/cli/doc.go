@@ -4,15 +4,9 @@
 //
 // # Configuration
 //
-// walflow run, walflow status and the walflow operator commands read a YAML file (walflow.yaml by default; see
-// walflow.example.yaml at the repository root, which walflow init writes). Unknown keys are errors, and every error
-// names the file, the line and the key path (tables.comments.scopes[0]) with the fix.
-// database_url may be left out of the file when WALFLOW_DATABASE_URL or DATABASE_URL is set:
-// the environment fills it only when the file does not set it. A relative ledger.dir is
-// relative to the configuration file's directory, so run and status find the same ledger
-// from anywhere. The operators block is checked as a whole at load time, with
-// operator.Validate's checks (New's, without a database) reported at the operator's key path, so walflow run never
-// starts with an operator it would refuse.
+// walflow run, walflow status and the walflow operator, projector, index and ledger
+// commands read a YAML file (walflow.yaml by default; see walflow.example.yaml at the
+// repository root, which walflow init writes), loaded and checked by internal/configfile.
 //
 // # Exit codes
 //

@@ -12,6 +12,7 @@ import (
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
+	"github.com/walflow/walflow/internal/configfile"
 )
 
 var indexCommand = &command{
@@ -149,7 +150,7 @@ func indexStatusMain(ctx context.Context, e *env, path string, asJSON bool) erro
 	if err != nil {
 		return err
 	}
-	if len(c.engine.Indexers) == 0 {
+	if len(c.Engine.Indexers) == 0 {
 		return usagef("%s: %s configures no indexes; add an indexes: block, like indexes: {by_user: {field: user_id}} (walflow.example.yaml shows one)", cmd, path)
 	}
 	doc, ok := runningIndexes(ctx, c)
@@ -166,13 +167,13 @@ func indexStatusMain(ctx context.Context, e *env, path string, asJSON bool) erro
 }
 
 // storedIndexes reads the indexes' checkpoints from the index store, while no walflow runs.
-func storedIndexes(ctx context.Context, cmd string, c *config, path string) (indexStatusDoc, error) {
+func storedIndexes(ctx context.Context, cmd string, c *configfile.Config, path string) (indexStatusDoc, error) {
 	f, err := openLocal(ctx, cmd, c, path, true)
 	if err != nil {
 		return indexStatusDoc{}, err
 	}
 	defer f.Close()
-	r, err := f.runner(c.engine.Indexers)
+	r, err := f.runner(c.Engine.Indexers)
 	if err != nil {
 		return indexStatusDoc{}, err
 	}
@@ -191,11 +192,11 @@ func storedIndexes(ctx context.Context, cmd string, c *config, path string) (ind
 
 // runningIndexes reads the indexes' progress from the /status of the walflow running at
 // http.addr; ok is false when none answers.
-func runningIndexes(ctx context.Context, c *config) (doc indexStatusDoc, ok bool) {
-	if c.engine.HTTPAddr == "" {
+func runningIndexes(ctx context.Context, c *configfile.Config) (doc indexStatusDoc, ok bool) {
+	if c.Engine.HTTPAddr == "" {
 		return doc, false
 	}
-	url := "http://" + c.engine.HTTPAddr + "/status"
+	url := "http://" + c.Engine.HTTPAddr + "/status"
 	st, err := getStatus(ctx, url)
 	if err != nil {
 		return doc, false

@@ -159,7 +159,7 @@ indexes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := c.engine
+	cfg := c.Engine
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
@@ -366,8 +366,8 @@ indexes:
 
 	// Retention removes positions 1 and 2: reads start after the tail by default, and
 	// --after before it is refused.
-	tables := make([]channel.Table, len(c.engine.Tables))
-	for i, tb := range c.engine.Tables {
+	tables := make([]channel.Table, len(c.Engine.Tables))
+	for i, tb := range c.Engine.Tables {
 		tables[i] = tb.WithDefaults()
 	}
 	router, err := channel.NewRouter(tables)

@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/internal/configfile"
 )
 
 var initCommand = &command{
@@ -21,7 +22,7 @@ every key commented: the example of a blog with posts, comments and an operator 
 their counts. Edit database_url and tables (and remove what you do not use), then start
 walflow run. It does not overwrite an existing file unless given --force.`,
 	flags: func(fs *flag.FlagSet) execFunc {
-		path := fs.String("config", ConfigFileDefault, "the configuration `FILE` to write")
+		path := fs.String("config", configfile.ConfigFileDefault, "the configuration `FILE` to write")
 		force := fs.Bool("force", false, "overwrite the file if it exists")
 		return func(_ context.Context, e *env, _ []string) error { return initMain(e, *path, *force) }
 	},
@@ -48,7 +49,7 @@ func initMain(e *env, path string, force bool) error {
 		return fmt.Errorf("init: write the configuration to %s: %w", path, err)
 	}
 	run := "walflow run"
-	if path != ConfigFileDefault {
+	if path != configfile.ConfigFileDefault {
 		run += " --config " + path
 	}
 	fmt.Fprintf(e.stdout, "Wrote %s, the example configuration with every key commented.\n"+

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/internal/configfile"
 )
 
 // TestInit: init writes the example configuration, which loads with run's loader, and
@@ -37,8 +38,8 @@ func TestInit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("run's loader rejects what init wrote: %v", err)
 	}
-	if c.engine.DatabaseURL != "postgres://walflow:secret@localhost:5432/app" || len(c.engine.Tables) != 3 || len(c.engine.Operators) != 1 {
-		t.Errorf("loaded database_url %q, %d tables, %d operators; want the example's, 3 and 1", c.engine.DatabaseURL, len(c.engine.Tables), len(c.engine.Operators))
+	if c.Engine.DatabaseURL != "postgres://walflow:secret@localhost:5432/app" || len(c.Engine.Tables) != 3 || len(c.Engine.Operators) != 1 {
+		t.Errorf("loaded database_url %q, %d tables, %d operators; want the example's, 3 and 1", c.Engine.DatabaseURL, len(c.Engine.Tables), len(c.Engine.Operators))
 	}
 
 	// A second init leaves the file alone and says how to go on.
@@ -79,7 +80,7 @@ func TestInitDefaultFile(t *testing.T) {
 	if r.code != ExitOK || !strings.HasSuffix(r.stdout, "then start: walflow run\n") {
 		t.Fatalf("init: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
-	if _, err := loadConfig(filepath.Join(dir, ConfigFileDefault), noEnv); err != nil {
+	if _, err := loadConfig(filepath.Join(dir, configfile.ConfigFileDefault), noEnv); err != nil {
 		t.Fatalf("run's loader rejects what init wrote: %v", err)
 	}
 }

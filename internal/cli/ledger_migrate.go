@@ -39,17 +39,17 @@ func ledgerMigrateMain(ctx context.Context, e *env, path string) error {
 	if err != nil {
 		return err
 	}
-	if c.engine.MemoryLedger {
+	if c.Engine.MemoryLedger {
 		return usagef("%s: ledger.backend is memory in %s: there are no files to migrate", cmd, path)
 	}
-	dir := c.engine.LedgerDir
+	dir := c.Engine.LedgerDir
 	if !pebble.IsLedgerDir(dir) {
 		if _, serr := os.Stat(dir); errors.Is(serr, os.ErrNotExist) {
 			return fmt.Errorf("%s: the ledger %s does not exist; there is nothing to migrate", cmd, dir)
 		}
 		return fmt.Errorf("%s: %s holds no ledger of the pebble backend; there is nothing to migrate", cmd, dir)
 	}
-	router, err := channel.NewRouter(c.engine.Tables)
+	router, err := channel.NewRouter(c.Engine.Tables)
 	if err != nil {
 		return fmt.Errorf("%s: tables: %w", cmd, err)
 	}
@@ -84,7 +84,7 @@ func ledgerMigrateMain(ctx context.Context, e *env, path string) error {
 		return fmt.Errorf("%s: put the copy in place: %w (the pebble ledger is in %s, the copy in %s)", cmd, err, old, tmp)
 	}
 	fmt.Fprintf(e.stdout, "Migrated %d events to the disk backend in %s; the pebble ledger is kept in %s.\n", st.Head-st.Tail, dir, old)
-	if c.engine.LedgerBackend == "pebble" {
+	if c.Engine.LedgerBackend == "pebble" {
 		fmt.Fprintf(e.stdout, "Set ledger.backend: disk (or remove the line) in %s before walflow run.\n", path)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/eventline"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/operator"
 )
@@ -117,7 +118,7 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 	what := "events"
 	switch {
 	case q.index != "":
-		r, err := f.runner(c.engine.Indexers)
+		r, err := f.runner(c.Engine.Indexers)
 		if err != nil {
 			return err
 		}
@@ -146,8 +147,8 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 
 	w := bufio.NewWriter(e.stdout)
 	p := eventPrinter{w: w, f: f, json: q.json, color: !q.json && isTerminal(e.stdout) && e.getenv("NO_COLOR") == ""}
-	p.tableWidth = lineTableWidth
-	for _, t := range c.engine.Tables {
+	p.tableWidth = eventline.TableWidth
+	for _, t := range c.Engine.Tables {
 		p.tableWidth = max(p.tableWidth, utf8.RuneCountInString(t.Name))
 	}
 	from := f.led.State().Tail
@@ -204,5 +205,5 @@ func (p *eventPrinter) print(ev *event.Event) {
 		return
 	}
 	p.channels = p.f.router.Channels(ev, p.channels[:0])
-	fmt.Fprintln(p.w, eventLineWidth(ev, p.f.router.Table(ev.Name), p.channels, p.color, p.tableWidth))
+	fmt.Fprintln(p.w, eventline.LineWidth(ev, p.f.router.Table(ev.Name), p.channels, p.color, p.tableWidth))
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
 	indexdisk "github.com/walflow/walflow/index/disk"
+	"github.com/walflow/walflow/internal/configfile"
 	"github.com/walflow/walflow/internal/lockholder"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/disk"
@@ -26,7 +27,7 @@ import (
 // are locked by the process that holds them, so those work only while no walflow runs.
 type localFiles struct {
 	cmd    string // "ledger read", for errors
-	cfg    *config
+	cfg    *configfile.Config
 	path   string // the configuration file
 	router *channel.Router
 	led    ledger.Ledger
@@ -44,31 +45,31 @@ func (e *routerError) Error() string { return "tables: " + e.err.Error() }
 // walflow run does: the ledger indexes channels with it. A disk ledger is opened read-only
 // (as it was when opened, beside a running walflow); a pebble ledger for writing, which
 // needs its lock. Its logs are discarded.
-func openDiskLedger(ctx context.Context, c *config) (*channel.Router, ledger.Ledger, error) {
-	router, err := channel.NewRouter(c.engine.Tables)
+func openDiskLedger(ctx context.Context, c *configfile.Config) (*channel.Router, ledger.Ledger, error) {
+	router, err := channel.NewRouter(c.Engine.Tables)
 	if err != nil {
 		return nil, nil, &routerError{err}
 	}
 	quiet := slog.New(slog.DiscardHandler)
-	if c.engine.LedgerBackend == "pebble" {
-		led, err := pebble.Open(ctx, c.engine.LedgerDir, &pebble.Options{Indexer: router.Channels, Logger: quiet})
+	if c.Engine.LedgerBackend == "pebble" {
+		led, err := pebble.Open(ctx, c.Engine.LedgerDir, &pebble.Options{Indexer: router.Channels, Logger: quiet})
 		if err != nil {
 			return nil, nil, err
 		}
 		return router, led, nil
 	}
-	led, err := disk.OpenReadOnly(ctx, c.engine.LedgerDir, &disk.Options{Indexer: router.Channels, Logger: quiet})
+	led, err := disk.OpenReadOnly(ctx, c.Engine.LedgerDir, &disk.Options{Indexer: router.Channels, Logger: quiet})
 	if err != nil {
 		return nil, nil, err
 	}
 	return router, led, nil
 }
 
-func openLocal(ctx context.Context, cmd string, c *config, path string, withIndexes bool) (*localFiles, error) {
-	if c.engine.MemoryLedger {
+func openLocal(ctx context.Context, cmd string, c *configfile.Config, path string, withIndexes bool) (*localFiles, error) {
+	if c.Engine.MemoryLedger {
 		return nil, usagef("%s: ledger.backend is memory in %s: that ledger lives only inside walflow run, so there are no files to read", cmd, path)
 	}
-	dir := c.engine.LedgerDir
+	dir := c.Engine.LedgerDir
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%s: the ledger %s does not exist yet; walflow run --config %s creates it", cmd, dir, path)
 	}
@@ -95,8 +96,8 @@ func openLocal(ctx context.Context, cmd string, c *config, path string, withInde
 }
 
 // indexDir is the directory of the configuration's index store, as walflow run uses it.
-func indexDir(c *config) string {
-	return cmp.Or(c.engine.IndexDir, c.engine.LedgerDir+".index")
+func indexDir(c *configfile.Config) string {
+	return cmp.Or(c.Engine.IndexDir, c.Engine.LedgerDir+".index")
 }
 
 // lockedError explains a failure to open the ledger or index files at dir: when another
@@ -130,17 +131,17 @@ func (f *localFiles) Close() error {
 }
 
 // indexNames lists the configured indexes.
-func indexNames(c *config) []string {
-	names := make([]string, len(c.engine.Indexers))
-	for i, ix := range c.engine.Indexers {
+func indexNames(c *configfile.Config) []string {
+	names := make([]string, len(c.Engine.Indexers))
+	for i, ix := range c.Engine.Indexers {
 		names[i] = ix.Name
 	}
 	return names
 }
 
 // findIndex returns the configured index called name, or a usage error listing the names.
-func findIndex(cmd string, c *config, path, name string) (index.Indexer, error) {
-	for _, ix := range c.engine.Indexers {
+func findIndex(cmd string, c *configfile.Config, path, name string) (index.Indexer, error) {
+	for _, ix := range c.Engine.Indexers {
 		if ix.Name == name {
 			return ix, nil
 		}

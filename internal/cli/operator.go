@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/configfile"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/source/pgwal"
@@ -46,7 +47,7 @@ slot; status, restart and skip take --instance SLOT to act on another one.`,
 
 // configFlag declares --config on fs.
 func configFlag(fs *flag.FlagSet) *string {
-	return fs.String("config", ConfigFileDefault, "the configuration `FILE`")
+	return fs.String("config", configfile.ConfigFileDefault, "the configuration `FILE`")
 }
 
 // nameFlags are the flags of a command on one NAME with --config: run gets the
@@ -131,7 +132,7 @@ changed may be wrong: run walflow operator backfill NAME afterwards to recompute
 // operatorCmd is an operator command's configuration and the operator it names.
 type operatorCmd struct {
 	name string // "operator status", for errors
-	cfg  *config
+	cfg  *configfile.Config
 	path string
 	// instance is the instance acted on; own says it is the configured slot's.
 	instance string
@@ -144,7 +145,7 @@ func loadOperatorCmd(e *env, name, path string) (*operatorCmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	slot := cmp.Or(c.engine.Slot, pgwal.SlotDefault)
+	slot := cmp.Or(c.Engine.Slot, pgwal.SlotDefault)
 	return &operatorCmd{name: name, cfg: c, path: path, instance: slot, own: true}, nil
 }
 
@@ -158,7 +159,7 @@ func (oc *operatorCmd) selectInstance(instance string) {
 // names lists the configured operators.
 func (oc *operatorCmd) names() []string {
 	var names []string
-	for _, o := range oc.cfg.engine.Operators {
+	for _, o := range oc.cfg.Engine.Operators {
 		if s, ok := o.(operator.SQL); ok {
 			names = append(names, s.Name)
 		}
@@ -168,7 +169,7 @@ func (oc *operatorCmd) names() []string {
 
 // find returns the configured operator called name, or a usage error listing the names.
 func (oc *operatorCmd) find(name string) (operator.SQL, error) {
-	for _, o := range oc.cfg.engine.Operators {
+	for _, o := range oc.cfg.Engine.Operators {
 		if s, ok := o.(operator.SQL); ok && s.Name == name {
 			return s, nil
 		}
@@ -204,7 +205,7 @@ func openOperator(ctx context.Context, e *env, cmd, path, instance, name string)
 }
 
 func (oc *operatorCmd) pool(ctx context.Context) (*pgxpool.Pool, error) {
-	pool, err := pgxpool.New(ctx, oc.cfg.engine.DatabaseURL)
+	pool, err := pgxpool.New(ctx, oc.cfg.Engine.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", oc.name, err)
 	}
@@ -433,10 +434,10 @@ type ledgerView struct {
 
 // readLedger reads the ledger's head and how far the operators really are: from the
 // running walflow's /status, or from the ledger directory when no walflow answers.
-func readLedger(ctx context.Context, c *config, ops []operatorStatus) ledgerView {
+func readLedger(ctx context.Context, c *configfile.Config, ops []operatorStatus) ledgerView {
 	v := ledgerView{through: map[string]event.Position{}}
-	if c.engine.HTTPAddr != "" {
-		url := "http://" + c.engine.HTTPAddr + "/status"
+	if c.Engine.HTTPAddr != "" {
+		url := "http://" + c.Engine.HTTPAddr + "/status"
 		if st, err := getStatus(ctx, url); err == nil {
 			v.head, v.known, v.from = event.Position(st.LedgerHead), true, "the running walflow at "+url
 			for _, o := range st.Operators {
@@ -450,14 +451,14 @@ func readLedger(ctx context.Context, c *config, ops []operatorStatus) ledgerView
 		v.from = why
 		return v
 	}
-	dir := c.engine.LedgerDir
+	dir := c.Engine.LedgerDir
 	defer led.Close()
 	v.head, v.known, v.from = led.State().Head, true, "the ledger "+dir
 	entities := map[string][]string{}
-	for _, o := range c.engine.Operators {
+	for _, o := range c.Engine.Operators {
 		if s, ok := o.(operator.SQL); ok {
 			for _, ent := range s.Entities {
-				entities[s.Name] = append(entities[s.Name], bareName(ent))
+				entities[s.Name] = append(entities[s.Name], event.TableName(ent))
 			}
 		}
 	}

@@ -26,6 +26,26 @@ ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
 
 // operatorConfigFile writes a configuration with the seed operator and comment_totals on
 // dsn, and returns its path. extra is appended (top-level keys).
+// seedQuery is the query of the operator post_with_comments_counts, a MERGE, indented for
+// a YAML block.
+const seedQuery = `
+    query: |
+      MERGE INTO post_with_comments_counts dest
+      USING (
+          SELECT p.id AS id, p.title AS title, p.body AS body, p.inserted_at AS inserted_at,
+                 p.updated_at AS updated_at,
+                 (SELECT COUNT(c.id) FROM comments c WHERE c.post_id = p.id) AS comments_count
+          FROM posts p
+          WHERE p.id = $1
+      ) src ON src.id = dest.id
+      WHEN NOT MATCHED THEN
+        INSERT (id, title, body, inserted_at, updated_at, comments_count)
+        VALUES (src.id, src.title, src.body, src.inserted_at, src.updated_at, src.comments_count)
+      WHEN MATCHED THEN
+        UPDATE SET title = src.title, body = src.body, inserted_at = src.inserted_at,
+                   updated_at = src.updated_at, comments_count = src.comments_count;
+`
+
 func operatorConfigFile(t *testing.T, dsn, extra string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "walflow.yaml")

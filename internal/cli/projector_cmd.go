@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/configfile"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/projector"
 )
@@ -105,7 +106,7 @@ handler, the read model), or the projector halts again after its retries.`,
 // projectorCmd is a projector command's configuration and its store.
 type projectorCmd struct {
 	name  string // "projector status", for errors
-	cfg   *config
+	cfg   *configfile.Config
 	path  string
 	pool  *pgxpool.Pool
 	store *projector.PostgresStore
@@ -118,7 +119,7 @@ func openProjectorCmd(ctx context.Context, e *env, name, path string) (*projecto
 	if err != nil {
 		return nil, err
 	}
-	pool, err := pgxpool.New(ctx, c.engine.DatabaseURL)
+	pool, err := pgxpool.New(ctx, c.Engine.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -331,10 +332,10 @@ type projectorHeadView struct {
 
 // projectorHead reads the ledger head, and the live projector positions: from the running
 // walflow's /status, else from the ledger directory when no process holds it.
-func projectorHead(ctx context.Context, c *config) projectorHeadView {
+func projectorHead(ctx context.Context, c *configfile.Config) projectorHeadView {
 	v := projectorHeadView{running: map[string]event.Position{}}
-	if c.engine.HTTPAddr != "" {
-		url := "http://" + c.engine.HTTPAddr + "/status"
+	if c.Engine.HTTPAddr != "" {
+		url := "http://" + c.Engine.HTTPAddr + "/status"
 		if st, err := getStatus(ctx, url); err == nil {
 			v.head, v.known, v.from = event.Position(st.LedgerHead), true, "the running walflow at "+url
 			for _, p := range st.Projectors {
@@ -349,18 +350,18 @@ func projectorHead(ctx context.Context, c *config) projectorHeadView {
 		return v
 	}
 	defer led.Close()
-	v.head, v.known, v.from = led.State().Head, true, "the ledger "+c.engine.LedgerDir
+	v.head, v.known, v.from = led.State().Head, true, "the ledger "+c.Engine.LedgerDir
 	return v
 }
 
 // openLedgerForHead opens the ledger files when no running walflow answered, for the
 // status commands' ledger head; nil and the reason when it cannot.
-func openLedgerForHead(ctx context.Context, c *config) (ledger.Ledger, string) {
-	noEngine := "no walflow answers on " + shownAddr(c.engine.HTTPAddr)
-	if c.engine.MemoryLedger {
+func openLedgerForHead(ctx context.Context, c *configfile.Config) (ledger.Ledger, string) {
+	noEngine := "no walflow answers on " + shownAddr(c.Engine.HTTPAddr)
+	if c.Engine.MemoryLedger {
 		return nil, noEngine + " and the ledger is in memory"
 	}
-	dir := c.engine.LedgerDir
+	dir := c.Engine.LedgerDir
 	if _, err := os.Stat(dir); err != nil {
 		return nil, noEngine + " and the ledger " + dir + " does not exist yet"
 	}

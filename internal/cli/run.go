@@ -5,11 +5,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 
 	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/internal/configfile"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
@@ -26,7 +26,7 @@ default) on the same address. Ctrl-C or SIGTERM stops it cleanly: open realtime 
 end with their resume position, what was appended is synced and acknowledged to the slot,
 and the exit code is 0.`,
 	flags: func(fs *flag.FlagSet) execFunc {
-		path := fs.String("config", ConfigFileDefault, "the configuration `FILE`")
+		path := fs.String("config", configfile.ConfigFileDefault, "the configuration `FILE`")
 		return func(ctx context.Context, e *env, _ []string) error { return runMain(ctx, e, *path) }
 	},
 }
@@ -36,12 +36,12 @@ func runMain(ctx context.Context, e *env, path string) error {
 	if err != nil {
 		return err
 	}
-	log := c.logger(e.stderr)
-	cfg := c.engine
+	log := c.Logger(e.stderr)
+	cfg := c.Engine
 	cfg.Logger = log
-	if c.realtime != nil {
+	if c.Realtime != nil {
 		// Only run reads the keys: status and the operator commands never need them.
-		if cfg.Realtime, err = c.realtime.resolve(e.getenv, log); err != nil {
+		if cfg.Realtime, err = c.Realtime.Resolve(e.getenv, log); err != nil {
 			return &usageError{err}
 		}
 	}
@@ -65,7 +65,7 @@ func runMain(ctx context.Context, e *env, path string) error {
 	}
 	attrs := []any{
 		slog.Any("database", redactedDSN(cfg.DatabaseURL)),
-		slog.String("database_from", c.dsnFrom),
+		slog.String("database_from", c.DSNFrom),
 		slog.String("slot", cmp.Or(cfg.Slot, pgwal.SlotDefault)),
 		slog.String("publication", cmp.Or(cfg.Publication, pgwal.PublicationDefault)),
 		slog.String("tables", strings.Join(tables, ",")),
@@ -76,7 +76,7 @@ func runMain(ctx context.Context, e *env, path string) error {
 	}
 	if cfg.Realtime != nil {
 		// Where the keys come from, never the keys.
-		attrs = append(attrs, slog.String("realtime_path", cfg.Realtime.Path), slog.String("realtime_auth", c.realtime.summary()))
+		attrs = append(attrs, slog.String("realtime_path", cfg.Realtime.Path), slog.String("realtime_auth", c.Realtime.Summary()))
 	}
 	log.InfoContext(ctx, "walflow starting", attrs...)
 	runErr := eng.Run(ctx)
@@ -90,13 +90,4 @@ func runMain(ctx context.Context, e *env, path string) error {
 	}
 	log.InfoContext(ctx, "walflow stopped", slog.Uint64("ledger_head", uint64(head)))
 	return nil
-}
-
-// logger returns the logger the configuration asks for, writing to w.
-func (c *config) logger(w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: c.logLevel}
-	if c.logJSON {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
 }

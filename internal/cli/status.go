@@ -19,6 +19,7 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/configfile"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/source/pgwal"
@@ -47,7 +48,7 @@ operators, and from a running engine its indexes and projectors, under the keys 
 walflow index status --json and walflow projector status --json use (name, phase,
 checkpoint or position, lag_events).`,
 	flags: func(fs *flag.FlagSet) execFunc {
-		path := fs.String("config", ConfigFileDefault, "the configuration `FILE`")
+		path := fs.String("config", configfile.ConfigFileDefault, "the configuration `FILE`")
 		asJSON := fs.Bool("json", false, "print the status as JSON")
 		return func(ctx context.Context, e *env, _ []string) error { return statusMain(ctx, e, *path, *asJSON) }
 	},
@@ -83,12 +84,12 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 }
 
 // fetchStatus asks the running engine, or else opens the ledger and measures the slot.
-func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, error) {
-	if c.engine.HTTPAddr != "" {
-		url := "http://" + c.engine.HTTPAddr + "/status"
+func fetchStatus(ctx context.Context, c *configfile.Config) (walflow.Status, statusSource, error) {
+	if c.Engine.HTTPAddr != "" {
+		url := "http://" + c.Engine.HTTPAddr + "/status"
 		st, err := getStatus(ctx, url)
 		if err == nil {
-			if slot := cmp.Or(c.engine.Slot, pgwal.SlotDefault); st.Slot != slot {
+			if slot := cmp.Or(c.Engine.Slot, pgwal.SlotDefault); st.Slot != slot {
 				return walflow.Status{}, statusSource{}, fmt.Errorf("status: the walflow at %s follows slot %s, but this configuration's slot is %s: it is another instance; give each instance its own http.addr", url, st.Slot, slot)
 			}
 			return st, statusSource{running: true, where: url}, nil
@@ -99,7 +100,7 @@ func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, 
 			return walflow.Status{}, statusSource{}, err
 		}
 	}
-	cfg := c.engine
+	cfg := c.Engine
 	cfg.HTTPAddr = ""
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	where := cfg.LedgerDir
@@ -114,7 +115,7 @@ func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, 
 	}
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
-		return walflow.Status{}, statusSource{}, fmt.Errorf("status: no engine answers on %s, and opening its ledger failed (an engine running without http.addr holds it): %w", shownAddr(c.engine.HTTPAddr), err)
+		return walflow.Status{}, statusSource{}, fmt.Errorf("status: no engine answers on %s, and opening its ledger failed (an engine running without http.addr holds it): %w", shownAddr(c.Engine.HTTPAddr), err)
 	}
 	st := eng.Status(ctx)
 	src := statusSource{where: where}
@@ -130,11 +131,11 @@ func fetchStatus(ctx context.Context, c *config) (walflow.Status, statusSource, 
 // status shows it: the position is the checkpoint, or later when the ledger's events after
 // it are all of other tables. It leaves them at position 0 when no walflow has run in the
 // database, and returns why they could not be read otherwise.
-func storedOperators(ctx context.Context, c *config, led ledger.Ledger, st *walflow.Status) error {
+func storedOperators(ctx context.Context, c *configfile.Config, led ledger.Ledger, st *walflow.Status) error {
 	if len(st.Operators) == 0 {
 		return nil
 	}
-	pool, err := pgxpool.New(ctx, c.engine.DatabaseURL)
+	pool, err := pgxpool.New(ctx, c.Engine.DatabaseURL)
 	if err != nil {
 		return err
 	}
@@ -155,7 +156,7 @@ func storedOperators(ctx context.Context, c *config, led ledger.Ledger, st *walf
 			o.Position, o.Halted = s.Position, s.Halted
 			keys := make([]string, len(o.Entities))
 			for j, ent := range o.Entities {
-				keys[j] = bareName(ent)
+				keys[j] = event.TableName(ent)
 			}
 			if p, ok := appliedThrough(ctx, led, keys, s.Position); ok {
 				o.Position = max(o.Position, p)

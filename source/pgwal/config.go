@@ -87,6 +87,14 @@ var (
 	errNoConfig = errors.New("pgwal: ConnString is empty; set it to a PostgreSQL URL such as postgres://user@localhost:5432/app")
 )
 
+// ValidSlot reports whether name is a replication slot name Config takes: 1 to 63
+// lower-case letters, digits and underscores.
+func ValidSlot(name string) bool { return slotNameRE.MatchString(name) }
+
+// ValidPublication reports whether name is a publication name Config takes: a letter or
+// underscore, then letters, digits, underscores or $, at most 63 bytes.
+func ValidPublication(name string) bool { return identRE.MatchString(name) }
+
 // withDefaults returns a copy with every zero field set to its default.
 func (c Config) withDefaults() Config {
 	c.Slot = cmp.Or(c.Slot, SlotDefault)
@@ -112,13 +120,13 @@ func (c Config) validate() error {
 	if _, err := pgconn.ParseConfig(c.ConnString); err != nil {
 		return fmt.Errorf("pgwal: ConnString does not parse: %w", err)
 	}
-	if !slotNameRE.MatchString(c.Slot) {
+	if !ValidSlot(c.Slot) {
 		return fmt.Errorf("pgwal: Slot %q is not a valid replication slot name: use 1 to 63 lower-case letters, digits or underscores, like walflow_app", c.Slot)
 	}
 	if c.SlotFailover && c.TemporarySlot {
 		return errors.New("pgwal: SlotFailover and TemporarySlot are both set, but PostgreSQL does not fail over temporary slots; turn one of them off")
 	}
-	if !identRE.MatchString(c.Publication) {
+	if !ValidPublication(c.Publication) {
 		return fmt.Errorf("pgwal: Publication %q is not a valid name: use a letter or underscore followed by letters, digits or underscores, like walflow", c.Publication)
 	}
 	for _, t := range c.Tables {

@@ -1,10 +1,9 @@
-package cli
+package configfile
 
 import (
 	"cmp"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -69,9 +68,6 @@ var (
 	)
 )
 
-// tableRE is a table name, optionally schema-qualified, as operator.SQL accepts it.
-var tableRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
-
 // operators validates operators and operator_defaults into e, after e.Tables.
 func (l *loader) operators(fc *fileConfig, e *walflow.Config) error {
 	for _, name := range l.order["operators"] {
@@ -105,9 +101,9 @@ func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (o
 
 	op.Target = cmp.Or(oc.Target, name)
 	switch {
-	case oc.Target != "" && !tableRE.MatchString(oc.Target):
+	case oc.Target != "" && !operator.ValidTable(oc.Target):
 		return op, l.errPath(path+".target", "%q is not a table name; write the derived table the query writes, like post_with_comments_counts or schema.table", oc.Target)
-	case oc.Target == "" && !tableRE.MatchString(name):
+	case oc.Target == "" && !operator.ValidTable(name):
 		return op, l.errKey(path, "the name %q is not a table name, so it cannot be the target table; set target: to the derived table the query writes", name)
 	}
 
@@ -136,13 +132,13 @@ func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (o
 	}
 	for i, ent := range oc.Entities {
 		p := fmt.Sprintf("%s.entities[%d]", path, i)
-		if !tableRE.MatchString(ent) {
+		if !operator.ValidTable(ent) {
 			return op, l.errPath(p, "%q is not a table name; write a followed table like comments", ent)
 		}
 		if j := slices.Index(oc.Entities[:i], ent); j >= 0 {
 			return op, l.errPath(p, "%s is listed twice (also %s.entities[%d]); keep one", ent, path, j)
 		}
-		if len(e.Tables) > 0 && !slices.ContainsFunc(e.Tables, func(t channel.Table) bool { return bareName(t.Name) == bareName(ent) }) {
+		if len(e.Tables) > 0 && !channel.HasTable(e.Tables, ent) {
 			return op, l.errPath(p, "%s is not in tables, so its events never reach the ledger the operator reads; add it there (%s:), or remove it from %s.entities",
 				ent, joinPath("tables", ent), path)
 		}
@@ -154,7 +150,7 @@ func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (o
 		if !slices.Contains(oc.Entities, ent) {
 			return op, l.errPath(p, "%s is not one of %s.entities (%s); add it there or remove this key", ent, path, strings.Join(oc.Entities, ", "))
 		}
-		if col := oc.ID[ent]; !plainKey.MatchString(col) {
+		if col := oc.ID[ent]; !operator.ValidColumn(col) {
 			return op, l.errPath(p, "%q is not a column name; write the column of %s that holds the derived row's id, like post_id", col, ent)
 		}
 	}
@@ -168,7 +164,7 @@ func (l *loader) operator(name string, oc *operatorConfig, e *walflow.Config) (o
 	}
 	op.DeleteWith = oc.DeleteWith
 
-	if oc.TargetID != "" && !plainKey.MatchString(oc.TargetID) {
+	if oc.TargetID != "" && !operator.ValidColumn(oc.TargetID) {
 		return op, l.errPath(path+".target_id", "%q is not a column name; write %s's id column, like id", oc.TargetID, op.Target)
 	}
 	op.TargetIDColumn = oc.TargetID
@@ -254,12 +250,4 @@ func operatorProblem(err error) string {
 		return ce.Err.Error()
 	}
 	return err.Error()
-}
-
-// bareName returns a table name without its schema, as events name tables.
-func bareName(t string) string {
-	if _, n, ok := strings.Cut(t, "."); ok {
-		return n
-	}
-	return t
 }

@@ -1,4 +1,4 @@
-package cli
+package configfile
 
 import (
 	"slices"
@@ -9,25 +9,6 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/operator"
 )
-
-// seedQuery is the seed's post_with_comments_counts MERGE, indented for a YAML block.
-const seedQuery = `
-    query: |
-      MERGE INTO post_with_comments_counts dest
-      USING (
-          SELECT p.id AS id, p.title AS title, p.body AS body, p.inserted_at AS inserted_at,
-                 p.updated_at AS updated_at,
-                 (SELECT COUNT(c.id) FROM comments c WHERE c.post_id = p.id) AS comments_count
-          FROM posts p
-          WHERE p.id = $1
-      ) src ON src.id = dest.id
-      WHEN NOT MATCHED THEN
-        INSERT (id, title, body, inserted_at, updated_at, comments_count)
-        VALUES (src.id, src.title, src.body, src.inserted_at, src.updated_at, src.comments_count)
-      WHEN MATCHED THEN
-        UPDATE SET title = src.title, body = src.body, inserted_at = src.inserted_at,
-                   updated_at = src.updated_at, comments_count = src.comments_count;
-`
 
 const operatorTables = `database_url: postgres://app@localhost/app
 tables:
@@ -47,7 +28,11 @@ func TestParseConfigOperators(t *testing.T) {
     id: {comments: post_id, posts: id}
     delete_with: [posts]
     target_id: id
-` + seedQuery + `  comment_totals:
+    query: |
+      UPDATE post_with_comments_counts p
+      SET comments_count = (SELECT count(*) FROM comments c WHERE c.post_id = p.id)
+      WHERE p.id = $1
+  comment_totals:
     target: public.post_with_comments_counts
     events: [insert, delete]
     entities: [comments]
@@ -63,7 +48,7 @@ operator_defaults:
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := c.engine
+	e := c.Engine
 	if len(e.Operators) != 2 {
 		t.Fatalf("Operators = %+v, want 2", e.Operators)
 	}
@@ -104,12 +89,12 @@ operator_defaults:
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := c.engine.Operators[0].(operator.SQL)
+	op := c.Engine.Operators[0].(operator.SQL)
 	if op.Name != "post_with_comments_counts" || op.Target != "post_with_comments_counts" || op.Events != nil || op.TargetIDColumn != "" || op.OnFailure != "" {
 		t.Errorf("defaults: %+v", op)
 	}
-	if c.engine.OperatorRetry.MaxRetries != -1 || c.engine.OperatorBatchDelay != 50*time.Millisecond || c.engine.OperatorBatchSize != 0 {
-		t.Errorf("operator defaults: %+v, delay %s, batch %d", c.engine.OperatorRetry, c.engine.OperatorBatchDelay, c.engine.OperatorBatchSize)
+	if c.Engine.OperatorRetry.MaxRetries != -1 || c.Engine.OperatorBatchDelay != 50*time.Millisecond || c.Engine.OperatorBatchSize != 0 {
+		t.Errorf("operator defaults: %+v, delay %s, batch %d", c.Engine.OperatorRetry, c.Engine.OperatorBatchDelay, c.Engine.OperatorBatchSize)
 	}
 
 	// Without tables every table is followed, so any entity is accepted.
@@ -192,7 +177,7 @@ func TestParseConfigOperatorErrors(t *testing.T) {
 			t.Parallel()
 			c, err := parseConfig("walflow.yaml", []byte(tt.yaml), noEnv)
 			if err == nil {
-				t.Fatalf("parseConfig succeeded (%+v), want an error with %q", c.engine.Operators, tt.want)
+				t.Fatalf("parseConfig succeeded (%+v), want an error with %q", c.Engine.Operators, tt.want)
 			}
 			msg := err.Error()
 			rest := msg

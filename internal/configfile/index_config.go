@@ -1,4 +1,4 @@
-package cli
+package configfile
 
 import (
 	"github.com/walflow/walflow"

@@ -1,9 +1,10 @@
-package cli
+package configfile
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/internal/suggest"
+	"github.com/walflow/walflow/source/pgwal"
 )
 
 // Defaults of the configuration file that differ from walflow.Config's.
@@ -78,17 +81,17 @@ type tableConfig struct {
 	Timestamp string   `yaml:"timestamp"`
 }
 
-// config is a loaded and validated configuration file.
-type config struct {
-	// engine is the engine's configuration, without a Logger.
-	engine walflow.Config
-	// dsnFrom says where DatabaseURL came from: "database_url" or an environment variable.
-	dsnFrom  string
-	logLevel slog.Level
-	logJSON  bool
-	// realtime is the realtime section, nil without one; run reads its keys into
-	// engine.Realtime (see realtimeSettings.resolve).
-	realtime *realtimeSettings
+// Config is a loaded and validated configuration file.
+type Config struct {
+	// Engine is the engine's configuration, without a Logger.
+	Engine walflow.Config
+	// DSNFrom says where DatabaseURL came from: "database_url" or an environment variable.
+	DSNFrom  string
+	LogLevel slog.Level
+	LogJSON  bool
+	// Realtime is the realtime section, nil without one; run reads its keys into
+	// Engine.Realtime (see RealtimeSettings.Resolve).
+	Realtime *RealtimeSettings
 }
 
 // configError is a mistake in the configuration file: the file, the line (0 when unknown),
@@ -116,22 +119,18 @@ func (e *configError) Error() string {
 	return b.String()
 }
 
-// loadConfig reads and validates the configuration file at path. getenv supplies
-// database_url when the file has none. Every error is a *usageError wrapping a
-// *configError.
-func loadConfig(path string, getenv func(string) string) (*config, error) {
+// Load reads and validates the configuration file at path. getenv supplies database_url
+// when the file has none. Every error is a mistake in the file (or a file that cannot be
+// read), naming the file, the line and the key path with the fix.
+func Load(path string, getenv func(string) string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, &usageError{&configError{file: path, msg: "no such file; write one with walflow init (it shows every key) or pass --config FILE"}}
+			return nil, &configError{file: path, msg: "no such file; write one with walflow init (it shows every key) or pass --config FILE"}
 		}
-		return nil, &usageError{&configError{file: path, msg: err.Error()}}
+		return nil, &configError{file: path, msg: err.Error()}
 	}
-	c, err := parseConfig(path, data, getenv)
-	if err != nil {
-		return nil, &usageError{err}
-	}
-	return c, nil
+	return parseConfig(path, data, getenv)
 }
 
 // spec describes the keys and values a YAML node may hold.
@@ -239,7 +238,7 @@ func (l *loader) errKey(path, format string, args ...any) error {
 	return l.errAt(n, path, format, args...)
 }
 
-func parseConfig(file string, data []byte, getenv func(string) string) (*config, error) {
+func parseConfig(file string, data []byte, getenv func(string) string) (*Config, error) {
 	l := &loader{file: file, nodes: map[string]*yaml.Node{}, keys: map[string]*yaml.Node{}, lines: map[int]string{}, order: map[string][]string{}}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
@@ -323,7 +322,7 @@ func (l *loader) walk(n *yaml.Node, s *spec, path string) error {
 			}
 			if vs == nil {
 				msg := "unknown key"
-				if sug := suggest(name, s.keys); sug != "" {
+				if sug := suggest.Closest(name, s.keys); sug != "" {
 					msg += " (did you mean " + sug + "?)"
 				}
 				return l.errAt(k, kp, "%s; %s are %s", msg, s.what, strings.Join(s.keys, ", "))
@@ -401,21 +400,16 @@ func (l *loader) decodeError(err error) error {
 	return &configError{file: l.file, msg: strings.TrimPrefix(err.Error(), "yaml: ")}
 }
 
-var (
-	slotName    = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-	publication = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
-)
-
-// build validates the decoded file and turns it into a config.
-func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, error) {
-	c := &config{dsnFrom: "database_url", logLevel: slog.LevelInfo}
-	e := &c.engine
+// build validates the decoded file and turns it into a Config.
+func (l *loader) build(fc *fileConfig, getenv func(string) string) (*Config, error) {
+	c := &Config{DSNFrom: "database_url", LogLevel: slog.LevelInfo}
+	e := &c.Engine
 
 	e.DatabaseURL = fc.DatabaseURL
 	if e.DatabaseURL == "" {
 		for _, name := range databaseURLEnv {
 			if v := getenv(name); v != "" {
-				e.DatabaseURL, c.dsnFrom = v, name
+				e.DatabaseURL, c.DSNFrom = v, name
 				break
 			}
 		}
@@ -426,14 +420,14 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 	}
 	if _, err := pgconn.ParseConfig(e.DatabaseURL); err != nil {
 		path := "database_url"
-		if c.dsnFrom != "database_url" {
-			path = "database_url (from " + c.dsnFrom + ")"
+		if c.DSNFrom != "database_url" {
+			path = "database_url (from " + c.DSNFrom + ")"
 		}
 		return nil, l.errAt(l.nodes["database_url"], path, "not a PostgreSQL connection string: %v; write it like postgres://user:password@host:5432/db", err)
 	}
 
 	e.Slot = fc.Slot
-	if e.Slot != "" && !slotName.MatchString(e.Slot) {
+	if e.Slot != "" && !pgwal.ValidSlot(e.Slot) {
 		return nil, l.errPath("slot", "%q is not a replication slot name; use 1 to 63 lower-case letters, digits and underscores, like walflow_app", e.Slot)
 	}
 	e.TemporarySlot = fc.TemporarySlot
@@ -442,7 +436,7 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 		return nil, l.errPath("slot_failover", "true, but temporary_slot is true too, and PostgreSQL does not fail over temporary slots; remove one of them")
 	}
 	e.Publication = fc.Publication
-	if e.Publication != "" && !publication.MatchString(e.Publication) {
+	if e.Publication != "" && !pgwal.ValidPublication(e.Publication) {
 		return nil, l.errPath("publication", "%q is not a publication name; use a letter or underscore, then letters, digits or underscores, like walflow", e.Publication)
 	}
 
@@ -488,20 +482,20 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 
 	switch fc.Log.Level {
 	case "debug":
-		c.logLevel = slog.LevelDebug
+		c.LogLevel = slog.LevelDebug
 	case "", "info":
-		c.logLevel = slog.LevelInfo
+		c.LogLevel = slog.LevelInfo
 	case "warn":
-		c.logLevel = slog.LevelWarn
+		c.LogLevel = slog.LevelWarn
 	case "error":
-		c.logLevel = slog.LevelError
+		c.LogLevel = slog.LevelError
 	default:
 		return nil, l.errPath("log.level", "%q is not a log level; use debug, info (the default), warn or error", fc.Log.Level)
 	}
 	switch fc.Log.Format {
 	case "", "text":
 	case "json":
-		c.logJSON = true
+		c.LogJSON = true
 	default:
 		return nil, l.errPath("log.format", "%q is not a log format; use text (the default) or json", fc.Log.Format)
 	}
@@ -514,12 +508,10 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*config, err
 		return nil, err
 	}
 
-	switch fc.ProcessStatus {
-	case "", "postgres", "memory", "none":
-		e.ProcessStatus = fc.ProcessStatus
-	default:
+	if fc.ProcessStatus != "" && !walflow.ValidProcessStatus(fc.ProcessStatus) {
 		return nil, l.errPath("process_status", "%q is not a process-status store; use postgres (the default: the walflow schema of the followed database), memory or none", fc.ProcessStatus)
 	}
+	e.ProcessStatus = fc.ProcessStatus
 
 	for _, name := range l.order["tables"] {
 		t, err := l.table(name, fc.Tables[name])
@@ -616,4 +608,13 @@ func channelProblem(err error) string {
 		return ce.Problem
 	}
 	return err.Error()
+}
+
+// Logger returns the logger the file's log section asks for, writing to w.
+func (c *Config) Logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
+	if c.LogJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }

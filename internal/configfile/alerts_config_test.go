@@ -1,13 +1,11 @@
-package cli
+package configfile
 
 import (
-	"bytes"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/alert"
 )
 
@@ -38,21 +36,21 @@ alerts:
 	}
 	want := alert.Budgets{SlotRetainedWAL: 2 << 30, Lag: alert.Lag{Events: 50000, Age: 5 * time.Minute},
 		Overrides: map[string]alert.Lag{"comment_counts": {Events: 1000, Age: -1}, "by_user": {Age: 90 * time.Second}}}
-	if !reflect.DeepEqual(c.engine.Alerts, want) {
-		t.Errorf("Alerts = %+v, want %+v", c.engine.Alerts, want)
+	if !reflect.DeepEqual(c.Engine.Alerts, want) {
+		t.Errorf("Alerts = %+v, want %+v", c.Engine.Alerts, want)
 	}
-	if !c.engine.SlotFailover {
+	if !c.Engine.SlotFailover {
 		t.Error("slot_failover: true gave SlotFailover false")
 	}
 
 	for in, want := range map[string]int64{"1073741824": 1 << 30, "512MB": 512 << 20, "1.5 GiB": 3 << 29, "10kB": 10 << 10, "1TB": 1 << 40, "100 B": 100, "off": 0} {
 		c, err := parseConfig("walflow.yaml", []byte(alertsBase+"alerts: {slot_retained_wal: "+in+"}\n"), noEnv)
-		if err != nil || c.engine.Alerts.SlotRetainedWAL != want {
+		if err != nil || c.Engine.Alerts.SlotRetainedWAL != want {
 			t.Errorf("slot_retained_wal: %s = %v, %v; want %d", in, c, err, want)
 		}
 	}
 	c, err = parseConfig("walflow.yaml", []byte(alertsBase+"alerts:\n"), noEnv)
-	if err != nil || !c.engine.Alerts.IsZero() {
+	if err != nil || !c.Engine.Alerts.IsZero() {
 		t.Errorf("empty alerts: %v, %+v", err, c)
 	}
 }
@@ -86,17 +84,5 @@ func TestParseConfigAlertsErrors(t *testing.T) {
 				t.Fatalf("error\n\t%v\nwant it to contain\n\t%s", err, tt.want)
 			}
 		})
-	}
-}
-
-func TestWriteStatusAlerts(t *testing.T) {
-	t.Parallel()
-	st := walflow.Status{Slot: "walflow", SlotExists: true, Streaming: true, Alerts: []alert.Check{
-		{Alert: alert.LagEvents, Kind: alert.KindOperator, Name: "comment_counts", Active: true, Reason: "operator comment_counts is 5000 events behind the ledger head (budget 1000)"},
-	}}
-	var b bytes.Buffer
-	writeStatus(&b, st, statusSource{running: true, where: "http://127.0.0.1:9187/status"})
-	if !strings.Contains(b.String(), "ALERT lag_events") || !strings.Contains(b.String(), "operator comment_counts is 5000 events behind the ledger head (budget 1000)") {
-		t.Fatalf("status does not show the alert:\n%s", b.String())
 	}
 }

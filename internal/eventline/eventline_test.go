@@ -1,4 +1,4 @@
-package cli
+package eventline
 
 import (
 	"flag"
@@ -85,34 +85,13 @@ func TestEventLine(t *testing.T) {
 	var b strings.Builder
 	for i := range events {
 		e := &events[i]
-		b.WriteString(eventLine(e, router.Table(e.Name), router.Channels(e, nil), false))
+		b.WriteString(Line(e, router.Table(e.Name), router.Channels(e, nil), false))
 		b.WriteByte('\n')
 	}
 	golden(t, "event_lines.golden", b.String())
 
-	colored := eventLine(&events[2], router.Table("comments"), router.Channels(&events[2], nil), true)
+	colored := Line(&events[2], router.Table("comments"), router.Channels(&events[2], nil), true)
 	if !strings.Contains(colored, "\x1b[33mupdate\x1b[0m") || !strings.Contains(colored, "\x1b[2mchannels: ") {
 		t.Errorf("colored line lacks its colours: %q", colored)
-	}
-}
-
-func TestHumanBytes(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		n    int64
-		want string
-	}{
-		{0, "0 bytes"},
-		{1023, "1023 bytes"},
-		{1024, "1.0 KiB (1024 bytes)"},
-		{1536, "1.5 KiB (1536 bytes)"},
-		{16 << 20, "16.0 MiB (16777216 bytes)"},
-		{5 << 30, "5.0 GiB (5368709120 bytes)"},
-		{-2048, "-2.0 KiB (-2048 bytes)"},
-	}
-	for _, tt := range tests {
-		if got := bytesWithUnit(tt.n); got != tt.want {
-			t.Errorf("bytesWithUnit(%d) = %q, want %q", tt.n, got, tt.want)
-		}
 	}
 }

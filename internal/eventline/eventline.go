@@ -1,4 +1,6 @@
-package cli
+// Package eventline writes events as readable, aligned lines for a terminal: walflow
+// ledger read and walflow demo print them.
+package eventline
 
 import (
 	"fmt"
@@ -14,7 +16,8 @@ import (
 
 // Column widths of an event line. A wider value pushes the rest of its line right.
 const (
-	lineTableWidth   = 8
+	// TableWidth is the least width of the table column; LineWidth takes a wider one.
+	TableWidth       = 8
 	lineDetailsWidth = 50
 	lineValueRunes   = 32 // longer values are cut with …
 )
@@ -32,7 +35,7 @@ var typeColors = map[event.Type]string{
 	event.Truncate: "\x1b[35m", // magenta
 }
 
-// eventLine writes an event as one readable line: its position, commit LSN, table and
+// Line writes an event as one readable line: its position, commit LSN, table and
 // type, what happened to the row, and the channels it was delivered on.
 //
 //	#12   0/1A4C2F8  comments  update  id=7  post_id: 1 → 2     channels: comments, ...
@@ -40,13 +43,13 @@ var typeColors = map[event.Type]string{
 // An insert shows the new row (without the timestamp column), an update the columns it
 // changed, a delete the old row's id. t is the table's channel configuration (for its id
 // and timestamp columns). color adds ANSI colours for a terminal.
-func eventLine(e *event.Event, t channel.Table, channels []string, color bool) string {
-	return eventLineWidth(e, t, channels, color, lineTableWidth)
+func Line(e *event.Event, t channel.Table, channels []string, color bool) string {
+	return LineWidth(e, t, channels, color, TableWidth)
 }
 
-// eventLineWidth is eventLine with the table name padded to tableWidth runes, so that the
+// LineWidth is Line with the table name padded to tableWidth runes, so that the
 // lines of tables with long names stay aligned.
-func eventLineWidth(e *event.Event, t channel.Table, channels []string, color bool, tableWidth int) string {
+func LineWidth(e *event.Event, t channel.Table, channels []string, color bool, tableWidth int) string {
 	t = t.WithDefaults()
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-5s  %-11s  %s  ", "#"+e.Position.String(), e.LSN, pad(e.Name, tableWidth))

@@ -1,4 +1,4 @@
-package cli
+package configfile
 
 import (
 	"errors"
@@ -56,13 +56,13 @@ func TestParseConfigFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := c.engine
+	e := c.Engine
 	checks := []struct {
 		name      string
 		got, want any
 	}{
 		{"DatabaseURL", e.DatabaseURL, "postgres://app:s3cret@db.internal:5432/app"},
-		{"dsnFrom", c.dsnFrom, "database_url"},
+		{"dsnFrom", c.DSNFrom, "database_url"},
 		{"Slot", e.Slot, "walflow_app"},
 		{"TemporarySlot", e.TemporarySlot, false},
 		{"Publication", e.Publication, "walflow_pub"},
@@ -70,8 +70,8 @@ func TestParseConfigFull(t *testing.T) {
 		{"MemoryLedger", e.MemoryLedger, false},
 		{"Retention", e.Retention, 30 * 24 * time.Hour},
 		{"HTTPAddr", e.HTTPAddr, "0.0.0.0:9188"},
-		{"logLevel", c.logLevel, slog.LevelDebug},
-		{"logJSON", c.logJSON, true},
+		{"logLevel", c.LogLevel, slog.LevelDebug},
+		{"logJSON", c.LogJSON, true},
 		{"StatusInterval", e.StatusInterval, 5 * time.Second},
 		{"SyncDelay", e.SyncDelay, 2 * time.Millisecond},
 		{"tables", len(e.Tables), 3},
@@ -104,9 +104,9 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := c.engine
-	if e.DatabaseURL != "postgres://w@h/db" || c.dsnFrom != "WALFLOW_DATABASE_URL" {
-		t.Errorf("DatabaseURL = %q from %s, want WALFLOW_DATABASE_URL's", e.DatabaseURL, c.dsnFrom)
+	e := c.Engine
+	if e.DatabaseURL != "postgres://w@h/db" || c.DSNFrom != "WALFLOW_DATABASE_URL" {
+		t.Errorf("DatabaseURL = %q from %s, want WALFLOW_DATABASE_URL's", e.DatabaseURL, c.DSNFrom)
 	}
 	if e.LedgerDir != filepath.Join("etc", "walflow-data") {
 		t.Errorf("LedgerDir = %q, want it next to the file", e.LedgerDir)
@@ -116,11 +116,11 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	for in, want := range map[string]time.Duration{"72h": 72 * time.Hour, "forever": -1, "1d": 24 * time.Hour} {
 		c, err := parseConfig("walflow.yaml", []byte("ledger: {retention: "+in+"}\n"), envOf("DATABASE_URL", "postgres://d@h/db"))
-		if err != nil || c.engine.Retention != want {
+		if err != nil || c.Engine.Retention != want {
 			t.Errorf("retention %s: %v, %v; want %v", in, c, err, want)
 		}
 	}
-	if e.HTTPAddr != HTTPAddrDefault || c.logLevel != slog.LevelInfo || c.logJSON || e.Slot != "" || len(e.Tables) != 0 {
+	if e.HTTPAddr != HTTPAddrDefault || c.LogLevel != slog.LevelInfo || c.LogJSON || e.Slot != "" || len(e.Tables) != 0 {
 		t.Errorf("defaults: %+v %+v", e, c)
 	}
 
@@ -128,11 +128,11 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.engine.DatabaseURL != "postgres://d@h/db" || c.dsnFrom != "DATABASE_URL" {
-		t.Errorf("DatabaseURL = %q from %s, want DATABASE_URL's", c.engine.DatabaseURL, c.dsnFrom)
+	if c.Engine.DatabaseURL != "postgres://d@h/db" || c.DSNFrom != "DATABASE_URL" {
+		t.Errorf("DatabaseURL = %q from %s, want DATABASE_URL's", c.Engine.DatabaseURL, c.DSNFrom)
 	}
-	if c.engine.HTTPAddr != "" {
-		t.Errorf(`addr: "" gave HTTPAddr %q, want none`, c.engine.HTTPAddr)
+	if c.Engine.HTTPAddr != "" {
+		t.Errorf(`addr: "" gave HTTPAddr %q, want none`, c.Engine.HTTPAddr)
 	}
 
 	// The file wins over the environment.
@@ -140,16 +140,16 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.engine.DatabaseURL != "postgres://f@h/db" {
-		t.Errorf("DatabaseURL = %q, want the file's", c.engine.DatabaseURL)
+	if c.Engine.DatabaseURL != "postgres://f@h/db" {
+		t.Errorf("DatabaseURL = %q, want the file's", c.Engine.DatabaseURL)
 	}
 
 	c, err = parseConfig("walflow.yaml", []byte("temporary_slot: true\nledger: {backend: memory}\n"), envOf("DATABASE_URL", "postgres://d@h/db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.engine.MemoryLedger || !c.engine.TemporarySlot {
-		t.Errorf("memory ledger: %+v", c.engine)
+	if !c.Engine.MemoryLedger || !c.Engine.TemporarySlot {
+		t.Errorf("memory ledger: %+v", c.Engine)
 	}
 }
 
@@ -238,10 +238,10 @@ func TestParseConfigEnvURL(t *testing.T) {
 func TestLoadConfigMissingFile(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "walflow.yaml")
-	_, err := loadConfig(path, noEnv)
-	var ue *usageError
-	if err == nil || !strings.Contains(err.Error(), path+": no such file") || !errors.As(err, &ue) {
-		t.Fatalf("err = %v, want a usage error naming the file", err)
+	_, err := Load(path, noEnv)
+	var ce *configError
+	if err == nil || !strings.Contains(err.Error(), path+": no such file") || !errors.As(err, &ce) {
+		t.Fatalf("err = %v, want a configuration error naming the file", err)
 	}
 }
 
@@ -249,7 +249,7 @@ func TestLoadConfigMissingFile(t *testing.T) {
 // documentation cannot drift from what run accepts.
 func TestExampleConfigs(t *testing.T) {
 	t.Parallel()
-	if _, err := loadConfig(filepath.Join("..", "..", "walflow.example.yaml"), noEnv); err != nil {
+	if _, err := Load(filepath.Join("..", "..", "walflow.example.yaml"), noEnv); err != nil {
 		t.Errorf("walflow.example.yaml: %v", err)
 	}
 	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))

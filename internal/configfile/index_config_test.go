@@ -1,4 +1,4 @@
-package cli
+package configfile
 
 import (
 	"strings"
@@ -20,7 +20,7 @@ indexes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ixs := c.engine.Indexers
+	ixs := c.Engine.Indexers
 	if len(ixs) != 3 || ixs[0].Name != "by_user" || ixs[1].Name != "by_type" || ixs[2].Name != "by_table" {
 		t.Fatalf("Indexers = %+v, want by_user, by_type, by_table in file order", ixs)
 	}
@@ -35,7 +35,7 @@ indexes:
 		t.Errorf("versions = %q, %q, %q", ixs[0].Version, ixs[1].Version, ixs[2].Version)
 	}
 	c, err = parseConfig("walflow.yaml", []byte("database_url: postgres://app@localhost/app\n"), noEnv)
-	if err != nil || len(c.engine.Indexers) != 0 {
+	if err != nil || len(c.Engine.Indexers) != 0 {
 		t.Errorf("without indexes: %v, %+v", err, c)
 	}
 }

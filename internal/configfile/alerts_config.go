@@ -1,4 +1,4 @@
-package cli
+package configfile
 
 import (
 	"math"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/alert"
+	"github.com/walflow/walflow/internal/suggest"
 )
 
 // alertsConfig is the alerts section: the lag budgets (walflow.Config.Alerts). Values are
@@ -62,7 +63,7 @@ func (l *loader) alerts(fc *fileConfig, e *walflow.Config) error {
 		path := joinPath("alerts.consumers", name)
 		if !slices.Contains(names, name) {
 			msg := "names no operator or index of this file"
-			if sug := suggest(name, names); sug != "" {
+			if sug := suggest.Closest(name, names); sug != "" {
 				msg += " (did you mean " + sug + "?)"
 			}
 			if len(names) == 0 {

@@ -1,7 +1,6 @@
-package cli
+package configfile
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/hmac"
@@ -20,11 +19,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow/channel"
-	"github.com/walflow/walflow/internal/pgtest"
-	"github.com/walflow/walflow/internal/ssetest"
 	"github.com/walflow/walflow/realtime"
 )
 
@@ -61,16 +57,16 @@ func authorize(t *testing.T, a realtime.Authorizer, token, ch string) realtime.D
 
 // parseRealtime parses a file of db plus yaml at dir/walflow.yaml and resolves its realtime
 // section.
-func parseRealtime(t *testing.T, dir, yaml string, getenv func(string) string) (*config, error) {
+func parseRealtime(t *testing.T, dir, yaml string, getenv func(string) string) (*Config, error) {
 	t.Helper()
 	c, err := parseConfig(filepath.Join(dir, "walflow.yaml"), []byte("database_url: postgres://app@localhost/app\n"+yaml), getenv)
 	if err != nil {
 		return nil, err
 	}
-	if c.realtime == nil {
+	if c.Realtime == nil {
 		t.Fatal("no realtime settings")
 	}
-	if c.engine.Realtime, err = c.realtime.resolve(getenv, slog.New(slog.DiscardHandler)); err != nil {
+	if c.Engine.Realtime, err = c.Realtime.Resolve(getenv, slog.New(slog.DiscardHandler)); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -105,7 +101,7 @@ realtime:
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := c.engine.Realtime
+	rc := c.Engine.Realtime
 	g := rc.Gateway
 	if rc.Path != "/live/" || g.MaxConnections != 100 || g.MaxChannels != 4 || g.Buffer != 64 ||
 		g.Heartbeat != 5*time.Second || g.WriteTimeout != 2*time.Second || g.FlushInterval != 25*time.Millisecond ||
@@ -149,7 +145,7 @@ realtime:
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc = c.engine.Realtime
+	rc = c.Engine.Realtime
 	if rc.Path != "/realtime/" || rc.Gateway.MaxConnections != 0 || rc.Gateway.Heartbeat != 0 {
 		t.Errorf("defaults: %+v", rc)
 	}
@@ -166,7 +162,7 @@ realtime:
 	if err != nil {
 		t.Fatal(err)
 	}
-	a = c.engine.Realtime.Gateway.Authorizer
+	a = c.Engine.Realtime.Gateway.Authorizer
 	if d := authorize(t, a, "", "posts/1"); !d.Allow {
 		t.Errorf("anonymous posts/1: %+v", d)
 	}
@@ -176,7 +172,7 @@ realtime:
 	if d := authorize(t, a, tok, "posts"); d.Allow {
 		t.Errorf("token without any key: %+v, want denied", d)
 	}
-	if s := c.realtime.summary(); s != "anonymous: posts/*" {
+	if s := c.Realtime.Summary(); s != "anonymous: posts/*" {
 		t.Errorf("summary = %q", s)
 	}
 }
@@ -204,10 +200,10 @@ func TestParseConfigRealtimeJWKS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.realtime.jwt.JWKSRefreshInterval; got != 5*time.Minute {
+	if got := c.Realtime.jwt.JWKSRefreshInterval; got != 5*time.Minute {
 		t.Errorf("JWKSRefreshInterval = %v, want 5m", got)
 	}
-	if s := c.realtime.summary(); s != "jwks from "+srv.URL+"/jwks.json" {
+	if s := c.Realtime.Summary(); s != "jwks from "+srv.URL+"/jwks.json" {
 		t.Errorf("summary = %q", s)
 	}
 	sign := func(kid string, k *ecdsa.PrivateKey) string {
@@ -223,7 +219,7 @@ func TestParseConfigRealtimeJWKS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := c.engine.Realtime.Gateway.Authorizer
+	a := c.Engine.Realtime.Gateway.Authorizer
 	if d := authorize(t, a, sign("k1", key), "posts"); !d.Allow {
 		t.Errorf("token signed with the JWKS key: %+v", d)
 	}
@@ -267,8 +263,8 @@ func TestRealtimeSecretNotShown(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, dump := range []string{
-		fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprintf("%+v", c.engine), fmt.Sprintf("%#v", c.engine),
-		fmt.Sprintf("%+v", *c.engine.Realtime), fmt.Sprintf("%#v", *c.engine.Realtime), fmt.Sprintf("%+v", c.realtime.summary()),
+		fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprintf("%+v", c.Engine), fmt.Sprintf("%#v", c.Engine),
+		fmt.Sprintf("%+v", *c.Engine.Realtime), fmt.Sprintf("%#v", *c.Engine.Realtime), fmt.Sprintf("%+v", c.Realtime.Summary()),
 	} {
 		if strings.Contains(dump, secret) || strings.Contains(dump, fmt.Sprint([]byte(secret))) {
 			t.Errorf("a dump of the configuration shows the secret: %s", dump)
@@ -360,126 +356,24 @@ func TestParseConfigRealtimeErrors(t *testing.T) {
 	}
 }
 
-// TestStatusReadsNoKey checks that only run reads the keys: status and the operator
-// commands load the file without them.
-func TestStatusReadsNoKey(t *testing.T) {
+// TestLoadReadsNoKey checks that Load does not read the keys (status and the operator
+// commands load the file without them); Resolve does.
+func TestLoadReadsNoKey(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "walflow.yaml")
 	if err := os.WriteFile(path, []byte("database_url: postgres://app@localhost/app\nrealtime:\n  jwt: {hs256_secret_file: /nonexistent/secret}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := loadConfig(path, noEnv)
+	c, err := Load(path, noEnv)
 	if err != nil {
-		t.Fatalf("loadConfig read the key: %v", err)
+		t.Fatalf("Load read the key: %v", err)
 	}
-	if c.engine.Realtime != nil {
-		t.Errorf("loadConfig set engine.Realtime")
+	if c.Engine.Realtime != nil {
+		t.Errorf("Load set Engine.Realtime")
 	}
-	r := runCLI(t.Context(), noEnv, "run", "--config", path)
-	if r.code != ExitUsage || !strings.Contains(r.stderr, "realtime.jwt.hs256_secret_file: read /nonexistent/secret: no such file or directory") {
-		t.Errorf("run with a missing secret file: exit %d\n%s", r.code, r.stderr)
-	}
-}
-
-func TestRunRealtime(t *testing.T) {
-	t.Parallel()
-	ctx := t.Context()
-	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
-	pc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "jwt_secret"), []byte(testSecret), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "walflow.yaml")
-	config := fmt.Sprintf(`database_url: %s
-slot: %s
-ledger:
-  dir: data
-http:
-  addr: %s
-log:
-  level: info
-status_interval: 200ms
-tables:
-  posts:
-  comments:
-    scopes: ["posts/{post_id}"]
-realtime:
-  jwt:
-    hs256_secret_file: jwt_secret
-`, dsn, pc.Database, addr)
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	runDone := make(chan result, 1)
-	go func() { runDone <- runCLI(runCtx, noEnv, "run", "--config", path) }()
-
-	base := "http://" + addr
-	waitFor(t, "/healthz answers 200", runDone, func() bool {
-		code, _, err := httpGet(ctx, base+"/healthz")
-		return err == nil && code == http.StatusOK
-	})
-	stream := base + "/realtime/?channel=posts/42/comments"
-	if code, body, err := httpGet(ctx, stream); err != nil || code != http.StatusUnauthorized || !strings.Contains(body, "missing token") {
-		t.Errorf("no token: %d %q %v, want 401 missing token", code, body, err)
-	}
-	claims := map[string]any{"channels": []string{"posts/*/comments"}, "exp": time.Now().Add(time.Hour).Unix()}
-	if code, body, err := httpGet(ctx, stream+"&access_token="+hs256Token(t, "another-secret-another-secret-xx", claims)); err != nil || code != http.StatusUnauthorized {
-		t.Errorf("token signed with another secret: %d %q %v, want 401", code, body, err)
-	}
-
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, stream, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+hs256Token(t, testSecret, claims))
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("token: status %d", resp.StatusCode)
-	}
-	events := ssetest.Lines(t, resp.Body)
-	readUntil := events.Until
-	readUntil("event: subscribed")
-	if _, err := conn.Exec(ctx, `INSERT INTO posts (id, title) VALUES (42, 'a'); INSERT INTO comments (post_id, body) VALUES (42, 'x')`); err != nil {
-		t.Fatal(err)
-	}
-	if got := readUntil(`"channel":"posts/42/comments"`); !strings.Contains(got, "event: insert") || !strings.Contains(got, `"body":"x"`) {
-		t.Errorf("stream:\n%s", got)
-	}
-	waitFor(t, "/metrics shows the stream", runDone, func() bool {
-		code, metrics, err := httpGet(ctx, base+"/metrics")
-		return err == nil && code == http.StatusOK && strings.Contains(metrics, "walflow_realtime_connections 1") &&
-			strings.Contains(metrics, `walflow_realtime_rejected_total{status="401"} 2`)
-	})
-
-	stop()
-	if got := readUntil("event: error"); !strings.Contains(got, "event: error") {
-		t.Errorf("stream end:\n%s", got)
-	}
-	r := <-runDone
-	events.Drain()
-	if r.code != ExitOK {
-		t.Fatalf("run exited %d after Ctrl-C\nstderr:\n%s", r.code, r.stderr)
-	}
-	if !strings.Contains(r.stderr, "realtime_path=/realtime/") || !strings.Contains(r.stderr, `realtime_auth="hs256 from `+filepath.Join(dir, "jwt_secret")) {
-		t.Errorf("run did not log the realtime settings:\n%s", r.stderr)
-	}
-	if strings.Contains(r.stderr, testSecret) || strings.Contains(r.stderr, "level=ERROR") {
-		t.Errorf("run logged the secret or errors:\n%s", r.stderr)
+	_, err = c.Realtime.Resolve(noEnv, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "realtime.jwt.hs256_secret_file: read /nonexistent/secret: no such file or directory") {
+		t.Errorf("Resolve with a missing secret file: %v", err)
 	}
 }
 
@@ -507,7 +401,7 @@ func TestExampleRealtimeConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, b.String())
 	}
-	if c.realtime == nil || c.realtime.path != "/realtime/" || len(c.realtime.keys) != 1 {
-		t.Errorf("realtime = %+v", c.realtime)
+	if c.Realtime == nil || c.Realtime.path != "/realtime/" || len(c.Realtime.keys) != 1 {
+		t.Errorf("realtime = %+v", c.Realtime)
 	}
 }

@@ -1,9 +1,8 @@
-package cli
+package demo
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,55 +19,19 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/configfile"
+	"github.com/walflow/walflow/internal/eventline"
 	"github.com/walflow/walflow/internal/pgtest"
 )
 
-var demoCommand = &command{
-	name:    "demo",
-	args:    "[--duration D] [--write-every D] [--keep] [--http ADDR | --port N]",
-	summary: "Start a throwaway PostgreSQL with a small blog, show it live in your browser and print walflow's events.",
-	help: `
-demo needs the PostgreSQL server binaries, not a running server; when they are missing it
-installs them (apt-get install postgresql-15) if it runs as root with apt-get, and otherwise
-stops with the command to run. It starts a private cluster on a free port of 127.0.0.1,
-creates a blog (posts and comments, comments scoped by posts/{post_id}), follows it with
-walflow into a disk ledger in a temporary directory, and changes the blog every 0.7 s (--write-every). The operator
-post_with_comments_counts keeps a derived table of posts with their comment counts up to
-date, and that table is followed too, so its rows' changes show up as events right after
-the changes that caused them. Every event is printed as it comes back from the ledger,
-with the channels it was delivered on. You may connect to the printed database URL and
-make changes yourself: they show up too.
-
-It also serves the blog as a small web app on the printed http://127.0.0.1 address (a free
-port, or the one of --port; --http gives the whole address, and one not on 127.0.0.1 opens
-the blog and its writes to whoever can reach it): the posts with their live comment
-counts, a page per post with its comments arriving live, and forms to write and delete, all kept up to date by walflow.js over the realtime
-gateway's WebSocket (mounted at /realtime/, open to anyone who can reach 127.0.0.1). The
-writer only ever changes or deletes the posts it wrote itself.
-
-Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`,
-	flags: func(fs *flag.FlagSet) execFunc {
-		d := fs.Duration("duration", 0, "stop after writing for `D`, a duration like 30s (default: until Ctrl-C)")
-		every := fs.Duration("write-every", demoWriteTick, "make a change to the blog every `D`; 0 turns the writer off")
-		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
-		httpAddr := fs.String("http", "", "serve the web page and the HTTP endpoints on this `ADDR` (host:port; default: a free port of 127.0.0.1)")
-		port := fs.String("port", "", "serve the web page and the HTTP endpoints on this port `N` of 127.0.0.1 (default: a free one)")
-		return func(ctx context.Context, e *env, _ []string) error {
-			addr, err := demoHTTPAddr(fs, *httpAddr, *port)
-			if err != nil {
-				return err
-			}
-			return demoMain(ctx, e, *d, *every, *keep, addr)
-		}
-	},
-}
+// WriteEveryDefault is how often the demo's writer changes the blog by default.
+const WriteEveryDefault = 700 * time.Millisecond
 
 // Demo settings.
 const (
-	demoDatabase  = "blog"
-	demoSlot      = "walflow_demo"
-	demoWriteTick = 700 * time.Millisecond
-	demoSchema    = `
+	demoDatabase = "blog"
+	demoSlot     = "walflow_demo"
+	demoSchema   = `
 CREATE TABLE posts (
 	id          serial PRIMARY KEY,
 	title       text NOT NULL,
@@ -123,32 +86,6 @@ ALTER TABLE post_with_comments_counts REPLICA IDENTITY FULL;`
 	demoDerived = "post_with_comments_counts"
 )
 
-// demoHTTPAddr is the address the demo's web page and HTTP endpoints listen on, from the
-// --http and --port flags: 127.0.0.1:0 (a free port) when neither was given.
-func demoHTTPAddr(fs *flag.FlagSet, httpAddr, port string) (string, error) {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	switch {
-	case set["http"] && set["port"]:
-		return "", usagef("demo: --http and --port both give the web page's address; give one: --port N for 127.0.0.1:N, or --http HOST:PORT")
-	case set["port"]:
-		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			return "", usagef("demo: --port %q is not a TCP port; give a number from 1 to 65535, or leave --port out to get a free one", port)
-		}
-		return net.JoinHostPort("127.0.0.1", port), nil
-	case set["http"]:
-		_, p, err := net.SplitHostPort(httpAddr)
-		if err != nil {
-			return "", usagef("demo: --http %q is not an address: %v; give HOST:PORT, like 127.0.0.1:8080 (or :8080 for every interface)", httpAddr, err)
-		}
-		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
-			return "", usagef("demo: --http %q has no valid port %q; give a number from 1 to 65535 (0 picks a free one), like 127.0.0.1:8080", httpAddr, p)
-		}
-		return httpAddr, nil
-	}
-	return "127.0.0.1:0", nil
-}
-
 // demoListen listens on addr for the demo's web page before anything else starts, so a
 // port in use fails the demo at once.
 func demoListen(addr string) (net.Listener, error) {
@@ -162,12 +99,41 @@ func demoListen(addr string) (net.Listener, error) {
 	return nil, fmt.Errorf("demo: listen on %s for the web page: %w; give another address with --port N or --http HOST:PORT", addr, err)
 }
 
-func demoMain(ctx context.Context, e *env, duration, writeEvery time.Duration, keep bool, httpAddr string) (err error) {
-	if duration < 0 {
-		return usagef("demo: --duration %s is negative; give a duration like 30s, or none to run until Ctrl-C", duration)
-	}
-	if writeEvery < 0 {
-		return usagef("demo: --write-every %s is negative; give a duration like 2s, or 0 to turn the writer off", writeEvery)
+// Options say how [Run] runs the demo.
+type Options struct {
+	Stdout, Stderr io.Writer
+	// Getenv reads the environment (NO_COLOR is read by the caller, into Color).
+	Getenv func(string) string
+	// Duration is how long the writer writes; 0 runs until ctx ends.
+	Duration time.Duration
+	// WriteEvery is the writer's period; 0 turns the writer off.
+	WriteEvery time.Duration
+	// Keep leaves the cluster running and the ledger on disk at the end, and prints how
+	// to resume.
+	Keep bool
+	// HTTPAddr is where the web page and the engine's HTTP endpoints listen (host:port;
+	// port 0 picks a free one).
+	HTTPAddr string
+	// Color colours the event lines (for a terminal).
+	Color bool
+}
+
+// env is where the demo writes, and how it reads the environment.
+type env struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// Run starts a throwaway PostgreSQL cluster with a small blog, follows it with walflow,
+// serves the blog as a web app kept live over the realtime gateway, changes it every
+// o.WriteEvery and prints every event, until ctx ends or o.Duration has passed. It
+// removes the cluster and the ledger at the end unless o.Keep. Negative durations are
+// errors.
+func Run(ctx context.Context, o Options) (err error) {
+	e := &env{stdout: o.Stdout, stderr: o.Stderr, getenv: o.Getenv}
+	duration, writeEvery, keep, httpAddr := o.Duration, o.WriteEvery, o.Keep, o.HTTPAddr
+	if duration < 0 || writeEvery < 0 {
+		return fmt.Errorf("demo: negative duration (%s) or period (%s)", duration, writeEvery)
 	}
 	ln, err := demoListen(httpAddr)
 	if err != nil {
@@ -210,7 +176,7 @@ func demoMain(ctx context.Context, e *env, duration, writeEvery time.Duration, k
 		err = errors.Join(err, cluster.Stop(cctx), os.RemoveAll(dir))
 	}()
 
-	d := &demo{env: e, cluster: cluster, dir: dir, slot: demoSlot, writeEvery: writeEvery, color: isTerminal(out) && e.getenv("NO_COLOR") == ""}
+	d := &demo{env: e, cluster: cluster, dir: dir, slot: demoSlot, writeEvery: writeEvery, color: o.Color}
 	if err := d.setup(ctx, ln.Addr().String()); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -233,7 +199,7 @@ type demo struct {
 
 	dsn        string
 	configPath string
-	cfg        *config
+	cfg        *configfile.Config
 	// ln is where the web app listens; nil makes run listen on the configured address.
 	ln net.Listener
 }
@@ -279,7 +245,7 @@ realtime:
 		return fmt.Errorf("demo: %w", err)
 	}
 	var err error
-	d.cfg, err = loadConfig(d.configPath, d.env.getenv)
+	d.cfg, err = configfile.Load(d.configPath, d.env.getenv)
 	if err != nil {
 		return fmt.Errorf("demo: its own configuration is invalid: %w", err)
 	}
@@ -289,10 +255,10 @@ realtime:
 // openEngine opens the engine of the configuration, with the realtime gateway and without
 // its own HTTP server: the web app serves the engine's handler next to the blog.
 func (d *demo) openEngine(ctx context.Context) (*walflow.Engine, error) {
-	cfg := d.cfg.engine
-	cfg.Logger = d.cfg.logger(d.env.stderr)
+	cfg := d.cfg.Engine
+	cfg.Logger = d.cfg.Logger(d.env.stderr)
 	cfg.HTTPAddr = ""
-	rt, err := d.cfg.realtime.resolve(d.env.getenv, cfg.Logger)
+	rt, err := d.cfg.Realtime.Resolve(d.env.getenv, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("demo: its own realtime configuration is invalid: %w", err)
 	}
@@ -310,7 +276,7 @@ func (d *demo) run(ctx context.Context, duration time.Duration, keep bool) error
 	ln := d.ln
 	if ln == nil {
 		var err error
-		if ln, err = demoListen(d.cfg.engine.HTTPAddr); err != nil {
+		if ln, err = demoListen(d.cfg.Engine.HTTPAddr); err != nil {
 			return err
 		}
 	}
@@ -497,7 +463,7 @@ func waitStreaming(ctx context.Context, eng *walflow.Engine, runDone <-chan stru
 }
 
 func (d *demo) banner(ctx context.Context, duration time.Duration) {
-	c := d.cfg.engine
+	c := d.cfg.Engine
 	version := "PostgreSQL"
 	if conn, err := pgx.Connect(ctx, d.dsn); err == nil {
 		var v string
@@ -567,7 +533,7 @@ func (p *printer) run(sub *walflow.Subscription) {
 	var channels []string
 	for ev := range sub.Events() {
 		channels = p.router.Channels(&ev, channels[:0])
-		fmt.Fprintln(p.w, eventLineWidth(&ev, p.router.Table(ev.Name), channels, p.color, p.tableWidth))
+		fmt.Fprintln(p.w, eventline.LineWidth(&ev, p.router.Table(ev.Name), channels, p.color, p.tableWidth))
 		p.mu.Lock()
 		p.seen[ev.XID] = true
 		p.count++
@@ -693,24 +659,4 @@ func (w *writer) lastXID() (uint32, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.last, w.any
-}
-
-// freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	addr := l.Addr().String()
-	return addr, l.Close()
-}
-
-// isTerminal reports whether w is a terminal, to colour the output.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

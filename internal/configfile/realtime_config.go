@@ -1,4 +1,4 @@
-package cli
+package configfile
 
 import (
 	"bytes"
@@ -91,9 +91,9 @@ var jwtSpec = func() *spec {
 	return s
 }()
 
-// realtimeSettings is the validated realtime section. Its keys are read by resolve, which
+// RealtimeSettings is the validated realtime section. Its keys are read by Resolve, which
 // only run calls: status and the operator commands need no access to them.
-type realtimeSettings struct {
+type RealtimeSettings struct {
 	l       *loader
 	path    string
 	gateway realtime.GatewayConfig // without Authorizer
@@ -113,8 +113,8 @@ type keySource struct {
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// realtime validates the realtime section into c.realtime, after http.addr.
-func (l *loader) realtime(fc *fileConfig, c *config) error {
+// realtime validates the realtime section into c.Realtime, after http.addr.
+func (l *loader) realtime(fc *fileConfig, c *Config) error {
 	if l.keys["realtime"] == nil {
 		return nil
 	}
@@ -122,10 +122,10 @@ func (l *loader) realtime(fc *fileConfig, c *config) error {
 	if rc == nil {
 		rc = &realtimeConfig{}
 	}
-	if c.engine.HTTPAddr == "" {
+	if c.Engine.HTTPAddr == "" {
 		return l.errKey("realtime", `set, but http.addr is "" (no HTTP server), so nothing would serve the gateway; set http.addr, or remove realtime`)
 	}
-	rs := &realtimeSettings{l: l, path: walflow.RealtimePathDefault}
+	rs := &RealtimeSettings{l: l, path: walflow.RealtimePathDefault}
 	if rc.Path != "" {
 		p := rc.Path
 		if !strings.HasSuffix(p, "/") {
@@ -184,12 +184,12 @@ func (l *loader) realtime(fc *fileConfig, c *config) error {
 		}
 	}
 	rs.jwt.AnonymousChannels = rc.AnonymousChannels
-	c.realtime = rs
+	c.Realtime = rs
 	return nil
 }
 
 // jwt validates realtime.jwt into rs, without reading its keys.
-func (l *loader) jwt(jc *jwtConfig, rs *realtimeSettings) error {
+func (l *loader) jwt(jc *jwtConfig, rs *RealtimeSettings) error {
 	if l.keys["realtime.jwt"] == nil {
 		return nil
 	}
@@ -290,10 +290,10 @@ func (l *loader) count(path, s, unit string, def int) (int, error) {
 	return n, nil
 }
 
-// resolve reads the JWT keys and returns the engine's RealtimeConfig. Errors are
+// Resolve reads the JWT keys and returns the engine's RealtimeConfig. Errors are
 // configuration errors at the key that names the key's file or variable; they never
 // contain a key.
-func (rs *realtimeSettings) resolve(getenv func(string) string, log *slog.Logger) (*walflow.RealtimeConfig, error) {
+func (rs *RealtimeSettings) Resolve(getenv func(string) string, log *slog.Logger) (*walflow.RealtimeConfig, error) {
 	l := rs.l
 	jc := rs.jwt
 	jc.Logger = log
@@ -359,8 +359,8 @@ func (k keySource) read(l *loader, getenv func(string) string) ([]byte, error) {
 	return b, nil
 }
 
-// summary describes the gateway's authorization for the start-up log, without any key.
-func (rs *realtimeSettings) summary() string {
+// Summary describes the gateway's authorization for the start-up log, without any key.
+func (rs *RealtimeSettings) Summary() string {
 	var parts []string
 	for _, k := range rs.keys {
 		parts = append(parts, k.alg+" from "+k.from())
