@@ -12,6 +12,7 @@ import (
 
 	"github.com/walflow/walflow/alert"
 	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/processstatus"
@@ -125,6 +126,17 @@ type Config struct {
 	Alerts alert.Budgets
 	// Logger receives walflow's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
+	// Cluster, when set, makes the engine one node of a cluster (package cluster, and
+	// docs/cluster.md): the ledger is a NATS JetStream stream shared by every node
+	// (package ledger/jetstream) instead of LedgerDir; exactly one node streams the slot,
+	// and another takes it over when that node dies, resuming from the slot with nothing
+	// lost or appended twice; every node serves Subscribe, the realtime gateway, process
+	// status and /metrics from the stream; the operators run on one node at a time and
+	// the projectors each on one node at a time, moving when their node dies; custom
+	// indexes are built on every node, in its IndexDir. Retention is applied by the
+	// leader. Cannot be combined with MemoryLedger nor TemporarySlot. Default nil: one
+	// process with its own ledger, no NATS.
+	Cluster *cluster.Config
 }
 
 func (c Config) withDefaults() Config {
@@ -149,6 +161,12 @@ func (c Config) withDefaults() Config {
 		rc := c.Realtime.withDefaults()
 		c.Realtime = &rc
 	}
+	if c.Cluster != nil {
+		cc := *c.Cluster
+		cc.Logger = cmp.Or(cc.Logger, c.Logger)
+		cc = cc.WithDefaults()
+		c.Cluster = &cc
+	}
 	return c
 }
 
@@ -168,6 +186,17 @@ func (c Config) validate() error {
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			return fmt.Errorf("walflow: HTTPAddr %q is not host:port (like 127.0.0.1:9187): %w", c.HTTPAddr, err)
+		}
+	}
+	if c.Cluster != nil {
+		if c.MemoryLedger {
+			return errors.New("walflow: Cluster and MemoryLedger are both set, but a cluster's ledger is its JetStream stream; turn MemoryLedger off")
+		}
+		if c.TemporarySlot {
+			return errors.New("walflow: Cluster and TemporarySlot are both set, but a temporary slot is dropped with its leader's connection, so no other node could resume it; turn TemporarySlot off")
+		}
+		if err := c.Cluster.Validate(); err != nil {
+			return err // a *cluster.ConfigError naming the field
 		}
 	}
 	if err := c.Alerts.Validate(); err != nil {

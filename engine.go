@@ -56,6 +56,7 @@ type Engine struct {
 	projs     *projector.Runner // nil without Config.Projectors
 	idxStore  *indexdisk.Store  // the indexes' disk store, closed by Close
 	snaps     snapshots         // Engine.Snapshot's reader, opened by its first call
+	clu       *clusterNode      // nil without Config.Cluster
 
 	running atomic.Bool
 	slot    atomic.Pointer[slotSample]
@@ -89,16 +90,22 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	log := cfg.Logger
 	router = router.WithLogger(log.With(slog.String("component", "channel")))
-	src, err := pgwal.New(pgwal.Config{
+	srcCfg := pgwal.Config{
 		ConnString: cfg.DatabaseURL, Slot: cfg.Slot, TemporarySlot: cfg.TemporarySlot, SlotFailover: cfg.SlotFailover,
 		Publication: cfg.Publication, Tables: cfg.tableNames(),
 		StatusInterval: cfg.StatusInterval, SyncDelay: cfg.SyncDelay, Logger: log,
-	})
-	if err != nil {
-		return nil, err
+	}
+	if _, err := pgwal.New(srcCfg); err != nil {
+		return nil, err // checked before connecting anywhere
 	}
 	var led ledger.Ledger
+	var clu *clusterNode
 	switch {
+	case cfg.Cluster != nil:
+		if clu, err = openCluster(ctx, cfg, router); err != nil {
+			return nil, err
+		}
+		led, srcCfg.Standby = clu.led, clu.standby()
 	case cfg.MemoryLedger:
 		led = memory.New(&memory.Options{Indexer: router.Channels})
 	case cfg.LedgerBackend == "pebble":
@@ -114,14 +121,22 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 		led = d
 	}
+	src, err := pgwal.New(srcCfg)
+	if err != nil {
+		_ = led.Close()
+		if clu != nil {
+			clu.close()
+		}
+		return nil, err
+	}
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
-		retentionEvery: retentionIntervalDefault}
+		clu: clu, retentionEvery: retentionIntervalDefault}
 	e.alerts.init(log)
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
 		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
 		if err != nil {
-			_ = led.Close()
+			_ = e.Close()
 			return nil, fmt.Errorf("walflow: database pool: %w", err)
 		}
 		e.pool = pool
@@ -161,7 +176,12 @@ func (e *Engine) openProcessStatus() error {
 		case "none":
 			store = processstatus.NoStore{}
 		default:
-			ps, err := pg.New(pg.Config{DB: e.pool, Instance: e.cfg.Slot, Logger: e.cfg.Logger})
+			inst := e.cfg.Slot
+			if e.clu != nil {
+				// Each node scans the stream for itself and keeps its own rows.
+				inst += "@" + e.clu.cfg.NodeName
+			}
+			ps, err := pg.New(pg.Config{DB: e.pool, Instance: inst, Logger: e.cfg.Logger})
 			if err != nil {
 				return err
 			}
@@ -249,8 +269,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(ErrStopping)
 	g, gctx := errgroup.WithContext(ctx)
+	if e.clu != nil {
+		g.Go(func() error { return e.clu.reg.Run(gctx, e.nodeInfo) })
+	}
 	g.Go(func() error {
-		err := e.src.Run(gctx, e.sink())
+		err := e.runSource(gctx)
 		cancel(ErrStopping)
 		return err
 	})
@@ -266,6 +289,10 @@ func (e *Engine) Run(ctx context.Context) error {
 		// No WriteTimeout: it would cut every realtime stream, which bounds each of its
 		// writes itself.
 		srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		if e.clu != nil {
+			addr := ln.Addr().String()
+			e.clu.httpAddr.Store(&addr)
+		}
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("walflow: serve HTTP: %w", err)
@@ -343,7 +370,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.idx != nil {
 		stopOnError(e.idx.Run, "walflow: indexes")
 	}
-	if e.ops != nil {
+	switch {
+	case e.ops != nil && e.clu != nil:
+		stopOnError(e.runClusterOperators, "") // its errors name the operator
+	case e.ops != nil:
 		stopOnError(e.ops.Run, "") // its errors name the operator
 	}
 	return g.Wait()
@@ -408,6 +438,9 @@ func (e *Engine) Close() error {
 			}
 		}
 		e.closeErr = e.led.Close()
+		if e.clu != nil {
+			e.clu.close()
+		}
 	})
 	return e.closeErr
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/walflow/walflow/alert"
+	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/operator"
@@ -50,6 +51,10 @@ type Status struct {
 	// (Config.Projectors), in configuration order: each one's phase (live, rehydrating,
 	// standby, halted), stored position, lag and the error that halted it.
 	Projectors []projector.Status `json:"projectors,omitempty"`
+	// Cluster is the cluster as this node sees it (Config.Cluster): the live nodes with
+	// their roles, stream positions and lag, the leader and since when, and which node runs
+	// each operator and projector. Nil without a cluster.
+	Cluster *cluster.Status `json:"cluster,omitempty"`
 }
 
 // Status reports the slot (measured now) and the ledger.
@@ -80,6 +85,9 @@ func (e *Engine) status(ctx context.Context, s *slotSample) Status {
 	if e.projs != nil {
 		out.Projectors = e.projs.Status()
 	}
+	if e.clu != nil {
+		out.Cluster = e.clusterStatus(ctx)
+	}
 	if s != nil {
 		out.SlotExists, out.SlotActive = s.exists, s.info.Active
 		out.SlotWALStatus, out.ConfirmedLSN = s.info.WALStatus, s.info.ConfirmedFlush
@@ -94,7 +102,9 @@ func (e *Engine) status(ctx context.Context, s *slotSample) Status {
 // Handler serves /metrics (Prometheus), /healthz (200 while streaming, 503 otherwise, with
 // the reason), /readyz (200 while streaming within every budget of Config.Alerts, 503
 // otherwise, with the reasons as JSON) and /status (the [Status] as JSON, with the slot as last measured), and, with
-// Config.Realtime, the realtime gateway under Realtime.Path (its metrics in /metrics).
+// Config.Realtime, the realtime gateway under Realtime.Path (its metrics in /metrics). In a
+// cluster (Config.Cluster), "streaming" reads "connected to NATS": every node, leader or
+// standby, serves readers from the shared stream.
 func (e *Engine) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -146,8 +156,8 @@ func (e *Engine) Handler() http.Handler {
 	e.mountRealtime(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !stats.Connected.Load() {
-			http.Error(w, "not streaming: the replication connection is down or starting (see the logs)", http.StatusServiceUnavailable)
+		if ok, reason := e.serving(); !ok {
+			http.Error(w, reason, http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))

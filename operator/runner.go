@@ -281,6 +281,14 @@ func LedgerKey(o ledger.Origin) string {
 // of the runner's ledger, nil when it can (or cannot be told). Only a failure to read the
 // ledger is returned as err.
 func (r *Runner) checkLedger(ctx context.Context, o *opState, rw row) (foreign error, err error) {
+	if pos := max(rw.position, rw.markPos); pos > r.cfg.Ledger.State().Head {
+		// A ledger shared by several nodes (ledger/jetstream) shows each node the stream as
+		// far as it has read it, which may be behind the process that committed the
+		// checkpoint: give it a moment to catch up before calling the checkpoint foreign.
+		if err := catchUp(ctx, r.cfg.Ledger, pos); err != nil && ctx.Err() != nil {
+			return nil, err
+		}
+	}
 	st := r.cfg.Ledger.State()
 	way := fmt.Sprintf("rebuild its rows and start it on this ledger with walflow operator reset %s (operator.Reset in Go)", o.name)
 	if key := LedgerKey(st.Origin); key != "" && rw.ledger != "" && key != rw.ledger {
@@ -306,6 +314,26 @@ func (r *Runner) checkLedger(ctx context.Context, o *opState, rw row) (foreign e
 			o.name, ErrForeignLedger, rw.markPos, evs[0].LSN, rw.markLSN, rw.position, way), nil
 	}
 	return nil, nil
+}
+
+// CatchUpWait is how long a runner waits for its ledger to reach a stored checkpoint past
+// the ledger's head before it calls the checkpoint another ledger's.
+const CatchUpWait = 10 * time.Second
+
+// catchUp waits until led's head reaches pos, for at most CatchUpWait. It returns the
+// wait's error (ctx's, or CatchUpWait's deadline).
+func catchUp(ctx context.Context, led Ledger, pos event.Position) error {
+	if pos == 0 {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, CatchUpWait)
+	defer cancel()
+	for led.State().Head < pos {
+		if err := led.Wait(wctx, led.State().Head); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // haltForeign records that o halted because its checkpoint belongs to another ledger. The
@@ -883,3 +911,32 @@ func lockOperator(ctx context.Context, tx pgx.Tx, name string) error {
 }
 
 const lockSQL = `SELECT pg_advisory_xact_lock(hashtextextended('walflow.operator:' || $1, 0))`
+
+// Follow keeps what [Runner.Operators], [Runner.CommittedThrough] and [Runner.Checkpoint]
+// report in step with the checkpoints another process commits while it runs the operators
+// (a walflow cluster runs them on one node at a time): it reads them every
+// Config.ControlInterval until ctx ends, and returns nil then. A failed read keeps the
+// positions last read and is retried at the next round. Follow and [Runner.Run] must not
+// run at the same time.
+func (r *Runner) Follow(ctx context.Context) error {
+	t := time.NewTicker(r.cfg.ControlInterval)
+	defer t.Stop()
+	for {
+		if rows, err := r.load(ctx, false); err == nil {
+			for _, o := range r.ops {
+				if rw, ok := rows[o.name]; ok && !o.running.Load() {
+					o.halted.Store(rw.halted)
+					o.through.Store(uint64(rw.position))
+				}
+			}
+			_ = r.refreshParked(ctx) // a failure keeps what is known; the next round reads again
+			r.loaded.Store(true)
+			r.notify()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -616,6 +616,14 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 		p.done.Store(uint64(cp.Position))
 		p.stored.Store(uint64(cp.Position))
 		p.seen.Store(uint64(max(cp.Seen, cp.Position)))
+		if cp.Position > r.cfg.Ledger.State().Head {
+			// A ledger shared by several nodes (ledger/jetstream) shows each node the stream
+			// as far as it has read it, which may be behind the process that stored the
+			// position: give it a moment to catch up before calling the position foreign.
+			if err := catchUp(ctx, r.cfg.Ledger, cp.Position); err != nil && ctx.Err() != nil {
+				return
+			}
+		}
 		if err := r.checkLedger(cp); err != nil {
 			// Not stored: the checkpoint is right for the runner of its own ledger.
 			r.log.ErrorContext(ctx, "projector halted: its stored position belongs to another ledger", slog.String("projector", p.Name), slog.Any("error", err))
@@ -1144,4 +1152,16 @@ func (r logReporter) Halted(ctx context.Context, name string, e *event.Event, er
 	r.log.ErrorContext(ctx, "projector halted; fix the cause, then restart it (Runner.Restart) or reset it (Runner.Reset)",
 		slog.String("projector", name), slog.Uint64("position", uint64(e.Position)), slog.String("entity", e.Name),
 		slog.String("type", e.Type.String()), slog.Any("error", err))
+}
+
+// catchUp waits until led's head reaches pos, for at most operator.CatchUpWait.
+func catchUp(ctx context.Context, led Ledger, pos event.Position) error {
+	wctx, cancel := context.WithTimeout(ctx, operator.CatchUpWait)
+	defer cancel()
+	for led.State().Head < pos {
+		if err := led.Wait(wctx, led.State().Head); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -252,6 +252,9 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 		row("ALERT "+a.Alert, a.Reason)
 	}
 	_ = tw.Flush()
+	if st.Cluster != nil {
+		writeClusterStatus(w, st.Cluster)
+	}
 }
 
 // bytesWithUnit writes a byte count in binary units with the exact count: "1.5 MiB
