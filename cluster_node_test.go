@@ -14,6 +14,7 @@ import (
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
 )
@@ -66,6 +67,8 @@ func TestClusterTakeover(t *testing.T) {
 				{Name: "comments", Scopes: []channel.Scope{mustScope(t, "posts/{post_id}")}},
 			},
 			Operators:      []operator.Operator{counts},
+			Indexers:       []index.Indexer{index.Field("by_post", "post_id")},
+			IndexDir:       t.TempDir(),
 			StatusInterval: 200 * time.Millisecond,
 			Logger:         testLogger(t),
 			Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: name, Replicas: 3,
@@ -205,7 +208,17 @@ func TestClusterTakeover(t *testing.T) {
 
 	// The operator moved with its lock and left the derived table right.
 	poll(t, "the operator to move to a live node", func() bool {
-		c := second.eng.Status(ctx).Cluster
+		// Each node builds the custom index from the stream, leader or not.
+	for _, n := range rest {
+		poll(t, n.name+"'s index to hold post 1's comments", func() bool {
+			evs, err := n.eng.Indexes().Read(ctx, "by_post", "1", 0, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(evs) == 21 // the inserts of the even ids, and the delete of 4
+		})
+	}
+	c := second.eng.Status(ctx).Cluster
 		return c != nil && len(c.Operators) == 1 && c.Operators[0].Node != first.name
 	})
 	poll(t, "counts to equal its recomputation", func() bool {

@@ -20,6 +20,7 @@ func TestWriteStatusCluster(t *testing.T) {
 	var b bytes.Buffer
 	writeStatus(&b, walflow.Status{Slot: "walflow", SlotExists: true, Cluster: &cs}, statusSource{running: true, where: "http://127.0.0.1:9187/status"})
 	for _, re := range []string{
+		`streaming +no: this node stands by, node-1 streams the slot`,
 		`cluster \(as node node-2 sees it\)`,
 		`leader: node-1 since ` + regexp.QuoteMeta(since.Format(time.RFC3339)) + ` \(1m3\ds\)`,
 		`node-1 +leader +1200 +0 +10\.0\.0\.1:9187 +operator post_stats\n`,
