@@ -209,16 +209,16 @@ func TestClusterTakeover(t *testing.T) {
 	// The operator moved with its lock and left the derived table right.
 	poll(t, "the operator to move to a live node", func() bool {
 		// Each node builds the custom index from the stream, leader or not.
-	for _, n := range rest {
-		poll(t, n.name+"'s index to hold post 1's comments", func() bool {
-			evs, err := n.eng.Indexes().Read(ctx, "by_post", "1", 0, 1000)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return len(evs) == 21 // the inserts of the even ids, and the delete of 4
-		})
-	}
-	c := second.eng.Status(ctx).Cluster
+		for _, n := range rest {
+			poll(t, n.name+"'s index to hold post 1's comments", func() bool {
+				evs, err := n.eng.Indexes().Read(ctx, "by_post", "1", 0, 1000)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(evs) == 21 // the inserts of the even ids, and the delete of 4
+			})
+		}
+		c := second.eng.Status(ctx).Cluster
 		return c != nil && len(c.Operators) == 1 && c.Operators[0].Node != first.name
 	})
 	poll(t, "counts to equal its recomputation", func() bool {
