@@ -182,8 +182,10 @@ const operatorLockSQL = `SELECT pg_try_advisory_lock(hashtextextended('walflow.o
 // lock, one node at a time; the others follow the stored checkpoints (for process status
 // and retention) and try the lock every second. When the holder dies, its connection
 // ends, PostgreSQL frees the lock, and another node resumes every operator from its
-// stored checkpoint: each batch commits its effects with its checkpoint, so nothing is
-// applied twice. A holder that loses its lock connection stops its operators at once.
+// stored checkpoint: each batch commits its effects with its checkpoint, and only while
+// the stored checkpoint is before the batch (see package operator), so nothing is applied
+// twice, even by a holder that has not noticed yet that it lost the lock. A holder that
+// loses its lock connection stops its operators within a second.
 func (e *Engine) runClusterOperators(ctx context.Context) error {
 	for {
 		fctx, stopFollow := context.WithCancel(ctx)

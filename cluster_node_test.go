@@ -72,7 +72,7 @@ func TestClusterTakeover(t *testing.T) {
 			StatusInterval: 200 * time.Millisecond,
 			Logger:         testLogger(t),
 			Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: name, Replicas: 3,
-				Heartbeat: 200 * time.Millisecond, NodeTTL: 2 * time.Second},
+				Heartbeat: 500 * time.Millisecond, NodeTTL: 3 * time.Second},
 		})
 		if err != nil {
 			t.Fatalf("open %s: %v", name, err)
@@ -208,16 +208,6 @@ func TestClusterTakeover(t *testing.T) {
 
 	// The operator moved with its lock and left the derived table right.
 	poll(t, "the operator to move to a live node", func() bool {
-		// Each node builds the custom index from the stream, leader or not.
-		for _, n := range rest {
-			poll(t, n.name+"'s index to hold post 1's comments", func() bool {
-				evs, err := n.eng.Indexes().Read(ctx, "by_post", "1", 0, 1000)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return len(evs) == 21 // the inserts of the even ids, and the delete of 4
-			})
-		}
 		c := second.eng.Status(ctx).Cluster
 		return c != nil && len(c.Operators) == 1 && c.Operators[0].Node != first.name
 	})
@@ -231,6 +221,16 @@ func TestClusterTakeover(t *testing.T) {
 		}
 		return diff == 0
 	})
+	// Each node builds the custom index from the stream, leader or not.
+	for _, n := range rest {
+		poll(t, n.name+"'s index to hold post 1's comments", func() bool {
+			evs, err := n.eng.Indexes().Read(ctx, "by_post", "1", 0, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(evs) == 21 // the inserts of the even ids, and the delete of 4
+		})
+	}
 	c := second.eng.Status(ctx).Cluster
 	if c.Leader != second.name || len(c.Nodes) != 2 {
 		t.Fatalf("cluster status after the takeover: %+v, want 2 nodes led by %s", c, second.name)

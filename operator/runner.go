@@ -636,6 +636,10 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 	if err == nil {
 		return through, true
 	}
+	if errors.Is(err, errCheckpointMoved) {
+		r.log.InfoContext(ctx, "operator checkpoint moved by another process of this instance; resuming from it", slog.String("operator", o.name))
+		return r.checkpointOf(ctx, o)
+	}
 	done := event.Position(0)
 	if i > 0 {
 		if _, err := r.apply(ctx, o, evs[:i], evs[i-1].Position); err != nil {
@@ -691,6 +695,9 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 		if err == nil {
 			return bad.Position, true
 		}
+		if errors.Is(err, errCheckpointMoved) {
+			return r.checkpointOf(ctx, o)
+		}
 	}
 }
 
@@ -742,8 +749,12 @@ func (r *Runner) applyTx(ctx context.Context, o *opState, evs []event.Event, thr
 				return i, err, false
 			}
 		}
-		if _, err := tx.Exec(ctx, saveCheckpointSQL, r.checkpointArgs(o, through)...); err != nil {
+		tag, err := tx.Exec(ctx, saveCheckpointSQL, r.checkpointArgs(o, evs, through)...)
+		if err != nil {
 			return 0, fmt.Errorf("save checkpoint: %w", err), false
+		}
+		if tag.RowsAffected() == 0 {
+			return 0, errCheckpointMoved, false
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -754,13 +765,25 @@ func (r *Runner) applyTx(ctx context.Context, o *opState, evs []event.Event, thr
 
 // saveCheckpointSQL moves an operator's checkpoint ($3) and records the ledger it counts
 // ($4, kept when unknown) and an event of that ledger ($5 position, $6 LSN; kept when 0).
+// It moves it only from before the batch's first position ($7): a checkpoint already there
+// means another runner of the instance (another node of a cluster, or a process that
+// still ran when this one took over) applied the batch, and the update then changes no row,
+// so the batch rolls back instead of applying its events twice.
 const saveCheckpointSQL = `UPDATE walflow.operators SET position = $3, ledger = coalesce(nullif($4, ''), ledger),
 	mark_position = coalesce(nullif($5, 0), mark_position), mark_lsn = CASE WHEN $5 = 0 THEN mark_lsn ELSE $6 END, updated_at = now()
-	WHERE instance = $1 AND name = $2`
+	WHERE instance = $1 AND name = $2 AND position < $7`
 
-// checkpointArgs are saveCheckpointSQL's arguments for o at through.
-func (r *Runner) checkpointArgs(o *opState, through event.Position) []any {
-	return []any{r.cfg.Instance, o.name, int64(through), r.ledgerKey(), int64(o.markPos.Load()), int64(o.markLSN.Load())}
+// errCheckpointMoved is the error of a batch whose checkpoint another runner of the
+// instance moved past the batch's start: its events are applied already.
+var errCheckpointMoved = errors.New("operator: another process of this instance applied these events; resuming from its checkpoint")
+
+// checkpointArgs are saveCheckpointSQL's arguments for o applying evs through through.
+func (r *Runner) checkpointArgs(o *opState, evs []event.Event, through event.Position) []any {
+	first := through
+	if len(evs) > 0 {
+		first = evs[0].Position
+	}
+	return []any{r.cfg.Instance, o.name, int64(through), r.ledgerKey(), int64(o.markPos.Load()), int64(o.markLSN.Load()), int64(first)}
 }
 
 // ledgerKey is [LedgerKey] of the runner's ledger.
@@ -792,7 +815,7 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 	for _, s := range q {
 		b.Queue(s.sql, s.arg)
 	}
-	b.Queue(saveCheckpointSQL, r.checkpointArgs(o, through)...)
+	b.Queue(saveCheckpointSQL, r.checkpointArgs(o, evs, through)...)
 	res := tx.SendBatch(ctx, b)
 	defer res.Close()
 	if _, err := res.Exec(); err != nil {
@@ -803,8 +826,12 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 			return owner[j], s.err(err), false
 		}
 	}
-	if _, err := res.Exec(); err != nil {
+	tag, err := res.Exec()
+	if err != nil {
 		return 0, fmt.Errorf("save checkpoint: %w", err), false
+	}
+	if tag.RowsAffected() == 0 {
+		return 0, errCheckpointMoved, false
 	}
 	if err := res.Close(); err != nil {
 		return 0, fmt.Errorf("finish batch: %w", err), false
