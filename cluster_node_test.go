@@ -17,6 +17,7 @@ import (
 	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/projector"
 )
 
 // clusterNode is one engine of a test cluster, stopped by stop.
@@ -46,7 +47,8 @@ func poll(t *testing.T, what string, cond func() bool) {
 func TestClusterTakeover(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);
+		CREATE TABLE projected (position bigint PRIMARY KEY, n int NOT NULL);`)
 	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 3)
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +61,12 @@ func TestClusterTakeover(t *testing.T) {
 			ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
 		DeleteWith: []string{"posts"},
 	}
+	// A projector that counts each event it applies, in its transaction.
+	tally := projector.Projector{Name: "tally", Entities: []string{"comments"},
+		HandleTx: func(ctx context.Context, tx pgx.Tx, e event.Event) error {
+			_, err := tx.Exec(ctx, `INSERT INTO projected VALUES ($1, 1) ON CONFLICT (position) DO UPDATE SET n = projected.n + 1`, int64(e.Position))
+			return err
+		}}
 	start := func(name string) *clusterNode {
 		eng, err := walflow.Open(ctx, walflow.Config{
 			DatabaseURL: dsn, Slot: pcfg.Database,
@@ -69,6 +77,7 @@ func TestClusterTakeover(t *testing.T) {
 			Operators:      []operator.Operator{counts},
 			Indexers:       []index.Indexer{index.Field("by_post", "post_id")},
 			IndexDir:       t.TempDir(),
+			Projectors:     []projector.Projector{tally},
 			StatusInterval: 200 * time.Millisecond,
 			Logger:         testLogger(t),
 			Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: name, Replicas: 3,
@@ -231,6 +240,25 @@ func TestClusterTakeover(t *testing.T) {
 			return len(evs) == 21 // the inserts of the even ids, and the delete of 4
 		})
 	}
+	// The projector ran on one node at a time and moved: each comment event once.
+	poll(t, "the projector to apply every comment event", func() bool {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM projected`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 42
+	})
+	var twice int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM projected WHERE n > 1`).Scan(&twice); err != nil {
+		t.Fatal(err)
+	}
+	if twice != 0 {
+		t.Fatalf("the projector applied %d events more than once across nodes", twice)
+	}
+	poll(t, "the projector to run on one live node", func() bool {
+		c := second.eng.Status(ctx).Cluster
+		return c != nil && len(c.Projectors) == 1 && c.Projectors[0].Node != first.name
+	})
 	c := second.eng.Status(ctx).Cluster
 	if c.Leader != second.name || len(c.Nodes) != 2 {
 		t.Fatalf("cluster status after the takeover: %+v, want 2 nodes led by %s", c, second.name)
