@@ -196,7 +196,7 @@ func (d *demo) clusterBanner(nodes []*demoNode, urls []string, o ClusterOptions)
 	b.WriteString("\nOne node streams the slot into the shared JetStream stream; the others stand by and serve\n" +
 		"readers from the stream. ")
 	if o.KillEvery > 0 {
-		fmt.Fprintf(&b, "Every %s the demo kills the leader with SIGKILL (--kill-every) and starts it\nagain: watch another node take over, resuming from the slot.\n", o.KillEvery)
+		fmt.Fprintf(&b, "Once every node is up, every %s the demo kills the leader with SIGKILL (--kill-every)\nand starts it again: watch another node take over, resuming from the slot.\n", o.KillEvery)
 	} else {
 		b.WriteString("Kill the leader yourself (kill -9 with the pid printed below) to watch another\nnode take over; the demo starts it again.\n")
 	}
@@ -289,50 +289,54 @@ func (n *demoNode) status(ctx context.Context) (walflow.Status, error) {
 }
 
 // watchCluster prints the leader whenever it changes and the nodes' positions every few
-// seconds, kills the leader every killEvery, and starts a node again whenever it has
-// exited, until ctx ends.
+// seconds, kills the leader every killEvery (counted from when every node is up, and only
+// while every node is up), and starts a node that
+// exited again once another node leads (or after 15s), until ctx ends.
 func watchCluster(ctx context.Context, out io.Writer, nodes []*demoNode, exe string, killEvery time.Duration) error {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	var killC <-chan time.Time
-	if killEvery > 0 {
-		kt := time.NewTicker(killEvery)
-		defer kt.Stop()
-		killC = kt.C
-	}
+	var nextKill time.Time // zero until every node is up
 	stamp := func() string { return time.Now().Format("15:04:05.000") }
 	leader := ""
+	allUp := false
 	var killedAt time.Time
 	var killedName string
+	down := map[*demoNode]time.Time{} // exited nodes, since when
 	lastSummary := time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			fmt.Fprintf(out, "%s stopping the nodes…\n", stamp())
 			return nil
-		case <-killC:
+		case <-tick.C:
+		}
+		if killEvery > 0 && allUp && nextKill.IsZero() {
+			nextKill = time.Now().Add(killEvery)
+		}
+		if !nextKill.IsZero() && time.Now().After(nextKill) && allUp && leader != "" {
+			nextKill = time.Now().Add(killEvery)
 			for _, n := range nodes {
 				if n.name == leader && n.alive() {
 					fmt.Fprintf(out, "%s kill -9 %d: %s, the leader, is killed\n", stamp(), n.cmd.Process.Pid, n.name)
 					n.kill()
 					killedAt, killedName, leader = time.Now(), n.name, ""
+					down[n] = time.Now()
 				}
 			}
-		case <-tick.C:
 		}
 		var parts []string
 		now := ""
+		up := 0
 		for _, n := range nodes {
 			if !n.alive() {
 				parts = append(parts, n.name+" down")
-				if n.name == leader {
-					fmt.Fprintf(out, "%s %s, the leader, has exited\n", stamp(), n.name)
-					killedAt, killedName, leader = time.Now(), n.name, ""
+				if _, ok := down[n]; !ok {
+					down[n] = time.Now()
+					if n.name == leader {
+						fmt.Fprintf(out, "%s %s, the leader, has exited\n", stamp(), n.name)
+						killedAt, killedName, leader = time.Now(), n.name, ""
+					}
 				}
-				if err := n.start(exe); err != nil {
-					return err
-				}
-				fmt.Fprintf(out, "%s %s started again (pid %d); it joins as a standby\n", stamp(), n.name, n.cmd.Process.Pid)
 				continue
 			}
 			st, err := n.status(ctx)
@@ -340,12 +344,14 @@ func watchCluster(ctx context.Context, out io.Writer, nodes []*demoNode, exe str
 				parts = append(parts, n.name+" starting")
 				continue
 			}
+			up++
 			role := "standby"
 			if st.Streaming {
 				role, now = "LEADER", n.name
 			}
 			parts = append(parts, fmt.Sprintf("%s %s @%d", n.name, role, st.LedgerHead))
 		}
+		allUp = up == len(nodes)
 		if now != "" && now != leader {
 			pid := 0
 			for _, n := range nodes {
@@ -360,6 +366,16 @@ func watchCluster(ctx context.Context, out io.Writer, nodes []*demoNode, exe str
 				fmt.Fprintf(out, "%s %s leads (pid %d)\n", stamp(), now, pid)
 			}
 			leader = now
+		}
+		for n, since := range down {
+			// Start it again once another node leads, so that the takeover is another's.
+			if leader != "" || time.Since(since) > 15*time.Second {
+				if err := n.start(exe); err != nil {
+					return err
+				}
+				delete(down, n)
+				fmt.Fprintf(out, "%s %s started again (pid %d); it joins as a standby\n", stamp(), n.name, n.cmd.Process.Pid)
+			}
 		}
 		if time.Since(lastSummary) >= 5*time.Second {
 			lastSummary = time.Now()

@@ -23,7 +23,7 @@ func TestRunCluster(t *testing.T) {
 	}
 	var stdout, stderr syncbuf.Buffer
 	err := RunCluster(ctx, ClusterOptions{Stdout: &stdout, Stderr: &stderr, Getenv: noEnv, Exe: bin,
-		Duration: 50 * time.Second, WriteEvery: 100 * time.Millisecond, KillEvery: 20 * time.Second})
+		Duration: 75 * time.Second, WriteEvery: 100 * time.Millisecond, KillEvery: 15 * time.Second})
 	if err != nil {
 		t.Fatalf("RunCluster: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
