@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -132,6 +135,20 @@ func (e *Engine) nodeInfo() cluster.NodeInfo {
 		}
 	}
 	return info
+}
+
+// advertisedAddr is where other machines reach a listener on addr: with the host name in
+// place of an unspecified address (0.0.0.0 or ::).
+func advertisedAddr(addr net.Addr) string {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok || !ta.IP.IsUnspecified() {
+		return addr.String()
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return addr.String()
+	}
+	return net.JoinHostPort(host, strconv.Itoa(ta.Port))
 }
 
 // leading reports whether this engine appends to the ledger: always without a cluster,

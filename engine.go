@@ -290,7 +290,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		// writes itself.
 		srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		if e.clu != nil {
-			addr := ln.Addr().String()
+			addr := advertisedAddr(ln.Addr())
 			e.clu.httpAddr.Store(&addr)
 		}
 		g.Go(func() error {
