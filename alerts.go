@@ -115,8 +115,8 @@ type Readiness struct {
 // [Readiness] as JSON either way.
 func (e *Engine) serveReadyz(w http.ResponseWriter, r *http.Request) {
 	rd := Readiness{Streaming: e.src.Stats().Connected.Load(), Alerts: e.alerts.monitor.Active()}
-	if !rd.Streaming {
-		rd.Reasons = append(rd.Reasons, "not streaming: the replication connection is down or starting (see the logs)")
+	if ok, reason := e.serving(); !ok {
+		rd.Reasons = append(rd.Reasons, reason)
 	}
 	for _, c := range rd.Alerts {
 		rd.Reasons = append(rd.Reasons, c.Reason)

@@ -138,15 +138,19 @@ type Config struct {
 	// logs once at WARN (and once at INFO on recovery) and shows in Status.Alerts. They are
 	// evaluated every StatusInterval. Default: none (every alert off).
 	Alerts alert.Budgets
-	// Cluster, when set, runs this engine as one node of a cluster (package cluster): the
-	// ledger lives on a NATS JetStream stream shared by every node, exactly one node (the
-	// one holding the replication slot) streams from PostgreSQL, and the others stand by to
-	// take over. It cannot be combined with MemoryLedger nor TemporarySlot; LedgerDir and
-	// LedgerBackend do not apply. See docs/cluster.md. Default nil: one process with its
-	// own ledger, no NATS.
-	Cluster *cluster.Config
 	// Logger receives walflow's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
+	// Cluster, when set, makes the engine one node of a cluster (package cluster, and
+	// docs/cluster.md): the ledger is a NATS JetStream stream shared by every node
+	// (package ledger/jetstream) instead of LedgerDir; exactly one node streams the slot,
+	// and another takes it over when that node dies, resuming from the slot with nothing
+	// lost or appended twice; every node serves Subscribe, the realtime gateway, process
+	// status and /metrics from the stream; the operators run on one node at a time and
+	// the projectors each on one node at a time, moving when their node dies; custom
+	// indexes are built on every node, in its IndexDir. Retention is applied by the
+	// leader. Cannot be combined with MemoryLedger nor TemporarySlot. Default nil: one
+	// process with its own ledger, no NATS.
+	Cluster *cluster.Config
 }
 
 func (c Config) withDefaults() Config {

@@ -55,6 +55,7 @@ type Engine struct {
 	projs     *projector.Runner // nil without Config.Projectors
 	idxStore  *indexdisk.Store  // the indexes' disk store, closed by Close
 	snaps     snapshots         // Engine.Snapshot's reader, opened by its first call
+	clu       *clusterNode      // nil without Config.Cluster
 
 	running    atomic.Bool
 	slotReader *slotReader // reads the slot for slot, over its kept connection
@@ -82,16 +83,22 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	log := cfg.Logger
 	router = router.WithLogger(log.With(slog.String("component", "channel")))
-	src, err := pgwal.New(pgwal.Config{
+	srcCfg := pgwal.Config{
 		ConnString: cfg.DatabaseURL, Slot: cfg.Slot, TemporarySlot: cfg.TemporarySlot, SlotFailover: cfg.SlotFailover,
 		Publication: cfg.Publication, Tables: cfg.tableNames(),
 		StatusInterval: cfg.StatusInterval, SyncDelay: cfg.SyncDelay, Logger: log,
-	})
-	if err != nil {
-		return nil, err
+	}
+	if _, err := pgwal.New(srcCfg); err != nil {
+		return nil, err // checked before connecting anywhere
 	}
 	var led ledger.Ledger
+	var clu *clusterNode
 	switch {
+	case cfg.Cluster != nil:
+		if clu, err = openCluster(ctx, cfg, router); err != nil {
+			return nil, err
+		}
+		led, srcCfg.Standby = clu.led, clu.standby()
 	case cfg.MemoryLedger:
 		led = memory.New(&memory.Options{Indexer: router.Channels})
 	case cfg.LedgerBackend == "pebble":
@@ -107,15 +114,23 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 		led = d
 	}
+	src, err := pgwal.New(srcCfg)
+	if err != nil {
+		_ = led.Close()
+		if clu != nil {
+			clu.close()
+		}
+		return nil, err
+	}
 	e := &Engine{cfg: cfg, log: log.With(slog.String("component", "engine")), router: router, led: led, src: src,
-		slotReader: &slotReader{dsn: cfg.DatabaseURL, slot: cfg.Slot}, retentionEvery: retentionIntervalDefault}
+		slotReader: &slotReader{dsn: cfg.DatabaseURL, slot: cfg.Slot}, clu: clu, retentionEvery: retentionIntervalDefault}
 	e.alerts.init(log)
 	e.console = newConsoleHistory(cfg.ConsoleInterval)
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
 		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
 		if err != nil {
-			_ = led.Close()
+			_ = e.Close()
 			return nil, fmt.Errorf("walflow: database pool: %w", err)
 		}
 		e.pool = pool
@@ -156,7 +171,12 @@ func (e *Engine) openProcessStatus() error {
 		case "none":
 			store = processstatus.NoStore{}
 		default:
-			ps, err := pg.New(pg.Config{DB: e.pool, Instance: e.cfg.Slot, Logger: e.cfg.Logger})
+			inst := e.cfg.Slot
+			if e.clu != nil {
+				// Each node scans the stream for itself and keeps its own rows.
+				inst += "@" + e.clu.cfg.NodeName
+			}
+			ps, err := pg.New(pg.Config{DB: e.pool, Instance: inst, Logger: e.cfg.Logger})
 			if err != nil {
 				return err
 			}
@@ -244,7 +264,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	r := newRunGroup(ctx)
 	defer r.stop()
-	r.goStopping(func(ctx context.Context) error { return e.src.Run(ctx, e.sink()) })
+	if e.clu != nil {
+		r.g.Go(func() error { return e.clu.reg.Run(r.gctx, e.nodeInfo) })
+	}
+	r.goStopping(e.runSource)
 	r.goLoop(e.pollSlot)
 	r.goLoop(e.retain)
 	r.goLoop(e.sampleConsole)
@@ -336,6 +359,10 @@ func (e *Engine) serveHTTP(r *runGroup) error {
 	// No WriteTimeout: it would cut every realtime stream, which bounds each of its
 	// writes itself.
 	srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if e.clu != nil {
+		addr := advertisedAddr(ln.Addr())
+		e.clu.httpAddr.Store(&addr)
+	}
 	r.g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("walflow: serve HTTP: %w", err)
@@ -405,7 +432,10 @@ func (e *Engine) startConsumers(r *runGroup) {
 	if e.idx != nil {
 		r.goConsumer(e.idx.Run, "walflow: indexes")
 	}
-	if e.ops != nil {
+	switch {
+	case e.ops != nil && e.clu != nil:
+		r.goConsumer(e.runClusterOperators, "") // its errors name the operator
+	case e.ops != nil:
 		r.goConsumer(e.ops.Run, "") // its errors name the operator
 	}
 }
@@ -438,6 +468,9 @@ func (e *Engine) Close() error {
 			}
 		}
 		e.closeErr = e.led.Close()
+		if e.clu != nil {
+			e.clu.close()
+		}
 	})
 	return e.closeErr
 }

@@ -33,6 +33,11 @@ func (e *Engine) retain(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		if !e.leading() {
+			// In a cluster the leader removes the events for every node.
+			t.Reset(e.retentionEvery)
+			continue
+		}
 		if err := e.truncate(ctx, time.Now().Add(-e.cfg.Retention)); err != nil && ctx.Err() == nil {
 			e.log.WarnContext(ctx, "ledger retention failed; retrying at the next round", slog.Any("error", err))
 		}

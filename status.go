@@ -51,9 +51,9 @@ type Status struct {
 	// (Config.Projectors), in configuration order: each one's phase (live, rehydrating,
 	// standby, halted), stored position, lag and the error that halted it.
 	Projectors []projector.Status `json:"projectors,omitempty"`
-	// Cluster is the cluster as this node sees it (Config.Cluster): the nodes, the leader
-	// and since when, each node's position and lag, and which node runs each operator and
-	// projector. Nil when the engine does not run in a cluster.
+	// Cluster is the cluster as this node sees it (Config.Cluster): the live nodes with
+	// their roles, stream positions and lag, the leader and since when, and which node runs
+	// each operator and projector. Nil without a cluster.
 	Cluster *cluster.Status `json:"cluster,omitempty"`
 }
 
@@ -85,6 +85,9 @@ func (e *Engine) status(ctx context.Context, s *slotSample) Status {
 	if e.projs != nil {
 		out.Projectors = e.projs.Status()
 	}
+	if e.clu != nil {
+		out.Cluster = e.clusterStatus(ctx)
+	}
 	if s != nil {
 		out.SlotExists, out.SlotActive = s.exists, s.info.Active
 		out.SlotWALStatus, out.ConfirmedLSN = s.info.WALStatus, s.info.ConfirmedFlush
@@ -100,7 +103,9 @@ func (e *Engine) status(ctx context.Context, s *slotSample) Status {
 // docs/console.md), /metrics (Prometheus), /healthz (200 while streaming, 503 otherwise, with
 // the reason), /readyz (200 while streaming within every budget of Config.Alerts, 503
 // otherwise, with the reasons as JSON) and /status (the [Status] as JSON, with the slot as last measured), and, with
-// Config.Realtime, the realtime gateway under Realtime.Path (its metrics in /metrics).
+// Config.Realtime, the realtime gateway under Realtime.Path (its metrics in /metrics). In a
+// cluster (Config.Cluster), "streaming" reads "connected to NATS": every node, leader or
+// standby, serves readers from the shared stream.
 func (e *Engine) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -153,8 +158,8 @@ func (e *Engine) Handler() http.Handler {
 	e.mountConsole(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !stats.Connected.Load() {
-			http.Error(w, "not streaming: the replication connection is down or starting (see the logs)", http.StatusServiceUnavailable)
+		if ok, reason := e.serving(); !ok {
+			http.Error(w, reason, http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))

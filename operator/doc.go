@@ -64,6 +64,14 @@
 //
 // # Instances and ledgers
 //
+// Two runners of one instance on one shared ledger (the nodes of a walflow cluster, for
+// the moment the operators move from one to the other) apply each event once between
+// them: a batch moves the checkpoint only from before its first event, in the transaction
+// of its effects, so the batch of a runner that fell behind the stored checkpoint rolls
+// back, and that runner resumes from the stored checkpoint. A runner waits, for at most
+// [ledger.CatchUpWait], for a shared ledger to reach a stored checkpoint before calling it
+// another ledger's.
+//
 // Several walflows (each with its own slot and ledger) may share a database: a checkpoint
 // belongs to one instance ([Config].Instance, the engine's slot name), and [Statuses],
 // [Restart], [Skip] and [Reset] name the instance they act on. A walflow.operators table made

@@ -119,8 +119,12 @@ func (r *Runner) applyPark(ctx context.Context, o *opState, evs []event.Event, t
 			newly = append(newly, e.Position)
 		}
 	}
-	if _, err := tx.Exec(ctx, saveCheckpointSQL, r.checkpointArgs(o, through)...); err != nil {
+	tag, err := tx.Exec(ctx, saveCheckpointSQL, r.checkpointArgs(o, evs, through)...)
+	if err != nil {
 		return 0, fmt.Errorf("save checkpoint: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return 0, errCheckpointMoved
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit: %w", err)

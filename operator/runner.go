@@ -282,6 +282,14 @@ func LedgerKey(o ledger.Origin) string {
 // of the runner's ledger, nil when it can (or cannot be told). Only a failure to read the
 // ledger is returned as err.
 func (r *Runner) checkLedger(ctx context.Context, o *opState, rw row) (foreign error, err error) {
+	if pos := max(rw.position, rw.markPos); pos > r.cfg.Ledger.State().Head {
+		// A ledger shared by several nodes (ledger/jetstream) shows each node the stream as
+		// far as it has read it, which may be behind the process that committed the
+		// checkpoint: give it a moment to catch up before calling the checkpoint foreign.
+		if err := ledger.WaitHead(ctx, r.cfg.Ledger, pos); err != nil && ctx.Err() != nil {
+			return nil, err
+		}
+	}
 	st := r.cfg.Ledger.State()
 	way := fmt.Sprintf("rebuild its rows and start it on this ledger with walflow operator reset %s (operator.Reset in Go)", o.name)
 	if key := LedgerKey(st.Origin); key != "" && rw.ledger != "" && key != rw.ledger {
@@ -609,6 +617,10 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 	if err == nil {
 		return through, true
 	}
+	if errors.Is(err, errCheckpointMoved) {
+		r.log.InfoContext(ctx, "operator checkpoint moved by another process of this instance; resuming from it", slog.String("operator", o.name))
+		return r.checkpointOf(ctx, o)
+	}
 	done := event.Position(0)
 	if i > 0 {
 		if _, err := r.apply(ctx, o, evs[:i], evs[i-1].Position); err != nil {
@@ -637,6 +649,9 @@ func (r *Runner) process(ctx context.Context, o *opState, evs []event.Event, thr
 			r.log.WarnContext(ctx, "operator parks an event for the derived row it failed on; the row's later events wait behind it (walflow operator parked, retry, discard)",
 				slog.String("operator", o.name), slog.String("id", re.id), slog.Uint64("position", uint64(bad.Position)), slog.Any("error", err))
 			return true
+		}
+		if errors.Is(err, errCheckpointMoved) {
+			return r.checkpointOf(ctx, o)
 		}
 	}
 	err = loop.Run(ctx, bad, err, func(ctx context.Context) error {
@@ -701,8 +716,12 @@ func (r *Runner) applyTx(ctx context.Context, o *opState, evs []event.Event, thr
 				return i, err, false
 			}
 		}
-		if _, err := tx.Exec(ctx, saveCheckpointSQL, r.checkpointArgs(o, through)...); err != nil {
+		tag, err := tx.Exec(ctx, saveCheckpointSQL, r.checkpointArgs(o, evs, through)...)
+		if err != nil {
 			return 0, fmt.Errorf("save checkpoint: %w", err), false
+		}
+		if tag.RowsAffected() == 0 {
+			return 0, errCheckpointMoved, false
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -713,13 +732,25 @@ func (r *Runner) applyTx(ctx context.Context, o *opState, evs []event.Event, thr
 
 // saveCheckpointSQL moves an operator's checkpoint ($3) and records the ledger it counts
 // ($4, kept when unknown) and an event of that ledger ($5 position, $6 LSN; kept when 0).
+// It moves it only from before the batch's first position ($7): a checkpoint already there
+// means another runner of the instance (another node of a cluster, or a process that
+// still ran when this one took over) applied the batch, and the update then changes no row,
+// so the batch rolls back instead of applying its events twice.
 const saveCheckpointSQL = `UPDATE walflow.operators SET position = $3, ledger = coalesce(nullif($4, ''), ledger),
 	mark_position = coalesce(nullif($5, 0), mark_position), mark_lsn = CASE WHEN $5 = 0 THEN mark_lsn ELSE $6 END, updated_at = now()
-	WHERE instance = $1 AND name = $2`
+	WHERE instance = $1 AND name = $2 AND position < $7`
 
-// checkpointArgs are saveCheckpointSQL's arguments for o at through.
-func (r *Runner) checkpointArgs(o *opState, through event.Position) []any {
-	return []any{r.cfg.Instance, o.name, int64(through), r.ledgerKey(), int64(o.markPos.Load()), int64(o.markLSN.Load())}
+// errCheckpointMoved is the error of a batch whose checkpoint another runner of the
+// instance moved past the batch's start: its events are applied already.
+var errCheckpointMoved = errors.New("operator: another process of this instance applied these events; resuming from its checkpoint")
+
+// checkpointArgs are saveCheckpointSQL's arguments for o applying evs through through.
+func (r *Runner) checkpointArgs(o *opState, evs []event.Event, through event.Position) []any {
+	first := through
+	if len(evs) > 0 {
+		first = evs[0].Position
+	}
+	return []any{r.cfg.Instance, o.name, int64(through), r.ledgerKey(), int64(o.markPos.Load()), int64(o.markLSN.Load()), int64(first)}
 }
 
 // ledgerKey is [LedgerKey] of the runner's ledger.
@@ -751,7 +782,7 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 	for _, s := range q {
 		b.Queue(s.sql, s.arg)
 	}
-	b.Queue(saveCheckpointSQL, r.checkpointArgs(o, through)...)
+	b.Queue(saveCheckpointSQL, r.checkpointArgs(o, evs, through)...)
 	res := tx.SendBatch(ctx, b)
 	defer res.Close()
 	if _, err := res.Exec(); err != nil {
@@ -762,8 +793,12 @@ func (r *Runner) applyQueued(ctx context.Context, o *opState, tx pgx.Tx, evs []e
 			return owner[j], s.err(err), false
 		}
 	}
-	if _, err := res.Exec(); err != nil {
+	tag, err := res.Exec()
+	if err != nil {
 		return 0, fmt.Errorf("save checkpoint: %w", err), false
+	}
+	if tag.RowsAffected() == 0 {
+		return 0, errCheckpointMoved, false
 	}
 	if err := res.Close(); err != nil {
 		return 0, fmt.Errorf("finish batch: %w", err), false
@@ -866,3 +901,32 @@ func lockOperator(ctx context.Context, tx pgx.Tx, name string) error {
 }
 
 const lockSQL = `SELECT pg_advisory_xact_lock(hashtextextended('walflow.operator:' || $1, 0))`
+
+// Follow keeps what [Runner.Operators], [Runner.CommittedThrough] and [Runner.Checkpoint]
+// report in step with the checkpoints another process commits while it runs the operators
+// (a walflow cluster runs them on one node at a time): it reads them every
+// Config.ControlInterval until ctx ends, and returns nil then. A failed read keeps the
+// positions last read and is retried at the next round. Follow and [Runner.Run] must not
+// run at the same time.
+func (r *Runner) Follow(ctx context.Context) error {
+	t := time.NewTicker(r.cfg.ControlInterval)
+	defer t.Stop()
+	for {
+		if rows, err := r.load(ctx, false); err == nil {
+			for _, o := range r.ops {
+				if rw, ok := rows[o.name]; ok && !o.running.Load() {
+					o.halted.Store(rw.halted)
+					o.through.Store(uint64(rw.position))
+				}
+			}
+			_ = r.refreshParked(ctx) // a failure keeps what is known; the next round reads again
+			r.loaded.Store(true)
+			r.notify()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

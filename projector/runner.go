@@ -617,6 +617,14 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 		p.done.Store(uint64(cp.Position))
 		p.stored.Store(uint64(cp.Position))
 		p.seen.Store(uint64(max(cp.Seen, cp.Position)))
+		if cp.Position > r.cfg.Ledger.State().Head {
+			// A ledger shared by several nodes (ledger/jetstream) shows each node the stream
+			// as far as it has read it, which may be behind the process that stored the
+			// position: give it a moment to catch up before calling the position foreign.
+			if err := ledger.WaitHead(ctx, r.cfg.Ledger, cp.Position); err != nil && ctx.Err() != nil {
+				return
+			}
+		}
 		if err := r.checkLedger(cp); err != nil {
 			// Not stored: the checkpoint is right for the runner of its own ledger.
 			r.log.ErrorContext(ctx, "projector halted: its stored position belongs to another ledger", slog.String("projector", p.Name), slog.Any("error", err))

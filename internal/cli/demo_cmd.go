@@ -11,7 +11,7 @@ import (
 
 var demoCommand = &command{
 	name:    "demo",
-	args:    "[--duration D] [--write-every D] [--keep] [--http ADDR | --port N]",
+	args:    "[--duration D] [--write-every D] [--keep] [--http ADDR | --port N] | --cluster [--kill-every D]",
 	summary: "Start a throwaway PostgreSQL with a small blog, show it live in your browser and print walflow's events.",
 	help: `
 demo needs the PostgreSQL server binaries, not a running server; when they are missing it
@@ -32,14 +32,43 @@ counts, a page per post with its comments arriving live, and forms to write and 
 gateway's WebSocket (mounted at /realtime/, open to anyone who can reach 127.0.0.1). The
 writer only ever changes or deletes the posts it wrote itself.
 
-Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.`,
+Ctrl-C (or --duration) stops everything and removes the cluster and the ledger.
+
+With --cluster it runs a walflow cluster on this machine instead (docs/cluster.md): three
+NATS servers with JetStream in the demo's process and three walflow run processes (this
+binary) sharing the ledger on a JetStream stream, each serving /status and the realtime
+gateway on its own printed address. It prints which node leads and each node's stream
+position; every --kill-every (20s) it kills the leader with SIGKILL and shows another node
+taking over, resuming from the slot, then starts the killed node again as a standby. Kill
+the leader yourself with kill -9 (the pids are printed) to see the same.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		d := fs.Duration("duration", 0, "stop after writing for `D`, a duration like 30s (default: until Ctrl-C)")
 		every := fs.Duration("write-every", demo.WriteEveryDefault, "make a change to the blog every `D`; 0 turns the writer off")
 		keep := fs.Bool("keep", false, "leave the cluster running and the ledger on disk at the end, and print how to resume")
 		httpAddr := fs.String("http", "", "serve the web page and the HTTP endpoints on this `ADDR` (host:port; default: a free port of 127.0.0.1)")
 		port := fs.String("port", "", "serve the web page and the HTTP endpoints on this port `N` of 127.0.0.1 (default: a free one)")
+		clustered := fs.Bool("cluster", false, "run three walflow nodes and three NATS servers as a cluster, and show takeovers")
+		killEvery := fs.Duration("kill-every", demo.KillEveryDefault, "with --cluster, SIGKILL the leader every `D`; 0 never")
 		return func(ctx context.Context, e *env, _ []string) error {
+			if *clustered {
+				set := map[string]bool{}
+				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+				for _, name := range []string{"keep", "http", "port"} {
+					if set[name] {
+						return usagef("demo: --%s does not apply with --cluster, whose nodes each listen on a free port of 127.0.0.1; leave it out", name)
+					}
+				}
+				if *d < 0 || *every < 0 || *killEvery < 0 {
+					return usagef("demo: --duration, --write-every and --kill-every take durations like 30s, not negative ones")
+				}
+				return demo.RunCluster(ctx, demo.ClusterOptions{Stdout: e.stdout, Stderr: e.stderr, Getenv: e.getenv,
+					Duration: *d, WriteEvery: *every, KillEvery: *killEvery})
+			}
+			killSet := false
+			fs.Visit(func(f *flag.Flag) { killSet = killSet || f.Name == "kill-every" })
+			if killSet {
+				return usagef("demo: --kill-every applies to --cluster only; add --cluster, or leave it out")
+			}
 			addr, err := demoHTTPAddr(fs, *httpAddr, *port)
 			if err != nil {
 				return err

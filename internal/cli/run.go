@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/internal/configfile"
 	"github.com/walflow/walflow/source/pgwal"
 )
@@ -55,8 +56,11 @@ func runMain(ctx context.Context, e *env, path string) error {
 		return fmt.Errorf("open the engine: %w", err)
 	}
 	ledger := cfg.LedgerDir
-	if cfg.MemoryLedger {
+	switch {
+	case cfg.MemoryLedger:
 		ledger = "memory"
+	case cfg.Cluster != nil:
+		ledger = "JetStream stream " + cmp.Or(cfg.Cluster.Stream, cluster.StreamDefault)
 	}
 	tables := make([]string, len(cfg.Tables))
 	for i, t := range cfg.Tables {

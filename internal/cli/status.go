@@ -231,8 +231,11 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 	row("last commit LSN", st.LastCommitLSN.String())
 	if src.running {
 		streaming := "no (see the engine's logs)"
-		if st.Streaming {
+		switch {
+		case st.Streaming:
 			streaming = "yes"
+		case st.Cluster != nil && st.Cluster.Leader != "":
+			streaming = "no: this node stands by, " + st.Cluster.Leader + " streams the slot"
 		}
 		row("streaming", streaming)
 		row("events", fmt.Sprintf("%d received, %d appended since start", st.EventsReceived, st.EventsAppended))
@@ -252,6 +255,9 @@ func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
 		row("ALERT "+a.Alert, a.Reason)
 	}
 	_ = tw.Flush()
+	if st.Cluster != nil {
+		writeClusterStatus(w, st.Cluster)
+	}
 }
 
 // bytesWithUnit writes a byte count in binary units with the exact count: "1.5 MiB

@@ -57,6 +57,7 @@ type fileConfig struct {
 	// Indexes are keyed by name; indexConfig says what each holds.
 	Indexes map[string]*indexConfig `yaml:"indexes"`
 	Alerts  *alertsConfig           `yaml:"alerts"`
+	Cluster *clusterConfig          `yaml:"cluster"`
 }
 
 type ledgerConfig struct {
@@ -217,6 +218,7 @@ var fileSpec = mapSpec("the top-level keys",
 	"realtime", realtimeSpec,
 	"indexes", indexesSpec,
 	"alerts", alertsSpec,
+	"cluster", clusterSpec,
 )
 
 // loader checks one file.
@@ -546,6 +548,9 @@ func (l *loader) build(fc *fileConfig, getenv func(string) string) (*Config, err
 		return nil, err
 	}
 	if err := l.alerts(fc, e); err != nil {
+		return nil, err
+	}
+	if err := l.cluster(fc, e); err != nil {
 		return nil, err
 	}
 	return c, nil

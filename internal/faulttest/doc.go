@@ -38,6 +38,14 @@
 //     directory and "no space left on device" (no panic), that the slot is not confirmed
 //     past what the ledger holds, and that after space returns a second run brings the
 //     ledger to every committed row once, in commit order. It needs root, to mount.
+//   - TestClusterFaults runs three walflow run children (cmd/walflow) as one cluster on a
+//     three-server JetStream cluster, with a writer committing throughout; it SIGKILLs the
+//     leader WALFLOW_CLUSTER_KILLS times (10 by default, about 3 minutes; 3 for a quicker
+//     run) at random moments and stops one NATS server for 20 s, then checks that the
+//     stream holds every committed change once in commit order, that the SQL operator's
+//     table equals its recomputation, and that an SSE client per node, resuming on the
+//     next node whenever its stream ends, got every event once, in order. It logs the
+//     takeover times.
 //   - TestSlotInvalidated makes PostgreSQL invalidate the slot (max_slot_wal_keep_size)
 //     while walflow is stopped, and checks that Run refuses to resume, saying how to resync.
 //

@@ -157,7 +157,8 @@ type Ledger struct {
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	iter   jetstream.MessagesContext // the follower's
+	iterMu sync.Mutex
+	iter   jetstream.MessagesContext // the follower's; replaced when it stalls
 
 	// mu guards leading, kvRec and kvRev, and orders the publications of a read-only
 	// ledger's state.
@@ -256,19 +257,13 @@ func (l *Ledger) start(ctx context.Context) error {
 	}
 	l.idx.reset(tail)
 	l.pub.SetTail(tail)
-	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{l.opts.Subject},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    uint64(tail) + 1,
-	})
+	it, err := l.followFrom(ctx, tail+1)
 	if err != nil {
-		return fmt.Errorf("ledger/jetstream: create the ordered consumer that follows stream %s: %w", l.opts.Stream, err)
+		return err
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("ledger/jetstream: follow stream %s: %w", l.opts.Stream, err)
-	}
+	l.iterMu.Lock()
 	l.iter = it
+	l.iterMu.Unlock()
 	l.wg.Add(1)
 	go l.follow(it)
 	w, err := l.kv.Watch(l.ctx, stateKey, jetstream.UpdatesOnly())
@@ -294,11 +289,86 @@ func tailOf(s jetstream.StreamState) (tail, last event.Position) {
 	return event.Position(s.FirstSeq - 1), event.Position(s.LastSeq)
 }
 
+// followFrom starts an ordered consumer of the stream from sequence from.
+func (l *Ledger) followFrom(ctx context.Context, from event.Position) (jetstream.MessagesContext, error) {
+	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{l.opts.Subject},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    uint64(from),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ledger/jetstream: create the ordered consumer that follows stream %s: %w", l.opts.Stream, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return nil, fmt.Errorf("ledger/jetstream: follow stream %s: %w", l.opts.Stream, err)
+	}
+	return it, nil
+}
+
+// followCheck is how long the follower waits for a message before it compares what it
+// applied with the stream's last sequence. An ordered consumer that a NATS server restart
+// left stalled (heartbeats, but no messages although the stream has more) is replaced
+// after two such checks in a row.
+const followCheck = 2 * time.Second
+
+// stalled reports whether the stream holds messages after the last one the follower
+// applied.
+func (l *Ledger) stalled() bool {
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	defer cancel()
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return false // cannot tell; the next check asks again
+	}
+	l.idx.mu.RLock()
+	processed := l.idx.processed
+	l.idx.mu.RUnlock()
+	return event.Position(info.State.LastSeq) > processed
+}
+
+// refollow replaces the follower's iterator it with one from the sequence after the last
+// applied; it returns it unchanged when that fails.
+func (l *Ledger) refollow(it jetstream.MessagesContext) jetstream.MessagesContext {
+	l.idx.mu.RLock()
+	from := l.idx.processed + 1
+	l.idx.mu.RUnlock()
+	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+	defer cancel()
+	nit, err := l.followFrom(ctx, from)
+	if err != nil {
+		l.log.Warn("ledger/jetstream: the stream's follower is stalled and could not be restarted; retrying", "from", from, "err", err)
+		return it
+	}
+	l.log.Warn("ledger/jetstream: the stream's follower was stalled; restarted it", "from", from)
+	l.iterMu.Lock()
+	l.iter = nit
+	l.iterMu.Unlock()
+	it.Stop()
+	if l.ctx.Err() != nil {
+		nit.Stop() // Close may have stopped the old one only
+	}
+	return nit
+}
+
 // follow applies every message of the stream to the index, until Close stops it.
 func (l *Ledger) follow(it jetstream.MessagesContext) {
 	defer l.wg.Done()
+	stalls := 0
 	for {
-		msg, err := it.Next()
+		msg, err := it.Next(jetstream.NextMaxWait(followCheck))
+		if errors.Is(err, nats.ErrTimeout) && l.ctx.Err() == nil {
+			if !l.stalled() {
+				stalls = 0
+				continue
+			}
+			if stalls++; stalls >= 2 {
+				stalls = 0
+				it = l.refollow(it)
+			}
+			continue
+		}
+		stalls = 0
 		if err != nil {
 			if l.ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return
@@ -493,9 +563,11 @@ func (l *Ledger) Close() error {
 		return ledger.ErrClosed
 	}
 	l.cancel()
+	l.iterMu.Lock()
 	if l.iter != nil {
 		l.iter.Stop()
 	}
+	l.iterMu.Unlock()
 	l.wg.Wait()
 	l.wmu.Lock()
 	if l.w != nil {

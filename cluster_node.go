@@ -1,0 +1,323 @@
+package walflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/cluster"
+	"github.com/walflow/walflow/ledger"
+	"github.com/walflow/walflow/ledger/jetstream"
+	"github.com/walflow/walflow/projector"
+	"github.com/walflow/walflow/source/pgwal"
+)
+
+// clusterNode is what an engine with Config.Cluster adds: its NATS connection, the shared
+// ledger, and its entry in the node registry.
+type clusterNode struct {
+	cfg     cluster.Config
+	conn    *cluster.Conn
+	led     *jetstream.Ledger
+	reg     *cluster.Registry
+	started time.Time
+
+	httpAddr atomic.Pointer[string] // where Run serves HTTP, once it listens
+	opsHeld  atomic.Bool            // this node holds the operators' lock and runs them
+}
+
+// clusterOpenRetry is how often Open retries a JetStream stream or bucket that a cluster
+// still electing its leaders refuses.
+const clusterOpenRetry = time.Second
+
+// openCluster connects to NATS (or starts the embedded server), opens the shared ledger
+// with the router's channels as its index, and the node registry. It retries while
+// JetStream is not ready (a cluster needs a majority of its servers), until ctx ends.
+func openCluster(ctx context.Context, cfg Config, router *channel.Router) (*clusterNode, error) {
+	cc := *cfg.Cluster
+	log := cfg.Logger.With(slog.String("component", "cluster"))
+	conn, err := cluster.Connect(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("walflow: cluster: %w", err)
+	}
+	n := &clusterNode{cfg: cc, conn: conn, started: time.Now().UTC()}
+	fail := func(err error) (*clusterNode, error) {
+		if n.led != nil {
+			_ = n.led.Close()
+		}
+		conn.Close()
+		return nil, err
+	}
+	if err := cluster.WaitJetStream(ctx, conn.NC); err != nil {
+		return fail(fmt.Errorf("walflow: cluster: %w", err))
+	}
+	opts := jetstream.Options{Conn: conn.NC, Stream: cc.Stream, Replicas: cc.Replicas, Indexer: router.Channels, Logger: cfg.Logger}
+	err = retryOpen(ctx, log, "the ledger stream", func(ctx context.Context) error {
+		led, err := jetstream.Open(ctx, opts)
+		n.led = led
+		return err
+	})
+	if err != nil {
+		return fail(fmt.Errorf("walflow: cluster: open the ledger on stream %s: %w", cc.Stream, err))
+	}
+	err = retryOpen(ctx, log, "the node registry", func(ctx context.Context) error {
+		reg, err := cluster.OpenRegistry(ctx, conn.NC, cc)
+		n.reg = reg
+		return err
+	})
+	if err != nil {
+		return fail(fmt.Errorf("walflow: cluster: %w", err))
+	}
+	return n, nil
+}
+
+// retryOpen calls open, with a 10s bound each time, until it succeeds or ctx ends: a
+// JetStream cluster answers "no leader" for a while after a server starts or stops.
+func retryOpen(ctx context.Context, log *slog.Logger, what string, open func(context.Context) error) error {
+	for logged := false; ; {
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := open(octx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if !logged {
+			logged = true
+			log.WarnContext(ctx, "JetStream not ready; retrying every second", slog.String("opening", what), slog.Any("error", err))
+		}
+		t := time.NewTimer(clusterOpenRetry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// standby is the source's pgwal.Standby: getting the slot makes this node the ledger's
+// writer.
+func (n *clusterNode) standby() *pgwal.Standby {
+	return cluster.NewElector(n.reg).Standby(n.led.Lead)
+}
+
+// close closes the NATS connection and stops the embedded server; the ledger is closed by
+// Engine.Close before.
+func (n *clusterNode) close() { n.conn.Close() }
+
+// nodeInfo is this node's registry entry: its role, position, HTTP address, and the
+// operators and projectors it runs.
+func (e *Engine) nodeInfo() cluster.NodeInfo {
+	n := e.clu
+	role, since, pid := cluster.SourceRole(e.src.Stats())
+	info := cluster.NodeInfo{Role: role, LeaderSince: since, StartedAt: n.started, Position: uint64(e.led.State().Head), ReplicationPID: pid}
+	if a := n.httpAddr.Load(); a != nil {
+		info.HTTPAddr = *a
+	}
+	if e.ops != nil && n.opsHeld.Load() {
+		for _, o := range e.ops.Operators() {
+			info.Operators = append(info.Operators, o.Name)
+		}
+	}
+	if e.projs != nil {
+		for _, s := range e.projs.Status() {
+			if s.Phase == projector.Live || s.Phase == projector.Rehydrating {
+				info.Projectors = append(info.Projectors, s.Name)
+			}
+		}
+	}
+	return info
+}
+
+// advertisedAddr is where other machines reach a listener on addr: with the host name in
+// place of an unspecified address (0.0.0.0 or ::).
+func advertisedAddr(addr net.Addr) string {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok || !ta.IP.IsUnspecified() {
+		return addr.String()
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return addr.String()
+	}
+	return net.JoinHostPort(host, strconv.Itoa(ta.Port))
+}
+
+// leading reports whether this engine appends to the ledger: always without a cluster,
+// and while it streams the slot in one.
+func (e *Engine) leading() bool {
+	return e.clu == nil || e.src.Stats().Connected.Load()
+}
+
+// runSource runs the WAL source. In a cluster, a ledger write that fails (the stream lost
+// its quorum for a while, or another node fenced this one off) ends the node's lead, not
+// the engine: the source releases the slot and contends for it again, and whichever node
+// gets it resumes from the slot.
+func (e *Engine) runSource(ctx context.Context) error {
+	if e.clu != nil {
+		// The elector names the replication connection in the registry before it tries
+		// the slot, which needs the heartbeat running.
+		for e.clu.reg.Beat(ctx) != nil {
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		}
+	}
+	for {
+		err := e.src.Run(ctx, e.sink())
+		if e.clu == nil || err == nil || ctx.Err() != nil || !errors.Is(err, ledger.ErrWriteFailed) {
+			return err
+		}
+		e.log.WarnContext(ctx, "ledger write failed; this node stops leading and contends for the slot again", slog.Any("error", err))
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// operatorLockSQL takes the session lock that makes one node of a cluster run the
+// operators of an instance.
+const operatorLockSQL = `SELECT pg_try_advisory_lock(hashtextextended('walflow.operators/' || $1, 0))`
+
+// runClusterOperators runs the operators on whichever node holds their PostgreSQL session
+// lock, one node at a time; the others follow the stored checkpoints (for process status
+// and retention) and try the lock every second. When the holder dies, its connection
+// ends, PostgreSQL frees the lock, and another node resumes every operator from its
+// stored checkpoint: each batch commits its effects with its checkpoint, and only while
+// the stored checkpoint is before the batch (see package operator), so nothing is applied
+// twice, even by a holder that has not noticed yet that it lost the lock. A holder that
+// loses its lock connection stops its operators within a second.
+func (e *Engine) runClusterOperators(ctx context.Context) error {
+	for {
+		fctx, stopFollow := context.WithCancel(ctx)
+		followed := make(chan struct{})
+		go func() {
+			defer close(followed)
+			_ = e.ops.Follow(fctx)
+		}()
+		conn, err := e.takeOperatorLock(ctx)
+		stopFollow()
+		<-followed
+		if err != nil {
+			return nil // ctx ended
+		}
+		rctx, stopRun := context.WithCancel(ctx)
+		kept := make(chan struct{})
+		go func() {
+			defer close(kept)
+			e.keepLock(rctx, conn)
+			stopRun()
+		}()
+		e.log.InfoContext(ctx, "running the operators: this node holds their lock", slog.String("instance", e.cfg.Slot))
+		e.clu.opsHeld.Store(true)
+		err = e.ops.Run(rctx)
+		e.clu.opsHeld.Store(false)
+		stopRun()
+		<-kept
+		conn.Close(context.WithoutCancel(ctx))
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		e.log.WarnContext(ctx, "lost the operators' lock; stopped them and contending for it again", slog.String("instance", e.cfg.Slot))
+	}
+}
+
+// takeOperatorLock connects and takes the operators' lock, trying every second until it
+// gets it (nil error) or ctx ends.
+func (e *Engine) takeOperatorLock(ctx context.Context) (*pgx.Conn, error) {
+	logged := false
+	for {
+		conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
+		if err == nil {
+			var ok bool
+			if err = conn.QueryRow(ctx, operatorLockSQL, e.cfg.Slot).Scan(&ok); err == nil && ok {
+				return conn, nil
+			}
+			conn.Close(context.WithoutCancel(ctx))
+			if err == nil && !logged {
+				logged = true
+				e.log.InfoContext(ctx, "another node runs the operators; standing by", slog.String("instance", e.cfg.Slot))
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			e.log.WarnContext(ctx, "cannot take the operators' lock; retrying", slog.Any("error", err))
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// keepLock pings the lock's connection every second and returns when a ping fails (the
+// lock may be gone) or ctx ends.
+func (e *Engine) keepLock(ctx context.Context, conn *pgx.Conn) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.WarnContext(ctx, "lost the connection that holds the operators' lock", slog.Any("error", err))
+			}
+			return
+		}
+	}
+}
+
+// clusterStatus reads the registry into the cluster part of Status.
+func (e *Engine) clusterStatus(ctx context.Context) *cluster.Status {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	nodes, err := e.clu.reg.Nodes(ctx)
+	st := cluster.NewStatus(e.clu.cfg.NodeName, nodes, uint64(e.led.State().Head))
+	if err != nil {
+		st.Error = err.Error()
+	}
+	return &st
+}
+
+// serving reports whether the node serves what /healthz and /readyz vouch for, and why
+// not: without a cluster, the engine streams the slot; in one, the node reads the shared
+// stream (it is connected to NATS), leader or standby, since every node serves readers.
+func (e *Engine) serving() (ok bool, reason string) {
+	if e.clu == nil {
+		if e.src.Stats().Connected.Load() {
+			return true, ""
+		}
+		return false, "not streaming: the replication connection is down or starting (see the logs)"
+	}
+	if e.clu.conn.NC.IsConnected() {
+		return true, ""
+	}
+	return false, "not connected to NATS: the node cannot read the cluster's stream (see the logs)"
+}
