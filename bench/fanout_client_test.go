@@ -48,14 +48,16 @@ func newFanoutRun(chans []string, events int) *fanoutRun {
 	return r
 }
 
-// connect opens n clients on addr and waits until each has its subscribed message.
-func (r *fanoutRun) connect(ctx context.Context, addr string, n int) error {
+// connect opens n clients, client i on addrs[i % len(addrs)] at the gateway path (like
+// "/" or "/realtime/"), and waits until each has its subscribed message.
+func (r *fanoutRun) connect(ctx context.Context, addrs []string, path string, n int) error {
 	r.acks = make(chan error, n)
 	r.clients = make([]*sseClient, n)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(fanoutDialers)
 	var d net.Dialer
 	for i := range n {
+		addr := addrs[i%len(addrs)]
 		g.Go(func() error {
 			conn, err := d.DialContext(gctx, "tcp", addr)
 			if err != nil {
@@ -63,7 +65,7 @@ func (r *fanoutRun) connect(ctx context.Context, addr string, n int) error {
 			}
 			c := &sseClient{fr: r, idx: i, ch: i % len(r.chans), conn: &timedConn{Conn: conn}, hash: poshash.Offset}
 			r.clients[i] = c
-			req := "GET /?channel=" + r.chans[c.ch] + " HTTP/1.1\r\nHost: " + addr + "\r\nAccept: text/event-stream\r\n\r\n"
+			req := "GET " + path + "?channel=" + r.chans[c.ch] + " HTTP/1.1\r\nHost: " + addr + "\r\nAccept: text/event-stream\r\n\r\n"
 			if _, err := io.WriteString(conn, req); err != nil {
 				_ = conn.Close()
 				return err

@@ -122,7 +122,7 @@ func fanout(tb testing.TB, dsn, bin string, opts fanoutOpts) fanoutResult {
 	run := newFanoutRun(chans, events)
 	tb.Cleanup(run.close)
 	start := time.Now()
-	if err := run.connect(ctx, child.addr, opts.Clients); err != nil {
+	if err := run.connect(ctx, []string{child.addr}, "/", opts.Clients); err != nil {
 		tb.Fatalf("connect %d clients: %v", opts.Clients, err)
 	}
 	if rss, err := pidStatus(child.cmd.Process.Pid, "VmRSS"); err == nil {
