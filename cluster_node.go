@@ -104,9 +104,11 @@ func retryOpen(ctx context.Context, log *slog.Logger, what string, open func(con
 }
 
 // standby is the source's pgwal.Standby: getting the slot makes this node the ledger's
-// writer.
+// writer, and losing it makes it a reader of the stream again.
 func (n *clusterNode) standby() *pgwal.Standby {
-	return cluster.NewElector(n.reg).Standby(n.led.Lead)
+	sb := cluster.NewElector(n.reg).Standby(n.led.Lead)
+	sb.ResignFunc = n.led.Resign
+	return sb
 }
 
 // close closes the NATS connection and stops the embedded server; the ledger is closed by

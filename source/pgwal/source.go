@@ -257,6 +257,9 @@ func (s *Source) standbySession(ctx context.Context, sink Sink, sqlConn *pgx.Con
 	if err != nil {
 		return false, fmt.Errorf("pgwal: take the lead of the ledger after getting slot %q: %w", s.cfg.Slot, err)
 	}
+	if resign := s.cfg.Standby.ResignFunc; resign != nil {
+		defer resign()
+	}
 	st := sink.State()
 	if err := checkOrigin(st.Origin, origin); err != nil {
 		return false, err

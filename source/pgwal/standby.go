@@ -41,6 +41,11 @@ type Standby struct {
 	// everything a previous leader made durable. An error ends the session, which releases
 	// the slot; the source then contends again after a backoff. Required.
 	LeadFunc func(ctx context.Context) error
+	// ResignFunc, when set, is called each time a session that LeadFunc made the leader
+	// ends, once the source stopped writing to the sink: it hands the sink back to
+	// whichever contender leads next (for a ledger/jetstream ledger, its Resign method).
+	// Default nil.
+	ResignFunc func()
 	// ClaimFunc, when set, is called with the PostgreSQL process id of the source's
 	// replication connection once it is open, before the first START_REPLICATION on it:
 	// it publishes that the walsender with this pid belongs to a live node, so other
