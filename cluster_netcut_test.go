@@ -302,6 +302,20 @@ func TestClusterNetworkCut(t *testing.T) {
 	poll(t, second.name+" to append the changes committed since the cut", func() bool {
 		return second.eng.Ledger().State().Head >= event.Position(2+after)
 	})
+	// The operators move too: node-1's lock session goes idle, and PostgreSQL ends it.
+	var opsNode string
+	poll(t, "the operators to run on a node that reaches PostgreSQL", func() bool {
+		if time.Since(cutAt) > 60*time.Second {
+			t.Fatalf("the operators still run on %q 60s after the cut", opsNode)
+		}
+		c := second.eng.Status(ctx).Cluster
+		if c == nil || len(c.Operators) != 1 {
+			return false
+		}
+		opsNode = c.Operators[0].Node
+		return opsNode != first.name
+	})
+	t.Logf("network cut: the operators run on %s %s after the cut", opsNode, time.Since(cutAt).Round(10*time.Millisecond))
 	if h := first.eng.Ledger().State().Head; h < cutHead {
 		t.Fatalf("node-1's head went back from %d to %d", cutHead, h)
 	}
