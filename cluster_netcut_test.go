@@ -296,7 +296,15 @@ func TestClusterNetworkCut(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	takeover := time.Since(cutAt)
-	t.Logf("network cut: %s streams %s after the cut; node-1 still believes it streams: %v", second.name, takeover.Round(10*time.Millisecond), streaming(first))
+	t.Logf("network cut: %s streams %s after the cut", second.name, takeover.Round(10*time.Millisecond))
+	// node-1 hears nothing, but notices the silence and stops leading.
+	poll(t, "node-1 to notice the cut and stop streaming", func() bool {
+		if time.Since(cutAt) > 60*time.Second {
+			t.Fatalf("node-1 still streams 60s after the cut")
+		}
+		return !streaming(first)
+	})
+	t.Logf("network cut: node-1 stops streaming %s after the cut", time.Since(cutAt).Round(10*time.Millisecond))
 	// The new leader resumes from the slot: it appends what was committed after the cut.
 	after := nCommitted()
 	poll(t, second.name+" to append the changes committed since the cut", func() bool {
