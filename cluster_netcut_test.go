@@ -124,13 +124,15 @@ func (p *cutProxy) pipe(dst io.Writer, src net.Conn) {
 }
 
 // heal closes every connection, open or blackholed, and forwards new ones again.
+// A connection is tracked before its goroutine reads cut, so each one is either closed
+// here or accepted after and forwarded.
 func (p *cutProxy) heal() {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	for c := range p.conns {
 		c.Close()
 		delete(p.conns, c)
 	}
-	p.mu.Unlock()
 	p.cut.Store(false)
 }
 
