@@ -104,9 +104,11 @@ func retryOpen(ctx context.Context, log *slog.Logger, what string, open func(con
 }
 
 // standby is the source's pgwal.Standby: getting the slot makes this node the ledger's
-// writer.
+// writer, and losing it makes it a reader of the stream again.
 func (n *clusterNode) standby() *pgwal.Standby {
-	return cluster.NewElector(n.reg).Standby(n.led.Lead)
+	sb := cluster.NewElector(n.reg).Standby(n.led.Lead)
+	sb.ResignFunc = n.led.Resign
+	return sb
 }
 
 // close closes the NATS connection and stops the embedded server; the ledger is closed by
@@ -241,6 +243,17 @@ func (e *Engine) runClusterOperators(ctx context.Context) error {
 	}
 }
 
+// operatorLockIdleTimeout is the idle_session_timeout (PostgreSQL 14 and newer) of the
+// connection that holds the operators' lock. The holder pings it every second; when the
+// network between it and PostgreSQL is cut, the pings stop arriving, and PostgreSQL ends
+// the session, freeing the lock for another node, after this long instead of when TCP
+// notices (hours, by default).
+const operatorLockIdleTimeout = 10 * time.Second
+
+// operatorLockSessionSQL sets the lock connection's idle_session_timeout where the server
+// knows it (PostgreSQL 14 and newer), and does nothing on older ones.
+const operatorLockSessionSQL = `SELECT set_config(name, $1, false) FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout'`
+
 // takeOperatorLock connects and takes the operators' lock, trying every second until it
 // gets it (nil error) or ctx ends.
 func (e *Engine) takeOperatorLock(ctx context.Context) (*pgx.Conn, error) {
@@ -249,7 +262,11 @@ func (e *Engine) takeOperatorLock(ctx context.Context) (*pgx.Conn, error) {
 		conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
 		if err == nil {
 			var ok bool
-			if err = conn.QueryRow(ctx, operatorLockSQL, e.cfg.Slot).Scan(&ok); err == nil && ok {
+			_, err = conn.Exec(ctx, operatorLockSessionSQL, fmt.Sprintf("%dms", operatorLockIdleTimeout.Milliseconds()))
+			if err == nil {
+				err = conn.QueryRow(ctx, operatorLockSQL, e.cfg.Slot).Scan(&ok)
+			}
+			if err == nil && ok {
 				return conn, nil
 			}
 			conn.Close(context.WithoutCancel(ctx))

@@ -108,6 +108,27 @@ func (l *Ledger) Lead(ctx context.Context) error {
 	return nil
 }
 
+// Resign ends this ledger's lead, if it leads: its writes fail with [ErrReadOnly] until
+// [Ledger.Lead] is called again, and its State follows the stream again, as on a node
+// that never led, so it sees what the next writer appends. A source calls it when it
+// stops streaming (pgwal.Standby.ResignFunc): a node that lost its replication
+// connection without a failed write (a network cut it noticed late) would otherwise keep
+// the State of its last write. What the writer synced stays in the stream; an
+// unfinished transaction is dropped, as after a crash.
+func (l *Ledger) Resign() {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if l.w == nil {
+		return
+	}
+	l.w.spool.close()
+	l.w = nil
+	l.mu.Lock()
+	l.leading = false
+	l.mu.Unlock()
+	l.publishView()
+}
+
 // recover reads the bookkeeping and the stream's unsynced end, and takes the bucket's
 // entry over.
 func (l *Ledger) recover(ctx context.Context) (*writer, event.Position, error) {

@@ -482,3 +482,40 @@ func TestFenceRace(t *testing.T) {
 	eventually(t, "the deposed node to follow", func() bool { return a.State().Head == 6 })
 	checkLedger(t, readAll(t, a), 1, []event.LSN{10, 20, 30}, size)
 }
+
+// TestResign has a writer resign without a failed write, as a source does when its
+// replication connection ends: its writes fail with ErrReadOnly, and its State follows
+// the next writer's appends, which it never would while it believed it led.
+func TestResign(t *testing.T) {
+	s := startServer(t, "", 0)
+	ctx := context.Background()
+	stream := newStream()
+	a := lead(t, connect(t, s), stream)
+	ledgertest.WriteTx(t, a, 10, txEvents(10, 3)...)
+	sync(t, a)
+	a.Resign()
+	a.Resign() // a ledger that does not lead ignores it
+	if err := a.BeginTx(ctx, event.TxMeta{CommitLSN: 20}); !errors.Is(err, jetstream.ErrReadOnly) {
+		t.Fatalf("BeginTx after Resign = %v, want ErrReadOnly", err)
+	}
+
+	b := lead(t, connect(t, s), stream)
+	ledgertest.WriteTx(t, b, 20, txEvents(20, 2)...)
+	sync(t, b)
+	eventually(t, "the resigned ledger to see the new writer's head", func() bool {
+		st := a.State()
+		return st.Head == 5 && st.LastCommitLSN == 20
+	})
+	checkLedger(t, readAll(t, a), 1, []event.LSN{10, 20}, func(lsn event.LSN) int { return map[event.LSN]int{10: 3, 20: 2}[lsn] })
+
+	// It may lead again.
+	b.Resign()
+	if err := a.Lead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ledgertest.WriteTx(t, a, 30, txEvents(30, 1)...)
+	sync(t, a)
+	if st := a.State(); st.Head != 6 || st.LastCommitLSN != 30 {
+		t.Fatalf("State after leading again = %+v, want head 6 at LSN 30", st)
+	}
+}

@@ -257,6 +257,9 @@ func (s *Source) standbySession(ctx context.Context, sink Sink, sqlConn *pgx.Con
 	if err != nil {
 		return false, fmt.Errorf("pgwal: take the lead of the ledger after getting slot %q: %w", s.cfg.Slot, err)
 	}
+	if resign := s.cfg.Standby.ResignFunc; resign != nil {
+		defer resign()
+	}
 	st := sink.State()
 	if err := checkOrigin(st.Origin, origin); err != nil {
 		return false, err
@@ -344,6 +347,11 @@ type stream struct {
 	acked      event.LSN // last flush position sent or recorded
 	nextStatus time.Time
 
+	// silence is how long the loop has waited on the connection since the server last sent
+	// anything, and pinged whether it asked for a reply meanwhile (see checkSilence).
+	silence time.Duration
+	pinged  bool
+
 	// Read deadlines: the watcher goroutine sets one in the past when ctx ends.
 	mu       sync.Mutex
 	stopping bool
@@ -408,9 +416,17 @@ func (st *stream) run(ctx context.Context) (err error) {
 		if err := st.tick(ctx); err != nil {
 			return err
 		}
+		if err := st.checkSilence(ctx); err != nil {
+			return err
+		}
+		waitStart := time.Now()
 		deadline := st.nextStatus
 		if st.pending > 0 {
 			deadline = minTime(deadline, st.pendingSince.Add(st.src.cfg.SyncDelay))
+		}
+		if limit := st.silenceLimit(); limit > 0 {
+			// Rounded up to 100ms, so that a busy stream moves the deadline rarely.
+			deadline = minTime(deadline, waitStart.Add(limit-st.silence+100*time.Millisecond).Truncate(100*time.Millisecond))
 		}
 		st.mu.Lock()
 		if st.stopping {
@@ -425,8 +441,12 @@ func (st *stream) run(ctx context.Context) (err error) {
 		st.mu.Unlock()
 
 		msg, err := st.conn.ReceiveMessage(context.Background())
+		if err == nil {
+			st.silence, st.pinged = 0, false
+		}
 		if err != nil {
 			if pgconn.Timeout(err) || isTimeout(err) {
+				st.silence += time.Since(waitStart)
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -446,6 +466,38 @@ func (st *stream) run(ctx context.Context) (err error) {
 			return errors.New("pgwal: server ended the replication stream")
 		}
 	}
+}
+
+// silenceLimit is how long the loop waits on a standby session's connection without
+// hearing from the server before it asks for a reply: its wal_sender_timeout. Zero
+// means no limit (a lone source, or one that keeps the server's setting).
+func (st *stream) silenceLimit() time.Duration {
+	if sb := st.src.cfg.Standby; sb != nil && sb.SenderTimeout > 0 {
+		if st.pinged {
+			return 2 * sb.SenderTimeout
+		}
+		return sb.SenderTimeout
+	}
+	return 0
+}
+
+// checkSilence notices a leader's dead connection, which nothing reports when the network
+// to PostgreSQL is cut: neither end closes it, and writes to it succeed. After
+// wal_sender_timeout spent waiting without a message, it asks the server for a reply (a
+// status update with ReplyRequested, which a live walsender answers at once); after as long
+// again without one, it ends the session, so the node stops leading at about the time
+// PostgreSQL ends the walsender and frees the slot. Only time spent waiting counts, so a
+// sink call that blocks does not.
+func (st *stream) checkSilence(ctx context.Context) error {
+	limit := st.silenceLimit()
+	if limit == 0 || st.silence < limit {
+		return nil
+	}
+	if st.pinged {
+		return fmt.Errorf("pgwal: the server sent nothing for %s, not even the reply it was asked for; the replication connection is presumed dead (the network to PostgreSQL is cut?)", st.silence.Round(time.Millisecond))
+	}
+	st.pinged = true
+	return st.sendStatus(ctx, true)
 }
 
 func isTimeout(err error) bool {

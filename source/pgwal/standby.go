@@ -41,6 +41,11 @@ type Standby struct {
 	// everything a previous leader made durable. An error ends the session, which releases
 	// the slot; the source then contends again after a backoff. Required.
 	LeadFunc func(ctx context.Context) error
+	// ResignFunc, when set, is called each time a session that LeadFunc made the leader
+	// ends, once the source stopped writing to the sink: it hands the sink back to
+	// whichever contender leads next (for a ledger/jetstream ledger, its Resign method).
+	// Default nil.
+	ResignFunc func()
 	// ClaimFunc, when set, is called with the PostgreSQL process id of the source's
 	// replication connection once it is open, before the first START_REPLICATION on it:
 	// it publishes that the walsender with this pid belongs to a live node, so other
@@ -51,8 +56,11 @@ type Standby struct {
 	// stopped answering (its machine is gone, or the network between it and PostgreSQL is
 	// cut) exits after this long, freeing the slot for a standby. A live source answers
 	// in time: it replies to the walsender's keepalives, and keeps replying while LeadFunc
-	// or a sink call blocks. A negative value keeps the server's setting (60s by default).
-	// Default 5s.
+	// or a sink call blocks. The leader applies the same bound the other way: after
+	// SenderTimeout spent waiting without a message it asks the server for a reply, and
+	// after as long again without one it presumes the connection dead, ends the session
+	// and contends again. A negative value keeps the server's setting (60s by default)
+	// and turns that check off. Default 5s.
 	SenderTimeout time.Duration
 	// HolderAliveFunc, when set, is asked while the slot is active elsewhere whether the
 	// walsender holding it (pid) serves a live contender. When it answers false twice in a
