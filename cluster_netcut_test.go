@@ -192,32 +192,7 @@ func TestClusterNetworkCut(t *testing.T) {
 			Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: name, Replicas: 3,
 				Heartbeat: 500 * time.Millisecond, NodeTTL: 3 * time.Second},
 		})
-		if err != nil {
-			t.Fatalf("open %s: %v", name, err)
-		}
-		runCtx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- eng.Run(runCtx) }()
-		n := &clusterNode{name: name, eng: eng}
-		stopped := false
-		n.stop = func() error {
-			if stopped {
-				return nil
-			}
-			stopped = true
-			cancel()
-			err := <-done
-			if cerr := eng.Close(); err == nil {
-				err = cerr
-			}
-			return err
-		}
-		t.Cleanup(func() {
-			if err := n.stop(); err != nil {
-				t.Errorf("node %s: %v", name, err)
-			}
-		})
-		return n
+		return runClusterNode(t, name, eng, err)
 	}
 	streaming := func(n *clusterNode) bool { return n.eng.Status(ctx).Streaming }
 

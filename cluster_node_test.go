@@ -39,6 +39,39 @@ func poll(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// runClusterNode runs eng, which walflow.Open returned with err, as the cluster node name
+// until the test ends or its stop is called; stop checks Run's result and closes the
+// engine, once.
+func runClusterNode(t *testing.T, name string, eng *walflow.Engine, err error) *clusterNode {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("open %s: %v", name, err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(runCtx) }()
+	n := &clusterNode{name: name, eng: eng}
+	stopped := false
+	n.stop = func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		err := <-done
+		if cerr := eng.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
+	t.Cleanup(func() {
+		if err := n.stop(); err != nil {
+			t.Errorf("node %s: %v", name, err)
+		}
+	})
+	return n
+}
+
 // TestClusterTakeover runs three engines on one database and one three-server JetStream
 // cluster. One leads; every change reaches the shared stream once; a subscriber on a
 // standby receives it; the operator runs on one node. The leader stops, another takes the
@@ -83,32 +116,7 @@ func TestClusterTakeover(t *testing.T) {
 			Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: name, Replicas: 3,
 				Heartbeat: 500 * time.Millisecond, NodeTTL: 3 * time.Second},
 		})
-		if err != nil {
-			t.Fatalf("open %s: %v", name, err)
-		}
-		runCtx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- eng.Run(runCtx) }()
-		n := &clusterNode{name: name, eng: eng}
-		stopped := false
-		n.stop = func() error {
-			if stopped {
-				return nil
-			}
-			stopped = true
-			cancel()
-			err := <-done
-			if cerr := eng.Close(); err == nil {
-				err = cerr
-			}
-			return err
-		}
-		t.Cleanup(func() {
-			if err := n.stop(); err != nil {
-				t.Errorf("node %s: %v", name, err)
-			}
-		})
-		return n
+		return runClusterNode(t, name, eng, err)
 	}
 	nodes := []*clusterNode{start("node-1"), start("node-2"), start("node-3")}
 	leader := func(ns []*clusterNode) *clusterNode {
