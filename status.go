@@ -3,6 +3,7 @@ package walflow
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -211,4 +212,24 @@ func (c operatorCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(opHaltsDesc, prometheus.CounterValue, float64(halts), o.Name)
 		collectParked(ch, o)
 	}
+}
+
+// FetchStatus reads the Status a running engine serves at GET /status on addr (host:port
+// of its Config.HTTPAddr), as the processes of a cluster, its demo and its tests watch one
+// another. Bound the call with ctx.
+func FetchStatus(ctx context.Context, addr string) (Status, error) {
+	var st Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("walflow: GET http://%s/status: %s", addr, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
 }

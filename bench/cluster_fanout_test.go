@@ -2,11 +2,9 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -343,22 +341,9 @@ func waitWalflowNodes(b *testing.B, nodes []*walflowNode, timeout time.Duration)
 }
 
 func nodeStatus(ctx context.Context, addr string) (walflow.Status, error) {
-	var st walflow.Status
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET /status: %s", resp.Status)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return walflow.FetchStatus(ctx, addr)
 }
 
 // pidCPU is the CPU time, user and system, the process pid used so far, from /proc/PID/stat.

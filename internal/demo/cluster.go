@@ -2,12 +2,10 @@ package demo
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -270,22 +268,9 @@ func (n *demoNode) stop() {
 
 // status reads the node's /status.
 func (n *demoNode) status(ctx context.Context) (walflow.Status, error) {
-	var st walflow.Status
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.addr+"/status", nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET /status: %s", resp.Status)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return walflow.FetchStatus(ctx, n.addr)
 }
 
 // watchCluster prints the leader whenever it changes and the nodes' positions every few

@@ -310,22 +310,9 @@ func (n *clusterNodeProc) alive() bool {
 
 // status fetches the node's /status.
 func (n *clusterNodeProc) status(ctx context.Context) (walflow.Status, error) {
-	var st walflow.Status
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.addr+"/status", nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET /status: %s", resp.Status)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return walflow.FetchStatus(ctx, n.addr)
 }
 
 // waitClusterLeader waits until a live node other than not streams the slot, and returns
