@@ -3,6 +3,7 @@ package jetstream
 import (
 	"context"
 	"fmt"
+	"github.com/walflow/walflow/ledger/internal/keymerge"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -184,36 +185,11 @@ func (x *index) prune(tail event.Position) {
 func (x *index) lookup(keys []string, after, head event.Position, limit int) []event.Position {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	lists := make([][]event.Position, 0, len(keys))
-	for _, k := range keys {
-		ps := x.keys[k]
-		i := sort.Search(len(ps), func(i int) bool { return ps[i] > after })
-		if i < len(ps) && ps[i] <= head {
-			lists = append(lists, ps[i:])
-		}
+	lists := make([][]event.Position, len(keys))
+	for i, k := range keys {
+		lists[i] = x.keys[k]
 	}
-	var out []event.Position
-	for len(out) < limit && len(lists) > 0 {
-		next := lists[0][0]
-		for _, ps := range lists[1:] {
-			next = min(next, ps[0])
-		}
-		if next > head {
-			break
-		}
-		out = append(out, next)
-		kept := lists[:0]
-		for _, ps := range lists {
-			if ps[0] == next {
-				ps = ps[1:]
-			}
-			if len(ps) > 0 {
-				kept = append(kept, ps)
-			}
-		}
-		lists = kept
-	}
-	return out
+	return keymerge.Positions(lists, after, head, limit)
 }
 
 // cached returns the cached messages at ps, nil where not cached.

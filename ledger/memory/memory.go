@@ -3,6 +3,7 @@ package memory
 import (
 	"context"
 	"fmt"
+	"github.com/walflow/walflow/ledger/internal/keymerge"
 	"sort"
 	"sync"
 
@@ -312,39 +313,18 @@ func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Positi
 	if limit <= 0 || after >= head || len(keys) == 0 {
 		return nil, nil
 	}
-	// One cursor per key, each at its first position after after; merge them.
-	lists := make([][]event.Position, 0, len(keys))
-	for _, k := range keys {
-		ps := l.index[k]
-		i := sort.Search(len(ps), func(i int) bool { return ps[i] > after })
-		if i < len(ps) && ps[i] <= head {
-			lists = append(lists, ps[i:])
-		}
+	lists := make([][]event.Position, len(keys))
+	for i, k := range keys {
+		lists[i] = l.index[k]
 	}
+	ps := keymerge.Positions(lists, after, head, limit)
 	var out []event.Event
-	for len(out) < limit && len(lists) > 0 {
-		next := lists[0][0]
-		for _, ps := range lists[1:] {
-			next = min(next, ps[0])
-		}
-		if next > head {
-			break
-		}
-		e, err := l.decode(next)
+	for _, p := range ps {
+		e, err := l.decode(p)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, e)
-		kept := lists[:0]
-		for _, ps := range lists {
-			if ps[0] == next {
-				ps = ps[1:]
-			}
-			if len(ps) > 0 {
-				kept = append(kept, ps)
-			}
-		}
-		lists = kept
 	}
 	return out, nil
 }
