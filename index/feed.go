@@ -30,8 +30,8 @@ func (r *Runner) Feed(l ledger.Ledger) ledger.Ledger {
 	return &feedLedger{Ledger: l, r: r, f: &r.feed}
 }
 
-// feedEntry is one event's values, per worker in the runner's order; bad[i] is set when
-// worker i's Func failed on it (the worker then reads the event back and reports the
+// feedEntry is one event's values, per worker in the runner's order; bad, nil unless a Func
+// failed, has bad[i] set when worker i's Func failed on it (the worker then reads the event back and reports the
 // failure itself).
 type feedEntry struct {
 	pos    event.Position
@@ -89,7 +89,7 @@ func (f *feed) take(i int, after, head event.Position, limit int, dst []feedEntr
 	}
 	start := int(after + 1 - first)
 	for _, e := range f.entries[start:] {
-		if e.pos > head || len(dst) == limit || e.bad[i] {
+		if e.pos > head || len(dst) == limit || (e.bad != nil && e.bad[i]) {
 			break
 		}
 		dst = append(dst, e)
@@ -128,11 +128,14 @@ func (l *feedLedger) Append(ctx context.Context, e *event.Event) error {
 		l.overflow, l.tx = true, l.tx[:0]
 		return nil
 	}
-	ent := feedEntry{pos: e.Position, values: make([][]string, len(l.r.workers)), bad: make([]bool, len(l.r.workers))}
+	ent := feedEntry{pos: e.Position, values: make([][]string, len(l.r.workers))}
 	for i, w := range l.r.workers {
 		vs, err := w.values(e, l.scratch[:0])
 		l.scratch = vs
 		if err != nil {
+			if ent.bad == nil {
+				ent.bad = make([]bool, len(l.r.workers))
+			}
 			ent.bad[i] = true
 			continue
 		}
