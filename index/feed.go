@@ -30,9 +30,9 @@ func (r *Runner) Feed(l ledger.Ledger) ledger.Ledger {
 	return &feedLedger{Ledger: l, r: r, f: &r.feed}
 }
 
-// feedEntry is one event's values, per worker in the runner's order; bad, nil unless a Func
-// failed, has bad[i] set when worker i's Func failed on it (the worker then reads the event back and reports the
-// failure itself).
+// feedEntry is one event's values, per worker in the runner's order. bad is nil unless a
+// Func failed on the event; bad[i] is set when worker i's did (the worker then reads the
+// event back and reports the failure itself).
 type feedEntry struct {
 	pos    event.Position
 	values [][]string
