@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -196,7 +197,7 @@ CREATE TABLE IF NOT EXISTS `+s.entries+` (
 CREATE INDEX IF NOT EXISTS index_entries_position ON `+s.entries+` (indexer, position, value)`)
 	if err != nil {
 		hint := ""
-		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "42501" {
+		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
 			hint = "; the role may not create them: create them once as a role that may (run Migrate with it), or grant this role CREATE on the database"
 		}
 		return fmt.Errorf("index/pg: create the index tables in schema %s: %w%s", s.cfg.Schema, err, hint)
