@@ -29,7 +29,7 @@ func Example() {
 		panic(err)
 	}
 	defer db.Close()
-	store, err := pg.New(pg.Config{DB: db}) // tables in schema walflow, created when missing
+	store, err := pg.Open(ctx, db, nil) // tables in schema walflow, created when missing
 	if err != nil {
 		panic(err)
 	}
@@ -69,7 +69,7 @@ func Example() {
 	}
 
 	// Another store, as on another node, writes the index: this one's next write fails.
-	other, err := pg.New(pg.Config{DB: db})
+	other, err := pg.Open(ctx, db, nil)
 	if err != nil {
 		panic(err)
 	}
