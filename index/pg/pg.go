@@ -18,7 +18,7 @@ import (
 	"github.com/walflow/walflow/internal/pgschema"
 )
 
-// SchemaDefault is the default [Config].Schema.
+// SchemaDefault is the default [Options].Schema.
 const SchemaDefault = "walflow"
 
 // ErrFenced is the error of a [Store.Write] or [Store.Reset] of an indexer that another
@@ -52,7 +52,7 @@ type Store struct {
 	entries string // quoted schema.index_entries
 	seq     string // quoted schema.index_generation
 
-	// sql holds the statements, built once.
+	// The statements, built once by buildSQL.
 	sqlState, sqlPositions, sqlEntries, sqlEntriesSince string
 	sqlWriteAny, sqlWriteFrom, sqlWriteNew              string
 	sqlResetAny, sqlResetFrom, sqlResetNew              string
