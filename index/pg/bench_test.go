@@ -79,9 +79,10 @@ func BenchmarkWrite(b *testing.B) {
 }
 
 // BenchmarkPositions reads up to 100 positions of one of 1,000 values from an index of
-// 300,000 entries, as Runner.Read does.
+// 300,000 entries, as Runner.Read does, and reports the CPU per read of this process and
+// of the PostgreSQL backend.
 func BenchmarkPositions(b *testing.B) {
-	s, _ := benchStore(b)
+	s, pid := benchStore(b)
 	ctx := context.Background()
 	const users = 1000
 	var pos event.Position
@@ -92,6 +93,7 @@ func BenchmarkPositions(b *testing.B) {
 		pos += benchEvents
 	}
 	n, i := 0, 0
+	cpu0, srv0 := cpuSeconds(b), backendCPUSeconds(b, pid)
 	for b.Loop() {
 		ps, err := s.Positions(ctx, "user_id", strconv.Itoa(i*7%users), event.Position(i%1000), 100)
 		if err != nil {
@@ -101,6 +103,8 @@ func BenchmarkPositions(b *testing.B) {
 		i++
 	}
 	b.ReportMetric(float64(n)/float64(i), "positions/op")
+	b.ReportMetric((cpuSeconds(b)-cpu0)/float64(i)*1e6, "client_cpu_µs/op")
+	b.ReportMetric((backendCPUSeconds(b, pid)-srv0)/float64(i)*1e6, "backend_cpu_µs/op")
 }
 
 func cpuSeconds(b *testing.B) float64 {
