@@ -8,3 +8,7 @@ func SetRetentionInterval(e *Engine, d time.Duration) { e.retentionEvery = d }
 
 // RetentionRounds returns how many rounds of retention Run has done.
 func RetentionRounds(e *Engine) uint64 { return e.retentionRounds.Load() }
+
+// Streaming reports whether e streams the slot now, as Status().Streaming does, without
+// the slot query Status makes (which waits on PostgreSQL).
+func Streaming(e *Engine) bool { return e.src.Stats().Connected.Load() }

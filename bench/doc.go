@@ -122,4 +122,19 @@
 // with -clusterfanout.clients, -clusterfanout.channels, -clusterfanout.rate and
 // -clusterfanout.duration (after -args) for other loads. Every node shares this machine's
 // cores, so here spreading shows its cost, not its gain: see docs/cluster.md.
+//
+// # Cluster takeover
+//
+// BenchmarkClusterTakeover measures the takeover after a SIGKILL of the leader: three
+// `walflow run` nodes of one cluster (an R3 stream on three JetStream servers in the
+// benchmark's process, default heartbeat and node_ttl) while a writer commits throughout.
+// It SIGKILLs the leader 10 times, from the kill to another node's /status reporting that
+// it streams, restarting the killed node as a standby each time, and reports median_s and
+// max_s. It fails unless the stream then holds every committed change once, in commit
+// order. Run it with
+//
+//	go test -run '^$' -bench BenchmarkClusterTakeover -benchtime 1x -timeout 30m ./bench
+//
+// with -takeover.kills=N (WALFLOW_BENCH_TAKEOVER_KILLS) for another count; -short kills 3
+// times.
 package bench

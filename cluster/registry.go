@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,9 +65,11 @@ type Registry struct {
 	cfg  Config
 	log  *slog.Logger
 
+	nc      *nats.Conn    // the node's connection: reads, and writes until Run has its own
 	started chan struct{} // closed when Run sets fill
 	mu      sync.Mutex
 	fill    func() NodeInfo
+	writeKV jetstream.KeyValue // the bucket on Run's own connection, once Run started
 }
 
 // OpenRegistry creates the registry's bucket when missing (Config.Bucket, kept in memory
@@ -89,18 +92,25 @@ func OpenRegistry(ctx context.Context, nc *nats.Conn, cfg Config) (*Registry, er
 	if err != nil {
 		return nil, fmt.Errorf("cluster: open the node registry (bucket %q, %d replicas): %w", cfg.Bucket, cfg.Replicas, err)
 	}
-	return &Registry{kv: kv, name: cfg.NodeName, cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster")), started: make(chan struct{})}, nil
+	return &Registry{kv: kv, nc: nc, name: cfg.NodeName, cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster")), started: make(chan struct{})}, nil
 }
 
 // Put writes this node's entry now. info.Name is set to this node's name.
 func (r *Registry) Put(ctx context.Context, info NodeInfo) error {
+	r.mu.Lock()
+	kv := cmp.Or(r.writeKV, r.kv)
+	r.mu.Unlock()
+	return r.put(ctx, kv, info)
+}
+
+func (r *Registry) put(ctx context.Context, kv jetstream.KeyValue, info NodeInfo) error {
 	info.Name = r.name
 	info.UpdatedAt = time.Time{}
 	b, err := json.Marshal(info)
 	if err != nil {
 		return fmt.Errorf("cluster: encode node %q: %w", r.name, err)
 	}
-	if _, err := r.kv.Put(ctx, nodeKey(r.name), b); err != nil {
+	if _, err := kv.Put(ctx, nodeKey(r.name), b); err != nil {
 		return fmt.Errorf("cluster: write node %q to the registry: %w", r.name, err)
 	}
 	return nil
@@ -121,45 +131,133 @@ func (r *Registry) Beat(ctx context.Context) error {
 }
 
 // Run writes this node's entry, filled by fill, every Config.Heartbeat until ctx ends, then
-// removes it so the others see the node leave at once. A failed write is logged (once
-// until writes succeed again) and retried at the next heartbeat: a node that cannot reach
-// NATS keeps running, and drops out of the registry after Config.NodeTTL. Run returns nil
-// when ctx ends.
+// removes it so the others see the node leave at once.
+//
+// The node stays in the registry as long as one of its writes lands within every
+// Config.NodeTTL: how long each write takes does not matter. Run writes on a NATS
+// connection of its own (opened with the options of the connection the registry was
+// opened with), so its small writes never queue behind the node's other traffic (the
+// ledger's appends and reads). Each write runs in a goroutine of its own with
+// Config.NodeTTL to finish, so a slow write does not hold up the next heartbeat; a write
+// that fails is retried at once, and the failure is logged (once until writes succeed
+// again). A node that cannot reach NATS keeps running, and drops out of the registry after
+// Config.NodeTTL. Run returns nil when ctx ends.
 func (r *Registry) Run(ctx context.Context, fill func() NodeInfo) error {
+	kv := r.kv
+	if nc, err := r.dial(); err != nil {
+		r.log.WarnContext(ctx, "heartbeat: no connection of its own; writing on the node's connection", slog.String("node", r.name), slog.Any("error", err))
+	} else {
+		defer nc.Close()
+		if kv, err = r.bucketOn(ctx, nc); err != nil {
+			r.log.WarnContext(ctx, "heartbeat: cannot open the registry on its own connection; writing on the node's connection", slog.String("node", r.name), slog.Any("error", err))
+			kv = r.kv
+		}
+	}
 	r.mu.Lock()
 	first := r.fill == nil
 	r.fill = fill
+	r.writeKV = kv
 	r.mu.Unlock()
 	if first {
 		close(r.started)
 	}
-	t := time.NewTicker(r.cfg.Heartbeat)
-	defer t.Stop()
-	failing := false
-	for {
-		pctx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat)
-		err := r.Put(pctx, fill())
+
+	// Writes in flight at once: those that may still land within NodeTTL.
+	inflight := make(chan struct{}, max(1, int(r.cfg.NodeTTL/r.cfg.Heartbeat)))
+	retry := make(chan struct{}, 1)
+	var (
+		wg      sync.WaitGroup
+		fmu     sync.Mutex
+		failing bool
+	)
+	write := func() {
+		defer func() { <-inflight; wg.Done() }()
+		pctx, cancel := context.WithTimeout(ctx, r.cfg.NodeTTL)
+		err := r.put(pctx, kv, fill())
 		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		fmu.Lock()
+		defer fmu.Unlock()
 		switch {
-		case err != nil && ctx.Err() == nil && !failing:
-			failing = true
-			r.log.WarnContext(ctx, "heartbeat not written; retrying every heartbeat", slog.String("node", r.name), slog.Any("error", err))
-		case err == nil && failing:
+		case err != nil:
+			if !failing {
+				failing = true
+				r.log.WarnContext(ctx, "heartbeat not written; retrying", slog.String("node", r.name), slog.Any("error", err))
+			}
+			select {
+			case retry <- struct{}{}:
+			default:
+			}
+		case failing:
 			failing = false
 			r.log.InfoContext(ctx, "heartbeat written again", slog.String("node", r.name))
 		}
+	}
+	t := time.NewTicker(r.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case inflight <- struct{}{}:
+			wg.Add(1)
+			go write()
+		case <-ctx.Done():
+		}
 		select {
 		case <-ctx.Done():
+			wg.Wait()
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.Heartbeat)
-			err := r.kv.Delete(dctx, nodeKey(r.name))
+			err := kv.Delete(dctx, nodeKey(r.name))
 			cancel()
 			if err != nil {
 				r.log.InfoContext(dctx, "node entry not removed; it expires on its own", slog.String("node", r.name), slog.Any("error", err))
 			}
 			return nil
 		case <-t.C:
+		case <-retry:
+			// A failed write is retried without waiting for the next heartbeat, but not
+			// faster than a tenth of one.
+			p := time.NewTimer(r.cfg.Heartbeat / 10)
+			select {
+			case <-ctx.Done():
+				p.Stop()
+			case <-p.C:
+			}
 		}
 	}
+}
+
+// dial opens a connection of the registry's own, with the options of the node's
+// connection. It connects in the background, as the node's connection reconnects, when
+// no server answers yet.
+func (r *Registry) dial() (*nats.Conn, error) {
+	opts := r.nc.Opts
+	opts.Name += " (heartbeat)"
+	opts.RetryOnFailedConnect = true
+	opts.MaxReconnect = -1
+	// The node's connection's handlers log for it; this one's state shows in its writes.
+	opts.DisconnectedErrCB, opts.ReconnectedCB, opts.ClosedCB, opts.ConnectedCB = nil, nil, nil, nil
+	nc, err := opts.Connect()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: connect the heartbeat of node %q to NATS: %w", r.name, err)
+	}
+	return nc, nil
+}
+
+// bucketOn opens the registry's bucket on nc.
+func (r *Registry) bucketOn(ctx context.Context, nc *nats.Conn) (jetstream.KeyValue, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: jetstream: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.NodeTTL)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, r.cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: open the node registry (bucket %q): %w", r.cfg.Bucket, err)
+	}
+	return kv, nil
 }
 
 // Nodes reads every live node's entry, sorted by name.

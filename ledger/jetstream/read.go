@@ -100,20 +100,26 @@ func (l *Ledger) events(ctx context.Context, after event.Position, ps []event.Po
 	return out, nil
 }
 
+// fetchWait is how long a fetch of a range waits for its first message at first; each
+// fetch that gets nothing doubles it, up to fetchWaitMax.
+var fetchWait = 5 * time.Second
+
+const fetchWaitMax = time.Minute
+
 // fetch fills raw with the messages at ps from the stream: one by one when they are few
-// or scattered, with an ordered consumer over their range otherwise.
+// or scattered, with an ordered consumer over their range otherwise. A fetch that gets
+// nothing within its wait (a slow or loaded server) is not a missing message: fetch then
+// gets the message it waits for by its sequence, which tells a slow server (it is there:
+// fetch goes on, waiting longer) from a message gone (truncated or deleted).
 func (l *Ledger) fetch(ctx context.Context, after event.Position, ps []event.Position, raw [][]byte) error {
 	span := ps[len(ps)-1] - ps[0] + 1
 	if len(ps) <= 8 || span > 4*event.Position(len(ps)) {
 		for i, p := range ps {
-			m, err := l.stream.GetMsg(ctx, uint64(p))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				return l.missing(ctx, after, p)
-			}
+			b, err := l.getMsg(ctx, after, p)
 			if err != nil {
-				return fmt.Errorf("ledger/jetstream: get the message at sequence %d of stream %s: %w", p, l.opts.Stream, err)
+				return err
 			}
-			raw[i] = m.Data
+			raw[i] = b
 		}
 		return nil
 	}
@@ -126,10 +132,11 @@ func (l *Ledger) fetch(ctx context.Context, after event.Position, ps []event.Pos
 	if err != nil {
 		return fmt.Errorf("ledger/jetstream: read stream %s from sequence %d: %w", l.opts.Stream, ps[0], err)
 	}
+	wait := fetchWait
 	i := 0
 	for i < len(ps) {
 		want := int(ps[len(ps)-1]-ps[i]) + 1
-		batch, err := cons.Fetch(min(want, 1024), jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(min(want, 1024), jetstream.FetchMaxWait(wait))
 		if err != nil {
 			return fmt.Errorf("ledger/jetstream: read stream %s from sequence %d: %w", l.opts.Stream, ps[i], err)
 		}
@@ -159,10 +166,28 @@ func (l *Ledger) fetch(ctx context.Context, after event.Position, ps []event.Pos
 			return err
 		}
 		if got == 0 && i < len(ps) {
-			return l.missing(ctx, after, ps[i])
+			b, err := l.getMsg(ctx, after, ps[i])
+			if err != nil {
+				return err
+			}
+			raw[i] = b
+			i++
+			wait = min(2*wait, fetchWaitMax)
 		}
 	}
 	return nil
+}
+
+// getMsg returns the message at p.
+func (l *Ledger) getMsg(ctx context.Context, after, p event.Position) ([]byte, error) {
+	m, err := l.stream.GetMsg(ctx, uint64(p))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, l.missing(ctx, after, p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ledger/jetstream: get the message at sequence %d of stream %s: %w", p, l.opts.Stream, err)
+	}
+	return m.Data, nil
 }
 
 // missing returns the error of a read whose message at p is gone: a TruncatedError when

@@ -469,25 +469,36 @@ func (st *stream) run(ctx context.Context) (err error) {
 }
 
 // silenceLimit is how long the loop waits on a standby session's connection without
-// hearing from the server before it asks for a reply: its wal_sender_timeout. Zero
-// means no limit (a lone source, or one that keeps the server's setting).
+// hearing from the server before checkSilence acts: half its wal_sender_timeout before it
+// asks for a reply, and the whole of it more before it gives up. Zero means no limit (a
+// lone source, or one that keeps the server's setting).
 func (st *stream) silenceLimit() time.Duration {
-	if sb := st.src.cfg.Standby; sb != nil && sb.SenderTimeout > 0 {
-		if st.pinged {
-			return 2 * sb.SenderTimeout
-		}
-		return sb.SenderTimeout
+	ping, dead := silenceLimits(st.src.cfg.Standby)
+	if st.pinged {
+		return dead
 	}
-	return 0
+	return ping
+}
+
+// silenceLimits returns how long a standby session's connection may stay silent before
+// the source asks the server for a reply (ping: half of SenderTimeout, as the walsender
+// does before it asks the client), and before it presumes the connection dead (dead: a
+// whole SenderTimeout after the ping, the time a live server has to answer it). Both are
+// zero without a limit.
+func silenceLimits(sb *Standby) (ping, dead time.Duration) {
+	if sb == nil || sb.SenderTimeout <= 0 {
+		return 0, 0
+	}
+	return sb.SenderTimeout / 2, sb.SenderTimeout/2 + sb.SenderTimeout
 }
 
 // checkSilence notices a leader's dead connection, which nothing reports when the network
-// to PostgreSQL is cut: neither end closes it, and writes to it succeed. After
+// to PostgreSQL is cut: neither end closes it, and writes to it succeed. After half of
 // wal_sender_timeout spent waiting without a message, it asks the server for a reply (a
-// status update with ReplyRequested, which a live walsender answers at once); after as long
-// again without one, it ends the session, so the node stops leading at about the time
-// PostgreSQL ends the walsender and frees the slot. Only time spent waiting counts, so a
-// sink call that blocks does not.
+// status update with ReplyRequested, which a live walsender answers at once); after a
+// whole wal_sender_timeout more without one, it ends the session, so the node stops
+// leading about when a standby has taken the slot that PostgreSQL freed (wal_sender_timeout
+// after the cut). Only time spent waiting counts, so a sink call that blocks does not.
 func (st *stream) checkSilence(ctx context.Context) error {
 	limit := st.silenceLimit()
 	if limit == 0 || st.silence < limit {

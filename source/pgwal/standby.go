@@ -56,11 +56,13 @@ type Standby struct {
 	// stopped answering (its machine is gone, or the network between it and PostgreSQL is
 	// cut) exits after this long, freeing the slot for a standby. A live source answers
 	// in time: it replies to the walsender's keepalives, and keeps replying while LeadFunc
-	// or a sink call blocks. The leader applies the same bound the other way: after
-	// SenderTimeout spent waiting without a message it asks the server for a reply, and
-	// after as long again without one it presumes the connection dead, ends the session
-	// and contends again. A negative value keeps the server's setting (60s by default)
-	// and turns that check off. Default 5s.
+	// or a sink call blocks. The leader applies the same bound the other way, as the
+	// walsender does: after half of SenderTimeout spent waiting without a message it asks
+	// the server for a reply, and after a whole SenderTimeout more without one it presumes
+	// the connection dead, ends the session and contends again. So a leader cut off from
+	// PostgreSQL stops leading 1.5 × SenderTimeout after the last message it received,
+	// soon after a standby took the slot. A negative value keeps the server's setting
+	// (60s by default) and turns that check off. Default 5s.
 	SenderTimeout time.Duration
 	// HolderAliveFunc, when set, is asked while the slot is active elsewhere whether the
 	// walsender holding it (pid) serves a live contender. When it answers false twice in a

@@ -1,0 +1,185 @@
+package cluster
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// slowProxy forwards TCP connections from a loopback listener to target, as a slow
+// network does: every byte is held back for delay in each direction, and each
+// connection's bytes from the client pass at rate bytes per second at most (what the
+// client sends faster waits in its socket: its writes block).
+type slowProxy struct {
+	ln     net.Listener
+	target string
+	delay  time.Duration
+	rate   int
+
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startSlowProxy(t *testing.T, target string, delay time.Duration, rate int) *slowProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &slowProxy{ln: ln, target: target, delay: delay, rate: rate}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *slowProxy) url() string { return "nats://" + p.ln.Addr().String() }
+
+func (p *slowProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(up, c, p.rate)
+		go p.pipe(c, up, 0)
+	}
+}
+
+// pipe copies src to dst, each chunk delay after it was read, reading at rate bytes per
+// second at most (0: as fast as src sends).
+func (p *slowProxy) pipe(dst, src net.Conn, rate int) {
+	defer p.wg.Done()
+	type chunk struct {
+		at time.Time
+		b  []byte
+	}
+	q := make(chan chunk, 4096)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer dst.Close()
+		for c := range q {
+			time.Sleep(time.Until(c.at.Add(p.delay)))
+			if _, err := dst.Write(c.b); err != nil {
+				return
+			}
+		}
+	}()
+	defer close(q)
+	for {
+		buf := make([]byte, 16<<10)
+		n, err := src.Read(buf)
+		if n > 0 {
+			q <- chunk{time.Now(), buf[:n]}
+			if rate > 0 {
+				time.Sleep(time.Duration(n) * time.Second / time.Duration(rate))
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *slowProxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// TestRegistrySlowWrites runs a node whose connection to NATS is slow (300 ms each way, a
+// write's round trip six heartbeats) and saturated by the node's other traffic (as a
+// leader's ledger appends saturate it), and checks that its entry stays in the registry
+// all along: a node is live as long as a write lands within every NodeTTL, and its
+// heartbeat does not queue behind the rest of its traffic.
+func TestRegistrySlowWrites(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, time.Minute)
+	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	const (
+		heartbeat = 100 * time.Millisecond
+		ttl       = 1500 * time.Millisecond
+		delay     = 300 * time.Millisecond
+		rate      = 1 << 20 // bytes/s from each client connection
+	)
+	open := func(name, url string) (*Registry, *Conn) {
+		cfg := Config{URLs: []string{url}, NodeName: name, Replicas: 1, Heartbeat: heartbeat, NodeTTL: ttl}.WithDefaults()
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := Connect(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(conn.Close)
+		reg, err := OpenRegistry(ctx, conn.NC, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return reg, conn
+	}
+	proxy := startSlowProxy(t, strings.TrimPrefix(lc.URLs()[0], "nats://"), delay, rate)
+	slow, conn := open("slow", proxy.url())
+	watcher, _ := open("watcher", lc.URLs()[0])
+
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- slow.Run(runCtx, func() NodeInfo { return NodeInfo{Role: RoleLeader} }) }()
+	defer func() {
+		stop()
+		<-done
+	}()
+	waitNodes(t, ctx, watcher, "slow")
+
+	// The node's other traffic: more than its connection carries, for as long as the test.
+	floodCtx, stopFlood := context.WithCancel(ctx)
+	flooded := make(chan struct{})
+	go func() {
+		defer close(flooded)
+		payload := make([]byte, 32<<10)
+		for floodCtx.Err() == nil {
+			if err := conn.NC.Publish("flood", payload); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		stopFlood()
+		conn.NC.Close() // unblocks a Publish waiting on the saturated socket
+		<-flooded
+	}()
+
+	for end := time.Now().Add(4 * ttl); time.Now().Before(end); {
+		nodes, err := watcher.Nodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(nodes) != 1 {
+			t.Fatalf("the slow node's entry expired while it was running: nodes %+v", nodes)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
