@@ -50,6 +50,7 @@ type index struct {
 	// The follower's alone.
 	storeFailed bool           // a write of the store failed: the index stays in memory
 	storeTail   event.Position // the store holds no entry at or before it (as far as known)
+	pruneMore   bool           // the last prune left entries at or before the tail
 }
 
 // flushEvents is how many messages the follower applies between two writes of the store
@@ -75,7 +76,9 @@ func (x *index) resume(m storeMeta, tail event.Position) {
 	cp := event.Position(m.Checkpoint)
 	x.processed, x.cacheBase, x.flushed, x.tail = cp, cp, cp, tail
 	x.head, x.commit, x.end = max(event.Position(m.Head), tail), event.LSN(m.Commit), event.LSN(m.End)
-	x.storeTail = tail
+	// The store may hold entries at or before the tail if retention ran while this
+	// ledger was closed: the follower's first flush drops them.
+	x.storeTail = 0
 }
 
 // apply adds the message at seq. It reports whether it ended a transaction.
@@ -265,8 +268,9 @@ func (x *index) failStore(err error) {
 }
 
 // flush writes the entries applied since the last flush to the store with their
-// checkpoint, when at least min messages were applied, and then drops the entries the
-// store holds at or before the tail. sync makes the write durable.
+// checkpoint, when at least minPending messages were applied (1: whatever was), and then
+// drops the entries the store holds at or before the tail, a chunk at a time. sync makes
+// the write durable.
 func (x *index) flush(minPending int, sync bool) {
 	if x.store == nil || x.storeFailed {
 		return
@@ -277,6 +281,7 @@ func (x *index) flush(minPending int, sync bool) {
 	m.Checkpoint, m.Head, m.Commit, m.End = uint64(x.processed), uint64(x.head), uint64(x.commit), uint64(x.end)
 	tail := x.tail
 	x.mu.RUnlock()
+	committed := false
 	if pending >= max(minPending, 1) {
 		if err := x.store.commit(m, sync); err != nil {
 			x.mu.Lock()
@@ -289,17 +294,23 @@ func (x *index) flush(minPending int, sync bool) {
 		x.pending = 0
 		clear(x.keys)
 		x.mu.Unlock()
+		committed = true
 	}
-	if tail > x.storeTail {
-		done, err := x.store.prune(tail)
-		if err != nil {
-			x.mu.Lock()
-			x.failStore(err)
-			x.mu.Unlock()
-			return
-		}
-		if done {
-			x.storeTail = tail
-		}
+	// Prune with the writes, when idle, and every 64 messages while a long prune goes on.
+	if tail <= x.storeTail || !(committed || minPending <= 1 || (x.pruneMore && pending%64 == 0)) {
+		return
+	}
+	done, err := x.store.prune(tail)
+	if err != nil {
+		x.mu.Lock()
+		x.failStore(err)
+		x.mu.Unlock()
+		return
+	}
+	x.pruneMore = !done
+	if done && x.flushed >= tail {
+		// Entries at or before the tail still in the pending batch would reach the store
+		// after this prune: it runs again after the flush that writes them.
+		x.storeTail = tail
 	}
 }

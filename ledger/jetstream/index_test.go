@@ -362,8 +362,8 @@ func TestIndexDirRetention(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	live := f.open(t.TempDir(), nil)
-	defer live.Close()
+	liveDir := t.TempDir()
+	live := f.open(liveDir, nil)
 	f.caughtUp(live)
 	eventually(t, "the live reader to store its index", func() bool { return jetstream.StoredBelow(live, f.w.State().Head) > 0 })
 
@@ -375,6 +375,27 @@ func TestIndexDirRetention(t *testing.T) {
 	f.caughtUp(live)
 	eventually(t, "the live reader's stored entries at or before the tail to go", func() bool {
 		return live.State().Tail == through && jetstream.StoredBelow(live, through) == 0
+	})
+	eventually(t, "the reference reader to see the tail", func() bool { return f.ref.State().Tail == through })
+	sameReads(t, live, f.ref)
+
+	// Retention while a reader is closed, short of its checkpoint: it reuses its index and
+	// drops the entries at or before the new tail.
+	if err := live.Close(); err != nil {
+		t.Fatal(err)
+	}
+	through = f.w.State().Head - 10
+	if err := f.w.Truncate(ctx, through); err != nil {
+		t.Fatal(err)
+	}
+	var rlog logBuf
+	live = f.open(liveDir, rlog.logger())
+	defer live.Close()
+	if !strings.Contains(rlog.String(), "reusing the channel index") {
+		t.Errorf("the reader closed during retention did not reuse its index:\n%s", rlog.String())
+	}
+	eventually(t, "the reopened reader's stored entries at or before the tail to go", func() bool {
+		return jetstream.StoredBelow(live, through) == 0
 	})
 	eventually(t, "the reference reader to see the tail", func() bool { return f.ref.State().Tail == through })
 	sameReads(t, live, f.ref)
