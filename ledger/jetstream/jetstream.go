@@ -1,11 +1,14 @@
 package jetstream
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -123,6 +126,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.IndexDir != "" && filepath.Clean(o.IndexDir) == filepath.Clean(cmp.Or(o.SpoolDir, os.TempDir())) {
+		return fmt.Errorf("ledger/jetstream: IndexDir %q is also the spool directory; give the channel index a directory of its own", o.IndexDir)
 	}
 	if o.SpoolMemory <= 0 {
 		o.SpoolMemory = 8 << 20
