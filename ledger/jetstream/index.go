@@ -18,8 +18,8 @@ import (
 
 // index is a ledger's local view of the stream, kept by its follower: the channel index,
 // the latest events, and the last transaction end seen. Its methods are safe for
-// concurrent use; apply, flush, pruneStore and closeStore are the follower's (or Close's
-// once the follower stopped).
+// concurrent use, but apply and flush are called by the follower alone (flush also by
+// Close once the follower stopped).
 //
 // Without a store the channel index is in memory: keys holds every key's positions. With
 // a store (Options.IndexDir), keys holds only the positions after flushed, the rest are
@@ -43,7 +43,7 @@ type index struct {
 	commit    event.LSN      // its transaction's commit LSN
 	end       event.LSN      // and end LSN
 	processed event.Position // the last sequence applied (or the tail)
-	applied   int64          // messages applied since Open
+	applied   int64          // messages applied since Open (what Open read of the stream)
 	changed   chan struct{}  // closed and replaced when processed moves
 	scratch   []string
 
@@ -204,7 +204,7 @@ func (x *index) waitProcessed(ctx, lctx context.Context, seq event.Position) err
 }
 
 // prune drops the index entries and cached events at or before tail. The store's entries
-// are dropped by the follower (pruneStore); lookups never return them meanwhile, as they
+// are dropped by the follower (flush); lookups never return them meanwhile, as they
 // ask for positions after the tail.
 func (x *index) prune(tail event.Position) {
 	x.mu.Lock()
