@@ -3,6 +3,8 @@ package jetstream
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"log/slog"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -47,4 +49,22 @@ func CrashAfter(l *Ledger, n int) {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	l.crashAfter = n
+}
+
+// RewriteCheckpointID replaces the message id of the checkpoint of the channel index in
+// dir, which no ledger has open, as if the stream had held another message there.
+func RewriteCheckpointID(dir, id string) error {
+	s, err := openStore(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	m, ok, err := s.meta()
+	if err == nil && !ok {
+		err = errors.New("no checkpoint")
+	}
+	if err == nil {
+		m.LastID = id
+		err = s.commit(m, true)
+	}
+	return errors.Join(err, s.close())
 }

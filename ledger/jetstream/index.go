@@ -43,6 +43,7 @@ type index struct {
 	commit    event.LSN      // its transaction's commit LSN
 	end       event.LSN      // and end LSN
 	processed event.Position // the last sequence applied (or the tail)
+	lastID    string         // its Nats-Msg-Id, with a store
 	applied   int64          // messages applied since Open (what Open read of the stream)
 	changed   chan struct{}  // closed and replaced when processed moves
 	scratch   []string
@@ -65,7 +66,7 @@ func newIndex(indexer ledger.Indexer, maxCache int) *index {
 func (x *index) reset(tail event.Position) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.processed, x.head, x.cacheBase, x.flushed, x.tail = tail, tail, tail, tail, tail
+	x.processed, x.head, x.cacheBase, x.flushed, x.tail, x.lastID = tail, tail, tail, tail, tail, ""
 }
 
 // resume starts the index at the store's checkpoint m, on a stream whose messages through
@@ -74,7 +75,7 @@ func (x *index) resume(m storeMeta, tail event.Position) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	cp := event.Position(m.Checkpoint)
-	x.processed, x.cacheBase, x.flushed, x.tail = cp, cp, cp, tail
+	x.processed, x.cacheBase, x.flushed, x.tail, x.lastID = cp, cp, cp, tail, m.LastID
 	x.head, x.commit, x.end = max(event.Position(m.Head), tail), event.LSN(m.Commit), event.LSN(m.End)
 	// The store may hold entries at or before the tail if retention ran while this
 	// ledger was closed: the follower's first flush drops them.
@@ -119,6 +120,9 @@ func (x *index) apply(log *slog.Logger, seq event.Position, hdr nats.Header, dat
 		return false // a redelivery
 	}
 	x.processed = seq
+	if x.store != nil {
+		x.lastID = hdr.Get(nats.MsgIdHdr)
+	}
 	x.applied++
 	x.pending++
 	if x.store != nil && !x.storeFailed {
@@ -278,7 +282,7 @@ func (x *index) flush(minPending int, sync bool) {
 	x.mu.RLock()
 	pending := x.pending
 	m := x.storeID
-	m.Checkpoint, m.Head, m.Commit, m.End = uint64(x.processed), uint64(x.head), uint64(x.commit), uint64(x.end)
+	m.Checkpoint, m.Head, m.Commit, m.End, m.LastID = uint64(x.processed), uint64(x.head), uint64(x.commit), uint64(x.end), x.lastID
 	tail := x.tail
 	x.mu.RUnlock()
 	committed := false

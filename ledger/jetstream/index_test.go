@@ -218,7 +218,8 @@ func TestIndexDirReused(t *testing.T) {
 }
 
 // TestIndexDirRebuilt reopens a reader after its channel index was deleted, cut
-// mid-write, or overwritten with garbage, or when the indexer changed: it rebuilds the
+// mid-write, or overwritten with garbage, when the indexer changed, or when the stream
+// holds another message at the index's checkpoint: it rebuilds the
 // index from the stream, says why, and its reads equal those of an index built in memory.
 func TestIndexDirRebuilt(t *testing.T) {
 	f := newIndexFixture(t, 150)
@@ -241,6 +242,11 @@ func TestIndexDirRebuilt(t *testing.T) {
 			eachFile(t, dir, func(path string, b []byte) []byte { return bytes.Repeat([]byte("garbage!"), len(b)/8+1) })
 		}, "rebuilding", true, ""},
 		{"indexer changed", func(*testing.T, string) {}, "the indexer changed", true, "v2"},
+		{"stream rewritten", func(t *testing.T, dir string) {
+			if err := jetstream.RewriteCheckpointID(dir, "1/0"); err != nil {
+				t.Fatal(err)
+			}
+		}, "the stream was rewritten", true, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "index")

@@ -342,6 +342,17 @@ func (l *Ledger) openIndex(ctx context.Context, info *jetstream.StreamInfo, tail
 		reason = fmt.Sprintf("it ends at sequence %d but the stream's messages through %d were removed (retention) meanwhile", m.Checkpoint, tail)
 	case m.Head > m.Checkpoint:
 		reason = fmt.Sprintf("its checkpoint is inconsistent (head %d after checkpoint %d)", m.Head, m.Checkpoint)
+	case event.Position(m.Checkpoint) > tail:
+		// The message at the checkpoint is still in the stream: it must be the one indexed.
+		msg, err := l.stream.GetMsg(ctx, m.Checkpoint)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			reason = fmt.Sprintf("the stream has no message at its checkpoint %d", m.Checkpoint)
+		case err != nil:
+			return fmt.Errorf("ledger/jetstream: read the message at sequence %d of stream %s to check the channel index: %w", m.Checkpoint, l.opts.Stream, err)
+		case msg.Header.Get(nats.MsgIdHdr) != m.LastID:
+			reason = fmt.Sprintf("the message at its checkpoint %d has id %q, the index's had %q: the stream was rewritten", m.Checkpoint, msg.Header.Get(nats.MsgIdHdr), m.LastID)
+		}
 	}
 	if reason == "" {
 		l.idx.resume(m, tail)
