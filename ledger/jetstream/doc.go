@@ -62,9 +62,8 @@
 // the index up from its checkpoint, and rebuilds it from the stream, logging why, when
 // the directory holds none, Pebble cannot open it (its files are then deleted), the
 // stream was deleted and created again or holds another message at the checkpoint,
-// retention removed messages after the
-// checkpoint, or IndexerVersion changed. Truncated entries are ignored by reads at once
-// and deleted from the directory by the follower. Without IndexDir the index is kept in
+// retention removed messages after the checkpoint, or IndexerVersion changed. Truncated
+// entries are ignored by reads at once and deleted from the directory by the follower. Without IndexDir the index is kept in
 // memory (8 bytes per key per event plus the key strings) and rebuilt from the stream at
 // every Open. Either way [Open] returns once the index has caught up with the stream, and
 // an event's entries become visible with its transaction's end marker.
