@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -179,9 +180,12 @@ func TestClusterNetworkCut(t *testing.T) {
 			ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
 		DeleteWith: []string{"posts"},
 	}
+	// Every node keeps its channel index under the same ledger directory, one per node
+	// name, and finds it again when it restarts.
+	ledgerDir := filepath.Join(t.TempDir(), "data")
 	start := func(name, url string) *clusterNode {
 		eng, err := walflow.Open(ctx, walflow.Config{
-			DatabaseURL: url, Slot: pcfg.Database,
+			DatabaseURL: url, Slot: pcfg.Database, LedgerDir: ledgerDir,
 			Tables: []channel.Table{
 				{Name: "posts"},
 				{Name: "comments", Scopes: []channel.Scope{mustScope(t, "posts/{post_id}")}},

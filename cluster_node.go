@@ -2,11 +2,14 @@ package walflow
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -59,7 +62,8 @@ func openCluster(ctx context.Context, cfg Config, router *channel.Router) (*clus
 	if err := cluster.WaitJetStream(ctx, conn.NC); err != nil {
 		return fail(fmt.Errorf("walflow: cluster: %w", err))
 	}
-	opts := jetstream.Options{Conn: conn.NC, Stream: cc.Stream, Replicas: cc.Replicas, Indexer: router.Channels, Logger: cfg.Logger}
+	opts := jetstream.Options{Conn: conn.NC, Stream: cc.Stream, Replicas: cc.Replicas, Indexer: router.Channels, Logger: cfg.Logger,
+		IndexDir: channelIndexDir(cfg), IndexerVersion: channelIndexVersion(cfg.Tables)}
 	err = retryOpen(ctx, log, "the ledger stream", func(ctx context.Context) error {
 		led, err := jetstream.Open(ctx, opts)
 		n.led = led
@@ -79,6 +83,20 @@ func openCluster(ctx context.Context, cfg Config, router *channel.Router) (*clus
 	return n, nil
 }
 
+// channelIndexDir is where a cluster node keeps its channel index: beside LedgerDir
+// (which a cluster node does not use otherwise), one directory per node name, so that
+// nodes sharing a directory of configuration files on one machine do not share it.
+func channelIndexDir(cfg Config) string {
+	return filepath.Join(cfg.LedgerDir+".channels", cfg.Cluster.NodeName)
+}
+
+// channelIndexVersion identifies the channels the router gives each event: a channel
+// index stored by a node with other table settings is rebuilt.
+func channelIndexVersion(tables []channel.Table) string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "%#v", tables))
+	return "channels/1 " + hex.EncodeToString(sum[:8])
+}
+
 // retryOpen calls open, with a 10s bound each time, until it succeeds or ctx ends: a
 // JetStream cluster answers "no leader" for a while after a server starts or stops.
 func retryOpen(ctx context.Context, log *slog.Logger, what string, open func(context.Context) error) error {
@@ -86,8 +104,8 @@ func retryOpen(ctx context.Context, log *slog.Logger, what string, open func(con
 		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := open(octx)
 		cancel()
-		if err == nil || ctx.Err() != nil {
-			return err
+		if iu := (*ledger.InUseError)(nil); err == nil || ctx.Err() != nil || errors.As(err, &iu) {
+			return err // a directory in use stays in use: no retry
 		}
 		if !logged {
 			logged = true

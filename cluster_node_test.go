@@ -3,6 +3,7 @@ package walflow_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -100,9 +101,12 @@ func TestClusterTakeover(t *testing.T) {
 			_, err := tx.Exec(ctx, `INSERT INTO projected VALUES ($1, 1) ON CONFLICT (position) DO UPDATE SET n = projected.n + 1`, int64(e.Position))
 			return err
 		}}
+	// Every node keeps its channel index under the same ledger directory, one per node
+	// name, and finds it again when it restarts.
+	ledgerDir := filepath.Join(t.TempDir(), "data")
 	start := func(name string) *clusterNode {
 		eng, err := walflow.Open(ctx, walflow.Config{
-			DatabaseURL: dsn, Slot: pcfg.Database,
+			DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: ledgerDir,
 			Tables: []channel.Table{
 				{Name: "posts"},
 				{Name: "comments", Scopes: []channel.Scope{mustScope(t, "posts/{post_id}")}},

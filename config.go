@@ -142,7 +142,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Cluster, when set, makes the engine one node of a cluster (package cluster, and
 	// docs/cluster.md): the ledger is a NATS JetStream stream shared by every node
-	// (package ledger/jetstream) instead of LedgerDir; exactly one node streams the slot,
+	// (package ledger/jetstream) instead of LedgerDir (the node keeps only its channel
+	// index beside it, in LedgerDir + ".channels/<node name>"); exactly one node streams the slot,
 	// and another takes it over when that node dies, resuming from the slot with nothing
 	// lost or appended twice; every node serves Subscribe, the realtime gateway, process
 	// status and /metrics from the stream; the operators run on one node at a time and

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -112,7 +113,7 @@ func catchUpCluster(b *testing.B, dsn, slot, stream string, urls []string, chang
 	b.Helper()
 	ctx := b.Context()
 	eng, err := walflow.Open(ctx, walflow.Config{
-		DatabaseURL: dsn, Slot: slot, Publication: publication, ProcessStatus: "none", Retention: -1,
+		DatabaseURL: dsn, Slot: slot, Publication: publication, ProcessStatus: "none", Retention: -1, LedgerDir: filepath.Join(b.TempDir(), "data"),
 		Logger:  slog.New(slog.NewTextHandler(b.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Cluster: &cluster.Config{URLs: urls, NodeName: "bench", Replicas: 3, Stream: stream},
 	})

@@ -73,7 +73,7 @@ func (l *loader) cluster(fc *fileConfig, e *walflow.Config) error {
 		return nil
 	}
 	if e.MemoryLedger {
-		return l.errPath("ledger.backend", "memory, but a cluster keeps its ledger in its JetStream stream; remove ledger.backend (ledger.dir is not used either)")
+		return l.errPath("ledger.backend", "memory, but a cluster keeps its ledger in its JetStream stream; remove ledger.backend (a cluster node keeps only its channel index, beside ledger.dir)")
 	}
 	if e.TemporarySlot {
 		return l.errPath("temporary_slot", "true, but a temporary slot is dropped with its leader's connection, so no other node could resume it; remove it")

@@ -2,6 +2,12 @@ package jetstream_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,4 +111,151 @@ func BenchmarkAppend(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkOpenIndex measures Open of a reader on a stream of 500,000 events (100-event
+// transactions, two index keys each: the table and the row) with its channel index in
+// memory (built from the whole stream), in a directory that is empty (rebuilt from the
+// whole stream) and in a directory a previous Open left (reused: caught up from its
+// checkpoint). It reports the time of one Open (ms/open), and once it returned, what the
+// open reader adds to the live heap (heap_MB, after a collection), the process's resident
+// memory (rss_MB, the embedded server and the writer included) and the directory's size
+// (disk_MB).
+func BenchmarkOpenIndex(b *testing.B) {
+	const events = 500_000
+	jetstream.SetFlushEvents(8192)
+	s := startServer(b, "", 0)
+	nc := connect(b, s)
+	stream := newStream()
+	w, err := jetstream.Open(context.Background(), jetstream.Options{Conn: nc, Stream: stream, SpoolDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	ctx := context.Background()
+	if err := w.Lead(ctx); err != nil {
+		b.Fatal(err)
+	}
+	for n, lsn := 0, event.LSN(1); n < events; lsn++ {
+		if err := w.BeginTx(ctx, event.TxMeta{CommitLSN: lsn}); err != nil {
+			b.Fatal(err)
+		}
+		for j := 0; j < 100 && n < events; j++ {
+			if err := w.Append(ctx, ledgertest.Event(lsn, uint32(j), string(rune('a'+n%3)), n)); err != nil {
+				b.Fatal(err)
+			}
+			n++
+		}
+		if err := w.CommitTx(ctx, lsn+1); err != nil {
+			b.Fatal(err)
+		}
+		if lsn%10 == 0 {
+			if err := w.Sync(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := w.Sync(ctx); err != nil {
+		b.Fatal(err)
+	}
+	reused := b.TempDir()
+	for _, c := range []struct {
+		name   string
+		dir    func(b *testing.B) string
+		before func(b *testing.B, dir string)
+	}{
+		{"index=memory", func(*testing.B) string { return "" }, func(*testing.B, string) {}},
+		{"index=dir/rebuild", func(b *testing.B) string { return filepath.Join(b.TempDir(), "index") }, func(b *testing.B, dir string) {
+			if err := os.RemoveAll(dir); err != nil {
+				b.Fatal(err)
+			}
+		}},
+		{"index=dir/reuse", func(*testing.B) string { return reused }, func(b *testing.B, dir string) {
+			if _, err := os.Stat(filepath.Join(dir, "LOCK")); err == nil {
+				return
+			}
+			l, err := jetstream.Open(ctx, jetstream.Options{Conn: nc, Stream: stream, Indexer: ledgertest.Indexer, IndexDir: dir})
+			if err != nil {
+				b.Fatal(err)
+			}
+			l.Close()
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			dir := c.dir(b)
+			var heap, rss float64
+			var elapsed time.Duration
+			for range b.N {
+				b.StopTimer()
+				c.before(b, dir)
+				settle()
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				base := float64(ms.HeapAlloc) / (1 << 20)
+				b.StartTimer()
+				start := time.Now()
+				l, err := jetstream.Open(ctx, jetstream.Options{Conn: nc, Stream: stream, Indexer: ledgertest.Indexer, IndexDir: dir})
+				if err != nil {
+					b.Fatal(err)
+				}
+				elapsed += time.Since(start)
+				b.StopTimer()
+				if h := l.State().Head; h != events {
+					b.Fatalf("head %d, want %d", h, events)
+				}
+				settle()
+				runtime.ReadMemStats(&ms)
+				heap = max(heap, float64(ms.HeapAlloc)/(1<<20)-base)
+				rss = max(rss, residentMB())
+				l.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(elapsed.Milliseconds())/float64(b.N), "ms/open")
+			b.ReportMetric(heap, "heap_MB")
+			b.ReportMetric(rss, "rss_MB")
+			if dir != "" {
+				b.ReportMetric(dirMB(b, dir), "disk_MB")
+			}
+		})
+	}
+}
+
+// settle waits until the embedded server dropped the message blocks it cached for the
+// last reads (it keeps them 10 s), then collects garbage and returns free memory to the
+// system, so that heap and RSS measure the ledger.
+func settle() {
+	time.Sleep(11 * time.Second)
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// residentMB returns the process's resident memory in MiB (VmRSS); 0 where /proc is
+// missing.
+func residentMB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// dirMB returns the size of the files in dir, in MiB.
+func dirMB(b *testing.B, dir string) float64 {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int64
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return float64(n) / (1 << 20)
 }

@@ -51,9 +51,20 @@
 // # Index
 //
 // Every Ledger, leader or not, runs one goroutine that follows the stream with an ordered
-// consumer from its first sequence, decodes each event, and keeps an in-memory channel
-// index (each key's positions, 8 bytes per key per event plus the key strings) and a cache
-// of the most recent events (Options.CacheEvents). The index is rebuilt from the stream at
-// every Open; [Open] returns once it has caught up with the stream. Reads outside the cache
-// fetch messages from the stream.
+// consumer, decodes each event, and keeps the channel index (each key's positions) and a
+// cache of the most recent events (Options.CacheEvents). Reads outside the cache fetch
+// messages from the stream.
+//
+// With [Options].IndexDir the channel index is a Pebble database in that directory: the
+// follower writes the entries of many messages at a time with a checkpoint (the last
+// sequence covered, the last transaction end, the stream's name and creation time,
+// Options.IndexerVersion), and keeps only the entries since in memory. [Open] catches
+// the index up from its checkpoint, and rebuilds it from the stream, logging why, when
+// the directory holds none, Pebble cannot open it (its files are then deleted), the
+// stream was deleted and created again or holds another message at the checkpoint,
+// retention removed messages after the checkpoint, or IndexerVersion changed. Truncated
+// entries are ignored by reads at once and deleted from the directory by the follower. Without IndexDir the index is kept in
+// memory (8 bytes per key per event plus the key strings) and rebuilt from the stream at
+// every Open. Either way [Open] returns once the index has caught up with the stream, and
+// an event's entries become visible with its transaction's end marker.
 package jetstream

@@ -59,12 +59,23 @@ var streams atomic.Int64
 // newStream returns a stream name not used yet in this process.
 func newStream() string { return fmt.Sprintf("L%d", streams.Add(1)) }
 
-// open opens a ledger on stream with conn, closed when the test ends.
+// open opens a ledger on stream with conn, its channel index in a directory of its own,
+// closed when the test ends.
 func open(t testing.TB, nc *nats.Conn, stream string, indexer ledger.Indexer) *jetstream.Ledger {
+	t.Helper()
+	return openOpts(t, jetstream.Options{Conn: nc, Stream: stream, Indexer: indexer, IndexDir: t.TempDir()})
+}
+
+// openOpts opens a ledger with opts (SpoolDir set to a temporary directory when empty),
+// closed when the test ends.
+func openOpts(t testing.TB, opts jetstream.Options) *jetstream.Ledger {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	l, err := jetstream.Open(ctx, jetstream.Options{Conn: nc, Stream: stream, Indexer: indexer, SpoolDir: t.TempDir()})
+	if opts.SpoolDir == "" {
+		opts.SpoolDir = t.TempDir()
+	}
+	l, err := jetstream.Open(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

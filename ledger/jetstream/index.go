@@ -18,22 +18,45 @@ import (
 
 // index is a ledger's local view of the stream, kept by its follower: the channel index,
 // the latest events, and the last transaction end seen. Its methods are safe for
-// concurrent use.
+// concurrent use, but apply and flush are called by the follower alone (flush also by
+// Close once the follower stopped).
+//
+// Without a store the channel index is in memory: keys holds every key's positions. With
+// a store (Options.IndexDir), keys holds only the positions after flushed, the rest are
+// in the store; the follower moves them there every flushEvents messages and when the
+// stream is idle.
 type index struct {
 	indexer  ledger.Indexer
 	maxCache int
+	store    *chanStore // nil: in memory only
+	storeID  storeMeta  // the checkpoint's identity fields (format, indexer, stream)
+	log      *slog.Logger
 
 	mu        sync.RWMutex
 	keys      map[string][]event.Position // key → ascending positions, past the head too
+	flushed   event.Position              // with a store: the positions through it are there
+	pending   int                         // messages applied since the last flush
+	tail      event.Position              // the last pruned position
 	cacheBase event.Position              // cache[i] holds the message at cacheBase+i+1
 	cache     [][]byte
 	head      event.Position // the last message ending a transaction
 	commit    event.LSN      // its transaction's commit LSN
 	end       event.LSN      // and end LSN
 	processed event.Position // the last sequence applied (or the tail)
+	lastID    string         // its Nats-Msg-Id, with a store
+	applied   int64          // messages applied since Open (what Open read of the stream)
 	changed   chan struct{}  // closed and replaced when processed moves
 	scratch   []string
+
+	// The follower's alone.
+	storeFailed bool           // a write of the store failed: the index stays in memory
+	storeTail   event.Position // the store holds no entry at or before it (as far as known)
+	pruneMore   bool           // the last prune left entries at or before the tail
 }
+
+// flushEvents is how many messages the follower applies between two writes of the store
+// (tests lower it).
+var flushEvents = 8192
 
 func newIndex(indexer ledger.Indexer, maxCache int) *index {
 	return &index{indexer: indexer, maxCache: maxCache, keys: map[string][]event.Position{}, changed: make(chan struct{})}
@@ -43,7 +66,20 @@ func newIndex(indexer ledger.Indexer, maxCache int) *index {
 func (x *index) reset(tail event.Position) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.processed, x.head, x.cacheBase = tail, tail, tail
+	x.processed, x.head, x.cacheBase, x.flushed, x.tail, x.lastID = tail, tail, tail, tail, tail, ""
+}
+
+// resume starts the index at the store's checkpoint m, on a stream whose messages through
+// tail were removed (tail <= m.Checkpoint).
+func (x *index) resume(m storeMeta, tail event.Position) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	cp := event.Position(m.Checkpoint)
+	x.processed, x.cacheBase, x.flushed, x.tail, x.lastID = cp, cp, cp, tail, m.LastID
+	x.head, x.commit, x.end = max(event.Position(m.Head), tail), event.LSN(m.Commit), event.LSN(m.End)
+	// The store may hold entries at or before the tail if retention ran while this
+	// ledger was closed: the follower's first flush drops them.
+	x.storeTail = 0
 }
 
 // apply adds the message at seq. It reports whether it ended a transaction.
@@ -84,6 +120,16 @@ func (x *index) apply(log *slog.Logger, seq event.Position, hdr nats.Header, dat
 		return false // a redelivery
 	}
 	x.processed = seq
+	if x.store != nil {
+		x.lastID = hdr.Get(nats.MsgIdHdr)
+	}
+	x.applied++
+	x.pending++
+	if x.store != nil && !x.storeFailed {
+		if err := x.store.add(seq, keys); err != nil {
+			x.failStore(err)
+		}
+	}
 	if seq != x.cacheBase+event.Position(len(x.cache))+1 {
 		clear(x.cache)
 		x.cache, x.cacheBase = x.cache[:0], seq-1
@@ -161,10 +207,13 @@ func (x *index) waitProcessed(ctx, lctx context.Context, seq event.Position) err
 	}
 }
 
-// prune drops the index entries and cached events at or before tail.
+// prune drops the index entries and cached events at or before tail. The store's entries
+// are dropped by the follower (flush); lookups never return them meanwhile, as they
+// ask for positions after the tail.
 func (x *index) prune(tail event.Position) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.tail = max(x.tail, tail)
 	for k, ps := range x.keys {
 		i := sort.Search(len(ps), func(i int) bool { return ps[i] > tail })
 		if i == len(ps) {
@@ -182,14 +231,24 @@ func (x *index) prune(tail event.Position) {
 }
 
 // lookup returns up to limit positions in (after, head] carrying any of keys, ascending.
-func (x *index) lookup(keys []string, after, head event.Position, limit int) []event.Position {
+func (x *index) lookup(keys []string, after, head event.Position, limit int) ([]event.Position, error) {
+	lists := make([][]event.Position, len(keys), 2*len(keys))
 	x.mu.RLock()
-	defer x.mu.RUnlock()
-	lists := make([][]event.Position, len(keys))
 	for i, k := range keys {
-		lists[i] = x.keys[k]
+		lists[i] = x.keys[k] // positions within a list's length never change
 	}
-	return keymerge.Positions(lists, after, head, limit)
+	flushed := x.flushed
+	x.mu.RUnlock()
+	if x.store != nil && after < min(flushed, head) {
+		for _, k := range keys {
+			ps, err := x.store.positions(k, after, min(flushed, head), limit)
+			if err != nil {
+				return nil, err
+			}
+			lists = append(lists, ps)
+		}
+	}
+	return keymerge.Positions(lists, after, head, limit), nil
 }
 
 // cached returns the cached messages at ps, nil where not cached.
@@ -203,4 +262,59 @@ func (x *index) cached(ps []event.Position) [][]byte {
 		}
 	}
 	return out
+}
+
+// failStore logs a failed write of the store and keeps the index in memory from then on.
+// x.mu is held.
+func (x *index) failStore(err error) {
+	x.storeFailed = true
+	x.log.Error("ledger/jetstream: the channel index cannot be written to its directory; it is kept in memory until the next start", "dir", x.store.dir, "err", err)
+}
+
+// flush writes the entries applied since the last flush to the store with their
+// checkpoint, when at least minPending messages were applied (1: whatever was), and then
+// drops the entries the store holds at or before the tail, a chunk at a time. sync makes
+// the write durable.
+func (x *index) flush(minPending int, sync bool) {
+	if x.store == nil || x.storeFailed {
+		return
+	}
+	x.mu.RLock()
+	pending := x.pending
+	m := x.storeID
+	m.Checkpoint, m.Head, m.Commit, m.End, m.LastID = uint64(x.processed), uint64(x.head), uint64(x.commit), uint64(x.end), x.lastID
+	tail := x.tail
+	x.mu.RUnlock()
+	committed := false
+	if pending >= max(minPending, 1) {
+		if err := x.store.commit(m, sync); err != nil {
+			x.mu.Lock()
+			x.failStore(err)
+			x.mu.Unlock()
+			return
+		}
+		x.mu.Lock()
+		x.flushed = event.Position(m.Checkpoint)
+		x.pending = 0
+		clear(x.keys)
+		x.mu.Unlock()
+		committed = true
+	}
+	// Prune with the writes, when idle, and every 64 messages while a long prune goes on.
+	if tail <= x.storeTail || !(committed || minPending <= 1 || (x.pruneMore && pending%64 == 0)) {
+		return
+	}
+	done, err := x.store.prune(tail)
+	if err != nil {
+		x.mu.Lock()
+		x.failStore(err)
+		x.mu.Unlock()
+		return
+	}
+	x.pruneMore = !done
+	if done && x.flushed >= tail {
+		// Entries at or before the tail still in the pending batch would reach the store
+		// after this prune: it runs again after the flush that writes them.
+		x.storeTail = tail
+	}
 }

@@ -1,11 +1,14 @@
 package jetstream
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -61,6 +64,17 @@ type Options struct {
 	DuplicateWindow time.Duration
 	// Indexer gives each event its index keys; nil indexes nothing.
 	Indexer ledger.Indexer
+	// IndexerVersion identifies what Indexer computes: a channel index stored in IndexDir
+	// with another version is rebuilt. Change it whenever Indexer could give an event
+	// other keys (walflow derives it from the tables' channel settings). Default "".
+	IndexerVersion string
+	// IndexDir is the directory of this node's channel index (a Pebble database of its
+	// own), kept across restarts: Open catches it up from its checkpoint instead of
+	// reading the whole stream, and rebuilds it from the stream when it is missing,
+	// unreadable, or does not match the stream (see the package documentation). One
+	// ledger at a time may use a directory: another gets a [ledger.InUseError]. Default
+	// "": the channel index is kept in memory and rebuilt from the stream at every Open.
+	IndexDir string
 	// Logger receives the ledger's warnings; slog.Default() by default.
 	Logger *slog.Logger
 	// SpoolDir is where a transaction larger than SpoolMemory is spooled until CommitTx;
@@ -112,6 +126,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.IndexDir != "" && filepath.Clean(o.IndexDir) == filepath.Clean(cmp.Or(o.SpoolDir, os.TempDir())) {
+		return fmt.Errorf("ledger/jetstream: IndexDir %q is also the spool directory; give the channel index a directory of its own", o.IndexDir)
 	}
 	if o.SpoolMemory <= 0 {
 		o.SpoolMemory = 8 << 20
@@ -233,6 +250,9 @@ func Open(ctx context.Context, opts Options) (*Ledger, error) {
 	if err := l.start(ctx); err != nil {
 		cancel()
 		l.wg.Wait()
+		if l.idx.store != nil {
+			_ = l.idx.store.close()
+		}
 		return nil, err
 	}
 	return l, nil
@@ -255,9 +275,14 @@ func (l *Ledger) start(ctx context.Context) error {
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("ledger/jetstream: read %s/%s: %w", l.opts.StateBucket, stateKey, err)
 	}
-	l.idx.reset(tail)
+	if err := l.openIndex(ctx, info, tail, last); err != nil {
+		return err
+	}
 	l.pub.SetTail(tail)
-	it, err := l.followFrom(ctx, tail+1)
+	l.idx.mu.RLock()
+	from := l.idx.processed + 1
+	l.idx.mu.RUnlock()
+	it, err := l.followFrom(ctx, from)
 	if err != nil {
 		return err
 	}
@@ -278,6 +303,71 @@ func (l *Ledger) start(ctx context.Context) error {
 		return fmt.Errorf("ledger/jetstream: catch up with stream %s to sequence %d: %w", l.opts.Stream, last, err)
 	}
 	l.publishView()
+	return nil
+}
+
+// openIndex opens the channel index: in memory from the tail without Options.IndexDir;
+// otherwise the store in IndexDir, resumed from its checkpoint when it matches the stream,
+// or cleared to be rebuilt from the tail, with the reason logged.
+func (l *Ledger) openIndex(ctx context.Context, info *jetstream.StreamInfo, tail, last event.Position) error {
+	if l.opts.IndexDir == "" {
+		l.idx.reset(tail)
+		return nil
+	}
+	st, err := openStore(l.opts.IndexDir, l.log)
+	if err != nil {
+		return err
+	}
+	id := storeMeta{Format: storeFormat, Indexer: l.opts.IndexerVersion, Stream: l.opts.Stream, Created: info.Created.UnixNano()}
+	l.idx.store, l.idx.storeID, l.idx.log = st, id, l.log
+	m, ok, err := st.meta()
+	reason := ""
+	switch {
+	case err != nil:
+		reason = fmt.Sprintf("its checkpoint is unreadable (%v)", err)
+	case !ok:
+		reason = "the directory holds no index (new, or deleted)"
+	case m.Format != id.Format:
+		reason = fmt.Sprintf("it has format %d, this walflow writes format %d", m.Format, id.Format)
+	case m.Stream != id.Stream:
+		reason = fmt.Sprintf("it was built from stream %s", m.Stream)
+	case m.Created != id.Created:
+		reason = fmt.Sprintf("the stream was deleted and created again (the index's stream was created at %s, this one at %s)",
+			time.Unix(0, m.Created).UTC().Format(time.RFC3339Nano), info.Created.UTC().Format(time.RFC3339Nano))
+	case m.Indexer != id.Indexer:
+		reason = fmt.Sprintf("the indexer changed (the index was built with version %q, this ledger's is %q)", m.Indexer, id.Indexer)
+	case event.Position(m.Checkpoint) > last:
+		reason = fmt.Sprintf("it reaches sequence %d but the stream ends at %d: the stream lost messages since", m.Checkpoint, last)
+	case event.Position(m.Checkpoint) < tail:
+		reason = fmt.Sprintf("it ends at sequence %d but the stream's messages through %d were removed (retention) meanwhile", m.Checkpoint, tail)
+	case m.Head > m.Checkpoint:
+		reason = fmt.Sprintf("its checkpoint is inconsistent (head %d after checkpoint %d)", m.Head, m.Checkpoint)
+	case event.Position(m.Checkpoint) > tail:
+		// The message at the checkpoint is still in the stream: it must be the one indexed.
+		msg, err := l.stream.GetMsg(ctx, m.Checkpoint)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			reason = fmt.Sprintf("the stream has no message at its checkpoint %d", m.Checkpoint)
+		case err != nil:
+			return fmt.Errorf("ledger/jetstream: read the message at sequence %d of stream %s to check the channel index: %w", m.Checkpoint, l.opts.Stream, err)
+		case msg.Header.Get(nats.MsgIdHdr) != m.LastID:
+			reason = fmt.Sprintf("the message at its checkpoint %d has id %q, the index's had %q: the stream was rewritten", m.Checkpoint, msg.Header.Get(nats.MsgIdHdr), m.LastID)
+		}
+	}
+	if reason == "" {
+		l.idx.resume(m, tail)
+		l.log.Info("ledger/jetstream: reusing the channel index; catching up from its checkpoint", "dir", st.dir, "checkpoint", m.Checkpoint, "last", last)
+		return nil
+	}
+	lvl := slog.LevelWarn
+	if !ok && err == nil {
+		lvl = slog.LevelInfo
+	}
+	l.log.Log(ctx, lvl, "ledger/jetstream: rebuilding the channel index from the stream", "dir", st.dir, "reason", reason, "tail", tail, "last", last)
+	if err := st.clear(ctx); err != nil {
+		return err
+	}
+	l.idx.reset(tail)
 	return nil
 }
 
@@ -358,6 +448,7 @@ func (l *Ledger) follow(it jetstream.MessagesContext) {
 	for {
 		msg, err := it.Next(jetstream.NextMaxWait(followCheck))
 		if errors.Is(err, nats.ErrTimeout) && l.ctx.Err() == nil {
+			l.idx.flush(1, false) // the stream is idle: store what was applied
 			if !l.stalled() {
 				stalls = 0
 				continue
@@ -389,6 +480,7 @@ func (l *Ledger) follow(it jetstream.MessagesContext) {
 		if l.idx.apply(l.log, event.Position(md.Sequence.Stream), msg.Headers(), msg.Data()) {
 			l.publishView()
 		}
+		l.idx.flush(flushEvents, false)
 	}
 }
 
@@ -574,5 +666,9 @@ func (l *Ledger) Close() error {
 		l.w.spool.close()
 	}
 	l.wmu.Unlock()
+	if l.idx.store != nil {
+		l.idx.flush(1, true)
+		return l.idx.store.close()
+	}
 	return nil
 }

@@ -62,7 +62,11 @@ func (l *Ledger) ReadKeys(ctx context.Context, keys []string, after event.Positi
 	if limit <= 0 || after >= head || len(keys) == 0 {
 		return nil, nil
 	}
-	return l.events(ctx, after, l.idx.lookup(keys, after, head, limit))
+	ps, err := l.idx.lookup(keys, after, head, limit)
+	if err != nil {
+		return nil, l.closedErr(err)
+	}
+	return l.events(ctx, after, ps)
 }
 
 // events returns the events at positions ps (ascending), from the cache or the stream.

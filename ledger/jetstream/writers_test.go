@@ -3,6 +3,7 @@ package jetstream_test
 import (
 	"context"
 	"errors"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -430,6 +431,7 @@ func TestOptionsErrors(t *testing.T) {
 		{jetstream.Options{Conn: nc, StateBucket: "x y"}, `state bucket name "x y" is invalid`},
 		{jetstream.Options{Conn: nc, Replicas: 7}, "replicas 7 is invalid"},
 		{jetstream.Options{Conn: nc, Stream: newStream(), Replicas: 3}, "with 3 replicas"},
+		{jetstream.Options{Conn: nc, IndexDir: os.TempDir()}, "is also the spool directory"},
 	} {
 		l, err := jetstream.Open(ctx, c.opts)
 		if err == nil {
