@@ -94,17 +94,21 @@ type Status struct {
 	// (catching up, rebuilding, or when not fed). Both count from the runner's creation.
 	Fed      uint64 `json:"fed_events"`
 	ReadBack uint64 `json:"read_back_events"`
+	// Following reports that [Runner.Follow] runs: another process computes the indexer,
+	// and this one follows its checkpoint in the shared store. False while Run computes
+	// it, or neither runs.
+	Following bool `json:"following"`
 }
 
-// Status returns every indexer's progress, in Config.Indexers order. While Run is not
-// running, it reports the stored checkpoints.
+// Status returns every indexer's progress, in Config.Indexers order. While neither Run nor
+// Follow runs, it reports the stored checkpoints.
 func (r *Runner) Status(ctx context.Context) ([]Status, error) {
 	head := r.cfg.Ledger.State().Head
 	out := make([]Status, 0, len(r.workers))
 	for _, w := range r.workers {
 		w.mu.Lock()
 		s := Status{Indexer: w.ix.Name, Phase: w.phase, Checkpoint: w.st.Checkpoint, Since: w.st.Since, Stored: w.loaded,
-			Fed: w.fed.Load(), ReadBack: w.readBack.Load()}
+			Fed: w.fed.Load(), ReadBack: w.readBack.Load(), Following: w.following}
 		w.mu.Unlock()
 		if s.Phase == Stopped {
 			// Not running: the store is the truth (its data may have been deleted).
