@@ -1,6 +1,10 @@
 package walflow
 
-import "time"
+import (
+	"time"
+
+	"github.com/walflow/walflow/index"
+)
 
 // SetRetentionInterval makes Run apply Config.Retention every d (and first after d, when
 // shorter than the usual first delay). Call it before Run.
@@ -8,3 +12,9 @@ func SetRetentionInterval(e *Engine, d time.Duration) { e.retentionEvery = d }
 
 // RetentionRounds returns how many rounds of retention Run has done.
 func RetentionRounds(e *Engine) uint64 { return e.retentionRounds.Load() }
+
+// WrapIndexStore remakes a cluster engine's index runner on wrap of its shared index store.
+// Call it before Run.
+func WrapIndexStore(e *Engine, wrap func(index.SharedStore) index.SharedStore) error {
+	return e.newIndexRunner(wrap(e.clu.idxStore))
+}

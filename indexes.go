@@ -11,18 +11,29 @@ import (
 	"github.com/walflow/walflow/index"
 	indexdisk "github.com/walflow/walflow/index/disk"
 	indexmemory "github.com/walflow/walflow/index/memory"
+	indexpg "github.com/walflow/walflow/index/pg"
 )
 
 // openIndexes opens the index store and the runner of Config.Indexers: in IndexDir beside a
-// disk ledger, in memory beside a memory ledger.
+// disk ledger, in memory beside a memory ledger, and in the database (index/pg, shared by
+// the nodes) in a cluster.
 func (e *Engine) openIndexes(ctx context.Context) error {
 	if len(e.cfg.Indexers) == 0 {
 		return nil
 	}
 	var store index.Store
-	if e.cfg.MemoryLedger {
+	switch {
+	case e.clu != nil:
+		s, err := indexpg.New(indexpg.Config{DB: e.pool})
+		if err != nil {
+			return fmt.Errorf("walflow: indexes: %w", err)
+		}
+		// Instances sharing a database keep their indexes apart by name.
+		e.clu.idxStore = instanceStore{SharedStore: s, prefix: e.cfg.Slot + "/"}
+		store = e.clu.idxStore
+	case e.cfg.MemoryLedger:
 		store = indexmemory.New()
-	} else {
+	default:
 		d, err := indexdisk.Open(ctx, e.cfg.IndexDir, &indexdisk.Options{Logger: e.cfg.Logger})
 		if err != nil {
 			return fmt.Errorf("walflow: indexes: %w", err)
@@ -30,6 +41,11 @@ func (e *Engine) openIndexes(ctx context.Context) error {
 		e.idxStore = d
 		store = d
 	}
+	return e.newIndexRunner(store)
+}
+
+// newIndexRunner makes the runner of Config.Indexers on store.
+func (e *Engine) newIndexRunner(store index.Store) error {
 	// An index's failure stops Run, whose error says it: only a reporter of the user's
 	// hears of it too, not the default one that would log it a second time.
 	r, err := index.New(index.Config{Ledger: e.led, Store: store, Indexers: e.cfg.Indexers, Logger: e.cfg.Logger, Reporter: e.cfg.ErrorReporter})
@@ -84,4 +100,40 @@ func (c indexCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(indexCheckpointDesc, prometheus.GaugeValue, float64(s.Checkpoint), s.Indexer)
 		ch <- prometheus.MustNewConstMetric(indexLagDesc, prometheus.GaugeValue, float64(s.Lag), s.Indexer)
 	}
+}
+
+// instanceStore is the share of a store of several instances that holds one instance's
+// indexes: it prefixes their names.
+type instanceStore struct {
+	index.SharedStore
+	prefix string
+}
+
+func (s instanceStore) State(ctx context.Context, indexer string) (index.State, bool, error) {
+	return s.SharedStore.State(ctx, s.prefix+indexer)
+}
+
+func (s instanceStore) Write(ctx context.Context, batches ...index.Batch) error {
+	bs := make([]index.Batch, len(batches))
+	for i, b := range batches {
+		b.Indexer = s.prefix + b.Indexer
+		bs[i] = b
+	}
+	return s.SharedStore.Write(ctx, bs...)
+}
+
+func (s instanceStore) Positions(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Position, error) {
+	return s.SharedStore.Positions(ctx, s.prefix+indexer, value, after, limit)
+}
+
+func (s instanceStore) Entries(ctx context.Context, indexer string, fn func(index.Entry) error) error {
+	return s.SharedStore.Entries(ctx, s.prefix+indexer, fn)
+}
+
+func (s instanceStore) EntriesSince(ctx context.Context, indexer string, after, through event.Position, fn func(index.Entry) error) error {
+	return s.SharedStore.EntriesSince(ctx, s.prefix+indexer, after, through, fn)
+}
+
+func (s instanceStore) Reset(ctx context.Context, indexer string) error {
+	return s.SharedStore.Reset(ctx, s.prefix+indexer)
 }
