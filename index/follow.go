@@ -167,10 +167,10 @@ func (r *Runner) catchUpStored(ctx context.Context, ss SharedStore, w *worker, c
 	return nil
 }
 
-// resumeShared is Run's start on a shared store once Follow has run: it waits a while for
-// the ledger to reach a checkpoint another process stored, and notifies what was stored since this runner's
-// last checkpoint (its last Follow poll), so that subscriptions go on without a gap.
-func (r *Runner) resumeShared(ctx context.Context, w *worker) error {
+// waitSharedHead is Run's start on a shared store once Follow has run: it waits a while
+// for the ledger to reach a checkpoint another process stored, since this process's view
+// of a shared ledger may lag the writer that stored it.
+func (r *Runner) waitSharedHead(ctx context.Context, w *worker) error {
 	ss, ok := r.cfg.Store.(SharedStore)
 	if !ok || !r.followed.Load() {
 		return nil
@@ -180,22 +180,30 @@ func (r *Runner) resumeShared(ctx context.Context, w *worker) error {
 	if err != nil {
 		return fmt.Errorf("index: %s: load checkpoint: %w", name, err)
 	}
-	if !ok {
+	if !ok || st.Checkpoint <= r.cfg.Ledger.State().Head {
 		return nil
 	}
-	if st.Checkpoint > r.cfg.Ledger.State().Head {
-		// This process's view of a shared ledger may lag the writer that stored st.
-		wctx, cancel := context.WithTimeout(ctx, followHeadWait)
-		for err == nil && st.Checkpoint > r.cfg.Ledger.State().Head {
-			err = r.cfg.Ledger.Wait(wctx, r.cfg.Ledger.State().Head)
-		}
-		cancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("index: %s: wait for the ledger to reach the stored checkpoint %d: %w", name, st.Checkpoint, err)
-		}
+	wctx, cancel := context.WithTimeout(ctx, followHeadWait)
+	defer cancel()
+	for err == nil && st.Checkpoint > r.cfg.Ledger.State().Head {
+		err = r.cfg.Ledger.Wait(wctx, r.cfg.Ledger.State().Head)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("index: %s: wait for the ledger to reach the stored checkpoint %d: %w", name, st.Checkpoint, err)
+	}
+	return nil
+}
+
+// notifyStored notifies, when Run starts on a shared store from st, what another process
+// stored since this runner's checkpoint (its last Follow poll, or what its previous Run
+// stored), so that subscriptions go on without a gap.
+func (r *Runner) notifyStored(ctx context.Context, w *worker, st State) error {
+	ss, ok := r.cfg.Store.(SharedStore)
+	if !ok {
+		return nil
 	}
 	w.mu.Lock()
 	cur, loaded := w.st, w.loaded

@@ -230,11 +230,14 @@ func (r *Runner) Run(ctx context.Context) error {
 func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 	name := w.ix.Name
 	log := r.log.With(slog.String("indexer", name))
-	if err := r.resumeShared(ctx, w); err != nil {
+	if err := r.waitSharedHead(ctx, w); err != nil {
 		return err
 	}
 	st, err := r.start(ctx, w, log)
 	if err != nil {
+		return err
+	}
+	if err := r.notifyStored(ctx, w, st); err != nil {
 		return err
 	}
 	w.set(func(w *worker) { w.st, w.loaded, w.phase = st, true, CatchingUp })
