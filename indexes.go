@@ -2,6 +2,7 @@ package walflow
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -12,6 +13,7 @@ import (
 	indexdisk "github.com/walflow/walflow/index/disk"
 	indexmemory "github.com/walflow/walflow/index/memory"
 	indexpg "github.com/walflow/walflow/index/pg"
+	"github.com/walflow/walflow/retry"
 )
 
 // openIndexes opens the index store and the runner of Config.Indexers: in IndexDir beside a
@@ -48,7 +50,11 @@ func (e *Engine) openIndexes(ctx context.Context) error {
 func (e *Engine) newIndexRunner(store index.Store) error {
 	// An index's failure stops Run, whose error says it: only a reporter of the user's
 	// hears of it too, not the default one that would log it a second time.
-	r, err := index.New(index.Config{Ledger: e.led, Store: store, Indexers: e.cfg.Indexers, Logger: e.cfg.Logger, Reporter: e.cfg.ErrorReporter})
+	rep := e.cfg.ErrorReporter
+	if rep != nil && e.clu != nil {
+		rep = unfencedReporter{rep}
+	}
+	r, err := index.New(index.Config{Ledger: e.led, Store: store, Indexers: e.cfg.Indexers, Logger: e.cfg.Logger, Reporter: rep})
 	if err != nil {
 		return fmt.Errorf("walflow: indexes: %w", err)
 	}
@@ -136,4 +142,16 @@ func (s instanceStore) EntriesSince(ctx context.Context, indexer string, after, 
 
 func (s instanceStore) Reset(ctx context.Context, indexer string) error {
 	return s.SharedStore.Reset(ctx, s.prefix+indexer)
+}
+
+// unfencedReporter reports the halts of indexes except those of a node that the shared
+// store fenced off: in a cluster, that is another node taking over, and the fenced node
+// follows it.
+type unfencedReporter struct{ retry.Reporter }
+
+func (r unfencedReporter) Halted(ctx context.Context, c retry.Consumer, e *event.Event, err error) {
+	if errors.Is(err, indexpg.ErrFenced) {
+		return
+	}
+	r.Reporter.Halted(ctx, c, e, err)
 }
