@@ -23,9 +23,10 @@ const followHeadWait = 10 * time.Second
 // while Run or Follow runs.
 //
 // Every Config.FollowInterval, Follow reads each indexer's stored state and moves the
-// runner's checkpoints to it, so that [Runner.Wait], [Runner.Checkpoint] and
+// runner's checkpoints to it, but not past its ledger's head (in a shared ledger, this
+// process's view may lag the writer's), so that [Runner.Wait], [Runner.Checkpoint] and
 // [Runner.Status] (which reports Following) tell what the writer stored; [Runner.Read] and
-// [Runner.Positions] read the shared store at any time. Subscribers receive the
+// [Runner.Positions] read the shared store, up to that checkpoint. Subscribers receive the
 // notifications of the positions the writer stored since the last poll, read back with
 // EntriesSince: in position order, as from Run, but with each event's values in bytewise
 // order rather than in the order the indexer's Func gave them. With SubscribeOpts.Empty,
@@ -100,6 +101,11 @@ func (r *Runner) followOnce(ctx context.Context, ss SharedStore, w *worker) erro
 		// The writer has not started the indexer yet, or is rebuilding it.
 		w.set(func(w *worker) { w.st, w.loaded, w.phase = State{}, false, CatchingUp })
 		return nil
+	}
+	if head := r.cfg.Ledger.State().Head; st.Checkpoint > head {
+		// This process's view of a shared ledger lags the writer: a follower passes no
+		// event its ledger cannot read yet, so that Read finds every event it indexes.
+		st.Checkpoint = max(head, st.Since)
 	}
 	w.mu.Lock()
 	cur, loaded := w.st, w.loaded

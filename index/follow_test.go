@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/walflow/walflow/index"
 	indexmem "github.com/walflow/walflow/index/memory"
 	"github.com/walflow/walflow/ledger"
+	ledgermem "github.com/walflow/walflow/ledger/memory"
 )
 
 // role runs Run or Follow on a runner until stopped.
@@ -283,4 +285,76 @@ func TestFollowRebuild(t *testing.T) {
 	}
 	ro.stop(t)
 	fo.stop(t)
+}
+
+// lagging is a view of a ledger that ends at a head the test sets, as a node's view of a
+// shared ledger lags the writer's.
+type lagging struct {
+	*ledgermem.Ledger
+	head atomic.Uint64
+}
+
+func (l *lagging) State() ledger.State {
+	st := l.Ledger.State()
+	st.Head = min(st.Head, event.Position(l.head.Load()))
+	return st
+}
+
+func (l *lagging) Read(ctx context.Context, after event.Position, limit int) ([]event.Event, error) {
+	evs, err := l.Ledger.Read(ctx, after, limit)
+	for len(evs) > 0 && evs[len(evs)-1].Position > event.Position(l.head.Load()) {
+		evs = evs[:len(evs)-1]
+	}
+	return evs, err
+}
+
+// TestFollowLaggingLedger: a follower whose ledger lags the writer's passes no event its
+// ledger does not hold yet, so that its reads find every event they list.
+func TestFollowLaggingLedger(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	led := newLedger(t)
+	store := indexmem.New()
+	want := map[event.Position][]string{}
+	taggedPosts(t, led, 0, 40, want)
+	w, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{tags}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lag := &lagging{Ledger: led}
+	lag.head.Store(20)
+	f, err := index.New(index.Config{Ledger: lag, Store: store, Indexers: []index.Indexer{tags}, FollowInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer start(w, false).stop(t)
+	if err := w.Wait(ctx, "tags", 40); err != nil {
+		t.Fatal(err)
+	}
+	defer start(f, true).stop(t)
+	if err := f.Wait(ctx, "tags", 20); err != nil {
+		t.Fatal(err)
+	}
+	read := func(upTo event.Position) {
+		t.Helper()
+		var wantW0 []event.Position
+		for p := event.Position(1); p <= upTo; p++ {
+			if slices.Contains(want[p], "w0") {
+				wantW0 = append(wantW0, p)
+			}
+		}
+		evs, err := f.Read(ctx, "tags", "w0", 0, 100)
+		if err != nil || !slices.Equal(positionsOf(evs), wantW0) {
+			t.Fatalf("follower's Read(tags, w0) = %v, %v; want %v", positionsOf(evs), err, wantW0)
+		}
+	}
+	read(20)
+	if cp, _ := f.Checkpoint("tags"); cp != 20 {
+		t.Fatalf("follower's checkpoint %d; want its ledger's head 20", cp)
+	}
+	lag.head.Store(40)
+	if err := f.Wait(ctx, "tags", 40); err != nil {
+		t.Fatal(err)
+	}
+	read(40)
 }

@@ -18,9 +18,11 @@ const (
 // Positions returns up to limit positions after after of the events the indexer gave
 // value, in order. It fails with a [*ledger.TruncatedError] when after is before the
 // ledger's tail, as a ledger read does. While the indexer rebuilds, the index is partial:
-// [Runner.Status] tells how far it is.
+// [Runner.Status] tells how far it is. While [Runner.Follow] runs, it returns no position
+// past the indexer's checkpoint.
 func (r *Runner) Positions(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Position, error) {
-	if _, err := r.worker(indexer); err != nil {
+	w, err := r.worker(indexer)
+	if err != nil {
 		return nil, err
 	}
 	if tail := r.cfg.Ledger.State().Tail; after < tail {
@@ -32,6 +34,15 @@ func (r *Runner) Positions(ctx context.Context, indexer, value string, after eve
 	ps, err := r.cfg.Store.Positions(ctx, indexer, value, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("index: read %s %q: %w", indexer, value, err)
+	}
+	w.mu.Lock()
+	following, cp := w.following, w.st.Checkpoint
+	w.mu.Unlock()
+	if following {
+		// The writer may have stored positions past what this process's ledger holds.
+		for len(ps) > 0 && ps[len(ps)-1] > cp {
+			ps = ps[:len(ps)-1]
+		}
 	}
 	return ps, nil
 }
