@@ -121,8 +121,10 @@ func (r *Runner) followOnce(ctx context.Context, ss SharedStore, w *worker) erro
 	if st.Checkpoint > cur.Checkpoint {
 		// Retention removed events the writer had not indexed: nothing to notify up to
 		// Since.
-		cur.Checkpoint, cur.Since = st.Since, st.Since
-		return r.catchUpStored(ctx, ss, w, cur, st)
+		jump := st
+		jump.Checkpoint = st.Since
+		w.set(func(w *worker) { w.st, w.phase = jump, r.phaseAt(jump.Checkpoint) })
+		return r.catchUpStored(ctx, ss, w, jump, st)
 	}
 	w.set(func(w *worker) { w.st, w.phase = st, r.phaseAt(st.Checkpoint) })
 	return nil

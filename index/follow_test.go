@@ -358,3 +358,58 @@ func TestFollowLaggingLedger(t *testing.T) {
 	}
 	read(40)
 }
+
+// TestFollowRetentionJump: when retention removed events the writer had not indexed, the
+// follower's checkpoint jumps with the writer's, and its subscribers hear only of the
+// events indexed after the jump.
+func TestFollowRetentionJump(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	led, store := newLedger(t), indexmem.New()
+	want := map[event.Position][]string{}
+	taggedPosts(t, led, 0, 10, want)
+	newRunner := func() *index.Runner {
+		r, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{tags}, FollowInterval: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	w, f := newRunner(), newRunner()
+	ro := start(w, false)
+	if err := w.Wait(ctx, "tags", 10); err != nil {
+		t.Fatal(err)
+	}
+	ro.stop(t)
+	defer start(f, true).stop(t)
+	if err := f.Wait(ctx, "tags", 10); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := f.Subscribe(ctx, nil, &index.SubscribeOpts{Empty: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Retention removes 11 to 25 before the writer runs again.
+	taggedPosts(t, led, 10, 15, want)
+	if err := led.Truncate(ctx, 25); err != nil {
+		t.Fatal(err)
+	}
+	defer start(w, false).stop(t)
+	if err := f.Wait(ctx, "tags", 25); err != nil {
+		t.Fatal(err)
+	}
+	if sts, err := f.Status(ctx); err != nil || sts[0].Since != 25 {
+		t.Fatalf("follower's Status = %+v, %v; want since 25", sts, err)
+	}
+	taggedPosts(t, led, 25, 5, want)
+	for p := event.Position(26); p <= 30; p++ {
+		select {
+		case n := <-sub.Notifications():
+			if got := slices.Sorted(slices.Values(n.Values)); n.Position != p || !slices.Equal(got, want[p]) {
+				t.Fatalf("notification %+v; want position %d with %v", n, p, want[p])
+			}
+		case <-ctx.Done():
+			t.Fatalf("no notification for %d", p)
+		}
+	}
+}
