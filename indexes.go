@@ -63,7 +63,9 @@ func (e *Engine) newIndexRunner(store index.Store) error {
 }
 
 // Indexes returns the runner of Config.Indexers (Read, Subscribe, Wait, Status), or nil when
-// none is configured.
+// none is configured. In a cluster it answers on every node: one node computes the indexes
+// into the store the nodes share, and the others follow it (index.Runner.Follow; Status
+// reports Following).
 func (e *Engine) Indexes() *index.Runner { return e.idx }
 
 // indexesCheckpoint is the lowest checkpoint of the indexes, which retention does not pass:
