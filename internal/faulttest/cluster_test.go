@@ -26,6 +26,7 @@ import (
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/ledger/jetstream"
 )
@@ -102,6 +103,8 @@ operators:
     entities: [items]
     id: {items: grp}
     query: %q
+indexes:
+  by_grp: {field: grp}
 realtime:
   allow_anonymous: true
   anonymous_channels: [items]
@@ -175,7 +178,11 @@ cluster:
 		killed := time.Now()
 		next := waitClusterLeader(t, nodes, leader, 2*time.Minute)
 		takeovers = append(takeovers, time.Since(killed))
-		t.Logf("kill %d: %s killed, %s leads after %s (writer at %d transactions)", k+1, leader.name, next.name, takeovers[len(takeovers)-1].Round(time.Millisecond), w.count())
+		indexesOn := "?"
+		if st, err := next.status(ctx); err == nil && st.Cluster != nil && len(st.Cluster.Indexes) > 0 {
+			indexesOn = st.Cluster.Indexes[0].Node // as of the nodes' last heartbeats
+		}
+		t.Logf("kill %d: %s killed, %s leads after %s (writer at %d transactions; the index runs on %s)", k+1, leader.name, next.name, takeovers[len(takeovers)-1].Round(time.Millisecond), w.count(), indexesOn)
 		leader.start(t, bin)
 		if k == natsAt {
 			s := lc.Servers()[rand.IntN(3)]
@@ -211,7 +218,7 @@ cluster:
 	}
 
 	// The stream: every committed change once, in commit order.
-	got := readStream(t, lc.URLs())
+	got, entries := readStream(t, lc.URLs())
 	if len(got) != len(want) {
 		t.Errorf("the stream holds %d events, the writer committed %d changes", len(got), len(want))
 	}
@@ -230,6 +237,39 @@ cluster:
 			(SELECT grp, sum(val), count(*) FROM items GROUP BY grp EXCEPT SELECT grp, total, n FROM sums)) d`).Scan(&diff)
 		return diff == 0, fmt.Sprintf("%d rows differ", diff), err
 	})
+
+	// The custom index, computed by one node at a time into the shared store and moved
+	// at each death of its holder, equals its recomputation from the stream: every
+	// event's value once.
+	for _, n := range nodes {
+		poll(t, 2*time.Minute, n.name+"'s index to reach the head", func() (bool, string, error) {
+			st, err := n.status(ctx)
+			if err != nil || len(st.Indexes) != 1 {
+				return false, fmt.Sprintf("status: %v, %d indexes", err, len(st.Indexes)), nil
+			}
+			return st.Indexes[0].Checkpoint >= event.Position(len(want)), fmt.Sprintf("checkpoint %d of %d", st.Indexes[0].Checkpoint, len(want)), nil
+		})
+	}
+	var stored []string
+	rows, err := conn.Query(ctx, `SELECT convert_from(value, 'UTF8'), position FROM walflow.index_entries WHERE indexer = $1 ORDER BY position, value`, slot+"/by_grp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var v string
+		var p int64
+		if err := rows.Scan(&v, &p); err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, fmt.Sprintf("%s@%d", v, p))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(stored, entries) {
+		t.Fatalf("the index holds %d entries, its recomputation from the stream %d; first difference at %d",
+			len(stored), len(entries), firstDiff(stored, entries))
+	}
 
 	// Every realtime client got every event once, in order, across node deaths.
 	for i, c := range clients {
@@ -250,6 +290,16 @@ cluster:
 	}
 	slices.Sort(takeovers)
 	t.Logf("takeover after SIGKILL: median %s, max %s, over %d kills", takeovers[len(takeovers)/2].Round(time.Millisecond), takeovers[len(takeovers)-1].Round(time.Millisecond), len(takeovers))
+}
+
+// firstDiff is the first index at which a and b differ.
+func firstDiff(a, b []string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }
 
 // logTail logs the last lines of a child's log file.
@@ -433,8 +483,9 @@ func (w *clusterWriter) log() [][]string {
 	return slices.Clone(w.txs)
 }
 
-// readStream reads the whole ledger stream, as "<type> <id>".
-func readStream(t *testing.T, urls []string) []string {
+// readStream reads the whole ledger stream, as "<type> <id>", and the entries of the
+// by_grp index recomputed from it, as "<value>@<position>" in position order.
+func readStream(t *testing.T, urls []string) (changes, entries []string) {
 	t.Helper()
 	ctx := t.Context()
 	nc, err := nats.Connect(strings.Join(urls, ","))
@@ -447,22 +498,27 @@ func readStream(t *testing.T, urls []string) []string {
 		t.Fatal(err)
 	}
 	defer led.Close()
-	var out []string
 	var after event.Position
+	byGrp := index.Field("by_grp", "grp")
 	for {
 		evs, err := led.Read(ctx, after, 1000)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(evs) == 0 {
-			return out
+			return changes, entries
 		}
 		for _, e := range evs {
 			if e.Position != after+1 {
 				t.Fatalf("stream position %d after %d", e.Position, after)
 			}
 			after = e.Position
-			out = append(out, changeOf(t, &e))
+			changes = append(changes, changeOf(t, &e))
+			vs := byGrp.Func(&e, nil)
+			slices.Sort(vs)
+			for _, v := range vs {
+				entries = append(entries, fmt.Sprintf("%s@%d", v, e.Position))
+			}
 		}
 	}
 }
