@@ -3,8 +3,8 @@
 //
 // # Tables
 //
-// Two tables and a sequence of a schema (walflow by default) hold the indexes;
-// [Store.Migrate], or the first call that needs them, creates them when missing:
+// Two tables and a sequence of a schema (walflow by default) hold the indexes; [Open]
+// creates them when missing:
 //
 //	walflow.index_state      (indexer text PRIMARY KEY, stored boolean, checkpoint bigint, since bigint,
 //	                          version text, generation bigint, updated_at timestamptz)
@@ -21,7 +21,7 @@
 // [Store.Positions] and [Store.Entries], the second index [Store.EntriesSince].
 //
 // A role that may not create tables can use tables created beforehand by one that may
-// (running [Store.Migrate] once is enough): the store creates nothing when all three
+// ([Open] once with it is enough): the store creates nothing when all three
 // exist, and needs SELECT, INSERT, UPDATE and DELETE on the tables and USAGE on the
 // sequence.
 //
@@ -45,4 +45,10 @@
 // outcome is unknown (the connection broke during commit) leaves the Store on the older
 // generation: if it committed after all, the next write is fenced, and the runner starts
 // over from the stored state.
+//
+// # Safe to delete
+//
+// Deleting an indexer's rows, or every row of both tables, is safe: the runner finds no
+// state and rebuilds the indexer from the ledger. A Store that was writing it meanwhile is
+// fenced, since the generation it saw is gone, and reads the state again.
 package pg

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -17,7 +18,7 @@ import (
 	"github.com/walflow/walflow/internal/pgschema"
 )
 
-// SchemaDefault is the default [Config].Schema.
+// SchemaDefault is the default [Options].Schema.
 const SchemaDefault = "walflow"
 
 // ErrFenced is the error of a [Store.Write] or [Store.Reset] of an indexer that another
@@ -35,46 +36,27 @@ type DB interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// Config configures a [Store]. DB is required.
-type Config struct {
-	// DB is the database the indexes are kept in, usually a *pgxpool.Pool. Required.
-	DB DB
+// Options configures a [Store]; nil means the defaults.
+type Options struct {
 	// Schema is the schema of the tables, created when missing. Default "walflow".
 	Schema string
 }
 
-func (c Config) withDefaults() Config {
-	c.Schema = cmp.Or(c.Schema, SchemaDefault)
-	return c
-}
-
-func (c Config) validate() error {
-	if c.DB == nil {
-		return errors.New("index/pg: Config.DB is nil; pass a *pgxpool.Pool")
-	}
-	if !pgschema.ValidIdent(c.Schema) {
-		return fmt.Errorf("index/pg: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
-	}
-	return nil
-}
-
-// Store is an [index.Store] in PostgreSQL. Create it with [New]; it is safe for concurrent
+// Store is an [index.Store] in PostgreSQL. Create it with [Open]; it is safe for concurrent
 // use. Each Store fences its writes of an indexer on the generation it last saw: see the
 // package doc.
 type Store struct {
-	cfg     Config
+	db      DB
+	schema  string
 	state   string // quoted schema.index_state
 	entries string // quoted schema.index_entries
 	seq     string // quoted schema.index_generation
 
-	// sql holds the statements, built once.
+	// The statements, built once by buildSQL.
 	sqlState, sqlPositions, sqlEntries, sqlEntriesSince string
 	sqlWriteAny, sqlWriteFrom, sqlWriteNew              string
 	sqlResetAny, sqlResetFrom, sqlResetNew              string
 	sqlDelete                                           string
-
-	migMu    sync.Mutex
-	migrated bool
 
 	// mu guards seen.
 	mu   sync.Mutex
@@ -93,21 +75,33 @@ type seenGen struct {
 
 var _ index.Store = (*Store)(nil)
 
-// New validates cfg and returns a store. It does no I/O: the tables are created by the first
-// call that needs them, or by [Store.Migrate].
-func New(cfg Config) (*Store, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
-		return nil, err
+// Open returns a store on db, usually a *pgxpool.Pool, after creating the schema, the
+// tables and the sequence when any of them is missing (see the package doc). opts may be
+// nil. It fails when they are missing and the role may not create them.
+func Open(ctx context.Context, db DB, opts *Options) (*Store, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	o.Schema = cmp.Or(o.Schema, SchemaDefault)
+	if db == nil {
+		return nil, errors.New("index/pg: Open: db is nil; pass a *pgxpool.Pool")
+	}
+	if !pgschema.ValidIdent(o.Schema) {
+		return nil, fmt.Errorf("index/pg: Options.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", o.Schema)
 	}
 	s := &Store{
-		cfg:     cfg,
-		state:   pgx.Identifier{cfg.Schema, "index_state"}.Sanitize(),
-		entries: pgx.Identifier{cfg.Schema, "index_entries"}.Sanitize(),
-		seq:     pgx.Identifier{cfg.Schema, "index_generation"}.Sanitize(),
+		db:      db,
+		schema:  o.Schema,
+		state:   pgx.Identifier{o.Schema, "index_state"}.Sanitize(),
+		entries: pgx.Identifier{o.Schema, "index_entries"}.Sanitize(),
+		seq:     pgx.Identifier{o.Schema, "index_generation"}.Sanitize(),
 		seen:    map[string]*seenGen{},
 	}
 	s.buildSQL()
+	if err := s.migrate(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -155,28 +149,20 @@ SELECT generation FROM u`
 	s.sqlDelete = `DELETE FROM ` + s.entries + ` WHERE indexer = $1`
 }
 
-// Migrate creates the schema, the tables and the sequence when any of them is missing.
-// Other methods call it the first time they touch the database. It fails when they are
-// missing and the role may not create them.
-func (s *Store) Migrate(ctx context.Context) error {
-	s.migMu.Lock()
-	defer s.migMu.Unlock()
-	if s.migrated {
-		return nil
-	}
+// migrate creates the schema, the tables and the sequence when any of them is missing.
+func (s *Store) migrate(ctx context.Context) error {
 	// A role that may not create tables uses those created beforehand.
 	var exist bool
-	err := s.cfg.DB.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
+	err := s.db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
 		s.state, s.entries, s.seq).Scan(&exist)
 	if err != nil {
-		return fmt.Errorf("index/pg: look for the index tables in schema %s: %w", s.cfg.Schema, err)
+		return fmt.Errorf("index/pg: look for the index tables in schema %s: %w", s.schema, err)
 	}
 	if exist {
-		s.migrated = true
 		return nil
 	}
-	schema := pgx.Identifier{s.cfg.Schema}.Sanitize()
-	err = pgschema.Create(ctx, s.cfg.DB, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
+	schema := pgx.Identifier{s.schema}.Sanitize()
+	err = pgschema.Create(ctx, s.db, `CREATE SCHEMA IF NOT EXISTS `+schema+`;
 CREATE SEQUENCE IF NOT EXISTS `+s.seq+`;
 CREATE TABLE IF NOT EXISTS `+s.state+` (
 	indexer text PRIMARY KEY,
@@ -196,21 +182,17 @@ CREATE TABLE IF NOT EXISTS `+s.entries+` (
 CREATE INDEX IF NOT EXISTS index_entries_position ON `+s.entries+` (indexer, position, value)`)
 	if err != nil {
 		hint := ""
-		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "42501" {
-			hint = "; the role may not create them: create them once as a role that may (run Migrate with it), or grant this role CREATE on the database"
+		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
+			hint = "; the role may not create them: create them once as a role that may (Open with it), or grant this role CREATE on the database"
 		}
-		return fmt.Errorf("index/pg: create the index tables in schema %s: %w%s", s.cfg.Schema, err, hint)
+		return fmt.Errorf("index/pg: create the index tables in schema %s: %w%s", s.schema, err, hint)
 	}
-	s.migrated = true
 	return nil
 }
 
-// begin starts a call: it checks ctx and creates the tables when needed.
+// begin starts a call: it checks ctx.
 func (s *Store) begin(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.Migrate(ctx)
+	return ctx.Err()
 }
 
 func position(p event.Position) (int64, error) {
@@ -245,7 +227,7 @@ func (s *Store) State(ctx context.Context, indexer string) (index.State, bool, e
 		cp, since, gen int64
 		st             index.State
 	)
-	err := s.cfg.DB.QueryRow(ctx, s.sqlState, indexer).Scan(&stored, &cp, &since, &st.Version, &gen)
+	err := s.db.QueryRow(ctx, s.sqlState, indexer).Scan(&stored, &cp, &since, &st.Version, &gen)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		stored, gen = false, 0
@@ -356,7 +338,7 @@ func (s *Store) Write(ctx context.Context, batches ...index.Batch) error {
 			return fmt.Errorf("index/pg: write %q: %w", b.Indexer, err)
 		}
 		var next int64
-		if err := s.cfg.DB.QueryRow(ctx, sql, args...).Scan(&next); err != nil {
+		if err := s.db.QueryRow(ctx, sql, args...).Scan(&next); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
 				return fmt.Errorf("index/pg: write %q: %w", b.Indexer, ErrFenced)
 			}
@@ -376,7 +358,7 @@ func (s *Store) Write(ctx context.Context, batches ...index.Batch) error {
 			gens[name], known[name] = s.seenOf(name)
 		}
 	}
-	err := pgx.BeginFunc(ctx, s.cfg.DB, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		for i := range batches {
 			b := &batches[i]
 			sql, args, err := s.writeArgs(b, gens[b.Indexer], known[b.Indexer])
@@ -415,7 +397,7 @@ func (s *Store) Positions(ctx context.Context, indexer, value string, after even
 	if err != nil {
 		return nil, nil // no position is after it
 	}
-	rows, err := s.cfg.DB.Query(ctx, s.sqlPositions, indexer, []byte(value), a, int64(limit))
+	rows, err := s.db.Query(ctx, s.sqlPositions, indexer, []byte(value), a, int64(limit))
 	if err != nil {
 		return nil, fmt.Errorf("index/pg: read positions of %q: %w", indexer, err)
 	}
@@ -467,7 +449,7 @@ type fnError struct{ err error }
 func (e fnError) Error() string { return e.err.Error() }
 
 func (s *Store) scan(ctx context.Context, what string, fn func(index.Entry) error, sql string, args ...any) error {
-	rows, err := s.cfg.DB.Query(ctx, sql, args...)
+	rows, err := s.db.Query(ctx, sql, args...)
 	if err != nil {
 		return fmt.Errorf("index/pg: %s: %w", what, err)
 	}
@@ -504,7 +486,7 @@ func (s *Store) Reset(ctx context.Context, indexer string) error {
 	}
 	gen, known := s.seenOf(indexer)
 	var next int64
-	err := pgx.BeginFunc(ctx, s.cfg.DB, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		// The state's row first: its lock makes writes of the indexer wait, and once it
 		// is held the delete sees every entry committed before.
 		var err error

@@ -39,11 +39,11 @@ func pool(t testing.TB, dsn string) *pgxpool.Pool {
 	return p
 }
 
-func newStore(t testing.TB, cfg pg.Config) *pg.Store {
+func open(t testing.TB, db pg.DB, opts *pg.Options) *pg.Store {
 	t.Helper()
-	s, err := pg.New(cfg)
+	s, err := pg.Open(context.Background(), db, opts)
 	if err != nil {
-		t.Fatalf("pg.New: %v", err)
+		t.Fatalf("pg.Open: %v", err)
 	}
 	return s
 }
@@ -67,14 +67,14 @@ func state(t *testing.T, s *pg.Store, indexer string) (index.State, bool) {
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	indextest.Run(t, func(t *testing.T) index.Store {
-		return newStore(t, pg.Config{DB: pool(t, pgtest.NewDatabase(t))})
+		return open(t, pool(t, pgtest.NewDatabase(t)), nil)
 	})
 }
 
 // TestValues: values are stored as their bytes, invalid UTF-8 included, and sort bytewise.
 func TestValues(t *testing.T) {
 	t.Parallel()
-	s := newStore(t, pg.Config{DB: pool(t, pgtest.NewDatabase(t))})
+	s := open(t, pool(t, pgtest.NewDatabase(t)), nil)
 	vals := []string{"\xff\xfe", "é", "Z", "a", "a\x01", "", "ab"}
 	var es []index.Entry
 	for i, v := range vals {
@@ -101,7 +101,7 @@ func TestValues(t *testing.T) {
 
 func TestEntriesSince(t *testing.T) {
 	t.Parallel()
-	s := newStore(t, pg.Config{DB: pool(t, pgtest.NewDatabase(t))})
+	s := open(t, pool(t, pgtest.NewDatabase(t)), nil)
 	write(t, s,
 		index.Batch{Indexer: "users", State: index.State{Checkpoint: 9}, Entries: []index.Entry{
 			{Value: "8", Position: 3}, {Value: "7", Position: 3}, {Value: "7", Position: 5},
@@ -153,8 +153,8 @@ func TestFence(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn := pgtest.NewDatabase(t)
-	a := newStore(t, pg.Config{DB: pool(t, dsn)})
-	b := newStore(t, pg.Config{DB: pool(t, dsn)})
+	a := open(t, pool(t, dsn), nil)
+	b := open(t, pool(t, dsn), nil)
 	old := index.State{Checkpoint: 5, Version: "1"}
 	write(t, a, index.Batch{Indexer: "users", State: old, Entries: []index.Entry{{Value: "7", Position: 5}}})
 
@@ -212,8 +212,8 @@ func TestFenceReset(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn := pgtest.NewDatabase(t)
-	a := newStore(t, pg.Config{DB: pool(t, dsn)})
-	b := newStore(t, pg.Config{DB: pool(t, dsn)})
+	a := open(t, pool(t, dsn), nil)
+	b := open(t, pool(t, dsn), nil)
 	st := index.State{Checkpoint: 3, Version: "1"}
 	write(t, a, index.Batch{Indexer: "users", State: st, Entries: []index.Entry{{Value: "7", Position: 3}}})
 	state(t, b, "users")
@@ -257,7 +257,7 @@ func TestFenceConcurrent(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn := pgtest.NewDatabase(t)
-	stores := []*pg.Store{newStore(t, pg.Config{DB: pool(t, dsn)}), newStore(t, pg.Config{DB: pool(t, dsn)})}
+	stores := []*pg.Store{open(t, pool(t, dsn), nil), open(t, pool(t, dsn), nil)}
 	write(t, stores[0], index.Batch{Indexer: "users", State: index.State{Checkpoint: 1}})
 	for round := range 20 {
 		for _, s := range stores {
@@ -296,7 +296,7 @@ func TestFenceConcurrent(t *testing.T) {
 func TestStateDuringWrite(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	s := newStore(t, pg.Config{DB: pool(t, pgtest.NewDatabase(t))})
+	s := open(t, pool(t, pgtest.NewDatabase(t)), nil)
 	write(t, s, index.Batch{Indexer: "users", State: index.State{Checkpoint: 1}})
 	pg.AfterStateRead(s, func() {
 		// The Write commits after State read checkpoint 1, before State records it.
@@ -317,7 +317,7 @@ func TestTables(t *testing.T) {
 		t.Run("schema="+schema, func(t *testing.T) {
 			t.Parallel()
 			db := pool(t, pgtest.NewDatabase(t))
-			s := newStore(t, pg.Config{DB: db, Schema: schema})
+			s := open(t, db, &pg.Options{Schema: schema})
 			write(t, s, index.Batch{Indexer: "users", State: index.State{Checkpoint: 1}})
 			want := cmpOr(schema, pg.SchemaDefault)
 			const wantCols = "index_entries.indexer text; index_entries.value bytea; index_entries.position bigint; " +
@@ -327,10 +327,7 @@ func TestTables(t *testing.T) {
 				t.Errorf("columns in schema %s:\n got %s\nwant %s", want, got, wantCols)
 			}
 			// A second store on the same tables finds them and the data.
-			s2 := newStore(t, pg.Config{DB: db, Schema: schema})
-			if err := s2.Migrate(t.Context()); err != nil {
-				t.Errorf("Migrate on existing tables: %v", err)
-			}
+			s2 := open(t, db, &pg.Options{Schema: schema})
 			if st, ok := state(t, s2, "users"); !ok || st.Checkpoint != 1 {
 				t.Errorf("State on a second store: %+v, %v", st, ok)
 			}
@@ -359,40 +356,39 @@ func TestRoleCannotCreate(t *testing.T) {
 	t.Cleanup(func() {
 		_, _ = admin.Exec(context.Background(), "DROP OWNED BY "+role+"; DROP ROLE "+role)
 	})
-	restricted := newStore(t, pg.Config{DB: pool(t, strings.Replace(dsn, "postgres@", role+"@", 1))})
-	err := restricted.Write(ctx, index.Batch{Indexer: "users", State: index.State{Checkpoint: 1}})
+	restrictedDB := pool(t, strings.Replace(dsn, "postgres@", role+"@", 1))
+	_, err := pg.Open(ctx, restrictedDB, nil)
 	if err == nil || !strings.Contains(err.Error(), "may not create them") {
-		t.Fatalf("Write as a role without CREATE: %v; want an error saying it may not create the tables", err)
+		t.Fatalf("Open as a role without CREATE: %v; want an error saying it may not create the tables", err)
 	}
 
-	if err := newStore(t, pg.Config{DB: admin}).Migrate(ctx); err != nil {
-		t.Fatalf("Migrate as the owner: %v", err)
-	}
+	open(t, admin, nil) // creates the tables
 	if _, err := admin.Exec(ctx, `GRANT USAGE ON SCHEMA walflow TO `+role+`;
 GRANT SELECT, INSERT, UPDATE, DELETE ON walflow.index_state, walflow.index_entries TO `+role+`;
 GRANT USAGE ON SEQUENCE walflow.index_generation TO `+role); err != nil {
 		t.Fatal(err)
 	}
-	restricted = newStore(t, pg.Config{DB: pool(t, strings.Replace(dsn, "postgres@", role+"@", 1))})
+	restricted := open(t, restrictedDB, nil)
 	write(t, restricted, index.Batch{Indexer: "users", State: index.State{Checkpoint: 1}, Entries: []index.Entry{{Value: "7", Position: 1}}})
 	if err := restricted.Reset(ctx, "users"); err != nil {
 		t.Fatalf("Reset as the restricted role: %v", err)
 	}
 }
 
-func TestConfigErrors(t *testing.T) {
+func TestOpenErrors(t *testing.T) {
 	t.Parallel()
-	db := &pgxpool.Pool{} // never used: New does no I/O
+	db := &pgxpool.Pool{} // never used: Open checks its arguments first
 	for _, tc := range []struct {
-		cfg  pg.Config
+		db   pg.DB
+		opts *pg.Options
 		want string
 	}{
-		{pg.Config{}, "Config.DB is nil"},
-		{pg.Config{DB: db, Schema: "Bad-Name"}, `Config.Schema "Bad-Name"`},
+		{nil, nil, "db is nil"},
+		{db, &pg.Options{Schema: "Bad-Name"}, `Options.Schema "Bad-Name"`},
 	} {
-		_, err := pg.New(tc.cfg)
+		_, err := pg.Open(t.Context(), tc.db, tc.opts)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("New(%+v): %v, want an error containing %q", tc.cfg, err, tc.want)
+			t.Errorf("Open(%v, %+v): %v, want an error containing %q", tc.db, tc.opts, err, tc.want)
 		}
 	}
 }
