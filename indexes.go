@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -26,12 +27,11 @@ func (e *Engine) openIndexes(ctx context.Context) error {
 	var store index.Store
 	switch {
 	case e.clu != nil:
-		s, err := indexpg.New(indexpg.Config{DB: e.pool})
-		if err != nil {
-			return fmt.Errorf("walflow: indexes: %w", err)
-		}
-		// Instances sharing a database keep their indexes apart by name.
-		e.clu.idxStore = instanceStore{SharedStore: s, prefix: e.cfg.Slot + "/"}
+		// The tables are made at the first use, once Run has found the database up.
+		pool := e.pool
+		e.clu.idxStore = &instanceStore{prefix: e.cfg.Slot + "/", open: func(ctx context.Context) (index.SharedStore, error) {
+			return indexpg.Open(ctx, pool, nil)
+		}}
 		store = e.clu.idxStore
 	case e.cfg.MemoryLedger:
 		store = indexmemory.New()
@@ -111,39 +111,81 @@ func (c indexCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // instanceStore is the share of a store of several instances that holds one instance's
-// indexes: it prefixes their names.
+// indexes: it prefixes their names. It opens the store at its first use, and again at the
+// next one when that failed.
 type instanceStore struct {
-	index.SharedStore
 	prefix string
+	open   func(context.Context) (index.SharedStore, error)
+
+	mu sync.Mutex
+	s  index.SharedStore
 }
 
-func (s instanceStore) State(ctx context.Context, indexer string) (index.State, bool, error) {
-	return s.SharedStore.State(ctx, s.prefix+indexer)
+// store returns the store, opening it when it is not open yet.
+func (s *instanceStore) store(ctx context.Context) (index.SharedStore, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.s == nil {
+		st, err := s.open(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("open the index store in the database: %w", err)
+		}
+		s.s = st
+	}
+	return s.s, nil
 }
 
-func (s instanceStore) Write(ctx context.Context, batches ...index.Batch) error {
+func (s *instanceStore) State(ctx context.Context, indexer string) (index.State, bool, error) {
+	st, err := s.store(ctx)
+	if err != nil {
+		return index.State{}, false, err
+	}
+	return st.State(ctx, s.prefix+indexer)
+}
+
+func (s *instanceStore) Write(ctx context.Context, batches ...index.Batch) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
 	bs := make([]index.Batch, len(batches))
 	for i, b := range batches {
 		b.Indexer = s.prefix + b.Indexer
 		bs[i] = b
 	}
-	return s.SharedStore.Write(ctx, bs...)
+	return st.Write(ctx, bs...)
 }
 
-func (s instanceStore) Positions(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Position, error) {
-	return s.SharedStore.Positions(ctx, s.prefix+indexer, value, after, limit)
+func (s *instanceStore) Positions(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Position, error) {
+	st, err := s.store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.Positions(ctx, s.prefix+indexer, value, after, limit)
 }
 
-func (s instanceStore) Entries(ctx context.Context, indexer string, fn func(index.Entry) error) error {
-	return s.SharedStore.Entries(ctx, s.prefix+indexer, fn)
+func (s *instanceStore) Entries(ctx context.Context, indexer string, fn func(index.Entry) error) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
+	return st.Entries(ctx, s.prefix+indexer, fn)
 }
 
-func (s instanceStore) EntriesSince(ctx context.Context, indexer string, after, through event.Position, fn func(index.Entry) error) error {
-	return s.SharedStore.EntriesSince(ctx, s.prefix+indexer, after, through, fn)
+func (s *instanceStore) EntriesSince(ctx context.Context, indexer string, after, through event.Position, fn func(index.Entry) error) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
+	return st.EntriesSince(ctx, s.prefix+indexer, after, through, fn)
 }
 
-func (s instanceStore) Reset(ctx context.Context, indexer string) error {
-	return s.SharedStore.Reset(ctx, s.prefix+indexer)
+func (s *instanceStore) Reset(ctx context.Context, indexer string) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
+	return st.Reset(ctx, s.prefix+indexer)
 }
 
 // unfencedReporter reports the halts of indexes except those of a node that the shared

@@ -72,7 +72,7 @@ func TestRunnersShareStore(t *testing.T) {
 	posts(t, led, 0, 30, want)
 	var runners [2]*index.Runner
 	for i := range runners {
-		r, err := index.New(index.Config{Ledger: led, Store: newStore(t, pg.Config{DB: pool(t, dsn)}), Indexers: []index.Indexer{words},
+		r, err := index.New(index.Config{Ledger: led, Store: open(t, pool(t, dsn), nil), Indexers: []index.Indexer{words},
 			Batch: 5, FollowInterval: 10 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
