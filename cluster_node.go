@@ -18,6 +18,8 @@ import (
 
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/cluster"
+	"github.com/walflow/walflow/index"
+	indexpg "github.com/walflow/walflow/index/pg"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/jetstream"
 	"github.com/walflow/walflow/projector"
@@ -35,6 +37,8 @@ type clusterNode struct {
 
 	httpAddr atomic.Pointer[string] // where Run serves HTTP, once it listens
 	opsHeld  atomic.Bool            // this node holds the operators' lock and runs them
+	idxHeld  atomic.Bool            // this node holds the indexes' lock and computes them
+	idxStore index.SharedStore      // the indexes' store, shared by the nodes; nil without indexes
 }
 
 // clusterOpenRetry is how often Open retries a JetStream stream or bucket that a cluster
@@ -134,7 +138,7 @@ func (n *clusterNode) standby() *pgwal.Standby {
 func (n *clusterNode) close() { n.conn.Close() }
 
 // nodeInfo is this node's registry entry: its role, position, HTTP address, and the
-// operators and projectors it runs.
+// operators, projectors and indexes it runs.
 func (e *Engine) nodeInfo() cluster.NodeInfo {
 	n := e.clu
 	role, since, pid := cluster.SourceRole(e.src.Stats())
@@ -145,6 +149,11 @@ func (e *Engine) nodeInfo() cluster.NodeInfo {
 	if e.ops != nil && n.opsHeld.Load() {
 		for _, o := range e.ops.Operators() {
 			info.Operators = append(info.Operators, o.Name)
+		}
+	}
+	if e.idx != nil && n.idxHeld.Load() {
+		for _, ix := range e.cfg.Indexers {
+			info.Indexes = append(info.Indexes, ix.Name)
 		}
 	}
 	if e.projs != nil {
@@ -211,9 +220,26 @@ func (e *Engine) runSource(ctx context.Context) error {
 	}
 }
 
-// operatorLockSQL takes the session lock that makes one node of a cluster run the
-// operators of an instance.
-const operatorLockSQL = `SELECT pg_try_advisory_lock(hashtextextended('walflow.operators/' || $1, 0))`
+// clusterLock is a PostgreSQL session lock that makes one node of a cluster run a set of
+// consumers of an instance (its operators, or its indexes) at a time.
+type clusterLock struct {
+	key  string       // the lock's name, hashed into the advisory lock's key
+	what string       // what it runs, for the logs: "operators", "indexes"
+	held *atomic.Bool // set while this node holds the lock and runs them
+}
+
+// operatorsLock is the lock of the operators of an instance.
+func (e *Engine) operatorsLock() clusterLock {
+	return clusterLock{key: "walflow.operators/" + e.cfg.Slot, what: "operators", held: &e.clu.opsHeld}
+}
+
+// indexesLock is the lock of the custom indexes of an instance.
+func (e *Engine) indexesLock() clusterLock {
+	return clusterLock{key: "walflow.indexes/" + e.cfg.Slot, what: "indexes", held: &e.clu.idxHeld}
+}
+
+// clusterLockSQL tries a session lock named $1.
+const clusterLockSQL = `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`
 
 // runClusterOperators runs the operators on whichever node holds their PostgreSQL session
 // lock, one node at a time; the others follow the stored checkpoints (for process status
@@ -224,14 +250,34 @@ const operatorLockSQL = `SELECT pg_try_advisory_lock(hashtextextended('walflow.o
 // twice, even by a holder that has not noticed yet that it lost the lock. A holder that
 // loses its lock connection stops its operators within a second.
 func (e *Engine) runClusterOperators(ctx context.Context) error {
+	return e.runLocked(ctx, e.operatorsLock(), e.ops.Follow, e.ops.Run, nil)
+}
+
+// runClusterIndexes computes the custom indexes on whichever node holds their lock, into
+// the store in PostgreSQL that every node shares; the other nodes follow it (see
+// index.Runner.Follow), serving reads, waits, status and subscriptions from the shared
+// store. When the holder dies, another node takes the lock and resumes each indexer from
+// its stored checkpoint. A deposed holder that has not noticed yet cannot write behind the
+// new one: the store fences its writes (index/pg's ErrFenced), and a fenced holder stops
+// computing and contends for the lock again.
+func (e *Engine) runClusterIndexes(ctx context.Context) error {
+	fenced := func(err error) bool { return errors.Is(err, indexpg.ErrFenced) }
+	return e.runLocked(ctx, e.indexesLock(), e.idx.Follow, e.idx.Run, fenced)
+}
+
+// runLocked runs run while this node holds l, and follow while it does not, until ctx
+// ends: a node tries the lock every second, and one that loses the lock's connection stops
+// run within a second. A failure of run ends runLocked, unless lost says it means that
+// another node took over (then the node contends for the lock again).
+func (e *Engine) runLocked(ctx context.Context, l clusterLock, follow, run func(context.Context) error, lost func(error) bool) error {
 	for {
 		fctx, stopFollow := context.WithCancel(ctx)
 		followed := make(chan struct{})
 		go func() {
 			defer close(followed)
-			_ = e.ops.Follow(fctx)
+			_ = follow(fctx)
 		}()
-		conn, err := e.takeOperatorLock(ctx)
+		conn, err := e.takeClusterLock(ctx, l)
 		stopFollow()
 		<-followed
 		if err != nil {
@@ -241,28 +287,28 @@ func (e *Engine) runClusterOperators(ctx context.Context) error {
 		kept := make(chan struct{})
 		go func() {
 			defer close(kept)
-			e.keepLock(rctx, conn)
+			e.keepLock(rctx, l, conn)
 			stopRun()
 		}()
-		e.log.InfoContext(ctx, "running the operators: this node holds their lock", slog.String("instance", e.cfg.Slot))
-		e.clu.opsHeld.Store(true)
-		err = e.ops.Run(rctx)
-		e.clu.opsHeld.Store(false)
+		e.log.InfoContext(ctx, "running the "+l.what+": this node holds their lock", slog.String("instance", e.cfg.Slot))
+		l.held.Store(true)
+		err = run(rctx)
+		l.held.Store(false)
 		stopRun()
 		<-kept
 		conn.Close(context.WithoutCancel(ctx))
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil {
+		if err != nil && (lost == nil || !lost(err)) {
 			return err
 		}
-		e.log.WarnContext(ctx, "lost the operators' lock; stopped them and contending for it again", slog.String("instance", e.cfg.Slot))
+		e.log.WarnContext(ctx, "lost the "+l.what+"' lock; stopped them and contending for it again", slog.String("instance", e.cfg.Slot), slog.Any("error", err))
 	}
 }
 
 // operatorLockIdleTimeout is the idle_session_timeout (PostgreSQL 14 and newer) of the
-// connection that holds the operators' lock. The holder pings it every second; when the
+// connection that holds a cluster lock. The holder pings it every second; when the
 // network between it and PostgreSQL is cut, the pings stop arriving, and PostgreSQL ends
 // the session, freeing the lock for another node, after this long instead of when TCP
 // notices (hours, by default).
@@ -272,9 +318,9 @@ const operatorLockIdleTimeout = 10 * time.Second
 // knows it (PostgreSQL 14 and newer), and does nothing on older ones.
 const operatorLockSessionSQL = `SELECT set_config(name, $1, false) FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout'`
 
-// takeOperatorLock connects and takes the operators' lock, trying every second until it
-// gets it (nil error) or ctx ends.
-func (e *Engine) takeOperatorLock(ctx context.Context) (*pgx.Conn, error) {
+// takeClusterLock connects and takes l, trying every second until it gets it (nil error)
+// or ctx ends.
+func (e *Engine) takeClusterLock(ctx context.Context, l clusterLock) (*pgx.Conn, error) {
 	logged := false
 	for {
 		conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
@@ -282,7 +328,7 @@ func (e *Engine) takeOperatorLock(ctx context.Context) (*pgx.Conn, error) {
 			var ok bool
 			_, err = conn.Exec(ctx, operatorLockSessionSQL, fmt.Sprintf("%dms", operatorLockIdleTimeout.Milliseconds()))
 			if err == nil {
-				err = conn.QueryRow(ctx, operatorLockSQL, e.cfg.Slot).Scan(&ok)
+				err = conn.QueryRow(ctx, clusterLockSQL, l.key).Scan(&ok)
 			}
 			if err == nil && ok {
 				return conn, nil
@@ -290,11 +336,11 @@ func (e *Engine) takeOperatorLock(ctx context.Context) (*pgx.Conn, error) {
 			conn.Close(context.WithoutCancel(ctx))
 			if err == nil && !logged {
 				logged = true
-				e.log.InfoContext(ctx, "another node runs the operators; standing by", slog.String("instance", e.cfg.Slot))
+				e.log.InfoContext(ctx, "another node runs the "+l.what+"; standing by", slog.String("instance", e.cfg.Slot))
 			}
 		}
 		if err != nil && ctx.Err() == nil {
-			e.log.WarnContext(ctx, "cannot take the operators' lock; retrying", slog.Any("error", err))
+			e.log.WarnContext(ctx, "cannot take the "+l.what+"' lock; retrying", slog.Any("error", err))
 		}
 		t := time.NewTimer(time.Second)
 		select {
@@ -308,7 +354,7 @@ func (e *Engine) takeOperatorLock(ctx context.Context) (*pgx.Conn, error) {
 
 // keepLock pings the lock's connection every second and returns when a ping fails (the
 // lock may be gone) or ctx ends.
-func (e *Engine) keepLock(ctx context.Context, conn *pgx.Conn) {
+func (e *Engine) keepLock(ctx context.Context, l clusterLock, conn *pgx.Conn) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -322,7 +368,7 @@ func (e *Engine) keepLock(ctx context.Context, conn *pgx.Conn) {
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil {
-				e.log.WarnContext(ctx, "lost the connection that holds the operators' lock", slog.Any("error", err))
+				e.log.WarnContext(ctx, "lost the connection that holds the "+l.what+"' lock", slog.Any("error", err))
 			}
 			return
 		}

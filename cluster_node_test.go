@@ -113,7 +113,6 @@ func TestClusterTakeover(t *testing.T) {
 			},
 			Operators:      []operator.Operator{counts},
 			Indexers:       []index.Indexer{index.Field("by_post", "post_id")},
-			IndexDir:       t.TempDir(),
 			Projectors:     []projector.Projector{tally},
 			StatusInterval: 200 * time.Millisecond,
 			Logger:         testLogger(t),
@@ -244,7 +243,7 @@ func TestClusterTakeover(t *testing.T) {
 		}
 		return diff == 0
 	})
-	// Each node builds the custom index from the stream, leader or not.
+	// Every node reads the custom index that one of them computes into the shared store.
 	for _, n := range rest {
 		poll(t, n.name+"'s index to hold post 1's comments", func() bool {
 			evs, err := n.eng.Indexes().Read(ctx, "by_post", "1", 0, 1000)

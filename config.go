@@ -78,7 +78,8 @@ type Config struct {
 	// rebuilds when its data is deleted. Default none.
 	Indexers []index.Indexer
 	// IndexDir is the directory of the indexes' store, beside a disk ledger. Default
-	// LedgerDir + ".index". (With MemoryLedger the indexes are in memory too.)
+	// LedgerDir + ".index". (With MemoryLedger the indexes are in memory too; with Cluster,
+	// in the database.)
 	IndexDir string
 	// Retention is how long events stay in the ledger. Every event is kept on disk (or in
 	// memory) until it is removed, so without a bound the ledger grows forever: Run removes,
@@ -148,7 +149,8 @@ type Config struct {
 	// lost or appended twice; every node serves Subscribe, the realtime gateway, process
 	// status and /metrics from the stream; the operators run on one node at a time and
 	// the projectors each on one node at a time, moving when their node dies; custom
-	// indexes are built on every node, in its IndexDir. Retention is applied by the
+	// indexes are computed by one node at a time into tables of the database that every
+	// node reads (not IndexDir), the others following them. Retention is applied by the
 	// leader. Cannot be combined with MemoryLedger nor TemporarySlot. Default nil: one
 	// process with its own ledger, no NATS.
 	Cluster *cluster.Config

@@ -127,7 +127,8 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e.alerts.init(log)
 	e.console = newConsoleHistory(cfg.ConsoleInterval)
 	if len(cfg.Operators) > 0 || (cfg.ProcessStatus == "postgres" && cfg.ProcessStatusStore == nil) ||
-		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) {
+		(len(cfg.Projectors) > 0 && cfg.ProjectorStore == nil) || hasTxProjector(cfg.Projectors) ||
+		(cfg.Cluster != nil && len(cfg.Indexers) > 0) {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
 		if err != nil {
 			_ = e.Close()
@@ -429,7 +430,10 @@ func (e *Engine) startConsumers(r *runGroup) {
 	if e.projs != nil {
 		r.goConsumer(e.projs.Run, "walflow: projectors")
 	}
-	if e.idx != nil {
+	switch {
+	case e.idx != nil && e.clu != nil:
+		r.goConsumer(e.runClusterIndexes, "walflow: indexes")
+	case e.idx != nil:
 		r.goConsumer(e.idx.Run, "walflow: indexes")
 	}
 	switch {
@@ -442,8 +446,10 @@ func (e *Engine) startConsumers(r *runGroup) {
 
 // sink is the ledger the source appends to: the ledger, through the index runner's feed
 // when indexes are configured, so that they are computed while each event is in memory.
+// In a cluster, the node that computes the indexes need not be the one that appends, so
+// the indexes read the events back from the shared stream instead.
 func (e *Engine) sink() pgwal.Sink {
-	if e.idx != nil {
+	if e.idx != nil && e.clu == nil {
 		return e.idx.Feed(e.led)
 	}
 	return e.led

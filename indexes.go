@@ -2,8 +2,10 @@ package walflow
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -11,18 +13,29 @@ import (
 	"github.com/walflow/walflow/index"
 	indexdisk "github.com/walflow/walflow/index/disk"
 	indexmemory "github.com/walflow/walflow/index/memory"
+	indexpg "github.com/walflow/walflow/index/pg"
+	"github.com/walflow/walflow/retry"
 )
 
 // openIndexes opens the index store and the runner of Config.Indexers: in IndexDir beside a
-// disk ledger, in memory beside a memory ledger.
+// disk ledger, in memory beside a memory ledger, and in the database (index/pg, shared by
+// the nodes) in a cluster.
 func (e *Engine) openIndexes(ctx context.Context) error {
 	if len(e.cfg.Indexers) == 0 {
 		return nil
 	}
 	var store index.Store
-	if e.cfg.MemoryLedger {
+	switch {
+	case e.clu != nil:
+		// The tables are made at the first use, once Run has found the database up.
+		pool := e.pool
+		e.clu.idxStore = &instanceStore{prefix: e.cfg.Slot + "/", open: func(ctx context.Context) (index.SharedStore, error) {
+			return indexpg.Open(ctx, pool, nil)
+		}}
+		store = e.clu.idxStore
+	case e.cfg.MemoryLedger:
 		store = indexmemory.New()
-	} else {
+	default:
 		d, err := indexdisk.Open(ctx, e.cfg.IndexDir, &indexdisk.Options{Logger: e.cfg.Logger})
 		if err != nil {
 			return fmt.Errorf("walflow: indexes: %w", err)
@@ -30,9 +43,18 @@ func (e *Engine) openIndexes(ctx context.Context) error {
 		e.idxStore = d
 		store = d
 	}
+	return e.newIndexRunner(store)
+}
+
+// newIndexRunner makes the runner of Config.Indexers on store.
+func (e *Engine) newIndexRunner(store index.Store) error {
 	// An index's failure stops Run, whose error says it: only a reporter of the user's
 	// hears of it too, not the default one that would log it a second time.
-	r, err := index.New(index.Config{Ledger: e.led, Store: store, Indexers: e.cfg.Indexers, Logger: e.cfg.Logger, Reporter: e.cfg.ErrorReporter})
+	rep := e.cfg.ErrorReporter
+	if rep != nil && e.clu != nil {
+		rep = unfencedReporter{rep}
+	}
+	r, err := index.New(index.Config{Ledger: e.led, Store: store, Indexers: e.cfg.Indexers, Logger: e.cfg.Logger, Reporter: rep})
 	if err != nil {
 		return fmt.Errorf("walflow: indexes: %w", err)
 	}
@@ -41,7 +63,9 @@ func (e *Engine) openIndexes(ctx context.Context) error {
 }
 
 // Indexes returns the runner of Config.Indexers (Read, Subscribe, Wait, Status), or nil when
-// none is configured.
+// none is configured. In a cluster it answers on every node: one node computes the indexes
+// into the store the nodes share, and the others follow it (index.Runner.Follow; Status
+// reports Following).
 func (e *Engine) Indexes() *index.Runner { return e.idx }
 
 // indexesCheckpoint is the lowest checkpoint of the indexes, which retention does not pass:
@@ -84,4 +108,94 @@ func (c indexCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(indexCheckpointDesc, prometheus.GaugeValue, float64(s.Checkpoint), s.Indexer)
 		ch <- prometheus.MustNewConstMetric(indexLagDesc, prometheus.GaugeValue, float64(s.Lag), s.Indexer)
 	}
+}
+
+// instanceStore is the share of a store of several instances that holds one instance's
+// indexes: it prefixes their names. It opens the store at its first use, and again at the
+// next one when that failed.
+type instanceStore struct {
+	prefix string
+	open   func(context.Context) (index.SharedStore, error)
+
+	mu sync.Mutex
+	s  index.SharedStore
+}
+
+// store returns the store, opening it when it is not open yet.
+func (s *instanceStore) store(ctx context.Context) (index.SharedStore, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.s == nil {
+		st, err := s.open(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("open the index store in the database: %w", err)
+		}
+		s.s = st
+	}
+	return s.s, nil
+}
+
+func (s *instanceStore) State(ctx context.Context, indexer string) (index.State, bool, error) {
+	st, err := s.store(ctx)
+	if err != nil {
+		return index.State{}, false, err
+	}
+	return st.State(ctx, s.prefix+indexer)
+}
+
+func (s *instanceStore) Write(ctx context.Context, batches ...index.Batch) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
+	bs := make([]index.Batch, len(batches))
+	for i, b := range batches {
+		b.Indexer = s.prefix + b.Indexer
+		bs[i] = b
+	}
+	return st.Write(ctx, bs...)
+}
+
+func (s *instanceStore) Positions(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Position, error) {
+	st, err := s.store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.Positions(ctx, s.prefix+indexer, value, after, limit)
+}
+
+func (s *instanceStore) Entries(ctx context.Context, indexer string, fn func(index.Entry) error) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
+	return st.Entries(ctx, s.prefix+indexer, fn)
+}
+
+func (s *instanceStore) EntriesSince(ctx context.Context, indexer string, after, through event.Position, fn func(index.Entry) error) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
+	return st.EntriesSince(ctx, s.prefix+indexer, after, through, fn)
+}
+
+func (s *instanceStore) Reset(ctx context.Context, indexer string) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
+	return st.Reset(ctx, s.prefix+indexer)
+}
+
+// unfencedReporter reports the halts of indexes except those of a node that the shared
+// store fenced off: in a cluster, that is another node taking over, and the fenced node
+// follows it.
+type unfencedReporter struct{ retry.Reporter }
+
+func (r unfencedReporter) Halted(ctx context.Context, c retry.Consumer, e *event.Event, err error) {
+	if errors.Is(err, indexpg.ErrFenced) {
+		return
+	}
+	r.Reporter.Halted(ctx, c, e, err)
 }

@@ -13,25 +13,25 @@ import (
 )
 
 // A node's view of a three-node cluster: the leader, each node's lag, and where the
-// operators run.
+// operators, projectors and indexes run.
 func ExampleNewStatus() {
 	since := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
 	st := cluster.NewStatus("node-2", []cluster.NodeInfo{
 		{Name: "node-1", Role: cluster.RoleLeader, LeaderSince: since, Position: 1200, Operators: []string{"post_stats"}},
 		{Name: "node-2", Role: cluster.RoleStandby, Position: 1195, Projectors: []string{"search"}},
-		{Name: "node-3", Role: cluster.RoleStandby, Position: 1200},
+		{Name: "node-3", Role: cluster.RoleStandby, Position: 1200, Indexes: []string{"by_user", "tags"}},
 	}, 1195)
 	fmt.Println("leader:", st.Leader, "since", st.LeaderSince.Format(time.TimeOnly))
 	for _, n := range st.Nodes {
 		fmt.Println(n.Name, n.Role, "lag", n.Lag)
 	}
-	fmt.Println(st.Operators, st.Projectors)
+	fmt.Println(st.Operators, st.Projectors, st.Indexes)
 	// Output:
 	// leader: node-1 since 10:00:00
 	// node-1 leader lag 0
 	// node-2 standby lag 5
 	// node-3 standby lag 0
-	// [{post_stats node-1}] [{search node-2}]
+	// [{post_stats node-1}] [{search node-2}] [{by_user node-3} {tags node-3}]
 }
 
 // A node of a three-machine cluster, each machine running an embedded NATS server routed

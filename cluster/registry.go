@@ -47,10 +47,11 @@ type NodeInfo struct {
 	// connection (its walsender while it leads), or 0 without one. Standbys use it to tell
 	// a live leader's walsender from one a dead leader left behind.
 	ReplicationPID int32 `json:"replication_pid,omitempty"`
-	// Operators and Projectors are the operators and projectors that run on the node (hold
-	// their lock) now.
+	// Operators, Projectors and Indexes are the operators, projectors and custom indexes
+	// that run on the node (hold their lock) now.
 	Operators  []string `json:"operators,omitempty"`
 	Projectors []string `json:"projectors,omitempty"`
+	Indexes    []string `json:"indexes,omitempty"`
 	// UpdatedAt is when the registry received the heartbeat (the NATS server's clock).
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
 }

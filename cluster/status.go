@@ -19,11 +19,12 @@ type Status struct {
 	Head uint64 `json:"head"`
 	// Nodes are the live nodes, sorted by name, each with its lag.
 	Nodes []NodeStatus `json:"nodes"`
-	// Operators and Projectors name the node that runs each operator and projector, sorted
-	// by name; one that runs nowhere (its holder died and nobody has taken it yet) is
-	// missing.
+	// Operators, Projectors and Indexes name the node that runs each operator, projector
+	// and custom index, sorted by name; one that runs nowhere (its holder died and nobody
+	// has taken it yet) is missing.
 	Operators  []Assignment `json:"operators,omitempty"`
 	Projectors []Assignment `json:"projectors,omitempty"`
+	Indexes    []Assignment `json:"indexes,omitempty"`
 	// Error says why the registry could not be read; "" when it was.
 	Error string `json:"error,omitempty"`
 }
@@ -35,7 +36,7 @@ type NodeStatus struct {
 	Lag uint64 `json:"lag"`
 }
 
-// Assignment says which node runs an operator or projector.
+// Assignment says which node runs an operator, projector or index.
 type Assignment struct {
 	Name string `json:"name"`
 	Node string `json:"node"`
@@ -62,9 +63,13 @@ func NewStatus(self string, nodes []NodeInfo, head uint64) Status {
 		for _, p := range n.Projectors {
 			st.Projectors = append(st.Projectors, Assignment{Name: p, Node: n.Name})
 		}
+		for _, x := range n.Indexes {
+			st.Indexes = append(st.Indexes, Assignment{Name: x, Node: n.Name})
+		}
 	}
 	sortAssignments(st.Operators)
 	sortAssignments(st.Projectors)
+	sortAssignments(st.Indexes)
 	return st
 }
 

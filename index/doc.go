@@ -48,6 +48,14 @@
 // and live indexing alike. Subscriptions are bounded: a subscriber whose buffer is full is
 // ended with [ErrSlowSubscriber] rather than slowing indexing down.
 //
+// # Computing and following
+//
+// Several processes can share one index: each has a Runner on the same ledger and the same
+// [SharedStore] (index/pg), one of them computes the indexes with [Runner.Run] at a time
+// (walflow's cluster picks it with a lock), and the others run [Runner.Follow]: they serve
+// Read, Wait, Status and Subscribe from the shared store, following the stored checkpoints.
+// A runner switches between the two without losing or repeating a notification.
+//
 // # Failures
 //
 // An indexer whose Func panics or gives a value with a NUL byte, like a failing ledger or

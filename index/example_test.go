@@ -103,3 +103,48 @@ func appendRows(ctx context.Context, led *ledgermem.Ledger, evs ...*event.Event)
 		panic(err)
 	}
 }
+
+// Two runners share one store: one computes the index, the other follows it and answers
+// reads, waits and notifications from the shared store. In a walflow cluster each node has
+// a runner on the shared stream and on index/pg, and the holder of a lock computes.
+func ExampleRunner_Follow() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	led := ledgermem.New(nil)
+	defer led.Close()
+	store := indexmem.New() // index/pg shares it between processes
+	newRunner := func() *index.Runner {
+		r, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{index.Field("user_id", "user_id")},
+			FollowInterval: 10 * time.Millisecond})
+		if err != nil {
+			panic(err)
+		}
+		return r
+	}
+	writer, follower := newRunner(), newRunner()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 2)
+	go func() { done <- writer.Run(runCtx) }()
+	go func() { done <- follower.Follow(runCtx) }()
+
+	appendRows(ctx, led, postRow("1", "7", ""), postRow("2", "8", ""))
+	if err := follower.Wait(ctx, "user_id", 2); err != nil {
+		panic(err)
+	}
+	ps, err := follower.Positions(ctx, "user_id", "8", 0, 10)
+	if err != nil {
+		panic(err)
+	}
+	sts, err := follower.Status(ctx)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("user 8 at", ps, "following:", sts[0].Following)
+	stop()
+	for range 2 {
+		if err := <-done; err != nil {
+			panic(err)
+		}
+	}
+	// Output: user 8 at [2] following: true
+}

@@ -18,9 +18,11 @@ const (
 // Positions returns up to limit positions after after of the events the indexer gave
 // value, in order. It fails with a [*ledger.TruncatedError] when after is before the
 // ledger's tail, as a ledger read does. While the indexer rebuilds, the index is partial:
-// [Runner.Status] tells how far it is.
+// [Runner.Status] tells how far it is. While [Runner.Follow] runs, it returns no position
+// past the indexer's checkpoint.
 func (r *Runner) Positions(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Position, error) {
-	if _, err := r.worker(indexer); err != nil {
+	w, err := r.worker(indexer)
+	if err != nil {
 		return nil, err
 	}
 	if tail := r.cfg.Ledger.State().Tail; after < tail {
@@ -32,6 +34,15 @@ func (r *Runner) Positions(ctx context.Context, indexer, value string, after eve
 	ps, err := r.cfg.Store.Positions(ctx, indexer, value, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("index: read %s %q: %w", indexer, value, err)
+	}
+	w.mu.Lock()
+	following, cp := w.following, w.st.Checkpoint
+	w.mu.Unlock()
+	if following {
+		// The writer may have stored positions past what this process's ledger holds.
+		for len(ps) > 0 && ps[len(ps)-1] > cp {
+			ps = ps[:len(ps)-1]
+		}
 	}
 	return ps, nil
 }
@@ -94,17 +105,21 @@ type Status struct {
 	// (catching up, rebuilding, or when not fed). Both count from the runner's creation.
 	Fed      uint64 `json:"fed_events"`
 	ReadBack uint64 `json:"read_back_events"`
+	// Following reports that [Runner.Follow] runs: another process computes the indexer,
+	// and this one follows its checkpoint in the shared store. False while Run computes
+	// it, or neither runs.
+	Following bool `json:"following"`
 }
 
-// Status returns every indexer's progress, in Config.Indexers order. While Run is not
-// running, it reports the stored checkpoints.
+// Status returns every indexer's progress, in Config.Indexers order. While neither Run nor
+// Follow runs, it reports the stored checkpoints.
 func (r *Runner) Status(ctx context.Context) ([]Status, error) {
 	head := r.cfg.Ledger.State().Head
 	out := make([]Status, 0, len(r.workers))
 	for _, w := range r.workers {
 		w.mu.Lock()
 		s := Status{Indexer: w.ix.Name, Phase: w.phase, Checkpoint: w.st.Checkpoint, Since: w.st.Since, Stored: w.loaded,
-			Fed: w.fed.Load(), ReadBack: w.readBack.Load()}
+			Fed: w.fed.Load(), ReadBack: w.readBack.Load(), Following: w.following}
 		w.mu.Unlock()
 		if s.Phase == Stopped {
 			// Not running: the store is the truth (its data may have been deleted).

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -21,8 +22,9 @@ import (
 // BatchDefault is the default [Config.Batch].
 const BatchDefault = 1024
 
-// ErrRunning is returned by [Runner.Run] while another Run of the same runner is running.
-var ErrRunning = errors.New("index: the runner is already running; call Run once at a time")
+// ErrRunning is returned by [Runner.Run] and [Runner.Follow] while a Run or Follow of the
+// same runner is running.
+var ErrRunning = errors.New("index: the runner is already running or following; call Run or Follow once at a time")
 
 // Reader is the part of a ledger the runner reads; a [ledger.Ledger] is one.
 type Reader interface {
@@ -49,10 +51,14 @@ type Config struct {
 	// a [retry.Index] consumer at the event it failed on (an empty event when the failure
 	// is the ledger's or the store's). Default nil: Run's error alone tells it.
 	Reporter retry.Reporter
+	// FollowInterval is how often [Runner.Follow] reads the stored checkpoints. Default
+	// FollowIntervalDefault (250 ms).
+	FollowInterval time.Duration
 }
 
 func (c Config) withDefaults() Config {
 	c.Batch = cmp.Or(c.Batch, BatchDefault)
+	c.FollowInterval = cmp.Or(c.FollowInterval, FollowIntervalDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -68,6 +74,9 @@ func (c Config) validate() error {
 	}
 	if len(c.Indexers) == 0 {
 		return errors.New("index: Config.Indexers is empty; give at least one indexer")
+	}
+	if c.FollowInterval < 0 {
+		return fmt.Errorf("index: Config.FollowInterval is %v; set a positive interval, or 0 for the default %v", c.FollowInterval, FollowIntervalDefault)
 	}
 	if c.Batch < 0 {
 		return fmt.Errorf("index: Config.Batch is %d; set a positive batch size, or 0 for the default %d", c.Batch, BatchDefault)
@@ -131,11 +140,12 @@ func (p *Phase) UnmarshalText(b []byte) error {
 // subscriptions. Create it with [New] and run it with [Runner.Run]. Its methods are safe
 // for concurrent use.
 type Runner struct {
-	cfg     Config
-	log     *slog.Logger
-	workers []*worker
-	byName  map[string]*worker
-	running atomic.Bool
+	cfg      Config
+	log      *slog.Logger
+	workers  []*worker
+	byName   map[string]*worker
+	running  atomic.Bool
+	followed atomic.Bool // Follow has run: the store is shared with another process's Run
 
 	subsMu sync.RWMutex
 	subs   map[*Subscription]struct{}
@@ -151,11 +161,12 @@ type worker struct {
 
 	fed, readBack atomic.Uint64 // events indexed from the feed, and read back from the ledger
 
-	mu      sync.Mutex
-	st      State
-	loaded  bool // st was loaded by Run
-	phase   Phase
-	changed chan struct{} // closed and replaced when st or phase change
+	mu        sync.Mutex
+	st        State
+	loaded    bool // st was loaded by Run or Follow
+	phase     Phase
+	following bool          // Follow runs
+	changed   chan struct{} // closed and replaced when st or phase change
 }
 
 // New returns a runner of cfg's indexers. It does no I/O and starts nothing.
@@ -197,8 +208,9 @@ func (r *Runner) Run(ctx context.Context) error {
 			if gctx.Err() != nil && errors.Is(err, gctx.Err()) {
 				return nil
 			}
-			if err != nil && gctx.Err() == nil && r.cfg.Reporter != nil {
-				// The first failure, not one that follows the end of Run.
+			if gctx.Err() == nil && r.cfg.Reporter != nil {
+				// The first failure (runWorker returns only on one), not one that follows
+				// the end of Run.
 				var at event.Event
 				if fe := (*funcError)(nil); errors.As(err, &fe) {
 					at = *fe.e
@@ -218,8 +230,14 @@ func (r *Runner) Run(ctx context.Context) error {
 func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 	name := w.ix.Name
 	log := r.log.With(slog.String("indexer", name))
+	if err := r.waitSharedHead(ctx, w); err != nil {
+		return err
+	}
 	st, err := r.start(ctx, w, log)
 	if err != nil {
+		return err
+	}
+	if err := r.notifyStored(ctx, w, st); err != nil {
 		return err
 	}
 	w.set(func(w *worker) { w.st, w.loaded, w.phase = st, true, CatchingUp })
@@ -407,8 +425,8 @@ func (r *Runner) worker(indexer string) (*worker, error) {
 	return w, nil
 }
 
-// Checkpoint returns the last position the indexer has indexed in this run: 0 until Run
-// has loaded its stored checkpoint. It fails for an unknown indexer.
+// Checkpoint returns the last position the indexer has indexed in this run, or that Follow
+// last found stored: 0 until Run or Follow has loaded the stored checkpoint. It fails for an unknown indexer.
 func (r *Runner) Checkpoint(indexer string) (event.Position, error) {
 	w, err := r.worker(indexer)
 	if err != nil {
@@ -423,7 +441,8 @@ func (r *Runner) Checkpoint(indexer string) (event.Position, error) {
 }
 
 // Wait blocks until the indexer has indexed every event up to position pos (its
-// checkpoint is at or past pos), or ctx ends. It waits for Run to load the checkpoint.
+// checkpoint is at or past pos), or ctx ends. It waits for Run or Follow to load the
+// checkpoint.
 func (r *Runner) Wait(ctx context.Context, indexer string, pos event.Position) error {
 	w, err := r.worker(indexer)
 	if err != nil {

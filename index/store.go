@@ -58,3 +58,14 @@ type Store interface {
 	// Reset deletes the indexer's entries and state.
 	Reset(ctx context.Context, indexer string) error
 }
+
+// SharedStore is a [Store] that several processes share, one writing each indexer while
+// the others follow it (see [Runner.Follow]): it also lists the entries a stretch of
+// positions got, which is how a follower learns what the writer indexed.
+type SharedStore interface {
+	Store
+	// EntriesSince calls fn with every entry of the indexer whose position is after after
+	// and at or before through, in order of position then value (bytewise), and stops at
+	// fn's first error, which it returns.
+	EntriesSince(ctx context.Context, indexer string, after, through event.Position, fn func(Entry) error) error
+}

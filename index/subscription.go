@@ -23,7 +23,8 @@ type Notification struct {
 	Indexer string
 	// Position is the event's ledger position.
 	Position event.Position
-	// Values are the event's values, in the order Func gave them, each once; empty for an
+	// Values are the event's values, each once, in the order Func gave them (in bytewise
+	// order when a following runner sends it, see [Runner.Follow]); empty for an
 	// event without values (sent only with SubscribeOpts.Empty). Shared between
 	// subscribers: read-only.
 	Values []string
@@ -59,7 +60,8 @@ type Subscription struct {
 // Subscribe returns a subscription to the notifications of indexers (all of them when
 // empty) from now on: it receives no history. Each indexer's notifications arrive in
 // position order, through catch-up and live indexing alike; the notifications of different
-// indexers interleave in no set order. Notifications flow only while Run runs.
+// indexers interleave in no set order. Notifications flow only while Run or
+// [Runner.Follow] runs; a follower's carry each event's values in bytewise order.
 //
 // A subscriber never slows indexing down: when its buffer is full as a notification comes,
 // the subscription ends with [ErrSlowSubscriber], and [Subscription.Position] tells, for

@@ -14,7 +14,8 @@ import (
 // NewFunc returns an empty store for one test; the suite does not close it.
 type NewFunc func(t *testing.T) index.Store
 
-// Run runs the conformance suite against the stores newStore returns.
+// Run runs the conformance suite against the stores newStore returns. A store that is an
+// [index.SharedStore] is also checked for EntriesSince.
 func Run(t *testing.T, newStore NewFunc) {
 	t.Helper()
 	tests := []struct {
@@ -27,6 +28,7 @@ func Run(t *testing.T, newStore NewFunc) {
 		{"PrefixNames", testPrefixNames},
 		{"Reset", testReset},
 		{"EntriesStop", testEntriesStop},
+		{"EntriesSince", testEntriesSince},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -181,5 +183,53 @@ func testEntriesStop(t *testing.T, s index.Store) {
 	err := s.Entries(context.Background(), "a", func(index.Entry) error { n++; return stop })
 	if !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("Entries with fn failing: err %v after %d calls; want fn's error after 1", err, n)
+	}
+}
+
+func testEntriesSince(t *testing.T, s index.Store) {
+	ss, ok := s.(index.SharedStore)
+	if !ok {
+		t.Skip("not an index.SharedStore: it has no EntriesSince")
+	}
+	ctx := context.Background()
+	write(t, s, index.Batch{Indexer: "users", State: index.State{Checkpoint: 9}, Entries: []index.Entry{
+		{Value: "b", Position: 3}, {Value: "a", Position: 3}, {Value: "b", Position: 5},
+		{Value: "", Position: 6}, {Value: "a", Position: 9}, {Value: "ab", Position: 6},
+	}}, index.Batch{Indexer: "user", State: index.State{Checkpoint: 9}, Entries: []index.Entry{{Value: "a", Position: 4}}})
+	since := func(after, through event.Position) []index.Entry {
+		t.Helper()
+		var out []index.Entry
+		if err := ss.EntriesSince(ctx, "users", after, through, func(e index.Entry) error {
+			out = append(out, e)
+			return nil
+		}); err != nil {
+			t.Fatalf("EntriesSince(users, %d, %d): %v", after, through, err)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		after, through event.Position
+		want           []index.Entry
+	}{
+		{0, 9, []index.Entry{{Value: "a", Position: 3}, {Value: "b", Position: 3}, {Value: "b", Position: 5}, {Value: "", Position: 6}, {Value: "ab", Position: 6}, {Value: "a", Position: 9}}},
+		{3, 6, []index.Entry{{Value: "b", Position: 5}, {Value: "", Position: 6}, {Value: "ab", Position: 6}}},
+		{2, 3, []index.Entry{{Value: "a", Position: 3}, {Value: "b", Position: 3}}},
+		{6, 8, nil},
+		{9, 100, nil},
+		{5, 5, nil},
+		{7, 4, nil},
+	} {
+		if got := since(c.after, c.through); !slices.Equal(got, c.want) {
+			t.Errorf("EntriesSince(users, %d, %d) = %v; want %v", c.after, c.through, got, c.want)
+		}
+	}
+	var none []index.Entry
+	if err := ss.EntriesSince(ctx, "missing", 0, 100, func(e index.Entry) error { none = append(none, e); return nil }); err != nil || len(none) != 0 {
+		t.Fatalf("EntriesSince of a missing indexer: %v, %v; want nothing", none, err)
+	}
+	stop := errors.New("stop")
+	n := 0
+	if err := ss.EntriesSince(ctx, "users", 0, 9, func(index.Entry) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
+		t.Fatalf("EntriesSince with fn failing: err %v after %d calls; want fn's error after 1", err, n)
 	}
 }

@@ -3,9 +3,11 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/walflow/walflow/event"
@@ -23,7 +25,7 @@ type data struct {
 	values map[string][]event.Position // value → ascending positions
 }
 
-var _ index.Store = (*Store)(nil)
+var _ index.SharedStore = (*Store)(nil)
 
 // New returns an empty store.
 func New() *Store { return &Store{indexes: map[string]*data{}} }
@@ -111,6 +113,41 @@ func (s *Store) Entries(ctx context.Context, indexer string, fn func(index.Entry
 		}
 	}
 	s.mu.RUnlock()
+	for _, e := range out {
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EntriesSince calls fn with every entry of the indexer whose position is in (after,
+// through], by position then value. fn runs without the store's lock held, on a copy taken
+// when EntriesSince was called.
+func (s *Store) EntriesSince(ctx context.Context, indexer string, after, through event.Position, fn func(index.Entry) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var out []index.Entry
+	s.mu.RLock()
+	if d, ok := s.indexes[indexer]; ok && through > after {
+		for v, ps := range d.values {
+			i := sort.Search(len(ps), func(i int) bool { return ps[i] > after })
+			for _, p := range ps[i:] {
+				if p > through {
+					break
+				}
+				out = append(out, index.Entry{Value: v, Position: p})
+			}
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b index.Entry) int {
+		if c := cmp.Compare(a.Position, b.Position); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Value, b.Value)
+	})
 	for _, e := range out {
 		if err := fn(e); err != nil {
 			return err

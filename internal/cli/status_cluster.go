@@ -11,7 +11,7 @@ import (
 )
 
 // writeClusterStatus prints the cluster part of a node's status: the leader, each node's
-// role, stream position and lag, and where each operator and projector runs.
+// role, stream position and lag, and where each operator, projector and index runs.
 func writeClusterStatus(w io.Writer, c *cluster.Status) {
 	fmt.Fprintf(w, "\ncluster (as node %s sees it)\n", c.Node)
 	if c.Error != "" {
@@ -31,6 +31,9 @@ func writeClusterStatus(w io.Writer, c *cluster.Status) {
 		}
 		for _, p := range n.Projectors {
 			runs = append(runs, "projector "+p)
+		}
+		for _, x := range n.Indexes {
+			runs = append(runs, "index "+x)
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\t%s\n", n.Name, n.Role, n.Position, n.Lag, dash(n.HTTPAddr), dash(strings.Join(runs, ", ")))
 	}

@@ -107,7 +107,8 @@ type Node struct {
 }
 
 // NewNodes writes the configuration of n nodes (node-1 …) into dir and returns them, not
-// started: the tables items, the SQL operator sums over it, an anonymous realtime gateway
+// started: the tables items, the SQL operator sums over it, the custom index by_grp (the
+// field grp, computed by one node at a time into the shared store), an anonymous realtime gateway
 // on the items channel, and the cluster with three replicas.
 func NewNodes(tb testing.TB, dir string, n int, o Options) []*Node {
 	tb.Helper()
@@ -144,6 +145,8 @@ operators:
     entities: [items]
     id: {items: grp}
     query: %q
+indexes:
+  by_grp: {field: grp}
 realtime:
   allow_anonymous: true
   anonymous_channels: [items]
@@ -427,6 +430,17 @@ func CheckStream(tb testing.TB, urls []string, stream string, want []string) {
 // position is missing.
 func ReadStream(tb testing.TB, urls []string, stream string) []string {
 	tb.Helper()
+	var out []string
+	for _, e := range ReadEvents(tb, urls, stream) {
+		out = append(out, ChangeOf(tb, &e))
+	}
+	return out
+}
+
+// ReadEvents reads the whole ledger stream (on the NATS servers urls; empty is
+// cluster.StreamDefault) and fails tb when a position is missing.
+func ReadEvents(tb testing.TB, urls []string, stream string) []event.Event {
+	tb.Helper()
 	if stream == "" {
 		stream = cluster.StreamDefault
 	}
@@ -441,7 +455,7 @@ func ReadStream(tb testing.TB, urls []string, stream string) []string {
 		tb.Fatal(err)
 	}
 	defer led.Close()
-	var out []string
+	var out []event.Event
 	var after event.Position
 	for {
 		evs, err := led.Read(ctx, after, 1000)
@@ -456,7 +470,7 @@ func ReadStream(tb testing.TB, urls []string, stream string) []string {
 				tb.Fatalf("stream position %d after %d", e.Position, after)
 			}
 			after = e.Position
-			out = append(out, ChangeOf(tb, &e))
+			out = append(out, e)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/index"
 	"github.com/walflow/walflow/internal/clustertest"
 	"github.com/walflow/walflow/internal/pgtest"
 )
@@ -106,7 +107,11 @@ func TestClusterFaults(t *testing.T) {
 		time.Sleep(time.Duration(300+rand.IntN(1500)) * time.Millisecond)
 		killed, next, d := clustertest.KillLeader(t, nodes, 2*time.Minute)
 		takeovers = append(takeovers, d)
-		t.Logf("kill %d: %s killed, %s leads after %s (writer at %d transactions)", k+1, killed.Name, next.Name, d.Round(time.Millisecond), w.Count())
+		indexesOn := "?"
+		if st, err := next.Status(ctx); err == nil && st.Cluster != nil && len(st.Cluster.Indexes) > 0 {
+			indexesOn = st.Cluster.Indexes[0].Node // as of the nodes' last heartbeats
+		}
+		t.Logf("kill %d: %s killed, %s leads after %s (writer at %d transactions; the index runs on %s)", k+1, killed.Name, next.Name, d.Round(time.Millisecond), w.Count(), indexesOn)
 		killed.Start(t, bin)
 		if k == natsAt {
 			s := lc.Servers()[rand.IntN(3)]
@@ -136,6 +141,49 @@ func TestClusterFaults(t *testing.T) {
 		return diff == 0, fmt.Sprintf("%d rows differ", diff), err
 	})
 
+	// The custom index, computed by one node at a time into the shared store and moved
+	// at each death of its holder, equals its recomputation from the stream: every
+	// event's value once.
+	for _, n := range nodes {
+		poll(t, 2*time.Minute, n.Name+"'s index to reach the head", func() (bool, string, error) {
+			st, err := n.Status(ctx)
+			if err != nil || len(st.Indexes) != 1 {
+				return false, fmt.Sprintf("status: %v, %d indexes", err, len(st.Indexes)), nil
+			}
+			return st.Indexes[0].Checkpoint >= event.Position(len(want)), fmt.Sprintf("checkpoint %d of %d", st.Indexes[0].Checkpoint, len(want)), nil
+		})
+	}
+	var entries []string
+	byGrp := index.Field("by_grp", "grp")
+	for _, e := range clustertest.ReadEvents(t, lc.URLs(), "") {
+		vs := byGrp.Func(&e, nil)
+		slices.Sort(vs)
+		for _, v := range vs {
+			entries = append(entries, fmt.Sprintf("%s@%d", v, e.Position))
+		}
+	}
+	var stored []string
+	rows, err := conn.Query(ctx, `SELECT convert_from(value, 'UTF8'), position FROM walflow.index_entries WHERE indexer = $1 ORDER BY position, value`, slot+"/by_grp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var v string
+		var p int64
+		if err := rows.Scan(&v, &p); err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, fmt.Sprintf("%s@%d", v, p))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(stored, entries) {
+		t.Fatalf("the index holds %d entries, its recomputation from the stream %d; first difference at %d",
+			len(stored), len(entries), firstDiff(stored, entries))
+	}
+	t.Logf("the index by_grp holds %d entries, equal to its recomputation from the stream", len(stored))
+
 	// Every realtime client got every event once, in order, across node deaths.
 	for i, c := range clients {
 		poll(t, 2*time.Minute, fmt.Sprintf("client %d to receive every event", i), func() (bool, string, error) {
@@ -155,6 +203,16 @@ func TestClusterFaults(t *testing.T) {
 	}
 	med, mx := clustertest.Median(takeovers)
 	t.Logf("takeover after SIGKILL: median %s, max %s, over %d kills", med.Round(time.Millisecond), mx.Round(time.Millisecond), len(takeovers))
+}
+
+// firstDiff is the first index at which a and b differ.
+func firstDiff(a, b []string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }
 
 // sseClient follows the items channel over SSE, starting on node at; when its stream
