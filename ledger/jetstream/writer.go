@@ -453,6 +453,9 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 		w.lastSeq = pos
 		return nil
 	})
+	if err == nil {
+		err = l.commitEarly(w)
+	}
 	if err != nil {
 		return l.fail(w, err)
 	}
@@ -519,6 +522,34 @@ func (l *Ledger) closeBatch(ctx context.Context, w *writer) error {
 	return nil
 }
 
+// commitEarly commits the open batch once it holds a quarter of BatchMessages and no batch
+// awaits JetStream's acknowledgement any more, without waiting: the servers store it while
+// the source decodes the next transactions, and Sync has less left to wait for. While a
+// batch is in flight, the transactions committed meanwhile gather in the open batch, so
+// batches grow as the servers slow down; the quarter keeps batches large enough that
+// their fixed cost (on one server without replicas, a file store each) stays small.
+func (l *Ledger) commitEarly(w *writer) error {
+	if w.batch.held == nil || w.batch.n < max(l.opts.BatchMessages/4, 1) {
+		return nil
+	}
+	if len(w.inflight) > 0 {
+		p := w.inflight[0]
+		select {
+		case ack := <-p.f.Ok():
+			if err := l.checkAck(p, ack); err != nil {
+				return err
+			}
+		case err := <-p.f.Err():
+			return l.ackErr(p, err)
+		default:
+			return nil
+		}
+		clear(w.inflight[:1])
+		w.inflight = w.inflight[1:]
+	}
+	return l.closeBatch(context.Background(), w) // nothing in flight: it does not wait
+}
+
 // flush commits the open batch and waits until JetStream acknowledged every batch.
 func (l *Ledger) flush(ctx context.Context, w *writer) error {
 	if err := l.closeBatch(ctx, w); err != nil {
@@ -537,20 +568,33 @@ func (l *Ledger) awaitAcks(ctx context.Context, w *writer) error {
 	for _, p := range w.inflight {
 		select {
 		case ack := <-p.f.Ok():
-			if ack.Sequence != uint64(p.last) || ack.Duplicate {
-				return fmt.Errorf("ledger/jetstream: stream %s stored the events of positions %d to %d ending at sequence %d (duplicate %t): another writer appends to the stream", l.opts.Stream, p.first, p.last, ack.Sequence, ack.Duplicate)
+			if err := l.checkAck(p, ack); err != nil {
+				return err
 			}
 		case err := <-p.f.Err():
-			if isFenceErr(err) {
-				return ledger.WriteFailed(fmt.Errorf("%w: stream %s refused the events of positions %d to %d because another writer appended there first: %v", ErrFenced, l.opts.Stream, p.first, p.last, err))
-			}
-			return fmt.Errorf("ledger/jetstream: publish the events of positions %d to %d to stream %s: %w%s", p.first, p.last, l.opts.Stream, err, batchHint(err))
+			return l.ackErr(p, err)
 		case <-ctx.Done():
 			return fmt.Errorf("ledger/jetstream: wait for stream %s to acknowledge positions %d to %d: %w", l.opts.Stream, p.first, p.last, ctx.Err())
 		}
 		done++
 	}
 	return nil
+}
+
+// checkAck checks the acknowledgement of batch p.
+func (l *Ledger) checkAck(p inflight, ack *jetstream.PubAck) error {
+	if ack.Sequence != uint64(p.last) || ack.Duplicate {
+		return fmt.Errorf("ledger/jetstream: stream %s stored the events of positions %d to %d ending at sequence %d (duplicate %t): another writer appends to the stream", l.opts.Stream, p.first, p.last, ack.Sequence, ack.Duplicate)
+	}
+	return nil
+}
+
+// ackErr returns the error of batch p that JetStream refused with err.
+func (l *Ledger) ackErr(p inflight, err error) error {
+	if isFenceErr(err) {
+		return ledger.WriteFailed(fmt.Errorf("%w: stream %s refused the events of positions %d to %d because another writer appended there first: %v", ErrFenced, l.opts.Stream, p.first, p.last, err))
+	}
+	return fmt.Errorf("ledger/jetstream: publish the events of positions %d to %d to stream %s: %w%s", p.first, p.last, l.opts.Stream, err, batchHint(err))
 }
 
 // AbortTx drops the open transaction's events, which never reached the stream.
