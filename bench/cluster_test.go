@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
@@ -76,8 +78,18 @@ func BenchmarkClusterCatchUp(b *testing.B) {
 		}
 	}
 	dropSlot := func(name string) {
-		if _, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name); err != nil {
-			b.Errorf("drop slot %s: %v", name, err)
+		// The walsender of a node that just stopped may hold the slot a moment longer.
+		for tries := 0; ; tries++ {
+			_, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name)
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "55006" && tries < 100 {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			if err != nil {
+				b.Errorf("drop slot %s: %v", name, err)
+			}
+			return
 		}
 	}
 	defer dropSlot(origin)
