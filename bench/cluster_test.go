@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
@@ -24,7 +26,10 @@ var clusterChanges = flag.Int("cluster.changes", envInt("WALFLOW_BENCH_CLUSTER_C
 // BenchmarkClusterCatchUp measures how fast a cluster node (an engine with Config.Cluster,
 // its ledger an R3 stream on three JetStream servers of this machine, sync always)
 // drains a backlog of 100-row transactions from its slot, and pg_recvlogical draining a
-// copy of the same slot in the same run. It reports both rates and their ratio. Every
+// copy of the same slot in the same run. It reports both rates and their ratio, and the
+// CPU time per change of each: walflow's is this process's CPU time over the catch-up
+// (the engine and the three in-process NATS servers together, their replication and
+// fsyncs included), pg_recvlogical's that of its process. Every
 // node shares this machine's cores with the three NATS servers and PostgreSQL; on
 // separate machines each server's fsync and the quorum's round trip replace the shared
 // CPU as the cost.
@@ -74,21 +79,35 @@ func BenchmarkClusterCatchUp(b *testing.B) {
 		}
 	}
 	dropSlot := func(name string) {
-		if _, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name); err != nil {
-			b.Errorf("drop slot %s: %v", name, err)
+		// The walsender of a node that just stopped may hold the slot a moment longer.
+		for tries := 0; ; tries++ {
+			_, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_drop_replication_slot($1)", name)
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "55006" && tries < 100 {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			if err != nil {
+				b.Errorf("drop slot %s: %v", name, err)
+			}
+			return
 		}
 	}
 	defer dropSlot(origin)
 
 	i := 0
+	var cpu, machineCPU time.Duration
 	for b.Loop() {
 		b.StopTimer()
 		slot := fmt.Sprintf("%s_%d", origin, i)
 		copySlot(slot)
 		stream := fmt.Sprintf("catchup_%d", i)
+		cpu0, busy0 := processCPU(), machineBusy()
 		b.StartTimer()
 		catchUpCluster(b, dsn, slot, stream, lc.URLs(), changes)
 		b.StopTimer()
+		cpu += processCPU() - cpu0
+		machineCPU += machineBusy() - busy0
 		dropSlot(slot)
 		deleteStream(b, lc.URLs(), stream)
 		i++
@@ -100,11 +119,17 @@ func BenchmarkClusterCatchUp(b *testing.B) {
 	r := drainRecvlogical(b, pgtest.Shared(b), dsn, slot, target)
 	dropSlot(slot)
 	recvRate := float64(changes) / r.Elapsed.Seconds()
+	walflowCPU := float64(cpu.Microseconds()) / float64(changes*b.N)
+	recvCPU := float64(r.CPU.Microseconds()) / float64(changes)
 	b.ReportMetric(walflowRate, "changes/s")
 	b.ReportMetric(recvRate, "recvlogical_changes/s")
 	b.ReportMetric(walflowRate/recvRate, "ratio")
-	b.Logf("cluster catch-up of %s changes in 100-row transactions: walflow (R3 stream, sync always) %s changes/s, pg_recvlogical %s changes/s, ratio %.2f",
-		thousands(changes), thousands(int(walflowRate)), thousands(int(recvRate)), walflowRate/recvRate)
+	b.ReportMetric(walflowCPU, "cpu_us/change")
+	b.ReportMetric(recvCPU, "recvlogical_cpu_us/change")
+	b.ReportMetric(walflowCPU/recvCPU, "cpu_ratio")
+	b.Logf("cluster catch-up of %s changes in 100-row transactions: walflow (R3 stream, sync always) %s changes/s, %.1f µs CPU/change (engine and three NATS servers in this process); pg_recvlogical %s changes/s, %.2f µs CPU/change; ratio %.2f, CPU ratio %.1f; machine CPU %.1f s over walflow's %.1f s, %.1f s over pg_recvlogical's %.1f s",
+		thousands(changes), thousands(int(walflowRate)), walflowCPU, thousands(int(recvRate)), recvCPU, walflowRate/recvRate, walflowCPU/recvCPU,
+		machineCPU.Seconds(), b.Elapsed().Seconds(), r.MachineCPU.Seconds(), r.Elapsed.Seconds())
 }
 
 // catchUpCluster runs a cluster node on slot, its ledger on stream, until the ledger holds

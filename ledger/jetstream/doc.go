@@ -12,32 +12,38 @@
 // The writer spools the open transaction's events locally (in memory up to
 // [Options].SpoolMemory bytes, then in a temporary file in [Options].SpoolDir), so
 // [Ledger.AbortTx] leaves no trace in the stream and a transaction far larger than memory
-// is never held in it. [Ledger.CommitTx] publishes the transaction's events asynchronously,
-// the last one with the header Walflow-End carrying the transaction's first sequence and
-// its end LSN; [Ledger.Sync] waits until JetStream acknowledged every message (at the
-// stream's replication: a quorum of an R3 stream), records the bookkeeping when needed
-// (see State), and only then makes the transactions visible to the writer's own readers.
+// is never held in it. [Ledger.CommitTx] publishes the transaction's events in JetStream
+// atomic batches (the stream allows them: Open sets AllowAtomicPublish, on a stream it
+// creates or one that exists; it needs nats-server 2.12 or newer), the last event with the
+// header Walflow-End carrying the transaction's first sequence and its end LSN. A batch
+// holds up to [Options].BatchMessages events (1000, the servers' default limit), of one
+// transaction or of several; JetStream stores a batch whole or not at all, as one Raft
+// proposal. [Ledger.Sync] commits the open batch, waits until JetStream acknowledged every
+// batch (at the stream's replication: a quorum of an R3 stream), records the bookkeeping
+// when needed (see State), and only then makes the transactions visible to the writer's
+// own readers.
 //
 // Readers on every node expose only events through the last message carrying Walflow-End,
-// so no reader sees part of a transaction. A writer that dies while publishing a
-// transaction leaves its first messages in the stream as an unterminated tail. The next
-// writer ([Ledger.Lead]) finds that tail, and when the source replays the same
-// transaction from the slot, it checks each replayed event against the message already at
-// its position (Nats-Msg-Id) and publishes only the rest: positions come out identical and
-// nothing is stored twice, however long ago the tail was written.
+// so no reader sees part of a transaction, however many batches it spans. A writer that
+// dies between two batches of a transaction leaves its first messages in the stream as an
+// unterminated tail. The next writer ([Ledger.Lead]) finds that tail, and when the source
+// replays the same transaction from the slot, it checks each replayed event against the
+// message already at its position (the Walflow-Id header, "<commit LSN>/<index in the
+// transaction>") and publishes only the rest: positions come out identical and nothing is
+// stored twice, however long ago the tail was written.
 //
-// # Idempotence and fencing
+// # Fencing
 //
-// Every message carries Nats-Msg-Id "<commit LSN>/<index in the transaction>", so
-// JetStream's duplicate window drops a message published twice, and
-// Nats-Expected-Last-Sequence set to its position minus one, so a message lands exactly
-// at the position the writer gave it or not at all. A deposed leader's late publish fails
-// with "wrong last sequence" once the new leader has appended anything, and its next write
-// of the state bucket fails because [Ledger.Lead] moved the entry's revision: both errors
-// match [ErrFenced] and [ledger.ErrWriteFailed], which the source treats as fatal. (The
-// server checks the expected last sequence before the duplicate window, so a duplicate
-// publish with that header fails rather than being acknowledged as a duplicate; the
-// writer never relies on it.)
+// A batch's first message carries Nats-Expected-Last-Sequence set to its position minus
+// one, so a batch lands exactly at the positions the writer gave it or not at all, and the
+// writer commits a batch only once JetStream acknowledged the one before it: once one
+// batch of a deposed writer is refused, it commits no later one, which could otherwise
+// match the stream's last sequence by chance after the new writer's appends. A deposed
+// leader's batch fails with "wrong last sequence" once the new leader has appended
+// anything, and its next write of the state bucket fails because [Ledger.Lead] moved the
+// entry's revision: both errors match [ErrFenced] and [ledger.ErrWriteFailed], which the
+// source treats as fatal. The writer does not use Nats-Msg-Id and JetStream's duplicate
+// window: the expected last sequence already refuses a batch published twice.
 //
 // # State
 //

@@ -40,6 +40,8 @@ const (
 	hdrTx = "Walflow-Tx"
 	// hdrEnd marks the last message of a transaction: "<first sequence> <end LSN>".
 	hdrEnd = "Walflow-End"
+	// hdrID identifies the message's event: "<commit LSN>/<index in the transaction>".
+	hdrID = "Walflow-Id"
 	// stateKey is the state bucket's key of the writer's bookkeeping.
 	stateKey = "state"
 )
@@ -86,10 +88,19 @@ type Options struct {
 	// CacheEvents is how many of the latest events each ledger keeps in memory for
 	// readers; 16384 by default. Reads of older events fetch them from the stream.
 	CacheEvents int
-	// AckTimeout bounds the wait for JetStream's acknowledgement of a published message;
+	// AckTimeout bounds the wait for JetStream's acknowledgement of a published batch;
 	// 30 s by default.
 	AckTimeout time.Duration
+	// BatchMessages is the most events the writer publishes in one JetStream atomic
+	// batch; 1000 by default, the servers' default limit (max_batch_size in their
+	// jetstream limits). A smaller value costs throughput; a larger one needs servers
+	// configured to accept it.
+	BatchMessages int
 }
+
+// defaultBatchMessages is Options.BatchMessages' default, nats-server's default
+// max_batch_size.
+const defaultBatchMessages = 1000
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
@@ -138,6 +149,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = 30 * time.Second
+	}
+	if o.BatchMessages == 0 {
+		o.BatchMessages = defaultBatchMessages
+	}
+	if o.BatchMessages < 0 {
+		return fmt.Errorf("ledger/jetstream: BatchMessages %d is invalid; use a positive number (at most the servers' max_batch_size, 1000 by default) or 0 for the default", o.BatchMessages)
 	}
 	return nil
 }
@@ -221,9 +238,14 @@ func Open(ctx context.Context, opts Options) (*Ledger, error) {
 		Discard:     jetstream.DiscardNew,
 		Duplicates:  opts.DuplicateWindow,
 		DenyDelete:  true,
+		// The writer publishes the events in atomic batches.
+		AllowAtomicPublish: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ledger/jetstream: create or update stream %s on subject %s with %d replicas (is JetStream enabled on the server, and does another stream use the subject?): %w", opts.Stream, opts.Subject, opts.Replicas, err)
+	}
+	if !stream.CachedInfo().Config.AllowAtomicPublish {
+		return nil, fmt.Errorf("ledger/jetstream: stream %s does not allow atomic batch publish after its update: the NATS servers are older than 2.12; upgrade them to nats-server 2.12 or newer", opts.Stream)
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      opts.StateBucket,
@@ -586,9 +608,10 @@ func (l *Ledger) Wait(ctx context.Context, after event.Position) error {
 
 // Truncate purges every message at or before through (clamped to the head) from the
 // stream, keeping later sequences, and drops the index entries. Only the leader truncates
-// (others get [ErrReadOnly], a failed writer its error): the writer's fence expects the id of the stream's last
-// message, which a purge of every message resets. Other nodes see the new tail within
-// seconds, or at once when a read needs a purged message.
+// (others get [ErrReadOnly], a failed writer its error), so that one node applies
+// retention. The writer goes on meanwhile: a purge keeps the stream's last sequence, which
+// its batches expect. Other nodes see the new tail within seconds, or at once when a read
+// needs a purged message.
 func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	if l.pub.Closed() {
 		return ledger.ErrClosed
@@ -604,45 +627,29 @@ func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	}
 	l.truncMu.Lock()
 	defer l.truncMu.Unlock()
+	// The writer may go on while the stream is purged: its batches expect the stream's
+	// last sequence, which a purge keeps.
 	l.wmu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			l.wmu.Unlock()
-		}
-	}()
 	w := l.w
+	var failed error
+	if w != nil {
+		failed = w.failed
+	}
+	l.wmu.Unlock()
 	if w == nil {
 		return ErrReadOnly
 	}
-	if w.failed != nil {
-		return w.failed
+	if failed != nil {
+		return failed
 	}
-	head := l.pub.Head()
-	through = min(through, head)
+	through = min(through, l.pub.Head())
 	if through <= l.pub.Tail() {
 		return nil
 	}
 	octx, cancel := l.opCtx(ctx)
 	defer cancel()
-	if through < head {
-		// The message at the head stays, and with it JetStream's last message id: the
-		// writer may go on meanwhile.
-		l.wmu.Unlock()
-		locked = false
-	} else {
-		// Everything published must be stored before the purge, so that JetStream's last
-		// message id is the one the writer's next publish expects.
-		if err := l.awaitAcks(octx, w, 0); err != nil {
-			return l.closedErr(l.fail(w, err))
-		}
-	}
 	if err := l.stream.Purge(octx, jetstream.WithPurgeSequence(uint64(through)+1)); err != nil {
 		return l.closedErr(fmt.Errorf("ledger/jetstream: purge stream %s through sequence %d: %w", l.opts.Stream, through, err))
-	}
-	if locked && through >= w.lastSeq {
-		// The stream is empty: JetStream no longer knows a last message id.
-		w.lastID = ""
 	}
 	l.setTail(through)
 	return nil

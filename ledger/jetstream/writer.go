@@ -2,6 +2,8 @@ package jetstream
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,8 +26,17 @@ var errCrash = errors.New("ledger/jetstream: CommitTx stopped midway by a test")
 // stream's end markers already carry it.
 const bucketInterval = 5 * time.Second
 
-// maxInFlight bounds the published messages awaiting JetStream's acknowledgement.
-const maxInFlight = 2048
+// Headers of JetStream's atomic batch publish.
+const (
+	hdrBatchID     = "Nats-Batch-Id"
+	hdrBatchSeq    = "Nats-Batch-Sequence"
+	hdrBatchCommit = "Nats-Batch-Commit"
+	hdrExpectLast  = "Nats-Expected-Last-Sequence"
+)
+
+// maxBatchBytes closes a batch once its messages' payloads reach this many bytes, so that
+// the stream leader, which holds a batch in memory until its commit, holds little.
+const maxBatchBytes = 4 << 20
 
 // writer is the state of the leading ledger's writer.
 type writer struct {
@@ -44,6 +55,16 @@ type writer struct {
 	txFirst event.Position
 	spool   spool
 
+	// batch is the atomic batch being published: its messages are sent as the
+	// transactions commit, all but the last at once; the last is held back until the
+	// batch closes, when it is sent with the commit header.
+	batch openBatch
+	// batchPrefix makes this writer's batch ids unique among writers; batchN counts its
+	// batches.
+	batchPrefix string
+	batchN      uint64
+	// inflight holds the closed batches awaiting JetStream's acknowledgement: at most
+	// one, since a batch is committed only once the one before it was acknowledged.
 	inflight []inflight
 
 	// orphan is the unterminated tail Lead found: messages orphanFirst..orphanLast of
@@ -51,24 +72,41 @@ type writer struct {
 	orphanFirst, orphanLast event.Position
 	orphanLSN               event.LSN
 
-	// lastSeq is the last sequence the writer published (or found in the stream), and
-	// lastID its message id: every publish expects both, so that once one message of a
-	// deposed writer is refused, every later one is too (the id chain breaks).
+	// lastSeq is the last sequence the writer published (or found in the stream).
 	lastSeq event.Position
-	lastID  string
 
 	keys []string
 	buf  []byte
 }
 
-type inflight struct {
-	f   jetstream.PubAckFuture
-	pos event.Position
+// openBatch is the atomic batch being published.
+type openBatch struct {
+	id    string
+	n     int // messages, the held one included
+	bytes int
+	first event.Position
+	held  *nats.Msg // the last message, sent when the batch closes
 }
 
-// msgID is the Nats-Msg-Id of the i-th event of the transaction committed at lsn.
+// inflight is a closed batch: its commit was sent, its acknowledgement is awaited.
+type inflight struct {
+	f           jetstream.PubAckFuture
+	first, last event.Position
+}
+
+// msgID is the identity of the i-th event of the transaction committed at lsn, which its
+// message carries in the Walflow-Id header.
 func msgID(lsn event.LSN, i int) string {
 	return strconv.FormatUint(uint64(lsn), 10) + "/" + strconv.Itoa(i)
+}
+
+// storedID returns the identity a stored message carries: its Walflow-Id header, or the
+// Nats-Msg-Id of a message published one at a time (the ledger's earlier format).
+func storedID(h nats.Header) string {
+	if id := h.Get(hdrID); id != "" {
+		return id
+	}
+	return h.Get(jetstream.MsgIDHeader)
 }
 
 // Lead makes this ledger the stream's writer: it recovers the bookkeeping from the state
@@ -153,18 +191,15 @@ func (l *Ledger) recover(ctx context.Context) (*writer, event.Position, error) {
 	if last < st.Head {
 		return nil, 0, fmt.Errorf("ledger/jetstream: stream %s ends at sequence %d but bucket %s records head %d; the stream was deleted or replaced: delete the bucket too to start a new ledger, or restore the stream", l.opts.Stream, last, l.opts.StateBucket, st.Head)
 	}
-	w := &writer{spool: spool{dir: l.opts.SpoolDir, limit: l.opts.SpoolMemory}}
+	prefix, err := newBatchPrefix()
+	if err != nil {
+		return nil, 0, err
+	}
+	w := &writer{spool: spool{dir: l.opts.SpoolDir, limit: l.opts.SpoolMemory}, batchPrefix: prefix}
 	if w.spool.dir == "" {
 		w.spool.dir = os.TempDir()
 	}
 	w.lastSeq = last
-	if last > tail {
-		m, err := l.stream.GetMsg(ctx, uint64(last))
-		if err != nil {
-			return nil, 0, fmt.Errorf("ledger/jetstream: read the last message (sequence %d) of stream %s: %w", last, l.opts.Stream, err)
-		}
-		w.lastID = m.Header.Get(jetstream.MsgIDHeader)
-	}
 	// Transactions synced after the bucket was last written, and an unfinished one.
 	if from := max(st.Head, tail) + 1; from <= last {
 		if err := l.scanHeaders(ctx, from, last, func(seq event.Position, h nats.Header) error {
@@ -258,16 +293,13 @@ func (l *Ledger) scanHeaders(ctx context.Context, from, to event.Position, fn fu
 	return nil
 }
 
-// jsErrWrongLastMsgID is JetStream's error code for a failed Nats-Expected-Last-Msg-Id.
-const jsErrWrongLastMsgID = 10070
-
-// isFenceErr reports whether err is JetStream's refusal of an expected last sequence,
-// message id or revision.
+// isFenceErr reports whether err is JetStream's refusal of an expected last sequence or
+// revision.
 func isFenceErr(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
 		switch apiErr.ErrorCode {
-		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, jsErrWrongLastMsgID:
+		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant:
 			return true
 		}
 	}
@@ -388,7 +420,7 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 		pos := w.txFirst + event.Position(i)
 		id := msgID(lsn, i)
 		if l.crashAfter > 0 && i == l.crashAfter {
-			if err := l.awaitAcks(ctx, w, 0); err != nil {
+			if err := l.flush(ctx, w); err != nil {
 				return err
 			}
 			return errCrash
@@ -399,36 +431,31 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 			if err != nil {
 				return fmt.Errorf("ledger/jetstream: read the unfinished transaction's message at sequence %d: %w", pos, err)
 			}
-			if got := m.Header.Get(jetstream.MsgIDHeader); got != id {
+			if got := storedID(m.Header); got != id {
 				return fmt.Errorf("ledger/jetstream: stream %s holds message %q at sequence %d where the replay puts %q: the replay differs from what the previous writer published; restore the publication and configuration it ran with", l.opts.Stream, got, pos, id)
 			}
-			w.lastSeq, w.lastID = pos, id
+			w.lastSeq = pos
 			return nil
-		}
-		msg := nats.NewMsg(l.opts.Subject)
-		msg.Data = append([]byte(nil), rec...)
-		msg.Header.Set(hdrTx, strconv.FormatUint(uint64(lsn), 10))
-		if i == n-1 {
-			msg.Header.Set(hdrEnd, strconv.FormatUint(uint64(w.txFirst), 10)+" "+strconv.FormatUint(uint64(endLSN), 10))
 		}
 		if pos != w.lastSeq+1 {
 			return fmt.Errorf("ledger/jetstream: the event at position %d would follow sequence %d of stream %s: the writer lost track of the stream; call Lead again", pos, w.lastSeq, l.opts.Stream)
 		}
-		opts := []jetstream.PublishOpt{jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(uint64(w.lastSeq))}
-		if w.lastID != "" {
-			opts = append(opts, jetstream.WithExpectLastMsgID(w.lastID))
+		msg := nats.NewMsg(l.opts.Subject)
+		msg.Data = append([]byte(nil), rec...)
+		msg.Header.Set(hdrTx, strconv.FormatUint(uint64(lsn), 10))
+		msg.Header.Set(hdrID, id)
+		if i == n-1 {
+			msg.Header.Set(hdrEnd, strconv.FormatUint(uint64(w.txFirst), 10)+" "+strconv.FormatUint(uint64(endLSN), 10))
 		}
-		f, err := l.js.PublishMsgAsync(msg, opts...)
-		if err != nil {
-			return fmt.Errorf("ledger/jetstream: publish the event at position %d to stream %s: %w", pos, l.opts.Stream, err)
+		if err := l.stage(ctx, w, msg, pos); err != nil {
+			return err
 		}
-		w.lastSeq, w.lastID = pos, id
-		w.inflight = append(w.inflight, inflight{f, pos})
-		if len(w.inflight) >= maxInFlight {
-			return l.awaitAcks(ctx, w, maxInFlight/2)
-		}
+		w.lastSeq = pos
 		return nil
 	})
+	if err == nil {
+		err = l.commitEarly(w)
+	}
 	if err != nil {
 		return l.fail(w, err)
 	}
@@ -444,32 +471,130 @@ func (l *Ledger) CommitTx(ctx context.Context, endLSN event.LSN) error {
 	return w.spool.reset()
 }
 
-// awaitAcks waits for the acknowledgements of the oldest in-flight messages until at most
-// keep are left.
-func (l *Ledger) awaitAcks(ctx context.Context, w *writer, keep int) error {
+// stage adds msg, the event at position pos, to the open batch, opening one if none is:
+// the batch's first message expects the stream's last sequence to be the one before it,
+// so that a batch lands exactly where the writer put it or not at all. It sends the
+// message held back until now, holds msg back, and closes the batch when it is full.
+func (l *Ledger) stage(ctx context.Context, w *writer, msg *nats.Msg, pos event.Position) error {
+	b := &w.batch
+	if b.n == 0 {
+		w.batchN++
+		b.id = w.batchPrefix + strconv.FormatUint(w.batchN, 36)
+		b.first = pos
+		msg.Header.Set(hdrExpectLast, strconv.FormatUint(uint64(pos-1), 10))
+	}
+	b.n++
+	b.bytes += len(msg.Data)
+	msg.Header.Set(hdrBatchID, b.id)
+	msg.Header.Set(hdrBatchSeq, strconv.Itoa(b.n))
+	if b.held != nil {
+		if err := l.opts.Conn.PublishMsg(b.held); err != nil {
+			return fmt.Errorf("ledger/jetstream: publish the event at position %d to stream %s: %w", pos-1, l.opts.Stream, err)
+		}
+	}
+	b.held = msg
+	if b.n >= l.opts.BatchMessages || b.bytes >= maxBatchBytes {
+		return l.closeBatch(ctx, w)
+	}
+	return nil
+}
+
+// closeBatch commits the open batch, if any, once the batch before it is acknowledged:
+// JetStream checks a batch's expected last sequence when the batch commits, so a batch
+// committed only after its predecessor was stored cannot land after another writer's
+// messages by chance, and once one batch is refused no later one is committed.
+func (l *Ledger) closeBatch(ctx context.Context, w *writer) error {
+	b := &w.batch
+	if b.held == nil {
+		return nil
+	}
+	if err := l.awaitAcks(ctx, w); err != nil {
+		return err
+	}
+	last := b.first + event.Position(b.n) - 1
+	b.held.Header.Set(hdrBatchCommit, "1")
+	f, err := l.js.PublishMsgAsync(b.held)
+	if err != nil {
+		return fmt.Errorf("ledger/jetstream: publish the batch of positions %d to %d to stream %s: %w", b.first, last, l.opts.Stream, err)
+	}
+	w.inflight = append(w.inflight, inflight{f: f, first: b.first, last: last})
+	*b = openBatch{}
+	return nil
+}
+
+// commitEarly commits the open batch once it holds a quarter of BatchMessages and no batch
+// awaits JetStream's acknowledgement any more, without waiting: the servers store it while
+// the source decodes the next transactions, and Sync has less left to wait for. While a
+// batch is in flight, the transactions committed meanwhile gather in the open batch, so
+// batches grow as the servers slow down; the quarter keeps batches large enough that
+// their fixed cost (on one server without replicas, a file store each) stays small.
+func (l *Ledger) commitEarly(w *writer) error {
+	if w.batch.held == nil || w.batch.n < max(l.opts.BatchMessages/4, 1) {
+		return nil
+	}
+	if len(w.inflight) > 0 {
+		p := w.inflight[0]
+		select {
+		case ack := <-p.f.Ok():
+			if err := l.checkAck(p, ack); err != nil {
+				return err
+			}
+		case err := <-p.f.Err():
+			return l.ackErr(p, err)
+		default:
+			return nil
+		}
+		clear(w.inflight[:1])
+		w.inflight = w.inflight[1:]
+	}
+	return l.closeBatch(context.Background(), w) // nothing in flight: it does not wait
+}
+
+// flush commits the open batch and waits until JetStream acknowledged every batch.
+func (l *Ledger) flush(ctx context.Context, w *writer) error {
+	if err := l.closeBatch(ctx, w); err != nil {
+		return err
+	}
+	return l.awaitAcks(ctx, w)
+}
+
+// awaitAcks waits for the acknowledgements of the closed batches.
+func (l *Ledger) awaitAcks(ctx context.Context, w *writer) error {
 	done := 0
 	defer func() {
 		clear(w.inflight[:done])
 		w.inflight = w.inflight[done:]
 	}()
-	for len(w.inflight)-done > keep {
-		p := w.inflight[done]
+	for _, p := range w.inflight {
 		select {
 		case ack := <-p.f.Ok():
-			if ack.Sequence != uint64(p.pos) || ack.Duplicate {
-				return fmt.Errorf("ledger/jetstream: stream %s stored the event of position %d at sequence %d (duplicate %t): another writer appends to the stream", l.opts.Stream, p.pos, ack.Sequence, ack.Duplicate)
+			if err := l.checkAck(p, ack); err != nil {
+				return err
 			}
 		case err := <-p.f.Err():
-			if isFenceErr(err) {
-				return ledger.WriteFailed(fmt.Errorf("%w: stream %s refused the event of position %d because another writer appended there first: %v", ErrFenced, l.opts.Stream, p.pos, err))
-			}
-			return fmt.Errorf("ledger/jetstream: publish the event at position %d to stream %s: %w", p.pos, l.opts.Stream, err)
+			return l.ackErr(p, err)
 		case <-ctx.Done():
-			return fmt.Errorf("ledger/jetstream: wait for stream %s to acknowledge position %d: %w", l.opts.Stream, p.pos, ctx.Err())
+			return fmt.Errorf("ledger/jetstream: wait for stream %s to acknowledge positions %d to %d: %w", l.opts.Stream, p.first, p.last, ctx.Err())
 		}
 		done++
 	}
 	return nil
+}
+
+// checkAck checks the acknowledgement of batch p.
+func (l *Ledger) checkAck(p inflight, ack *jetstream.PubAck) error {
+	if ack.Sequence != uint64(p.last) || ack.Duplicate {
+		return fmt.Errorf("ledger/jetstream: stream %s stored the events of positions %d to %d ending at sequence %d (duplicate %t): another writer appends to the stream", l.opts.Stream, p.first, p.last, ack.Sequence, ack.Duplicate)
+	}
+	return nil
+}
+
+// ackErr returns the error of batch p that JetStream refused with err.
+func (l *Ledger) ackErr(p inflight, err error) error {
+	if isFenceErr(err) {
+		return ledger.WriteFailed(fmt.Errorf("%w: stream %s refused the events of positions %d to %d because another writer appended there first: %v", ErrFenced, l.opts.Stream, p.first, p.last, err))
+	}
+	return fmt.Errorf("ledger/jetstream: publish the events of positions %d to %d to stream %s: %w%s", p.first, p.last, l.opts.Stream, err, batchHint(err))
 }
 
 // AbortTx drops the open transaction's events, which never reached the stream.
@@ -503,7 +628,7 @@ func (l *Ledger) Sync(ctx context.Context) error {
 	}
 	ctx, cancel := l.opCtx(ctx)
 	defer cancel()
-	if err := l.awaitAcks(ctx, w, 0); err != nil {
+	if err := l.flush(ctx, w); err != nil {
 		return l.closedErr(l.fail(w, err))
 	}
 	if !w.dirty {
@@ -581,4 +706,41 @@ func (l *Ledger) setState(ctx context.Context, set func(*ledger.State)) error {
 	l.pub.Publish(st)
 	l.mu.Unlock()
 	return nil
+}
+
+// newBatchPrefix returns a random prefix for a writer's batch ids, so that two writers
+// (a deposed leader and its successor) never share one.
+func newBatchPrefix() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("ledger/jetstream: draw a batch id prefix: %w", err)
+	}
+	return hex.EncodeToString(b[:]) + "-", nil
+}
+
+// JetStream's error codes of a refused atomic batch.
+const (
+	jsErrBatchDisabled    = 10174
+	jsErrBatchIncomplete  = 10176
+	jsErrBatchTooLarge    = 10199
+	jsErrBatchTooInflight = 10210
+)
+
+// batchHint returns advice on a batch JetStream refused, or "".
+func batchHint(err error) string {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return ""
+	}
+	switch apiErr.ErrorCode {
+	case jsErrBatchDisabled:
+		return "; the stream does not allow atomic batch publish: Open enables it (nats-server 2.12 or newer)"
+	case jsErrBatchIncomplete:
+		return "; the stream dropped part of the batch (its leader changed, a message was refused, or the batch was idle past the servers' batch timeout)"
+	case jsErrBatchTooLarge:
+		return "; the servers accept fewer messages per batch (max_batch_size): lower Options.BatchMessages to their limit"
+	case jsErrBatchTooInflight:
+		return "; the servers have too many batches in flight (max_batch_inflight_per_stream, max_batch_inflight_total)"
+	}
+	return ""
 }

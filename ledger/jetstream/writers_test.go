@@ -2,13 +2,16 @@ package jetstream_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
-	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/ledger"
@@ -196,32 +199,79 @@ func TestReplayDiffers(t *testing.T) {
 	}
 }
 
-// TestDuplicatePublish records what JetStream does with a message id it has seen, which
-// the writer's design relies on: without an expected last sequence the duplicate is
-// acknowledged with the first copy's sequence; with one, the stream checks the sequence
-// first and refuses it.
-func TestDuplicatePublish(t *testing.T) {
+// TestBatchRules records the rules of JetStream's atomic batches the writer's design
+// follows: only a batch's first message may expect the stream's last sequence, a message
+// may not expect the last message id (so the fence is one batch committed at a time, not
+// an id chain), and a refused batch stores none of its messages.
+func TestBatchRules(t *testing.T) {
 	s := startServer(t, "", 0)
 	ctx := context.Background()
 	stream := newStream()
 	open(t, connect(t, s), stream, nil) // creates the stream
-	js, err := natsjs.New(connect(t, s))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := connect(t, s)
 	subj := "walflow." + strings.ToLower(stream) + ".events"
-	ack, err := js.Publish(ctx, subj, []byte("x"), natsjs.WithMsgID("7/0"))
-	if err != nil || ack.Sequence != 1 || ack.Duplicate {
-		t.Fatalf("first publish = %+v, %v", ack, err)
+	batch := func(id string, n int, hdr func(i int, h nats.Header)) error {
+		for i := 1; i <= n; i++ {
+			m := nats.NewMsg(subj)
+			m.Data = []byte("x")
+			m.Header.Set("Nats-Batch-Id", id)
+			m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i))
+			hdr(i, m.Header)
+			if i < n {
+				if err := nc.PublishMsg(m); err != nil {
+					return err
+				}
+				continue
+			}
+			m.Header.Set("Nats-Batch-Commit", "1")
+			reply, err := nc.RequestMsgWithContext(ctx, m)
+			if err != nil {
+				return err
+			}
+			var ack struct {
+				Seq   uint64 `json:"seq"`
+				Error *struct {
+					Code int `json:"err_code"`
+				} `json:"error"`
+			}
+			if err := json.Unmarshal(reply.Data, &ack); err != nil {
+				return err
+			}
+			if ack.Error != nil {
+				return fmt.Errorf("error code %d", ack.Error.Code)
+			}
+		}
+		return nil
 	}
-	ack, err = js.Publish(ctx, subj, []byte("x"), natsjs.WithMsgID("7/0"))
-	if err != nil || ack.Sequence != 1 || !ack.Duplicate {
-		t.Fatalf("duplicate publish = %+v, %v; want sequence 1, duplicate", ack, err)
+	if err := batch("ok", 3, func(i int, h nats.Header) {
+		if i == 1 {
+			h.Set("Nats-Expected-Last-Sequence", "0")
+		}
+	}); err != nil {
+		t.Fatalf("a batch expecting the last sequence on its first message: %v", err)
 	}
-	_, err = js.Publish(ctx, subj, []byte("x"), natsjs.WithMsgID("7/0"), natsjs.WithExpectLastSequence(0))
-	var apiErr *natsjs.APIError
-	if !errors.As(err, &apiErr) || apiErr.ErrorCode != natsjs.JSErrCodeStreamWrongLastSequence {
-		t.Fatalf("duplicate publish expecting last sequence 0 = %v, want wrong last sequence", err)
+	for name, c := range map[string]struct {
+		hdr  func(i int, h nats.Header)
+		code string
+	}{
+		"wrong last sequence": {func(i int, h nats.Header) {
+			if i == 1 {
+				h.Set("Nats-Expected-Last-Sequence", "2")
+			}
+		}, "10071"},
+		"expected sequence past the first message": {func(i int, h nats.Header) {
+			h.Set("Nats-Expected-Last-Sequence", strconv.Itoa(2+i))
+		}, "10164"},
+		"expected last message id": {func(i int, h nats.Header) {
+			h.Set("Nats-Expected-Last-Msg-Id", "x")
+		}, "10177"},
+	} {
+		if err := batch(strings.ReplaceAll(name, " ", "-"), 3, c.hdr); err == nil || !strings.Contains(err.Error(), c.code) {
+			t.Errorf("a batch with %s = %v, want error code %s", name, err, c.code)
+		}
+	}
+	if n := lastSeq(t, nc, stream); n != 3 {
+		t.Fatalf("the stream ends at sequence %d, want 3: a refused batch stored messages", n)
 	}
 }
 
