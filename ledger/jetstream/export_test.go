@@ -61,19 +61,20 @@ func SetFetchWait(d time.Duration) (restore func()) {
 }
 
 // RewriteCheckpointID replaces the message id of the checkpoint of the channel index in
-// dir, which no ledger has open, as if the stream had held another message there.
-func RewriteCheckpointID(dir, id string) error {
+// dir, which no ledger has open, as if the stream had held another message there, and
+// returns the id it replaced.
+func RewriteCheckpointID(dir, id string) (old string, err error) {
 	s, err := openStore(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
-		return err
+		return "", err
 	}
 	m, ok, err := s.meta()
 	if err == nil && !ok {
 		err = errors.New("no checkpoint")
 	}
 	if err == nil {
-		m.LastID = id
+		old, m.LastID = m.LastID, id
 		err = s.commit(m, true)
 	}
-	return errors.Join(err, s.close())
+	return old, errors.Join(err, s.close())
 }

@@ -43,7 +43,7 @@ type index struct {
 	commit    event.LSN      // its transaction's commit LSN
 	end       event.LSN      // and end LSN
 	processed event.Position // the last sequence applied (or the tail)
-	lastID    string         // its Nats-Msg-Id, with a store
+	lastID    string         // its identity (storedID), with a store
 	applied   int64          // messages applied since Open (what Open read of the stream)
 	changed   chan struct{}  // closed and replaced when processed moves
 	scratch   []string
@@ -121,7 +121,7 @@ func (x *index) apply(log *slog.Logger, seq event.Position, hdr nats.Header, dat
 	}
 	x.processed = seq
 	if x.store != nil {
-		x.lastID = hdr.Get(nats.MsgIdHdr)
+		x.lastID = storedID(hdr)
 	}
 	x.applied++
 	x.pending++

@@ -243,8 +243,14 @@ func TestIndexDirRebuilt(t *testing.T) {
 		}, "rebuilding", true, ""},
 		{"indexer changed", func(*testing.T, string) {}, "the indexer changed", true, "v2"},
 		{"stream rewritten", func(t *testing.T, dir string) {
-			if err := jetstream.RewriteCheckpointID(dir, "1/0"); err != nil {
+			old, err := jetstream.RewriteCheckpointID(dir, "1/0")
+			if err != nil {
 				t.Fatal(err)
+			}
+			// The index records the identity the writer gives each message, or a
+			// rewritten stream would pass for the indexed one.
+			if !strings.Contains(old, "/") {
+				t.Fatalf("the index's checkpoint records message id %q, want the Walflow-Id <commit LSN>/<index>", old)
 			}
 		}, "the stream was rewritten", true, ""},
 	} {

@@ -372,8 +372,8 @@ func (l *Ledger) openIndex(ctx context.Context, info *jetstream.StreamInfo, tail
 			reason = fmt.Sprintf("the stream has no message at its checkpoint %d", m.Checkpoint)
 		case err != nil:
 			return fmt.Errorf("ledger/jetstream: read the message at sequence %d of stream %s to check the channel index: %w", m.Checkpoint, l.opts.Stream, err)
-		case msg.Header.Get(nats.MsgIdHdr) != m.LastID:
-			reason = fmt.Sprintf("the message at its checkpoint %d has id %q, the index's had %q: the stream was rewritten", m.Checkpoint, msg.Header.Get(nats.MsgIdHdr), m.LastID)
+		case storedID(msg.Header) != m.LastID:
+			reason = fmt.Sprintf("the message at its checkpoint %d has id %q, the index's had %q: the stream was rewritten", m.Checkpoint, storedID(msg.Header), m.LastID)
 		}
 	}
 	if reason == "" {

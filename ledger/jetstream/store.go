@@ -65,7 +65,7 @@ type storeMeta struct {
 	Head       uint64 `json:"head"`
 	Commit     uint64 `json:"commit_lsn"`
 	End        uint64 `json:"end_lsn"`
-	// LastID is the Nats-Msg-Id of the message at Checkpoint: Open compares it with the
+	// LastID is the identity (Walflow-Id) of the message at Checkpoint: Open compares it with the
 	// stream's, so that a stream rewritten under the index is not taken for its own.
 	LastID string `json:"last_msg_id"`
 }
