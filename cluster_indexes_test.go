@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -97,9 +98,10 @@ func TestClusterIndexes(t *testing.T) {
 	pcfg, _ := pgx.ParseConfig(dsn)
 	wlog := &writeLog{checkpoint: map[string]event.Position{}, writers: map[string]map[string]int{}}
 	indexers := []index.Indexer{index.Field("by_post", "post_id"), words}
+	ledgerDir := filepath.Join(t.TempDir(), "ledger") // its .channels/<node> sibling holds each node's channel index
 	start := func(name string) *clusterNode {
 		eng, err := walflow.Open(ctx, walflow.Config{
-			DatabaseURL: dsn, Slot: pcfg.Database,
+			DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: ledgerDir,
 			Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
 			Indexers:       indexers,
 			StatusInterval: 200 * time.Millisecond,
