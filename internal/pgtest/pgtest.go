@@ -479,6 +479,12 @@ func (c *Cluster) Stop(ctx context.Context) error {
 				errs = nil
 			}
 		}
+		// pg_ctl stop returns once the postmaster removed its pid file, a moment before
+		// the process exits (on a loaded machine, noticeably later): Stop returns only
+		// once it is gone, so its port and memory are free.
+		if len(errs) == 0 && !waitGone(pid, 10*time.Second) {
+			errs = append(errs, fmt.Errorf("pgtest: postmaster %d still running 10 s after pg_ctl stop", pid))
+		}
 	}
 	if err := os.RemoveAll(c.dir); err != nil {
 		errs = append(errs, fmt.Errorf("pgtest: remove %s: %w", c.dir, err))
