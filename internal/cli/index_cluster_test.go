@@ -12,9 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/clustershare"
 	"github.com/walflow/walflow/internal/pgtest"
 )
 
@@ -223,10 +226,51 @@ func TestClusterIndexCommands(t *testing.T) {
 		}
 	}
 	r = cli("index", "rebuild", "by_post")
-	if want := "computed by this command, holding the lock walflow.indexes/" + slot + "): 6 entries under 2 values, checkpoint 7."; !strings.Contains(r.stdout, want) {
-		t.Errorf("index rebuild with no node printed\n%s\nwant %q", r.stdout, want)
+	rebuilt := "computed by this command, holding the lock walflow.indexes/" + slot + "): 6 entries under 2 values, checkpoint 7."
+	if !strings.Contains(r.stdout, rebuilt) {
+		t.Errorf("index rebuild with no node printed\n%s\nwant %q", r.stdout, rebuilt)
 	}
 	checkReads("after the command's rebuild")
+
+	// Another session holds the indexes' lock (a node that would compute): rebuild resets
+	// the index and computes nothing while the lock is held, then takes the lock once it
+	// is free and rebuilds the index itself.
+	lockConn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := clustershare.TryLock(ctx, lockConn, clustershare.IndexesLock(slot)); err != nil || !ok {
+		t.Fatalf("take the indexes' lock: %v, %v", ok, err)
+	}
+	done := make(chan result, 1)
+	go func() { done <- runCLI(ctx, noEnv, "index", "rebuild", "by_post", "--config", path) }()
+	stateOf := func() (bool, event.Position) {
+		var stored bool
+		var cp int64
+		err := conn.QueryRow(ctx, `SELECT stored, checkpoint FROM walflow.index_state WHERE indexer = $1`, slot+"/by_post").Scan(&stored, &cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stored, event.Position(cp)
+	}
+	until("the command to reset the index", func() bool { stored, _ := stateOf(); return !stored })
+	time.Sleep(1500 * time.Millisecond) // the command tries the lock every second meanwhile
+	if stored, cp := stateOf(); stored {
+		t.Fatalf("while another session held the lock, the command rebuilt the index (checkpoint %d)", cp)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("index rebuild ended while another session held the lock: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	default:
+	}
+	if err := lockConn.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r = <-done
+	if r.code != ExitOK || !strings.Contains(r.stdout, rebuilt) {
+		t.Errorf("index rebuild once the lock was free: exit %d\nstdout:\n%s\nstderr:\n%s\nwant %q", r.code, r.stdout, r.stderr, rebuilt)
+	}
+	checkReads("after the command's rebuild once the lock was free")
 }
 
 // TestClusterCommandErrors: unreachable NATS servers, or a stream no node created, give an
