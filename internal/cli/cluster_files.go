@@ -129,6 +129,14 @@ func (cf *clusterFiles) source() string {
 	return fmt.Sprintf("the stream %s at %s and the index store in the database", cf.stream, cf.urls)
 }
 
+// next counts looks in a row that found something: n+1 when found, else 0.
+func next(n int, found bool) int {
+	if found {
+		return n + 1
+	}
+	return 0
+}
+
 // lockRetry is how often a rebuild that waits for a node tries the indexes' lock.
 const lockRetry = time.Second
 
@@ -137,8 +145,8 @@ const lockRetry = time.Second
 // (clustershare.IndexesLock), it takes the lock and rebuilds the index from the stream
 // itself; otherwise the holder finds the reset (its store's fence moved) and rebuilds it,
 // and rebuildInCluster waits until the stored checkpoint reaches the stream's head as of
-// the reset, trying the lock meanwhile in case no node holds it any more. by names who
-// rebuilt it.
+// the reset, taking the lock itself when it finds it free twice a second apart (no node
+// holds it any more). by names who rebuilt it.
 func (f *localFiles) rebuildInCluster(ctx context.Context, ix index.Indexer, progress operator.ProgressFunc) (by string, err error) {
 	cf := f.clu
 	conn, err := pgx.Connect(ctx, f.cfg.Engine.DatabaseURL)
@@ -159,6 +167,7 @@ func (f *localFiles) rebuildInCluster(ctx context.Context, ix index.Indexer, pro
 	tick := time.NewTicker(progressEvery)
 	defer tick.Stop()
 	lastTry := time.Now()
+	free := 0 // looks in a row that found the lock free
 	for !held {
 		st, ok, err := f.store.State(ctx, ix.Name)
 		if err != nil {
@@ -177,12 +186,20 @@ func (f *localFiles) rebuildInCluster(ctx context.Context, ix index.Indexer, pro
 			return "the node holding the lock " + key, nil
 		}
 		if time.Since(lastTry) >= lockRetry {
+			// A node that the reset fenced releases the lock and takes it again at once:
+			// only a lock free at two looks a second apart has no node to compute.
 			lastTry = time.Now()
-			if held, err = clustershare.TryLock(ctx, conn, key); err != nil {
+			taken, err := clustershare.Held(ctx, conn, key)
+			if err != nil {
 				return "", fmt.Errorf("%s: %w", f.cmd, err)
 			}
-			if held {
-				break
+			if free = next(free, !taken); free >= 2 {
+				if held, err = clustershare.TryLock(ctx, conn, key); err != nil {
+					return "", fmt.Errorf("%s: %w", f.cmd, err)
+				}
+				if held {
+					break
+				}
 			}
 		}
 		select {

@@ -52,6 +52,21 @@ func TryLock(ctx context.Context, conn *pgx.Conn, key string) (ok bool, err erro
 	return ok, nil
 }
 
+// heldSQL reports whether any session holds the session lock named $1 (a bigint advisory
+// lock: its key's high and low 32 bits in classid and objid, objsubid 1).
+const heldSQL = `SELECT EXISTS (SELECT FROM pg_catalog.pg_locks l, (SELECT hashtextextended($1, 0) AS k) h
+	WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+	AND l.classid::bigint = (h.k >> 32) & 4294967295 AND l.objid::bigint = h.k & 4294967295)`
+
+// Held reports whether a session holds the lock named key, without trying it.
+func Held(ctx context.Context, conn *pgx.Conn, key string) (bool, error) {
+	var held bool
+	if err := conn.QueryRow(ctx, heldSQL, key).Scan(&held); err != nil {
+		return false, fmt.Errorf("look up the lock %s: %w", key, err)
+	}
+	return held, nil
+}
+
 // Prefixed is the share of a shared index store that holds the indexers whose names start
 // with Prefix: it adds the prefix to the names it is given.
 type Prefixed struct {
