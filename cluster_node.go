@@ -20,6 +20,7 @@ import (
 	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/index"
 	indexpg "github.com/walflow/walflow/index/pg"
+	"github.com/walflow/walflow/internal/clustershare"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/jetstream"
 	"github.com/walflow/walflow/projector"
@@ -230,16 +231,13 @@ type clusterLock struct {
 
 // operatorsLock is the lock of the operators of an instance.
 func (e *Engine) operatorsLock() clusterLock {
-	return clusterLock{key: "walflow.operators/" + e.cfg.Slot, what: "operators", held: &e.clu.opsHeld}
+	return clusterLock{key: clustershare.OperatorsLock(e.cfg.Slot), what: "operators", held: &e.clu.opsHeld}
 }
 
 // indexesLock is the lock of the custom indexes of an instance.
 func (e *Engine) indexesLock() clusterLock {
-	return clusterLock{key: "walflow.indexes/" + e.cfg.Slot, what: "indexes", held: &e.clu.idxHeld}
+	return clusterLock{key: clustershare.IndexesLock(e.cfg.Slot), what: "indexes", held: &e.clu.idxHeld}
 }
-
-// clusterLockSQL tries a session lock named $1.
-const clusterLockSQL = `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`
 
 // runClusterOperators runs the operators on whichever node holds their PostgreSQL session
 // lock, one node at a time; the others follow the stored checkpoints (for process status
@@ -259,7 +257,10 @@ func (e *Engine) runClusterOperators(ctx context.Context) error {
 // store. When the holder dies, another node takes the lock and resumes each indexer from
 // its stored checkpoint. A deposed holder that has not noticed yet cannot write behind the
 // new one: the store fences its writes (index/pg's ErrFenced), and a fenced holder stops
-// computing and contends for the lock again.
+// computing and contends for the lock again. The same happens when walflow index rebuild
+// resets an index in the store, which moves its fence too (a live indexer checks it every
+// 250 ms): the holder, or whichever node takes the lock next, resumes from the stored
+// state, so it rebuilds the reset index.
 func (e *Engine) runClusterIndexes(ctx context.Context) error {
 	fenced := func(err error) bool { return errors.Is(err, indexpg.ErrFenced) }
 	return e.runLocked(ctx, e.indexesLock(), e.idx.Follow, e.idx.Run, fenced)
@@ -307,17 +308,6 @@ func (e *Engine) runLocked(ctx context.Context, l clusterLock, follow, run func(
 	}
 }
 
-// operatorLockIdleTimeout is the idle_session_timeout (PostgreSQL 14 and newer) of the
-// connection that holds a cluster lock. The holder pings it every second; when the
-// network between it and PostgreSQL is cut, the pings stop arriving, and PostgreSQL ends
-// the session, freeing the lock for another node, after this long instead of when TCP
-// notices (hours, by default).
-const operatorLockIdleTimeout = 10 * time.Second
-
-// operatorLockSessionSQL sets the lock connection's idle_session_timeout where the server
-// knows it (PostgreSQL 14 and newer), and does nothing on older ones.
-const operatorLockSessionSQL = `SELECT set_config(name, $1, false) FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout'`
-
 // takeClusterLock connects and takes l, trying every second until it gets it (nil error)
 // or ctx ends.
 func (e *Engine) takeClusterLock(ctx context.Context, l clusterLock) (*pgx.Conn, error) {
@@ -326,10 +316,7 @@ func (e *Engine) takeClusterLock(ctx context.Context, l clusterLock) (*pgx.Conn,
 		conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
 		if err == nil {
 			var ok bool
-			_, err = conn.Exec(ctx, operatorLockSessionSQL, fmt.Sprintf("%dms", operatorLockIdleTimeout.Milliseconds()))
-			if err == nil {
-				err = conn.QueryRow(ctx, clusterLockSQL, l.key).Scan(&ok)
-			}
+			ok, err = clustershare.TryLock(ctx, conn, l.key)
 			if err == nil && ok {
 				return conn, nil
 			}

@@ -14,6 +14,7 @@ import (
 	indexdisk "github.com/walflow/walflow/index/disk"
 	indexmemory "github.com/walflow/walflow/index/memory"
 	indexpg "github.com/walflow/walflow/index/pg"
+	"github.com/walflow/walflow/internal/clustershare"
 	"github.com/walflow/walflow/retry"
 )
 
@@ -29,7 +30,7 @@ func (e *Engine) openIndexes(ctx context.Context) error {
 	case e.clu != nil:
 		// The tables are made at the first use, once Run has found the database up.
 		pool := e.pool
-		e.clu.idxStore = &instanceStore{prefix: e.cfg.Slot + "/", open: func(ctx context.Context) (index.SharedStore, error) {
+		e.clu.idxStore = &instanceStore{prefix: clustershare.IndexPrefix(e.cfg.Slot), open: func(ctx context.Context) (index.SharedStore, error) {
 			return indexpg.Open(ctx, pool, nil)
 		}}
 		store = e.clu.idxStore
@@ -111,18 +112,19 @@ func (c indexCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // instanceStore is the share of a store of several instances that holds one instance's
-// indexes: it prefixes their names. It opens the store at its first use, and again at the
-// next one when that failed.
+// indexes: it prefixes their names (clustershare.Prefixed). It opens the store at its first
+// use, and again at the next one when that failed.
 type instanceStore struct {
 	prefix string
 	open   func(context.Context) (index.SharedStore, error)
 
 	mu sync.Mutex
-	s  index.SharedStore
+	s  index.FenceChecker
 }
 
-// store returns the store, opening it when it is not open yet.
-func (s *instanceStore) store(ctx context.Context) (index.SharedStore, error) {
+// store returns the instance's share of the store, opening the store when it is not open
+// yet.
+func (s *instanceStore) store(ctx context.Context) (index.FenceChecker, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.s == nil {
@@ -130,7 +132,7 @@ func (s *instanceStore) store(ctx context.Context) (index.SharedStore, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open the index store in the database: %w", err)
 		}
-		s.s = st
+		s.s = clustershare.Prefixed{Store: st, Prefix: s.prefix}
 	}
 	return s.s, nil
 }
@@ -140,7 +142,7 @@ func (s *instanceStore) State(ctx context.Context, indexer string) (index.State,
 	if err != nil {
 		return index.State{}, false, err
 	}
-	return st.State(ctx, s.prefix+indexer)
+	return st.State(ctx, indexer)
 }
 
 func (s *instanceStore) Write(ctx context.Context, batches ...index.Batch) error {
@@ -148,12 +150,7 @@ func (s *instanceStore) Write(ctx context.Context, batches ...index.Batch) error
 	if err != nil {
 		return err
 	}
-	bs := make([]index.Batch, len(batches))
-	for i, b := range batches {
-		b.Indexer = s.prefix + b.Indexer
-		bs[i] = b
-	}
-	return st.Write(ctx, bs...)
+	return st.Write(ctx, batches...)
 }
 
 func (s *instanceStore) Positions(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Position, error) {
@@ -161,7 +158,7 @@ func (s *instanceStore) Positions(ctx context.Context, indexer, value string, af
 	if err != nil {
 		return nil, err
 	}
-	return st.Positions(ctx, s.prefix+indexer, value, after, limit)
+	return st.Positions(ctx, indexer, value, after, limit)
 }
 
 func (s *instanceStore) Entries(ctx context.Context, indexer string, fn func(index.Entry) error) error {
@@ -169,7 +166,7 @@ func (s *instanceStore) Entries(ctx context.Context, indexer string, fn func(ind
 	if err != nil {
 		return err
 	}
-	return st.Entries(ctx, s.prefix+indexer, fn)
+	return st.Entries(ctx, indexer, fn)
 }
 
 func (s *instanceStore) EntriesSince(ctx context.Context, indexer string, after, through event.Position, fn func(index.Entry) error) error {
@@ -177,7 +174,15 @@ func (s *instanceStore) EntriesSince(ctx context.Context, indexer string, after,
 	if err != nil {
 		return err
 	}
-	return st.EntriesSince(ctx, s.prefix+indexer, after, through, fn)
+	return st.EntriesSince(ctx, indexer, after, through, fn)
+}
+
+func (s *instanceStore) CheckFence(ctx context.Context, indexer string) error {
+	st, err := s.store(ctx)
+	if err != nil {
+		return err
+	}
+	return st.CheckFence(ctx, indexer)
 }
 
 func (s *instanceStore) Reset(ctx context.Context, indexer string) error {
@@ -185,7 +190,7 @@ func (s *instanceStore) Reset(ctx context.Context, indexer string) error {
 	if err != nil {
 		return err
 	}
-	return st.Reset(ctx, s.prefix+indexer)
+	return st.Reset(ctx, indexer)
 }
 
 // unfencedReporter reports the halts of indexes except those of a node that the shared

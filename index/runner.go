@@ -251,8 +251,8 @@ func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 		head := r.cfg.Ledger.State().Head
 		if st.Checkpoint >= head {
 			w.set(func(w *worker) { w.phase = Live })
-			if err := r.cfg.Ledger.Wait(ctx, st.Checkpoint); err != nil {
-				return fmt.Errorf("index: %s: wait for the ledger: %w", name, err)
+			if err := r.waitLedger(ctx, w, st); err != nil {
+				return err
 			}
 			continue
 		}
@@ -282,8 +282,8 @@ func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 		}
 		if len(evs) == 0 {
 			w.set(func(w *worker) { w.phase = Live })
-			if err := r.cfg.Ledger.Wait(ctx, st.Checkpoint); err != nil {
-				return fmt.Errorf("index: %s: wait for the ledger: %w", name, err)
+			if err := r.waitLedger(ctx, w, st); err != nil {
+				return err
 			}
 			continue
 		}
@@ -314,6 +314,35 @@ func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 		w.set(func(w *worker) { w.st, w.phase = st, phase })
 		if notify {
 			r.publish(name, notes)
+		}
+	}
+}
+
+// waitLedger waits for an event after st's checkpoint. On a [FenceChecker] store it also
+// checks the indexer's fence every Config.FollowInterval, and fails with the check's error
+// when another process wrote or reset the indexer: a live indexer writes nothing while no
+// event comes, and would not notice otherwise.
+func (r *Runner) waitLedger(ctx context.Context, w *worker, st State) error {
+	name := w.ix.Name
+	fc, ok := r.cfg.Store.(FenceChecker)
+	if !ok {
+		if err := r.cfg.Ledger.Wait(ctx, st.Checkpoint); err != nil {
+			return fmt.Errorf("index: %s: wait for the ledger: %w", name, err)
+		}
+		return nil
+	}
+	for {
+		wctx, cancel := context.WithTimeout(ctx, r.cfg.FollowInterval)
+		err := r.cfg.Ledger.Wait(wctx, st.Checkpoint)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded):
+			return fmt.Errorf("index: %s: wait for the ledger: %w", name, err)
+		}
+		if err := fc.CheckFence(ctx, name); err != nil {
+			return fmt.Errorf("index: %s: %w", name, err)
 		}
 	}
 }

@@ -69,3 +69,17 @@ type SharedStore interface {
 	// fn's first error, which it returns.
 	EntriesSince(ctx context.Context, indexer string, after, through event.Position, fn func(Entry) error) error
 }
+
+// FenceChecker is a [SharedStore] that fences each process's writes of an indexer on what
+// it last saw of it (as index/pg does), and checks that fence without writing. A
+// [Runner.Run] on one checks it every Config.FollowInterval while an indexer is live, so
+// that it stops when another process reset the indexer (walflow index rebuild) or took it
+// over, even while no event comes.
+type FenceChecker interface {
+	SharedStore
+	// CheckFence returns nil when the indexer's next write would pass the fence, and the
+	// error the write would fail with when another process wrote or reset the indexer
+	// since this one last read or wrote it. Other errors (the store is unreachable) are
+	// returned as they are.
+	CheckFence(ctx context.Context, indexer string) error
+}

@@ -44,7 +44,9 @@
 // again. An indexer this Store has not seen yet is written unconditionally. A Write whose
 // outcome is unknown (the connection broke during commit) leaves the Store on the older
 // generation: if it committed after all, the next write is fenced, and the runner starts
-// over from the stored state.
+// over from the stored state. [Store.CheckFence] tells, without writing, whether the next
+// write would be fenced: a live [index.Runner] checks it while no event comes, so that a
+// reset by another process (walflow index rebuild) stops it even then.
 //
 // # Safe to delete
 //

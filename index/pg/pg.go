@@ -53,10 +53,10 @@ type Store struct {
 	seq     string // quoted schema.index_generation
 
 	// The statements, built once by buildSQL.
-	sqlState, sqlPositions, sqlEntries, sqlEntriesSince string
-	sqlWriteAny, sqlWriteFrom, sqlWriteNew              string
-	sqlResetAny, sqlResetFrom, sqlResetNew              string
-	sqlDelete                                           string
+	sqlState, sqlGeneration, sqlPositions, sqlEntries, sqlEntriesSince string
+	sqlWriteAny, sqlWriteFrom, sqlWriteNew                             string
+	sqlResetAny, sqlResetFrom, sqlResetNew                             string
+	sqlDelete                                                          string
 
 	// mu guards seen.
 	mu   sync.Mutex
@@ -73,7 +73,7 @@ type seenGen struct {
 	writes uint64 // writes and resets of this Store that committed, to order State's reads
 }
 
-var _ index.Store = (*Store)(nil)
+var _ index.FenceChecker = (*Store)(nil)
 
 // Open returns a store on db, usually a *pgxpool.Pool, after creating the schema, the
 // tables and the sequence when any of them is missing (see the package doc). opts may be
@@ -107,6 +107,7 @@ func Open(ctx context.Context, db DB, opts *Options) (*Store, error) {
 
 func (s *Store) buildSQL() {
 	next := `nextval('` + strings.ReplaceAll(s.seq, `'`, `''`) + `')`
+	s.sqlGeneration = `SELECT generation FROM ` + s.state + ` WHERE indexer = $1`
 	s.sqlState = `SELECT stored, checkpoint, since, version, generation FROM ` + s.state + ` WHERE indexer = $1`
 	s.sqlPositions = `SELECT position FROM ` + s.entries + ` WHERE indexer = $1 AND value = $2 AND position > $3 ORDER BY position LIMIT $4`
 	s.sqlEntries = `SELECT value, position FROM ` + s.entries + ` WHERE indexer = $1 ORDER BY value, position`
@@ -262,6 +263,29 @@ func (s *Store) State(ctx context.Context, indexer string) (index.State, bool, e
 		return index.State{}, false, nil
 	}
 	return st, true, nil
+}
+
+// CheckFence returns nil when this Store's next write of the indexer would pass the fence
+// (no other Store wrote or reset it since this one last read or wrote it, or this Store
+// has not seen it yet), and an error wrapping [ErrFenced] when it would fail. It writes
+// nothing and does not move the fence (State does).
+func (s *Store) CheckFence(ctx context.Context, indexer string) error {
+	gen, known := s.seenOf(indexer)
+	if !known {
+		return nil
+	}
+	var cur int64
+	err := s.db.QueryRow(ctx, s.sqlGeneration, indexer).Scan(&cur)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		cur = 0
+	case err != nil:
+		return fmt.Errorf("index/pg: check the fence of %q: %w", indexer, err)
+	}
+	if cur != gen {
+		return fmt.Errorf("index/pg: %q: %w", indexer, ErrFenced)
+	}
+	return nil
 }
 
 // seenOf returns the generation this Store last saw of the indexer; known is false when it

@@ -24,7 +24,8 @@ Indexes (indexes: in the configuration file) are kept beside the ledger, in ledg
 ".index", and walflow run keeps them up to date. Their data can always be rebuilt from the
 ledger. These commands open the ledger and index directories themselves, so they work
 only while walflow run is stopped: a running walflow holds both, and the command says so.
-index status asks a running walflow's /status instead.`,
+index status asks a running walflow's /status instead. With a cluster: section they work
+on the cluster's stream and its index store in the database, beside running nodes.`,
 	subs: []*command{indexRebuildCommand, indexStatusCommand},
 }
 
@@ -38,7 +39,9 @@ rebuild deletes the index's entries and checkpoint, then indexes the whole ledge
 its tail, when retention removed the oldest events) and prints the number of entries and
 the checkpoint it reached. Progress goes to stderr: a bar on a terminal, a line every 2
 seconds otherwise. Stopped by Ctrl-C, the index is left partial, and walflow run (or the
-next rebuild) finishes it. Stop walflow run first.`,
+next rebuild) finishes it. Stop walflow run first. With a cluster: section, rebuild resets
+the index in the shared store; the node computing the indexes rebuilds it while rebuild
+waits, or, when no node holds the indexes' lock, rebuild takes it and rebuilds the index.`,
 	flags: nameFlags(indexRebuildMain),
 }
 
@@ -51,7 +54,8 @@ status shows each configured index's checkpoint (the last ledger position it has
 and its lag behind the ledger head. While walflow runs, they come from its /status at
 http.addr, and the phase is live (the head is indexed) or catching_up. Otherwise status
 reads the index store (phase stopped); an index never built shows no checkpoint: walflow
-run, ledger read --index or index rebuild builds it.
+run, ledger read --index or index rebuild builds it. With a cluster: section and no node answering,
+status reads the shared store's checkpoints and the stream's head.
 
 The --json document has the keys ledger_head, ledger_tail, ledger_head_from (where the
 figures come from; operator status and projector status use the same key) and indexes, a
@@ -80,16 +84,24 @@ func indexRebuildMain(ctx context.Context, e *env, path, name string) error {
 		return err
 	}
 	defer f.Close()
-	r, err := f.runner([]index.Indexer{ix})
-	if err != nil {
-		return err
-	}
 	started := time.Now()
-	if err := f.store.Reset(ctx, name); err != nil {
-		return fmt.Errorf("%s: %w", cmd, err)
-	}
-	if err := f.catchUp(ctx, r, newProgressPrinter(e.stderr, isTerminal(e.stderr), "events")); err != nil {
-		return err
+	progress := newProgressPrinter(e.stderr, isTerminal(e.stderr), "events")
+	by := ""
+	if f.clu != nil {
+		if by, err = f.rebuildInCluster(ctx, ix, progress); err != nil {
+			return err
+		}
+	} else {
+		r, err := f.runner([]index.Indexer{ix})
+		if err != nil {
+			return err
+		}
+		if err := f.store.Reset(ctx, name); err != nil {
+			return fmt.Errorf("%s: %w", cmd, err)
+		}
+		if err := f.catchUp(ctx, r, progress); err != nil {
+			return err
+		}
 	}
 	st, _, err := f.store.State(ctx, name)
 	if err != nil {
@@ -108,8 +120,13 @@ func indexRebuildMain(ctx context.Context, e *env, path, name string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	fmt.Fprintf(e.stdout, "Rebuilt %s in %s: %d entries under %d values, checkpoint %d (the ledger head).\n",
-		name, roundElapsed(time.Since(started)), entries, values, st.Checkpoint)
+	if by != "" {
+		fmt.Fprintf(e.stdout, "Rebuilt %s in %s (computed by %s): %d entries under %d values, checkpoint %d.\n",
+			name, roundElapsed(time.Since(started)), by, entries, values, st.Checkpoint)
+	} else {
+		fmt.Fprintf(e.stdout, "Rebuilt %s in %s: %d entries under %d values, checkpoint %d (the ledger head).\n",
+			name, roundElapsed(time.Since(started)), entries, values, st.Checkpoint)
+	}
 	if st.Since > 0 {
 		fmt.Fprintf(e.stdout, "Retention had removed the events up to position %d, so the index starts after it.\n", st.Since)
 	}
@@ -182,7 +199,11 @@ func storedIndexes(ctx context.Context, cmd string, c *configfile.Config, path s
 		return indexStatusDoc{}, fmt.Errorf("%s: %w", cmd, err)
 	}
 	st := f.led.State()
-	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, LedgerHeadFrom: "the index store " + indexDir(c), Indexes: []indexStatus{}}
+	from := "the index store " + indexDir(c)
+	if f.clu != nil {
+		from = f.clu.source()
+	}
+	doc := indexStatusDoc{LedgerHead: st.Head, LedgerTail: st.Tail, LedgerHeadFrom: from, Indexes: []indexStatus{}}
 	for _, s := range sts {
 		doc.Indexes = append(doc.Indexes, indexStatus{Name: s.Indexer, Phase: s.Phase.String(), Checkpoint: s.Checkpoint,
 			LagEvents: s.Lag, Since: s.Since, Built: s.Stored})

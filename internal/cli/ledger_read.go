@@ -50,7 +50,8 @@ reads a disk ledger as it was when read started, beside a running walflow. With 
 beside a running walflow, whose index store only it may open, read asks it over HTTP
 (http.addr) with the admin token (http.admin_token_env or _file, the same for both), and
 prints what the running walflow has indexed so far; without an admin token, stop walflow
-run first (as for a pebble ledger).`,
+run first (as for a pebble ledger). With a cluster: section, read reads the cluster's
+stream, and --index the index store the nodes share, through its stored checkpoint.`,
 	flags: func(fs *flag.FlagSet) execFunc {
 		path := configFlag(fs)
 		idx := fs.String("index", "", "read the events of one value of the index `NAME`")
@@ -134,6 +135,25 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 			return remote.read(ctx, q.index, q.value, after, n)
 		}
 		what = fmt.Sprintf("events of %s %s", q.index, strconv.Quote(q.value))
+	case q.index != "" && f.clu != nil:
+		// The node holding the indexes' lock computes them into the shared store: read
+		// what it stored, through its checkpoint (never past this process's view of the
+		// stream).
+		st, ok, err := f.store.State(ctx, q.index)
+		if err != nil {
+			return fmt.Errorf("%s: read the state of %s in the index store: %w", cmd, q.index, err)
+		}
+		if !ok {
+			return fmt.Errorf("%s: the index %s is not built in the cluster's index store yet: a walflow run node computes it (or walflow index rebuild %s --config %s)", cmd, q.index, q.index, path)
+		}
+		through := min(st.Checkpoint, f.led.State().Head)
+		if through < f.led.State().Head {
+			fmt.Fprintf(e.stderr, "The index %s has indexed the stream through position %d of %d; later events are not listed.\n", q.index, through, f.led.State().Head)
+		}
+		read = func(after event.Position, n int) ([]event.Event, error) {
+			return readStored(ctx, f, q.index, q.value, after, through, n)
+		}
+		what = fmt.Sprintf("events of %s %s", q.index, strconv.Quote(q.value))
 	case q.index != "":
 		r, err := f.runner(c.Engine.Indexers)
 		if err != nil {
@@ -202,6 +222,40 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 		fmt.Fprintf(e.stderr, "No %s after position %d (the ledger head is %d).\n", what, from, f.led.State().Head)
 	}
 	return nil
+}
+
+// storedSpan is how many events readStored reads from the ledger at a time.
+const storedSpan = 256
+
+// readStored returns up to n events after position after, through position through, that
+// the index store gives value in index: positions from the store, events from the ledger.
+func readStored(ctx context.Context, f *localFiles, index, value string, after, through event.Position, n int) ([]event.Event, error) {
+	if tail := f.led.State().Tail; after < tail {
+		return nil, &ledger.TruncatedError{After: after, Tail: tail}
+	}
+	ps, err := f.store.Positions(ctx, index, value, after, n)
+	if err != nil {
+		return nil, fmt.Errorf("read %s %q in the index store: %w", index, value, err)
+	}
+	var out, buf []event.Event
+	for _, p := range ps {
+		if p > through {
+			break
+		}
+		for len(buf) > 0 && buf[0].Position < p {
+			buf = buf[1:]
+		}
+		if len(buf) == 0 {
+			if buf, err = f.led.Read(ctx, p-1, int(min(storedSpan, through-p+1))); err != nil {
+				return nil, err
+			}
+		}
+		if len(buf) == 0 || buf[0].Position != p {
+			return nil, fmt.Errorf("the event at position %d, which the index %s gives %q, is not in the stream; rebuild the index (walflow index rebuild %s)", p, index, value, index)
+		}
+		out = append(out, buf[0])
+	}
+	return out, nil
 }
 
 // eventPrinter writes events as lines for people, or as JSON lines.

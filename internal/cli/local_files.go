@@ -25,13 +25,17 @@ import (
 // (ledger read, index rebuild, index status) in its own process. A disk ledger is opened
 // read-only, which works beside a running walflow; a pebble ledger and the index store
 // are locked by the process that holds them, so those work only while no walflow runs.
+// With a cluster: section, they are the cluster's ledger stream and its index store in
+// the database instead (see openCluster), which work beside running nodes.
 type localFiles struct {
 	cmd    string // "ledger read", for errors
 	cfg    *configfile.Config
 	path   string // the configuration file
 	router *channel.Router
 	led    ledger.Ledger
-	store  *indexdisk.Store // nil unless opened withIndexes
+	store  index.Store      // nil unless opened withIndexes
+	disk   *indexdisk.Store // store, when it is the disk store
+	clu    *clusterFiles    // set with a cluster: section
 }
 
 // openLocal opens the ledger of configuration c (read from path) for command cmd, and its
@@ -66,6 +70,9 @@ func openDiskLedger(ctx context.Context, c *configfile.Config) (*channel.Router,
 }
 
 func openLocal(ctx context.Context, cmd string, c *configfile.Config, path string, withIndexes bool) (*localFiles, error) {
+	if c.Engine.Cluster != nil {
+		return openCluster(ctx, cmd, c, path, withIndexes)
+	}
 	if c.Engine.MemoryLedger {
 		return nil, usagef("%s: ledger.backend is memory in %s: that ledger lives only inside walflow run, so there are no files to read", cmd, path)
 	}
@@ -90,7 +97,7 @@ func openLocal(ctx context.Context, cmd string, c *configfile.Config, path strin
 			led.Close()
 			return nil, lockedError(cmd, "index", idir, err)
 		}
-		f.store = store
+		f.store, f.disk = store, store
 	}
 	return f, nil
 }
@@ -129,13 +136,18 @@ func lockHolder(dir string, err error) (string, bool) {
 	return h.String(), ok
 }
 
-// Close closes the index store and the ledger.
+// Close closes the index store and the ledger, and in a cluster the connections.
 func (f *localFiles) Close() error {
 	var errs []error
-	if f.store != nil {
-		errs = append(errs, f.store.Close())
+	if f.disk != nil {
+		errs = append(errs, f.disk.Close())
 	}
-	errs = append(errs, f.led.Close())
+	if f.led != nil {
+		errs = append(errs, f.led.Close())
+	}
+	if f.clu != nil {
+		f.clu.close()
+	}
 	return errors.Join(errs...)
 }
 

@@ -1,0 +1,305 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/cluster"
+	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/clustershare"
+	"github.com/walflow/walflow/internal/pgtest"
+)
+
+// clusterConfig writes a walflow.yaml of the blog with the indexes by_post and by_type and
+// a cluster: section on the NATS servers urls, and returns its path.
+func clusterConfig(t *testing.T, dsn, slot string, urls []string, stream string) string {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "walflow.yaml")
+	config := fmt.Sprintf(`database_url: %s
+slot: %s
+http: {addr: ""}
+ledger: {dir: data}
+tables:
+  posts:
+  comments:
+    scopes: ["posts/{post_id}"]
+indexes:
+  by_post: {field: post_id}
+  by_type: {type: true}
+cluster:
+  node: node-1
+  urls: ["%s"]
+  replicas: 1
+  stream: %s
+`, dsn, slot, strings.Join(urls, `", "`), stream)
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestClusterIndexCommands runs one cluster node (an engine with Config.Cluster) on a
+// NATS server and checks the commands on the cluster's data: ledger read reads the stream
+// (all events, a channel's, an index value's from the shared store), index rebuild beside
+// the node that computes the index waits for that node to rebuild it (computing nothing
+// itself, and the node indexing each event once), and with no node running index status
+// reads the shared store and index rebuild takes the indexes' lock and rebuilds it itself.
+// Every answer equals its recomputation from the stream's events.
+func TestClusterIndexCommands(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
+	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	slot := conn.Config().Database
+	path := clusterConfig(t, dsn, slot, lc.URLs(), "blog")
+
+	// The node, as walflow run starts it, but counting the events by_post indexes.
+	c, err := loadConfig(path, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.Engine
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	var (
+		mu      sync.Mutex
+		indexed = map[event.Position]int{}
+	)
+	cfg.Indexers = slices.Clone(cfg.Indexers)
+	byPost := cfg.Indexers[0]
+	counted := byPost
+	counted.Func = func(e *event.Event, dst []string) []string {
+		mu.Lock()
+		indexed[e.Position]++
+		mu.Unlock()
+		return byPost.Func(e, dst)
+	}
+	cfg.Indexers[0] = counted
+	eng, err := walflow.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	ran := make(chan error, 1)
+	go func() { ran <- eng.Run(runCtx) }()
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for !cond() {
+			select {
+			case err := <-ran:
+				t.Fatalf("the node stopped (%v) while waiting until %s", err, what)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting until %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
+	for _, sql := range []string{
+		`INSERT INTO posts (title) VALUES ('a'), ('b')`,
+		`INSERT INTO comments (post_id, body) VALUES (1, 'x'), (2, 'y'), (1, 'z')`,
+		`UPDATE comments SET post_id = 2 WHERE body = 'z'`,
+		`DELETE FROM comments WHERE body = 'x'`,
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	indexedHead := func() bool {
+		head := eng.Ledger().State().Head
+		sts, err := eng.Indexes().Status(ctx)
+		if err != nil || head < 7 {
+			return false
+		}
+		for _, s := range sts {
+			if !s.Stored || s.Checkpoint < head {
+				return false
+			}
+		}
+		return true
+	}
+	until("the node has indexed the 7 events", indexedHead)
+	events, err := eng.Ledger().Read(ctx, 0, 100)
+	if err != nil || len(events) != 7 {
+		t.Fatalf("the stream holds %d events (%v); want 7", len(events), err)
+	}
+
+	cli := func(args ...string) result {
+		t.Helper()
+		r := runCLI(ctx, noEnv, append(args, "--config", path)...)
+		if r.code != ExitOK {
+			t.Fatalf("walflow %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+		return r
+	}
+	jsonOf := func(evs []event.Event) string {
+		var b []byte
+		for i := range evs {
+			b = append(evs[i].AppendJSON(b), '\n')
+		}
+		return string(b)
+	}
+	// valueOf recomputes the events by_post gives value.
+	valueOf := func(value string) []event.Event {
+		var out []event.Event
+		for _, e := range events {
+			if slices.Contains(byPost.Func(&e, nil), value) {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	checkReads := func(when string) {
+		t.Helper()
+		if r := cli("ledger", "read", "--json"); r.stdout != jsonOf(events) {
+			t.Errorf("%s: ledger read --json printed\n%s\nwant the stream's events\n%s", when, r.stdout, jsonOf(events))
+		}
+		for _, value := range []string{"1", "2"} {
+			want := valueOf(value)
+			if len(want) < 2 {
+				t.Fatalf("post %s has %d events; the test wants more", value, len(want))
+			}
+			if r := cli("ledger", "read", "--json", "--index", "by_post", "--value", value); r.stdout != jsonOf(want) {
+				t.Errorf("%s: ledger read --index by_post --value %s printed\n%s\nwant\n%s", when, value, r.stdout, jsonOf(want))
+			}
+		}
+	}
+	checkReads("beside the node")
+	onChannel, err := eng.Ledger().ReadKeys(ctx, []string{"posts/2/comments"}, 0, 100)
+	if err != nil || len(onChannel) == 0 {
+		t.Fatalf("channel posts/2/comments: %d events, %v", len(onChannel), err)
+	}
+	if r := cli("ledger", "read", "--json", "--channel", "posts/2/comments"); r.stdout != jsonOf(onChannel) {
+		t.Errorf("ledger read --channel printed\n%s\nwant\n%s", r.stdout, jsonOf(onChannel))
+	}
+
+	// Rebuild beside the node: the node, which holds the indexes' lock and is live (no event
+	// comes), rebuilds the index, and the command waits for it.
+	mu.Lock()
+	clear(indexed)
+	mu.Unlock()
+	r := cli("index", "rebuild", "by_post")
+	if want := "computed by the node holding the lock walflow.indexes/" + slot; !strings.Contains(r.stdout, want) {
+		t.Errorf("index rebuild beside the node printed\n%s\nwant %q", r.stdout, want)
+	}
+	mu.Lock()
+	for _, e := range events {
+		if indexed[e.Position] != 1 {
+			t.Errorf("after the rebuild, the node indexed the event at %d %d times; want once", e.Position, indexed[e.Position])
+		}
+	}
+	mu.Unlock()
+	until("the node follows the rebuilt index", indexedHead)
+	checkReads("after the node's rebuild")
+
+	// No node runs: status reads the shared store, rebuild takes the lock and rebuilds.
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("the node: %v", err)
+	}
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r = cli("index", "status")
+	for _, want := range []string{"ledger head: position 7 (from the stream blog at " + lc.URLs()[0], "by_post   7", "by_type   7"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("index status printed\n%s\nwant %q", r.stdout, want)
+		}
+	}
+	r = cli("index", "rebuild", "by_post")
+	rebuilt := "computed by this command, holding the lock walflow.indexes/" + slot + "): 6 entries under 2 values, checkpoint 7."
+	if !strings.Contains(r.stdout, rebuilt) {
+		t.Errorf("index rebuild with no node printed\n%s\nwant %q", r.stdout, rebuilt)
+	}
+	checkReads("after the command's rebuild")
+
+	// Another session holds the indexes' lock (a node that would compute): rebuild resets
+	// the index and computes nothing while the lock is held, then takes the lock once it
+	// is free and rebuilds the index itself.
+	lockConn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := clustershare.TryLock(ctx, lockConn, clustershare.IndexesLock(slot)); err != nil || !ok {
+		t.Fatalf("take the indexes' lock: %v, %v", ok, err)
+	}
+	done := make(chan result, 1)
+	go func() { done <- runCLI(ctx, noEnv, "index", "rebuild", "by_post", "--config", path) }()
+	stateOf := func() (bool, event.Position) {
+		var stored bool
+		var cp int64
+		err := conn.QueryRow(ctx, `SELECT stored, checkpoint FROM walflow.index_state WHERE indexer = $1`, slot+"/by_post").Scan(&stored, &cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stored, event.Position(cp)
+	}
+	until("the command to reset the index", func() bool { stored, _ := stateOf(); return !stored })
+	time.Sleep(1500 * time.Millisecond) // the command tries the lock every second meanwhile
+	if stored, cp := stateOf(); stored {
+		t.Fatalf("while another session held the lock, the command rebuilt the index (checkpoint %d)", cp)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("index rebuild ended while another session held the lock: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	default:
+	}
+	if err := lockConn.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r = <-done
+	if r.code != ExitOK || !strings.Contains(r.stdout, rebuilt) {
+		t.Errorf("index rebuild once the lock was free: exit %d\nstdout:\n%s\nstderr:\n%s\nwant %q", r.code, r.stdout, r.stderr, rebuilt)
+	}
+	checkReads("after the command's rebuild once the lock was free")
+}
+
+// TestClusterCommandErrors: unreachable NATS servers, or a stream no node created, give an
+// error naming them and the fix.
+func TestClusterCommandErrors(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn := "postgres://app@127.0.0.1:1/app"
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := clusterConfig(t, dsn, "walflow", []string{"nats://" + addr}, "walflow")
+	for _, args := range [][]string{{"ledger", "read"}, {"index", "status"}, {"index", "rebuild", "by_post"}} {
+		r := runCLI(ctx, noEnv, append(args, "--config", down)...)
+		want := "walflow: " + args[0] + " " + args[1] + ": cannot reach the cluster's NATS servers at nats://" + addr + " (cluster in " + down + ")"
+		if r.code != ExitFailure || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "or fix cluster.urls") {
+			t.Errorf("walflow %s with NATS down: exit %d\nstderr:\n%s\nwant %q", strings.Join(args, " "), r.code, r.stderr, want)
+		}
+	}
+	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	missing := clusterConfig(t, dsn, "walflow", lc.URLs(), "nothing_here")
+	r := runCLI(ctx, noEnv, "ledger", "read", "--config", missing)
+	want := "walflow: ledger read: the ledger stream nothing_here does not exist on the NATS servers at " + lc.URLs()[0] + " yet; walflow run --config " + missing + " creates it"
+	if r.code != ExitFailure || !strings.Contains(r.stderr, want) {
+		t.Errorf("ledger read of a missing stream: exit %d\nstderr:\n%s\nwant %q", r.code, r.stderr, want)
+	}
+}
