@@ -35,7 +35,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
@@ -92,24 +91,8 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	// Pebble wraps its file system in disk health checks itself, but does not stop them
-	// when Open fails (a store held by a running walflow); this wrapper is stopped by Close
-	// or a failed Open.
-	fs, fsClose := vfs.WithDiskHealthChecks(vfs.Default, diskSlowAfter, nil, func(info vfs.DiskSlowInfo) {
-		log.Warn("index: slow disk", "dir", dir, "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
-	})
-	cache := pebble.NewCache(blockCacheBytes)
-	defer cache.Unref()
-	fatal := &pebblelog.Fatal{Store: "index: store", Dir: dir}
-	db, err := pebble.Open(dir, &pebble.Options{
-		FS:                 fs,
-		Cache:              cache,
-		MemTableSize:       memTableBytes,
-		Logger:             pebblelog.Logger{Log: log, Fatal: fatal},
-		FormatMajorVersion: pebble.FormatNewest,
-	})
+	db, fatal, fsClose, err := pebblelog.Open(dir, pebblelog.OpenOptions{Store: "index: store", Log: log, SlowAfter: diskSlowAfter, CacheBytes: blockCacheBytes, MemTableBytes: memTableBytes})
 	if err != nil {
-		fsClose.Close()
 		return nil, fmt.Errorf("index: open store %s: %w", dir, err)
 	}
 	return &Store{dir: dir, db: db, fsClose: fsClose, fatal: fatal}, nil

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/lockholder"
@@ -110,21 +109,8 @@ func openPebble(dir string, log *slog.Logger) (*chanStore, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("ledger/jetstream: create the channel index directory %s: %w", dir, err)
 	}
-	fs, fsClose := vfs.WithDiskHealthChecks(vfs.Default, storeSlowAfter, nil, func(info vfs.DiskSlowInfo) {
-		log.Warn("ledger/jetstream: slow disk under the channel index", "dir", dir, "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
-	})
-	cache := pebble.NewCache(storeCacheBytes)
-	defer cache.Unref()
-	fatal := &pebblelog.Fatal{Store: "ledger/jetstream: channel index", Dir: dir}
-	db, err := pebble.Open(dir, &pebble.Options{
-		FS:                 fs,
-		Cache:              cache,
-		MemTableSize:       storeMemTableBytes,
-		Logger:             pebblelog.Logger{Log: log, Fatal: fatal},
-		FormatMajorVersion: pebble.FormatNewest,
-	})
+	db, fatal, fsClose, err := pebblelog.Open(dir, pebblelog.OpenOptions{Store: "ledger/jetstream: channel index", Log: log, SlowAfter: storeSlowAfter, CacheBytes: storeCacheBytes, MemTableBytes: storeMemTableBytes})
 	if err != nil {
-		fsClose.Close()
 		if h, ok := lockholder.Pebble(dir, err); ok {
 			return nil, fmt.Errorf("ledger/jetstream: open the channel index (every walflow node needs its own channel index directory): %w",
 				&ledger.InUseError{Dir: dir, PID: h.PID, Command: h.Command, Err: err})

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/lockholder"
@@ -141,23 +140,8 @@ func Open(ctx context.Context, dir string, opts *Options) (*Ledger, error) {
 	if err := otherBackend(dir); err != nil {
 		return nil, fmt.Errorf("ledger: open %s: %w", dir, err)
 	}
-	// Pebble wraps its file system in disk health checks itself, but does not stop them
-	// when Open fails; this wrapper is stopped by Close or a failed Open.
-	fs, fsClose := vfs.WithDiskHealthChecks(vfs.Default, diskSlowAfter, nil, func(info vfs.DiskSlowInfo) {
-		log.Warn("ledger: slow disk", "dir", dir, "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
-	})
-	cache := pebbledb.NewCache(blockCacheBytes)
-	defer cache.Unref()
-	fatal := &pebblelog.Fatal{Store: "ledger: store", Dir: dir}
-	db, err := pebbledb.Open(dir, &pebbledb.Options{
-		FS:                 fs,
-		Cache:              cache,
-		MemTableSize:       memTableBytes,
-		Logger:             pebblelog.Logger{Log: log, Fatal: fatal},
-		FormatMajorVersion: pebbledb.FormatNewest,
-	})
+	db, fatal, fsClose, err := pebblelog.Open(dir, pebblelog.OpenOptions{Store: "ledger: store", Log: log, SlowAfter: diskSlowAfter, CacheBytes: blockCacheBytes, MemTableBytes: memTableBytes})
 	if err != nil {
-		fsClose.Close()
 		if h, ok := lockholder.Pebble(dir, err); ok {
 			return nil, &ledger.InUseError{Dir: dir, PID: h.PID, Command: h.Command, Err: err}
 		}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pebblelog"
@@ -96,24 +95,8 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With(slog.String("component", "statestore.disk"))
-	// Pebble wraps its file system in disk health checks itself, but does not stop them
-	// when Open fails; this wrapper is stopped by Close or a failed Open.
-	fs, fsClose := vfs.WithDiskHealthChecks(vfs.Default, diskSlowAfter, nil, func(info vfs.DiskSlowInfo) {
-		log.Warn("slow disk", slog.String("dir", dir), slog.String("path", info.Path),
-			slog.String("op", info.OpType.String()), slog.Duration("duration", info.Duration))
-	})
-	cache := pebble.NewCache(blockCacheBytes)
-	defer cache.Unref()
-	fatal := &pebblelog.Fatal{Store: "statestore/disk: store", Dir: dir}
-	db, err := pebble.Open(dir, &pebble.Options{
-		FS:                 fs,
-		Cache:              cache,
-		MemTableSize:       memTableBytes,
-		Logger:             pebblelog.Logger{Log: log, Fatal: fatal},
-		FormatMajorVersion: pebble.FormatNewest,
-	})
+	db, fatal, fsClose, err := pebblelog.Open(dir, pebblelog.OpenOptions{Store: "statestore/disk: store", Log: log, SlowAfter: diskSlowAfter, CacheBytes: blockCacheBytes, MemTableBytes: memTableBytes})
 	if err != nil {
-		fsClose.Close()
 		return nil, fmt.Errorf("statestore/disk: open %s: %w", dir, err)
 	}
 	return &Store{dir: dir, db: db, fsClose: fsClose, fatal: fatal, seed: maphash.MakeSeed()}, nil
