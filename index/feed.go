@@ -209,8 +209,7 @@ func (r *Runner) storeFed(ctx context.Context, w *worker, st State, fed []feedEn
 	if st.Checkpoint >= head {
 		phase = Live
 	}
-	w.set(func(w *worker) { w.st, w.phase = st, phase })
-	if notify {
+	if notes := w.advance(func(w *worker) { w.st, w.phase = st, phase }, notes); len(notes) > 0 {
 		r.publish(name, notes)
 	}
 	w.fed.Add(uint64(len(fed)))

@@ -13,9 +13,13 @@ import (
 // FollowIntervalDefault is the default [Config.FollowInterval].
 const FollowIntervalDefault = 250 * time.Millisecond
 
-// followHeadWait bounds how long Run waits for its ledger to reach the checkpoint another
-// process stored in a shared store, before it takes the ledger for a shorter one.
-const followHeadWait = 10 * time.Second
+// headWaitLog is how often Run, on a shared store, logs that it still waits for its
+// ledger to reach the checkpoint another process stored.
+const headWaitLog = 10 * time.Second
+
+// errStoreMoved: the shared store's state changed under a read (another process reset or
+// rebuilt the indexer), or is ahead of this process's ledger; the caller reads it again.
+var errStoreMoved = errors.New("index: the shared store's state moved; read it again")
 
 // Follow makes the runner a follower of indexes that another process (another [Runner]'s
 // Run, on the same [SharedStore] and the same ledger) computes, until ctx ends; it returns
@@ -37,12 +41,16 @@ const followHeadWait = 10 * time.Second
 //
 // Follow and Run may alternate on one runner (Run while this process is the writer, Follow
 // otherwise), and subscriptions survive the switch: each position is notified once, by
-// whichever of them passed it first in this process. Run resumes from the stored
-// checkpoint, after notifying what the writer stored since the last poll, and, once Follow
-// has run, waits up to 10 seconds for its ledger to reach the stored checkpoint before it
-// takes a checkpoint past the ledger's head for a sign that the ledger was replaced (and
-// rebuilds the index): this process's view of a shared ledger may lag. A store error
-// does not end Follow: it is logged, and the next poll tries again.
+// whichever of them passed it first in this process. When the index is reset or rebuilt
+// (walflow index rebuild, or a new Version) while they run, subscribers are sent only the
+// positions past the last one this process notified, as the rebuild passes them: no
+// position is notified twice. Run resumes from the stored checkpoint, after notifying what
+// the writer stored since the last poll. On a shared store, Run never takes a stored
+// checkpoint past its ledger's head for a replaced ledger: this process's view of a shared
+// ledger may lag, so Run waits, as long as it takes and logging every 10 seconds, for its
+// ledger to reach the checkpoint, and computes nothing meanwhile (after replacing a ledger
+// by a shorter one, reset the index: walflow index rebuild). A store error does not end
+// Follow: it is logged, and the next poll tries again.
 func (r *Runner) Follow(ctx context.Context) error {
 	ss, ok := r.cfg.Store.(SharedStore)
 	if !ok {
@@ -52,7 +60,6 @@ func (r *Runner) Follow(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer r.running.Store(false)
-	r.followed.Store(true)
 	for _, w := range r.workers {
 		w.set(func(w *worker) { w.following = true })
 	}
@@ -108,14 +115,25 @@ func (r *Runner) followOnce(ctx context.Context, ss SharedStore, w *worker) erro
 		st.Checkpoint = max(head, st.Since)
 	}
 	w.mu.Lock()
-	cur, loaded := w.st, w.loaded
+	cur, loaded, seen, mark := w.st, w.loaded, w.seen, w.notified
 	w.mu.Unlock()
+	if !seen {
+		// Starting: take the checkpoint as it is, as Subscribe sends no history.
+		w.set(func(w *worker) { w.st, w.loaded, w.phase = st, true, r.phaseAt(st.Checkpoint) })
+		return nil
+	}
 	if loaded && st.Version == cur.Version && st.Since <= cur.Checkpoint && st.Checkpoint > cur.Checkpoint {
-		return r.catchUpStored(ctx, ss, w, cur, st)
+		return r.moved(r.catchUpStored(ctx, ss, w, cur, st))
 	}
 	if !loaded || st.Version != cur.Version || st.Checkpoint < cur.Checkpoint {
-		// Starting, or the writer rebuilt the indexer: take its checkpoint as it is.
-		w.set(func(w *worker) { w.st, w.loaded, w.phase = st, true, r.phaseAt(st.Checkpoint) })
+		// The index was reset or rebuilt: take its checkpoint up to the last position
+		// notified, and notify the positions past it as the rebuild passes them.
+		at := st
+		at.Checkpoint = max(min(st.Checkpoint, mark), st.Since)
+		w.set(func(w *worker) { w.st, w.loaded, w.phase = at, true, r.phaseAt(at.Checkpoint) })
+		if st.Checkpoint > at.Checkpoint {
+			return r.moved(r.catchUpStored(ctx, ss, w, at, st))
+		}
 		return nil
 	}
 	if st.Checkpoint > cur.Checkpoint {
@@ -124,10 +142,18 @@ func (r *Runner) followOnce(ctx context.Context, ss SharedStore, w *worker) erro
 		jump := st
 		jump.Checkpoint = st.Since
 		w.set(func(w *worker) { w.st, w.phase = jump, r.phaseAt(jump.Checkpoint) })
-		return r.catchUpStored(ctx, ss, w, jump, st)
+		return r.moved(r.catchUpStored(ctx, ss, w, jump, st))
 	}
 	w.set(func(w *worker) { w.st, w.phase = st, r.phaseAt(st.Checkpoint) })
 	return nil
+}
+
+// moved is err, or nil when it is errStoreMoved: the next poll reads the moved state.
+func (r *Runner) moved(err error) error {
+	if errors.Is(err, errStoreMoved) {
+		return nil
+	}
+	return err
 }
 
 // phaseAt is the phase of an indexer whose checkpoint is cp.
@@ -163,11 +189,19 @@ func (r *Runner) catchUpStored(ctx context.Context, ss SharedStore, w *worker, c
 			if err != nil {
 				return fmt.Errorf("index: %s: read the entries of positions %d to %d: %w", name, from+1, to, err)
 			}
+			// The state was read before the entries: read it again, so that a reset
+			// between them does not pass as positions without values.
+			now, ok, err := ss.State(ctx, name)
+			if err != nil {
+				return fmt.Errorf("index: %s: load the stored checkpoint: %w", name, err)
+			}
+			if !ok || now.Version != st.Version || now.Since > from || now.Checkpoint < to {
+				return errStoreMoved
+			}
 		}
 		next := st
 		next.Checkpoint = to
-		w.set(func(w *worker) { w.st, w.loaded, w.phase = next, true, r.phaseAt(to) })
-		if len(notes) > 0 {
+		if notes := w.advance(func(w *worker) { w.st, w.loaded, w.phase = next, true, r.phaseAt(to) }, notes); len(notes) > 0 {
 			r.publish(name, notes)
 		}
 		from = to
@@ -175,34 +209,45 @@ func (r *Runner) catchUpStored(ctx context.Context, ss SharedStore, w *worker, c
 	return nil
 }
 
-// waitSharedHead is Run's start on a shared store once Follow has run: it waits a while
-// for the ledger to reach a checkpoint another process stored, since this process's view
-// of a shared ledger may lag the writer that stored it.
-func (r *Runner) waitSharedHead(ctx context.Context, w *worker) error {
+// waitSharedHead is Run's start on a shared store: it waits, until ctx ends, for the
+// ledger to reach the checkpoint another process stored, since this process's view of a
+// shared ledger may lag the writer that stored it, logging every headWaitLog that it waits.
+func (r *Runner) waitSharedHead(ctx context.Context, w *worker, log *slog.Logger) error {
 	ss, ok := r.cfg.Store.(SharedStore)
-	if !ok || !r.followed.Load() {
+	if !ok {
 		return nil
 	}
 	name := w.ix.Name
-	st, ok, err := ss.State(ctx, name)
-	if err != nil {
-		return fmt.Errorf("index: %s: load checkpoint: %w", name, err)
+	began := time.Now()
+	next := headWaitLog
+	for {
+		st, ok, err := ss.State(ctx, name)
+		if err != nil {
+			return fmt.Errorf("index: %s: load checkpoint: %w", name, err)
+		}
+		head := r.cfg.Ledger.State().Head
+		if !ok || st.Version != w.ix.Version || st.Checkpoint <= head {
+			return nil
+		}
+		if waited := time.Since(began); waited >= next {
+			next = waited + headWaitLog
+			log.WarnContext(ctx, "waiting for the ledger to reach the shared index's checkpoint; nothing is indexed meanwhile (if the ledger was replaced by a shorter one, run walflow index rebuild)",
+				slog.Uint64("checkpoint", uint64(st.Checkpoint)), slog.Uint64("head", uint64(head)), slog.Duration("waited", waited))
+		}
+		wctx, cancel := context.WithTimeout(ctx, r.cfg.FollowInterval)
+		err = r.cfg.Ledger.Wait(wctx, head)
+		if err == nil && r.cfg.Ledger.State().Head <= head {
+			// The ledger has more than this view shows: poll.
+			<-wctx.Done()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("index: %s: wait for the ledger to reach the stored checkpoint %d: %w", name, st.Checkpoint, err)
+		}
 	}
-	if !ok || st.Checkpoint <= r.cfg.Ledger.State().Head {
-		return nil
-	}
-	wctx, cancel := context.WithTimeout(ctx, followHeadWait)
-	defer cancel()
-	for err == nil && st.Checkpoint > r.cfg.Ledger.State().Head {
-		err = r.cfg.Ledger.Wait(wctx, r.cfg.Ledger.State().Head)
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("index: %s: wait for the ledger to reach the stored checkpoint %d: %w", name, st.Checkpoint, err)
-	}
-	return nil
 }
 
 // notifyStored notifies, when Run starts on a shared store from st, what another process

@@ -18,8 +18,9 @@ const (
 // Positions returns up to limit positions after after of the events the indexer gave
 // value, in order. It fails with a [*ledger.TruncatedError] when after is before the
 // ledger's tail, as a ledger read does. While the indexer rebuilds, the index is partial:
-// [Runner.Status] tells how far it is. While [Runner.Follow] runs, it returns no position
-// past the indexer's checkpoint.
+// [Runner.Status] tells how far it is. On a [SharedStore], it returns no position past
+// the ledger's head, nor past the checkpoint this runner last loaded or indexed (another
+// process may store positions this process's ledger does not hold yet).
 func (r *Runner) Positions(ctx context.Context, indexer, value string, after event.Position, limit int) ([]event.Position, error) {
 	w, err := r.worker(indexer)
 	if err != nil {
@@ -35,12 +36,16 @@ func (r *Runner) Positions(ctx context.Context, indexer, value string, after eve
 	if err != nil {
 		return nil, fmt.Errorf("index: read %s %q: %w", indexer, value, err)
 	}
-	w.mu.Lock()
-	following, cp := w.following, w.st.Checkpoint
-	w.mu.Unlock()
-	if following {
-		// The writer may have stored positions past what this process's ledger holds.
-		for len(ps) > 0 && ps[len(ps)-1] > cp {
+	if _, shared := r.cfg.Store.(SharedStore); shared {
+		// Another process may have stored positions past what this process's ledger
+		// holds, or past what this runner has passed (and notified).
+		last := r.cfg.Ledger.State().Head
+		w.mu.Lock()
+		if w.loaded {
+			last = min(last, w.st.Checkpoint)
+		}
+		w.mu.Unlock()
+		for len(ps) > 0 && ps[len(ps)-1] > last {
 			ps = ps[:len(ps)-1]
 		}
 	}

@@ -140,12 +140,11 @@ func (p *Phase) UnmarshalText(b []byte) error {
 // subscriptions. Create it with [New] and run it with [Runner.Run]. Its methods are safe
 // for concurrent use.
 type Runner struct {
-	cfg      Config
-	log      *slog.Logger
-	workers  []*worker
-	byName   map[string]*worker
-	running  atomic.Bool
-	followed atomic.Bool // Follow has run: the store is shared with another process's Run
+	cfg     Config
+	log     *slog.Logger
+	workers []*worker
+	byName  map[string]*worker
+	running atomic.Bool
 
 	subsMu sync.RWMutex
 	subs   map[*Subscription]struct{}
@@ -167,6 +166,11 @@ type worker struct {
 	phase     Phase
 	following bool          // Follow runs
 	changed   chan struct{} // closed and replaced when st or phase change
+	// notified is the highest checkpoint the runner has passed since it first loaded one:
+	// no position at or below it is notified again, even when the index is reset and
+	// rebuilt, so that subscribers see each position once.
+	notified event.Position
+	seen     bool // st was loaded once: a later load without it is a reset
 }
 
 // New returns a runner of cfg's indexers. It does no I/O and starts nothing.
@@ -230,15 +234,25 @@ func (r *Runner) Run(ctx context.Context) error {
 func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 	name := w.ix.Name
 	log := r.log.With(slog.String("indexer", name))
-	if err := r.waitSharedHead(ctx, w); err != nil {
-		return err
-	}
-	st, err := r.start(ctx, w, log)
-	if err != nil {
-		return err
-	}
-	if err := r.notifyStored(ctx, w, st); err != nil {
-		return err
+	var (
+		st  State
+		err error
+	)
+	for {
+		if err := r.waitSharedHead(ctx, w, log); err != nil {
+			return err
+		}
+		if st, err = r.start(ctx, w, log); errors.Is(err, errStoreMoved) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		if err := r.notifyStored(ctx, w, st); errors.Is(err, errStoreMoved) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		break
 	}
 	w.set(func(w *worker) { w.st, w.loaded, w.phase = st, true, CatchingUp })
 	var (
@@ -311,8 +325,7 @@ func (r *Runner) runWorker(ctx context.Context, w *worker) error {
 		if st.Checkpoint >= r.cfg.Ledger.State().Head {
 			phase = Live
 		}
-		w.set(func(w *worker) { w.st, w.phase = st, phase })
-		if notify {
+		if notes := w.advance(func(w *worker) { w.st, w.phase = st, phase }, notes); len(notes) > 0 {
 			r.publish(name, notes)
 		}
 	}
@@ -348,7 +361,9 @@ func (r *Runner) waitLedger(ctx context.Context, w *worker, st State) error {
 }
 
 // start loads the indexer's state, or resets it and starts from the ledger's tail when its
-// data is missing, its version changed, or it is ahead of the ledger.
+// data is missing, its version changed, or it is ahead of the ledger. On a [SharedStore],
+// an indexer ahead of the ledger is never reset (every process reads it, and this
+// process's view of the shared ledger may lag): start fails with errStoreMoved then.
 func (r *Runner) start(ctx context.Context, w *worker, log *slog.Logger) (State, error) {
 	name := w.ix.Name
 	st, ok, err := r.cfg.Store.State(ctx, name)
@@ -363,6 +378,11 @@ func (r *Runner) start(ctx context.Context, w *worker, log *slog.Logger) (State,
 	case st.Version != w.ix.Version:
 		reason = "indexer version changed from " + strconv.Quote(st.Version) + " to " + strconv.Quote(w.ix.Version)
 	case st.Checkpoint > led.Head:
+		if _, shared := r.cfg.Store.(SharedStore); shared {
+			// Another process stored it, and this process's view of the shared ledger
+			// lags: waitSharedHead waits for the ledger.
+			return State{}, errStoreMoved
+		}
 		// The ledger was replaced by a shorter one: the entries point at other events.
 		reason = "index checkpoint " + strconv.FormatUint(uint64(st.Checkpoint), 10) + " is past the ledger head " + strconv.FormatUint(uint64(led.Head), 10)
 	default:
@@ -438,12 +458,27 @@ func cloneOrNil(s []string) []string {
 }
 
 // set changes the worker's progress under its lock and wakes its waiters.
-func (w *worker) set(f func(*worker)) {
+func (w *worker) set(f func(*worker)) { w.advance(f, nil) }
+
+// advance changes the worker's progress as set does, and returns the notifications of
+// notes (in position order) that are past every checkpoint the worker had passed before:
+// those to publish.
+func (w *worker) advance(f func(*worker), notes []Notification) []Notification {
 	w.mu.Lock()
+	mark := w.notified
 	f(w)
+	if w.loaded {
+		w.seen = true
+		w.notified = max(w.notified, w.st.Checkpoint)
+	}
 	close(w.changed)
 	w.changed = make(chan struct{})
 	w.mu.Unlock()
+	i := 0
+	for i < len(notes) && notes[i].Position <= mark {
+		i++
+	}
+	return notes[i:]
 }
 
 func (r *Runner) worker(indexer string) (*worker, error) {

@@ -610,12 +610,15 @@ func TestManyValuesDeduplicated(t *testing.T) {
 	}
 }
 
+// private is a store that is not an index.SharedStore, as index/disk is not.
+type private struct{ index.Store }
+
 // TestLedgerReplaced: an index whose checkpoint is past the ledger's head belongs to
-// another ledger, and is rebuilt.
+// another ledger, and is rebuilt (on a store that is not shared).
 func TestLedgerReplaced(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	store := indexmem.New()
+	store := private{indexmem.New()}
 	for _, n := range []int{100, 10} {
 		led := newLedger(t)
 		writeUsers(t, led, n, 1)
