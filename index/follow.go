@@ -259,10 +259,23 @@ func (r *Runner) notifyStored(ctx context.Context, w *worker, st State) error {
 		return nil
 	}
 	w.mu.Lock()
-	cur, loaded := w.st, w.loaded
+	cur, loaded, seen, mark := w.st, w.loaded, w.seen, w.notified
 	w.mu.Unlock()
+	if !seen {
+		return nil
+	}
 	if loaded && st.Version == cur.Version && st.Since <= cur.Checkpoint && st.Checkpoint > cur.Checkpoint {
 		return r.catchUpStored(ctx, ss, w, cur, st)
+	}
+	if !loaded || st.Version != cur.Version || st.Checkpoint < cur.Checkpoint {
+		// Another process reset and rebuilt the index since this runner last saw it:
+		// notify what the rebuild stored past the last position notified.
+		at := st
+		at.Checkpoint = max(min(st.Checkpoint, mark), st.Since)
+		if st.Checkpoint > at.Checkpoint {
+			w.set(func(w *worker) { w.st, w.loaded = at, true })
+			return r.catchUpStored(ctx, ss, w, at, st)
+		}
 	}
 	return nil
 }

@@ -308,3 +308,53 @@ func TestSharedResetDuringRead(t *testing.T) {
 	receive(t, ctx, sub, want, 21, 30)
 	noMore(t, ctx, sub, store)
 }
+
+// TestSharedRebuildThenCompute: a runner that saw the index reset while it followed, and
+// starts computing after another process rebuilt it past the last position it notified,
+// notifies the positions the rebuild stored past it before computing on.
+func TestSharedRebuildThenCompute(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	led, store := newLedger(t), newWatched()
+	want := map[event.Position][]string{}
+	taggedPosts(t, led, 0, 20, want)
+	storeTags(t, store, want, 0, 20)
+	r, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{tags}, FollowInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fo := start(r, true)
+	if err := r.Wait(ctx, "tags", 20); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := r.Subscribe(ctx, nil, &index.SubscribeOpts{Buffer: 1000, Empty: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	taggedPosts(t, led, 20, 10, want)
+	storeTags(t, store, want, 20, 30)
+	receive(t, ctx, sub, want, 21, 30)
+	// Another process resets the index, which r sees, and rebuilds it through 35 once r
+	// has stopped following.
+	if err := store.Reset(ctx, "tags"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if cp, _ := r.Checkpoint("tags"); cp == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the follower did not see the reset")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	fo.stop(t)
+	taggedPosts(t, led, 30, 5, want)
+	storeTags(t, store, want, 0, 35)
+	defer start(r, false).stop(t)
+	taggedPosts(t, led, 35, 5, want)
+	receive(t, ctx, sub, want, 31, 40)
+	taggedPosts(t, led, 40, 5, want)
+	receive(t, ctx, sub, want, 41, 45)
+}
