@@ -137,6 +137,10 @@ func next(n int, found bool) int {
 	return 0
 }
 
+// errLockLost is the cause a rebuild is cancelled with when the connection holding the
+// indexes' lock fails.
+var errLockLost = errors.New("lost the connection that holds the lock")
+
 // lockRetry is how often a rebuild that waits for a node tries the indexes' lock.
 const lockRetry = time.Second
 
@@ -208,12 +212,29 @@ func (f *localFiles) rebuildInCluster(ctx context.Context, ix index.Indexer, pro
 		case <-tick.C:
 		}
 	}
-	// This process holds the indexes' lock: no node computes them until it ends.
+	// This process holds the indexes' lock: no node computes them until it ends. Pinging
+	// the lock's connection keeps its session from idling out (which frees the lock); a
+	// failed ping cancels the rebuild, since a node may compute beside it from then on.
+	kctx, cancel := context.WithCancelCause(ctx)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		if err := clustershare.KeepLock(kctx, conn); err != nil {
+			cancel(fmt.Errorf("%w: %w", errLockLost, err))
+		}
+	}()
+	defer func() {
+		cancel(nil)
+		<-kept
+	}()
 	r, err := f.runner([]index.Indexer{ix})
 	if err != nil {
 		return "", err
 	}
-	if err := f.catchUp(ctx, r, progress); err != nil {
+	if err := f.catchUp(kctx, r, progress); err != nil {
+		if cause := context.Cause(kctx); errors.Is(cause, errLockLost) {
+			return "", fmt.Errorf("%s: rebuild %s: the lock %s was lost (%w); a node may compute the indexes now: run walflow index rebuild %s again", f.cmd, ix.Name, key, cause, ix.Name)
+		}
 		return "", err
 	}
 	return "this command, holding the lock " + key, nil

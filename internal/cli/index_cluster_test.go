@@ -303,3 +303,127 @@ func TestClusterCommandErrors(t *testing.T) {
 		t.Errorf("ledger read of a missing stream: exit %d\nstderr:\n%s\nwant %q", r.code, r.stderr, want)
 	}
 }
+
+// TestClusterRebuildKeepsLock: index rebuild, computing an index itself in a cluster,
+// keeps the indexes' lock for as long as the rebuild lasts, past the lock connection's
+// idle_session_timeout, and stops with an error naming the lock when its connection ends.
+// It does not run in parallel: it shortens the timeout of every lock this process takes.
+func TestClusterRebuildKeepsLock(t *testing.T) {
+	const idle = 2 * time.Second
+	defer clustershare.SetLockIdleTimeout(idle)()
+	ctx := t.Context()
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
+	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	slot := conn.Config().Database
+	path := clusterConfig(t, dsn, slot, lc.URLs(), "blog")
+	c, err := loadConfig(path, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A node streams some events into the stream, then stops.
+	cfg := c.Engine
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	eng, err := walflow.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- eng.Run(runCtx) }()
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting until %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
+	if _, err := conn.Exec(ctx, `INSERT INTO posts (title) VALUES ('a'), ('b'), ('c'), ('d'), ('e'), ('f')`); err != nil {
+		t.Fatal(err)
+	}
+	until("the stream holds the 6 events", func() bool { return eng.Ledger().State().Head >= 6 })
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("the node: %v", err)
+	}
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// slow indexes by_post at 3 events a second: a rebuild of the 6 events outlasts the
+	// idle timeout.
+	byPost := c.Engine.Indexers[0]
+	slow := byPost
+	slow.Func = func(e *event.Event, dst []string) []string {
+		time.Sleep(idle / 6)
+		return byPost.Func(e, dst)
+	}
+	f, err := openCluster(ctx, "index rebuild", c, path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	type rebuilt struct {
+		by  string
+		err error
+	}
+	rebuild := func() <-chan rebuilt {
+		done := make(chan rebuilt, 1)
+		go func() {
+			by, err := f.rebuildInCluster(ctx, slow, nil)
+			done <- rebuilt{by, err}
+		}()
+		return done
+	}
+	key := clustershare.IndexesLock(slot)
+	held := func() bool {
+		h, err := clustershare.Held(ctx, conn, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+
+	started := time.Now()
+	done := rebuild()
+	until("the command takes the lock", held)
+	var r rebuilt
+	for waiting := true; waiting; {
+		select {
+		case r = <-done:
+			waiting = false
+		case <-time.After(50 * time.Millisecond):
+			if !held() {
+				t.Fatalf("the lock was freed %v after the rebuild started, while it ran", time.Since(started))
+			}
+		}
+	}
+	if r.err != nil || r.by != "this command, holding the lock "+key {
+		t.Fatalf("rebuild = %q, %v", r.by, r.err)
+	}
+	if d := time.Since(started); d < idle {
+		t.Fatalf("the rebuild took %v, not longer than the idle timeout %v: it tests nothing", d, idle)
+	}
+
+	// The lock's connection ends mid-rebuild: the rebuild stops with an error.
+	until("the server frees the lock of the finished rebuild", func() bool { return !held() })
+	done = rebuild()
+	until("the command takes the lock again", held)
+	if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_catalog.pg_locks
+		WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())`); err != nil {
+		t.Fatal(err)
+	}
+	r = <-done
+	want := "index rebuild: rebuild by_post: the lock " + key + " was lost"
+	if r.err == nil || !strings.Contains(r.err.Error(), want) {
+		t.Fatalf("rebuild whose lock connection ended = %q, %v; want an error containing %q", r.by, r.err, want)
+	}
+}
