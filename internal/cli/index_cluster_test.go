@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/cluster"
@@ -304,13 +306,12 @@ func TestClusterCommandErrors(t *testing.T) {
 	}
 }
 
-// TestClusterRebuildKeepsLock: index rebuild, computing an index itself in a cluster,
-// keeps the indexes' lock for as long as the rebuild lasts, past the lock connection's
-// idle_session_timeout, and stops with an error naming the lock when its connection ends.
-// It does not run in parallel: it shortens the timeout of every lock this process takes.
-func TestClusterRebuildKeepsLock(t *testing.T) {
-	const idle = 2 * time.Second
-	defer clustershare.SetLockIdleTimeout(idle)()
+// streamedCluster starts a NATS server and a cluster node of the blog on it, has the node
+// stream 6 events into the stream blog, stops the node (and waits until its locks are
+// free), and returns the database's
+// connection, the configuration's path and the server's URLs.
+func streamedCluster(t *testing.T) (conn *pgx.Conn, path string, urls []string) {
+	t.Helper()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
 	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
@@ -319,13 +320,11 @@ func TestClusterRebuildKeepsLock(t *testing.T) {
 	}
 	t.Cleanup(lc.Shutdown)
 	slot := conn.Config().Database
-	path := clusterConfig(t, dsn, slot, lc.URLs(), "blog")
+	path = clusterConfig(t, dsn, slot, lc.URLs(), "blog")
 	c, err := loadConfig(path, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	// A node streams some events into the stream, then stops.
 	cfg := c.Engine
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	eng, err := walflow.Open(ctx, cfg)
@@ -357,6 +356,42 @@ func TestClusterRebuildKeepsLock(t *testing.T) {
 	if err := eng.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// The server ends the stopped node's lock sessions soon after it closed them.
+	until("the server frees the stopped node's locks", func() bool {
+		for _, key := range []string{clustershare.IndexesLock(slot), clustershare.OperatorsLock(slot)} {
+			if held, err := clustershare.Held(ctx, conn, key); err != nil || held {
+				return false
+			}
+		}
+		return true
+	})
+	return conn, path, lc.URLs()
+}
+
+// TestClusterRebuildKeepsLock: index rebuild, computing an index itself in a cluster,
+// keeps the indexes' lock for as long as the rebuild lasts, past the lock connection's
+// idle_session_timeout, and stops with an error naming the lock when its connection ends.
+// It does not run in parallel: it shortens the timeout of every lock this process takes.
+func TestClusterRebuildKeepsLock(t *testing.T) {
+	const idle = 2 * time.Second
+	defer clustershare.SetLockIdleTimeout(idle)()
+	ctx := t.Context()
+	conn, path, _ := streamedCluster(t)
+	slot := conn.Config().Database
+	c, err := loadConfig(path, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting until %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 
 	// slow indexes by_post at 3 events a second: a rebuild of the 6 events outlasts the
 	// idle timeout.
@@ -366,7 +401,7 @@ func TestClusterRebuildKeepsLock(t *testing.T) {
 		time.Sleep(idle / 6)
 		return byPost.Func(e, dst)
 	}
-	f, err := openCluster(ctx, "index rebuild", c, path, true)
+	f, err := openCluster(ctx, "index rebuild", c, path, true, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,5 +460,52 @@ func TestClusterRebuildKeepsLock(t *testing.T) {
 	want := "index rebuild: rebuild by_post: the lock " + key + " was lost"
 	if r.err == nil || !strings.Contains(r.err.Error(), want) {
 		t.Fatalf("rebuild whose lock connection ended = %q, %v; want an error containing %q", r.by, r.err, want)
+	}
+}
+
+// TestClusterReadsLeaveStream: the read commands on a cluster's data, run with a
+// configuration whose cluster.replicas differs from the stream's, leave the stream's
+// configuration as the nodes set it.
+func TestClusterReadsLeaveStream(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	_, path, urls := streamedCluster(t)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := strings.Replace(string(b), "replicas: 1", "replicas: 3", 1)
+	if other == string(b) {
+		t.Fatal("the configuration has no replicas: 1 to change")
+	}
+	if err := os.WriteFile(path, []byte(other), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(urls[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := func() natsjs.StreamConfig {
+		t.Helper()
+		s, err := js.Stream(ctx, "blog")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config
+	}
+	before := config()
+	for _, args := range [][]string{{"ledger", "read"}, {"ledger", "read", "--channel", "posts"}, {"index", "status"}} {
+		r := runCLI(ctx, noEnv, append(args, "--config", path)...)
+		if r.code != ExitOK {
+			t.Errorf("walflow %s with replicas 3: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+		if after := config(); after.Replicas != before.Replicas || after.Duplicates != before.Duplicates || after.AllowAtomicPublish != before.AllowAtomicPublish {
+			t.Errorf("walflow %s changed the stream's configuration: %+v, was %+v", strings.Join(args, " "), after, before)
+		}
 	}
 }
