@@ -342,23 +342,8 @@ func (e *Engine) takeClusterLock(ctx context.Context, l clusterLock) (*pgx.Conn,
 // keepLock pings the lock's connection every second and returns when a ping fails (the
 // lock may be gone) or ctx ends.
 func (e *Engine) keepLock(ctx context.Context, l clusterLock, conn *pgx.Conn) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := conn.Ping(pctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				e.log.WarnContext(ctx, "lost the connection that holds the "+l.what+"' lock", slog.Any("error", err))
-			}
-			return
-		}
+	if err := clustershare.KeepLock(ctx, conn); err != nil {
+		e.log.WarnContext(ctx, "lost the connection that holds the "+l.what+"' lock", slog.Any("error", err))
 	}
 }
 

@@ -40,10 +40,12 @@ type clusterFiles struct {
 const natsTimeout = 10 * time.Second
 
 // openCluster opens, for a configuration with a cluster: section, the ledger's JetStream
-// stream as a reader (it never leads, so it works beside running nodes) with the
-// configured tables' channels, and with withIndexes the instance's share of the index store
-// in the database that the nodes share (index/pg, names prefixed with the slot).
-func openCluster(ctx context.Context, cmd string, c *configfile.Config, path string, withIndexes bool) (*localFiles, error) {
+// stream read-only (it never leads, nor creates or updates the stream or its bucket, so it
+// works beside running nodes and leaves their stream's configuration as they set it), with
+// withChannels the configured tables' channels (indexed in memory from the whole stream),
+// and with withIndexes the instance's share of the index store in the database that the
+// nodes share (index/pg, names prefixed with the slot).
+func openCluster(ctx context.Context, cmd string, c *configfile.Config, path string, withIndexes, withChannels bool) (*localFiles, error) {
 	router, err := channel.NewRouter(c.Engine.Tables)
 	if err != nil {
 		return nil, fmt.Errorf("%s: tables: %w", cmd, err)
@@ -80,7 +82,11 @@ func openCluster(ctx context.Context, cmd string, c *configfile.Config, path str
 	case err != nil:
 		return fail(fmt.Errorf("%s: look up the ledger stream %s on the NATS servers at %s: %w; JetStream must be enabled, and a cluster answers once a majority of its servers run", cmd, cc.Stream, cf.urls, err))
 	}
-	led, err := ledgerjs.Open(ctx, ledgerjs.Options{Conn: nc, Stream: cc.Stream, Replicas: cc.Replicas, Indexer: router.Channels, Logger: quiet})
+	opts := ledgerjs.Options{Conn: nc, Stream: cc.Stream, ReadOnly: true, Logger: quiet}
+	if withChannels {
+		opts.Indexer = router.Channels
+	}
+	led, err := ledgerjs.Open(ctx, opts)
 	if err != nil {
 		return fail(fmt.Errorf("%s: open the ledger stream %s at %s: %w", cmd, cc.Stream, cf.urls, err))
 	}
@@ -136,6 +142,10 @@ func next(n int, found bool) int {
 	}
 	return 0
 }
+
+// errLockLost is the cause a rebuild is cancelled with when the connection holding the
+// indexes' lock fails.
+var errLockLost = errors.New("lost the connection that holds the lock")
 
 // lockRetry is how often a rebuild that waits for a node tries the indexes' lock.
 const lockRetry = time.Second
@@ -208,12 +218,29 @@ func (f *localFiles) rebuildInCluster(ctx context.Context, ix index.Indexer, pro
 		case <-tick.C:
 		}
 	}
-	// This process holds the indexes' lock: no node computes them until it ends.
+	// This process holds the indexes' lock: no node computes them until it ends. Pinging
+	// the lock's connection keeps its session from idling out (which frees the lock); a
+	// failed ping cancels the rebuild, since a node may compute beside it from then on.
+	kctx, cancel := context.WithCancelCause(ctx)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		if err := clustershare.KeepLock(kctx, conn); err != nil {
+			cancel(fmt.Errorf("%w: %w", errLockLost, err))
+		}
+	}()
+	defer func() {
+		cancel(nil)
+		<-kept
+	}()
 	r, err := f.runner([]index.Indexer{ix})
 	if err != nil {
 		return "", err
 	}
-	if err := f.catchUp(ctx, r, progress); err != nil {
+	if err := f.catchUp(kctx, r, progress); err != nil {
+		if cause := context.Cause(kctx); errors.Is(cause, errLockLost) {
+			return "", fmt.Errorf("%s: rebuild %s: the lock %s was lost (%w); a node may compute the indexes now: run walflow index rebuild %s again", f.cmd, ix.Name, key, cause, ix.Name)
+		}
 		return "", err
 	}
 	return "this command, holding the lock " + key, nil

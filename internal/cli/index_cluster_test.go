@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/cluster"
@@ -301,5 +303,209 @@ func TestClusterCommandErrors(t *testing.T) {
 	want := "walflow: ledger read: the ledger stream nothing_here does not exist on the NATS servers at " + lc.URLs()[0] + " yet; walflow run --config " + missing + " creates it"
 	if r.code != ExitFailure || !strings.Contains(r.stderr, want) {
 		t.Errorf("ledger read of a missing stream: exit %d\nstderr:\n%s\nwant %q", r.code, r.stderr, want)
+	}
+}
+
+// streamedCluster starts a NATS server and a cluster node of the blog on it, has the node
+// stream 6 events into the stream blog, stops the node (and waits until its locks are
+// free), and returns the database's
+// connection, the configuration's path and the server's URLs.
+func streamedCluster(t *testing.T) (conn *pgx.Conn, path string, urls []string) {
+	t.Helper()
+	ctx := t.Context()
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
+	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	slot := conn.Config().Database
+	path = clusterConfig(t, dsn, slot, lc.URLs(), "blog")
+	c, err := loadConfig(path, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.Engine
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	eng, err := walflow.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- eng.Run(runCtx) }()
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting until %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
+	if _, err := conn.Exec(ctx, `INSERT INTO posts (title) VALUES ('a'), ('b'), ('c'), ('d'), ('e'), ('f')`); err != nil {
+		t.Fatal(err)
+	}
+	until("the stream holds the 6 events", func() bool { return eng.Ledger().State().Head >= 6 })
+	stop()
+	if err := <-ran; err != nil {
+		t.Fatalf("the node: %v", err)
+	}
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The server ends the stopped node's lock sessions soon after it closed them.
+	until("the server frees the stopped node's locks", func() bool {
+		for _, key := range []string{clustershare.IndexesLock(slot), clustershare.OperatorsLock(slot)} {
+			if held, err := clustershare.Held(ctx, conn, key); err != nil || held {
+				return false
+			}
+		}
+		return true
+	})
+	return conn, path, lc.URLs()
+}
+
+// TestClusterRebuildKeepsLock: index rebuild, computing an index itself in a cluster,
+// keeps the indexes' lock for as long as the rebuild lasts, past the lock connection's
+// idle_session_timeout, and stops with an error naming the lock when its connection ends.
+// It does not run in parallel: it shortens the timeout of every lock this process takes.
+func TestClusterRebuildKeepsLock(t *testing.T) {
+	const idle = 2 * time.Second
+	defer clustershare.SetLockIdleTimeout(idle)()
+	ctx := t.Context()
+	conn, path, _ := streamedCluster(t)
+	slot := conn.Config().Database
+	c, err := loadConfig(path, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting until %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	// slow indexes by_post at 3 events a second: a rebuild of the 6 events outlasts the
+	// idle timeout.
+	byPost := c.Engine.Indexers[0]
+	slow := byPost
+	slow.Func = func(e *event.Event, dst []string) []string {
+		time.Sleep(idle / 6)
+		return byPost.Func(e, dst)
+	}
+	f, err := openCluster(ctx, "index rebuild", c, path, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	type rebuilt struct {
+		by  string
+		err error
+	}
+	rebuild := func() <-chan rebuilt {
+		done := make(chan rebuilt, 1)
+		go func() {
+			by, err := f.rebuildInCluster(ctx, slow, nil)
+			done <- rebuilt{by, err}
+		}()
+		return done
+	}
+	key := clustershare.IndexesLock(slot)
+	held := func() bool {
+		h, err := clustershare.Held(ctx, conn, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+
+	started := time.Now()
+	done := rebuild()
+	until("the command takes the lock", held)
+	var r rebuilt
+	for waiting := true; waiting; {
+		select {
+		case r = <-done:
+			waiting = false
+		case <-time.After(50 * time.Millisecond):
+			if !held() {
+				t.Fatalf("the lock was freed %v after the rebuild started, while it ran", time.Since(started))
+			}
+		}
+	}
+	if r.err != nil || r.by != "this command, holding the lock "+key {
+		t.Fatalf("rebuild = %q, %v", r.by, r.err)
+	}
+	if d := time.Since(started); d < idle {
+		t.Fatalf("the rebuild took %v, not longer than the idle timeout %v: it tests nothing", d, idle)
+	}
+
+	// The lock's connection ends mid-rebuild: the rebuild stops with an error.
+	until("the server frees the lock of the finished rebuild", func() bool { return !held() })
+	done = rebuild()
+	until("the command takes the lock again", held)
+	if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_catalog.pg_locks
+		WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())`); err != nil {
+		t.Fatal(err)
+	}
+	r = <-done
+	want := "index rebuild: rebuild by_post: the lock " + key + " was lost"
+	if r.err == nil || !strings.Contains(r.err.Error(), want) {
+		t.Fatalf("rebuild whose lock connection ended = %q, %v; want an error containing %q", r.by, r.err, want)
+	}
+}
+
+// TestClusterReadsLeaveStream: the read commands on a cluster's data, run with a
+// configuration whose cluster.replicas differs from the stream's, leave the stream's
+// configuration as the nodes set it.
+func TestClusterReadsLeaveStream(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	_, path, urls := streamedCluster(t)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := strings.Replace(string(b), "replicas: 1", "replicas: 3", 1)
+	if other == string(b) {
+		t.Fatal("the configuration has no replicas: 1 to change")
+	}
+	if err := os.WriteFile(path, []byte(other), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(urls[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := func() natsjs.StreamConfig {
+		t.Helper()
+		s, err := js.Stream(ctx, "blog")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config
+	}
+	before := config()
+	for _, args := range [][]string{{"ledger", "read"}, {"ledger", "read", "--channel", "posts"}, {"index", "status"}} {
+		r := runCLI(ctx, noEnv, append(args, "--config", path)...)
+		if r.code != ExitOK {
+			t.Errorf("walflow %s with replicas 3: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+		if after := config(); after.Replicas != before.Replicas || after.Duplicates != before.Duplicates || after.AllowAtomicPublish != before.AllowAtomicPublish {
+			t.Errorf("walflow %s changed the stream's configuration: %+v, was %+v", strings.Join(args, " "), after, before)
+		}
 	}
 }

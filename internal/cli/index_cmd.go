@@ -79,7 +79,7 @@ func indexRebuildMain(ctx context.Context, e *env, path, name string) error {
 	if err != nil {
 		return err
 	}
-	f, err := openLocal(ctx, cmd, c, path, true)
+	f, err := openLocal(ctx, cmd, c, path, true, false)
 	if err != nil {
 		return err
 	}
@@ -185,7 +185,7 @@ func indexStatusMain(ctx context.Context, e *env, path string, asJSON bool) erro
 
 // storedIndexes reads the indexes' checkpoints from the index store, while no walflow runs.
 func storedIndexes(ctx context.Context, cmd string, c *configfile.Config, path string) (indexStatusDoc, error) {
-	f, err := openLocal(ctx, cmd, c, path, true)
+	f, err := openLocal(ctx, cmd, c, path, true, false)
 	if err != nil {
 		return indexStatusDoc{}, err
 	}

@@ -113,14 +113,14 @@ func ledgerReadMain(ctx context.Context, e *env, path string, q readQuery) error
 			return err
 		}
 	}
-	f, err := openLocal(ctx, cmd, c, path, q.index != "")
+	f, err := openLocal(ctx, cmd, c, path, q.index != "", q.channel != "")
 	var remote *indexClient
 	if iu := (*inUseError)(nil); q.index != "" && errors.As(err, &iu) && iu.what == "index" {
 		// A running walflow holds the index store: ask it, with the admin token.
 		if remote, err = newIndexClient(cmd, c, e.getenv, iu); err != nil {
 			return err
 		}
-		f, err = openLocal(ctx, cmd, c, path, false)
+		f, err = openLocal(ctx, cmd, c, path, false, q.channel != "")
 	}
 	if err != nil {
 		return err

@@ -69,9 +69,9 @@ func openDiskLedger(ctx context.Context, c *configfile.Config) (*channel.Router,
 	return router, led, nil
 }
 
-func openLocal(ctx context.Context, cmd string, c *configfile.Config, path string, withIndexes bool) (*localFiles, error) {
+func openLocal(ctx context.Context, cmd string, c *configfile.Config, path string, withIndexes, withChannels bool) (*localFiles, error) {
 	if c.Engine.Cluster != nil {
-		return openCluster(ctx, cmd, c, path, withIndexes)
+		return openCluster(ctx, cmd, c, path, withIndexes, withChannels)
 	}
 	if c.Engine.MemoryLedger {
 		return nil, usagef("%s: ledger.backend is memory in %s: that ledger lives only inside walflow run, so there are no files to read", cmd, path)

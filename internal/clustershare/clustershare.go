@@ -7,6 +7,7 @@ package clustershare
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,6 +33,25 @@ func IndexPrefix(slot string) string { return slot + "/" }
 // TCP notices (hours, by default).
 const LockIdleTimeout = 10 * time.Second
 
+// LockPingEvery is how often KeepLock pings a lock's connection: well within
+// LockIdleTimeout, so a live holder's session is never idle long enough to end.
+const LockPingEvery = time.Second
+
+// idleTimeout is the idle_session_timeout TryLock sets, LockIdleTimeout unless a test
+// shortened it with SetLockIdleTimeout.
+var idleTimeout atomic.Int64
+
+func init() { idleTimeout.Store(int64(LockIdleTimeout)) }
+
+// SetLockIdleTimeout makes TryLock set d, instead of LockIdleTimeout, as the
+// idle_session_timeout of the connections it locks on, until restore is called. Tests
+// use it to see that holders keep their locks past the timeout; d must exceed
+// LockPingEvery.
+func SetLockIdleTimeout(d time.Duration) (restore func()) {
+	old := idleTimeout.Swap(int64(d))
+	return func() { idleTimeout.Store(old) }
+}
+
 // lockSessionSQL sets the lock connection's idle_session_timeout where the server knows it
 // (PostgreSQL 14 and newer), and does nothing on older ones.
 const lockSessionSQL = `SELECT set_config(name, $1, false) FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout'`
@@ -41,15 +61,41 @@ const tryLockSQL = `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`
 
 // TryLock sets conn's idle_session_timeout to LockIdleTimeout and tries the session lock
 // named key on it, without waiting: ok reports whether conn holds it now. The lock is
-// held until conn closes (or pg_advisory_unlock).
+// held until conn closes (or pg_advisory_unlock), or, on PostgreSQL 14 and newer, until
+// conn idles for LockIdleTimeout: a holder runs KeepLock on conn while it holds the lock.
 func TryLock(ctx context.Context, conn *pgx.Conn, key string) (ok bool, err error) {
-	if _, err := conn.Exec(ctx, lockSessionSQL, fmt.Sprintf("%dms", LockIdleTimeout.Milliseconds())); err != nil {
+	if _, err := conn.Exec(ctx, lockSessionSQL, fmt.Sprintf("%dms", time.Duration(idleTimeout.Load()).Milliseconds())); err != nil {
 		return false, fmt.Errorf("set idle_session_timeout on the lock's connection: %w", err)
 	}
 	if err := conn.QueryRow(ctx, tryLockSQL, key).Scan(&ok); err != nil {
 		return false, fmt.Errorf("try the lock %s: %w", key, err)
 	}
 	return ok, nil
+}
+
+// KeepLock pings conn, which holds a session lock (see TryLock), every LockPingEvery so
+// that its session never idles out, until ctx ends (it returns nil) or a ping fails: it
+// then returns the error, and the lock may be gone, since PostgreSQL frees it when the
+// session ends. Nothing else may use conn meanwhile.
+func KeepLock(ctx context.Context, conn *pgx.Conn) error {
+	t := time.NewTicker(LockPingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("ping the connection that holds the lock: %w", err)
+		}
+	}
 }
 
 // heldSQL reports whether any session holds the session lock named $1 (a bigint advisory

@@ -1,6 +1,7 @@
 package clustershare_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -66,5 +67,43 @@ func TestLock(t *testing.T) {
 	}
 	if ok, err := clustershare.TryLock(ctx, b, key); err != nil || !ok {
 		t.Fatalf("TryLock once the holder closed = %v, %v", ok, err)
+	}
+}
+
+// TestKeepLock: a lock whose connection KeepLock pings outlasts the connection's idle
+// timeout, and KeepLock returns an error once the connection's session ends.
+func TestKeepLock(t *testing.T) {
+	const idle = 2 * time.Second
+	defer clustershare.SetLockIdleTimeout(idle)()
+	ctx := t.Context()
+	dsn := pgtest.NewDatabase(t)
+	a, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	b, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	key := clustershare.IndexesLock("app")
+	if ok, err := clustershare.TryLock(ctx, a, key); err != nil || !ok {
+		t.Fatalf("TryLock = %v, %v", ok, err)
+	}
+	kctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	kept := make(chan error, 1)
+	go func() { kept <- clustershare.KeepLock(kctx, a) }()
+	for end := time.Now().Add(2 * idle); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if held, err := clustershare.Held(ctx, b, key); err != nil || !held {
+			t.Fatalf("Held while KeepLock pings its connection = %v, %v", held, err)
+		}
+	}
+	if _, err := b.Exec(ctx, `SELECT pg_terminate_backend($1)`, a.PgConn().PID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-kept; err == nil {
+		t.Fatal("KeepLock on a terminated session returned nil")
 	}
 }

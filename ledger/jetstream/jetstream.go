@@ -51,8 +51,14 @@ type Options struct {
 	// Conn is the NATS connection; required. The ledger does not close it.
 	Conn *nats.Conn
 	// Stream is the JetStream stream's name; "WALFLOW" by default. Open creates it when
-	// missing.
+	// missing, unless ReadOnly.
 	Stream string
+	// ReadOnly opens the ledger on an existing stream and state bucket without creating or
+	// updating them: Replicas and DuplicateWindow are ignored, the stream's configuration
+	// stays as its writers set it, Open fails with an error wrapping
+	// jetstream.ErrStreamNotFound (or jetstream.ErrBucketNotFound) when they are missing,
+	// and Lead fails with ErrReadOnly. For tools that read a stream beside its writers.
+	ReadOnly bool
 	// Subject is the subject the events are published on; "walflow.<stream>.events" (the
 	// stream name in lower case) by default. It must be the stream's only subject.
 	Subject string
@@ -228,6 +234,9 @@ func Open(ctx context.Context, opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger/jetstream: open JetStream on the NATS connection: %w", err)
 	}
+	if opts.ReadOnly {
+		return openReadOnly(ctx, js, opts)
+	}
 	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        opts.Stream,
 		Description: "walflow ledger: one message per event, positions are sequences",
@@ -257,6 +266,31 @@ func Open(ctx context.Context, opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger/jetstream: create or update key-value bucket %s: %w", opts.StateBucket, err)
 	}
+	return openOn(ctx, js, stream, kv, opts)
+}
+
+// openReadOnly opens the ledger on the existing stream and state bucket of opts, changing
+// neither.
+func openReadOnly(ctx context.Context, js jetstream.JetStream, opts Options) (*Ledger, error) {
+	stream, err := js.Stream(ctx, opts.Stream)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("ledger/jetstream: the stream %s does not exist (opened read-only, the ledger does not create it; a writer, such as walflow run, does): %w", opts.Stream, err)
+		}
+		return nil, fmt.Errorf("ledger/jetstream: look up the stream %s: %w", opts.Stream, err)
+	}
+	kv, err := js.KeyValue(ctx, opts.StateBucket)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("ledger/jetstream: the state bucket %s of the stream %s does not exist (opened read-only, the ledger does not create it; a writer, such as walflow run, does): %w", opts.StateBucket, opts.Stream, err)
+		}
+		return nil, fmt.Errorf("ledger/jetstream: look up the state bucket %s: %w", opts.StateBucket, err)
+	}
+	return openOn(ctx, js, stream, kv, opts)
+}
+
+// openOn opens the ledger on stream and kv and catches it up with the stream.
+func openOn(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, kv jetstream.KeyValue, opts Options) (*Ledger, error) {
 	lctx, cancel := context.WithCancel(context.Background())
 	l := &Ledger{
 		opts:   opts,
@@ -615,6 +649,9 @@ func (l *Ledger) Wait(ctx context.Context, after event.Position) error {
 func (l *Ledger) Truncate(ctx context.Context, through event.Position) error {
 	if l.pub.Closed() {
 		return ledger.ErrClosed
+	}
+	if l.opts.ReadOnly {
+		return fmt.Errorf("%w: it was opened with Options.ReadOnly, and Truncate purges the stream", ErrReadOnly)
 	}
 	if err := ctx.Err(); err != nil {
 		return err

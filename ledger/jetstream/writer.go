@@ -119,6 +119,9 @@ func (l *Ledger) Lead(ctx context.Context) error {
 	if l.pub.Closed() {
 		return ledger.ErrClosed
 	}
+	if l.opts.ReadOnly {
+		return fmt.Errorf("%w: it was opened with Options.ReadOnly", ErrReadOnly)
+	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	ctx, cancel := l.opCtx(ctx)
