@@ -70,20 +70,25 @@ func (e *Engine) newIndexRunner(store index.Store) error {
 func (e *Engine) Indexes() *index.Runner { return e.idx }
 
 // indexesCheckpoint is the lowest checkpoint of the indexes, which retention does not pass:
-// an index behind the tail would lose the history it had not indexed yet.
-func (e *Engine) indexesCheckpoint(ctx context.Context) (event.Position, bool) {
+// an index behind the tail would lose the history it had not indexed yet. ok is false when
+// there are no indexes. An error (the shared store of a cluster is unreachable) means the
+// checkpoints are unknown: retention must then not truncate.
+func (e *Engine) indexesCheckpoint(ctx context.Context) (event.Position, bool, error) {
 	if e.idx == nil {
-		return 0, false
+		return 0, false, nil
 	}
 	sts, err := e.idx.Status(ctx)
-	if err != nil || len(sts) == 0 {
-		return 0, false
+	if err != nil {
+		return 0, false, fmt.Errorf("read the indexes' checkpoints: %w", err)
+	}
+	if len(sts) == 0 {
+		return 0, false, nil
 	}
 	low := sts[0].Checkpoint
 	for _, s := range sts[1:] {
 		low = min(low, s.Checkpoint)
 	}
-	return low, true
+	return low, true, nil
 }
 
 var (
