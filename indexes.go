@@ -198,13 +198,14 @@ func (s *instanceStore) Reset(ctx context.Context, indexer string) error {
 	return st.Reset(ctx, indexer)
 }
 
-// unfencedReporter reports the halts of indexes except those of a node that the shared
-// store fenced off: in a cluster, that is another node taking over, and the fenced node
-// follows it.
+// unfencedReporter reports the halts of a cluster node's indexes that halt the engine: the
+// permanent ones (an indexer's Func failed). A node that the shared store fenced off
+// (another node took over) follows it, and one that failed otherwise (PostgreSQL or
+// JetStream unreachable) contends for the indexes again after a backoff (runClusterIndexes).
 type unfencedReporter struct{ retry.Reporter }
 
 func (r unfencedReporter) Halted(ctx context.Context, c retry.Consumer, e *event.Event, err error) {
-	if errors.Is(err, indexpg.ErrFenced) {
+	if errors.Is(err, indexpg.ErrFenced) || !retry.IsPermanent(err) {
 		return
 	}
 	r.Reporter.Halted(ctx, c, e, err)

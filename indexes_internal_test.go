@@ -23,15 +23,22 @@ func (h *halts) Halted(_ context.Context, _ retry.Consumer, _ *event.Event, err 
 	h.errs = append(h.errs, err)
 }
 
+// permanentErr is a failure that retrying cannot heal, as an indexer's Func failing.
+type permanentErr struct{ error }
+
+func (permanentErr) Permanent() bool { return true }
+
 // TestUnfencedReporter: a cluster node's index fenced off by the shared store (another node
-// took over) is not reported as halted; any other failure is.
+// took over), or failing on a passing error the node retries, is not reported as halted; a
+// permanent failure is.
 func TestUnfencedReporter(t *testing.T) {
 	t.Parallel()
 	h := &halts{}
 	r := unfencedReporter{h}
 	c := retry.Consumer{Kind: retry.Index, Name: "by_user"}
 	r.Halted(t.Context(), c, &event.Event{}, fmt.Errorf("index: by_user: write entries: %w", indexpg.ErrFenced))
-	other := errors.New("index/pg: write: connection refused")
+	r.Halted(t.Context(), c, &event.Event{}, errors.New("index/pg: write: connection refused"))
+	other := permanentErr{errors.New("index: by_user: Func panicked on the event at position 3")}
 	r.Halted(t.Context(), c, &event.Event{}, other)
 	if len(h.errs) != 1 || h.errs[0] != other {
 		t.Fatalf("reported halts %v; want only %v", h.errs, other)
