@@ -2,6 +2,7 @@ package walflow_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -265,5 +266,73 @@ func TestClusterIndexes(t *testing.T) {
 		if sts[0].Following != (node != second) {
 			t.Fatalf("%s: Following = %v; %s computes", node.name, sts[0].Following, second.name)
 		}
+	}
+}
+
+// failOnceStore fails its first Write that has entries, as the shared store does when
+// PostgreSQL is unreachable for a moment.
+type failOnceStore struct {
+	index.SharedStore
+	failed *atomic.Bool
+}
+
+func (s failOnceStore) Write(ctx context.Context, batches ...index.Batch) error {
+	for _, b := range batches {
+		if len(b.Entries) > 0 && s.failed.CompareAndSwap(false, true) {
+			return errors.New("index/pg: write: read tcp 127.0.0.1: connection reset by peer")
+		}
+	}
+	return s.SharedStore.Write(ctx, batches...)
+}
+
+// TestClusterIndexesWriteFails: a passing failure of the shared index store does not stop
+// the node computing the indexes: it releases their lock, takes it again after a backoff,
+// and indexes every event; Run then ends without error.
+func TestClusterIndexesWriteFails(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
+	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	pcfg, _ := pgx.ParseConfig(dsn)
+	var failed atomic.Bool
+	eng, err := walflow.Open(ctx, walflow.Config{
+		DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: filepath.Join(t.TempDir(), "ledger"),
+		Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
+		Indexers:       []index.Indexer{words},
+		StatusInterval: 200 * time.Millisecond,
+		Logger:         testLogger(t),
+		Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: "node-1", Replicas: 1,
+			Heartbeat: 500 * time.Millisecond, NodeTTL: 3 * time.Second},
+	})
+	if err == nil {
+		err = walflow.WrapIndexStore(eng, func(s index.SharedStore) index.SharedStore {
+			return failOnceStore{SharedStore: s, failed: &failed}
+		})
+	}
+	node := runClusterNode(t, "node-1", eng, err)
+	poll(t, "the node to stream the slot", func() bool { return eng.Status(ctx).Streaming })
+	for i := range 5 {
+		if _, err := conn.Exec(ctx, `INSERT INTO comments VALUES ($1, 1, $2)`, i, fmt.Sprintf("w%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll(t, "the ledger to hold the 5 comments", func() bool { return eng.Ledger().State().Head >= 5 })
+	head := eng.Ledger().State().Head
+	poll(t, "the index to pass the failed write and index every comment", func() bool {
+		cp, _ := eng.Indexes().Checkpoint("words")
+		return failed.Load() && cp >= head
+	})
+	for i := range 5 {
+		ps, err := eng.Indexes().Positions(ctx, "words", fmt.Sprintf("w%d", i), 0, 10)
+		if err != nil || len(ps) != 1 {
+			t.Fatalf("words w%d: %v, %v; want one position", i, ps, err)
+		}
+	}
+	if err := node.stop(); err != nil {
+		t.Fatalf("the node stopped with %v after a passing index store failure; want nil", err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/jetstream"
 	"github.com/walflow/walflow/projector"
+	"github.com/walflow/walflow/retry"
 	"github.com/walflow/walflow/source/pgwal"
 )
 
@@ -260,17 +261,45 @@ func (e *Engine) runClusterOperators(ctx context.Context) error {
 // computing and contends for the lock again. The same happens when walflow index rebuild
 // resets an index in the store, which moves its fence too (a live indexer checks it every
 // 250 ms): the holder, or whichever node takes the lock next, resumes from the stored
-// state, so it rebuilds the reset index.
+// state, so it rebuilds the reset index. Any other failure but an indexer's (its Func
+// panicked or gave a bad value, which halts the engine) is taken as passing (PostgreSQL or
+// JetStream unreachable for a while): the holder releases the lock, follows, and contends
+// for it again after a backoff (retry.Policy's defaults, 500 ms doubling up to 10 s).
 func (e *Engine) runClusterIndexes(ctx context.Context) error {
-	fenced := func(err error) bool { return errors.Is(err, indexpg.ErrFenced) }
-	return e.runLocked(ctx, e.indexesLock(), e.idx.Follow, e.idx.Run, fenced)
+	classify := func(err error) lockedFailure {
+		switch {
+		case errors.Is(err, indexpg.ErrFenced):
+			return lostLock
+		case retry.IsPermanent(err):
+			return haltLocked
+		default:
+			return backOff
+		}
+	}
+	return e.runLocked(ctx, e.indexesLock(), e.idx.Follow, e.idx.Run, classify)
 }
+
+// lockedFailure is what runLocked does when run fails.
+type lockedFailure int
+
+const (
+	haltLocked lockedFailure = iota // end runLocked with the error
+	lostLock                        // another node took over: contend for the lock again
+	backOff                         // a passing failure: contend for the lock again after a backoff
+)
+
+// lockedHealthy is how long run must have run for a failure to start the backoff over.
+const lockedHealthy = time.Minute
 
 // runLocked runs run while this node holds l, and follow while it does not, until ctx
 // ends: a node tries the lock every second, and one that loses the lock's connection stops
-// run within a second. A failure of run ends runLocked, unless lost says it means that
-// another node took over (then the node contends for the lock again).
-func (e *Engine) runLocked(ctx context.Context, l clusterLock, follow, run func(context.Context) error, lost func(error) bool) error {
+// run within a second. A failure of run ends runLocked, unless classify says that another
+// node took over (then the node contends for the lock again) or that the failure passes
+// (then it releases the lock and contends for it again after a growing backoff).
+func (e *Engine) runLocked(ctx context.Context, l clusterLock, follow, run func(context.Context) error, classify func(error) lockedFailure) error {
+	policy := retry.Policy{}.WithDefaults()
+	attempt := 0
+	var wait time.Duration
 	for {
 		fctx, stopFollow := context.WithCancel(ctx)
 		followed := make(chan struct{})
@@ -278,7 +307,11 @@ func (e *Engine) runLocked(ctx context.Context, l clusterLock, follow, run func(
 			defer close(followed)
 			_ = follow(fctx)
 		}()
-		conn, err := e.takeClusterLock(ctx, l)
+		var conn *pgx.Conn
+		err := retry.Sleep(ctx, wait)
+		if err == nil {
+			conn, err = e.takeClusterLock(ctx, l)
+		}
 		stopFollow()
 		<-followed
 		if err != nil {
@@ -293,6 +326,7 @@ func (e *Engine) runLocked(ctx context.Context, l clusterLock, follow, run func(
 		}()
 		e.log.InfoContext(ctx, "running the "+l.what+": this node holds their lock", slog.String("instance", e.cfg.Slot))
 		l.held.Store(true)
+		started := time.Now()
 		err = run(rctx)
 		l.held.Store(false)
 		stopRun()
@@ -301,10 +335,27 @@ func (e *Engine) runLocked(ctx context.Context, l clusterLock, follow, run func(
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil && (lost == nil || !lost(err)) {
-			return err
+		what := haltLocked
+		if err == nil {
+			what = lostLock // run ended because keepLock lost the lock's connection
+		} else if classify != nil {
+			what = classify(err)
 		}
-		e.log.WarnContext(ctx, "lost the "+l.what+"' lock; stopped them and contending for it again", slog.String("instance", e.cfg.Slot), slog.Any("error", err))
+		switch what {
+		case haltLocked:
+			return err
+		case lostLock:
+			wait = 0
+			e.log.WarnContext(ctx, "lost the "+l.what+"' lock; stopped them and contending for it again", slog.String("instance", e.cfg.Slot), slog.Any("error", err))
+		case backOff:
+			if time.Since(started) >= lockedHealthy {
+				attempt = 0
+			}
+			attempt++
+			wait = policy.Delay(attempt)
+			e.log.WarnContext(ctx, "the "+l.what+" failed; released their lock, following, and contending for it again after a backoff",
+				slog.String("instance", e.cfg.Slot), slog.Duration("backoff", wait), slog.Any("error", err))
+		}
 	}
 }
 

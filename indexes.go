@@ -70,20 +70,25 @@ func (e *Engine) newIndexRunner(store index.Store) error {
 func (e *Engine) Indexes() *index.Runner { return e.idx }
 
 // indexesCheckpoint is the lowest checkpoint of the indexes, which retention does not pass:
-// an index behind the tail would lose the history it had not indexed yet.
-func (e *Engine) indexesCheckpoint(ctx context.Context) (event.Position, bool) {
+// an index behind the tail would lose the history it had not indexed yet. ok is false when
+// there are no indexes. An error (the shared store of a cluster is unreachable) means the
+// checkpoints are unknown: retention must then not truncate.
+func (e *Engine) indexesCheckpoint(ctx context.Context) (event.Position, bool, error) {
 	if e.idx == nil {
-		return 0, false
+		return 0, false, nil
 	}
 	sts, err := e.idx.Status(ctx)
-	if err != nil || len(sts) == 0 {
-		return 0, false
+	if err != nil {
+		return 0, false, fmt.Errorf("read the indexes' checkpoints: %w", err)
+	}
+	if len(sts) == 0 {
+		return 0, false, nil
 	}
 	low := sts[0].Checkpoint
 	for _, s := range sts[1:] {
 		low = min(low, s.Checkpoint)
 	}
-	return low, true
+	return low, true, nil
 }
 
 var (
@@ -193,13 +198,14 @@ func (s *instanceStore) Reset(ctx context.Context, indexer string) error {
 	return st.Reset(ctx, indexer)
 }
 
-// unfencedReporter reports the halts of indexes except those of a node that the shared
-// store fenced off: in a cluster, that is another node taking over, and the fenced node
-// follows it.
+// unfencedReporter reports the halts of a cluster node's indexes that halt the engine: the
+// permanent ones (an indexer's Func failed). A node that the shared store fenced off
+// (another node took over) follows it, and one that failed otherwise (PostgreSQL or
+// JetStream unreachable) contends for the indexes again after a backoff (runClusterIndexes).
 type unfencedReporter struct{ retry.Reporter }
 
 func (r unfencedReporter) Halted(ctx context.Context, c retry.Consumer, e *event.Event, err error) {
-	if errors.Is(err, indexpg.ErrFenced) {
+	if errors.Is(err, indexpg.ErrFenced) || !retry.IsPermanent(err) {
 		return
 	}
 	r.Reporter.Halted(ctx, c, e, err)

@@ -66,7 +66,12 @@ func (e *Engine) truncate(ctx context.Context, cutoff time.Time) error {
 		}
 		through = min(through, cp)
 	}
-	if low, ok := e.indexesCheckpoint(ctx); ok {
+	low, ok, err := e.indexesCheckpoint(ctx)
+	if err != nil {
+		// Unknown checkpoints hold the whole round back: the next round tries again.
+		return fmt.Errorf("walflow: retention: skipped this round: %w", err)
+	}
+	if ok {
 		through = min(through, low)
 	}
 	if low, ok := e.projectorsPosition(); ok {

@@ -66,11 +66,13 @@ type Registry struct {
 	cfg  Config
 	log  *slog.Logger
 
-	nc      *nats.Conn    // the node's connection: reads, and writes until Run has its own
-	started chan struct{} // closed when Run sets fill
+	nc      *nats.Conn    // the node's connection: reads, and writes while Run does not run
+	started chan struct{} // closed when Run first sets fill
 	mu      sync.Mutex
 	fill    func() NodeInfo
-	writeKV jetstream.KeyValue // the bucket on Run's own connection, once Run started
+	writeKV jetstream.KeyValue // the bucket on Run's own connection while Run runs, or nil
+	wake    chan struct{}      // wakes Run's writer while it runs, or nil
+	waiters []chan error       // Beats waiting for the writer's next write
 }
 
 // OpenRegistry creates the registry's bucket when missing (Config.Bucket, kept in memory
@@ -96,7 +98,8 @@ func OpenRegistry(ctx context.Context, nc *nats.Conn, cfg Config) (*Registry, er
 	return &Registry{kv: kv, nc: nc, name: cfg.NodeName, cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster")), started: make(chan struct{})}, nil
 }
 
-// Put writes this node's entry now. info.Name is set to this node's name.
+// Put writes this node's entry now. info.Name is set to this node's name. It is for a node
+// that does not run [Registry.Run]: its writes are not ordered with Run's.
 func (r *Registry) Put(ctx context.Context, info NodeInfo) error {
 	r.mu.Lock()
 	kv := cmp.Or(r.writeKV, r.kv)
@@ -117,8 +120,10 @@ func (r *Registry) put(ctx context.Context, kv jetstream.KeyValue, info NodeInfo
 	return nil
 }
 
-// Beat writes this node's entry now, filled by the function [Registry.Run] runs with.
-// Before Run has started it waits for it, until ctx ends.
+// Beat writes this node's entry now, filled by the function [Registry.Run] runs with, and
+// returns once an entry filled after the call has landed: no older entry lands after it.
+// Before Run has started it waits for it, until ctx ends; after Run returned it writes on
+// the node's connection.
 func (r *Registry) Beat(ctx context.Context) error {
 	select {
 	case <-r.started:
@@ -126,22 +131,42 @@ func (r *Registry) Beat(ctx context.Context) error {
 		return fmt.Errorf("cluster: heartbeat of node %q is not running (start Registry.Run with the replication source): %w", r.name, ctx.Err())
 	}
 	r.mu.Lock()
-	fill := r.fill
+	if r.wake == nil {
+		fill := r.fill
+		r.mu.Unlock()
+		return r.put(ctx, r.kv, fill())
+	}
+	done := make(chan error, 1)
+	r.waiters = append(r.waiters, done)
+	wake := r.wake
 	r.mu.Unlock()
-	return r.Put(ctx, fill())
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("cluster: heartbeat of node %q: %w", r.name, ctx.Err())
+	}
 }
+
+// errHeartbeatStopped answers the Beats that Run's writer did not serve before it stopped.
+var errHeartbeatStopped = errors.New("the heartbeat stopped before writing; retry")
 
 // Run writes this node's entry, filled by fill, every Config.Heartbeat until ctx ends, then
 // removes it so the others see the node leave at once.
 //
 // The node stays in the registry as long as one of its writes lands within every
-// Config.NodeTTL: how long each write takes does not matter. Run writes on a NATS
-// connection of its own (opened with the options of the connection the registry was
-// opened with), so its small writes never queue behind the node's other traffic (the
-// ledger's appends and reads). Each write runs in a goroutine of its own with
-// Config.NodeTTL to finish, so a slow write does not hold up the next heartbeat; a write
-// that fails is retried at once, and the failure is logged (once until writes succeed
-// again). A node that cannot reach NATS keeps running, and drops out of the registry after
+// Config.NodeTTL. Run writes on a NATS connection of its own (opened with the options of
+// the connection the registry was opened with), so its small writes never queue behind
+// the node's other traffic (the ledger's appends and reads). One writer fills and writes
+// the entry at a time, each write with Config.NodeTTL to finish, so entries land in the
+// order they were filled; a heartbeat or [Registry.Beat] that comes while a write is in
+// flight is served by one fresh write after it. A write that fails is retried after a
+// tenth of a heartbeat, and the failure is logged (once until writes succeed again). A
+// node that cannot reach NATS keeps running, and drops out of the registry after
 // Config.NodeTTL. Run returns nil when ctx ends.
 func (r *Registry) Run(ctx context.Context, fill func() NodeInfo) error {
 	kv := r.kv
@@ -154,79 +179,84 @@ func (r *Registry) Run(ctx context.Context, fill func() NodeInfo) error {
 			kv = r.kv
 		}
 	}
+	wake := make(chan struct{}, 1)
 	r.mu.Lock()
 	first := r.fill == nil
 	r.fill = fill
 	r.writeKV = kv
+	r.wake = wake
 	r.mu.Unlock()
 	if first {
 		close(r.started)
 	}
+	defer func() {
+		// Later Beats and Puts write on the node's connection, not on this one, which
+		// closes; the Beats waiting now are told to retry.
+		r.mu.Lock()
+		r.writeKV, r.wake = nil, nil
+		waiters := r.waiters
+		r.waiters = nil
+		r.mu.Unlock()
+		for _, w := range waiters {
+			w <- fmt.Errorf("cluster: heartbeat of node %q: %w", r.name, errHeartbeatStopped)
+		}
+	}()
 
-	// Writes in flight at once: those that may still land within NodeTTL.
-	inflight := make(chan struct{}, max(1, int(r.cfg.NodeTTL/r.cfg.Heartbeat)))
-	retry := make(chan struct{}, 1)
-	var (
-		wg      sync.WaitGroup
-		fmu     sync.Mutex
-		failing bool
-	)
-	write := func() {
-		defer func() { <-inflight; wg.Done() }()
+	t := time.NewTicker(r.cfg.Heartbeat)
+	defer t.Stop()
+	failing := false
+	for {
+		r.mu.Lock()
+		waiters := r.waiters
+		r.waiters = nil
+		r.mu.Unlock()
 		pctx, cancel := context.WithTimeout(ctx, r.cfg.NodeTTL)
 		err := r.put(pctx, kv, fill())
 		cancel()
-		if ctx.Err() != nil {
-			return
+		for _, w := range waiters {
+			w <- err
 		}
-		fmu.Lock()
-		defer fmu.Unlock()
+		if ctx.Err() != nil {
+			break
+		}
+		var again *time.Timer
 		switch {
 		case err != nil:
 			if !failing {
 				failing = true
 				r.log.WarnContext(ctx, "heartbeat not written; retrying", slog.String("node", r.name), slog.Any("error", err))
 			}
-			select {
-			case retry <- struct{}{}:
-			default:
-			}
+			// Retried without waiting for the next heartbeat, but not faster than a tenth
+			// of one.
+			again = time.NewTimer(r.cfg.Heartbeat / 10)
 		case failing:
 			failing = false
 			r.log.InfoContext(ctx, "heartbeat written again", slog.String("node", r.name))
 		}
-	}
-	t := time.NewTicker(r.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case inflight <- struct{}{}:
-			wg.Add(1)
-			go write()
-		case <-ctx.Done():
-		}
-		select {
-		case <-ctx.Done():
-			wg.Wait()
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.Heartbeat)
-			err := kv.Delete(dctx, nodeKey(r.name))
-			cancel()
-			if err != nil {
-				r.log.InfoContext(dctx, "node entry not removed; it expires on its own", slog.String("node", r.name), slog.Any("error", err))
-			}
-			return nil
-		case <-t.C:
-		case <-retry:
-			// A failed write is retried without waiting for the next heartbeat, but not
-			// faster than a tenth of one.
-			p := time.NewTimer(r.cfg.Heartbeat / 10)
+		if again != nil {
 			select {
 			case <-ctx.Done():
-				p.Stop()
-			case <-p.C:
+			case <-again.C:
+			}
+			again.Stop()
+		} else {
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			case <-wake:
 			}
 		}
+		if ctx.Err() != nil {
+			break
+		}
 	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.Heartbeat)
+	err := kv.Delete(dctx, nodeKey(r.name))
+	cancel()
+	if err != nil {
+		r.log.InfoContext(dctx, "node entry not removed; it expires on its own", slog.String("node", r.name), slog.Any("error", err))
+	}
+	return nil
 }
 
 // dial opens a connection of the registry's own, with the options of the node's

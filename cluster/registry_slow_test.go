@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -181,5 +183,88 @@ func TestRegistrySlowWrites(t *testing.T) {
 			t.Fatalf("the slow node's entry expired while it was running: nodes %+v", nodes)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRegistryWritesInOrder runs a node whose writes take several heartbeats (a slow
+// connection) and checks that each entry is filled only once the previous one has landed,
+// so that entries land in the order they were filled: an older one never overwrites a
+// newer one, such as the one a Beat wrote.
+func TestRegistryWritesInOrder(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, time.Minute)
+	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	open := func(name, url string) *Registry {
+		cfg := Config{URLs: []string{url}, NodeName: name, Replicas: 1, Heartbeat: 20 * time.Millisecond, NodeTTL: 2 * time.Second}.WithDefaults()
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := Connect(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(conn.Close)
+		reg, err := OpenRegistry(ctx, conn.NC, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return reg
+	}
+	proxy := startSlowProxy(t, strings.TrimPrefix(lc.URLs()[0], "nats://"), 100*time.Millisecond, 1<<20)
+	slow := open("slow", proxy.url())
+	watcher := open("watcher", lc.URLs()[0])
+
+	var (
+		mu         sync.Mutex
+		filled     uint64
+		violations []string
+	)
+	fill := func() NodeInfo {
+		mu.Lock()
+		defer mu.Unlock()
+		if filled > 0 {
+			// The entry filled before this one has landed: the stored one is it.
+			e, err := watcher.kv.Get(ctx, nodeKey("slow"))
+			if err != nil {
+				violations = append(violations, fmt.Sprintf("fill %d: read the stored entry: %v", filled+1, err))
+			} else {
+				var n NodeInfo
+				if err := json.Unmarshal(e.Value(), &n); err != nil || n.Position != filled {
+					violations = append(violations, fmt.Sprintf("fill %d while entry %d is stored (%v): the previous write has not landed", filled+1, n.Position, err))
+				}
+			}
+		}
+		filled++
+		return NodeInfo{Role: RoleLeader, Position: filled}
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- slow.Run(runCtx, fill) }()
+	for range 10 {
+		if err := slow.Beat(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		mu.Lock()
+		n := filled
+		mu.Unlock()
+		if n >= 20 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(violations) > 0 {
+		t.Fatalf("entries filled before the previous one landed:\n%s", strings.Join(violations, "\n"))
 	}
 }

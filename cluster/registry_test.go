@@ -89,6 +89,11 @@ func TestRegistryHeartbeats(t *testing.T) {
 		}
 	}
 	waitNodes(t, ctx, regs[0])
+	// A Beat after Run returned writes on the node's connection, not on Run's closed one.
+	if err := regs[0].Beat(ctx); err != nil {
+		t.Fatalf("Beat after Run returned: %v", err)
+	}
+	waitNodes(t, ctx, regs[1], "b")
 }
 
 // TestRegistryEntryExpires writes one heartbeat and no more, as a frozen or cut-off node

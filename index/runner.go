@@ -198,7 +198,8 @@ func New(cfg Config) (*Runner, error) {
 // or rebuilds from the ledger's beginning when its data is missing or its Version changed,
 // catches up in batches, then follows new events; each runs in a goroutine of its own,
 // which Run waits for. Run fails, stopping every indexer, when the ledger or the store
-// fails, or an indexer's Func panics or returns a value with a NUL byte.
+// fails, or an indexer's Func panics or returns a value with a NUL byte; only the latter
+// is permanent (retry.IsPermanent reports it), as restarting Run fails on the same event.
 func (r *Runner) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return ErrRunning
@@ -438,7 +439,7 @@ func (w *worker) values(e *event.Event, dst []string) (out []string, err error) 
 	return out[:n], nil
 }
 
-// funcError is the failure of an indexer's Func on the event e.
+// funcError is the failure of an indexer's Func on the event e. It is permanent.
 type funcError struct {
 	e   *event.Event
 	err error
@@ -446,6 +447,10 @@ type funcError struct {
 
 func (f *funcError) Error() string { return f.err.Error() }
 func (f *funcError) Unwrap() error { return f.err }
+
+// Permanent reports that retrying cannot heal the failure (see retry.IsPermanent): the
+// same event fails again until the indexer changes.
+func (f *funcError) Permanent() bool { return true }
 
 // manyValues is how many values an event may have before duplicates are found with a map.
 const manyValues = 16

@@ -68,7 +68,13 @@ type Options struct {
 	// Replicas is the stream's and the bucket's replication; 1 by default. Use 3 in a
 	// three-server cluster: a write is then acknowledged once two servers stored it.
 	Replicas int
-	// DuplicateWindow is how long JetStream remembers message ids; 2 minutes by default.
+	// DuplicateWindow is the stream's duplicate window (JetStream's Duplicates setting),
+	// which Open sets when it creates or updates the stream; 2 minutes by default. The
+	// ledger's writer does not rely on it: it sets no Nats-Msg-Id, so the window dedupes
+	// only messages that other publishers give an id. A batch published twice is refused
+	// by its expected last sequence, and a writer that took over with [Ledger.Lead] checks
+	// replayed events against the messages already in the stream by their Walflow-Id and
+	// publishes only the rest (see the package documentation).
 	DuplicateWindow time.Duration
 	// Indexer gives each event its index keys; nil indexes nothing.
 	Indexer ledger.Indexer
