@@ -317,17 +317,25 @@ func (r *Runner) checkLedger(ctx context.Context, o *opState, rw row) (foreign e
 	return nil, nil
 }
 
-// haltForeign records that o halted because its checkpoint belongs to another ledger. The
-// position stays as it is; the event it failed on is none (a skip cannot help).
-func (r *Runner) haltForeign(ctx context.Context, o *opState, cause error) {
-	_, err := r.cfg.DB.Exec(context.WithoutCancel(ctx), `UPDATE walflow.operators SET halted = true, error = $3, failed_position = NULL, updated_at = now()
-		WHERE instance = $1 AND name = $2`, r.cfg.Instance, o.name, cause.Error())
-	if err != nil {
+// haltForeign records that o halted because its checkpoint rw belongs to another ledger.
+// The position stays as it is; the event it failed on is none (a skip cannot help). The
+// halt is stored only while the row still holds the checkpoint rw that was checked: a
+// reset (walflow operator reset) committed since then is kept, and haltForeign reports
+// false, so that the next sync reads the reset checkpoint instead.
+func (r *Runner) haltForeign(ctx context.Context, o *opState, rw row, cause error) bool {
+	tag, err := r.cfg.DB.Exec(context.WithoutCancel(ctx), `UPDATE walflow.operators SET halted = true, error = $3, failed_position = NULL, updated_at = now()
+		WHERE instance = $1 AND name = $2 AND position = $4 AND coalesce(mark_position, 0) = $5 AND coalesce(ledger, '') = $6`,
+		r.cfg.Instance, o.name, cause.Error(), int64(rw.position), int64(rw.markPos), rw.ledger)
+	switch {
+	case err != nil:
 		r.log.ErrorContext(ctx, "record that an operator halted", slog.String("operator", o.name), slog.Any("error", err))
+	case tag.RowsAffected() == 0:
+		return false // reset since rw was read
 	}
 	o.haltedAt.Store(time.Now().UnixNano())
 	o.halted.Store(true)
 	r.cfg.Reporter.Halted(ctx, o.consumer(), &event.Event{}, cause)
+	return true
 }
 
 // Run runs every operator until ctx ends. Halted operators stay halted until restarted;
@@ -373,8 +381,8 @@ func (r *Runner) Run(ctx context.Context) error {
 					return err
 				}
 				if foreign != nil {
-					if !rw.halted || rw.err != foreign.Error() {
-						r.haltForeign(ctx, o, foreign)
+					if (!rw.halted || rw.err != foreign.Error()) && !r.haltForeign(ctx, o, rw, foreign) {
+						continue // reset meanwhile: the next sync starts it on the reset checkpoint
 					}
 					// Nothing of this ledger is applied: hold retention and process status.
 					o.halted.Store(true)
