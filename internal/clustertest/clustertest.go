@@ -9,6 +9,7 @@ package clustertest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -459,6 +460,12 @@ func ReadEvents(tb testing.TB, urls []string, stream string) []event.Event {
 	var after event.Position
 	for {
 		evs, err := led.Read(ctx, after, 1000)
+		// A NATS server restarted by the test may leave the stream without a leader for a
+		// moment (no responders, timeouts): read again for up to a minute.
+		for try := 0; err != nil && try < 60 && (errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)); try++ {
+			time.Sleep(time.Second)
+			evs, err = led.Read(ctx, after, 1000)
+		}
 		if err != nil {
 			tb.Fatal(err)
 		}
