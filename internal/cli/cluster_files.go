@@ -69,26 +69,17 @@ func openCluster(ctx context.Context, cmd string, c *configfile.Config, path str
 		_ = f.Close()
 		return nil, err
 	}
-	js, err := natsjs.New(nc)
-	if err != nil {
-		return fail(fmt.Errorf("%s: JetStream at %s: %w", cmd, cf.urls, err))
-	}
-	sctx, cancel := context.WithTimeout(ctx, natsTimeout)
-	_, err = js.Stream(sctx, cc.Stream)
-	cancel()
-	switch {
-	case errors.Is(err, natsjs.ErrStreamNotFound):
-		return fail(fmt.Errorf("%s: the ledger stream %s does not exist on the NATS servers at %s yet; walflow run --config %s creates it (or set cluster.stream to the cluster's)", cmd, cc.Stream, cf.urls, path))
-	case err != nil:
-		return fail(fmt.Errorf("%s: look up the ledger stream %s on the NATS servers at %s: %w; JetStream must be enabled, and a cluster answers once a majority of its servers run", cmd, cc.Stream, cf.urls, err))
-	}
 	opts := ledgerjs.Options{Conn: nc, Stream: cc.Stream, ReadOnly: true, Logger: quiet}
 	if withChannels {
 		opts.Indexer = router.Channels
 	}
+	// ReadOnly: Open only looks the stream up, and fails with ErrStreamNotFound without it.
 	led, err := ledgerjs.Open(ctx, opts)
-	if err != nil {
-		return fail(fmt.Errorf("%s: open the ledger stream %s at %s: %w", cmd, cc.Stream, cf.urls, err))
+	switch {
+	case errors.Is(err, natsjs.ErrStreamNotFound):
+		return fail(fmt.Errorf("%s: the ledger stream %s does not exist on the NATS servers at %s yet; walflow run --config %s creates it (or set cluster.stream to the cluster's)", cmd, cc.Stream, cf.urls, path))
+	case err != nil:
+		return fail(fmt.Errorf("%s: open the ledger stream %s at %s: %w; JetStream must be enabled, and a cluster answers once a majority of its servers run", cmd, cc.Stream, cf.urls, err))
 	}
 	f.led = led
 	if withIndexes {
