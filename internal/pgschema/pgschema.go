@@ -5,8 +5,11 @@ package pgschema
 
 import (
 	"context"
+	"errors"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ValidIdent reports whether s is a lower-case PostgreSQL identifier that needs no
@@ -41,13 +44,39 @@ const LockKey = "walflow: create tables"
 
 // Create runs ddl (CREATE ... IF NOT EXISTS statements) in one transaction that first takes
 // walflow's migration advisory lock. Concurrent CREATE ... IF NOT EXISTS can still collide
-// in the catalogs; with the lock, stores starting together take turns.
+// in the catalogs; with the lock, stores starting together take turns. A creator that does
+// not take the lock (the user's own migration), or a session whose catalog cache has not
+// yet seen another's commit, can still make an IF NOT EXISTS fail with a unique violation
+// or "already exists"; the DDL then runs again, at most collisionRetries times, in a new
+// transaction, which sees what the other committed.
 func Create(ctx context.Context, db Beginner, ddl string) error {
-	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", LockKey); err != nil {
+	for attempt := 0; ; attempt++ {
+		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", LockKey); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, ddl)
+			return err
+		})
+		if err == nil || attempt == collisionRetries || !collision(err) {
 			return err
 		}
-		_, err := tx.Exec(ctx, ddl)
-		return err
-	})
+	}
+}
+
+// collisionRetries bounds Create's retries: each retry follows a concurrent creation that
+// has committed, so more than a few mean something else keeps creating and dropping.
+const collisionRetries = 3
+
+// collision reports whether err is a catalog collision with a concurrent creator.
+func collision(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code {
+	case pgerrcode.UniqueViolation, pgerrcode.DuplicateSchema, pgerrcode.DuplicateTable, pgerrcode.DuplicateObject:
+		return true
+	}
+	return false
 }

@@ -1,10 +1,13 @@
 package pgschema
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/internal/pgtest"
@@ -60,5 +63,54 @@ func TestCreateConcurrentTablesInOneSchema(t *testing.T) {
 		if n != stores {
 			t.Errorf("round %d: schema %s has %d tables, want %d", r, schema, n, stores)
 		}
+	}
+}
+
+// A schema created at the same moment by a session that does not take walflow's lock (a
+// user's own migration, or a catalog cache that missed the other store's commit, as
+// TestParkedCounts met in CI) makes CREATE SCHEMA IF NOT EXISTS fail with a unique
+// violation; Create runs the DDL again in a new transaction, which sees the schema.
+func TestCreateRetriesCatalogCollision(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	first, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close(context.Background())
+	second, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close(context.Background())
+	tx, err := first.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `CREATE SCHEMA racing; CREATE TABLE racing.a (id int)`); err != nil {
+		t.Fatal(err)
+	}
+	pid := second.PgConn().PID()
+	done := make(chan error, 1)
+	go func() {
+		done <- Create(ctx, second, `CREATE SCHEMA IF NOT EXISTS racing; CREATE TABLE IF NOT EXISTS racing.b (id int)`)
+	}()
+	// Wait until the second session waits on the first's uncommitted pg_namespace row.
+	for waiting := false; !waiting; {
+		if err := first.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)`, pid).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Create while another session created the schema: %v", err)
+	}
+	var n int
+	if err := first.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'racing'`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("schema racing has %d tables (%v), want 2", n, err)
 	}
 }
