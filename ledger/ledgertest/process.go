@@ -29,6 +29,10 @@ type Dir struct {
 	// the index entries keys (a key's positions, ascending) and no others. It reports what
 	// disagrees with t.Fatalf.
 	OnDisk func(t *testing.T, dir string, st ledger.State, keys map[string][]event.Position)
+	// RaceMaxRSS, when set, replaces the large transaction's peak RSS bound under the race
+	// detector, whose shadow memory multiplies what the backend's own buffers (memtables)
+	// use and varies with how far its background work falls behind.
+	RaceMaxRSS int
 }
 
 // childEnv tells a test binary re-run by RunDir which child to be ("crash", "large" or
@@ -269,9 +273,11 @@ func checkCrashed(t *testing.T, d Dir, dir string, synced []event.LSN) {
 	t.Logf("recovered %d transactions, %d events; %d reported synced", len(lsns), len(all), len(synced))
 }
 
-// The race detector multiplies memory and time, so under -race the transaction is smaller
-// and the bound looser; the full-size figure is checked by the plain build and by
-// internal/faulttest, whose pipeline child is built without the race detector.
+// The race detector multiplies memory and time, so under -race the transaction is smaller;
+// its bound stays, as a transaction held in memory until commit still passes it by far
+// (the disk backend: 60 MiB streaming, 340 MiB holding 200,000 events); a backend whose
+// buffers the detector inflates sets [Dir].RaceMaxRSS. The full size runs in the plain
+// build and in internal/faulttest, whose pipeline child is built without the race detector.
 var (
 	largeEvents  = event.Position(1_000_000)
 	largeMaxPeak = 160 << 20 // bytes of peak RSS allowed
@@ -279,7 +285,7 @@ var (
 
 func init() {
 	if raceEnabled {
-		largeEvents, largeMaxPeak = 200_000, 400<<20
+		largeEvents = 200_000
 	}
 }
 
@@ -346,8 +352,12 @@ func testLargeTx(t *testing.T, d Dir) {
 		t.Fatalf("child printed no peak RSS: %s", out)
 	}
 	t.Logf("%d events in one transaction: %v, peak RSS %d MiB", largeEvents, elapsed.Round(time.Millisecond), peak>>20)
-	if peak > largeMaxPeak {
-		t.Fatalf("peak RSS %d MiB, want at most %d MiB", peak>>20, largeMaxPeak>>20)
+	maxPeak := largeMaxPeak
+	if raceEnabled && d.RaceMaxRSS > 0 {
+		maxPeak = d.RaceMaxRSS
+	}
+	if peak > maxPeak {
+		t.Fatalf("peak RSS %d MiB, want at most %d MiB", peak>>20, maxPeak>>20)
 	}
 	l, err := d.Open(context.Background(), dir, false)
 	if err != nil {
