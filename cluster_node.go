@@ -247,9 +247,19 @@ func (e *Engine) indexesLock() clusterLock {
 // stored checkpoint: each batch commits its effects with its checkpoint, and only while
 // the stored checkpoint is before the batch (see package operator), so nothing is applied
 // twice, even by a holder that has not noticed yet that it lost the lock. A holder that
-// loses its lock connection stops its operators within a second.
+// loses its lock connection stops its operators within a second. A start that fails
+// because PostgreSQL cannot be reached (retry.IsTransient: a restart, a connection cut)
+// releases the lock and contends for it again after a backoff, as the indexes do; any
+// other failure (a derived table missing, a bad operator) ends the node with it, as it
+// ends a single node.
 func (e *Engine) runClusterOperators(ctx context.Context) error {
-	return e.runLocked(ctx, e.operatorsLock(), e.ops.Follow, e.ops.Run, nil)
+	classify := func(err error) lockedFailure {
+		if retry.IsTransient(err) {
+			return backOff
+		}
+		return haltLocked
+	}
+	return e.runLocked(ctx, e.operatorsLock(), e.ops.Follow, e.ops.Run, classify)
 }
 
 // runClusterIndexes computes the custom indexes on whichever node holds their lock, into

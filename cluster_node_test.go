@@ -26,6 +26,7 @@ type clusterNode struct {
 	name string
 	eng  *walflow.Engine
 	stop func() error
+	ran  <-chan struct{} // closed when the engine's Run returned
 }
 
 // poll calls cond every 20ms until it holds, failing the test after two minutes.
@@ -49,9 +50,13 @@ func runClusterNode(t *testing.T, name string, eng *walflow.Engine, err error) *
 		t.Fatalf("open %s: %v", name, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(runCtx) }()
-	n := &clusterNode{name: name, eng: eng}
+	var runErr error
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		runErr = eng.Run(runCtx)
+	}()
+	n := &clusterNode{name: name, eng: eng, ran: ran}
 	stopped := false
 	n.stop = func() error {
 		if stopped {
@@ -59,7 +64,8 @@ func runClusterNode(t *testing.T, name string, eng *walflow.Engine, err error) *
 		}
 		stopped = true
 		cancel()
-		err := <-done
+		<-ran
+		err := runErr
 		if cerr := eng.Close(); err == nil {
 			err = cerr
 		}

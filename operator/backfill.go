@@ -171,7 +171,7 @@ func migrateBackfills(ctx context.Context, db *pgxpool.Pool) error {
 			updated_at timestamptz NOT NULL DEFAULT now(),
 			PRIMARY KEY (operator, entity))`)
 	if err != nil {
-		return fmt.Errorf("operator: create the walflow.backfills table: %w (the role needs CREATE on the database, or create the schema yourself)", err)
+		return fmt.Errorf("operator: create the walflow.backfills table: %w%s", err, pgschema.PrivilegeHint(err))
 	}
 	return nil
 }

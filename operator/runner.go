@@ -191,7 +191,7 @@ func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 		END $$;
 		`+parkedTableSQL)
 	if err != nil {
-		return fmt.Errorf("operator: create the walflow.operators table: %w (the role needs CREATE on the database, or create the schema yourself)", err)
+		return fmt.Errorf("operator: create the walflow.operators table: %w%s", err, pgschema.PrivilegeHint(err))
 	}
 	return nil
 }

@@ -98,7 +98,7 @@ func (s *PostgresStore) Migrate(ctx context.Context) error {
 			updated_at timestamptz NOT NULL DEFAULT now());
 		ALTER TABLE walflow.projectors ADD COLUMN IF NOT EXISTS ledger text`)
 	if err != nil {
-		return fmt.Errorf("projector: create the walflow.projectors table: %w (the role needs CREATE on the database, or create the schema yourself)", err)
+		return fmt.Errorf("projector: create the walflow.projectors table: %w%s", err, pgschema.PrivilegeHint(err))
 	}
 	return nil
 }

@@ -80,3 +80,14 @@ func collision(err error) bool {
 	}
 	return false
 }
+
+// PrivilegeHint is what to add to a failed Create's error: how to fix it when the role
+// lacked a privilege, and nothing for any other failure (a connection cut needs no
+// grant).
+func PrivilegeHint(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
+		return " (the role needs CREATE on the database, or create the schema yourself)"
+	}
+	return ""
+}

@@ -3,11 +3,14 @@ package pgschema
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/internal/pgtest"
@@ -112,5 +115,43 @@ func TestCreateRetriesCatalogCollision(t *testing.T) {
 	var n int
 	if err := first.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'racing'`).Scan(&n); err != nil || n != 2 {
 		t.Fatalf("schema racing has %d tables (%v), want 2", n, err)
+	}
+}
+
+// A role without CREATE on the database gets the hint that says how to fix it; a failure
+// of another kind gets none.
+func TestPrivilegeHint(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	role := "limited_" + admin.Config().Database
+	if _, err := admin.Exec(ctx, `CREATE ROLE `+role+` LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), `DROP ROLE `+role) })
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.User = role
+	limited, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Create(ctx, limited, `CREATE SCHEMA IF NOT EXISTS walflow`)
+	limited.Close(context.Background())
+	if err == nil {
+		t.Fatal("a role without CREATE created a schema")
+	}
+	if h := PrivilegeHint(err); !strings.Contains(h, "needs CREATE") {
+		t.Errorf("PrivilegeHint(%v) = %q; want the fix", err, h)
+	}
+	if h := PrivilegeHint(fmt.Errorf("wrapped: %w", &pgconn.PgError{Code: pgerrcode.AdminShutdown})); h != "" {
+		t.Errorf("PrivilegeHint of a terminated connection = %q; want none", h)
 	}
 }

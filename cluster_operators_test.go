@@ -1,0 +1,110 @@
+package walflow_test
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/channel"
+	"github.com/walflow/walflow/cluster"
+	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/operator"
+)
+
+// TestClusterOperatorsSurviveTerminatedConnections: PostgreSQL ends every client connection
+// of the database, again and again for four seconds (as a restart or a pooler's cut would):
+// the lock holder loses its lock and its operators' connections, mid-start included. The
+// node keeps running, takes the lock again, and the derived table ends equal to its
+// recomputation. A start failure of the operators used to end the node.
+func TestClusterOperatorsSurviveTerminatedConnections(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`)
+	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	pcfg, _ := pgx.ParseConfig(dsn)
+	counts := operator.SQL{
+		Target: "counts", Entities: []string{"comments", "posts"}, ID: map[string]string{"comments": "post_id"},
+		Query: `INSERT INTO counts SELECT p.id, (SELECT count(*) FROM comments c WHERE c.post_id = p.id) FROM posts p WHERE p.id = $1
+			ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
+		DeleteWith: []string{"posts"},
+	}
+	eng, err := walflow.Open(ctx, walflow.Config{
+		DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: filepath.Join(t.TempDir(), "ledger"),
+		Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
+		Operators:      []operator.Operator{counts},
+		StatusInterval: 200 * time.Millisecond,
+		Logger:         testLogger(t),
+		Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: "node-1", Replicas: 1,
+			Heartbeat: 500 * time.Millisecond, NodeTTL: 3 * time.Second},
+	})
+	node := runClusterNode(t, "node-1", eng, err)
+	alive := func(what string, cond func() bool) {
+		t.Helper()
+		poll(t, what, func() bool {
+			select {
+			case <-node.ran:
+				t.Fatalf("the node stopped while waiting for %s: %v", what, node.stop())
+			default:
+			}
+			return cond()
+		})
+	}
+	alive("the node to run the operator", func() bool {
+		c := eng.Status(ctx).Cluster
+		return c != nil && len(c.Operators) == 1 && c.Operators[0].Node == "node-1"
+	})
+	if _, err := conn.Exec(ctx, `INSERT INTO posts VALUES (1, 'a'), (2, 'b')`); err != nil {
+		t.Fatal(err)
+	}
+
+	killer, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer killer.Close(ctx)
+	spared := []uint32{killer.PgConn().PID(), conn.PgConn().PID()}
+	terminated, comments := 0, 0
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); {
+		var n int
+		if err := killer.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> ALL($1)`, spared).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		terminated += n
+		comments++
+		if _, err := conn.Exec(ctx, `INSERT INTO comments VALUES ($1, $2, 'x')`, comments, 1+comments%2); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("terminated %d connections", terminated)
+	if terminated == 0 {
+		t.Fatal("no connection was terminated: the test tested nothing")
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO comments VALUES (-1, 1, 'last')`); err != nil {
+		t.Fatal(err)
+	}
+	want := func() string {
+		var s string
+		if err := conn.QueryRow(ctx, `SELECT coalesce(string_agg(format('%s:%s', p.id, (SELECT count(*) FROM comments c WHERE c.post_id = p.id)), ' ' ORDER BY p.id), '') FROM posts p`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}()
+	var got string
+	alive("the derived table to equal its recomputation "+want, func() bool {
+		got = ""
+		_ = conn.QueryRow(ctx, `SELECT coalesce(string_agg(format('%s:%s', id, n), ' ' ORDER BY id), '') FROM counts`).Scan(&got)
+		return got == want
+	})
+	if err := node.stop(); err != nil {
+		t.Fatalf("the node stopped with %v; want nil", err)
+	}
+}
