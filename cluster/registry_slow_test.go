@@ -109,7 +109,7 @@ func (p *slowProxy) close() {
 }
 
 // TestRegistrySlowWrites runs a node whose connection to NATS is slow (300 ms each way, a
-// write's round trip six heartbeats) and saturated by the node's other traffic (as a
+// write's round trip three heartbeats) and saturated by the node's other traffic (as a
 // leader's ledger appends saturate it), and checks that its entry stays in the registry
 // all along: a node is live as long as a write lands within every NodeTTL, and its
 // heartbeat does not queue behind the rest of its traffic.
@@ -122,8 +122,10 @@ func TestRegistrySlowWrites(t *testing.T) {
 	}
 	t.Cleanup(lc.Shutdown)
 	const (
-		heartbeat = 100 * time.Millisecond
-		ttl       = 1500 * time.Millisecond
+		// A write's round trip is a fifth of the TTL: room for a loaded machine's stalls,
+		// while the flood's queue, on the heartbeat's path, grows past the TTL in seconds.
+		heartbeat = 200 * time.Millisecond
+		ttl       = 3 * time.Second
 		delay     = 300 * time.Millisecond
 		rate      = 1 << 20 // bytes/s from each client connection
 	)
