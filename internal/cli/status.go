@@ -59,6 +59,7 @@ type statusSource struct {
 	running bool   // from the running engine's /status
 	where   string // its URL, or the ledger directory
 	opsErr  error  // why the stored operators could not be read, when not running
+	cluster *clusterSource
 }
 
 func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
@@ -66,7 +67,7 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	st, src, err := fetchStatus(ctx, c)
+	st, src, err := fetchStatus(ctx, c, path)
 	if err != nil {
 		return err
 	}
@@ -84,7 +85,9 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 }
 
 // fetchStatus asks the running engine, or else opens the ledger and measures the slot.
-func fetchStatus(ctx context.Context, c *configfile.Config) (walflow.Status, statusSource, error) {
+// With a cluster: section, it asks the cluster's other nodes, or else reads the stream
+// (see fetchClusterStatus).
+func fetchStatus(ctx context.Context, c *configfile.Config, path string) (walflow.Status, statusSource, error) {
 	if c.Engine.HTTPAddr != "" {
 		url := "http://" + c.Engine.HTTPAddr + "/status"
 		st, err := getStatus(ctx, url)
@@ -99,6 +102,9 @@ func fetchStatus(ctx context.Context, c *configfile.Config) (walflow.Status, sta
 			// Something answers on the address but is not a healthy walflow.
 			return walflow.Status{}, statusSource{}, err
 		}
+	}
+	if c.Engine.Cluster != nil {
+		return fetchClusterStatus(ctx, c, path)
 	}
 	cfg := c.Engine
 	cfg.HTTPAddr = ""
@@ -202,9 +208,12 @@ func getStatus(ctx context.Context, url string) (walflow.Status, error) {
 
 // writeStatus prints the status for people.
 func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
-	if src.running {
+	switch {
+	case src.cluster != nil:
+		src.cluster.write(w, src.running)
+	case src.running:
 		fmt.Fprintf(w, "walflow is running (status from %s)\n\n", src.where)
-	} else {
+	default:
 		fmt.Fprintf(w, "walflow is not running (ledger %s, slot measured in PostgreSQL)\n\n", src.where)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
