@@ -42,6 +42,9 @@ func writeClusterStatus(w io.Writer, c *cluster.Status) {
 	default:
 		fmt.Fprintf(w, "  leader: %s since %s (%s)\n", c.Leader, c.LeaderSince.Format(time.RFC3339), time.Since(c.LeaderSince).Round(time.Second))
 	}
+	if len(c.Nodes) == 0 {
+		return
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "  NODE\tROLE\tPOSITION\tLAG\tHTTP\tRUNS")
 	for _, n := range c.Nodes {
@@ -110,9 +113,9 @@ func fetchClusterStatus(ctx context.Context, c *configfile.Config, path string) 
 	// The channel index lets the stored operators' positions move past events of other
 	// tables; it is built only when there are operators to show.
 	withChannels := len(c.Engine.Operators) > 0
-	f, err := openCluster(ctx, "status: "+strings.ToLower(src.local[:1])+src.local[1:]+", and the cluster could not be read", c, path, false, withChannels)
+	f, err := openCluster(ctx, "status", c, path, false, withChannels)
 	if err != nil {
-		return walflow.Status{}, statusSource{}, err
+		return walflow.Status{}, statusSource{}, &clusterUnreadError{local: src.local, err: err}
 	}
 	defer f.Close()
 	cc := *c.Engine.Cluster
@@ -175,6 +178,19 @@ func fetchClusterStatus(ctx context.Context, c *configfile.Config, path string) 
 	}
 	return st, out, nil
 }
+
+// clusterUnreadError is status's failure to read the cluster (its NATS servers, its
+// stream) once this machine's node did not answer: it says both.
+type clusterUnreadError struct {
+	local string // "This machine's node did not answer at ..."
+	err   error  // openCluster's, which starts with "status: "
+}
+
+func (e *clusterUnreadError) Error() string {
+	return "status: " + strings.ToLower(e.local[:1]) + e.local[1:] + ", and the cluster could not be read: " + strings.TrimPrefix(e.err.Error(), "status: ")
+}
+
+func (e *clusterUnreadError) Unwrap() error { return e.err }
 
 // rank orders the nodes to ask: the leader first.
 func rank(n cluster.NodeInfo) int {
