@@ -43,6 +43,15 @@ moves only with its own events, so the position may be ahead of it. The exit cod
 when the slot could not be read, or when the walflow answering on http.addr follows
 another slot.
 
+With a cluster: section, status never opens a node. When this machine's node does not
+answer on http.addr, it reads the cluster's node registry and asks the live nodes' HTTP
+addresses, the leader first and then by name: the first that follows the same slot
+answers, and the output names it. When none answers, it builds the status without
+starting anything: the ledger from the stream opened read-only, the slot measured in
+PostgreSQL, the operators as stored in walflow.operators and the nodes from the registry
+(with the error when it cannot be read); it creates no stream, bucket, slot or
+publication. NATS servers that cannot be reached, or a missing stream, fail (exit 1).
+
 The --json document is the engine's /status (walflow.Status): the slot, the ledger and the
 operators, and from a running engine its indexes and projectors, under the keys that
 walflow index status --json and walflow projector status --json use (name, phase,

@@ -136,7 +136,10 @@ func fetchClusterStatus(ctx context.Context, c *configfile.Config, path string) 
 		}
 		url := "http://" + n.HTTPAddr + "/status"
 		st, err := getStatus(ctx, url)
+		var he *httpStatusError
 		switch {
+		case errors.As(err, &he):
+			src.failed = append(src.failed, fmt.Sprintf("node %s at %s, which answered %s", n.Name, url, he.msg))
 		case err != nil:
 			src.failed = append(src.failed, fmt.Sprintf("node %s at %s (%v)", n.Name, url, err))
 		case st.Slot != slot:

@@ -48,8 +48,9 @@ func TestWriteStatusCluster(t *testing.T) {
 }
 
 // TestClusterStatusAsksOtherNode: with this machine's node down, status asks the nodes of
-// the registry, the leader first, and shows the status of the first that answers, saying
-// that this machine's node did not answer and which node did.
+// the registry, the leader first, and shows the status of the first that answers with
+// this slot's, saying that this machine's node did not answer and which node did; a node
+// of another slot is passed over.
 func TestClusterStatusAsksOtherNode(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -67,7 +68,7 @@ func TestClusterStatusAsksOtherNode(t *testing.T) {
 	}
 	setHTTPAddr(t, path, down)
 
-	eng, _ := runNode(t, path, func(cfg *walflow.Config) {
+	eng, stop := runNode(t, path, func(cfg *walflow.Config) {
 		cc := *cfg.Cluster
 		cc.NodeName = "node-2"
 		cfg.Cluster = &cc
@@ -92,9 +93,11 @@ func TestClusterStatusAsksOtherNode(t *testing.T) {
 	// A standby that sorts before node-2 and would answer with a status of this slot: the
 	// leader is asked first, so it is never asked.
 	var asked atomic.Int32
+	var fakeSlot atomic.Pointer[string]
+	fakeSlot.Store(&slot)
 	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		asked.Add(1)
-		_ = json.NewEncoder(w).Encode(walflow.Status{Slot: slot, LedgerHead: 999})
+		_ = json.NewEncoder(w).Encode(walflow.Status{Slot: *fakeSlot.Load(), LedgerHead: 999})
 	}))
 	t.Cleanup(fake.Close)
 	fakeNode(t, lc.URLs(), "a-node", strings.TrimPrefix(fake.URL, "http://"))
@@ -120,6 +123,33 @@ func TestClusterStatusAsksOtherNode(t *testing.T) {
 	}
 	if n := asked.Load(); n != 0 {
 		t.Errorf("the standby a-node was asked %d times before the leader answered", n)
+	}
+
+	// node-2 stops (and leaves the registry): the standby answers.
+	stop()
+	fakeURL := fake.URL + "/status"
+	r = runCLI(ctx, noEnv, "status", "--config", path)
+	for _, re := range []string{
+		`(?m)^Node a-node answered at ` + regexp.QuoteMeta(fakeURL) + `: the status below is that node's\.$`,
+		`(?m)^ledger head +position 999$`,
+	} {
+		if r.code != ExitOK || !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("status with only a-node up: exit %d\nstdout:\n%s\nstderr:\n%s\nwant %s", r.code, r.stdout, r.stderr, re)
+		}
+	}
+	// The standby follows another slot: it is not shown, and status reads the stream.
+	other := "other_slot"
+	fakeSlot.Store(&other)
+	r = runCLI(ctx, noEnv, "status", "--config", path)
+	for _, re := range []string{
+		`(?m)^Nor did node a-node at ` + regexp.QuoteMeta(fakeURL) + `, which follows slot other_slot, not ` + slot + `\.$`,
+		`(?m)^No node answered: the figures come from the stream blog at `,
+		`(?m)^ledger head +position 2$`,
+		`(?m)^  a-node +standby +0 +2 +` + regexp.QuoteMeta(strings.TrimPrefix(fake.URL, "http://")) + ` +-$`,
+	} {
+		if r.code != ExitOK || !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("status with only a-node up, of another slot: exit %d\nstdout:\n%s\nstderr:\n%s\nwant %s", r.code, r.stdout, r.stderr, re)
+		}
 	}
 }
 
