@@ -23,6 +23,32 @@ type slotSample struct {
 	err    error
 }
 
+// fill sets the slot's fields of out from the sample.
+func (s *slotSample) fill(out *Status) {
+	out.SlotExists, out.SlotActive = s.exists, s.info.Active
+	out.SlotWALStatus, out.ConfirmedLSN = s.info.WALStatus, s.info.ConfirmedFlush
+	out.RetainedWAL, out.SlotLagBytes = s.info.RetainedBytes, s.info.LagBytes
+	if s.err != nil {
+		out.SlotError = s.err.Error()
+	}
+}
+
+// MeasureSlot measures the replication slot named slot in the database at databaseURL
+// now, as [Engine.Status] does, within 5s, over a connection of its own that it closes
+// before returning. It returns a Status with only Slot and the slot's fields set
+// (SlotExists false when there is no such slot, SlotError when it could not be read). It
+// only reads: it creates no slot and starts nothing, so it works beside running walflows.
+func MeasureSlot(ctx context.Context, databaseURL, slot string) Status {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	r := &slotReader{dsn: databaseURL, slot: slot}
+	s := r.read(ctx)
+	r.close(ctx)
+	out := Status{Slot: slot}
+	s.fill(&out)
+	return out
+}
+
 // pollSlot measures the slot's lag every StatusInterval for metrics and Status, and
 // evaluates the alerts with it, until ctx ends.
 func (e *Engine) pollSlot(ctx context.Context) {

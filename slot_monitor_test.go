@@ -1,6 +1,7 @@
 package walflow_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +81,50 @@ func TestSlotMonitorKeepsOneConnection(t *testing.T) {
 		t.Errorf("Status after the monitor's connection was cut: slot exists %v, error %q; want the slot read again", st.SlotExists, st.SlotError)
 	}
 	one(pid)
+}
+
+// TestMeasureSlot: MeasureSlot reports a missing slot as missing without creating it, an
+// existing one as PostgreSQL has it, and an unreachable database as the slot's error; it
+// leaves no connection behind.
+func TestMeasureSlot(t *testing.T) {
+	t.Parallel()
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
+	ctx := t.Context()
+	slot := conn.Config().Database
+	st := walflow.MeasureSlot(ctx, dsn, slot)
+	if st.Slot != slot || st.SlotExists || st.SlotError != "" {
+		t.Fatalf("MeasureSlot of a missing slot = %+v; want it missing, without error", st)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("after MeasureSlot, %d slots %s (%v); want none", n, slot, err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+		t.Fatal(err)
+	}
+	var confirmed string
+	if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&confirmed); err != nil {
+		t.Fatal(err)
+	}
+	st = walflow.MeasureSlot(ctx, dsn, slot)
+	if !st.SlotExists || st.SlotActive || st.SlotError != "" || st.ConfirmedLSN.String() != confirmed || st.SlotWALStatus == "" {
+		t.Fatalf("MeasureSlot of an inactive slot = %+v; want it inactive, confirmed at %s", st, confirmed)
+	}
+	// The server ends the closed connection's backend soon after.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'walflow_slot_monitor'`).Scan(&n)
+		if err == nil && n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after MeasureSlot, %d slot monitor connections (%v); want none", n, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+		t.Fatal(err)
+	}
+	st = walflow.MeasureSlot(ctx, "postgres://app@127.0.0.1:1/app", slot)
+	if st.SlotExists || !strings.Contains(st.SlotError, "connect to read the slot") {
+		t.Fatalf("MeasureSlot of an unreachable database = %+v; want the connection's error", st)
+	}
 }

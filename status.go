@@ -90,12 +90,7 @@ func (e *Engine) status(ctx context.Context, s *slotSample) Status {
 		out.Cluster = e.clusterStatus(ctx)
 	}
 	if s != nil {
-		out.SlotExists, out.SlotActive = s.exists, s.info.Active
-		out.SlotWALStatus, out.ConfirmedLSN = s.info.WALStatus, s.info.ConfirmedFlush
-		out.RetainedWAL, out.SlotLagBytes = s.info.RetainedBytes, s.info.LagBytes
-		if s.err != nil {
-			out.SlotError = s.err.Error()
-		}
+		s.fill(&out)
 	}
 	return out
 }

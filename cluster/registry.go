@@ -291,9 +291,42 @@ func (r *Registry) bucketOn(ctx context.Context, nc *nats.Conn) (jetstream.KeyVa
 	return kv, nil
 }
 
+// ErrNoRegistry is wrapped by [ReadNodes] when the registry's bucket does not exist: no
+// node of the cluster has run yet (or Config.Bucket names another bucket).
+var ErrNoRegistry = errors.New("cluster: the node registry does not exist")
+
+// ReadNodes reads every live node's entry in the registry of the cluster cfg (filled by
+// [Config.WithDefaults]), sorted by name, as [Registry.Nodes] does, for a tool that is no
+// node: it only looks the bucket up, never creating or updating it, and fails with an
+// error wrapping [ErrNoRegistry] when it is missing.
+func ReadNodes(ctx context.Context, nc *nats.Conn, cfg Config) ([]NodeInfo, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: jetstream: %w", err)
+	}
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("%w (bucket %q): no node has run with it yet", ErrNoRegistry, cfg.Bucket)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cluster: look the node registry (bucket %q) up: %w", cfg.Bucket, err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return readNodes(ctx, kv, log)
+}
+
 // Nodes reads every live node's entry, sorted by name.
 func (r *Registry) Nodes(ctx context.Context) ([]NodeInfo, error) {
-	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	return readNodes(ctx, r.kv, r.log)
+}
+
+// readNodes reads every entry of the registry's bucket kv, sorted by name, logging the
+// entries that are not nodes to log.
+func readNodes(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) ([]NodeInfo, error) {
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("cluster: read the node registry: %w", err)
 	}
@@ -313,7 +346,7 @@ func (r *Registry) Nodes(ctx context.Context) ([]NodeInfo, error) {
 			}
 			var n NodeInfo
 			if err := json.Unmarshal(e.Value(), &n); err != nil {
-				r.log.WarnContext(ctx, "registry entry is not a node; skipped", slog.String("key", e.Key()), slog.Any("error", err))
+				log.WarnContext(ctx, "registry entry is not a node; skipped", slog.String("key", e.Key()), slog.Any("error", err))
 				continue
 			}
 			n.UpdatedAt = e.Created()

@@ -2,10 +2,13 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // newRegistries starts one embedded server and opens the registry as each named node.
@@ -114,4 +117,46 @@ func TestRegistryEntryExpires(t *testing.T) {
 	waitNodes(t, ctx, regs[1], "frozen")
 	waitNodes(t, ctx, regs[1])
 	t.Logf("entry expired %s after its heartbeat (NodeTTL 500ms)", time.Since(start).Round(time.Millisecond))
+}
+
+// TestReadNodes: ReadNodes reads the entries Registry.Nodes reads, and with no bucket fails
+// with ErrNoRegistry without creating one.
+func TestReadNodes(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, time.Minute)
+	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	cfg := Config{URLs: lc.URLs(), NodeName: "reader", Replicas: 1}.WithDefaults()
+	conn, err := Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	js, err := jetstream.New(conn.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadNodes(ctx, conn.NC, cfg); !errors.Is(err, ErrNoRegistry) || !strings.Contains(err.Error(), `bucket "walflow_nodes"`) {
+		t.Fatalf("ReadNodes without the bucket: %v; want ErrNoRegistry naming the bucket", err)
+	}
+	if _, err := js.KeyValue(ctx, cfg.Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("after ReadNodes, looking the bucket up: %v; want it still missing", err)
+	}
+
+	node := cfg
+	node.NodeName = "node-1"
+	reg, err := OpenRegistry(ctx, conn.NC, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Put(ctx, NodeInfo{Role: RoleLeader, HTTPAddr: "127.0.0.1:9187", Position: 3}); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := ReadNodes(ctx, conn.NC, cfg)
+	if err != nil || len(nodes) != 1 || nodes[0].Name != "node-1" || nodes[0].Role != RoleLeader || nodes[0].HTTPAddr != "127.0.0.1:9187" || nodes[0].Position != 3 || nodes[0].UpdatedAt.IsZero() {
+		t.Fatalf("ReadNodes = %+v, %v; want node-1's entry", nodes, err)
+	}
 }

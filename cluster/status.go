@@ -8,7 +8,8 @@ import (
 
 // Status is the cluster as one node sees it, for /status and walflow status.
 type Status struct {
-	// Node is the name of the node that answered.
+	// Node is the name of the node that answered; "" when no node answered and walflow
+	// status read the registry itself.
 	Node string `json:"node"`
 	// Leader is the node that streams the replication slot; "" when none does (a
 	// takeover is under way, or PostgreSQL is unreachable).

@@ -24,8 +24,9 @@ import (
 )
 
 // clusterConfig writes a walflow.yaml of the blog with the indexes by_post and by_type and
-// a cluster: section on the NATS servers urls, and returns its path.
-func clusterConfig(t *testing.T, dsn, slot string, urls []string, stream string) string {
+// a cluster: section on the NATS servers urls, followed by the lines extra (an operators:
+// block, say), and returns its path.
+func clusterConfig(t *testing.T, dsn, slot string, urls []string, stream string, extra ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "walflow.yaml")
@@ -45,7 +46,7 @@ cluster:
   urls: ["%s"]
   replicas: 1
   stream: %s
-`, dsn, slot, strings.Join(urls, `", "`), stream)
+%s`, dsn, slot, strings.Join(urls, `", "`), stream, strings.Join(extra, ""))
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +277,7 @@ func TestClusterIndexCommands(t *testing.T) {
 }
 
 // TestClusterCommandErrors: unreachable NATS servers, or a stream no node created, give an
-// error naming them and the fix.
+// error naming them and the fix; status says that no node answered first.
 func TestClusterCommandErrors(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -293,14 +294,29 @@ func TestClusterCommandErrors(t *testing.T) {
 			t.Errorf("walflow %s with NATS down: exit %d\nstderr:\n%s\nwant %q", strings.Join(args, " "), r.code, r.stderr, want)
 		}
 	}
+	// status, finding no node, reads the cluster; bounded, as a status that waited for
+	// NATS would hang.
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	noNode := "walflow: status: this machine's node serves no HTTP (http.addr is off), and the cluster could not be read: "
+	r := runCLI(sctx, noEnv, "status", "--config", down)
+	want := noNode + "cannot reach the cluster's NATS servers at nats://" + addr + " (cluster in " + down + ")"
+	if r.code != ExitFailure || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "or fix cluster.urls") {
+		t.Errorf("walflow status with NATS down: exit %d\nstderr:\n%s\nwant %q", r.code, r.stderr, want)
+	}
 	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(lc.Shutdown)
 	missing := clusterConfig(t, dsn, "walflow", lc.URLs(), "nothing_here")
-	r := runCLI(ctx, noEnv, "ledger", "read", "--config", missing)
-	want := "walflow: ledger read: the ledger stream nothing_here does not exist on the NATS servers at " + lc.URLs()[0] + " yet; walflow run --config " + missing + " creates it"
+	r = runCLI(sctx, noEnv, "status", "--config", missing)
+	want = noNode + "the ledger stream nothing_here does not exist on the NATS servers at " + lc.URLs()[0] + " yet; walflow run --config " + missing + " creates it"
+	if r.code != ExitFailure || !strings.Contains(r.stderr, want) {
+		t.Errorf("status of a missing stream: exit %d\nstderr:\n%s\nwant %q", r.code, r.stderr, want)
+	}
+	r = runCLI(ctx, noEnv, "ledger", "read", "--config", missing)
+	want = "walflow: ledger read: the ledger stream nothing_here does not exist on the NATS servers at " + lc.URLs()[0] + " yet; walflow run --config " + missing + " creates it"
 	if r.code != ExitFailure || !strings.Contains(r.stderr, want) {
 		t.Errorf("ledger read of a missing stream: exit %d\nstderr:\n%s\nwant %q", r.code, r.stderr, want)
 	}
@@ -312,52 +328,34 @@ func TestClusterCommandErrors(t *testing.T) {
 // connection, the configuration's path and the server's URLs.
 func streamedCluster(t *testing.T) (conn *pgx.Conn, path string, urls []string) {
 	t.Helper()
+	return streamedClusterWith(t, blogSchema, "", nil)
+}
+
+// streamedClusterWith is streamedCluster on a database of the SQL schema, with the lines
+// extra added to the configuration, that calls running (when not nil) once the node has
+// streamed the events, before it stops.
+func streamedClusterWith(t *testing.T, schema, extra string, running func(eng *walflow.Engine)) (conn *pgx.Conn, path string, urls []string) {
+	t.Helper()
 	ctx := t.Context()
-	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
+	dsn, conn := pgtest.NewDatabaseWith(t, schema)
 	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(lc.Shutdown)
 	slot := conn.Config().Database
-	path = clusterConfig(t, dsn, slot, lc.URLs(), "blog")
-	c, err := loadConfig(path, noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.Engine
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	eng, err := walflow.Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- eng.Run(runCtx) }()
-	until := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
+	path = clusterConfig(t, dsn, slot, lc.URLs(), "blog", extra)
+	eng, stop := runNode(t, path, nil)
 	if _, err := conn.Exec(ctx, `INSERT INTO posts (title) VALUES ('a'), ('b'), ('c'), ('d'), ('e'), ('f')`); err != nil {
 		t.Fatal(err)
 	}
-	until("the stream holds the 6 events", func() bool { return eng.Ledger().State().Head >= 6 })
+	waitUntil(t, "the stream holds the 6 events", func() bool { return eng.Ledger().State().Head >= 6 })
+	if running != nil {
+		running(eng)
+	}
 	stop()
-	if err := <-ran; err != nil {
-		t.Fatalf("the node: %v", err)
-	}
-	if err := eng.Close(); err != nil {
-		t.Fatal(err)
-	}
 	// The server ends the stopped node's lock sessions soon after it closed them.
-	until("the server frees the stopped node's locks", func() bool {
+	waitUntil(t, "the server frees the stopped node's locks", func() bool {
 		for _, key := range []string{clustershare.IndexesLock(slot), clustershare.OperatorsLock(slot)} {
 			if held, err := clustershare.Held(ctx, conn, key); err != nil || held {
 				return false
@@ -366,6 +364,59 @@ func streamedCluster(t *testing.T) (conn *pgx.Conn, path string, urls []string) 
 		return true
 	})
 	return conn, path, lc.URLs()
+}
+
+// runNode opens and runs a cluster node of the configuration at path, as walflow run does
+// (with its logs discarded, and set, when not nil, changing its configuration first),
+// waits until it streams the slot (it leads), and returns the engine and a function that stops and
+// closes it, failing the test when the node stopped with an error. The test's cleanup
+// stops it too.
+func runNode(t *testing.T, path string, set func(*walflow.Config)) (eng *walflow.Engine, stop func()) {
+	t.Helper()
+	ctx := t.Context()
+	c, err := loadConfig(path, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.Engine
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	if set != nil {
+		set(&cfg)
+	}
+	eng, err = walflow.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- eng.Run(runCtx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-ran; err != nil {
+				t.Errorf("the node %s: %v", cfg.Cluster.NodeName, err)
+			}
+			if err := eng.Close(); err != nil {
+				t.Errorf("close the node %s: %v", cfg.Cluster.NodeName, err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	waitUntil(t, "the node streams", func() bool { return eng.Status(ctx).Streaming })
+	return eng, stop
+}
+
+// waitUntil polls cond until it holds, failing the test after 90 seconds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestClusterRebuildKeepsLock: index rebuild, computing an index itself in a cluster,

@@ -43,6 +43,15 @@ moves only with its own events, so the position may be ahead of it. The exit cod
 when the slot could not be read, or when the walflow answering on http.addr follows
 another slot.
 
+With a cluster: section, status never opens a node. When this machine's node does not
+answer on http.addr, it reads the cluster's node registry and asks the live nodes' HTTP
+addresses, the leader first and then by name: the first that follows the same slot
+answers, and the output names it. When none answers, it builds the status without
+starting anything: the ledger from the stream opened read-only, the slot measured in
+PostgreSQL, the operators as stored in walflow.operators and the nodes from the registry
+(with the error when it cannot be read); it creates no stream, bucket, slot or
+publication. NATS servers that cannot be reached, or a missing stream, fail (exit 1).
+
 The --json document is the engine's /status (walflow.Status): the slot, the ledger and the
 operators, and from a running engine its indexes and projectors, under the keys that
 walflow index status --json and walflow projector status --json use (name, phase,
@@ -59,6 +68,7 @@ type statusSource struct {
 	running bool   // from the running engine's /status
 	where   string // its URL, or the ledger directory
 	opsErr  error  // why the stored operators could not be read, when not running
+	cluster *clusterSource
 }
 
 func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
@@ -66,7 +76,7 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	st, src, err := fetchStatus(ctx, c)
+	st, src, err := fetchStatus(ctx, c, path)
 	if err != nil {
 		return err
 	}
@@ -84,7 +94,9 @@ func statusMain(ctx context.Context, e *env, path string, asJSON bool) error {
 }
 
 // fetchStatus asks the running engine, or else opens the ledger and measures the slot.
-func fetchStatus(ctx context.Context, c *configfile.Config) (walflow.Status, statusSource, error) {
+// With a cluster: section, it asks the cluster's other nodes, or else reads the stream
+// (see fetchClusterStatus).
+func fetchStatus(ctx context.Context, c *configfile.Config, path string) (walflow.Status, statusSource, error) {
 	if c.Engine.HTTPAddr != "" {
 		url := "http://" + c.Engine.HTTPAddr + "/status"
 		st, err := getStatus(ctx, url)
@@ -99,6 +111,9 @@ func fetchStatus(ctx context.Context, c *configfile.Config) (walflow.Status, sta
 			// Something answers on the address but is not a healthy walflow.
 			return walflow.Status{}, statusSource{}, err
 		}
+	}
+	if c.Engine.Cluster != nil {
+		return fetchClusterStatus(ctx, c, path)
 	}
 	cfg := c.Engine
 	cfg.HTTPAddr = ""
@@ -202,9 +217,12 @@ func getStatus(ctx context.Context, url string) (walflow.Status, error) {
 
 // writeStatus prints the status for people.
 func writeStatus(w io.Writer, st walflow.Status, src statusSource) {
-	if src.running {
+	switch {
+	case src.cluster != nil:
+		src.cluster.write(w, src.running)
+	case src.running:
 		fmt.Fprintf(w, "walflow is running (status from %s)\n\n", src.where)
-	} else {
+	default:
 		fmt.Fprintf(w, "walflow is not running (ledger %s, slot measured in PostgreSQL)\n\n", src.where)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
