@@ -310,7 +310,14 @@ func openOn(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream
 		cancel: cancel,
 	}
 	if err := l.start(ctx); err != nil {
+		// As Close does: the follower may have replaced its iterator (refollow) while
+		// catching up, so the one to stop is the current one.
 		cancel()
+		l.iterMu.Lock()
+		if l.iter != nil {
+			l.iter.Stop()
+		}
+		l.iterMu.Unlock()
 		l.wg.Wait()
 		if l.idx.store != nil {
 			_ = l.idx.store.close()
@@ -355,13 +362,11 @@ func (l *Ledger) start(ctx context.Context) error {
 	go l.follow(it)
 	w, err := l.kv.Watch(l.ctx, stateKey, jetstream.UpdatesOnly())
 	if err != nil {
-		it.Stop()
 		return fmt.Errorf("ledger/jetstream: watch %s/%s: %w", l.opts.StateBucket, stateKey, err)
 	}
 	l.wg.Add(1)
 	go l.watch(w)
 	if err := l.idx.waitProcessed(ctx, l.ctx, last); err != nil {
-		it.Stop()
 		return fmt.Errorf("ledger/jetstream: catch up with stream %s to sequence %d: %w", l.opts.Stream, last, err)
 	}
 	l.publishView()
@@ -594,9 +599,16 @@ func (l *Ledger) publishView() {
 	}
 	head, commit, end := l.idx.headState()
 	st := ledger.State{Head: head, LastCommitLSN: commit, LastEndLSN: end, AckedLSN: event.LSN(l.kvRec.AckedLSN), Origin: l.kvRec.Origin}
-	// Empty transactions after the last event are only in the bucket.
-	if event.Position(l.kvRec.Head) <= head && event.LSN(l.kvRec.LastCommitLSN) > commit {
-		st.LastCommitLSN, st.LastEndLSN = event.LSN(l.kvRec.LastCommitLSN), event.LSN(l.kvRec.LastEndLSN)
+	if event.Position(l.kvRec.Head) <= head {
+		// Empty transactions after the last event are only in the bucket.
+		if event.LSN(l.kvRec.LastCommitLSN) > commit {
+			st.LastCommitLSN, st.LastEndLSN = event.LSN(l.kvRec.LastCommitLSN), event.LSN(l.kvRec.LastEndLSN)
+		}
+	} else {
+		// The bucket is ahead of this node's copy of the stream (its watch can outrun the
+		// stream's consumer): its acknowledged LSN covers transactions this node has not
+		// read, so it must not say they are in (process status would call them processed).
+		st.AckedLSN = min(st.AckedLSN, end)
 	}
 	l.pub.Publish(st)
 }
