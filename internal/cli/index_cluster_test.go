@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -96,25 +95,7 @@ func TestClusterIndexCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	ran := make(chan error, 1)
-	go func() { ran <- eng.Run(runCtx) }()
-	until := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for !cond() {
-			select {
-			case err := <-ran:
-				t.Fatalf("the node stopped (%v) while waiting until %s", err, what)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	until, stop := runEngineInTest(t, eng, "the node", 90*time.Second)
 	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
 	for _, sql := range []string{
 		`INSERT INTO posts (title) VALUES ('a'), ('b')`,
@@ -214,8 +195,7 @@ func TestClusterIndexCommands(t *testing.T) {
 	checkReads("after the node's rebuild")
 
 	// No node runs: status reads the shared store, rebuild takes the lock and rebuilds.
-	stop()
-	if err := <-ran; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("the node: %v", err)
 	}
 	if err := eng.Close(); err != nil {
@@ -331,26 +311,13 @@ func streamedCluster(t *testing.T) (conn *pgx.Conn, path string, urls []string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- eng.Run(runCtx) }()
-	until := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	until, stop := runEngineInTest(t, eng, "the node", 90*time.Second)
 	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
 	if _, err := conn.Exec(ctx, `INSERT INTO posts (title) VALUES ('a'), ('b'), ('c'), ('d'), ('e'), ('f')`); err != nil {
 		t.Fatal(err)
 	}
 	until("the stream holds the 6 events", func() bool { return eng.Ledger().State().Head >= 6 })
-	stop()
-	if err := <-ran; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("the node: %v", err)
 	}
 	if err := eng.Close(); err != nil {
@@ -384,13 +351,7 @@ func TestClusterRebuildKeepsLock(t *testing.T) {
 	}
 	until := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		pollUntil(t, what, 90*time.Second, notEnded, cond)
 	}
 
 	// slow indexes by_post at 3 events a second: a rebuild of the 6 events outlasts the

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -23,12 +22,7 @@ import (
 func TestIndexCommandLine(t *testing.T) {
 	t.Parallel()
 	missing := filepath.Join(t.TempDir(), "walflow.yaml")
-	tests := []struct {
-		args   []string
-		code   int
-		stdout string // substring
-		stderr string // substring
-	}{
+	tests := []cliCase{
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  ledger    Read the ledger's events"},
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  index     Rebuild the configured indexes"},
 		{args: []string{"ledger"}, code: ExitUsage, stderr: "walflow: ledger: no command given; the ledger commands are read, migrate"},
@@ -46,19 +40,7 @@ func TestIndexCommandLine(t *testing.T) {
 		{args: []string{"ledger", "read", "--config", missing}, code: ExitUsage, stderr: "walflow: " + missing + ": no such file"},
 		{args: []string{"index", "status", "--config", missing}, code: ExitUsage, stderr: "no such file"},
 	}
-	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			t.Parallel()
-			r := runCLI(t.Context(), noEnv, tt.args...)
-			if r.code != tt.code || !strings.Contains(r.stdout, tt.stdout) || !strings.Contains(r.stderr, tt.stderr) {
-				t.Fatalf("walflow %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s\nwant stdout with %q and stderr with %q",
-					strings.Join(tt.args, " "), r.code, tt.code, r.stdout, r.stderr, tt.stdout, tt.stderr)
-			}
-			if tt.code != ExitOK && strings.Count(r.stderr, "walflow: ") != 1 {
-				t.Errorf("the error is not printed exactly once:\n%s", r.stderr)
-			}
-		})
-	}
+	runCLICases(t, tests)
 }
 
 // TestIndexCommandsWithoutFiles: before walflow run, or with a memory ledger, there is
@@ -167,25 +149,7 @@ indexes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	ran := make(chan error, 1)
-	go func() { ran <- eng.Run(runCtx) }()
-	until := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for !cond() {
-			select {
-			case err := <-ran:
-				t.Fatalf("the engine stopped (%v) while waiting until %s", err, what)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	until, stop := runEngineInTest(t, eng, "the engine", 60*time.Second)
 	until("the engine streams", func() bool { return eng.Status(ctx).Streaming })
 	// 1, 2: posts 1 and 2; 3, 4, 5: comments 1 (post 1), 2 (post 2), 3 (post 1); 6: comment
 	// 3 moves to post 2; 7: comment 1 is deleted.
@@ -289,8 +253,7 @@ indexes:
 			t.Errorf("index status while walflow runs lacks %q: exit %d\n%s%s", want, r.code, r.stdout, r.stderr)
 		}
 	}
-	stop()
-	if err := <-ran; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	if err := eng.Close(); err != nil {
