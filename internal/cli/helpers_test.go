@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow"
@@ -153,4 +154,21 @@ func runEngineInTest(t *testing.T, eng *walflow.Engine, who string, within time.
 		pollUntil(t, what, within, ended, cond)
 	}
 	return until, stop
+}
+
+// writeBlogChanges makes the 7 changes of the blog (blogSchema) the index tests read back:
+// 1, 2: posts 1 and 2; 3, 4, 5: comments 1 (post 1), 2 (post 2), 3 (post 1); 6: comment
+// 3 moves to post 2; 7: comment 1 is deleted.
+func writeBlogChanges(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	for _, sql := range []string{
+		`INSERT INTO posts (title) VALUES ('a'), ('b')`,
+		`INSERT INTO comments (post_id, body) VALUES (1, 'x'), (2, 'y'), (1, 'z')`,
+		`UPDATE comments SET post_id = 2 WHERE body = 'z'`,
+		`DELETE FROM comments WHERE body = 'x'`,
+	} {
+		if _, err := conn.Exec(t.Context(), sql); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

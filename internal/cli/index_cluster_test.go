@@ -97,16 +97,7 @@ func TestClusterIndexCommands(t *testing.T) {
 	}
 	until, stop := runEngineInTest(t, eng, "the node", 90*time.Second)
 	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
-	for _, sql := range []string{
-		`INSERT INTO posts (title) VALUES ('a'), ('b')`,
-		`INSERT INTO comments (post_id, body) VALUES (1, 'x'), (2, 'y'), (1, 'z')`,
-		`UPDATE comments SET post_id = 2 WHERE body = 'z'`,
-		`DELETE FROM comments WHERE body = 'x'`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeBlogChanges(t, conn)
 	indexedHead := func() bool {
 		head := eng.Ledger().State().Head
 		sts, err := eng.Indexes().Status(ctx)

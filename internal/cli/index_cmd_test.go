@@ -151,18 +151,7 @@ indexes:
 	}
 	until, stop := runEngineInTest(t, eng, "the engine", 60*time.Second)
 	until("the engine streams", func() bool { return eng.Status(ctx).Streaming })
-	// 1, 2: posts 1 and 2; 3, 4, 5: comments 1 (post 1), 2 (post 2), 3 (post 1); 6: comment
-	// 3 moves to post 2; 7: comment 1 is deleted.
-	for _, sql := range []string{
-		`INSERT INTO posts (title) VALUES ('a'), ('b')`,
-		`INSERT INTO comments (post_id, body) VALUES (1, 'x'), (2, 'y'), (1, 'z')`,
-		`UPDATE comments SET post_id = 2 WHERE body = 'z'`,
-		`DELETE FROM comments WHERE body = 'x'`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeBlogChanges(t, conn)
 	until("the ledger has 7 events, all indexed", func() bool {
 		sts, err := eng.Indexes().Status(ctx)
 		for _, s := range sts {
