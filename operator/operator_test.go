@@ -139,8 +139,9 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// run starts a runner until the test ends.
-func (e *env) run(cfg operator.Config) *operator.Runner {
+// newRunner returns a runner of cfg on the engine's ledger and the database, checking
+// its control table every 50ms, logging to the test unless cfg has a logger.
+func (e *env) newRunner(cfg operator.Config) *operator.Runner {
 	e.t.Helper()
 	cfg.DB, cfg.Ledger = e.db, e.eng.Ledger()
 	if cfg.Logger == nil {
@@ -151,6 +152,13 @@ func (e *env) run(cfg operator.Config) *operator.Runner {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return r
+}
+
+// run starts a runner until the test ends.
+func (e *env) run(cfg operator.Config) *operator.Runner {
+	e.t.Helper()
+	r := e.newRunner(cfg)
 	if err := operator.Migrate(e.t.Context(), e.db); err != nil {
 		e.t.Fatal(err)
 	}

@@ -21,15 +21,7 @@ import (
 // what Run returned.
 func (e *env) start(cfg operator.Config) (*operator.Runner, func() error) {
 	e.t.Helper()
-	cfg.DB, cfg.Ledger = e.db, e.eng.Ledger()
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger(e.t)
-	}
-	cfg.ControlInterval = 50 * time.Millisecond
-	r, err := operator.New(cfg)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	r := e.newRunner(cfg)
 	stop := startRunner(r)
 	e.t.Cleanup(func() { _ = stop() })
 	return r, stop
