@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow"
+	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/internal/pgtest"
 )
 
@@ -171,4 +172,15 @@ func writeBlogChanges(t *testing.T, conn *pgx.Conn) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// startOneNATS starts one NATS server with JetStream, shut down when the test ends.
+func startOneNATS(t *testing.T) *cluster.LocalCluster {
+	t.Helper()
+	lc, err := cluster.StartLocalCluster(t.Context(), t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	return lc
 }

@@ -16,7 +16,6 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/walflow/walflow"
-	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/clustershare"
 	"github.com/walflow/walflow/internal/pgtest"
@@ -62,11 +61,7 @@ func TestClusterIndexCommands(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneNATS(t)
 	slot := conn.Config().Database
 	path := clusterConfig(t, dsn, slot, lc.URLs(), "blog")
 
@@ -264,11 +259,7 @@ func TestClusterCommandErrors(t *testing.T) {
 			t.Errorf("walflow %s with NATS down: exit %d\nstderr:\n%s\nwant %q", strings.Join(args, " "), r.code, r.stderr, want)
 		}
 	}
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneNATS(t)
 	missing := clusterConfig(t, dsn, "walflow", lc.URLs(), "nothing_here")
 	r := runCLI(ctx, noEnv, "ledger", "read", "--config", missing)
 	want := "walflow: ledger read: the ledger stream nothing_here does not exist on the NATS servers at " + lc.URLs()[0] + " yet; walflow run --config " + missing + " creates it"
@@ -285,11 +276,7 @@ func streamedCluster(t *testing.T) (conn *pgx.Conn, path string, urls []string) 
 	t.Helper()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneNATS(t)
 	slot := conn.Config().Database
 	path = clusterConfig(t, dsn, slot, lc.URLs(), "blog")
 	c, err := loadConfig(path, noEnv)
