@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -183,4 +184,17 @@ func startOneNATS(t *testing.T) *cluster.LocalCluster {
 	}
 	t.Cleanup(lc.Shutdown)
 	return lc
+}
+
+// quietEngineConfig loads the configuration at path as walflow run does, and returns its
+// engine's configuration with a logger that discards.
+func quietEngineConfig(t *testing.T, path string) walflow.Config {
+	t.Helper()
+	c, err := loadConfig(path, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.Engine
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	return cfg
 }

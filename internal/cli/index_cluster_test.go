@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -66,12 +65,7 @@ func TestClusterIndexCommands(t *testing.T) {
 	path := clusterConfig(t, dsn, slot, lc.URLs(), "blog")
 
 	// The node, as walflow run starts it, but counting the events by_post indexes.
-	c, err := loadConfig(path, noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.Engine
-	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg := quietEngineConfig(t, path)
 	var (
 		mu      sync.Mutex
 		indexed = map[event.Position]int{}
@@ -279,12 +273,7 @@ func streamedCluster(t *testing.T) (conn *pgx.Conn, path string, urls []string) 
 	lc := startOneNATS(t)
 	slot := conn.Config().Database
 	path = clusterConfig(t, dsn, slot, lc.URLs(), "blog")
-	c, err := loadConfig(path, noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.Engine
-	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg := quietEngineConfig(t, path)
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

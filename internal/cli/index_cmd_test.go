@@ -3,7 +3,6 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -137,12 +136,7 @@ indexes:
 
 	// The engine, as walflow run starts it, puts the blog's events in the ledger and
 	// indexes them.
-	c, err := loadConfig(path, noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.Engine
-	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg := quietEngineConfig(t, path)
 	const adminToken = "index-admin-token-index-admin-token"
 	cfg.AdminToken = adminToken // path's configuration does not give it to the commands
 	eng, err := walflow.Open(ctx, cfg)
@@ -363,8 +357,8 @@ indexes:
 
 	// Retention removes positions 1 and 2: reads start after the tail by default, and
 	// --after before it is refused.
-	tables := make([]channel.Table, len(c.Engine.Tables))
-	for i, tb := range c.Engine.Tables {
+	tables := make([]channel.Table, len(cfg.Tables))
+	for i, tb := range cfg.Tables {
 		tables[i] = tb.WithDefaults()
 	}
 	router, err := channel.NewRouter(tables)
