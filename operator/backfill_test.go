@@ -17,8 +17,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walflow/walflow"
-	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
@@ -29,46 +27,7 @@ import (
 // bring them into derived tables.
 func newSeededEnv(t *testing.T, seed string) *env {
 	t.Helper()
-	dsn := pgtest.NewDatabase(t)
-	ctx := t.Context()
-	db, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	if _, err := db.Exec(ctx, blogSchema); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(ctx, seed); err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := pgx.ParseConfig(dsn)
-	eng, err := walflow.Open(ctx, walflow.Config{
-		DatabaseURL: dsn, Slot: cfg.Database, MemoryLedger: true, StatusInterval: 100 * time.Millisecond,
-		Tables: []channel.Table{{Name: "posts"}, {Name: "comments"}, {Name: "post_with_comments_counts"}},
-		Logger: testLogger(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("engine: %v", err)
-		}
-		_ = eng.Close()
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !eng.Status(ctx).Streaming {
-		if time.Now().After(deadline) {
-			t.Fatal("engine did not start streaming within 30s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return &env{t: t, eng: eng, db: db}
+	return startEnv(t, seed)
 }
 
 // blogSeed is 2,000 posts with 100,000 comments, a few orphan comments, and a derived row

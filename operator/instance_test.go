@@ -1,7 +1,6 @@
 package operator_test
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -98,17 +97,14 @@ func (e *instanceEnv) run(instance string, led *testLedger) (r *operator.Runner,
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
+	stopRun := startRunner(r)
 	stopped := false
 	stop = func() {
 		if stopped {
 			return
 		}
 		stopped = true
-		cancel()
-		if err := <-done; err != nil {
+		if err := stopRun(); err != nil {
 			e.t.Errorf("runner: %v", err)
 		}
 	}

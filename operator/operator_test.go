@@ -79,6 +79,13 @@ type env struct {
 // newEnv starts the engine; each tweak may change its configuration first.
 func newEnv(t *testing.T, tweaks ...func(*walflow.Config)) *env {
 	t.Helper()
+	return startEnv(t, "", tweaks...)
+}
+
+// startEnv is newEnv with seed, when not empty, run after the blog schema and before the
+// engine starts.
+func startEnv(t *testing.T, seed string, tweaks ...func(*walflow.Config)) *env {
+	t.Helper()
 	dsn := pgtest.NewDatabase(t)
 	ctx := t.Context()
 	db, err := pgxpool.New(ctx, dsn)
@@ -88,6 +95,11 @@ func newEnv(t *testing.T, tweaks ...func(*walflow.Config)) *env {
 	t.Cleanup(db.Close)
 	if _, err := db.Exec(ctx, blogSchema); err != nil {
 		t.Fatal(err)
+	}
+	if seed != "" {
+		if _, err := db.Exec(ctx, seed); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg, _ := pgx.ParseConfig(dsn)
 	engCfg := walflow.Config{
@@ -127,8 +139,9 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// run starts a runner until the test ends.
-func (e *env) run(cfg operator.Config) *operator.Runner {
+// newRunner returns a runner of cfg on the engine's ledger and the database, checking
+// its control table every 50ms, logging to the test unless cfg has a logger.
+func (e *env) newRunner(cfg operator.Config) *operator.Runner {
 	e.t.Helper()
 	cfg.DB, cfg.Ledger = e.db, e.eng.Ledger()
 	if cfg.Logger == nil {
@@ -139,19 +152,42 @@ func (e *env) run(cfg operator.Config) *operator.Runner {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return r
+}
+
+// run starts a runner until the test ends.
+func (e *env) run(cfg operator.Config) *operator.Runner {
+	e.t.Helper()
+	r := e.newRunner(cfg)
 	if err := operator.Migrate(e.t.Context(), e.db); err != nil {
 		e.t.Fatal(err)
 	}
+	runUntilEnd(e.t, r)
+	return r
+}
+
+// startRunner runs r until stop is called. stop returns what Run returned, the same on
+// every call.
+func startRunner(r *operator.Runner) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("runner: %v", err)
+	var once sync.Once
+	var runErr error
+	return func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+}
+
+// runUntilEnd runs r until the test ends, and fails the test if Run returns an error.
+func runUntilEnd(t *testing.T, r *operator.Runner) {
+	stop := startRunner(r)
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("runner: %v", err)
 		}
 	})
-	return r
 }
 
 func (e *env) exec(sql string, args ...any) {

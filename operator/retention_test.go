@@ -68,15 +68,7 @@ func (e *ledgerEnv) run(rep retry.Reporter, ops ...operator.Operator) *operator.
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("runner: %v", err)
-		}
-	})
+	runUntilEnd(e.t, r)
 	return r
 }
 

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,24 +21,8 @@ import (
 // what Run returned.
 func (e *env) start(cfg operator.Config) (*operator.Runner, func() error) {
 	e.t.Helper()
-	cfg.DB, cfg.Ledger = e.db, e.eng.Ledger()
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger(e.t)
-	}
-	cfg.ControlInterval = 50 * time.Millisecond
-	r, err := operator.New(cfg)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	var runErr error
-	stop := func() error {
-		once.Do(func() { cancel(); runErr = <-done })
-		return runErr
-	}
+	r := e.newRunner(cfg)
+	stop := startRunner(r)
 	e.t.Cleanup(func() { _ = stop() })
 	return r, stop
 }

@@ -101,13 +101,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*Store, error) {
 // Close closes the store. After a fatal Pebble error (see Write) it only releases what it
 // can: Pebble cannot be closed cleanly then, and the error was returned by the write.
 func (s *Store) Close() error {
-	if s.fatal.Err() != nil {
-		s.fsClose.Close()
-		return nil
-	}
-	err := s.db.Close()
-	s.fsClose.Close()
-	if err != nil {
+	if err := pebblelog.Close(s.db, s.fatal, s.fsClose); err != nil {
 		return fmt.Errorf("index: close store %s: %w", s.dir, err)
 	}
 	return nil

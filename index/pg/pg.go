@@ -87,8 +87,8 @@ func Open(ctx context.Context, db DB, opts *Options) (*Store, error) {
 	if db == nil {
 		return nil, errors.New("index/pg: Open: db is nil; pass a *pgxpool.Pool")
 	}
-	if !pgschema.ValidIdent(o.Schema) {
-		return nil, fmt.Errorf("index/pg: Options.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", o.Schema)
+	if err := pgschema.CheckSchema("index/pg: Options.Schema", o.Schema); err != nil {
+		return nil, err
 	}
 	s := &Store{
 		db:      db,

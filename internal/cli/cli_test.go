@@ -52,12 +52,7 @@ func noEnv(string) string { return "" }
 func TestCommandLine(t *testing.T) {
 	t.Parallel()
 	missing := filepath.Join(t.TempDir(), "walflow.yaml")
-	tests := []struct {
-		args   []string
-		code   int
-		stdout string // substring
-		stderr string // substring
-	}{
+	tests := []cliCase{
 		{args: nil, code: ExitUsage, stderr: "walflow: no command given"},
 		{args: []string{"help"}, code: ExitOK, stdout: "Commands:\n  run "},
 		{args: []string{"-h"}, code: ExitOK, stdout: "walflow demo"},
@@ -100,19 +95,7 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"operator", "restart", "x", "--config", missing}, code: ExitUsage, stderr: "no such file"},
 		{args: []string{"operator", "restart", "--", "-x", "--config"}, code: ExitUsage, stderr: `walflow: operator restart: unexpected argument "--config"`},
 	}
-	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			t.Parallel()
-			r := runCLI(t.Context(), noEnv, tt.args...)
-			if r.code != tt.code || !strings.Contains(r.stdout, tt.stdout) || !strings.Contains(r.stderr, tt.stderr) {
-				t.Fatalf("walflow %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s\nwant stdout with %q and stderr with %q",
-					strings.Join(tt.args, " "), r.code, tt.code, r.stdout, r.stderr, tt.stdout, tt.stderr)
-			}
-			if tt.code != ExitOK && strings.Count(r.stderr, "walflow: ") != 1 {
-				t.Errorf("the error is not printed exactly once:\n%s", r.stderr)
-			}
-		})
-	}
+	runCLICases(t, tests)
 }
 
 const blogSchema = `
@@ -205,29 +188,7 @@ func TestRunAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	slot := pc.Database // unique per test
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	path := filepath.Join(dir, "walflow.yaml")
-	config := fmt.Sprintf(`database_url: %s
-slot: %s
-ledger:
-  dir: data
-http:
-  addr: %s
-log:
-  level: warn
-status_interval: 200ms
-tables:
-  posts:
-  comments:
-    scopes: ["posts/{post_id}"]
-`, dsn, slot, addr)
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path, dir, addr := blogRunConfig(t, dsn, slot, "warn", "")
 
 	// Before the first run: no engine, no ledger directory, no slot.
 	st, r := statusJSON(t, path)
@@ -242,16 +203,8 @@ tables:
 		t.Errorf("status before run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	runDone := make(chan result, 1)
-	go func() { runDone <- runCLI(runCtx, noEnv, "run", "--config", path) }()
-
+	runDone, stop := startRun(t, path, addr)
 	base := "http://" + addr
-	waitFor(t, "/healthz answers 200", runDone, func() bool {
-		code, _, err := httpGet(ctx, base+"/healthz")
-		return err == nil && code == http.StatusOK
-	})
 	// A second walflow run on the same ledger names the directory and the process holding
 	// it: this one, as both run in the test's process.
 	second := runCLI(ctx, noEnv, "run", "--config", path)
@@ -292,8 +245,7 @@ tables:
 		}
 	}
 
-	stop()
-	r = <-runDone
+	r = stop()
 	if r.code != ExitOK {
 		t.Fatalf("run exited %d after Ctrl-C\nstderr:\n%s", r.code, r.stderr)
 	}

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,7 +16,6 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/walflow/walflow"
-	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/clustershare"
 	"github.com/walflow/walflow/internal/pgtest"
@@ -64,21 +62,12 @@ func TestClusterIndexCommands(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneNATS(t)
 	slot := conn.Config().Database
 	path := clusterConfig(t, dsn, slot, lc.URLs(), "blog")
 
 	// The node, as walflow run starts it, but counting the events by_post indexes.
-	c, err := loadConfig(path, noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.Engine
-	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg := quietEngineConfig(t, path)
 	var (
 		mu      sync.Mutex
 		indexed = map[event.Position]int{}
@@ -97,36 +86,9 @@ func TestClusterIndexCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	ran := make(chan error, 1)
-	go func() { ran <- eng.Run(runCtx) }()
-	until := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for !cond() {
-			select {
-			case err := <-ran:
-				t.Fatalf("the node stopped (%v) while waiting until %s", err, what)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	until, stop := runEngineInTest(t, eng, "the node", 90*time.Second)
 	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
-	for _, sql := range []string{
-		`INSERT INTO posts (title) VALUES ('a'), ('b')`,
-		`INSERT INTO comments (post_id, body) VALUES (1, 'x'), (2, 'y'), (1, 'z')`,
-		`UPDATE comments SET post_id = 2 WHERE body = 'z'`,
-		`DELETE FROM comments WHERE body = 'x'`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeBlogChanges(t, conn)
 	indexedHead := func() bool {
 		head := eng.Ledger().State().Head
 		sts, err := eng.Indexes().Status(ctx)
@@ -215,8 +177,7 @@ func TestClusterIndexCommands(t *testing.T) {
 	checkReads("after the node's rebuild")
 
 	// No node runs: status reads the shared store, rebuild takes the lock and rebuilds.
-	stop()
-	if err := <-ran; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("the node: %v", err)
 	}
 	if err := eng.Close(); err != nil {
@@ -304,11 +265,7 @@ func TestClusterCommandErrors(t *testing.T) {
 	if r.code != ExitFailure || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "or fix cluster.urls") {
 		t.Errorf("walflow status with NATS down: exit %d\nstderr:\n%s\nwant %q", r.code, r.stderr, want)
 	}
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneNATS(t)
 	missing := clusterConfig(t, dsn, "walflow", lc.URLs(), "nothing_here")
 	r = runCLI(sctx, noEnv, "status", "--config", missing)
 	want = noNode + "the ledger stream nothing_here does not exist on the NATS servers at " + lc.URLs()[0] + " yet; walflow run --config " + missing + " creates it"
@@ -338,11 +295,7 @@ func streamedClusterWith(t *testing.T, schema, extra string, running func(eng *w
 	t.Helper()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, schema)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneNATS(t)
 	slot := conn.Config().Database
 	path = clusterConfig(t, dsn, slot, lc.URLs(), "blog", extra)
 	eng, stop := runNode(t, path, nil)
@@ -374,49 +327,36 @@ func streamedClusterWith(t *testing.T, schema, extra string, running func(eng *w
 func runNode(t *testing.T, path string, set func(*walflow.Config)) (eng *walflow.Engine, stop func()) {
 	t.Helper()
 	ctx := t.Context()
-	c, err := loadConfig(path, noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.Engine
-	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg := quietEngineConfig(t, path)
 	if set != nil {
 		set(&cfg)
 	}
-	eng, err = walflow.Open(ctx, cfg)
+	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- eng.Run(runCtx) }()
+	who := "the node " + cfg.Cluster.NodeName
+	until, stopRun := runEngineInTest(t, eng, who, 90*time.Second)
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
-			cancel()
-			if err := <-ran; err != nil {
-				t.Errorf("the node %s: %v", cfg.Cluster.NodeName, err)
+			if err := stopRun(); err != nil {
+				t.Errorf("%s: %v", who, err)
 			}
 			if err := eng.Close(); err != nil {
-				t.Errorf("close the node %s: %v", cfg.Cluster.NodeName, err)
+				t.Errorf("close %s: %v", who, err)
 			}
 		})
 	}
 	t.Cleanup(stop)
-	waitUntil(t, "the node streams", func() bool { return eng.Status(ctx).Streaming })
+	until("the node streams", func() bool { return eng.Status(ctx).Streaming })
 	return eng, stop
 }
 
 // waitUntil polls cond until it holds, failing the test after 90 seconds.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pollUntil(t, what, 90*time.Second, notEnded, cond)
 }
 
 // TestClusterRebuildKeepsLock: index rebuild, computing an index itself in a cluster,
@@ -435,13 +375,7 @@ func TestClusterRebuildKeepsLock(t *testing.T) {
 	}
 	until := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(90 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		pollUntil(t, what, 90*time.Second, notEnded, cond)
 	}
 
 	// slow indexes by_post at 3 events a second: a rebuild of the 6 events outlasts the

@@ -1,10 +1,8 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -23,12 +21,7 @@ import (
 func TestIndexCommandLine(t *testing.T) {
 	t.Parallel()
 	missing := filepath.Join(t.TempDir(), "walflow.yaml")
-	tests := []struct {
-		args   []string
-		code   int
-		stdout string // substring
-		stderr string // substring
-	}{
+	tests := []cliCase{
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  ledger    Read the ledger's events"},
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  index     Rebuild the configured indexes"},
 		{args: []string{"ledger"}, code: ExitUsage, stderr: "walflow: ledger: no command given; the ledger commands are read, migrate"},
@@ -46,19 +39,7 @@ func TestIndexCommandLine(t *testing.T) {
 		{args: []string{"ledger", "read", "--config", missing}, code: ExitUsage, stderr: "walflow: " + missing + ": no such file"},
 		{args: []string{"index", "status", "--config", missing}, code: ExitUsage, stderr: "no such file"},
 	}
-	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			t.Parallel()
-			r := runCLI(t.Context(), noEnv, tt.args...)
-			if r.code != tt.code || !strings.Contains(r.stdout, tt.stdout) || !strings.Contains(r.stderr, tt.stderr) {
-				t.Fatalf("walflow %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s\nwant stdout with %q and stderr with %q",
-					strings.Join(tt.args, " "), r.code, tt.code, r.stdout, r.stderr, tt.stdout, tt.stderr)
-			}
-			if tt.code != ExitOK && strings.Count(r.stderr, "walflow: ") != 1 {
-				t.Errorf("the error is not printed exactly once:\n%s", r.stderr)
-			}
-		})
-	}
+	runCLICases(t, tests)
 }
 
 // TestIndexCommandsWithoutFiles: before walflow run, or with a memory ledger, there is
@@ -155,50 +136,16 @@ indexes:
 
 	// The engine, as walflow run starts it, puts the blog's events in the ledger and
 	// indexes them.
-	c, err := loadConfig(path, noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.Engine
-	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg := quietEngineConfig(t, path)
 	const adminToken = "index-admin-token-index-admin-token"
 	cfg.AdminToken = adminToken // path's configuration does not give it to the commands
 	eng, err := walflow.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	ran := make(chan error, 1)
-	go func() { ran <- eng.Run(runCtx) }()
-	until := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for !cond() {
-			select {
-			case err := <-ran:
-				t.Fatalf("the engine stopped (%v) while waiting until %s", err, what)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	until, stop := runEngineInTest(t, eng, "the engine", 60*time.Second)
 	until("the engine streams", func() bool { return eng.Status(ctx).Streaming })
-	// 1, 2: posts 1 and 2; 3, 4, 5: comments 1 (post 1), 2 (post 2), 3 (post 1); 6: comment
-	// 3 moves to post 2; 7: comment 1 is deleted.
-	for _, sql := range []string{
-		`INSERT INTO posts (title) VALUES ('a'), ('b')`,
-		`INSERT INTO comments (post_id, body) VALUES (1, 'x'), (2, 'y'), (1, 'z')`,
-		`UPDATE comments SET post_id = 2 WHERE body = 'z'`,
-		`DELETE FROM comments WHERE body = 'x'`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeBlogChanges(t, conn)
 	until("the ledger has 7 events, all indexed", func() bool {
 		sts, err := eng.Indexes().Status(ctx)
 		for _, s := range sts {
@@ -289,8 +236,7 @@ indexes:
 			t.Errorf("index status while walflow runs lacks %q: exit %d\n%s%s", want, r.code, r.stdout, r.stderr)
 		}
 	}
-	stop()
-	if err := <-ran; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	if err := eng.Close(); err != nil {
@@ -411,8 +357,8 @@ indexes:
 
 	// Retention removes positions 1 and 2: reads start after the tail by default, and
 	// --after before it is refused.
-	tables := make([]channel.Table, len(c.Engine.Tables))
-	for i, tb := range c.Engine.Tables {
+	tables := make([]channel.Table, len(cfg.Tables))
+	for i, tb := range cfg.Tables {
 		tables[i] = tb.WithDefaults()
 	}
 	router, err := channel.NewRouter(tables)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
 )
 
@@ -19,32 +18,7 @@ import (
 // slot with its own ledger directory and HTTP address, and the given operators: block.
 func instanceConfig(t *testing.T, dsn, slot, operators string) (path, dir, addr string) {
 	t.Helper()
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir = t.TempDir()
-	path = filepath.Join(dir, "walflow.yaml")
-	config := fmt.Sprintf(`database_url: %s
-slot: %s
-ledger:
-  dir: data
-http:
-  addr: %s
-log:
-  level: warn
-status_interval: 200ms
-tables:
-  posts:
-  comments:
-    scopes: ["posts/{post_id}"]
-  post_with_comments_counts:
-operators:
-%s`, dsn, slot, addr, operators)
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path, dir, addr
+	return blogRunConfig(t, dsn, slot, "warn", "  post_with_comments_counts:\noperators:\n"+operators)
 }
 
 // seedOperators are post_with_comments_counts and comment_totals, which write the same derived
@@ -119,15 +93,7 @@ func mismatches(t *testing.T, pool *pgxpool.Pool, query string) int {
 func TestResyncProcedure(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := pool.Exec(ctx, blogSchema+derivedSchema); err != nil {
-		t.Fatal(err)
-	}
+	dsn, pool := poolOnNewDatabase(t, blogSchema+derivedSchema)
 	slot := pool.Config().ConnConfig.Database
 	path, dir, addr := instanceConfig(t, dsn, slot, seedOperators)
 
@@ -237,15 +203,7 @@ SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT id, n FROM post_c
 func TestTwoInstancesShareDatabase(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := pool.Exec(ctx, blogSchema+derivedSchema+`CREATE TABLE post_comment_totals (id int PRIMARY KEY, n int NOT NULL)`); err != nil {
-		t.Fatal(err)
-	}
+	dsn, pool := poolOnNewDatabase(t, blogSchema+derivedSchema+`CREATE TABLE post_comment_totals (id int PRIMARY KEY, n int NOT NULL)`)
 	db := pool.Config().ConnConfig.Database
 	slotA, slotB := db+"_a", db+"_b"
 	pathA, _, addrA := instanceConfig(t, dsn, slotA, `  post_with_comments_counts:

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -80,17 +79,8 @@ operators:
 // and a pool on it.
 func operatorDB(t *testing.T) (string, *pgxpool.Pool) {
 	t.Helper()
-	ctx := t.Context()
-	dsn := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := pool.Exec(ctx, blogSchema+derivedSchema); err != nil {
-		t.Fatal(err)
-	}
-	if err := operator.Migrate(ctx, pool); err != nil {
+	dsn, pool := poolOnNewDatabase(t, blogSchema+derivedSchema)
+	if err := operator.Migrate(t.Context(), pool); err != nil {
 		t.Fatal(err)
 	}
 	return dsn, pool
@@ -327,57 +317,23 @@ func (d *operatorStatusDoc) operator(name string) operatorStatus {
 func TestOperatorRunAndBackfill(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
 	// 60 posts and 300 comments exist before walflow starts: only a backfill derives them.
-	if _, err := pool.Exec(ctx, blogSchema+derivedSchema+`
+	dsn, pool := poolOnNewDatabase(t, blogSchema+derivedSchema+`
 		INSERT INTO posts (title, body) SELECT 'post ' || i, 'body ' || i FROM generate_series(1, 60) i;
-		INSERT INTO comments (post_id, body) SELECT 1 + i % 60, 'comment ' || i FROM generate_series(1, 300) i;`); err != nil {
-		t.Fatal(err)
-	}
-	pc, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	path := filepath.Join(dir, "walflow.yaml")
-	config := fmt.Sprintf(`database_url: %s
-slot: %s
-ledger:
-  dir: data
-http:
-  addr: %s
-log:
-  level: warn
-status_interval: 200ms
-tables:
-  posts:
-  comments:
-    scopes: ["posts/{post_id}"]
-  post_with_comments_counts:
+		INSERT INTO comments (post_id, body) SELECT 1 + i % 60, 'comment ' || i FROM generate_series(1, 300) i;`)
+	path, dir, addr := blogRunConfig(t, dsn, pool.Config().ConnConfig.Database, "warn", `  post_with_comments_counts:
 operators:
   post_with_comments_counts:
     entities: [comments, posts]
     id: {comments: post_id, posts: id}
     delete_with: [posts]
-%s  comment_audit:
+`+seedQuery+`  comment_audit:
     entities: [comments]
     id: {comments: post_id}
     query: INSERT INTO comment_audit (post_id) VALUES ($1::int)
 operator_defaults:
   retry: {min: 10ms, max: 10ms, max_retries: 0}
-`, dsn, pc.ConnConfig.Database, addr, seedQuery)
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`)
 
 	// A query on a missing table is found when walflow starts, not at the first event.
 	r := runCLI(ctx, noEnv, "run", "--config", path)
@@ -389,14 +345,7 @@ operator_defaults:
 		t.Fatal(err)
 	}
 
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	runDone := make(chan result, 1)
-	go func() { runDone <- runCLI(runCtx, noEnv, "run", "--config", path) }()
-	waitFor(t, "walflow streams", runDone, func() bool {
-		code, body, err := httpGet(ctx, "http://"+addr+"/healthz")
-		return err == nil && code == 200 && body != ""
-	})
+	runDone, stop := startRun(t, path, addr)
 
 	// Live changes: new comments on posts 1 to 5, a retitled post, a deleted one.
 	if _, err := pool.Exec(ctx, `
@@ -456,8 +405,7 @@ operator_defaults:
 		t.Errorf("comment_audit has %d rows (%v), want one per live comment event", n, err)
 	}
 
-	stop()
-	if r := <-runDone; r.code != ExitOK {
+	if r := stop(); r.code != ExitOK {
 		t.Fatalf("run exited %d\nstderr:\n%s", r.code, r.stderr)
 	}
 	// Stopped: the head comes from the ledger, and both operators are caught up.

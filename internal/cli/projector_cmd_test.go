@@ -45,12 +45,7 @@ func projectorConfigFile(t *testing.T, dsn, httpAddr string) string {
 // projectorStore is a fresh database with walflow.projectors, and its store.
 func projectorStore(t *testing.T) (string, *projector.PostgresStore) {
 	t.Helper()
-	dsn := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	dsn, pool := poolOnNewDatabase(t, "")
 	store := projector.NewPostgresStore(pool)
 	if err := store.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
@@ -323,12 +318,7 @@ func TestProjectorStatusHead(t *testing.T) {
 func TestProjectorCommandLine(t *testing.T) {
 	t.Parallel()
 	missing := filepath.Join(t.TempDir(), "walflow.yaml")
-	tests := []struct {
-		args   []string
-		code   int
-		stdout string // substring
-		stderr string // substring
-	}{
+	tests := []cliCase{
 		{args: []string{"help"}, code: ExitOK, stdout: "\n  projector Show, reset or restart the projectors stored in the database.\n"},
 		{args: []string{"projector"}, code: ExitUsage, stderr: "walflow: projector: no command given; the projector commands are status, reset, restart"},
 		{args: []string{"help", "projector", "reset"}, code: ExitOK, stdout: "Usage: walflow projector reset NAME [--config FILE]"},
@@ -339,19 +329,7 @@ func TestProjectorCommandLine(t *testing.T) {
 		{args: []string{"projector", "stat"}, code: ExitUsage, stderr: `walflow: projector: unknown command "stat"; did you mean status?`},
 		{args: []string{"projector", "status", "--config", missing}, code: ExitUsage, stderr: "walflow: " + missing + ": no such file"},
 	}
-	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			t.Parallel()
-			r := runCLI(t.Context(), noEnv, tt.args...)
-			if r.code != tt.code || !strings.Contains(r.stdout, tt.stdout) || !strings.Contains(r.stderr, tt.stderr) {
-				t.Fatalf("walflow %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s\nwant stdout with %q and stderr with %q",
-					strings.Join(tt.args, " "), r.code, tt.code, r.stdout, r.stderr, tt.stdout, tt.stderr)
-			}
-			if tt.code != ExitOK && strings.Count(r.stderr, "walflow: ") != 1 {
-				t.Errorf("the error is not printed exactly once:\n%s", r.stderr)
-			}
-		})
-	}
+	runCLICases(t, tests)
 }
 
 // TestProjectorUnreachable: a database that does not answer fails once, without the
@@ -375,12 +353,7 @@ func TestProjectorUnreachable(t *testing.T) {
 func TestProjectorCommandsUnderRunner(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	dsn, pool := poolOnNewDatabase(t, "")
 	store := projector.NewPostgresStore(pool)
 	path := projectorConfigFile(t, dsn, "")
 	led := memory.New(nil)

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -52,33 +51,11 @@ func TestRunRealtime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "jwt_secret"), []byte(testSecret), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "walflow.yaml")
-	config := fmt.Sprintf(`database_url: %s
-slot: %s
-ledger:
-  dir: data
-http:
-  addr: %s
-log:
-  level: info
-status_interval: 200ms
-tables:
-  posts:
-  comments:
-    scopes: ["posts/{post_id}"]
-realtime:
+	path, dir, addr := blogRunConfig(t, dsn, pc.Database, "info", `realtime:
   jwt:
     hs256_secret_file: jwt_secret
-`, dsn, pc.Database, addr)
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+`)
+	if err := os.WriteFile(filepath.Join(dir, "jwt_secret"), []byte(testSecret), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	runCtx, stop := context.WithCancel(ctx)

@@ -55,11 +55,7 @@ func TestClusterStatusAsksOtherNode(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneNATS(t)
 	slot := conn.Config().Database
 	path := clusterConfig(t, dsn, slot, lc.URLs(), "blog")
 	down, err := freeAddr() // nothing listens there: this machine's node is down

@@ -15,7 +15,6 @@ import (
 
 	"github.com/walflow/walflow"
 	"github.com/walflow/walflow/cluster"
-	"github.com/walflow/walflow/internal/pgtest"
 )
 
 // KillEveryDefault is how often walflow demo --cluster kills the leader by default.
@@ -71,35 +70,15 @@ func RunCluster(ctx context.Context, o ClusterOptions) (err error) {
 	e := &env{stdout: o.Stdout, stderr: o.Stderr, getenv: o.Getenv}
 	out := e.stdout
 	fmt.Fprintln(out, "walflow demo --cluster: starting a throwaway PostgreSQL cluster…")
-	pg, err := startCluster(ctx, e.stderr, systemInstaller(e.stderr), pgtest.Start, os.Getenv)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("demo: %w", err)
+	pg, dir, cleanup, err := startThrowaway(ctx, e, "walflow-demo-cluster-*")
+	if err != nil || pg == nil {
+		return err
 	}
-	cleanupCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	}
-	dir, err := os.MkdirTemp("", "walflow-demo-cluster-*")
-	if err != nil {
-		cctx, cancel := cleanupCtx()
-		defer cancel()
-		return errors.Join(fmt.Errorf("demo: %w", err), pg.Stop(cctx))
-	}
-	defer func() {
-		cctx, cancel := cleanupCtx()
-		defer cancel()
-		err = errors.Join(err, pg.Stop(cctx), os.RemoveAll(dir))
-	}()
+	defer func() { err = errors.Join(err, cleanup()) }()
 	d := &demo{env: e, cluster: pg, dir: dir, slot: demoSlot, writeEvery: o.WriteEvery}
-	if err := pg.CreateDatabase(ctx, demoDatabase); err != nil {
-		return fmt.Errorf("demo: %w", err)
+	if err := d.createBlog(ctx); err != nil {
+		return err
 	}
-	if err := pg.Exec(ctx, demoDatabase, demoSchema); err != nil {
-		return fmt.Errorf("demo: create the blog: %w", err)
-	}
-	d.dsn = pg.DSN(demoDatabase)
 
 	fmt.Fprintln(out, "walflow demo --cluster: starting three NATS servers with JetStream…")
 	lc, err := cluster.StartLocalCluster(ctx, filepath.Join(dir, "nats"), clusterNodes)

@@ -150,30 +150,15 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	out := e.stdout
 	fmt.Fprintln(out, "walflow demo: starting a throwaway PostgreSQL cluster…")
-	cluster, err := startCluster(ctx, e.stderr, systemInstaller(e.stderr), pgtest.Start, os.Getenv)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil // interrupted while starting
-		}
-		return fmt.Errorf("demo: %w", err)
-	}
-	// Cleanup runs even when ctx is done: it must outlive the Ctrl-C that started it.
-	cleanupCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	}
-	dir, err := os.MkdirTemp("", "walflow-demo-*")
-	if err != nil {
-		cctx, cancel := cleanupCtx()
-		defer cancel()
-		return errors.Join(fmt.Errorf("demo: %w", err), cluster.Stop(cctx))
+	cluster, dir, cleanup, err := startThrowaway(ctx, e, "walflow-demo-*")
+	if err != nil || cluster == nil {
+		return err
 	}
 	defer func() {
 		if keep && err == nil {
 			return
 		}
-		cctx, cancel := cleanupCtx()
-		defer cancel()
-		err = errors.Join(err, cluster.Stop(cctx), os.RemoveAll(dir))
+		err = errors.Join(err, cleanup())
 	}()
 
 	d := &demo{env: e, cluster: cluster, dir: dir, slot: demoSlot, writeEvery: writeEvery, color: o.Color}
@@ -204,8 +189,41 @@ type demo struct {
 	ln net.Listener
 }
 
+// startThrowaway starts the demo's throwaway PostgreSQL cluster and makes a temporary
+// directory, named after pattern as os.MkdirTemp does. cleanup stops the cluster and
+// removes the directory, within a minute of its own even when ctx is done: it must
+// outlive the Ctrl-C that ended the demo. When ctx ends while the cluster starts,
+// startThrowaway returns no cluster and no error.
+func startThrowaway(ctx context.Context, e *env, pattern string) (pg *pgtest.Cluster, dir string, cleanup func() error, err error) {
+	pg, err = startCluster(ctx, e.stderr, systemInstaller(e.stderr), pgtest.Start, os.Getenv)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, "", nil, nil // interrupted while starting
+		}
+		return nil, "", nil, fmt.Errorf("demo: %w", err)
+	}
+	stop := func() error {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		return pg.Stop(cctx)
+	}
+	dir, err = os.MkdirTemp("", pattern)
+	if err != nil {
+		return nil, "", nil, errors.Join(fmt.Errorf("demo: %w", err), stop())
+	}
+	return pg, dir, func() error { return errors.Join(stop(), os.RemoveAll(dir)) }, nil
+}
+
 // setup creates the blog and writes the walflow.yaml the engine runs with, with HTTP on addr.
 func (d *demo) setup(ctx context.Context, addr string) error {
+	if err := d.createBlog(ctx); err != nil {
+		return err
+	}
+	return d.configure(addr)
+}
+
+// createBlog creates the blog's database and tables in the cluster, and sets d.dsn.
+func (d *demo) createBlog(ctx context.Context) error {
 	if err := d.cluster.CreateDatabase(ctx, demoDatabase); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -213,7 +231,7 @@ func (d *demo) setup(ctx context.Context, addr string) error {
 		return fmt.Errorf("demo: create the blog: %w", err)
 	}
 	d.dsn = d.cluster.DSN(demoDatabase)
-	return d.configure(addr)
+	return nil
 }
 
 // configure writes the walflow.yaml of the blog at d.dsn, with HTTP on addr, and loads it.

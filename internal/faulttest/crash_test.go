@@ -133,6 +133,86 @@ func (b *budget) usedChanges() int {
 	return b.used
 }
 
+// budgetWriters are writers that run in the background, taking their changes from one
+// budget, until each has returned.
+type budgetWriters struct {
+	bud  *budget
+	mu   sync.Mutex
+	err  error         // what the writers returned, joined
+	done chan struct{} // closed once every writer has returned
+}
+
+// startBudgetWriters runs each of runs in a goroutine of its own with bud, until it
+// returns: when the budget is used up, on an error, or when the test ends (whose cleanup
+// waits for them).
+func startBudgetWriters(t *testing.T, bud *budget, runs ...func(context.Context, *budget) error) *budgetWriters {
+	ctx, cancel := context.WithCancel(t.Context())
+	w := &budgetWriters{bud: bud, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	for _, run := range runs {
+		wg.Go(func() {
+			if err := run(ctx, bud); err != nil {
+				w.mu.Lock()
+				w.err = errors.Join(w.err, err)
+				w.mu.Unlock()
+			}
+		})
+	}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	go func() { wg.Wait(); close(w.done) }()
+	return w
+}
+
+// failed returns the errors the writers returned so far, joined, or nil.
+func (w *budgetWriters) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// waitBacklog raises the budget to backlog changes and waits until the writers have
+// committed them, failing the test when a writer fails or after two minutes.
+func (w *budgetWriters) waitBacklog(t *testing.T, backlog int) {
+	t.Helper()
+	w.bud.raise(backlog)
+	poll(t, 2*time.Minute, "the writers to write a backlog", func() (bool, string, error) {
+		changes, _ := w.bud.progress()
+		return changes >= backlog, fmt.Sprintf("%d of %d changes committed", changes, backlog), w.failed()
+	})
+}
+
+// checkFailed fails the test if a writer failed.
+func (w *budgetWriters) checkFailed(t *testing.T) {
+	t.Helper()
+	if err := w.failed(); err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+}
+
+// waitDone waits until every writer has returned, failing the test after three minutes
+// or when a writer failed.
+func (w *budgetWriters) waitDone(t *testing.T) {
+	t.Helper()
+	select {
+	case <-w.done:
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("the writers did not finish within 3 minutes (%d changes made)", w.bud.usedChanges())
+	}
+	w.checkFailed(t)
+}
+
+// randomTxSize picks a writer transaction's size: mostly small, some up to 200 changes.
+func randomTxSize(rng *rand.Rand) int {
+	switch r := rng.IntN(10); {
+	case r < 6:
+		return 1 + rng.IntN(10)
+	case r < 9:
+		return 10 + rng.IntN(91)
+	default:
+		return 100 + rng.IntN(101)
+	}
+}
+
 // idSet is a set of row ids that can hand out a random member.
 type idSet struct {
 	ids []int64
@@ -167,18 +247,6 @@ type writer struct {
 func newWriter(n int, conn *pgx.Conn, seed uint64) *writer {
 	return &writer{n: n, conn: conn, rng: rand.New(rand.NewPCG(seed, uint64(n))),
 		nextID: int64(n+1) * 1_000_000_000, live: map[string]*idSet{"items": newIDSet(), "others": newIDSet()}}
-}
-
-// size picks a transaction size: mostly small, some up to 200 rows.
-func (w *writer) size() int {
-	switch r := w.rng.IntN(10); {
-	case r < 6:
-		return 1 + w.rng.IntN(10)
-	case r < 9:
-		return 10 + w.rng.IntN(91)
-	default:
-		return 100 + w.rng.IntN(101)
-	}
 }
 
 // plan picks n changes; about one transaction in seven also writes the second table.
@@ -223,7 +291,7 @@ func (w *writer) plan(n int) []change {
 // run writes until the budget is used up.
 func (w *writer) run(ctx context.Context, b *budget) error {
 	for {
-		n, err := b.take(ctx, w.size())
+		n, err := b.take(ctx, randomTxSize(w.rng))
 		if err != nil || n == 0 {
 			return err
 		}
@@ -380,29 +448,13 @@ func testCrashSafety(t *testing.T, bin string) {
 	perRun := crashChanges / crashKills
 	bud := newBudget(crashChanges)
 
-	ctx, cancel := context.WithCancel(t.Context())
 	writers := make([]*writer, crashWriters)
-	var wg sync.WaitGroup
-	var errMu sync.Mutex
-	var writeErr error
-	writerFailed := func() error {
-		errMu.Lock()
-		defer errMu.Unlock()
-		return writeErr
-	}
+	runs := make([]func(context.Context, *budget) error, len(writers))
 	for i := range writers {
 		writers[i] = newWriter(i, connect(t, dsn), seed)
-		wg.Go(func() {
-			if err := writers[i].run(ctx, bud); err != nil {
-				errMu.Lock()
-				writeErr = errors.Join(writeErr, err)
-				errMu.Unlock()
-			}
-		})
+		runs[i] = writers[i].run
 	}
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	writesDone := make(chan struct{})
-	go func() { wg.Wait(); close(writesDone) }()
+	ws := startBudgetWriters(t, bud, runs...)
 
 	type killPoint struct {
 		run       int
@@ -416,12 +468,7 @@ func testCrashSafety(t *testing.T, bin string) {
 		if i > 0 {
 			// Half of each run's share of the writes is made while the pipeline is down, so
 			// that the run starts by catching up.
-			backlog := i*perRun + perRun/2
-			bud.raise(backlog)
-			poll(t, 2*time.Minute, "the writers to write a backlog", func() (bool, string, error) {
-				changes, _ := bud.progress()
-				return changes >= backlog, fmt.Sprintf("%d of %d changes committed", changes, backlog), writerFailed()
-			})
+			ws.waitBacklog(t, i*perRun+perRun/2)
 		}
 		c := p.start()
 		kp := killPoint{run: c.n}
@@ -442,9 +489,7 @@ func testCrashSafety(t *testing.T, bin string) {
 			p.waitState(c, 2*time.Minute, "the run to make progress", func(s childState) bool { return s.Head > from })
 			waitOrExit(t, p, c, time.Duration(rng.Int64N(int64(crashMaxKillDelay))))
 		}
-		if err := writerFailed(); err != nil {
-			t.Fatalf("writer: %v", err)
-		}
+		ws.checkFailed(t)
 		_, events := bud.progress()
 		st := c.State()
 		kp.reported, kp.head, kp.behind = st.Lines > 0, st.Head, events-int(st.Head)
@@ -457,14 +502,7 @@ func testCrashSafety(t *testing.T, bin string) {
 	bud.raise(crashChanges)
 	c := p.start()
 	p.waitReady(c, 60*time.Second)
-	select {
-	case <-writesDone:
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("writers did not finish within 3 minutes (%d changes made)", bud.usedChanges())
-	}
-	if err := writerFailed(); err != nil {
-		t.Fatalf("writer: %v", err)
-	}
+	ws.waitDone(t)
 	target := currentLSN(t, conn)
 	final := p.waitState(c, 3*time.Minute, "the last run to catch up with "+target.String(), func(s childState) bool { return s.Acked >= target })
 	p.stop(c)

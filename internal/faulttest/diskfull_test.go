@@ -348,26 +348,7 @@ func scanAnyLedger(ctx context.Context, t *testing.T, backend, dir string, f fun
 	t.Helper()
 	l := openLedger(ctx, t, backend, dir)
 	defer l.Close()
-	var after event.Position
-	for {
-		evs, err := l.Read(ctx, after, 10000)
-		if err != nil {
-			t.Fatalf("read the ledger after %d: %v", after, err)
-		}
-		if len(evs) == 0 {
-			break
-		}
-		for i := range evs {
-			if evs[i].Position != after+1 {
-				t.Fatalf("event after position %d has position %d", after, evs[i].Position)
-			}
-			after = evs[i].Position
-			f(&evs[i])
-		}
-	}
-	if head := l.State().Head; after != head {
-		t.Fatalf("read %d events, but the ledger's head is %d", after, head)
-	}
+	scanEvents(ctx, t, l, f)
 }
 
 // freeAddr returns a loopback address no one listens on (at the time of the call).

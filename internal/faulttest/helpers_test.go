@@ -153,9 +153,16 @@ func scanLedger(t *testing.T, dir string, tables []channel.Table, f func(e *even
 		t.Fatalf("open the ledger: %v", err)
 	}
 	defer l.Close()
+	return scanEvents(t.Context(), t, l, f)
+}
+
+// scanEvents calls f for each event of l in position order, checking that positions are
+// gap-free from 1 up to the ledger's head. It returns the number of events.
+func scanEvents(ctx context.Context, t *testing.T, l ledger.Ledger, f func(e *event.Event)) int {
+	t.Helper()
 	var after event.Position
 	for {
-		evs, err := l.Read(t.Context(), after, 10000)
+		evs, err := l.Read(ctx, after, 10000)
 		if err != nil {
 			t.Fatalf("read the ledger after %d: %v", after, err)
 		}

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -284,22 +283,10 @@ func (w *blogWriter) queue(b *pgx.Batch) blogStmt {
 	}
 }
 
-// size picks a transaction size: mostly small, some up to 200 changes.
-func (w *blogWriter) size() int {
-	switch r := w.rng.IntN(10); {
-	case r < 6:
-		return 1 + w.rng.IntN(10)
-	case r < 9:
-		return 10 + w.rng.IntN(91)
-	default:
-		return 100 + w.rng.IntN(101)
-	}
-}
-
 // run writes until the budget is used up.
 func (w *blogWriter) run(ctx context.Context, b *budget) error {
 	for {
-		n, err := b.take(ctx, w.size())
+		n, err := b.take(ctx, randomTxSize(w.rng))
 		if err != nil || n == 0 {
 			return err
 		}
@@ -417,26 +404,8 @@ func testOperatorCrashConsistency(t *testing.T, bin string) {
 	perRun := opCrashChanges / opCrashKills
 	bud := newBudget(opCrashChanges)
 
-	ctx, cancel := context.WithCancel(t.Context())
 	w := newBlogWriter(connect(t, dsn), seed)
-	var wg sync.WaitGroup
-	var errMu sync.Mutex
-	var writeErr error
-	writerFailed := func() error {
-		errMu.Lock()
-		defer errMu.Unlock()
-		return writeErr
-	}
-	wg.Go(func() {
-		if err := w.run(ctx, bud); err != nil {
-			errMu.Lock()
-			writeErr = err
-			errMu.Unlock()
-		}
-	})
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	writesDone := make(chan struct{})
-	go func() { wg.Wait(); close(writesDone) }()
+	ws := startBudgetWriters(t, bud, w.run)
 
 	// noHalt fails the test as soon as the child reports a halted operator.
 	noHalt := func(c *child) {
@@ -451,12 +420,7 @@ func testOperatorCrashConsistency(t *testing.T, bin string) {
 	for i := range opCrashKills {
 		if i > 0 {
 			// Half of each run's share of the writes is made while the pipeline is down.
-			backlog := i*perRun + perRun/2
-			bud.raise(backlog)
-			poll(t, 2*time.Minute, "the writer to write a backlog", func() (bool, string, error) {
-				changes, _ := bud.progress()
-				return changes >= backlog, fmt.Sprintf("%d of %d changes committed", changes, backlog), writerFailed()
-			})
+			ws.waitBacklog(t, i*perRun+perRun/2)
 		}
 		stored := storedCheckpoints(t, conn)
 		c := p.start()
@@ -491,9 +455,7 @@ func testOperatorCrashConsistency(t *testing.T, bin string) {
 			}
 			waitOrExit(t, p, c, time.Duration(rng.Int64N(int64(crashMaxKillDelay))))
 		}
-		if err := writerFailed(); err != nil {
-			t.Fatalf("writer: %v", err)
-		}
+		ws.checkFailed(t)
 		noHalt(c)
 		st, ops := c.State(), c.Operators()
 		p.kill(c)
@@ -514,14 +476,7 @@ func testOperatorCrashConsistency(t *testing.T, bin string) {
 	bud.raise(opCrashChanges)
 	c := p.start()
 	p.waitReady(c, 60*time.Second)
-	select {
-	case <-writesDone:
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("writer did not finish within 3 minutes (%d changes made)", bud.usedChanges())
-	}
-	if err := writerFailed(); err != nil {
-		t.Fatalf("writer: %v", err)
-	}
+	ws.waitDone(t)
 	caughtUp := time.Now()
 	quiet := waitOperatorsQuiet(t, p, c, conn, names, noHalt)
 	p.stop(c)

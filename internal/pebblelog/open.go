@@ -48,3 +48,17 @@ func Open(dir string, o OpenOptions) (db *pebble.DB, fatal *Fatal, fsClose io.Cl
 	}
 	return db, fatal, fsClose, nil
 }
+
+// Close closes a database [Open] opened, then stops its disk health checks (fsClose).
+// After a fatal error (fatal.Err is set) it only stops the checks and returns nil: Pebble
+// cannot be closed cleanly then, and the call that met the error returned it. Its error is
+// Pebble's, unwrapped, for the caller to name the store.
+func Close(db *pebble.DB, fatal *Fatal, fsClose io.Closer) error {
+	if fatal.Err() != nil {
+		fsClose.Close()
+		return nil
+	}
+	err := db.Close()
+	fsClose.Close()
+	return err
+}

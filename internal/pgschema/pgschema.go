@@ -6,6 +6,7 @@ package pgschema
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
@@ -28,6 +29,16 @@ func ValidIdent(s string) bool {
 		}
 	}
 	return true
+}
+
+// CheckSchema returns nil when schema is a plain schema name ([ValidIdent]), and otherwise
+// an error that names the setting (field, such as "statestore/pg: Config.Schema"), the
+// value and the rule.
+func CheckSchema(field, schema string) error {
+	if ValidIdent(schema) {
+		return nil
+	}
+	return fmt.Errorf("%s %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", field, schema)
 }
 
 // Beginner starts transactions: a *pgxpool.Pool or a *pgx.Conn.

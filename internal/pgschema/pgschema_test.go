@@ -32,6 +32,18 @@ func TestValidIdent(t *testing.T) {
 	}
 }
 
+func TestCheckSchema(t *testing.T) {
+	t.Parallel()
+	if err := CheckSchema("x/pg: Config.Schema", "walflow_2"); err != nil {
+		t.Errorf("CheckSchema of a plain name = %v", err)
+	}
+	err := CheckSchema("x/pg: Config.Schema", "Walflow")
+	want := `x/pg: Config.Schema "Walflow" is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes`
+	if err == nil || err.Error() != want {
+		t.Errorf("CheckSchema of a name with a capital = %v, want %s", err, want)
+	}
+}
+
 // Stores creating different tables in one new schema at the same moment all succeed: with
 // a lock per table they raced on CREATE SCHEMA IF NOT EXISTS and one failed with a unique
 // violation in pg_namespace (seen in CI between the operator and backfill tables).

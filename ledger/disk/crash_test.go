@@ -24,18 +24,9 @@ func TestDir(t *testing.T) {
 		},
 		OnDisk: func(t *testing.T, dir string, st ledger.State, _ map[string][]event.Position) {
 			r := rawScan(t, dir)
-			if !slices.Equal(r.events, span(1, st.Head)) || len(r.commits) == 0 || r.commits[len(r.commits)-1] != st.Head {
+			if !slices.Equal(r.events, ledgertest.Span(1, st.Head)) || len(r.commits) == 0 || r.commits[len(r.commits)-1] != st.Head {
 				t.Fatalf("on disk after recovery: %d event records (head %d), last commit records %v", len(r.events), st.Head, r.commits[max(0, len(r.commits)-3):])
 			}
 		},
 	})
-}
-
-// span returns the positions from..to.
-func span(from, to event.Position) []event.Position {
-	ps := []event.Position{}
-	for p := from; p <= to; p++ {
-		ps = append(ps, p)
-	}
-	return ps
 }

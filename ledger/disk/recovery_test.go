@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -16,149 +15,52 @@ import (
 	"github.com/walflow/walflow/ledger/pebble"
 )
 
-func readAll(t testing.TB, l ledger.Ledger) []event.Event {
-	t.Helper()
-	es, err := l.Read(context.Background(), 0, 1<<30)
-	if err != nil {
-		t.Fatalf("Read: %v", err)
-	}
-	return es
-}
-
 // tinyOpts makes segments of a few events, so that tests span many.
 var tinyOpts = &Options{Indexer: ledgertest.Indexer, SegmentBytes: 2048, ChunkBytes: 512}
 
-func TestReopen(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	l := mustOpen(t, dir, tinyOpts)
-	for i := range 20 {
-		lsn := event.LSN(100 + i)
-		var es []*event.Event
-		for j := range 1 + i%4 {
-			es = append(es, ledgertest.Event(lsn, uint32(j), []string{"a", "b"}[j%2], i))
+// dirCases drives the ledgertest cases of a directory backend with tinyOpts, checking
+// the segment files between their steps.
+var dirCases = ledgertest.DirCases{
+	OpenFunc: func(ctx context.Context, dir string) (ledger.Ledger, error) {
+		return Open(ctx, dir, tinyOpts)
+	},
+	CrashFunc: func(l ledger.Ledger) { l.(*Ledger).crash() },
+	ReopenedFunc: func(t *testing.T, dir string) {
+		if r := rawScan(t, dir); len(r.segments) < 4 {
+			t.Fatalf("%d segments, want several", len(r.segments))
 		}
-		ledgertest.WriteTx(t, l, lsn, es...)
-	}
-	o := ledger.Origin{SystemID: "7340422612718047236", Timeline: 2, Database: "app", Slot: "walflow_1"}
-	if err := l.SetOrigin(ctx, o); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.SetAcked(ctx, 110); err != nil {
-		t.Fatal(err)
-	}
-	st := l.State()
-	all := readAll(t, l)
-	byKey, err := l.ReadKeys(ctx, []string{"b", "a/3"}, 5, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Close(); !errors.Is(err, ledger.ErrClosed) {
-		t.Fatalf("second Close = %v, want ErrClosed", err)
-	}
-	if r := rawScan(t, dir); len(r.segments) < 4 {
-		t.Fatalf("%d segments, want several", len(r.segments))
-	}
-
-	l = mustOpen(t, dir, tinyOpts)
-	defer l.Close()
-	want := ledger.State{Head: 50, LastCommitLSN: 119, LastEndLSN: 120, AckedLSN: 110, Origin: o}
-	if st != want || l.State() != want {
-		t.Fatalf("State before Close %+v, after reopening %+v; want %+v", st, l.State(), want)
-	}
-	if got := readAll(t, l); !reflect.DeepEqual(got, all) {
-		t.Fatal("events differ after reopening")
-	}
-	got, err := l.ReadKeys(ctx, []string{"b", "a/3"}, 5, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, byKey) || len(got) == 0 {
-		t.Fatalf("ReadKeys differs after reopening: %d events, then %d", len(byKey), len(got))
-	}
-	if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: 119}); !errors.Is(err, ledger.ErrOutOfOrder) {
-		t.Fatalf("BeginTx(119) after reopening = %v, want ErrOutOfOrder", err)
-	}
-	if ps := ledgertest.WriteTx(t, l, 200, ledgertest.Event(200, 0, "a", 1)); ps[0] != 51 {
-		t.Fatalf("first position after reopening = %d, want 51", ps[0])
-	}
+	},
+	CrashedFunc: func(t *testing.T, dir string) {
+		before := rawScan(t, dir)
+		if before.eventsPast(2) < 150 || len(before.segments) < 5 {
+			t.Fatalf("after the crash: %d events past the head in %d segments; want many segments written", before.eventsPast(2), len(before.segments))
+		}
+	},
+	RecoveredFunc: func(t *testing.T, dir string) {
+		after := rawScan(t, dir)
+		if !slices.Equal(after.events, []event.Position{1, 2}) || !slices.Equal(after.commits, []event.Position{2}) {
+			t.Fatalf("after recovery: events %v, commits %v", after.events, after.commits)
+		}
+	},
+	TruncatedFunc: func(t *testing.T, dir string, tail event.Position, _ []*event.Event) {
+		r := rawScan(t, dir)
+		first, _ := parseSegName(r.segments[0])
+		if first > tail+1 || first < tail-20 || r.events[len(r.events)-1] != 120 {
+			t.Fatalf("after truncating through %d the oldest segment starts at %d; want the segment holding %d", tail, first, tail+1)
+		}
+	},
+	TruncatedAllFunc: func(t *testing.T, dir string, _ ledger.Ledger) {
+		if r := rawScan(t, dir); len(r.segments) != 1 {
+			t.Fatalf("after truncating everything: %d segments, want only the active one", len(r.segments))
+		}
+	},
 }
+
+func TestReopen(t *testing.T) { ledgertest.Reopen(t, dirCases) }
 
 // TestInterruptedTransaction leaves a transaction spanning segments unfinished, and checks
 // that Open removes its records and reuses its positions, while what was synced stays.
-func TestInterruptedTransaction(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		commit bool // commit the transaction, but do not Sync
-	}{{"open", false}, {"committed", true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx := context.Background()
-			dir := t.TempDir()
-			l := mustOpen(t, dir, tinyOpts)
-			ledgertest.WriteTx(t, l, 10, ledgertest.Event(10, 0, "a", 1), ledgertest.Event(10, 1, "b", 2))
-			if err := l.Sync(ctx); err != nil {
-				t.Fatal(err)
-			}
-			st := l.State()
-			if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: 20}); err != nil {
-				t.Fatal(err)
-			}
-			for i := range 200 {
-				if err := l.Append(ctx, ledgertest.Event(20, uint32(i), "partial", i)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if tc.commit {
-				if err := l.CommitTx(ctx, 21); err != nil {
-					t.Fatal(err)
-				}
-			}
-			l.crash()
-
-			before := rawScan(t, dir)
-			if before.eventsPast(2) < 150 || len(before.segments) < 5 {
-				t.Fatalf("after the crash: %d events past the head in %d segments; want many segments written", before.eventsPast(2), len(before.segments))
-			}
-
-			l = mustOpen(t, dir, tinyOpts)
-			if got := l.State(); got != st {
-				t.Fatalf("State after recovery = %+v, want %+v", got, st)
-			}
-			if err := l.Close(); err != nil {
-				t.Fatal(err)
-			}
-			after := rawScan(t, dir)
-			if !slices.Equal(after.events, []event.Position{1, 2}) || !slices.Equal(after.commits, []event.Position{2}) {
-				t.Fatalf("after recovery: events %v, commits %v", after.events, after.commits)
-			}
-
-			l = mustOpen(t, dir, tinyOpts)
-			defer l.Close()
-			ps := ledgertest.WriteTx(t, l, 15, ledgertest.Event(15, 0, "c", 3), ledgertest.Event(15, 1, "c", 4))
-			if !slices.Equal(ps, []event.Position{3, 4}) {
-				t.Fatalf("positions after recovery = %v, want [3 4]", ps)
-			}
-			if err := l.Sync(ctx); err != nil {
-				t.Fatal(err)
-			}
-			for _, k := range []string{"partial", "partial/0", "partial/1"} {
-				if es, err := l.ReadKeys(ctx, []string{k}, 0, 100); err != nil || len(es) != 0 {
-					t.Fatalf("ReadKeys(%s) = %d events, %v; want none", k, len(es), err)
-				}
-			}
-			es, err := l.ReadKeys(ctx, []string{"c", "a"}, 0, 100)
-			if err != nil || len(es) != 3 || es[0].Position != 1 || es[1].Position != 3 {
-				t.Fatalf("ReadKeys(c, a) = %d events, %v", len(es), err)
-			}
-		})
-	}
-}
+func TestInterruptedTransaction(t *testing.T) { ledgertest.InterruptedTx(t, dirCases) }
 
 // TestCloseDropsUnsynced checks that Close keeps only what was synced, as documented.
 func TestCloseDropsUnsynced(t *testing.T) {
@@ -205,7 +107,7 @@ func TestAbortAcrossSegments(t *testing.T) {
 	if err := l.AbortTx(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := readAll(t, l); len(got) != 2 {
+	if got := ledgertest.ReadAll(t, l); len(got) != 2 {
 		t.Fatalf("read %d events after the abort, want 2", len(got))
 	}
 	ps := ledgertest.WriteTx(t, l, 30, ledgertest.Event(30, 0, "b", 3))
@@ -261,7 +163,7 @@ func TestLockAndReadOnly(t *testing.T) {
 	if got, want := ro.State(), l.State(); got != want {
 		t.Fatalf("read-only State %+v, writer's %+v", got, want)
 	}
-	if got, want := readAll(t, ro), readAll(t, l); !reflect.DeepEqual(got, want) {
+	if got, want := ledgertest.ReadAll(t, ro), ledgertest.ReadAll(t, l); !reflect.DeepEqual(got, want) {
 		t.Fatalf("read-only read %d events, writer %d", len(got), len(want))
 	}
 	got, err := ro.ReadKeys(ctx, []string{"a/1"}, 0, 100)
@@ -290,22 +192,8 @@ func TestLockAndReadOnly(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
+	ledgertest.OpenErrors(t, dirCases)
 	ctx := context.Background()
-	file := filepath.Join(t.TempDir(), "file")
-	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Open(ctx, file, nil); err == nil || !strings.HasPrefix(err.Error(), "ledger: open "+file+": ") {
-		t.Fatalf("Open(a file) = %v", err)
-	}
-	if _, err := Open(ctx, "", nil); err == nil {
-		t.Fatal("Open(\"\"): no error")
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if _, err := Open(cctx, t.TempDir(), nil); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Open with a cancelled context = %v", err)
-	}
 	// A directory of the pebble backend.
 	dir := t.TempDir()
 	p, err := pebble.Open(ctx, dir, nil)
@@ -353,7 +241,7 @@ func TestReadOnlyBesideTruncate(t *testing.T) {
 	dir := t.TempDir()
 	l := mustOpen(t, dir, tinyOpts)
 	defer l.Close()
-	writeTxs(t, l, 100, 30, 4)
+	ledgertest.WriteTxs(t, l, 100, 30, 4)
 	segs := rawScan(t, dir).segments
 	second, _ := parseSegName(segs[1])
 	calls := 0

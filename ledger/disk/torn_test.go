@@ -44,7 +44,7 @@ func writeTornLedger(t *testing.T, dir string, rng *rand.Rand, txs int) ([]event
 			t.Fatal(err)
 		}
 	}
-	all := readAll(t, l)
+	all := ledgertest.ReadAll(t, l)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestTornWrite(t *testing.T) {
 		if st.Head != want.head || st.LastCommitLSN != want.lsn {
 			t.Fatalf("%s at offset %d of %d: recovered head %d (commit LSN %s), want %d (%s)", kind, at, len(b), st.Head, st.LastCommitLSN, want.head, want.lsn)
 		}
-		got := readAll(t, l)
+		got := ledgertest.ReadAll(t, l)
 		if !reflect.DeepEqual(got, all[:want.head]) && (len(got) != 0 || want.head != 0) {
 			t.Fatalf("%s at offset %d: the events read differ from those written", kind, at)
 		}
@@ -282,7 +282,7 @@ func TestDamagedIndexFile(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, want) || len(got) == 0 {
 		t.Fatalf("ReadKeys after rebuilding index files: %d events, %v; want %d", len(got), err, len(want))
 	}
-	if es := readAll(t, l); !reflect.DeepEqual(es, all) {
+	if es := ledgertest.ReadAll(t, l); !reflect.DeepEqual(es, all) {
 		t.Fatal("events differ after rebuilding index files")
 	}
 	for _, first := range []event.Position{first0, first1} {

@@ -326,13 +326,7 @@ func (s *chanStore) close() error {
 	}
 	s.closed = true
 	s.batch.Close()
-	if s.fatal.Err() != nil {
-		s.fsClose.Close()
-		return nil
-	}
-	err := s.db.Close()
-	s.fsClose.Close()
-	if err != nil {
+	if err := pebblelog.Close(s.db, s.fatal, s.fsClose); err != nil {
 		return fmt.Errorf("ledger/jetstream: close the channel index in %s: %w", s.dir, err)
 	}
 	return nil

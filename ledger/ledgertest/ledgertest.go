@@ -163,28 +163,10 @@ func mustSync(t testing.TB, l ledger.Ledger) {
 	}
 }
 
-// readAll returns every visible event.
-func readAll(t testing.TB, l ledger.Ledger) []event.Event {
-	t.Helper()
-	es, err := l.Read(context.Background(), 0, 1<<30)
-	if err != nil {
-		t.Fatalf("Read: %v", err)
-	}
-	return es
-}
-
 func positions(es []event.Event) []event.Position {
 	ps := make([]event.Position, 0, len(es))
 	for _, e := range es {
 		ps = append(ps, e.Position)
-	}
-	return ps
-}
-
-func span(from, to event.Position) []event.Position {
-	ps := []event.Position{}
-	for p := from; p <= to; p++ {
-		ps = append(ps, p)
 	}
 	return ps
 }
@@ -231,7 +213,7 @@ func testPositions(t *testing.T, newLedger NewFunc) {
 			es = append(es, Event(event.LSN(100+i), uint32(j), "a", j))
 		}
 		ps := WriteTx(t, l, event.LSN(100+i), es...)
-		if want := span(next, next+event.Position(n)-1); !slices.Equal(ps, want) {
+		if want := Span(next, next+event.Position(n)-1); !slices.Equal(ps, want) {
 			t.Fatalf("transaction %d got positions %v, want %v", i, ps, want)
 		}
 		next += event.Position(n)
@@ -240,8 +222,8 @@ func testPositions(t *testing.T, newLedger NewFunc) {
 		}
 	}
 	mustSync(t, l)
-	all := readAll(t, l)
-	samePositions(t, "Read", all, span(1, next-1))
+	all := ReadAll(t, l)
+	samePositions(t, "Read", all, Span(1, next-1))
 	if st := l.State(); st.Head != next-1 {
 		t.Fatalf("Head = %d, want %d", st.Head, next-1)
 	}
@@ -254,19 +236,19 @@ func testVisibleAfterSync(t *testing.T, newLedger NewFunc) {
 	if st := l.State(); st.Head != 0 || st.LastCommitLSN != 0 {
 		t.Fatalf("State before Sync = %+v, want zero", st)
 	}
-	if es := readAll(t, l); len(es) != 0 {
+	if es := ReadAll(t, l); len(es) != 0 {
 		t.Fatalf("Read before Sync returned %d events", len(es))
 	}
 	if es, err := l.ReadKeys(ctx, []string{"a", "b"}, 0, 10); err != nil || len(es) != 0 {
 		t.Fatalf("ReadKeys before Sync = %d events, %v", len(es), err)
 	}
 	mustSync(t, l)
-	samePositions(t, "Read after Sync", readAll(t, l), span(1, 2))
+	samePositions(t, "Read after Sync", ReadAll(t, l), Span(1, 2))
 	es, err := l.ReadKeys(ctx, []string{"a", "b"}, 0, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "ReadKeys after Sync", es, span(1, 2))
+	samePositions(t, "ReadKeys after Sync", es, Span(1, 2))
 }
 
 func testOpenTxAcrossSync(t *testing.T, newLedger NewFunc) {
@@ -285,7 +267,7 @@ func testOpenTxAcrossSync(t *testing.T, newLedger NewFunc) {
 	if st := l.State(); st.Head != 1 || st.LastCommitLSN != 10 {
 		t.Fatalf("State = %+v, want head 1 at LSN 10", st)
 	}
-	samePositions(t, "Read with an open transaction", readAll(t, l), span(1, 1))
+	samePositions(t, "Read with an open transaction", ReadAll(t, l), Span(1, 1))
 	if es, err := l.ReadKeys(ctx, []string{"b"}, 0, 100); err != nil || len(es) != 0 {
 		t.Fatalf("ReadKeys of the open transaction's key = %d events, %v", len(es), err)
 	}
@@ -295,18 +277,18 @@ func testOpenTxAcrossSync(t *testing.T, newLedger NewFunc) {
 		}
 	}
 	mustSync(t, l)
-	samePositions(t, "Read with an open transaction", readAll(t, l), span(1, 1))
+	samePositions(t, "Read with an open transaction", ReadAll(t, l), Span(1, 1))
 	if err := l.CommitTx(ctx, 21); err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "Read before the second Sync", readAll(t, l), span(1, 1))
+	samePositions(t, "Read before the second Sync", ReadAll(t, l), Span(1, 1))
 	mustSync(t, l)
-	samePositions(t, "Read after the second Sync", readAll(t, l), span(1, 101))
+	samePositions(t, "Read after the second Sync", ReadAll(t, l), Span(1, 101))
 	es, err := l.ReadKeys(ctx, []string{"b"}, 0, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "ReadKeys after the second Sync", es, span(2, 101))
+	samePositions(t, "ReadKeys after the second Sync", es, Span(2, 101))
 }
 
 func testEmptyTx(t *testing.T, newLedger NewFunc) {
@@ -347,12 +329,12 @@ func testAbort(t *testing.T, newLedger NewFunc) {
 	}
 	// The aborted LSN may be appended again, at the aborted positions.
 	ps := WriteTx(t, l, 20, Event(20, 0, "b", 1), Event(20, 1, "b", 2))
-	if !slices.Equal(ps, span(4, 5)) {
+	if !slices.Equal(ps, Span(4, 5)) {
 		t.Fatalf("positions after the abort = %v, want [4 5]", ps)
 	}
 	mustSync(t, l)
-	all := readAll(t, l)
-	samePositions(t, "Read", all, span(1, 5))
+	all := ReadAll(t, l)
+	samePositions(t, "Read", all, Span(1, 5))
 	for _, e := range all {
 		if e.Name == "gone" {
 			t.Fatalf("aborted event visible at %d", e.Position)
@@ -367,7 +349,7 @@ func testAbort(t *testing.T, newLedger NewFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "ReadKeys(b, a)", es, span(1, 5))
+	samePositions(t, "ReadKeys(b, a)", es, Span(1, 5))
 	if st := l.State(); st.LastCommitLSN != 20 || st.Head != 5 {
 		t.Fatalf("State = %+v", st)
 	}
@@ -431,7 +413,7 @@ func testTxErrors(t *testing.T, newLedger NewFunc) {
 		t.Fatalf("second CommitTx = %v, want ErrNoTx", err)
 	}
 	mustSync(t, l)
-	samePositions(t, "Read", readAll(t, l), span(1, 1))
+	samePositions(t, "Read", ReadAll(t, l), Span(1, 1))
 }
 
 func testState(t *testing.T, newLedger NewFunc) {
@@ -473,7 +455,7 @@ func testState(t *testing.T, newLedger NewFunc) {
 	if st := l.State(); st != want {
 		t.Fatalf("State after Sync = %+v, want %+v", st, want)
 	}
-	samePositions(t, "Read", readAll(t, l), span(1, 2))
+	samePositions(t, "Read", ReadAll(t, l), Span(1, 2))
 }
 
 // Read with every after and limit around a ledger of 12 events.
@@ -579,7 +561,7 @@ func testInvalidKeys(t *testing.T, newLedger NewFunc) {
 		t.Fatal(err)
 	}
 	mustSync(t, l)
-	samePositions(t, "Read", readAll(t, l), span(1, 1))
+	samePositions(t, "Read", ReadAll(t, l), Span(1, 1))
 	for _, keys := range [][]string{{""}, {"a\x00b"}, {"good", ""}} {
 		if _, err := l.ReadKeys(ctx, keys, 0, 10); err == nil {
 			t.Fatalf("ReadKeys(%q): no error", keys)
@@ -589,7 +571,7 @@ func testInvalidKeys(t *testing.T, newLedger NewFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "ReadKeys", es, span(1, 1))
+	samePositions(t, "ReadKeys", es, Span(1, 1))
 }
 
 func testWait(t *testing.T, newLedger NewFunc) {
@@ -796,7 +778,7 @@ func testConcurrent(t *testing.T, newLedger NewFunc) {
 			t.Fatal(err)
 		}
 	}
-	if err := checkWhole(readAll(t, l)); err != nil {
+	if err := checkWhole(ReadAll(t, l)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -858,7 +840,7 @@ func testRoundTrip(t *testing.T, newLedger NewFunc) {
 	in := RoundTripEvents(0x1_0000_0010)
 	WriteTx(t, l, 0x1_0000_0010, in...)
 	mustSync(t, l)
-	got := readAll(t, l)
+	got := ReadAll(t, l)
 	if len(got) != len(in) {
 		t.Fatalf("read %d events, want %d", len(got), len(in))
 	}
@@ -899,13 +881,13 @@ func testNoReference(t *testing.T, newLedger NewFunc) {
 		e.Changes = nil
 	}
 	mustSync(t, l)
-	got := readAll(t, l)
+	got := ReadAll(t, l)
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("events changed after Append are read back changed:\n got %#v\nwant %#v", got, want)
 	}
 	// Events read are fresh copies too.
 	got[0].NewRecord[0] = event.Field{Name: "y"}
-	if again := readAll(t, l); !reflect.DeepEqual(again, want) {
+	if again := ReadAll(t, l); !reflect.DeepEqual(again, want) {
 		t.Fatal("changing a read event changed the ledger")
 	}
 	if again, err := l.ReadKeys(ctx, []string{"posts"}, 0, 100); err != nil || !reflect.DeepEqual(again, want) {

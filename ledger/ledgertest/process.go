@@ -212,7 +212,7 @@ func checkCrashed(t *testing.T, d Dir, dir string, synced []event.LSN) {
 		t.Fatalf("open after the crash: %v", err)
 	}
 	st := l.State()
-	all := readAll(t, l)
+	all := ReadAll(t, l)
 	if event.Position(len(all)) != st.Head {
 		t.Fatalf("read %d events, head %d", len(all), st.Head)
 	}

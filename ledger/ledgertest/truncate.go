@@ -71,12 +71,12 @@ func testTruncate(t *testing.T, newLedger NewFunc) {
 	if err != nil {
 		t.Fatalf("Read at the tail: %v", err)
 	}
-	samePositions(t, "Read at the tail", es, span(6, 12))
+	samePositions(t, "Read at the tail", es, Span(6, 12))
 	es, err = l.Read(ctx, 7, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "Read(7, 2)", es, span(8, 9))
+	samePositions(t, "Read(7, 2)", es, Span(8, 9))
 
 	// Truncating at or before the tail does nothing.
 	mustTruncate(t, l, 3, 5)
@@ -88,7 +88,7 @@ func testTruncate(t *testing.T, newLedger NewFunc) {
 		t.Fatalf("BeginTx of a replayed transaction after Truncate = %v, want ErrOutOfOrder", err)
 	}
 	ps := WriteTx(t, l, 20, Event(20, 0, "a", 1), Event(20, 1, "b", 2))
-	if !slices.Equal(ps, span(13, 14)) {
+	if !slices.Equal(ps, Span(13, 14)) {
 		t.Fatalf("positions after Truncate = %v, want [13 14]", ps)
 	}
 	mustSync(t, l)
@@ -96,7 +96,7 @@ func testTruncate(t *testing.T, newLedger NewFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "Read after appending", es, span(6, 14))
+	samePositions(t, "Read after appending", es, Span(6, 14))
 	for _, e := range es {
 		if e.Position == 13 && (e.Name != "a" || e.LSN != 20) {
 			t.Fatalf("event 13 = %s at %s, want the new a at 20", e.Name, e.LSN)
@@ -107,7 +107,7 @@ func testTruncate(t *testing.T, newLedger NewFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "Read after the second Truncate", es, span(14, 14))
+	samePositions(t, "Read after the second Truncate", es, Span(14, 14))
 	// Acknowledgements and the origin keep the tail, and the tail keeps them.
 	if err := l.SetAcked(ctx, 21); err != nil {
 		t.Fatal(err)
@@ -198,12 +198,12 @@ func testTruncateClamps(t *testing.T, newLedger NewFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "Read after syncing", es, span(7, 9))
+	samePositions(t, "Read after syncing", es, Span(7, 9))
 	es, err = l.ReadKeys(ctx, []string{"a", "b"}, 6, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "ReadKeys after syncing", es, span(7, 9))
+	samePositions(t, "ReadKeys after syncing", es, Span(7, 9))
 	// An abort after a Truncate reuses its positions, as before.
 	if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: 70}); err != nil {
 		t.Fatal(err)
@@ -223,7 +223,7 @@ func testTruncateClamps(t *testing.T, newLedger NewFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "ReadKeys after the abort", es, span(10, 10))
+	samePositions(t, "ReadKeys after the abort", es, Span(10, 10))
 }
 
 // testTruncateConcurrent truncates while one writer appends and readers read from the tail:
@@ -329,5 +329,5 @@ func testTruncateConcurrent(t *testing.T, newLedger NewFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	samePositions(t, "Read from the final tail", es, span(st.Tail+1, st.Head))
+	samePositions(t, "Read from the final tail", es, Span(st.Tail+1, st.Head))
 }

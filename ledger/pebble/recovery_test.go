@@ -2,7 +2,6 @@ package pebble
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -17,153 +16,71 @@ import (
 	"github.com/walflow/walflow/ledger/ledgertest"
 )
 
-func readAll(t testing.TB, l ledger.Ledger) []event.Event {
-	t.Helper()
-	es, err := l.Read(context.Background(), 0, 1<<30)
-	if err != nil {
-		t.Fatalf("Read: %v", err)
-	}
-	return es
-}
-
-func TestReopen(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	opts := &Options{Indexer: ledgertest.Indexer, ChunkBytes: 2048}
-	l := mustOpen(t, dir, opts)
-	for i := range 20 {
-		lsn := event.LSN(100 + i)
-		var es []*event.Event
-		for j := range 1 + i%4 {
-			es = append(es, ledgertest.Event(lsn, uint32(j), []string{"a", "b"}[j%2], i))
+// dirCases drives the ledgertest cases of a directory backend with chunks of a few
+// events and truncation in batches of 7 (several batches, and keys with range and point
+// deletions), checking the Pebble keys between their steps.
+var dirCases = ledgertest.DirCases{
+	OpenFunc: func(ctx context.Context, dir string) (ledger.Ledger, error) {
+		l, err := Open(ctx, dir, &Options{Indexer: ledgertest.Indexer, ChunkBytes: 512})
+		if err != nil {
+			return nil, err
 		}
-		ledgertest.WriteTx(t, l, lsn, es...)
-	}
-	o := ledger.Origin{SystemID: "7340422612718047236", Timeline: 2, Database: "app", Slot: "walflow_1"}
-	if err := l.SetOrigin(ctx, o); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.SetAcked(ctx, 110); err != nil {
-		t.Fatal(err)
-	}
-	st := l.State()
-	all := readAll(t, l)
-	byKey, err := l.ReadKeys(ctx, []string{"b", "a/3"}, 5, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Close(); !errors.Is(err, ledger.ErrClosed) {
-		t.Fatalf("second Close = %v, want ErrClosed", err)
-	}
-
-	l = mustOpen(t, dir, opts)
-	defer l.Close()
-	want := ledger.State{Head: 50, LastCommitLSN: 119, LastEndLSN: 120, AckedLSN: 110, Origin: o}
-	if st != want || l.State() != want {
-		t.Fatalf("State before Close %+v, after reopening %+v; want %+v", st, l.State(), want)
-	}
-	if got := readAll(t, l); !reflect.DeepEqual(got, all) {
-		t.Fatal("events differ after reopening")
-	}
-	got, err := l.ReadKeys(ctx, []string{"b", "a/3"}, 5, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, byKey) || len(got) == 0 {
-		t.Fatalf("ReadKeys differs after reopening: %d events, then %d", len(byKey), len(got))
-	}
-	if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: 119}); !errors.Is(err, ledger.ErrOutOfOrder) {
-		t.Fatalf("BeginTx(119) after reopening = %v, want ErrOutOfOrder", err)
-	}
-	if ps := ledgertest.WriteTx(t, l, 200, ledgertest.Event(200, 0, "a", 1)); ps[0] != 51 {
-		t.Fatalf("first position after reopening = %d, want 51", ps[0])
-	}
+		l.truncEvents = 7
+		return l, nil
+	},
+	CrashFunc:     func(l ledger.Ledger) { l.(*Ledger).crash() },
+	LosesUnsynced: true,
+	CrashedFunc: func(t *testing.T, dir string) {
+		before := rawScan(t, dir)
+		if before.head != 2 || before.eventsPast() < 150 || before.indexPast() < 300 {
+			t.Fatalf("after the crash: head %d, %d events and %d index entries past it; want many chunks written",
+				before.head, before.eventsPast(), before.indexPast())
+		}
+	},
+	RecoveredFunc: func(t *testing.T, dir string) {
+		after := rawScan(t, dir)
+		if after.eventsPast() != 0 || after.indexPast() != 0 {
+			t.Fatalf("after recovery: %d events and %d index entries past the head", after.eventsPast(), after.indexPast())
+		}
+		if !slices.Equal(after.events, []event.Position{1, 2}) || len(after.index) != 4 {
+			t.Fatalf("after recovery: events %v, index %v", after.events, after.index)
+		}
+	},
+	TruncatedFunc: func(t *testing.T, dir string, tail event.Position, written []*event.Event) {
+		r := rawScan(t, dir)
+		if r.tail != tail || r.head != 120 {
+			t.Fatalf("stored tail %d and head %d, want %d and 120", r.tail, r.head, tail)
+		}
+		if !slices.Equal(r.events, ledgertest.Span(tail+1, 120)) {
+			t.Fatalf("stored events %v, want %d..120", r.events, tail+1)
+		}
+		model := map[string][]event.Position{}
+		for _, e := range written {
+			if e.Position > tail {
+				for _, k := range ledgertest.Indexer(e, nil) {
+					model[k] = append(model[k], e.Position)
+				}
+			}
+		}
+		if !reflect.DeepEqual(r.index, model) {
+			t.Fatalf("stored index %v\nwant %v", r.index, model)
+		}
+	},
+	TruncatedAllFunc: func(t *testing.T, dir string, l ledger.Ledger) {
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if r := rawScan(t, dir); r.tail != 126 || len(r.events) != 0 || len(r.index) != 0 {
+			t.Fatalf("after truncating everything: tail %d, events %v, index %v", r.tail, r.events, r.index)
+		}
+	},
 }
+
+func TestReopen(t *testing.T) { ledgertest.Reopen(t, dirCases) }
 
 // TestInterruptedTransaction leaves a transaction of many chunks unfinished, and checks
 // that Open removes its events and index entries and reuses its positions.
-func TestInterruptedTransaction(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		commit bool // commit the transaction, but do not Sync
-	}{{"open", false}, {"committed", true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx := context.Background()
-			dir := t.TempDir()
-			opts := &Options{Indexer: ledgertest.Indexer, ChunkBytes: 512}
-			l := mustOpen(t, dir, opts)
-			ledgertest.WriteTx(t, l, 10, ledgertest.Event(10, 0, "a", 1), ledgertest.Event(10, 1, "b", 2))
-			if err := l.Sync(ctx); err != nil {
-				t.Fatal(err)
-			}
-			st := l.State()
-			ledgertest.WriteTx(t, l, 15, ledgertest.Event(15, 0, "a", 3)) // committed, not synced
-			if err := l.BeginTx(ctx, event.TxMeta{CommitLSN: 20}); err != nil {
-				t.Fatal(err)
-			}
-			for i := range 200 {
-				if err := l.Append(ctx, ledgertest.Event(20, uint32(i), "partial", i)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if tc.commit {
-				if err := l.CommitTx(ctx, 21); err != nil {
-					t.Fatal(err)
-				}
-			}
-			l.crash()
-
-			before := rawScan(t, dir)
-			if before.head != 2 || before.eventsPast() < 150 || before.indexPast() < 300 {
-				t.Fatalf("after the crash: head %d, %d events and %d index entries past it; want many chunks written",
-					before.head, before.eventsPast(), before.indexPast())
-			}
-
-			l = mustOpen(t, dir, opts)
-			if got := l.State(); got != st {
-				t.Fatalf("State after recovery = %+v, want %+v", got, st)
-			}
-			if err := l.Close(); err != nil {
-				t.Fatal(err)
-			}
-			after := rawScan(t, dir)
-			if after.eventsPast() != 0 || after.indexPast() != 0 {
-				t.Fatalf("after recovery: %d events and %d index entries past the head", after.eventsPast(), after.indexPast())
-			}
-			if !slices.Equal(after.events, []event.Position{1, 2}) || len(after.index) != 4 {
-				t.Fatalf("after recovery: events %v, index %v", after.events, after.index)
-			}
-
-			l = mustOpen(t, dir, opts)
-			defer l.Close()
-			ps := ledgertest.WriteTx(t, l, 15, ledgertest.Event(15, 0, "c", 3), ledgertest.Event(15, 1, "c", 4))
-			if !slices.Equal(ps, []event.Position{3, 4}) {
-				t.Fatalf("positions after recovery = %v, want [3 4]", ps)
-			}
-			if err := l.Sync(ctx); err != nil {
-				t.Fatal(err)
-			}
-			for _, k := range []string{"partial", "partial/0", "partial/1", "a/3"} {
-				if es, err := l.ReadKeys(ctx, []string{k}, 0, 100); err != nil || len(es) != 0 {
-					t.Fatalf("ReadKeys(%s) = %d events, %v; want none", k, len(es), err)
-				}
-			}
-			es, err := l.ReadKeys(ctx, []string{"c", "a"}, 0, 100)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := len(es); got != 3 || es[0].Position != 1 || es[1].Position != 3 {
-				t.Fatalf("ReadKeys(c, a) = %d events", got)
-			}
-		})
-	}
-}
+func TestInterruptedTransaction(t *testing.T) { ledgertest.InterruptedTx(t, dirCases) }
 
 // TestAbortRemovesEverything checks on disk that an aborted transaction of many chunks
 // leaves no event or index entry behind.
@@ -303,27 +220,12 @@ func TestCorruptMetadataAndRecovery(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	ctx := context.Background()
-	file := filepath.Join(t.TempDir(), "file")
-	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Open(ctx, file, nil); err == nil || !strings.HasPrefix(err.Error(), "ledger: open "+file+": ") {
-		t.Fatalf("Open(a file) = %v", err)
-	}
-	if _, err := Open(ctx, "", nil); err == nil {
-		t.Fatal("Open(\"\"): no error")
-	}
+	ledgertest.OpenErrors(t, dirCases)
 	dir := t.TempDir()
 	l := mustOpen(t, dir, nil)
 	defer l.Close()
-	if _, err := Open(ctx, dir, nil); err == nil {
+	if _, err := Open(context.Background(), dir, nil); err == nil {
 		t.Fatal("opening a ledger twice: no error")
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if _, err := Open(cctx, t.TempDir(), nil); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Open with a cancelled context = %v", err)
 	}
 }
 

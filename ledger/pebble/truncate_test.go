@@ -3,8 +3,6 @@ package pebble
 import (
 	"context"
 	"math/rand/v2"
-	"reflect"
-	"slices"
 	"strings"
 	"testing"
 
@@ -12,102 +10,11 @@ import (
 	"github.com/walflow/walflow/ledger/ledgertest"
 )
 
-// writeTxs writes n transactions of sizes events each from lsn, of the tables a and b with
-// ids cycling through 5, syncs, and returns the events.
-func writeTxs(t *testing.T, l *Ledger, lsn event.LSN, n, size int) []*event.Event {
-	t.Helper()
-	var all []*event.Event
-	for i := range n {
-		var es []*event.Event
-		for j := range size {
-			es = append(es, ledgertest.Event(lsn+event.LSN(i), uint32(j), []string{"a", "b"}[j%2], (i+j)%5))
-		}
-		ledgertest.WriteTx(t, l, lsn+event.LSN(i), es...)
-		all = append(all, es...)
-	}
-	if err := l.Sync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return all
-}
-
 // TestTruncateReopen truncates in several batches, then checks on disk that nothing at or
 // before the tail is left, events or index entries, and that the tail survives reopening.
 func TestTruncateReopen(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	dir := t.TempDir()
-	opts := &Options{Indexer: ledgertest.Indexer}
-	l := mustOpen(t, dir, opts)
-	l.truncEvents = 7 // several batches, and keys with range and point deletions
-	written := writeTxs(t, l, 100, 30, 4)
-	if err := l.SetAcked(ctx, 120); err != nil {
-		t.Fatal(err)
-	}
-	const tail = 75
-	if err := l.Truncate(ctx, tail); err != nil {
-		t.Fatal(err)
-	}
-	st := l.State()
-	keys := []string{"a", "b/3", "a/1"}
-	byKey, err := l.ReadKeys(ctx, keys, tail, 1000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	r := rawScan(t, dir)
-	if r.tail != tail || r.head != 120 {
-		t.Fatalf("stored tail %d and head %d, want %d and 120", r.tail, r.head, tail)
-	}
-	want := []event.Position{}
-	for p := event.Position(tail + 1); p <= 120; p++ {
-		want = append(want, p)
-	}
-	if !slices.Equal(r.events, want) {
-		t.Fatalf("stored events %v, want %d..120", r.events, tail+1)
-	}
-	model := map[string][]event.Position{}
-	for _, e := range written {
-		if e.Position > tail {
-			for _, k := range ledgertest.Indexer(e, nil) {
-				model[k] = append(model[k], e.Position)
-			}
-		}
-	}
-	if !reflect.DeepEqual(r.index, model) {
-		t.Fatalf("stored index %v\nwant %v", r.index, model)
-	}
-
-	l = mustOpen(t, dir, opts)
-	defer l.Close()
-	if got := l.State(); got != st || got.Tail != tail || got.AckedLSN != 120 {
-		t.Fatalf("State after reopening = %+v, want %+v", got, st)
-	}
-	_, err = l.Read(ctx, tail-1, 10)
-	ledgertest.WantTruncated(t, "Read below the tail after reopening", err, tail-1, tail)
-	_, err = l.ReadKeys(ctx, keys, 0, 10)
-	ledgertest.WantTruncated(t, "ReadKeys below the tail after reopening", err, 0, tail)
-	got, err := l.ReadKeys(ctx, keys, tail, 1000)
-	if err != nil || !reflect.DeepEqual(got, byKey) || len(got) == 0 {
-		t.Fatalf("ReadKeys after reopening: %d events, %v; before, %d", len(got), err, len(byKey))
-	}
-	// The writer goes on after the tail, and a later Sync keeps it.
-	writeTxs(t, l, 200, 2, 3)
-	if got := l.State(); got.Tail != tail || got.Head != 126 {
-		t.Fatalf("State after appending = %+v", got)
-	}
-	if err := l.Truncate(ctx, 126); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if r := rawScan(t, dir); r.tail != 126 || len(r.events) != 0 || len(r.index) != 0 {
-		t.Fatalf("after truncating everything: tail %d, events %v, index %v", r.tail, r.events, r.index)
-	}
+	ledgertest.TruncateReopen(t, dirCases)
 }
 
 // TestTruncateReclaimsSpace appends and truncates in rounds: the files of events must stay

@@ -69,10 +69,7 @@ func (c Config) validate() error {
 	if c.FlushInterval < 0 {
 		return fmt.Errorf("processstatus/pg: Config.FlushInterval is %s; use a positive duration, or 0 for the default %s", c.FlushInterval, FlushIntervalDefault)
 	}
-	if !pgschema.ValidIdent(c.Schema) {
-		return fmt.Errorf("processstatus/pg: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
-	}
-	return nil
+	return pgschema.CheckSchema("processstatus/pg: Config.Schema", c.Schema)
 }
 
 // Store keeps the process status in PostgreSQL. Create it with [New]; it is safe for

@@ -113,13 +113,7 @@ func (s *Store) Close() error {
 		return ErrClosed
 	}
 	s.closed = true
-	if s.fatal.Err() != nil {
-		s.fsClose.Close()
-		return nil
-	}
-	err := s.db.Close()
-	s.fsClose.Close()
-	if err != nil {
+	if err := pebblelog.Close(s.db, s.fatal, s.fsClose); err != nil {
 		return fmt.Errorf("statestore/disk: close %s: %w", s.dir, err)
 	}
 	return nil

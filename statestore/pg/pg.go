@@ -40,10 +40,7 @@ func (c Config) validate() error {
 	if c.DB == nil {
 		return errors.New("statestore/pg: Config.DB is nil; pass a *pgxpool.Pool")
 	}
-	if !pgschema.ValidIdent(c.Schema) {
-		return fmt.Errorf("statestore/pg: Config.Schema %q is not a plain schema name; use lower-case letters, digits and _, not starting with a digit, at most 63 bytes", c.Schema)
-	}
-	return nil
+	return pgschema.CheckSchema("statestore/pg: Config.Schema", c.Schema)
 }
 
 // Store keeps savepoints in PostgreSQL. Create it with [New]; it is safe for concurrent use.
