@@ -2,6 +2,7 @@ package realtime_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -249,4 +250,47 @@ func TestResumeNeverReached(t *testing.T) {
 	if st := f.gw.Stats(); st.Waiting != 0 || st.Rejected[http.StatusServiceUnavailable] != 5 || st.Rejected[http.StatusBadRequest] != 0 {
 		t.Fatalf("stats %+v, want 5 refusals with 503 and nothing waiting", st)
 	}
+}
+
+// TestResumeWaitHoldsConnection: an SSE request waiting for the head holds one of the
+// MaxConnections, so waiting requests cannot pile up beyond the limit, and a client that
+// goes away ends its wait and frees the slot.
+func TestResumeWaitHoldsConnection(t *testing.T) {
+	t.Parallel()
+	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, MaxConnections: 1, ResumeWait: 10 * time.Minute})
+	far := f.eng.Ledger().State().Head + 1_000_000
+	ctx, cancel := context.WithCancel(t.Context())
+	req, err := http.NewRequestWithContext(ctx, "GET", f.srv.URL+"?channel=posts&after="+pos(far), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := make(chan error, 1)
+	go func() {
+		resp, err := f.srv.Client().Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("answered %s", resp.Status)
+		}
+		gone <- err
+	}()
+	eventually(t, "the request waits for the head", func() bool { return f.gw.Stats().Waiting == 1 })
+
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+	}{{"stream", nil}, {"another wait", http.Header{"Last-Event-Id": {pos(far)}}}} {
+		resp := f.get(channels("posts"), tc.header)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "too many connections (limit 1)") {
+			t.Fatalf("%s beside a waiting request: %d %q, want 503 too many connections", tc.name, resp.StatusCode, b)
+		}
+	}
+
+	cancel()
+	if err := <-gone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the cancelled request: %v", err)
+	}
+	eventually(t, "the wait ends with its request", func() bool { return f.gw.Stats().Waiting == 0 })
+	f.open(channels("posts"), nil).ack()
 }
