@@ -58,10 +58,17 @@
 // written, in this order: every channel is parsed (400 when one is malformed or there are
 // too many), every channel is authorized (401 or 403 with the Decision's reason), the
 // channels are checked against the router (400 when one names a scope its table does not
-// have), and the resume position is checked (400 when it is not a position or is after the
-// ledger head). Authorization comes before the checks that answer from the configuration
-// or the ledger, so a client that may not subscribe learns neither the tables' scopes nor
-// the head. Beyond MaxConnections streams, or during Shutdown, the answer is 503.
+// have), and the resume position is checked (400 when it is not a position). Authorization
+// comes before the checks that answer from the configuration or the ledger, so a client
+// that may not subscribe learns neither the tables' scopes nor the head. Beyond
+// MaxConnections streams, or during Shutdown, the answer is 503.
+//
+// A resume position after the ledger's head is waited for, up to
+// [GatewayConfig.ResumeWait]: in a cluster each node reads the shared stream a little
+// apart from the others, and a client may resume on a node that has not yet read the
+// position another node sent it. The stream opens once the head reaches the position;
+// when it does not within ResumeWait, the answer is 503 with Retry-After, and the client
+// retries with the same position. A request waiting holds one of the MaxConnections.
 //
 // The first message acknowledges the subscription:
 //
@@ -173,10 +180,15 @@
 // subscribed and resync mean what they mean for SSE, per channel. Each subscription is
 // delivered in ledger order and resumes on its own, so an event matching two subscribed
 // channels is sent once for each. error refuses one request (status as HTTP: 400 for a bad
-// message or channel, too many channels or a duplicate subscription, 401/403 for a denial)
-// and leaves the connection and the other subscriptions alone. A subscribe is authorized
-// before its channel is checked against the router and its after against the ledger, as
-// for SSE. heartbeat is sent every [GatewayConfig.Heartbeat], with the ledger head once the
+// message or channel, too many channels or a duplicate subscription, 401/403 for a denial,
+// 503 for a resume position the ledger's head did not reach within ResumeWait: subscribe
+// again later) and leaves the connection and the other subscriptions alone. A subscribe is
+// authorized before its channel is checked against the router and its after against the
+// ledger, as for SSE. A subscribe whose resume position (after or its snapshot token) is
+// after the ledger's head waits for it as for SSE, while the connection's other messages
+// and subscriptions go on; it is answered once the head reaches the position (or is
+// refused with 503 after ResumeWait). Unsubscribing from the channel meanwhile drops it
+// unanswered. heartbeat is sent every [GatewayConfig.Heartbeat], with the ledger head once the
 // connection has a subscription (without position before: the connection itself is not
 // authorized).
 //

@@ -16,6 +16,7 @@ import (
 
 	"github.com/walflow/walflow/channel"
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/ledger"
 )
 
 // Defaults for [GatewayConfig].
@@ -25,6 +26,7 @@ const (
 	BufferDefault         = 1024
 	HeartbeatDefault      = 15 * time.Second
 	WriteTimeoutDefault   = 10 * time.Second
+	ResumeWaitDefault     = ledger.CatchUpWait
 )
 
 // GatewayConfig configures a [Gateway].
@@ -56,6 +58,15 @@ type GatewayConfig struct {
 	// WriteTimeout bounds each write to a client; a client that does not read for this
 	// long is disconnected with reason overflow. Default WriteTimeoutDefault (10s).
 	WriteTimeout time.Duration
+	// ResumeWait bounds how long a subscription whose resume position (Last-Event-ID, after
+	// or a snapshot token) is after the ledger's head waits for the head to reach it. In a
+	// cluster every node follows the shared stream, each a little behind or ahead of the
+	// others, so a client that received position p from one node, or loaded a snapshot
+	// there, may resume on a node that has not read p yet: that subscription starts once
+	// this node has. A position still ahead after ResumeWait is refused with status 503
+	// (SSE with Retry-After), which clients retry. The wait ends early when the request ends
+	// or the gateway shuts down. Default ResumeWaitDefault (ledger.CatchUpWait, 10s).
+	ResumeWait time.Duration
 	// FlushInterval, when positive, wakes each stream at most once per interval to write
 	// the live events that arrived meanwhile, in one write: under a heavy fan-out this
 	// trades up to FlushInterval of latency for far fewer wake-ups and system calls. Default
@@ -93,6 +104,9 @@ func (c GatewayConfig) withDefaults() GatewayConfig {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = WriteTimeoutDefault
+	}
+	if c.ResumeWait <= 0 {
+		c.ResumeWait = ResumeWaitDefault
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -158,6 +172,10 @@ type Stats struct {
 	ConnectionsTotal uint64
 	// Subscriptions is the number of channel subscriptions of the open streams.
 	Subscriptions int
+	// Waiting is the number of subscriptions waiting for the ledger's head to reach their
+	// resume position ([GatewayConfig.ResumeWait]): in a cluster, positions another node
+	// has read and this one not yet.
+	Waiting int
 	// SubscriptionsTotal counts the channel subscriptions ever started.
 	SubscriptionsTotal uint64
 	// MessagesSent counts the event messages written to clients.
@@ -183,6 +201,9 @@ type Gateway struct {
 	closed   atomic.Bool // set under mu by Shutdown; streams check it after each wake
 	streams  sync.WaitGroup
 	stats    Stats
+	// waitingRequests counts the SSE requests in waitHead: they hold a connection slot of
+	// MaxConnections before they are streams.
+	waitingRequests int
 
 	sent    atomic.Uint64
 	latency prometheus.Histogram
@@ -288,8 +309,8 @@ func (g *Gateway) admit(n int) (status int, reason string) {
 	switch {
 	case g.closed.Load():
 		return http.StatusServiceUnavailable, "gateway shutting down"
-	case g.stats.Connections >= g.cfg.MaxConnections:
-		return http.StatusServiceUnavailable, fmt.Sprintf("too many connections (limit %d); retry later", g.cfg.MaxConnections)
+	case g.stats.Connections+g.waitingRequests >= g.cfg.MaxConnections:
+		return http.StatusServiceUnavailable, tooManyConnections(g.cfg.MaxConnections)
 	}
 	g.streams.Add(1)
 	g.stats.Connections++
@@ -297,6 +318,10 @@ func (g *Gateway) admit(n int) (status int, reason string) {
 	g.stats.Subscriptions += n
 	g.stats.SubscriptionsTotal += uint64(n)
 	return 0, ""
+}
+
+func tooManyConnections(limit int) string {
+	return fmt.Sprintf("too many connections (limit %d); retry later", limit)
 }
 
 // release ends a connection admitted by admit, which had n subscriptions at the end.
@@ -374,16 +399,88 @@ func (g *Gateway) checkChannels(chans []channel.Channel) error {
 	return nil
 }
 
+// waitHead waits until the ledger's head reaches pos, for at most ResumeWait, and until ctx
+// ends or the gateway shuts down. status is 0 when the head reached pos, otherwise the
+// refusal: 503, which the client retries later. An SSE request (request true) holds one of
+// the MaxConnections while it waits, since it is no stream yet; a WebSocket subscription's
+// connection holds one already.
+func (g *Gateway) waitHead(ctx context.Context, pos event.Position, request bool) (status int, reason string) {
+	led := g.cfg.Ledger
+	if led.State().Head >= pos {
+		return 0, ""
+	}
+	g.mu.Lock()
+	switch {
+	case g.closed.Load():
+		g.mu.Unlock()
+		return http.StatusServiceUnavailable, "gateway shutting down"
+	case request && g.stats.Connections+g.waitingRequests >= g.cfg.MaxConnections:
+		g.mu.Unlock()
+		return http.StatusServiceUnavailable, tooManyConnections(g.cfg.MaxConnections)
+	}
+	g.stats.Waiting++
+	if request {
+		g.waitingRequests++
+	}
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.stats.Waiting--
+		if request {
+			g.waitingRequests--
+		}
+		g.mu.Unlock()
+	}()
+
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.ResumeWait)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-g.shutdown:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	defer wg.Wait()
+	defer cancel()
+	for led.State().Head < pos {
+		if err := led.Wait(ctx, led.State().Head); err != nil {
+			break
+		}
+	}
+	if head := led.State().Head; head < pos {
+		if g.closed.Load() {
+			return http.StatusServiceUnavailable, "gateway shutting down"
+		}
+		return http.StatusServiceUnavailable, aheadError{after: pos, head: head, wait: g.cfg.ResumeWait}.Error()
+	}
+	return 0, ""
+}
+
+// aheadError refuses a resume position after the ledger's head.
+type aheadError struct {
+	after, head event.Position
+	wait        time.Duration
+}
+
+func (e aheadError) Error() string {
+	return fmt.Sprintf("resume position %d is after the ledger head %d, which did not reach it within %s; retry later with the same position", e.after, e.head, e.wait)
+}
+
 // resumeFrom checks a client's resume position against the ledger. It returns where
 // delivery starts and, when the events after the asked position were truncated, the reason
-// the client must reload its state (delivery then starts at the head).
+// the client must reload its state (delivery then starts at the head). A position after
+// the head is an [aheadError]: callers wait for the head first (waitHead), so it is one
+// the head did not reach within ResumeWait.
 func (g *Gateway) resumeFrom(after event.Position, resumed bool) (event.Position, string, error) {
 	st := g.cfg.Ledger.State()
 	switch {
 	case !resumed:
 		return st.Head, "", nil
 	case after > st.Head:
-		return 0, "", fmt.Errorf("resume position %d is after the ledger head %d", after, st.Head)
+		return 0, "", aheadError{after: after, head: st.Head, wait: g.cfg.ResumeWait}
 	case after < st.Tail:
 		return st.Head, fmt.Sprintf("resume position %d is older than the ledger's retention (events through %d were removed); reload your state", after, st.Tail), nil
 	}

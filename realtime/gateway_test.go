@@ -163,6 +163,11 @@ func (f *fixture) open(query url.Values, header http.Header) *sse {
 		resp.Body.Close()
 		f.t.Fatalf("status %d: %s", resp.StatusCode, b)
 	}
+	return f.stream(resp)
+}
+
+// stream reads an accepted stream's response.
+func (f *fixture) stream(resp *http.Response) *sse {
 	s := &sse{t: f.t, resp: resp, msgs: make(chan msg, 1024)}
 	f.t.Cleanup(s.close)
 	go func() {
@@ -393,7 +398,7 @@ func TestGatewayRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := setup(t, realtime.GatewayConfig{Authorizer: auth, MaxChannels: 2})
+	f := setup(t, realtime.GatewayConfig{Authorizer: auth, MaxChannels: 2, ResumeWait: 100 * time.Millisecond})
 	tok := hs256(t, secret, map[string]any{"sub": "u1", "channels": []string{"posts/*/comments"}, "exp": time.Now().Add(time.Hour).Unix()})
 	withToken := func(q url.Values) url.Values { q.Set("access_token", tok); return q }
 	wide := hs256(t, secret, map[string]any{"sub": "u1", "channels": []string{"organizations/*/comments"}, "exp": time.Now().Add(time.Hour).Unix()})
@@ -412,7 +417,7 @@ func TestGatewayRejects(t *testing.T) {
 		{"unknown scope", withWide(channels("organizations/1/comments")), nil, http.StatusBadRequest, "organizations"},
 		{"too many channels", withToken(channels("posts/1/comments", "posts/2/comments", "posts/3/comments")), nil, http.StatusBadRequest, "at most 2"},
 		{"no channel", withToken(url.Values{}), nil, http.StatusBadRequest, "no channel"},
-		{"resume after head", withToken(channels("posts/1/comments")), http.Header{"Last-Event-Id": {"1000"}}, http.StatusBadRequest, "after the ledger head"},
+		{"resume after head", withToken(channels("posts/1/comments")), http.Header{"Last-Event-Id": {"1000"}}, http.StatusServiceUnavailable, "is after the ledger head 0, which did not reach it within 100ms; retry later"},
 		{"bad resume", withToken(channels("posts/1/comments")), http.Header{"Last-Event-Id": {"x"}}, http.StatusBadRequest, "not a ledger position"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -431,7 +436,7 @@ func TestGatewayRejects(t *testing.T) {
 	if a := s.ack(); strings.Join(a.Channels, " ") != "posts/1/comments" {
 		t.Fatalf("ack %+v", a)
 	}
-	if st := f.gw.Stats(); st.Rejected[http.StatusBadRequest] != 6 || st.Rejected[http.StatusUnauthorized] != 1 || st.Rejected[http.StatusForbidden] != 2 {
+	if st := f.gw.Stats(); st.Rejected[http.StatusBadRequest] != 5 || st.Rejected[http.StatusServiceUnavailable] != 1 || st.Rejected[http.StatusUnauthorized] != 1 || st.Rejected[http.StatusForbidden] != 2 {
 		t.Errorf("rejected %v", st.Rejected)
 	}
 }
@@ -449,7 +454,7 @@ func TestGatewayAuthorizesFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := setup(t, realtime.GatewayConfig{Authorizer: auth, Heartbeat: 50 * time.Millisecond})
+	f := setup(t, realtime.GatewayConfig{Authorizer: auth, Heartbeat: 50 * time.Millisecond, ResumeWait: 100 * time.Millisecond})
 	f.exec(`INSERT INTO posts VALUES (1, 'a'), (2, 'b')`)
 	eventually(t, "the posts reach the ledger", func() bool { return f.eng.Ledger().State().Head >= 2 })
 	head := strconv.FormatUint(uint64(f.eng.Ledger().State().Head), 10)
@@ -485,12 +490,12 @@ func TestGatewayAuthorizesFirst(t *testing.T) {
 				}
 			})
 		}
-		// Authorized, the same resume position is refused with the head.
+		// Authorized, the same resume position is waited for, then refused with the head.
 		resp := f.get(url.Values{"channel": {"posts/1"}, "access_token": {tok}}, http.Header{"Last-Event-Id": {"999999999"}})
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if want := "resume position 999999999 is after the ledger head " + head; resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), want) {
-			t.Errorf("authorized, resume past the head: got %d %q, want 400 with %q", resp.StatusCode, body, want)
+		if want := "resume position 999999999 is after the ledger head " + head; resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), want) {
+			t.Errorf("authorized, resume past the head: got %d %q, want 503 with %q", resp.StatusCode, body, want)
 		}
 	})
 
@@ -540,12 +545,12 @@ func TestGatewayAuthorizesFirst(t *testing.T) {
 			w.send(map[string]any{"type": "subscribe", "channel": "posts", "after": 999999999, "ref": "past"})
 			denied(w.expect("error", "past"), tc.status, tc.reason)
 		}
-		// Authorized, the same resume position is refused with the head.
+		// Authorized, the same resume position is waited for, then refused with the head.
 		w := f.mustDialWS("access_token="+tok, nil)
 		w.send(map[string]any{"type": "subscribe", "channel": "posts/1", "after": 999999999, "ref": "past"})
 		m := w.expect("error", "past")
-		if want := "resume position 999999999 is after the ledger head " + head; m.Status != http.StatusBadRequest || !strings.Contains(deref(m.Reason), want) {
-			t.Errorf("authorized, resume past the head: %+v (reason %s), want 400 with %q", m, deref(m.Reason), want)
+		if want := "resume position 999999999 is after the ledger head " + head; m.Status != http.StatusServiceUnavailable || !strings.Contains(deref(m.Reason), want) {
+			t.Errorf("authorized, resume past the head: %+v (reason %s), want 503 with %q", m, deref(m.Reason), want)
 		}
 	})
 }

@@ -54,9 +54,21 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 		// The later of the two: a stream resumed after events it received from the token.
 		after, resumed = max(after, snap.After), true
 	}
+	if resumed {
+		// In a cluster, the position may come from a node ahead of this one.
+		if status, reason := g.waitHead(r.Context(), after, true); status != 0 {
+			if r.Context().Err() != nil {
+				return // the client is gone
+			}
+			w.Header().Set("Retry-After", "1")
+			g.reject(w, r, status, reason)
+			return
+		}
+	}
 	start, resync, err := g.resumeFrom(after, resumed)
 	if err != nil {
-		g.reject(w, r, http.StatusBadRequest, err.Error())
+		w.Header().Set("Retry-After", "1")
+		g.reject(w, r, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	if status, reason := g.admit(len(keys)); status != 0 {

@@ -66,7 +66,11 @@
  *
  * subscription.ready is a Promise of the position P from which delivery is guaranteed:
  * every later event of the channel reaches the handlers. It rejects with a WalflowError
- * (status 400, 401, 403) when the gateway refuses the channel. Load the page's state after
+ * (status 400, 401, 403) when the gateway refuses the channel. A subscribe the gateway
+ * cannot start yet (status 503: in a cluster, a node whose ledger has not reached the
+ * resume position another node sent) is sent again after a backoff (backoffMin doubling
+ * up to backoffMax, with jitter), with the same position, until it is subscribed; each
+ * such refusal is reported as an "error" event, and ready waits. Load the page's state after
  * ready resolves, not before, and apply events idempotently (by id): an event may describe
  * a change the loaded state already contains, never one it lacks.
  *
@@ -169,7 +173,7 @@ const TYPES = ["insert", "update", "delete", "truncate"];
 
 /**
  * An error of the client or the gateway. status is the gateway's HTTP-like status of a
- * refused request (400, 401, 403), code a WebSocket close code, channel the channel it
+ * refused request (400, 401, 403, 503), code a WebSocket close code, channel the channel it
  * concerns, reason the gateway's reason.
  */
 export class WalflowError extends Error {
@@ -288,7 +292,7 @@ export class Walflow extends EventTarget {
     if (!ch) {
       ch = {
         name: channel, canonical: null, state: "pending", position: null, after, snapshot,
-        subs: new Set(), recent: [], coveredFrom: 0, retried: false,
+        subs: new Set(), recent: [], coveredFrom: 0, retried: false, busy: 0, timer: 0,
       };
       this._channels.set(channel, ch);
       ch.subs.add(sub);
@@ -473,10 +477,15 @@ export class Walflow extends EventTarget {
     this._onClose(1006, reason);
   }
 
-  _scheduleReconnect() {
+  /** The delay before retry number attempt (0, 1, ...): exponential, with jitter. */
+  _backoff(attempt) {
     const { backoffMin, backoffMax } = this.options;
-    const cap = Math.min(backoffMax, backoffMin * 2 ** Math.min(this._attempt, 30));
-    const delay = Math.round(cap / 2 + (Math.random() * cap) / 2);
+    const cap = Math.min(backoffMax, backoffMin * 2 ** Math.min(attempt, 30));
+    return Math.round(cap / 2 + (Math.random() * cap) / 2);
+  }
+
+  _scheduleReconnect() {
+    const delay = this._backoff(this._attempt);
     this._attempt++;
     this._setState("reconnecting", { delay });
     clearTimeout(this._timers.reconnect);
@@ -599,6 +608,7 @@ export class Walflow extends EventTarget {
     const gap = resync || (resumed && P > ch.position);
     ch.state = "active";
     ch.retried = false;
+    ch.busy = 0;
     ch.canonical = m.channel;
     this._canonical.set(m.channel, ch);
     if (gap || !resumed) {
@@ -680,6 +690,18 @@ export class Walflow extends EventTarget {
         });
         return;
       }
+      if (m.status === 503) {
+        // The gateway cannot start it yet: its ledger has not reached the resume position
+        // (a node of a cluster behind the one the position came from). Same position, later.
+        const ws = this._ws;
+        clearTimeout(ch.timer);
+        ch.timer = setTimeout(() => {
+          // After a reconnection the channel was subscribed again on open already.
+          if (ws === this._ws && this._channels.get(ch.name) === ch && ch.state === "pending") this._sendSubscribe(ch);
+        }, this._backoff(ch.busy++));
+        this._emitError(new WalflowError(`walflow: subscribe ${ch.name}: ${m.reason || "not now"} (status 503); retrying`, { status: 503, channel: ch.name, reason: m.reason }), ch.name);
+        return;
+      }
       const err = new WalflowError(`walflow: subscribe ${ch.name}: ${m.reason || "refused"} (status ${m.status})`, { status: m.status, channel: ch.name, reason: m.reason });
       this._forget(ch);
       for (const sub of ch.subs) sub._fail(err);
@@ -718,6 +740,7 @@ export class Walflow extends EventTarget {
   }
 
   _forget(ch) {
+    clearTimeout(ch.timer);
     if (this._channels.get(ch.name) === ch) this._channels.delete(ch.name);
     if (ch.canonical && this._canonical.get(ch.canonical) === ch) this._canonical.delete(ch.canonical);
   }

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -97,6 +98,9 @@ func (g *Gateway) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		subs: map[string]*wsSub{},
 		ctrl: make(chan wsRequest),
 		wake: make(chan struct{}, 1),
+
+		waits:   map[string]*wsWait{},
+		resumed: make(chan *wsWait),
 	}
 	ended, pos := ws.run()
 	g.release(r, ended, pos, len(ws.subs))
@@ -113,6 +117,8 @@ type wsRequest struct {
 	Snapshot string `json:"snapshot,omitempty"`
 	// bad is why the message could not be read, for an error reply.
 	bad string
+	// waited marks a subscribe handled again once its wait for the ledger's head ended.
+	waited bool
 }
 
 // wsReply is a control message to the client.
@@ -132,8 +138,16 @@ type wsSub struct {
 	expires time.Time
 }
 
-// wsConn is one WebSocket connection. Its run loop owns subs and is the only writer; one
-// goroutine reads client messages. The hub queues the live events of every subscription and
+// wsWait is a subscribe waiting for the ledger's head to reach its resume position.
+type wsWait struct {
+	m      wsRequest
+	after  event.Position
+	cancel context.CancelFunc
+}
+
+// wsConn is one WebSocket connection. Its run loop owns subs and waits and is the only
+// writer; one goroutine reads client messages, and one per entry of waits waits for the
+// ledger's head, then hands the subscribe back to the run loop through resumed. The hub queues the live events of every subscription and
 // wakes the loop through one channel; subscriptions that are behind catch up from the
 // ledger a batch at a time between the loop's other work, each in ledger order.
 type wsConn struct {
@@ -144,8 +158,12 @@ type wsConn struct {
 	subs map[string]*wsSub
 	ctrl chan wsRequest
 	wake chan struct{}
-	msgs []message
-	last event.Position // the highest position sent, for the log
+	// waits are the subscribes waiting for the head, by channel; resumed hands them back.
+	waits   map[string]*wsWait
+	resumed chan *wsWait
+	waiters sync.WaitGroup
+	msgs    []message
+	last    event.Position // the highest position sent, for the log
 }
 
 func (ws *wsConn) run() (DisconnectReason, event.Position) {
@@ -165,6 +183,7 @@ func (ws *wsConn) run() (DisconnectReason, event.Position) {
 		}
 		_ = ws.c.CloseNow()
 		<-readDone
+		ws.waiters.Wait()
 	}()
 
 	var expiry *time.Timer
@@ -206,6 +225,14 @@ func (ws *wsConn) run() (DisconnectReason, event.Position) {
 		case m := <-ws.ctrl:
 			err = ws.handle(m)
 			setExpiry()
+		case w := <-ws.resumed:
+			// Not when it was unsubscribed meanwhile.
+			if ws.waits[w.m.Channel] == w {
+				delete(ws.waits, w.m.Channel)
+				w.m.waited = true
+				err = ws.subscribe(w.m)
+				setExpiry()
+			}
 		case <-ws.wake:
 			err = ws.drain()
 		case <-step:
@@ -402,20 +429,47 @@ func (ws *wsConn) subscribe(m wsRequest) error {
 	if snap != nil {
 		after, resumed = max(after, snap.After), true
 	}
-	start, resync, err := g.resumeFrom(after, resumed)
-	if err != nil {
-		return ws.refuse(m, http.StatusBadRequest, err.Error())
-	}
-	if _, dup := ws.subs[key]; dup {
+	_, sub := ws.subs[key]
+	_, waiting := ws.waits[key]
+	if sub || waiting {
 		return ws.refuse(m, http.StatusBadRequest, "already subscribed to "+key+"; unsubscribe first to resume from another position")
 	}
-	if len(ws.subs) >= g.cfg.MaxChannels {
+	if len(ws.subs)+len(ws.waits) >= g.cfg.MaxChannels {
 		return ws.refuse(m, http.StatusBadRequest, fmt.Sprintf("at most %d channels per connection; unsubscribe from one first", g.cfg.MaxChannels))
+	}
+	if resumed && !m.waited && after > g.cfg.Ledger.State().Head {
+		// In a cluster, the position may come from a node ahead of this one. The
+		// connection goes on meanwhile; the subscribe is answered once the wait ends.
+		ws.wait(m, after)
+		return nil
+	}
+	start, resync, err := g.resumeFrom(after, resumed)
+	if err != nil {
+		return ws.refuse(m, http.StatusServiceUnavailable, err.Error())
 	}
 	s := ws.start(key, start, d.Expires)
 	s.snap = snap
 	g.subscribed(1)
 	return ws.ack(s, m.Ref, resync)
+}
+
+// wait waits, without holding up the connection, for the ledger's head to reach after,
+// then hands m back to the run loop, which subscribes or refuses it then.
+func (ws *wsConn) wait(m wsRequest, after event.Position) {
+	ctx, cancel := context.WithCancel(ws.ctx)
+	w := &wsWait{m: m, after: after, cancel: cancel}
+	ws.waits[m.Channel] = w
+	ws.waiters.Add(1)
+	go func() {
+		defer ws.waiters.Done()
+		defer cancel()
+		// Refused or not, the run loop checks the head again and answers.
+		ws.g.waitHead(ctx, after, false)
+		select {
+		case ws.resumed <- w:
+		case <-ws.ctx.Done():
+		}
+	}()
 }
 
 // start begins delivering key's events after pos: from the ledger until it reaches the
@@ -447,6 +501,13 @@ func (ws *wsConn) unsubscribe(m wsRequest) error {
 		return ws.refuse(m, http.StatusBadRequest, err.Error())
 	}
 	key := c.String()
+	if w, ok := ws.waits[key]; ok {
+		// A subscribe still waiting for the head: it is never answered.
+		w.cancel()
+		delete(ws.waits, key)
+		pos, none := w.after, ""
+		return ws.reply(wsReply{Type: "unsubscribed", Ref: m.Ref, Channel: key, Position: &pos, Reason: &none})
+	}
 	s, ok := ws.subs[key]
 	if !ok {
 		m.Channel = key
