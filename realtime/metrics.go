@@ -15,6 +15,7 @@ var (
 	rejectedDesc      = prometheus.NewDesc("walflow_realtime_rejected_total", "Refused subscription requests by HTTP status.", []string{"status"}, nil)
 	disconnectsDesc   = prometheus.NewDesc("walflow_realtime_disconnects_total", "Ended streams by reason.", []string{"reason"}, nil)
 	resyncsDesc       = prometheus.NewDesc("walflow_realtime_resyncs_total", "Subscriptions whose resume position was older than the ledger's retention.", nil, nil)
+	waitingDesc       = prometheus.NewDesc("walflow_realtime_resume_waiting", "Subscriptions waiting for this node's ledger head to reach their resume position.", nil, nil)
 )
 
 // newLatencyHistogram is the delivery latency: from the commit in PostgreSQL to the write
@@ -34,7 +35,7 @@ func (g *Gateway) Collector() prometheus.Collector { return collector{g} }
 type collector struct{ g *Gateway }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{connectionsDesc, subscriptionsDesc, messagesDesc, rejectedDesc, disconnectsDesc, resyncsDesc} {
+	for _, d := range []*prometheus.Desc{connectionsDesc, subscriptionsDesc, messagesDesc, rejectedDesc, disconnectsDesc, resyncsDesc, waitingDesc} {
 		ch <- d
 	}
 	c.g.latency.Describe(ch)
@@ -46,6 +47,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(subscriptionsDesc, prometheus.GaugeValue, float64(s.Subscriptions))
 	ch <- prometheus.MustNewConstMetric(messagesDesc, prometheus.CounterValue, float64(s.MessagesSent))
 	ch <- prometheus.MustNewConstMetric(resyncsDesc, prometheus.CounterValue, float64(s.Resyncs))
+	ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(s.Waiting))
 	c.g.latency.Collect(ch)
 	for status, n := range s.Rejected {
 		ch <- prometheus.MustNewConstMetric(rejectedDesc, prometheus.CounterValue, float64(n), strconv.Itoa(status))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/realtime"
@@ -175,6 +176,21 @@ func TestResumeAheadOfHead(t *testing.T) {
 	// Shutdown ends a wait at once.
 	waiting := f.getAsync(channels("posts"), http.Header{"Last-Event-Id": {pos(far)}})
 	eventually(t, "the request waits for the head", func() bool { return f.gw.Stats().Waiting == 1 })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(f.gw.Collector())
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gauge := -1.0
+	for _, fam := range families {
+		if fam.GetName() == "walflow_realtime_resume_waiting" {
+			gauge = fam.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	if gauge != 1 {
+		t.Fatalf("walflow_realtime_resume_waiting = %v while one request waits; want 1", gauge)
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	if err := f.gw.Shutdown(ctx); err != nil {

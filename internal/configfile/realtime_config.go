@@ -33,6 +33,7 @@ type realtimeConfig struct {
 	Heartbeat      string     `yaml:"heartbeat"`
 	FlushInterval  string     `yaml:"flush_interval"`
 	WriteTimeout   string     `yaml:"write_timeout"`
+	ResumeWait     string     `yaml:"resume_wait"`
 	JWT            *jwtConfig `yaml:"jwt"`
 }
 
@@ -65,6 +66,7 @@ var realtimeSpec = mapSpec("the keys of realtime",
 	"heartbeat", scalar("a duration like 15s"),
 	"flush_interval", scalar("a duration like 25ms"),
 	"write_timeout", scalar("a duration like 10s"),
+	"resume_wait", scalar("a duration like 10s"),
 	"jwt", jwtSpec,
 )
 
@@ -155,6 +157,9 @@ func (l *loader) realtime(fc *fileConfig, c *Config) error {
 		return err
 	}
 	if g.WriteTimeout, err = l.duration("realtime.write_timeout", rc.WriteTimeout); err != nil {
+		return err
+	}
+	if g.ResumeWait, err = l.duration("realtime.resume_wait", rc.ResumeWait); err != nil {
 		return err
 	}
 	if err := l.allowedOrigins(rc.AllowedOrigins, g); err != nil {

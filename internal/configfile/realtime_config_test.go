@@ -91,6 +91,7 @@ realtime:
   heartbeat: 5s
   flush_interval: 25ms
   write_timeout: 2s
+  resume_wait: 3s
   jwt:
     hs256_secret_file: jwt_secret
     claim: grants
@@ -105,7 +106,7 @@ realtime:
 	g := rc.Gateway
 	if rc.Path != "/live/" || g.MaxConnections != 100 || g.MaxChannels != 4 || g.Buffer != 64 ||
 		g.Heartbeat != 5*time.Second || g.WriteTimeout != 2*time.Second || g.FlushInterval != 25*time.Millisecond ||
-		strings.Join(g.AllowedOrigins, " ") != "https://app.example.com http://localhost:*" {
+		g.ResumeWait != 3*time.Second || strings.Join(g.AllowedOrigins, " ") != "https://app.example.com http://localhost:*" {
 		t.Errorf("realtime = %+v", rc)
 	}
 	a := g.Authorizer
