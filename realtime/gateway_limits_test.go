@@ -59,7 +59,7 @@ func TestGatewaySlowClient(t *testing.T) {
 	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	f := setup(t, realtime.GatewayConfig{
-		Authorizer: realtime.AllowAll{}, WriteTimeout: 500 * time.Millisecond, Buffer: 64, Logger: logger,
+		Authorizer: realtime.AllowAll{}, WriteTimeout: 3 * time.Second, Buffer: 64, Logger: logger,
 	})
 	fast := f.open(channels("comments"), nil)
 	fast.ack()
