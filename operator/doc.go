@@ -68,9 +68,12 @@
 // the moment the operators move from one to the other) apply each event once between
 // them: a batch moves the checkpoint only from before its first event, in the transaction
 // of its effects, so the batch of a runner that fell behind the stored checkpoint rolls
-// back, and that runner resumes from the stored checkpoint. A runner waits, for at most
-// [ledger.CatchUpWait], for a shared ledger to reach a stored checkpoint before calling it
-// another ledger's.
+// back, and that runner resumes from the stored checkpoint. Each node reads the shared
+// stream at its own pace, so a checkpoint another node committed may lie past this node's
+// view of it: with [Config].SharedLedger (the engine sets it in a cluster) the runner then
+// waits, as long as it takes, for its view to reach the checkpoint before it starts the
+// operator, and never halts it for that. Without it, a runner waits at most
+// [ledger.CatchUpWait] before calling such a checkpoint another ledger's.
 //
 // Several walflows (each with its own slot and ledger) may share a database: a checkpoint
 // belongs to one instance ([Config].Instance, the engine's slot name), and [Statuses],
