@@ -149,7 +149,9 @@ type Status struct {
 	// Position is the stored resume position: every event at or before it is applied, and
 	// a restart reads again after it. Retention must not pass it. It may trail what the
 	// projector has applied by a batch that is being saved, or by up to a second of events
-	// it does not apply.
+	// it does not apply. For a projector in Standby it is the position stored by the
+	// process that runs it, as read every LockInterval when the store is a
+	// [PositionReader] (else 0).
 	Position event.Position `json:"position"`
 	// Seen is how far the projector has read; beyond Position in sequence mode while
 	// events wait in the reorder buffer.
