@@ -78,19 +78,20 @@ func TestClusterRetentionProjectorElsewhere(t *testing.T) {
 	poll(t, "node-1 to lead", func() bool { return leader.eng.Status(ctx).Streaming })
 	other := start("node-2")
 	poll(t, "node-2 to stand the projector by", func() bool { return phase(other) == projector.Standby })
-	// Let it go, until node-2 takes it: when node-1 does, take it back by ending node-1's
-	// lock session while waiting for the lock (PostgreSQL grants a waiter the lock as the
-	// holder releases it), and let it go again.
+	// Let it go, until node-2 takes it: when node-1 does, take it back by ending the
+	// holder's lock session while waiting for the lock (PostgreSQL grants a waiter the lock
+	// as the holder releases it), and let it go again.
 	for attempt := 1; ; attempt++ {
 		if _, err := hold.Exec(ctx, `SELECT pg_advisory_unlock(`+key+`)`); err != nil {
 			t.Fatal(err)
 		}
 		poll(t, "a node to run the projector", func() bool { return runs(leader) || runs(other) })
 		if runs(other) {
+			t.Logf("node-2 took the projector at attempt %d", attempt)
 			break
 		}
 		if attempt == 20 {
-			t.Fatal("node-1 took the projector 20 times out of 20")
+			t.Fatal("node-1 took the projector 20 times in a row")
 		}
 		holders, err := projector.NewPostgresStore(pool).Holders(ctx)
 		if err != nil {
@@ -115,7 +116,7 @@ func TestClusterRetentionProjectorElsewhere(t *testing.T) {
 		if err := <-locked; err != nil {
 			t.Fatal(err)
 		}
-		poll(t, "node-1 to stand the projector by", func() bool { return phase(leader) == projector.Standby })
+		poll(t, "both nodes to stand the projector by", func() bool { return phase(leader) == projector.Standby && phase(other) == projector.Standby })
 	}
 	if !leader.eng.Status(ctx).Streaming {
 		t.Fatal("node-1 no longer leads")
