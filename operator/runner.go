@@ -37,9 +37,10 @@ var (
 	ErrNotHalted = errors.New("operator: not halted")
 	// ErrForeignLedger is wrapped by the halt error of an operator whose stored checkpoint
 	// counts the events of another ledger than the runner's: one recorded for another
-	// system, database or slot, one past the ledger's head, or one whose recorded event has
-	// another LSN in this ledger (the ledger was moved aside for a resync, deleted, or is a
-	// memory ledger that restarted). [Reset] is the way out.
+	// system, database or slot, one past the head of a ledger that is not shared (see
+	// Config.SharedLedger), or one whose recorded event has another LSN in this ledger (the
+	// ledger was moved aside for a resync, deleted, or is a memory ledger that restarted).
+	// [Reset] is the way out.
 	ErrForeignLedger = errors.New("operator: the checkpoint belongs to another ledger")
 )
 

@@ -584,7 +584,9 @@ func (r *Runner) ledgerKey() string {
 }
 
 // checkLedger refuses a checkpoint that cannot be this ledger's: one recorded for another
-// ledger, or one past the ledger's head (the ledger was deleted and started again).
+// ledger, or one past the ledger's head (the ledger was deleted and started again). On a
+// shared ledger (Config.SharedLedger) a checkpoint past the head gets errLagging instead:
+// this process's view trails the one that stored it.
 func (r *Runner) checkLedger(cp Checkpoint) error {
 	if key := r.ledgerKey(); key != "" && cp.Ledger != "" && cp.Ledger != key {
 		return fmt.Errorf("%w: its position %d counts the events of %s, and this runner reads %s; give the projectors of each engine their own names (or their own store), or reset it to replay this ledger",
