@@ -84,9 +84,9 @@
 // A checkpoint counts the events of one ledger, so it records which one ([LedgerKey]) and
 // the position and LSN of an event of it. A runner halts, with an error wrapping
 // [ErrForeignLedger] and without applying anything, an operator whose checkpoint names
-// another ledger, lies past its ledger's head, or whose recorded event has another LSN in
-// its ledger: the ledger was moved aside for a resync, deleted, or is a memory ledger that
-// restarted. Such an operator holds the ledger's retention and process status back until
+// another ledger, lies past the head of a ledger that is not shared, or whose recorded
+// event has another LSN in its ledger: the ledger was moved aside for a resync, deleted,
+// or is a memory ledger that restarted. Such an operator holds the ledger's retention and process status back until
 // [Reset] starts it over on the runner's ledger and rebuilds its rows.
 //
 // # Backfill
