@@ -233,7 +233,7 @@ func (e *Engine) openOperators() error {
 	r, err := operator.New(operator.Config{
 		DB: pool, Instance: e.cfg.Slot, Ledger: e.led, Operators: e.cfg.Operators,
 		BatchSize: e.cfg.OperatorBatchSize, BatchDelay: e.cfg.OperatorBatchDelay, Retry: e.cfg.OperatorRetry,
-		Reporter: e.opMetrics, Logger: e.cfg.Logger,
+		Reporter: e.opMetrics, Logger: e.cfg.Logger, SharedLedger: e.cfg.Cluster != nil,
 	})
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ func (e *Engine) openProjectors() error {
 	cfg := projector.Config{
 		Ledger: e.led, DB: e.pool, Store: e.cfg.ProjectorStore, Projectors: e.cfg.Projectors,
 		Retry: e.cfg.OperatorRetry, Reporter: e.opMetrics, Logger: e.cfg.Logger,
+		SharedLedger: e.cfg.Cluster != nil, // the cluster's stream, which each node reads at its own pace
 	}
 	if e.idx != nil {
 		cfg.Indexes = e.idx

@@ -12,6 +12,10 @@ import (
 // cluster, the node's view of the shared stream may trail a checkpoint another node stored.
 const CatchUpWait = 10 * time.Second
 
+// LagLogEvery is how often a consumer on a shared ledger logs that it still waits for its
+// view of the ledger to reach a checkpoint another process stored.
+const LagLogEvery = 10 * time.Second
+
 // HeadWaiter is the part of a ledger [WaitHead] uses.
 type HeadWaiter interface {
 	State() State

@@ -68,9 +68,12 @@
 // the moment the operators move from one to the other) apply each event once between
 // them: a batch moves the checkpoint only from before its first event, in the transaction
 // of its effects, so the batch of a runner that fell behind the stored checkpoint rolls
-// back, and that runner resumes from the stored checkpoint. A runner waits, for at most
-// [ledger.CatchUpWait], for a shared ledger to reach a stored checkpoint before calling it
-// another ledger's.
+// back, and that runner resumes from the stored checkpoint. Each node reads the shared
+// stream at its own pace, so a checkpoint another node committed may lie past this node's
+// view of it: with [Config].SharedLedger (the engine sets it in a cluster) the runner then
+// waits, as long as it takes, for its view to reach the checkpoint before it starts the
+// operator, and never halts it for that. Without it, a runner waits at most
+// [ledger.CatchUpWait] before calling such a checkpoint another ledger's.
 //
 // Several walflows (each with its own slot and ledger) may share a database: a checkpoint
 // belongs to one instance ([Config].Instance, the engine's slot name), and [Statuses],
@@ -81,9 +84,9 @@
 // A checkpoint counts the events of one ledger, so it records which one ([LedgerKey]) and
 // the position and LSN of an event of it. A runner halts, with an error wrapping
 // [ErrForeignLedger] and without applying anything, an operator whose checkpoint names
-// another ledger, lies past its ledger's head, or whose recorded event has another LSN in
-// its ledger: the ledger was moved aside for a resync, deleted, or is a memory ledger that
-// restarted. Such an operator holds the ledger's retention and process status back until
+// another ledger, lies past the head of a ledger that is not shared, or whose recorded
+// event has another LSN in its ledger: the ledger was moved aside for a resync, deleted,
+// or is a memory ledger that restarted. Such an operator holds the ledger's retention and process status back until
 // [Reset] starts it over on the runner's ledger and rebuilds its rows.
 //
 // # Backfill

@@ -1,15 +1,20 @@
 package operator_test
 
 import (
+	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/internal/pgtest"
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/ledgertest"
 	"github.com/walflow/walflow/ledger/memory"
@@ -81,6 +86,15 @@ func (e *instanceEnv) insert(led *testLedger, ids ...int) {
 		if _, err := e.db.Exec(e.t.Context(), `INSERT INTO comments VALUES ($1)`, id); err != nil {
 			e.t.Fatal(err)
 		}
+		e.mirror(led, id)
+	}
+}
+
+// mirror appends to led the events insert appends for ids, without inserting the rows: a
+// second view of a ledger that insert writes, made with the same slot and first LSN.
+func (e *instanceEnv) mirror(led *testLedger, ids ...int) {
+	e.t.Helper()
+	for _, id := range ids {
 		ledgertest.WriteTx(e.t, led, led.lsn, ledgertest.Event(led.lsn, 0, "comments", id))
 		led.lsn++
 		if err := led.Sync(e.t.Context()); err != nil {
@@ -92,8 +106,18 @@ func (e *instanceEnv) insert(led *testLedger, ids ...int) {
 // run runs a runner of instance on led until stop is called or the test ends.
 func (e *instanceEnv) run(instance string, led *testLedger) (r *operator.Runner, stop func()) {
 	e.t.Helper()
-	r, err := operator.New(operator.Config{DB: e.db, Instance: instance, Ledger: led, Operators: []operator.Operator{seenOp},
-		ControlInterval: 20 * time.Millisecond, Logger: testLogger(e.t)})
+	return e.runWith(operator.Config{Instance: instance, Ledger: led, Operators: []operator.Operator{seenOp}})
+}
+
+// runWith runs a runner of cfg on the database, with a 20ms ControlInterval and the test's
+// logger unless cfg has one, until stop is called or the test ends.
+func (e *instanceEnv) runWith(cfg operator.Config) (r *operator.Runner, stop func()) {
+	e.t.Helper()
+	cfg.DB, cfg.ControlInterval = e.db, 20*time.Millisecond
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(e.t)
+	}
+	r, err := operator.New(cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -290,5 +314,69 @@ func TestForeignLedgerIdleOperator(t *testing.T) {
 	}
 	if n := e.int(`SELECT count(*) FROM seen`); n != 0 {
 		t.Fatalf("the operator applied %d events of the new ledger from the old checkpoint", n)
+	}
+}
+
+// On a shared ledger (Config.SharedLedger: the stream of a cluster, which each node reads at
+// its own pace), a checkpoint past this runner's view of the ledger means the view lags,
+// not that the ledger was replaced: the runner waits for the view, longer than
+// ledger.CatchUpWait if need be, logging that it waits, and neither halts the operator
+// nor stores a halt. Once the view catches up, the operator resumes after the checkpoint
+// and applies each later event once.
+func TestSharedLedgerViewLags(t *testing.T) {
+	t.Parallel()
+	e := newInstanceEnv(t)
+	if _, err := e.db.Exec(t.Context(), `CREATE TABLE applied (position bigint NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	// tally records every event it applies: a second application shows as a second row.
+	tally := operator.Func{Name: "tally", Entities: []string{"comments"}, Targets: []string{"applied"},
+		Handle: func(ctx context.Context, tx pgx.Tx, ev *event.Event) error {
+			_, err := tx.Exec(ctx, `INSERT INTO applied VALUES ($1)`, int64(ev.Position))
+			return err
+		}}
+	ops := []operator.Operator{seenOp, tally}
+	front := e.ledger("s", 1) // the view of the node that ran the operators
+	view := e.ledger("s", 1)  // this node's view of the same stream, which lags
+	e.insert(front, 1, 2, 3)
+	e.mirror(view, 1)
+	r, stop := e.runWith(operator.Config{Instance: "s", Ledger: front, Operators: ops, SharedLedger: true})
+	waitFor(t, func() bool { return r.CommittedThrough("comments") == 3 })
+	stop()
+
+	var logs syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	r, _ = e.runWith(operator.Config{Instance: "s", Ledger: view, Operators: ops, SharedLedger: true, Logger: log})
+	waitFor(t, r.Loaded)
+	// Longer than a runner waits for an unshared ledger before it halts the operators.
+	for end := time.Now().Add(ledger.CatchUpWait + 2*time.Second); time.Now().Before(end); {
+		if n := e.int(`SELECT count(*) FROM walflow.operators WHERE instance = 's' AND (halted OR position <> 3)`); n != 0 {
+			t.Fatalf("%d operators' checkpoints were halted or moved while this view of the ledger lagged", n)
+		}
+		for _, name := range []string{"seen", "tally"} {
+			if st := statusOf(t, r, name); st.Halted {
+				t.Fatalf("operator %s halted while this view of the ledger lagged: %+v", name, st)
+			}
+		}
+		if got := r.CommittedThrough("comments"); got != 3 {
+			t.Fatalf("CommittedThrough = %d while waiting, want the stored checkpoint 3", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "waits for this node's view of the shared ledger") || !strings.Contains(logs.String(), "checkpoint=3 head=1") {
+		t.Fatalf("no log of the wait for the shared ledger's view; logs:\n%s", logs.String())
+	}
+
+	e.insert(front, 4)
+	e.mirror(view, 2, 3, 4)
+	waitFor(t, func() bool { return r.CommittedThrough("comments") == 4 })
+	if n, distinct := e.int(`SELECT count(*) FROM applied`), e.int(`SELECT count(DISTINCT position) FROM applied`); n != 4 || distinct != 4 {
+		t.Fatalf("applied holds %d rows for %d positions, want each of the 4 events once", n, distinct)
+	}
+	if n := e.int(seenMismatches); n != 0 {
+		t.Fatalf("%d rows of seen differ from a recomputation", n)
+	}
+	if n := e.int(`SELECT count(*) FROM walflow.operators WHERE instance = 's' AND (halted OR position <> 4)`); n != 0 {
+		t.Fatalf("%d operators' checkpoints are halted or not at 4 after the view caught up", n)
 	}
 }

@@ -37,9 +37,10 @@ var (
 	ErrNotHalted = errors.New("operator: not halted")
 	// ErrForeignLedger is wrapped by the halt error of an operator whose stored checkpoint
 	// counts the events of another ledger than the runner's: one recorded for another
-	// system, database or slot, one past the ledger's head, or one whose recorded event has
-	// another LSN in this ledger (the ledger was moved aside for a resync, deleted, or is a
-	// memory ledger that restarted). [Reset] is the way out.
+	// system, database or slot, one past the head of a ledger that is not shared (see
+	// Config.SharedLedger), or one whose recorded event has another LSN in this ledger (the
+	// ledger was moved aside for a resync, deleted, or is a memory ledger that restarted).
+	// [Reset] is the way out.
 	ErrForeignLedger = errors.New("operator: the checkpoint belongs to another ledger")
 )
 
@@ -81,6 +82,16 @@ type Config struct {
 	ControlInterval time.Duration
 	// Logger receives the runner's logs. Default: warnings and errors as text on stderr.
 	Logger *slog.Logger
+	// SharedLedger says that Ledger is one view of a ledger other processes read and
+	// commit checkpoints of too, a view that may trail theirs: the shared stream of a
+	// walflow cluster (ledger/jetstream), for which the engine sets it. A checkpoint of
+	// this ledger past the view's head then means this process lags, not that the ledger
+	// was replaced: Run leaves the operator stopped (not halted) and starts it once the
+	// view reaches the checkpoint, logging every [ledger.LagLogEvery] that it waits. Without it,
+	// Run waits at most [ledger.CatchUpWait] for the head, then halts the operator with
+	// [ErrForeignLedger]. A checkpoint that names another ledger halts it either way.
+	// Default false.
+	SharedLedger bool
 }
 
 // Runner runs operators. Create it with [New], run it with [Runner.Run].
@@ -278,14 +289,20 @@ func LedgerKey(o ledger.Origin) string {
 	return o.SystemID + "/" + o.Database + "/" + o.Slot
 }
 
+// errLagging is checkLedger's answer for a checkpoint of a shared ledger (see
+// Config.SharedLedger) past this process's view of it: the view lags.
+var errLagging = errors.New("operator: this process's view of the shared ledger trails the checkpoint")
+
 // checkLedger returns an error wrapping [ErrForeignLedger] when rw cannot count the events
-// of the runner's ledger, nil when it can (or cannot be told). Only a failure to read the
-// ledger is returned as err.
+// of the runner's ledger, nil when it can (or cannot be told), and errLagging when the
+// ledger is shared and this process's view of it has not reached rw yet. Only a failure to
+// read the ledger is returned as err.
 func (r *Runner) checkLedger(ctx context.Context, o *opState, rw row) (foreign error, err error) {
-	if pos := max(rw.position, rw.markPos); pos > r.cfg.Ledger.State().Head {
-		// A ledger shared by several nodes (ledger/jetstream) shows each node the stream as
-		// far as it has read it, which may be behind the process that committed the
-		// checkpoint: give it a moment to catch up before calling the checkpoint foreign.
+	pos := max(rw.position, rw.markPos)
+	if pos > r.cfg.Ledger.State().Head && !r.cfg.SharedLedger {
+		// A ledger read by several processes shows each of them the events as far as it
+		// has read them, which may be behind the process that committed the checkpoint:
+		// give it a moment to catch up before calling the checkpoint foreign.
 		if err := ledger.WaitHead(ctx, r.cfg.Ledger, pos); err != nil && ctx.Err() != nil {
 			return nil, err
 		}
@@ -295,6 +312,11 @@ func (r *Runner) checkLedger(ctx context.Context, o *opState, rw row) (foreign e
 	if key := LedgerKey(st.Origin); key != "" && rw.ledger != "" && key != rw.ledger {
 		return fmt.Errorf("operator %s: %w: its checkpoint (position %d) counts the events of ledger %s, and this walflow reads ledger %s; %s",
 			o.name, ErrForeignLedger, rw.position, rw.ledger, key, way), nil
+	}
+	if pos > st.Head && r.cfg.SharedLedger {
+		// Another process of the cluster committed it: this view lags, and the checkpoint
+		// is never called foreign for that, however long it takes.
+		return errLagging, nil
 	}
 	if rw.position > st.Head || rw.markPos > st.Head {
 		return fmt.Errorf("operator %s: %w: its checkpoint (position %d) is past the ledger's head %d, so the ledger was replaced (moved aside for a resync, deleted, or a memory ledger restarted); %s",
@@ -367,6 +389,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.runOp(ctx, o, from)
 		}()
 	}
+	lags := map[*opState]*lagWait{} // the operators waiting for a shared ledger's view
 	sync := func() error {
 		readStart := time.Now().UnixNano()
 		rows, err := r.load(ctx, true)
@@ -379,6 +402,15 @@ func (r *Runner) Run(ctx context.Context) error {
 				foreign, err := r.checkLedger(ctx, o, rw)
 				if err != nil {
 					return err
+				}
+				lagging := errors.Is(foreign, errLagging)
+				if lagging && !rw.halted {
+					r.waitLedger(ctx, o, rw, lags)
+					continue
+				}
+				delete(lags, o)
+				if lagging {
+					foreign = nil // halted where it ran: shown as halted below
 				}
 				if foreign != nil {
 					if (!rw.halted || rw.err != foreign.Error()) && !r.haltForeign(ctx, o, rw, foreign) {
@@ -451,6 +483,35 @@ func (r *Runner) Run(ctx context.Context) error {
 		r.retryRequested(ctx)
 		_ = r.refreshParked(ctx) // a failure keeps what is known; the next round reads again
 	}
+}
+
+// lagWait is how long an operator has waited for a shared ledger's view to reach its
+// checkpoint, and when Run logs it next.
+type lagWait struct {
+	since, nextLog time.Time
+}
+
+// waitLedger keeps o stopped, neither halted nor running, while this process's view of the
+// shared ledger trails its checkpoint rw: it shows the stored checkpoint (what the process
+// that committed it applied), and logs every ledger.LagLogEvery that it waits. Run's next rounds
+// start o once the view reaches rw.
+func (r *Runner) waitLedger(ctx context.Context, o *opState, rw row, lags map[*opState]*lagWait) {
+	o.halted.Store(false)
+	o.through.Store(uint64(rw.position))
+	now := time.Now()
+	w := lags[o]
+	if w == nil {
+		w = &lagWait{since: now, nextLog: now.Add(ledger.LagLogEvery)}
+		lags[o] = w
+		return
+	}
+	if now.Before(w.nextLog) {
+		return
+	}
+	w.nextLog = now.Add(ledger.LagLogEvery)
+	r.log.WarnContext(ctx, "operator waits for this node's view of the shared ledger to reach its checkpoint; it starts when it does (if the ledger was replaced by a shorter one, reset it: walflow operator reset)",
+		slog.String("operator", o.name), slog.Uint64("checkpoint", uint64(max(rw.position, rw.markPos))),
+		slog.Uint64("head", uint64(r.cfg.Ledger.State().Head)), slog.Duration("waited", now.Sub(w.since).Round(time.Second)))
 }
 
 func (r *Runner) runOp(ctx context.Context, o *opState, pos event.Position) {

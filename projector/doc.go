@@ -52,7 +52,9 @@
 // projector with an error wrapping [ErrForeignLedger] and without touching the store, a
 // checkpoint of another ledger (another engine with the same projector names and database)
 // or one past its ledger's head (a ledger deleted and started again); a reset replays the
-// runner's ledger.
+// runner's ledger. On a ledger several processes read at their own pace (the shared stream
+// of a walflow cluster: [Config].SharedLedger), a position past this process's view of it
+// means the view lags: the projector waits for it instead.
 //
 // # No missed or out-of-order events
 //

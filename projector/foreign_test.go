@@ -2,11 +2,15 @@ package projector_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/walflow/walflow/event"
+	"github.com/walflow/walflow/internal/syncbuf"
 	"github.com/walflow/walflow/ledger"
 	"github.com/walflow/walflow/ledger/memory"
 	"github.com/walflow/walflow/projector"
@@ -86,4 +90,87 @@ func TestForeignLedger(t *testing.T) {
 			}
 		})
 	}
+}
+
+// copyEvents appends to dst the events of src after position after, each transaction
+// as one, as a second view of src's stream that catches up.
+func copyEvents(t *testing.T, src, dst *memory.Ledger, after event.Position) {
+	t.Helper()
+	ctx := t.Context()
+	evs, err := src.Read(ctx, after, 10_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(evs); {
+		lsn := evs[i].LSN
+		if err := dst.BeginTx(ctx, event.TxMeta{CommitLSN: lsn, CommitTime: evs[i].Timestamp}); err != nil {
+			t.Fatal(err)
+		}
+		for ; i < len(evs) && evs[i].LSN == lsn; i++ {
+			e := evs[i]
+			if err := dst.Append(ctx, &e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := dst.CommitTx(ctx, lsn+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dst.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// On a shared ledger (Config.SharedLedger: the stream of a cluster, which each node reads at
+// its own pace), a stored position past this runner's view of the ledger means the view
+// lags, not that the ledger was replaced: the projector waits for the view, longer than
+// ledger.CatchUpWait if need be, logging that it waits, without halting; once the view
+// catches up it resumes after the stored position and applies each later event once.
+func TestSharedLedgerViewLags(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.newLedger("first")
+	front := b.led // the view of the process that ran the projector
+	b.add("accounts", 100)
+	frontLSN := b.lsn
+	var first recorder
+	r := b.run(projector.Config{SharedLedger: true, Projectors: []projector.Projector{{Name: "p", Handle: first.handle}}})
+	until(t, r.Runner, "the projector to store position 100", func() bool {
+		s := status(r.Runner, "p")
+		return s.Phase == projector.Live && s.Position == 100
+	})
+	r.stop()
+
+	b.newLedger("first")
+	view := b.led // this process's view of the same stream, which lags: it holds nothing yet
+	var logs syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var rec recorder
+	r = b.run(projector.Config{SharedLedger: true, Logger: log, Projectors: []projector.Projector{{Name: "p", Handle: rec.handle}}})
+	until(t, r.Runner, "the projector to load its stored position", func() bool { return status(r.Runner, "p").Position == 100 })
+	// Longer than a runner waits for an unshared ledger before it halts the projector.
+	for end := time.Now().Add(ledger.CatchUpWait + 2*time.Second); time.Now().Before(end); {
+		if s := status(r.Runner, "p"); s.Phase == projector.Halted || s.Position != 100 {
+			t.Fatalf("status while this view of the ledger lagged: %+v, want it waiting at the stored position 100", s)
+		}
+		if got := b.int(`SELECT count(*) FROM walflow.projectors WHERE name = 'p' AND NOT halted AND position = 100`); got != 1 {
+			t.Fatal("the stored checkpoint changed while this view of the ledger lagged")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := len(rec.positions()); n != 0 {
+		t.Fatalf("the projector applied %d events while this view of the ledger lagged", n)
+	}
+	if !strings.Contains(logs.String(), "waits for this node's view of the shared ledger") || !strings.Contains(logs.String(), "position=100 head=0") {
+		t.Fatalf("no log of the wait for the shared ledger's view; logs:\n%s", logs.String())
+	}
+
+	b.led, b.lsn = front, frontLSN
+	b.add("accounts", 20)
+	copyEvents(t, front, view, 0)
+	until(t, r.Runner, "the projector to apply the new events", func() bool {
+		s := status(r.Runner, "p")
+		return s.Phase == projector.Live && s.Position == 120
+	})
+	checkRun(t, rec.positions(), 100, 120)
 }

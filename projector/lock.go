@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/walflow/walflow/event"
 )
 
 // LockIntervalDefault is the default Config.LockInterval.
@@ -127,6 +129,7 @@ func (s *PostgresStore) Holders(ctx context.Context) (map[string]Holder, error) 
 func (r *Runner) keepLocks(ctx context.Context, taken chan<- *proj) {
 	held := map[*proj]bool{}
 	told := map[*proj]bool{} // standing by, and logged
+	readFailed := false      // the last read of the standby projectors' positions failed
 	backoff := r.cfg.LockInterval
 	var sess LockSession
 	closeSess := func() {
@@ -211,7 +214,49 @@ func (r *Runner) keepLocks(ctx context.Context, taken chan<- *proj) {
 				return
 			}
 		}
+		r.readStandby(ctx, held, &readFailed)
 		timer.Reset(wait)
+	}
+}
+
+// readStandby reads, when the store is a [PositionReader], the stored positions of the
+// projectors the runner does not hold and that stand by, so that Status shows (and a walflow
+// engine's retention keeps) what the process running them stored. A failed read keeps the
+// positions last read; it is logged once until a read succeeds again.
+func (r *Runner) readStandby(ctx context.Context, held map[*proj]bool, failed *bool) {
+	pr, ok := r.store.(PositionReader)
+	if !ok {
+		return
+	}
+	var names []string
+	for _, p := range r.projs {
+		if !held[p] {
+			names = append(names, p.Name)
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	pos, err := withTimeout(ctx, lockCallTimeout, func(ctx context.Context) (map[string]event.Position, error) {
+		return pr.StoredPositions(ctx, names)
+	})
+	if err != nil {
+		if !*failed && ctx.Err() == nil {
+			r.log.WarnContext(ctx, "projectors cannot read the positions stored for those another process runs; their status keeps the positions last read", slog.Any("error", err))
+		}
+		*failed = true
+		return
+	}
+	*failed = false
+	moved := false
+	for _, p := range r.projs {
+		// Only standing by: a projector Run starts or stops keeps its own position.
+		if at, ok := pos[p.Name]; ok && !held[p] && Phase(p.phase.Load()) == Standby {
+			moved = p.stored.Swap(uint64(at)) != uint64(at) || moved
+		}
+	}
+	if moved {
+		r.publish()
 	}
 }
 

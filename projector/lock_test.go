@@ -55,6 +55,11 @@ func TestLockStandbyTakesOver(t *testing.T) {
 	}
 	b.add("accounts", 100)
 	until(t, a.Runner, "a applying the new events", func() bool { return status(a.Runner, "balances").Position == 200 })
+	// The standby shows the position a stored (which retention keeps), not 0.
+	until(t, bb.Runner, "b showing the position a stored", func() bool {
+		s := status(bb.Runner, "balances")
+		return s.Phase == projector.Standby && s.Position == 200 && s.Lag == 0
+	})
 	// b must still stand by, having applied nothing.
 	time.Sleep(100 * time.Millisecond) // five lock intervals: b would have taken a free lock
 	if s := status(bb.Runner, "balances"); s.Phase != projector.Standby {

@@ -80,6 +80,16 @@ type Config struct {
 	// the locks it does not hold: a standby takes over within about this long of the
 	// holder's end. Default 1s.
 	LockInterval time.Duration
+	// SharedLedger says that Ledger is one view of a ledger other processes read and
+	// store positions of too, a view that may trail theirs: the shared stream of a walflow
+	// cluster (ledger/jetstream), for which the engine sets it. A stored position of this
+	// ledger past the view's head then means this process lags, not that the ledger was
+	// replaced: the projector waits (Rehydrating) until the view reaches it, reloading it
+	// and logging every [ledger.LagLogEvery] that it waits. Without it, a
+	// projector waits at most [ledger.CatchUpWait] for the head, then halts with
+	// [ErrForeignLedger]. A position that names another ledger halts it either way.
+	// Default false.
+	SharedLedger bool
 }
 
 // Phase is where a projector stands.
@@ -139,7 +149,9 @@ type Status struct {
 	// Position is the stored resume position: every event at or before it is applied, and
 	// a restart reads again after it. Retention must not pass it. It may trail what the
 	// projector has applied by a batch that is being saved, or by up to a second of events
-	// it does not apply.
+	// it does not apply. For a projector in Standby it is the position stored by the
+	// process that runs it, as read every LockInterval when the store is a
+	// [PositionReader] (else 0).
 	Position event.Position `json:"position"`
 	// Seen is how far the projector has read; beyond Position in sequence mode while
 	// events wait in the reorder buffer.
@@ -572,18 +584,30 @@ func (r *Runner) ledgerKey() string {
 }
 
 // checkLedger refuses a checkpoint that cannot be this ledger's: one recorded for another
-// ledger, or one past the ledger's head (the ledger was deleted and started again).
+// ledger, or one past the ledger's head (the ledger was deleted and started again). On a
+// shared ledger (Config.SharedLedger) a checkpoint past the head gets errLagging instead:
+// this process's view trails the one that stored it.
 func (r *Runner) checkLedger(cp Checkpoint) error {
 	if key := r.ledgerKey(); key != "" && cp.Ledger != "" && cp.Ledger != key {
 		return fmt.Errorf("%w: its position %d counts the events of %s, and this runner reads %s; give the projectors of each engine their own names (or their own store), or reset it to replay this ledger",
 			ErrForeignLedger, cp.Position, cp.Ledger, key)
 	}
-	if head := r.cfg.Ledger.State().Head; cp.Position > head {
+	if head := r.cfg.Ledger.State().Head; cp.Position > head && r.cfg.SharedLedger {
+		return errLagging
+	} else if cp.Position > head {
 		return fmt.Errorf("%w: its position %d is past the ledger's head %d, so the ledger was replaced (deleted, or another one); reset the projector to replay this ledger",
 			ErrForeignLedger, cp.Position, head)
 	}
 	return nil
 }
+
+// errLagging is checkLedger's answer for a position of a shared ledger (see
+// Config.SharedLedger) past this process's view of it: the view lags.
+var errLagging = errors.New("projector: this process's view of the shared ledger trails the stored position")
+
+// lagPoll is how often a projector waiting for a shared ledger's view polls the ledger
+// when the ledger's notification does not move the view's head.
+const lagPoll = time.Second
 
 // errReload ends a follow whose stored checkpoint changed under it: it loads it again.
 var errReload = errors.New("projector: reload the checkpoint")
@@ -602,6 +626,7 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 		backoff = min(2*backoff, 10*time.Second)
 		return true
 	}
+	var lagSince time.Time // when the projector began to wait for a shared ledger's view
 	for ctx.Err() == nil {
 		cp, err := r.store.Load(ctx, p.Name)
 		if err != nil {
@@ -615,17 +640,34 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 			continue
 		}
 		p.done.Store(uint64(cp.Position))
-		p.stored.Store(uint64(cp.Position))
+		moved := p.stored.Swap(uint64(cp.Position)) != uint64(cp.Position)
 		p.seen.Store(uint64(max(cp.Seen, cp.Position)))
-		if cp.Position > r.cfg.Ledger.State().Head {
-			// A ledger shared by several nodes (ledger/jetstream) shows each node the stream
-			// as far as it has read it, which may be behind the process that stored the
-			// position: give it a moment to catch up before calling the position foreign.
+		if moved {
+			r.publish()
+		}
+		if cp.Position > r.cfg.Ledger.State().Head && !r.cfg.SharedLedger {
+			// A ledger read by several processes shows each of them the events as far as it
+			// has read them, which may be behind the process that stored the position: give
+			// it a moment to catch up before calling the position foreign.
 			if err := ledger.WaitHead(ctx, r.cfg.Ledger, cp.Position); err != nil && ctx.Err() != nil {
 				return
 			}
 		}
-		if err := r.checkLedger(cp); err != nil {
+		err = r.checkLedger(cp)
+		if errors.Is(err, errLagging) && !cp.Halted {
+			// Wait for the view, reloading the position now and then (a reset moves it back).
+			if lagSince.IsZero() {
+				lagSince = time.Now()
+			}
+			if !r.awaitHead(ctx, cp.Position, ledger.LagLogEvery) && ctx.Err() == nil {
+				r.log.WarnContext(ctx, "projector waits for this node's view of the shared ledger to reach its stored position; it starts when it does (if the ledger was replaced by a shorter one, reset it)",
+					slog.String("projector", p.Name), slog.Uint64("position", uint64(cp.Position)), slog.Uint64("head", uint64(r.cfg.Ledger.State().Head)),
+					slog.Duration("waited", time.Since(lagSince).Round(time.Second)))
+			}
+			continue
+		}
+		lagSince = time.Time{}
+		if err != nil && !errors.Is(err, errLagging) {
 			// Not stored: the checkpoint is right for the runner of its own ledger.
 			r.log.ErrorContext(ctx, "projector halted: its stored position belongs to another ledger", slog.String("projector", p.Name), slog.Any("error", err))
 			r.markHalted(p, err.Error(), 0)
@@ -658,6 +700,33 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 			r.setPhase(p, Stopped)
 			if !pause() {
 				return
+			}
+		}
+	}
+}
+
+// awaitHead waits, for at most d, for the view of the shared ledger to reach pos. It
+// reports whether it did.
+func (r *Runner) awaitHead(ctx context.Context, pos event.Position, d time.Duration) bool {
+	led := r.cfg.Ledger
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		head := led.State().Head
+		if head >= pos {
+			return true
+		}
+		if err := led.Wait(wctx, head); err != nil {
+			return led.State().Head >= pos
+		}
+		if led.State().Head <= head {
+			// The ledger has more than this view shows: poll.
+			t := time.NewTimer(lagPoll)
+			select {
+			case <-wctx.Done():
+				t.Stop()
+				return led.State().Head >= pos
+			case <-t.C:
 			}
 		}
 	}

@@ -315,6 +315,43 @@ func (s *SavepointStore) Load(ctx context.Context, name string) (Checkpoint, err
 	return cp, nil
 }
 
+// StoredPositions returns, for a stateful projector, the position of its latest savepoint
+// (read from the savepoints' list, without their state, when the Storage is a
+// [statestore.Lister], as the walflow backends are; else it is missing), and for the
+// others what the Fallback stores, when it is a [PositionReader].
+func (s *SavepointStore) StoredPositions(ctx context.Context, names []string) (map[string]event.Position, error) {
+	out := make(map[string]event.Position, len(names))
+	var others []string
+	lister, _ := s.cfg.Storage.(statestore.Lister)
+	for _, name := range names {
+		if s.proj(name) == nil {
+			others = append(others, name)
+			continue
+		}
+		if lister == nil {
+			continue
+		}
+		sps, err := lister.ListSavepoints(ctx, name)
+		switch {
+		case errors.Is(err, statestore.ErrNotInitialized):
+		case err != nil:
+			return nil, fmt.Errorf("projector: list the savepoints of %s: %w", name, err)
+		case len(sps) > 0:
+			out[name] = sps[len(sps)-1].Position
+		default:
+			out[name] = 0
+		}
+	}
+	if fr, ok := s.cfg.Fallback.(PositionReader); ok && len(others) > 0 {
+		pos, err := fr.StoredPositions(ctx, others)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(out, pos)
+	}
+	return out, nil
+}
+
 func decodeSavepoint(sp statestore.Savepoint) (Checkpoint, map[string][]byte, error) {
 	state := make(map[string][]byte, len(sp.Entities))
 	var meta *savepointMeta

@@ -616,7 +616,8 @@ func TestStatefulFallback(t *testing.T) {
 	led := sfLedger(t, 300)
 	fallback := projector.NewMemoryStore()
 	rc := &recorder{}
-	p := startProcess(t, led, statememory.New(), sfOpts{cfg: projector.SavepointConfig{Fallback: fallback}, batch: 100,
+	storage := statememory.New()
+	p := startProcess(t, led, storage, sfOpts{cfg: projector.SavepointConfig{Fallback: fallback}, batch: 100,
 		fallback: []projector.Projector{{Name: "plain", Handle: rc.handle}}})
 	p.waitLive()
 	if err := p.r.WaitLive(t.Context(), "plain"); err != nil {
@@ -625,6 +626,13 @@ func TestStatefulFallback(t *testing.T) {
 	checkRun(t, rc.positions(), 0, 300)
 	if names := fallback.Names(); len(names) != 1 || names[0] != "plain" {
 		t.Fatalf("the fallback store holds %v, want only plain", names)
+	}
+	// The stored positions, as a standby reads them: the latest savepoint's for the
+	// stateful projector, the fallback's for the other, none for an unknown name.
+	p.stop()
+	got, err := p.store.StoredPositions(t.Context(), []string{"counts", "plain", "unknown"})
+	if want := latestPosition(t, storage); err != nil || len(got) != 2 || got["counts"] != want || got["plain"] != 300 || want != 300 {
+		t.Fatalf("StoredPositions = %v, %v; want counts at its latest savepoint 300 (%d) and plain at 300", got, err, want)
 	}
 }
 

@@ -60,6 +60,18 @@ type PositionStore interface {
 	Reset(ctx context.Context, name string) error
 }
 
+// PositionReader is a [PositionStore] that reads stored positions without taking the
+// projectors over, as Load may (it registers a projector, and a [SavepointStore] restores
+// its state). A Runner with a [Locker] reads with it, every LockInterval, the positions of
+// the projectors that stand by while another process runs them, so that Status reports,
+// and a walflow engine's retention keeps, the position that process stored rather than 0.
+// [PostgresStore], [MemoryStore] and [SavepointStore] are PositionReaders.
+type PositionReader interface {
+	// StoredPositions returns the stored position of each of names that has one; a name
+	// without a stored checkpoint is missing from the map.
+	StoredPositions(ctx context.Context, names []string) (map[string]event.Position, error)
+}
+
 // Flusher is a [PositionStore] that holds progress it has not written yet, such as a
 // [SavepointStore] between savepoints. Runner.Run flushes its store once every projector has
 // stopped, before it returns, so that a clean stop loses no progress; a crash still does,
@@ -153,6 +165,24 @@ func (s *PostgresStore) query(ctx context.Context, where string, args ...any) ([
 	})
 }
 
+// StoredPositions reads the stored positions of names in one query, registering none.
+func (s *PostgresStore) StoredPositions(ctx context.Context, names []string) (map[string]event.Position, error) {
+	rows, err := s.db.Query(ctx, `SELECT name, position FROM walflow.projectors WHERE name = ANY($1)`, names)
+	if err != nil {
+		return nil, fmt.Errorf("projector: read the stored positions: %w", err)
+	}
+	out := make(map[string]event.Position, len(names))
+	var name string
+	var pos int64
+	if _, err := pgx.ForEachRow(rows, []any{&name, &pos}, func() error {
+		out[name] = event.Position(pos)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("projector: read the stored positions: %w", err)
+	}
+	return out, nil
+}
+
 // Save stores cp if the stored version is cp.Version.
 func (s *PostgresStore) Save(ctx context.Context, name string, cp Checkpoint) error {
 	return s.save(ctx, s.db, name, cp)
@@ -239,6 +269,19 @@ func (m *MemoryStore) Save(_ context.Context, name string, cp Checkpoint) error 
 	return nil
 }
 
+// StoredPositions returns the positions of the names the store has.
+func (m *MemoryStore) StoredPositions(_ context.Context, names []string) (map[string]event.Position, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]event.Position, len(names))
+	for _, n := range names {
+		if cp, ok := m.cps[n]; ok {
+			out[n] = cp.Position
+		}
+	}
+	return out, nil
+}
+
 // Reset stores a zero checkpoint for name.
 func (m *MemoryStore) Reset(_ context.Context, name string) error {
 	m.mu.Lock()
@@ -256,6 +299,8 @@ func (m *MemoryStore) Names() []string {
 
 var _ TxPositionStore = (*PostgresStore)(nil)
 var _ PositionStore = (*MemoryStore)(nil)
+var _ PositionReader = (*PostgresStore)(nil)
+var _ PositionReader = (*MemoryStore)(nil)
 
 // isConflict reports whether err is a store's version conflict.
 func isConflict(err error) bool { return errors.Is(err, ErrConflict) }
