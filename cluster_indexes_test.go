@@ -91,11 +91,7 @@ func TestClusterIndexes(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startNATS(t, 1)
 	pcfg, _ := pgx.ParseConfig(dsn)
 	wlog := &writeLog{checkpoint: map[string]event.Position{}, writers: map[string]map[string]int{}}
 	indexers := []index.Indexer{index.Field("by_post", "post_id"), words}
@@ -292,11 +288,7 @@ func TestClusterIndexesWriteFails(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startNATS(t, 1)
 	pcfg, _ := pgx.ParseConfig(dsn)
 	var failed atomic.Bool
 	eng, err := walflow.Open(ctx, walflow.Config{

@@ -159,12 +159,8 @@ func (p *cutProxy) close() {
 func TestClusterNetworkCut(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+countsSchema)
+	lc := startNATS(t, 3)
 	pcfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -173,12 +169,6 @@ func TestClusterNetworkCut(t *testing.T) {
 	viaProxy := strings.Replace(dsn, fmt.Sprintf("%s:%d", pcfg.Host, pcfg.Port), proxy.addr(), 1)
 	if viaProxy == dsn {
 		t.Fatalf("cannot route %s through the proxy", dsn)
-	}
-	counts := operator.SQL{
-		Target: "counts", Entities: []string{"comments", "posts"}, ID: map[string]string{"comments": "post_id"},
-		Query: `INSERT INTO counts SELECT p.id, (SELECT count(*) FROM comments c WHERE c.post_id = p.id) FROM posts p WHERE p.id = $1
-			ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
-		DeleteWith: []string{"posts"},
 	}
 	// Every node keeps its channel index under the same ledger directory, one per node
 	// name, and finds it again when it restarts.
@@ -190,7 +180,7 @@ func TestClusterNetworkCut(t *testing.T) {
 				{Name: "posts"},
 				{Name: "comments", Scopes: []channel.Scope{mustScope(t, "posts/{post_id}")}},
 			},
-			Operators:      []operator.Operator{counts},
+			Operators:      []operator.Operator{countsOperator},
 			StatusInterval: 200 * time.Millisecond,
 			Logger:         testLogger(t),
 			Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: name, Replicas: 3,

@@ -87,26 +87,9 @@ func runClusterNode(t *testing.T, name string, eng *walflow.Engine, err error) *
 func TestClusterTakeover(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);
-		CREATE TABLE projected (position bigint PRIMARY KEY, n int NOT NULL);`)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+countsSchema+projectedSchema)
+	lc := startNATS(t, 3)
 	pcfg, _ := pgx.ParseConfig(dsn)
-	counts := operator.SQL{
-		Target: "counts", Entities: []string{"comments", "posts"}, ID: map[string]string{"comments": "post_id"},
-		Query: `INSERT INTO counts SELECT p.id, (SELECT count(*) FROM comments c WHERE c.post_id = p.id) FROM posts p WHERE p.id = $1
-			ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
-		DeleteWith: []string{"posts"},
-	}
-	// A projector that counts each event it applies, in its transaction.
-	tally := projector.Projector{Name: "tally", Entities: []string{"comments"},
-		HandleTx: func(ctx context.Context, tx pgx.Tx, e event.Event) error {
-			_, err := tx.Exec(ctx, `INSERT INTO projected VALUES ($1, 1) ON CONFLICT (position) DO UPDATE SET n = projected.n + 1`, int64(e.Position))
-			return err
-		}}
 	// Every node keeps its channel index under the same ledger directory, one per node
 	// name, and finds it again when it restarts.
 	ledgerDir := filepath.Join(t.TempDir(), "data")
@@ -117,9 +100,9 @@ func TestClusterTakeover(t *testing.T) {
 				{Name: "posts"},
 				{Name: "comments", Scopes: []channel.Scope{mustScope(t, "posts/{post_id}")}},
 			},
-			Operators:      []operator.Operator{counts},
+			Operators:      []operator.Operator{countsOperator},
 			Indexers:       []index.Indexer{index.Field("by_post", "post_id")},
-			Projectors:     []projector.Projector{tally},
+			Projectors:     []projector.Projector{tallyProjector},
 			StatusInterval: 200 * time.Millisecond,
 			Logger:         testLogger(t),
 			Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: name, Replicas: 3,
@@ -294,3 +277,37 @@ func describeChange(e event.Event) string {
 	id, _ := rec.Get("id")
 	return fmt.Sprintf("%s %s %v", e.Type, e.Name, id)
 }
+
+// startNATS starts n in-process NATS servers with JetStream as one cluster, on loopback,
+// shut down when the test ends.
+func startNATS(t *testing.T, n int) *cluster.LocalCluster {
+	t.Helper()
+	lc, err := cluster.StartLocalCluster(t.Context(), t.TempDir(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	return lc
+}
+
+// countsSchema is the derived table of countsOperator.
+const countsSchema = `CREATE TABLE counts (id int PRIMARY KEY, n int);`
+
+// countsOperator keeps counts(id, n): each post's number of comments.
+var countsOperator = operator.SQL{
+	Target: "counts", Entities: []string{"comments", "posts"}, ID: map[string]string{"comments": "post_id"},
+	Query: `INSERT INTO counts SELECT p.id, (SELECT count(*) FROM comments c WHERE c.post_id = p.id) FROM posts p WHERE p.id = $1
+		ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
+	DeleteWith: []string{"posts"},
+}
+
+// projectedSchema is the table of tallyProjector.
+const projectedSchema = `CREATE TABLE projected (position bigint PRIMARY KEY, n int NOT NULL);`
+
+// tallyProjector counts each comment event it applies, in its transaction, by position:
+// an event applied twice shows as n = 2.
+var tallyProjector = projector.Projector{Name: "tally", Entities: []string{"comments"},
+	HandleTx: func(ctx context.Context, tx pgx.Tx, e event.Event) error {
+		_, err := tx.Exec(ctx, `INSERT INTO projected VALUES ($1, 1) ON CONFLICT (position) DO UPDATE SET n = projected.n + 1`, int64(e.Position))
+		return err
+	}}

@@ -22,23 +22,13 @@ import (
 func TestClusterOperatorsSurviveTerminatedConnections(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE counts (id int PRIMARY KEY, n int);`)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+countsSchema)
+	lc := startNATS(t, 1)
 	pcfg, _ := pgx.ParseConfig(dsn)
-	counts := operator.SQL{
-		Target: "counts", Entities: []string{"comments", "posts"}, ID: map[string]string{"comments": "post_id"},
-		Query: `INSERT INTO counts SELECT p.id, (SELECT count(*) FROM comments c WHERE c.post_id = p.id) FROM posts p WHERE p.id = $1
-			ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n`,
-		DeleteWith: []string{"posts"},
-	}
 	eng, err := walflow.Open(ctx, walflow.Config{
 		DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: filepath.Join(t.TempDir(), "ledger"),
 		Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
-		Operators:      []operator.Operator{counts},
+		Operators:      []operator.Operator{countsOperator},
 		StatusInterval: 200 * time.Millisecond,
 		Logger:         testLogger(t),
 		Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: "node-1", Replicas: 1,

@@ -25,25 +25,15 @@ import (
 func TestClusterRetentionProjectorElsewhere(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+`CREATE TABLE projected (position bigint PRIMARY KEY, n int NOT NULL);`)
-	lc, err := cluster.StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+projectedSchema)
+	lc := startNATS(t, 1)
 	pcfg, _ := pgx.ParseConfig(dsn)
-	// A projector that counts each event it applies, in its transaction.
-	tally := projector.Projector{Name: "tally", Entities: []string{"comments"},
-		HandleTx: func(ctx context.Context, tx pgx.Tx, e event.Event) error {
-			_, err := tx.Exec(ctx, `INSERT INTO projected VALUES ($1, 1) ON CONFLICT (position) DO UPDATE SET n = projected.n + 1`, int64(e.Position))
-			return err
-		}}
 	ledgerDir := filepath.Join(t.TempDir(), "data")
 	start := func(name string) *clusterNode {
 		eng, err := walflow.Open(ctx, walflow.Config{
 			DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: ledgerDir,
 			Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
-			Projectors:     []projector.Projector{tally},
+			Projectors:     []projector.Projector{tallyProjector},
 			Retention:      time.Nanosecond,
 			StatusInterval: 200 * time.Millisecond,
 			Logger:         testLogger(t),
