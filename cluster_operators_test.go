@@ -1,7 +1,12 @@
 package walflow_test
 
 import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +17,7 @@ import (
 	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
+	"github.com/walflow/walflow/realtime"
 )
 
 // TestClusterOperatorsSurviveTerminatedConnections: PostgreSQL ends every client connection
@@ -96,5 +102,44 @@ func TestClusterOperatorsSurviveTerminatedConnections(t *testing.T) {
 	})
 	if err := node.stop(); err != nil {
 		t.Fatalf("the node stopped with %v; want nil", err)
+	}
+}
+
+// TestClusterGatewayWaitsForResume: a cluster node's gateway treats its ledger as shared,
+// so a resume position after its head is waited for (it may come from a node further
+// along) and then refused with 503 and Retry-After, which clients retry; a single node
+// refuses it at once with 400 (realtime.TestResumeAheadUnshared).
+func TestClusterGatewayWaitsForResume(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dsn, _ := pgtest.NewDatabaseWith(t, blogSchema)
+	lc := startNATS(t, 1)
+	pcfg, _ := pgx.ParseConfig(dsn)
+	eng, err := walflow.Open(ctx, walflow.Config{
+		DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: filepath.Join(t.TempDir(), "ledger"),
+		Tables: []channel.Table{{Name: "posts"}}, Logger: testLogger(t),
+		Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: "node-1", Replicas: 1},
+	})
+	runClusterNode(t, "node-1", eng, err)
+	gw, err := eng.Gateway(realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, ResumeWait: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gw)
+	defer srv.Close()
+	defer gw.Shutdown(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/?channel=posts", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Last-Event-ID", "1000")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "did not reach it within 300ms") {
+		t.Fatalf("resume after the head on a cluster node: %d %q (Retry-After %q); want 503 after the wait", resp.StatusCode, body, resp.Header.Get("Retry-After"))
 	}
 }

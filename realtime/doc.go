@@ -63,12 +63,14 @@
 // that may not subscribe learns neither the tables' scopes nor the head. Beyond
 // MaxConnections streams, or during Shutdown, the answer is 503.
 //
-// A resume position after the ledger's head is waited for, up to
-// [GatewayConfig.ResumeWait]: in a cluster each node reads the shared stream a little
+// On a shared ledger ([GatewayConfig.SharedLedger], a cluster), a resume position after the
+// ledger's head is waited for, up to [GatewayConfig.ResumeWait]: each node reads the shared stream a little
 // apart from the others, and a client may resume on a node that has not yet read the
 // position another node sent it. The stream opens once the head reaches the position;
 // when it does not within ResumeWait, the answer is 503 with Retry-After, and the client
 // retries with the same position. A request waiting holds one of the MaxConnections.
+// Without SharedLedger such a position names events the ledger never had, and is
+// refused at once with 400.
 //
 // The first message acknowledges the subscription:
 //
@@ -185,7 +187,7 @@
 // again later) and leaves the connection and the other subscriptions alone. A subscribe is
 // authorized before its channel is checked against the router and its after against the
 // ledger, as for SSE. A subscribe whose resume position (after or its snapshot token) is
-// after the ledger's head waits for it as for SSE, while the connection's other messages
+// after the head of a shared ledger waits for it as for SSE, while the connection's other messages
 // and subscriptions go on; it is answered once the head reaches the position (or is
 // refused with 503 after ResumeWait). Unsubscribing from the channel meanwhile drops it
 // unanswered. heartbeat is sent every [GatewayConfig.Heartbeat], with the ledger head once the

@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -65,8 +66,16 @@ type GatewayConfig struct {
 	// there, may resume on a node that has not read p yet: that subscription starts once
 	// this node has. A position still ahead after ResumeWait is refused with status 503
 	// (SSE with Retry-After), which clients retry. The wait ends early when the request ends
-	// or the gateway shuts down. Default ResumeWaitDefault (ledger.CatchUpWait, 10s).
+	// or the gateway shuts down. It applies only with SharedLedger. Default
+	// ResumeWaitDefault (ledger.CatchUpWait, 10s).
 	ResumeWait time.Duration
+	// SharedLedger says that Ledger is this node's view of a stream other nodes serve too
+	// (a walflow cluster; Engine.Gateway sets it then), so a resume position after its
+	// head may come from a node ahead of it and is waited for (ResumeWait). Without it,
+	// such a position names events this ledger never had (the ledger was replaced, or the
+	// client followed another walflow) and is refused at once with 400, so that the client
+	// sees it rather than resuming later with a gap.
+	SharedLedger bool
 	// FlushInterval, when positive, wakes each stream at most once per interval to write
 	// the live events that arrived meanwhile, in one write: under a heavy fan-out this
 	// trades up to FlushInterval of latency for far fewer wake-ups and system calls. Default
@@ -459,6 +468,24 @@ func (g *Gateway) waitHead(ctx context.Context, pos event.Position, request bool
 	return 0, ""
 }
 
+// resumeError is resumeFrom's refusal of a resume position, with its HTTP status.
+type resumeError struct {
+	status int
+	msg    string
+}
+
+func (e *resumeError) Error() string { return e.msg }
+
+// resumeStatus is the HTTP status that refuses a resume position with err (from
+// resumeFrom): 400 for a position this ledger never had, 503 (retry later) otherwise.
+func resumeStatus(err error) int {
+	var re *resumeError
+	if errors.As(err, &re) {
+		return re.status
+	}
+	return http.StatusServiceUnavailable
+}
+
 // aheadError refuses a resume position after the ledger's head.
 type aheadError struct {
 	after, head event.Position
@@ -472,15 +499,17 @@ func (e aheadError) Error() string {
 // resumeFrom checks a client's resume position against the ledger. It returns where
 // delivery starts and, when the events after the asked position were truncated, the reason
 // the client must reload its state (delivery then starts at the head). A position after
-// the head is an [aheadError]: callers wait for the head first (waitHead), so it is one
-// the head did not reach within ResumeWait.
+// the head is refused (see resumeStatus): on a shared ledger callers wait for the head
+// first (waitHead), so it is one the head did not reach within ResumeWait.
 func (g *Gateway) resumeFrom(after event.Position, resumed bool) (event.Position, string, error) {
 	st := g.cfg.Ledger.State()
 	switch {
 	case !resumed:
 		return st.Head, "", nil
+	case after > st.Head && !g.cfg.SharedLedger:
+		return 0, "", &resumeError{status: http.StatusBadRequest, msg: fmt.Sprintf("resume position %d is after the ledger head %d: this ledger never had it (it was replaced, or the position is another walflow's); subscribe without a position, or load a snapshot", after, st.Head)}
 	case after > st.Head:
-		return 0, "", aheadError{after: after, head: st.Head, wait: g.cfg.ResumeWait}
+		return 0, "", &resumeError{status: http.StatusServiceUnavailable, msg: aheadError{after: after, head: st.Head, wait: g.cfg.ResumeWait}.Error()}
 	case after < st.Tail:
 		return st.Head, fmt.Sprintf("resume position %d is older than the ledger's retention (events through %d were removed); reload your state", after, st.Tail), nil
 	}

@@ -398,7 +398,7 @@ func TestGatewayRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := setup(t, realtime.GatewayConfig{Authorizer: auth, MaxChannels: 2, ResumeWait: 100 * time.Millisecond})
+	f := setup(t, realtime.GatewayConfig{Authorizer: auth, MaxChannels: 2})
 	tok := hs256(t, secret, map[string]any{"sub": "u1", "channels": []string{"posts/*/comments"}, "exp": time.Now().Add(time.Hour).Unix()})
 	withToken := func(q url.Values) url.Values { q.Set("access_token", tok); return q }
 	wide := hs256(t, secret, map[string]any{"sub": "u1", "channels": []string{"organizations/*/comments"}, "exp": time.Now().Add(time.Hour).Unix()})
@@ -417,7 +417,7 @@ func TestGatewayRejects(t *testing.T) {
 		{"unknown scope", withWide(channels("organizations/1/comments")), nil, http.StatusBadRequest, "organizations"},
 		{"too many channels", withToken(channels("posts/1/comments", "posts/2/comments", "posts/3/comments")), nil, http.StatusBadRequest, "at most 2"},
 		{"no channel", withToken(url.Values{}), nil, http.StatusBadRequest, "no channel"},
-		{"resume after head", withToken(channels("posts/1/comments")), http.Header{"Last-Event-Id": {"1000"}}, http.StatusServiceUnavailable, "is after the ledger head 0, which did not reach it within 100ms; retry later"},
+		{"resume after head", withToken(channels("posts/1/comments")), http.Header{"Last-Event-Id": {"1000"}}, http.StatusBadRequest, "is after the ledger head 0: this ledger never had it"},
 		{"bad resume", withToken(channels("posts/1/comments")), http.Header{"Last-Event-Id": {"x"}}, http.StatusBadRequest, "not a ledger position"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -436,7 +436,7 @@ func TestGatewayRejects(t *testing.T) {
 	if a := s.ack(); strings.Join(a.Channels, " ") != "posts/1/comments" {
 		t.Fatalf("ack %+v", a)
 	}
-	if st := f.gw.Stats(); st.Rejected[http.StatusBadRequest] != 5 || st.Rejected[http.StatusServiceUnavailable] != 1 || st.Rejected[http.StatusUnauthorized] != 1 || st.Rejected[http.StatusForbidden] != 2 {
+	if st := f.gw.Stats(); st.Rejected[http.StatusBadRequest] != 6 || st.Rejected[http.StatusServiceUnavailable] != 0 || st.Rejected[http.StatusUnauthorized] != 1 || st.Rejected[http.StatusForbidden] != 2 {
 		t.Errorf("rejected %v", st.Rejected)
 	}
 }
@@ -454,7 +454,7 @@ func TestGatewayAuthorizesFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := setup(t, realtime.GatewayConfig{Authorizer: auth, Heartbeat: 50 * time.Millisecond, ResumeWait: 100 * time.Millisecond})
+	f := setup(t, realtime.GatewayConfig{Authorizer: auth, Heartbeat: 50 * time.Millisecond})
 	f.exec(`INSERT INTO posts VALUES (1, 'a'), (2, 'b')`)
 	eventually(t, "the posts reach the ledger", func() bool { return f.eng.Ledger().State().Head >= 2 })
 	head := strconv.FormatUint(uint64(f.eng.Ledger().State().Head), 10)
@@ -490,12 +490,13 @@ func TestGatewayAuthorizesFirst(t *testing.T) {
 				}
 			})
 		}
-		// Authorized, the same resume position is waited for, then refused with the head.
+		// Authorized, the same resume position is refused with the head: this ledger is
+		// not shared, so it never had that position.
 		resp := f.get(url.Values{"channel": {"posts/1"}, "access_token": {tok}}, http.Header{"Last-Event-Id": {"999999999"}})
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if want := "resume position 999999999 is after the ledger head " + head; resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), want) {
-			t.Errorf("authorized, resume past the head: got %d %q, want 503 with %q", resp.StatusCode, body, want)
+		if want := "resume position 999999999 is after the ledger head " + head; resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), want) {
+			t.Errorf("authorized, resume past the head: got %d %q, want 400 with %q", resp.StatusCode, body, want)
 		}
 	})
 
@@ -545,12 +546,12 @@ func TestGatewayAuthorizesFirst(t *testing.T) {
 			w.send(map[string]any{"type": "subscribe", "channel": "posts", "after": 999999999, "ref": "past"})
 			denied(w.expect("error", "past"), tc.status, tc.reason)
 		}
-		// Authorized, the same resume position is waited for, then refused with the head.
+		// Authorized, the same resume position is refused with the head.
 		w := f.mustDialWS("access_token="+tok, nil)
 		w.send(map[string]any{"type": "subscribe", "channel": "posts/1", "after": 999999999, "ref": "past"})
 		m := w.expect("error", "past")
-		if want := "resume position 999999999 is after the ledger head " + head; m.Status != http.StatusServiceUnavailable || !strings.Contains(deref(m.Reason), want) {
-			t.Errorf("authorized, resume past the head: %+v (reason %s), want 503 with %q", m, deref(m.Reason), want)
+		if want := "resume position 999999999 is after the ledger head " + head; m.Status != http.StatusBadRequest || !strings.Contains(deref(m.Reason), want) {
+			t.Errorf("authorized, resume past the head: %+v (reason %s), want 400 with %q", m, deref(m.Reason), want)
 		}
 	})
 }

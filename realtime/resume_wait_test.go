@@ -72,7 +72,7 @@ func pos(p event.Position) string { return strconv.FormatUint(uint64(p), 10) }
 func TestResumeAheadOfHead(t *testing.T) {
 	t.Parallel()
 	// Long enough that only the head (or Shutdown) ends a wait in this test.
-	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, ResumeWait: 10 * time.Minute})
+	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, SharedLedger: true, ResumeWait: 10 * time.Minute})
 	led := f.eng.Ledger()
 	f.exec(`INSERT INTO posts VALUES (1, 'a')`)
 	eventually(t, "the first post reaches the ledger", func() bool { return led.State().Head >= 1 })
@@ -213,7 +213,7 @@ func TestResumeAheadOfHead(t *testing.T) {
 func TestResumeNeverReached(t *testing.T) {
 	t.Parallel()
 	const wait = 300 * time.Millisecond
-	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, ResumeWait: wait})
+	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, SharedLedger: true, ResumeWait: wait})
 	led := f.eng.Ledger()
 	f.exec(`INSERT INTO posts VALUES (1, 'a')`)
 	eventually(t, "the first post reaches the ledger", func() bool { return led.State().Head >= 1 })
@@ -273,7 +273,7 @@ func TestResumeNeverReached(t *testing.T) {
 // goes away ends its wait and frees the slot.
 func TestResumeWaitHoldsConnection(t *testing.T) {
 	t.Parallel()
-	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, MaxConnections: 1, ResumeWait: 10 * time.Minute})
+	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, SharedLedger: true, MaxConnections: 1, ResumeWait: 10 * time.Minute})
 	far := f.eng.Ledger().State().Head + 1_000_000
 	ctx, cancel := context.WithCancel(t.Context())
 	req, err := http.NewRequestWithContext(ctx, "GET", f.srv.URL+"?channel=posts&after="+pos(far), nil)
@@ -309,4 +309,27 @@ func TestResumeWaitHoldsConnection(t *testing.T) {
 	}
 	eventually(t, "the wait ends with its request", func() bool { return f.gw.Stats().Waiting == 0 })
 	f.open(channels("posts"), nil).ack()
+}
+
+// TestResumeAheadUnshared: on a ledger that is not shared (no cluster), a resume position
+// after the head names events this ledger never had; it is refused at once with 400, for
+// SSE and WebSocket alike, so that the client sees it instead of waiting, and no wait is
+// counted.
+func TestResumeAheadUnshared(t *testing.T) {
+	t.Parallel()
+	f := setup(t, realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, ResumeWait: 10 * time.Minute})
+	resp := f.get(channels("posts"), http.Header{"Last-Event-Id": {"1000"}})
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "this ledger never had it") || resp.Header.Get("Retry-After") != "" {
+		t.Fatalf("SSE resume after the head of an unshared ledger: %d %q (Retry-After %q), want 400 at once", resp.StatusCode, b, resp.Header.Get("Retry-After"))
+	}
+	w := f.mustDialWS("", nil)
+	w.send(map[string]any{"type": "subscribe", "channel": "posts", "after": 1000, "ref": "ahead"})
+	if m := w.expect("error", "ahead"); m.Status != http.StatusBadRequest || !strings.Contains(deref(m.Reason), "this ledger never had it") {
+		t.Fatalf("WebSocket resume after the head of an unshared ledger: %+v (reason %s), want 400", m, deref(m.Reason))
+	}
+	if st := f.gw.Stats(); st.Waiting != 0 || st.Rejected[http.StatusBadRequest] != 2 {
+		t.Fatalf("stats %+v", st)
+	}
 }

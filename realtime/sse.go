@@ -54,7 +54,7 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 		// The later of the two: a stream resumed after events it received from the token.
 		after, resumed = max(after, snap.After), true
 	}
-	if resumed {
+	if resumed && g.cfg.SharedLedger {
 		// In a cluster, the position may come from a node ahead of this one.
 		if status, reason := g.waitHead(r.Context(), after, true); status != 0 {
 			if r.Context().Err() != nil {
@@ -67,8 +67,11 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	start, resync, err := g.resumeFrom(after, resumed)
 	if err != nil {
-		w.Header().Set("Retry-After", "1")
-		g.reject(w, r, http.StatusServiceUnavailable, err.Error())
+		status := resumeStatus(err)
+		if status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
+		g.reject(w, r, status, err.Error())
 		return
 	}
 	if status, reason := g.admit(len(keys)); status != 0 {

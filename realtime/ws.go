@@ -437,7 +437,7 @@ func (ws *wsConn) subscribe(m wsRequest) error {
 	if len(ws.subs)+len(ws.waits) >= g.cfg.MaxChannels {
 		return ws.refuse(m, http.StatusBadRequest, fmt.Sprintf("at most %d channels per connection; unsubscribe from one first", g.cfg.MaxChannels))
 	}
-	if resumed && !m.waited && after > g.cfg.Ledger.State().Head {
+	if resumed && g.cfg.SharedLedger && !m.waited && after > g.cfg.Ledger.State().Head {
 		// In a cluster, the position may come from a node ahead of this one. The
 		// connection goes on meanwhile; the subscribe is answered once the wait ends.
 		ws.wait(m, after)
@@ -445,7 +445,7 @@ func (ws *wsConn) subscribe(m wsRequest) error {
 	}
 	start, resync, err := g.resumeFrom(after, resumed)
 	if err != nil {
-		return ws.refuse(m, http.StatusServiceUnavailable, err.Error())
+		return ws.refuse(m, resumeStatus(err), err.Error())
 	}
 	s := ws.start(key, start, d.Expires)
 	s.snap = snap

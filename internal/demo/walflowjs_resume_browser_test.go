@@ -53,7 +53,7 @@ func TestWalflowJSRetriesResumeAhead(t *testing.T) {
 	}
 	write(1)
 	gw, err := realtime.NewGateway(realtime.GatewayConfig{
-		Ledger: led, Router: router, Authorizer: realtime.AllowAll{}, ResumeWait: 50 * time.Millisecond,
+		Ledger: led, Router: router, Authorizer: realtime.AllowAll{}, SharedLedger: true, ResumeWait: 50 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -608,7 +608,11 @@ func (l *Ledger) publishView() {
 		// The bucket is ahead of this node's copy of the stream (its watch can outrun the
 		// stream's consumer): its acknowledged LSN covers transactions this node has not
 		// read, so it must not say they are in (process status would call them processed).
-		st.AckedLSN = min(st.AckedLSN, end)
+		// What this node published before stays true (its head only grows): the LSNs
+		// never go back.
+		prev := l.pub.State()
+		st.AckedLSN = max(min(st.AckedLSN, end), prev.AckedLSN)
+		st.LastCommitLSN, st.LastEndLSN = max(commit, prev.LastCommitLSN), max(end, prev.LastEndLSN)
 	}
 	l.pub.Publish(st)
 }

@@ -109,6 +109,15 @@ func TestFollowerAckedLSNCoveredByHead(t *testing.T) {
 	// The bucket at the follower's head: its acknowledged LSN stands.
 	put(3, 300)
 	eventually(t, "the follower to take the acknowledged LSN", func() bool { return f.State().AckedLSN == 300 })
+	// Ahead again: what the follower said stays said (no LSN goes back), and nothing more.
+	put(6, 400)
+	put(3, 301) // the marker that the record before it was seen
+	eventually(t, "the follower to see the bucket again", func() bool { return f.State().AckedLSN == 301 })
+	put(6, 500)
+	time.Sleep(200 * time.Millisecond)
+	if st := f.State(); st.AckedLSN != 301 || st.LastCommitLSN != 200 || st.LastEndLSN != 201 {
+		t.Fatalf("follower state %+v after the bucket went ahead again; want its LSNs kept at 301, 200 and 201", st)
+	}
 }
 
 // TestOpenFailureLeavesNoSubscription: an Open that fails at any point of its catch-up
