@@ -147,10 +147,13 @@ func TestSharedLedgerViewLags(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var rec recorder
 	r = b.run(projector.Config{SharedLedger: true, Logger: log, Projectors: []projector.Projector{{Name: "p", Handle: rec.handle}}})
-	until(t, r.Runner, "the projector to load its stored position", func() bool { return status(r.Runner, "p").Position == 100 })
+	until(t, r.Runner, "the projector to load its stored position and wait", func() bool {
+		s := status(r.Runner, "p")
+		return s.Position == 100 && s.Phase == projector.Rehydrating
+	})
 	// Longer than a runner waits for an unshared ledger before it halts the projector.
 	for end := time.Now().Add(ledger.CatchUpWait + 2*time.Second); time.Now().Before(end); {
-		if s := status(r.Runner, "p"); s.Phase == projector.Halted || s.Position != 100 {
+		if s := status(r.Runner, "p"); s.Phase != projector.Rehydrating || s.Position != 100 {
 			t.Fatalf("status while this view of the ledger lagged: %+v, want it waiting at the stored position 100", s)
 		}
 		if got := b.int(`SELECT count(*) FROM walflow.projectors WHERE name = 'p' AND NOT halted AND position = 100`); got != 1 {

@@ -658,6 +658,7 @@ func (r *Runner) runProj(ctx context.Context, p *proj) {
 			// Wait for the view, reloading the position now and then (a reset moves it back).
 			if lagSince.IsZero() {
 				lagSince = time.Now()
+				r.setPhase(p, Rehydrating) // as documented for Config.SharedLedger, after a failed follow too
 			}
 			if !r.awaitHead(ctx, cp.Position, ledger.LagLogEvery) && ctx.Err() == nil {
 				r.log.WarnContext(ctx, "projector waits for this node's view of the shared ledger to reach its stored position; it starts when it does (if the ledger was replaced by a shorter one, reset it)",
