@@ -10,6 +10,7 @@ import (
 	"github.com/walflow/walflow/event"
 	"github.com/walflow/walflow/index"
 	indexmem "github.com/walflow/walflow/index/memory"
+	"github.com/walflow/walflow/ledger"
 )
 
 // watched is a shared store that counts State calls and Reset calls, and can reset the
@@ -70,6 +71,28 @@ func wantW0(want map[event.Position][]string, upTo event.Position) []event.Posit
 		}
 	}
 	return out
+}
+
+// followSubscribed starts a runner following store over led, waits until it has seen the
+// stored checkpoint through, and subscribes to it (every position, empty ones included).
+// The caller stops the returned role.
+func followSubscribed(t *testing.T, ctx context.Context, led ledger.Ledger, store index.Store, through event.Position) (*index.Runner, *role, *index.Subscription) {
+	t.Helper()
+	r, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{tags}, FollowInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := start(r, true)
+	if err := r.Wait(ctx, "tags", through); err != nil {
+		ro.stop(t)
+		t.Fatal(err)
+	}
+	sub, err := r.Subscribe(ctx, nil, &index.SubscribeOpts{Buffer: 1000, Empty: true})
+	if err != nil {
+		ro.stop(t)
+		t.Fatal(err)
+	}
+	return r, ro, sub
 }
 
 // receive checks that sub is sent the positions from..to, each once and in order, with
@@ -211,19 +234,9 @@ func TestSharedRebuildNotifiesOnce(t *testing.T) {
 	ctx := testContext(t)
 	led, store := newLedger(t), newWatched()
 	want := map[event.Position][]string{}
-	f, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{tags}, FollowInterval: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
 	storeTags(t, store, want, 0, 0)
-	defer start(f, true).stop(t)
-	if err := f.Wait(ctx, "tags", 0); err != nil {
-		t.Fatal(err)
-	}
-	sub, err := f.Subscribe(ctx, nil, &index.SubscribeOpts{Buffer: 1000, Empty: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, fo, sub := followSubscribed(t, ctx, led, store, 0)
+	defer fo.stop(t)
 	taggedPosts(t, led, 0, 30, want)
 	storeTags(t, store, want, 0, 30)
 	receive(t, ctx, sub, want, 1, 30)
@@ -284,18 +297,8 @@ func TestSharedResetDuringRead(t *testing.T) {
 	want := map[event.Position][]string{}
 	taggedPosts(t, led, 0, 20, want)
 	storeTags(t, store, want, 0, 20)
-	f, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{tags}, FollowInterval: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer start(f, true).stop(t)
-	if err := f.Wait(ctx, "tags", 20); err != nil {
-		t.Fatal(err)
-	}
-	sub, err := f.Subscribe(ctx, nil, &index.SubscribeOpts{Buffer: 1000, Empty: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, fo, sub := followSubscribed(t, ctx, led, store, 20)
+	defer fo.stop(t)
 	taggedPosts(t, led, 20, 10, want)
 	store.resetInRead.Store(true)
 	storeTags(t, store, want, 20, 30)
@@ -319,18 +322,7 @@ func TestSharedRebuildThenCompute(t *testing.T) {
 	want := map[event.Position][]string{}
 	taggedPosts(t, led, 0, 20, want)
 	storeTags(t, store, want, 0, 20)
-	r, err := index.New(index.Config{Ledger: led, Store: store, Indexers: []index.Indexer{tags}, FollowInterval: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fo := start(r, true)
-	if err := r.Wait(ctx, "tags", 20); err != nil {
-		t.Fatal(err)
-	}
-	sub, err := r.Subscribe(ctx, nil, &index.SubscribeOpts{Buffer: 1000, Empty: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, fo, sub := followSubscribed(t, ctx, led, store, 20)
 	taggedPosts(t, led, 20, 10, want)
 	storeTags(t, store, want, 20, 30)
 	receive(t, ctx, sub, want, 21, 30)
