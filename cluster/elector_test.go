@@ -166,11 +166,7 @@ func TestElectorTakeover(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 4*time.Minute)
 	bin := buildContender(t)
-	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneServer(t, ctx)
 	dsn := pgtest.NewDatabase(t)
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
@@ -259,11 +255,7 @@ func TestTakeoverBySenderTimeout(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 4*time.Minute)
 	bin := buildContender(t)
-	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneServer(t, ctx)
 	dsn := pgtest.NewDatabase(t)
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {

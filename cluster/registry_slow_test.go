@@ -116,11 +116,7 @@ func (p *slowProxy) close() {
 func TestRegistrySlowWrites(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, time.Minute)
-	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneServer(t, ctx)
 	const (
 		// A write's round trip is a fifth of the TTL: room for a loaded machine's stalls,
 		// while the flood's queue, on the heartbeat's path, grows past the TTL in seconds.
@@ -130,20 +126,7 @@ func TestRegistrySlowWrites(t *testing.T) {
 		rate      = 1 << 20 // bytes/s from each client connection
 	)
 	open := func(name, url string) (*Registry, *Conn) {
-		cfg := Config{URLs: []string{url}, NodeName: name, Replicas: 1, Heartbeat: heartbeat, NodeTTL: ttl}.WithDefaults()
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		conn, err := Connect(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(conn.Close)
-		reg, err := OpenRegistry(ctx, conn.NC, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return reg, conn
+		return openTestRegistry(t, ctx, Config{URLs: []string{url}, NodeName: name, Replicas: 1, Heartbeat: heartbeat, NodeTTL: ttl})
 	}
 	proxy := startSlowProxy(t, strings.TrimPrefix(lc.URLs()[0], "nats://"), delay, rate)
 	slow, conn := open("slow", proxy.url())
@@ -195,25 +178,9 @@ func TestRegistrySlowWrites(t *testing.T) {
 func TestRegistryWritesInOrder(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, time.Minute)
-	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneServer(t, ctx)
 	open := func(name, url string) *Registry {
-		cfg := Config{URLs: []string{url}, NodeName: name, Replicas: 1, Heartbeat: 20 * time.Millisecond, NodeTTL: 2 * time.Second}.WithDefaults()
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		conn, err := Connect(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(conn.Close)
-		reg, err := OpenRegistry(ctx, conn.NC, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
+		reg, _ := openTestRegistry(t, ctx, Config{URLs: []string{url}, NodeName: name, Replicas: 1, Heartbeat: 20 * time.Millisecond, NodeTTL: 2 * time.Second})
 		return reg
 	}
 	proxy := startSlowProxy(t, strings.TrimPrefix(lc.URLs()[0], "nats://"), 100*time.Millisecond, 1<<20)

@@ -15,26 +15,10 @@ import (
 func newRegistries(t *testing.T, ttl time.Duration, names ...string) []*Registry {
 	t.Helper()
 	ctx := testContext(t, time.Minute)
-	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneServer(t, ctx)
 	var regs []*Registry
 	for _, name := range names {
-		cfg := Config{URLs: lc.URLs(), NodeName: name, Replicas: 1, Heartbeat: 100 * time.Millisecond, NodeTTL: ttl}.WithDefaults()
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		conn, err := Connect(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(conn.Close)
-		reg, err := OpenRegistry(ctx, conn.NC, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
+		reg, _ := openTestRegistry(t, ctx, Config{URLs: lc.URLs(), NodeName: name, Replicas: 1, Heartbeat: 100 * time.Millisecond, NodeTTL: ttl})
 		regs = append(regs, reg)
 	}
 	return regs
@@ -119,16 +103,32 @@ func TestRegistryEntryExpires(t *testing.T) {
 	t.Logf("entry expired %s after its heartbeat (NodeTTL 500ms)", time.Since(start).Round(time.Millisecond))
 }
 
+// openTestRegistry connects to the cluster of cfg (filled with its defaults), closed when
+// the test ends, and opens its registry as node cfg.NodeName.
+func openTestRegistry(t *testing.T, ctx context.Context, cfg Config) (*Registry, *Conn) {
+	t.Helper()
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	reg, err := OpenRegistry(ctx, conn.NC, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, conn
+}
+
 // TestReadNodes: ReadNodes reads the entries Registry.Nodes reads, and with no bucket fails
 // with ErrNoRegistry without creating one.
 func TestReadNodes(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, time.Minute)
-	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lc.Shutdown)
+	lc := startOneServer(t, ctx)
 	cfg := Config{URLs: lc.URLs(), NodeName: "reader", Replicas: 1}.WithDefaults()
 	conn, err := Connect(ctx, cfg)
 	if err != nil {
@@ -159,4 +159,16 @@ func TestReadNodes(t *testing.T) {
 	if err != nil || len(nodes) != 1 || nodes[0].Name != "node-1" || nodes[0].Role != RoleLeader || nodes[0].HTTPAddr != "127.0.0.1:9187" || nodes[0].Position != 3 || nodes[0].UpdatedAt.IsZero() {
 		t.Fatalf("ReadNodes = %+v, %v; want node-1's entry", nodes, err)
 	}
+}
+
+// startOneServer starts one in-process NATS server with JetStream, on loopback, shut down
+// when the test ends.
+func startOneServer(t *testing.T, ctx context.Context) *LocalCluster {
+	t.Helper()
+	lc, err := StartLocalCluster(ctx, t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lc.Shutdown)
+	return lc
 }
