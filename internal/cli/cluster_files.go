@@ -46,13 +46,19 @@ const natsTimeout = 10 * time.Second
 // and with withIndexes the instance's share of the index store in the database that the
 // nodes share (index/pg, names prefixed with the slot).
 func openCluster(ctx context.Context, cmd string, c *configfile.Config, path string, withIndexes, withChannels bool) (*localFiles, error) {
-	router, err := channel.NewRouter(c.Engine.Tables)
+	cf, err := dialCluster(cmd, c, path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: tables: %w", cmd, err)
+		return nil, err
 	}
-	quiet := slog.New(slog.DiscardHandler)
+	return openClusterOn(ctx, cf, cmd, c, path, withIndexes, withChannels)
+}
+
+// dialCluster connects to the NATS servers of the cluster: section of c (read from path),
+// for command cmd; the caller closes the connection (clusterFiles.close), or hands it to
+// openClusterOn.
+func dialCluster(cmd string, c *configfile.Config, path string) (*clusterFiles, error) {
 	cc := *c.Engine.Cluster
-	cc.Logger = quiet
+	cc.Logger = slog.New(slog.DiscardHandler)
 	cc = cc.WithDefaults()
 	urls, err := clusterURLs(cmd, cc, path)
 	if err != nil {
@@ -64,12 +70,24 @@ func openCluster(ctx context.Context, cmd string, c *configfile.Config, path str
 		return nil, fmt.Errorf("%s: cannot reach the cluster's NATS servers at %s (cluster in %s): %w; start them (or a walflow run node whose cluster.server runs one), or fix cluster.urls", cmd, cf.urls, path, err)
 	}
 	cf.nc = nc
+	return cf, nil
+}
+
+// openClusterOn is openCluster on the connection cf that dialCluster made; it closes cf
+// when it fails.
+func openClusterOn(ctx context.Context, cf *clusterFiles, cmd string, c *configfile.Config, path string, withIndexes, withChannels bool) (*localFiles, error) {
+	router, err := channel.NewRouter(c.Engine.Tables)
+	if err != nil {
+		cf.close()
+		return nil, fmt.Errorf("%s: tables: %w", cmd, err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
 	f := &localFiles{cmd: cmd, cfg: c, path: path, router: router, clu: cf}
 	fail := func(err error) (*localFiles, error) {
 		_ = f.Close()
 		return nil, err
 	}
-	opts := ledgerjs.Options{Conn: nc, Stream: cc.Stream, ReadOnly: true, Logger: quiet}
+	opts := ledgerjs.Options{Conn: cf.nc, Stream: cf.stream, ReadOnly: true, Logger: quiet}
 	if withChannels {
 		opts.Indexer = router.Channels
 	}
@@ -77,9 +95,9 @@ func openCluster(ctx context.Context, cmd string, c *configfile.Config, path str
 	led, err := ledgerjs.Open(ctx, opts)
 	switch {
 	case errors.Is(err, natsjs.ErrStreamNotFound):
-		return fail(fmt.Errorf("%s: the ledger stream %s does not exist on the NATS servers at %s yet; walflow run --config %s creates it (or set cluster.stream to the cluster's)", cmd, cc.Stream, cf.urls, path))
+		return fail(fmt.Errorf("%s: the ledger stream %s does not exist on the NATS servers at %s yet; walflow run --config %s creates it (or set cluster.stream to the cluster's)", cmd, cf.stream, cf.urls, path))
 	case err != nil:
-		return fail(fmt.Errorf("%s: open the ledger stream %s at %s: %w; JetStream must be enabled, and a cluster answers once a majority of its servers run", cmd, cc.Stream, cf.urls, err))
+		return fail(fmt.Errorf("%s: open the ledger stream %s at %s: %w; JetStream must be enabled, and a cluster answers once a majority of its servers run", cmd, cf.stream, cf.urls, err))
 	}
 	f.led = led
 	if withIndexes {

@@ -110,18 +110,14 @@ func fetchClusterStatus(ctx context.Context, c *configfile.Config, path string) 
 	if c.Engine.HTTPAddr == "" {
 		src.local = "This machine's node serves no HTTP (http.addr is off)"
 	}
-	// The channel index lets the stored operators' positions move past events of other
-	// tables; it is built only when there are operators to show.
-	withChannels := len(c.Engine.Operators) > 0
-	f, err := openCluster(ctx, "status", c, path, false, withChannels)
+	cf, err := dialCluster("status", c, path)
 	if err != nil {
 		return walflow.Status{}, statusSource{}, &clusterUnreadError{local: src.local, err: err}
 	}
-	defer f.Close()
 	cc := *c.Engine.Cluster
 	cc.Logger = slog.New(slog.DiscardHandler)
 	rctx, cancel := context.WithTimeout(ctx, natsTimeout)
-	nodes, regErr := cluster.ReadNodes(rctx, f.clu.nc, cc.WithDefaults())
+	nodes, regErr := cluster.ReadNodes(rctx, cf.nc, cc.WithDefaults())
 	cancel()
 
 	// Ask the live nodes: the leader first (the latest, should a deposed one linger), then
@@ -145,13 +141,23 @@ func fetchClusterStatus(ctx context.Context, c *configfile.Config, path string) 
 		case st.Slot != slot:
 			src.failed = append(src.failed, fmt.Sprintf("node %s at %s, which follows slot %s, not %s", n.Name, url, st.Slot, slot))
 		default:
+			cf.close()
 			src.node, src.url = n.Name, url
 			return st, statusSource{running: true, where: url, cluster: src}, nil
 		}
 	}
 
-	// No node answers: the stream, the database and the registry as they are.
-	src.stream = fmt.Sprintf("the stream %s at %s", f.clu.stream, f.clu.urls)
+	// No node answers: the stream, the database and the registry as they are. Opening the
+	// stream reads it whole, so it comes only now. The channel index lets the stored
+	// operators' positions move past events of other tables; it is built only when there
+	// are operators to show.
+	withChannels := len(c.Engine.Operators) > 0
+	f, err := openClusterOn(ctx, cf, "status", c, path, false, withChannels)
+	if err != nil {
+		return walflow.Status{}, statusSource{}, &clusterUnreadError{local: src.local, err: err}
+	}
+	defer f.Close()
+	src.stream = fmt.Sprintf("the stream %s at %s", cf.stream, cf.urls)
 	st := walflow.MeasureSlot(ctx, c.Engine.DatabaseURL, slot)
 	ls := f.led.State()
 	st.LedgerHead, st.LedgerTail = uint64(ls.Head), uint64(ls.Tail)
