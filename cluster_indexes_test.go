@@ -288,18 +288,10 @@ func TestClusterIndexesWriteFails(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema)
-	lc := startNATS(t, 1)
-	pcfg, _ := pgx.ParseConfig(dsn)
 	var failed atomic.Bool
-	eng, err := walflow.Open(ctx, walflow.Config{
-		DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: filepath.Join(t.TempDir(), "ledger"),
-		Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
-		Indexers:       []index.Indexer{words},
-		StatusInterval: 200 * time.Millisecond,
-		Logger:         testLogger(t),
-		Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: "node-1", Replicas: 1,
-			Heartbeat: 500 * time.Millisecond, NodeTTL: 3 * time.Second},
-	})
+	cfg := oneNodeConfig(t, dsn, startNATS(t, 1))
+	cfg.Indexers = []index.Indexer{words}
+	eng, err := walflow.Open(ctx, cfg)
 	if err == nil {
 		err = walflow.WrapIndexStore(eng, func(s index.SharedStore) index.SharedStore {
 			return failOnceStore{SharedStore: s, failed: &failed}

@@ -311,3 +311,22 @@ var tallyProjector = projector.Projector{Name: "tally", Entities: []string{"comm
 		_, err := tx.Exec(ctx, `INSERT INTO projected VALUES ($1, 1) ON CONFLICT (position) DO UPDATE SET n = projected.n + 1`, int64(e.Position))
 		return err
 	}}
+
+// oneNodeConfig is the configuration of the only node, node-1, of a cluster on the NATS
+// servers lc (one replica), following posts and comments in the database dsn; callers add
+// what they run.
+func oneNodeConfig(t *testing.T, dsn string, lc *cluster.LocalCluster) walflow.Config {
+	t.Helper()
+	pcfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return walflow.Config{
+		DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: filepath.Join(t.TempDir(), "ledger"),
+		Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
+		StatusInterval: 200 * time.Millisecond,
+		Logger:         testLogger(t),
+		Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: "node-1", Replicas: 1,
+			Heartbeat: 500 * time.Millisecond, NodeTTL: 3 * time.Second},
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walflow/walflow"
-	"github.com/walflow/walflow/channel"
-	"github.com/walflow/walflow/cluster"
 	"github.com/walflow/walflow/internal/pgtest"
 	"github.com/walflow/walflow/operator"
 	"github.com/walflow/walflow/realtime"
@@ -29,17 +26,9 @@ func TestClusterOperatorsSurviveTerminatedConnections(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn, conn := pgtest.NewDatabaseWith(t, blogSchema+countsSchema)
-	lc := startNATS(t, 1)
-	pcfg, _ := pgx.ParseConfig(dsn)
-	eng, err := walflow.Open(ctx, walflow.Config{
-		DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: filepath.Join(t.TempDir(), "ledger"),
-		Tables:         []channel.Table{{Name: "posts"}, {Name: "comments"}},
-		Operators:      []operator.Operator{countsOperator},
-		StatusInterval: 200 * time.Millisecond,
-		Logger:         testLogger(t),
-		Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: "node-1", Replicas: 1,
-			Heartbeat: 500 * time.Millisecond, NodeTTL: 3 * time.Second},
-	})
+	cfg := oneNodeConfig(t, dsn, startNATS(t, 1))
+	cfg.Operators = []operator.Operator{countsOperator}
+	eng, err := walflow.Open(ctx, cfg)
 	node := runClusterNode(t, "node-1", eng, err)
 	alive := func(what string, cond func() bool) {
 		t.Helper()
@@ -113,13 +102,7 @@ func TestClusterGatewayWaitsForResume(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dsn, _ := pgtest.NewDatabaseWith(t, blogSchema)
-	lc := startNATS(t, 1)
-	pcfg, _ := pgx.ParseConfig(dsn)
-	eng, err := walflow.Open(ctx, walflow.Config{
-		DatabaseURL: dsn, Slot: pcfg.Database, LedgerDir: filepath.Join(t.TempDir(), "ledger"),
-		Tables: []channel.Table{{Name: "posts"}}, Logger: testLogger(t),
-		Cluster: &cluster.Config{URLs: lc.URLs(), NodeName: "node-1", Replicas: 1},
-	})
+	eng, err := walflow.Open(ctx, oneNodeConfig(t, dsn, startNATS(t, 1)))
 	runClusterNode(t, "node-1", eng, err)
 	gw, err := eng.Gateway(realtime.GatewayConfig{Authorizer: realtime.AllowAll{}, ResumeWait: 300 * time.Millisecond})
 	if err != nil {
