@@ -20,7 +20,8 @@ import (
 // startServer starts an embedded server on a random loopback port (or port), its store in
 // dir (t.TempDir() when empty), shut down when the test ends. It syncs the store every
 // minute, not at every message: the tests check the ledger's logic, and a process crash
-// (not a power loss) keeps what the kernel holds; TestSyncAlways covers sync always.
+// (not a power loss) keeps what the kernel holds; TestR3 runs with sync always, and
+// embedded.TestStart checks that a zero interval means it.
 func startServer(t testing.TB, dir string, port int) *server.Server {
 	t.Helper()
 	return startServerSync(t, dir, port, time.Minute)
